@@ -1,0 +1,43 @@
+"""The ``hai`` command line: parses options and hands each command to one core function."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hai.doctor import collect_report, summary_rows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fireflyer", prog_name="hai")
+def main() -> None:
+    """HAI platform: run and inspect the Fire-Flyer stack."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Report on this machine and check the stack's hard requirements.
+
+    Exits non-zero, with one line per problem on stderr, when a requirement is not met.
+    """
+    report = collect_report()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="hai doctor", show_header=False)
+        for item, value in summary_rows(report):
+            table.add_row(item, value)
+        met = len(report.checks) - len(report.failed)
+        table.add_row("requirements", f"{met} of {len(report.checks)} met")
+        for check in report.failed:
+            table.add_row(f"[red]{check.name}[/]", check.found)
+        Console().print(table)
+    for check in report.failed:
+        click.echo(f"hai doctor: {check.line()}", err=True)
+    sys.exit(1 if report.failed else 0)

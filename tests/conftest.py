@@ -1,0 +1,85 @@
+"""Shared fixtures and marker handling for the whole suite.
+
+Markers name what a test needs from the machine; a test whose need is not met is skipped
+with the reason, so a 2-core CI machine with no GPU runs everything it can.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hai.doctor import find_postgres_bindir
+
+
+def _cuda_missing() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device on this machine"
+
+
+def _postgres_missing() -> str | None:
+    if find_postgres_bindir() is None:
+        return "PostgreSQL server binaries not installed (Debian: apt-get install postgresql)"
+    return None
+
+
+def _fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is absent"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not installed (Debian: apt-get install fuse3)"
+    return None
+
+
+# marker name -> probe returning the reason to skip, or None when the need is met
+_NEEDS: dict[str, Callable[[], str | None]] = {
+    "gpu": _cuda_missing,
+    "postgres": _postgres_missing,
+    "fuse": _fuse_missing,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons: dict[str, str | None] = {}
+    for item in items:
+        for name, probe in _NEEDS.items():
+            if item.get_closest_marker(name) is None:
+                continue
+            if name not in reasons:
+                reasons[name] = probe()
+            if reasons[name] is not None:
+                item.add_marker(pytest.mark.skip(reason=f"needs {name}: {reasons[name]}"))
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Returns a function handing out loopback TCP ports that were free a moment ago.
+
+    Each call gives a different port, so one test can start several servers.
+    """
+    handed_out: set[int] = set()
+
+    def pick() -> int:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in handed_out:
+                handed_out.add(port)
+                return port
+
+    return pick
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """An empty folder for one test's service state (databases, chunks, logs)."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
