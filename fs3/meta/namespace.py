@@ -1,0 +1,311 @@
+"""Namespace operations: each one path-resolves and mutates inside a single transaction.
+
+This is the meta service's core; the gRPC servicer only converts messages. Paths are
+normalised with :func:`fs3.paths.normalize`; symlinks are followed only as the last component
+of :meth:`Namespace.open`, the way ``open(2)`` follows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+
+from fs3.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn
+from fs3.paths import components, normalize, split
+from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout
+
+_MAX_SYMLINK_HOPS = 8  # like Linux's 40, but fs3 symlinks are rare; a loop fails fast
+
+
+class Namespace:
+    """The file tree in a :class:`MetaStore`.
+
+    Args:
+        store: where inodes and entries live.
+        chains: returns the chain ids new files may use (from the mgmtd chain table).
+        clock: wall-clock seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: MetaStore,
+        chains: Callable[[], list[int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._chains = chains
+        self._clock = clock
+
+    # -- resolution -------------------------------------------------------------------
+    def _resolve(self, txn: MetaTxn, path: str) -> Inode:
+        inode = txn.get_inode(ROOT_ID)
+        assert inode is not None, "store lost its root inode"
+        walked = ""
+        for name in components(path):
+            if not inode.is_dir:
+                raise NotADirectory("not a directory", walked or "/")
+            walked += "/" + name
+            child = txn.lookup(inode.id, name)
+            found = txn.get_inode(child) if child is not None else None
+            if found is None:
+                raise NotFound("no such file or directory", path)
+            inode = found
+        return inode
+
+    def _parent(self, txn: MetaTxn, path: str) -> tuple[Inode, str]:
+        parent_path, name = split(path)
+        if not name:
+            raise InvalidArgument("operation not allowed on the root", path)
+        parent = self._resolve(txn, parent_path)
+        if not parent.is_dir:
+            raise NotADirectory("parent is not a directory", parent_path)
+        return parent, name
+
+    def _touch(self, txn: MetaTxn, inode: Inode) -> None:
+        now = self._clock()
+        txn.put_inode(dataclasses.replace(inode, mtime=now, ctime=now))
+
+    def _discard(self, txn: MetaTxn, inode: Inode) -> None:
+        """Deletes an unlinked inode; a file's chunks go to the garbage queue."""
+        txn.delete_inode(inode.id)
+        if inode.kind == FILE and inode.layout.chains:
+            txn.add_garbage(Garbage(inode.id, 0, inode.layout.chains))
+
+    def _new_layout(self, chunk_size: int, stripe: int) -> Layout:
+        chains = sorted(self._chains())
+        if not chains:
+            raise InvalidArgument("the cluster has no chains yet; are storage targets up?")
+        if 0 < stripe < len(chains):
+            chains = random.sample(chains, stripe)
+        return Layout(chunk_size, tuple(chains), random.randrange(len(chains)))
+
+    # -- operations -------------------------------------------------------------------
+    def stat(self, path: str) -> Inode:
+        """The inode at ``path`` (a symlink itself, not its target). Raises NotFound."""
+        with self.store.transaction() as txn:
+            return self._resolve(txn, normalize(path))
+
+    def open(self, path: str) -> Inode:
+        """The file at ``path``, following symlinks. Raises NotFound, IsADirectory."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            for _ in range(_MAX_SYMLINK_HOPS):
+                inode = self._resolve(txn, path)
+                if inode.kind != SYMLINK:
+                    if inode.is_dir:
+                        raise IsADirectory("is a directory", path)
+                    return inode
+                path = normalize(inode.target if inode.target.startswith("/")
+                                 else split(path)[0] + "/" + inode.target)  # fmt: skip
+        raise InvalidArgument("too many levels of symbolic links", path)
+
+    def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> Inode:
+        """Creates a directory; with ``parents`` also missing ancestors, and an existing
+        directory is fine. Raises AlreadyExists, NotFound (parent), NotADirectory."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            if parents:
+                inode = txn.get_inode(ROOT_ID)
+                assert inode is not None
+                walked = ""
+                for name in components(path):
+                    walked += "/" + name
+                    if not inode.is_dir:
+                        raise NotADirectory("not a directory", split(walked)[0])
+                    child = txn.lookup(inode.id, name)
+                    if child is None:
+                        inode = self._make(txn, inode, name, DIRECTORY, mode)
+                    else:
+                        found = txn.get_inode(child)
+                        assert found is not None
+                        inode = found
+                if not inode.is_dir:
+                    raise AlreadyExists("file exists", path)
+                return inode
+            parent, name = self._parent(txn, path)
+            if txn.lookup(parent.id, name) is not None:
+                raise AlreadyExists("file exists", path)
+            return self._make(txn, parent, name, DIRECTORY, mode)
+
+    def _make(
+        self, txn: MetaTxn, parent: Inode, name: str, kind: str, mode: int, **fields: object
+    ) -> Inode:
+        now = self._clock()
+        inode = Inode(txn.new_inode_id(), kind, mode, 0, now, now, parent.id, **fields)  # type: ignore[arg-type]
+        txn.put_inode(inode)
+        txn.link(parent.id, name, inode.id)
+        self._touch(txn, parent)
+        return inode
+
+    def create(
+        self,
+        path: str,
+        exclusive: bool = False,
+        chunk_size: int = 4 << 20,
+        stripe: int = 0,
+        mode: int = 0o644,
+    ) -> Inode:
+        """Creates an empty file. An existing file is replaced by the new, empty one (its
+        chunks are reclaimed) unless ``exclusive``. Raises AlreadyExists, IsADirectory,
+        NotFound (parent), NotADirectory."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            parent, name = self._parent(txn, path)
+            old_id = txn.lookup(parent.id, name)
+            old = txn.get_inode(old_id) if old_id is not None else None
+            if old is not None:
+                if exclusive:
+                    raise AlreadyExists("file exists", path)
+                if old.is_dir:
+                    raise IsADirectory("is a directory", path)
+                self._discard(txn, old)
+            return self._make(txn, parent, name, FILE, mode,
+                              layout=self._new_layout(chunk_size, stripe))  # fmt: skip
+
+    def listdir(self, path: str) -> list[DirEntry]:
+        """Entries of the directory at ``path`` sorted by name. Raises NotFound, NotADirectory."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            inode = self._resolve(txn, path)
+            if not inode.is_dir:
+                raise NotADirectory("not a directory", path)
+            out = []
+            for name, child in txn.children(inode.id):
+                found = txn.get_inode(child)
+                if found is not None:
+                    out.append(DirEntry(name, found))
+            return out
+
+    def rename(self, src: str, dst: str) -> Inode:
+        """Moves ``src`` to ``dst`` atomically, replacing a file or an empty directory there.
+
+        Raises NotFound, InvalidArgument (a directory into its own subtree), IsADirectory /
+        NotADirectory (kind mismatch with an existing ``dst``), DirectoryNotEmpty.
+        """
+        src, dst = normalize(src), normalize(dst)
+        with self.store.transaction() as txn:
+            sparent, sname = self._parent(txn, src)
+            moving = self._resolve(txn, src)
+            dparent, dname = self._parent(txn, dst)
+            if src == dst:
+                return moving
+            ancestor = dparent
+            while moving.is_dir:
+                if ancestor.id == moving.id:
+                    raise InvalidArgument(f"cannot move {src} into its own subtree", dst)
+                if ancestor.id == ROOT_ID:
+                    break
+                up = txn.get_inode(ancestor.parent)
+                assert up is not None
+                ancestor = up
+            old_id = txn.lookup(dparent.id, dname)
+            old = txn.get_inode(old_id) if old_id is not None else None
+            if old is not None:
+                if old.is_dir and not moving.is_dir:
+                    raise IsADirectory("is a directory", dst)
+                if moving.is_dir and not old.is_dir:
+                    raise NotADirectory("not a directory", dst)
+                if old.is_dir and txn.children(old.id, limit=1):
+                    raise DirectoryNotEmpty("directory not empty", dst)
+                self._discard(txn, old)
+            txn.unlink(sparent.id, sname)
+            txn.link(dparent.id, dname, moving.id)
+            moved = dataclasses.replace(moving, parent=dparent.id, ctime=self._clock())
+            txn.put_inode(moved)
+            self._touch(txn, sparent)
+            if dparent.id != sparent.id:
+                self._touch(txn, dparent)
+            return moved
+
+    def unlink(self, path: str) -> None:
+        """Removes a file or symlink; its chunks are reclaimed. Raises NotFound, IsADirectory."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            parent, name = self._parent(txn, path)
+            inode = self._resolve(txn, path)
+            if inode.is_dir:
+                raise IsADirectory("is a directory", path)
+            txn.unlink(parent.id, name)
+            self._discard(txn, inode)
+            self._touch(txn, parent)
+
+    def rmdir(self, path: str) -> None:
+        """Removes an empty directory. Raises NotFound, NotADirectory, DirectoryNotEmpty,
+        InvalidArgument (the root)."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            parent, name = self._parent(txn, path)
+            inode = self._resolve(txn, path)
+            if not inode.is_dir:
+                raise NotADirectory("not a directory", path)
+            if txn.children(inode.id, limit=1):
+                raise DirectoryNotEmpty("directory not empty", path)
+            txn.unlink(parent.id, name)
+            txn.delete_inode(inode.id)
+            self._touch(txn, parent)
+
+    def truncate(self, path: str, length: int) -> Inode:
+        """Sets a file's length; chunks wholly past the new end are reclaimed. The client
+        clears the tail of the last partial chunk. Raises NotFound, IsADirectory,
+        InvalidArgument (negative length)."""
+        if length < 0:
+            raise InvalidArgument(f"length must be >= 0, got {length}", path)
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            inode = self._resolve(txn, path)
+            if inode.is_dir:
+                raise IsADirectory("is a directory", path)
+            lay = inode.layout
+            if length < inode.length and lay.chains:
+                first_gone = -(-length // lay.chunk_size)
+                txn.add_garbage(Garbage(inode.id, first_gone, lay.chains))
+            now = self._clock()
+            inode = dataclasses.replace(inode, length=length, mtime=now, ctime=now)
+            txn.put_inode(inode)
+            return inode
+
+    def set_length(self, inode_id: int, length: int) -> Inode:
+        """Records the exact length a writer reached at close or fsync. Raises NotFound when
+        the file was deleted meanwhile."""
+        with self.store.transaction() as txn:
+            inode = txn.get_inode(inode_id)
+            if inode is None:
+                raise NotFound(f"file with inode {inode_id} was deleted while open")
+            now = self._clock()
+            inode = dataclasses.replace(inode, length=length, mtime=now)
+            txn.put_inode(inode)
+            return inode
+
+    def symlink(self, path: str, target: str) -> Inode:
+        """Creates a symlink at ``path`` pointing to ``target``. Raises AlreadyExists."""
+        path = normalize(path)
+        with self.store.transaction() as txn:
+            parent, name = self._parent(txn, path)
+            if txn.lookup(parent.id, name) is not None:
+                raise AlreadyExists("file exists", path)
+            return self._make(txn, parent, name, SYMLINK, 0o777, target=target)
+
+    def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``. Raises NotFound, InvalidArgument."""
+        inode = self.stat(path)
+        if inode.kind != SYMLINK:
+            raise InvalidArgument("not a symbolic link", normalize(path))
+        return inode.target
+
+    def take_garbage(self, limit: int = 100) -> list[tuple[int, Garbage]]:
+        with self.store.transaction() as txn:
+            return txn.garbage(limit)
+
+    def drop_garbage(self, garbage_id: int) -> None:
+        with self.store.transaction() as txn:
+            txn.drop_garbage(garbage_id)

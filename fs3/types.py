@@ -1,0 +1,124 @@
+"""Plain data shared by services and client: inodes, file layouts, chunk ids, the chain table.
+
+No behaviour beyond small derived values, so every layer can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+FILE = "file"
+DIRECTORY = "directory"
+SYMLINK = "symlink"
+
+# Target states within one chain, as in 3FS's design notes (lastsrv/waiting folded away).
+SERVING = "serving"
+SYNCING = "syncing"
+OFFLINE = "offline"
+
+
+class ChunkId(NamedTuple):
+    """One chunk: the ``index``-th chunk of file ``inode``, stored on chain ``chain``."""
+
+    chain: int
+    inode: int
+    index: int
+
+
+@dataclass(frozen=True)
+class ChunkMeta:
+    """The committed state of a chunk on one replica."""
+
+    version: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a file's bytes map to chunks and chains.
+
+    Chunk ``i`` lives on ``chains[(seed + i) % len(chains)]``: round-robin over the file's
+    chains, started at a per-file seed so that small files do not all land on one chain.
+    """
+
+    chunk_size: int = 0
+    chains: tuple[int, ...] = ()
+    seed: int = 0
+
+    def chain_of(self, index: int) -> int:
+        return self.chains[(self.seed + index) % len(self.chains)]
+
+
+@dataclass(frozen=True)
+class Inode:
+    id: int
+    kind: str
+    mode: int = 0o644
+    length: int = 0
+    mtime: float = 0.0
+    ctime: float = 0.0
+    parent: int = 0
+    layout: Layout = field(default_factory=Layout)
+    target: str = ""
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIRECTORY
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    inode: Inode
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """A storage server as mgmtd sees it; ``alive`` is whether its lease is current."""
+
+    target_id: int
+    host: str = ""
+    data_port: int = 0
+    grpc_port: int = 0
+    alive: bool = False
+
+
+@dataclass(frozen=True)
+class ChainMember:
+    target_id: int
+    state: str = OFFLINE
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A replication chain: ``members`` in order, head first; offline members sit at the end."""
+
+    chain_id: int
+    members: tuple[ChainMember, ...] = ()
+
+    def writers(self) -> tuple[int, ...]:
+        """Targets a write passes through, head to tail: serving ones, then syncing ones."""
+        serving = [m.target_id for m in self.members if m.state == SERVING]
+        syncing = [m.target_id for m in self.members if m.state == SYNCING]
+        return tuple(serving + syncing)
+
+    def readers(self) -> tuple[int, ...]:
+        """Targets that may serve reads: only those holding every committed chunk."""
+        return tuple(m.target_id for m in self.members if m.state == SERVING)
+
+    def state_of(self, target_id: int) -> str:
+        for m in self.members:
+            if m.target_id == target_id:
+                return m.state
+        return OFFLINE
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """The cluster map that mgmtd owns; ``version`` grows with every change to a chain."""
+
+    version: int = 0
+    targets: dict[int, TargetInfo] = field(default_factory=dict)
+    chains: dict[int, Chain] = field(default_factory=dict)
+    meta_address: str = ""

@@ -1,0 +1,97 @@
+"""Chunk engine conformance: every engine passes the same tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
+from fs3.storage.engine import ChunkEngine, MemoryChunkEngine
+from fs3.storage.local import HEADER_SIZE, LocalChunkEngine
+from fs3.types import ChunkId, ChunkMeta
+
+CID = ChunkId(1, 42, 0)
+
+
+@pytest.fixture(params=["memory", "local"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkEngine:
+    if request.param == "memory":
+        return MemoryChunkEngine()
+    return LocalChunkEngine(tmp_path / "chunks", fsync=False)
+
+
+def test_absent_chunk_reads_as_hole(engine: ChunkEngine) -> None:
+    assert engine.read(CID, 0, 100) == b""
+    assert engine.stat(CID) == (None, None)
+
+
+def test_pending_version_is_invisible_until_commit(engine: ChunkEngine) -> None:
+    engine.write(CID, 1, b"hello", 0, True)
+    assert engine.stat(CID) == (None, 1)
+    assert engine.read(CID, 0, 5) == b""
+    assert engine.commit(CID, 1) == ChunkMeta(1, 5)
+    assert engine.read(CID, 0, 5) == b"hello"
+    assert engine.commit(CID, 1) == ChunkMeta(1, 5)  # idempotent
+
+
+def test_patch_and_truncate(engine: ChunkEngine) -> None:
+    engine.write(CID, 1, b"abcdef", 0, True)
+    engine.commit(CID, 1)
+    engine.write(CID, 2, b"XY", 2, False)
+    engine.commit(CID, 2)
+    assert engine.read(CID, 0, 100) == b"abXYef"
+    engine.write(CID, 3, b"Z", 8, False)
+    engine.commit(CID, 3)
+    assert engine.read(CID, 0, 100) == b"abXYef\0\0Z"
+    engine.write(CID, 4, b"", 3, True)
+    engine.commit(CID, 4)
+    assert engine.read(CID, 0, 100) == b"abX"
+    assert engine.read(CID, 1, 1) == b"b"
+
+
+def test_old_versions_refused(engine: ChunkEngine) -> None:
+    engine.write(CID, 5, b"x", 0, True)
+    engine.commit(CID, 5)
+    with pytest.raises(InvalidArgument):
+        engine.write(CID, 5, b"y", 0, True)
+    with pytest.raises(NotFound):
+        engine.commit(CID, 7)
+
+
+def test_remove_and_list(engine: ChunkEngine) -> None:
+    for i in range(4):
+        cid = ChunkId(1, 42, i)
+        engine.write(cid, 1, b"d", 0, True)
+        engine.commit(cid, 1)
+    engine.write(ChunkId(2, 42, 0), 1, b"d", 0, True)
+    engine.commit(ChunkId(2, 42, 0), 1)
+    assert len(engine.list_chain(1)) == 4
+    assert engine.remove(1, 42, 2) == 2
+    assert sorted(c.index for c in engine.list_chain(1)) == [0, 1]
+    assert list(engine.list_chain(2)) == [ChunkId(2, 42, 0)]
+
+
+def test_large_chunk_random_reads(engine: ChunkEngine) -> None:
+    data = bytes(range(256)) * 4096 * 3  # 3 MiB: many 64 KiB blocks
+    engine.write(CID, 1, data, 0, True)
+    engine.commit(CID, 1)
+    for off, n in [(0, 4096), (65530, 20), (len(data) - 10, 4096), (123456, 1 << 20)]:
+        assert engine.read(CID, off, n) == data[off : off + n]
+
+
+def test_local_detects_flipped_byte_and_survives_restart(tmp_path: Path) -> None:
+    engine = LocalChunkEngine(tmp_path, fsync=False)
+    engine.write(CID, 3, b"a" * 200_000, 0, True)
+    engine.commit(CID, 3)
+    engine.write(ChunkId(1, 42, 1), 1, b"pending", 0, True)
+    reopened = LocalChunkEngine(tmp_path, fsync=False)
+    assert reopened.stat(CID) == (ChunkMeta(3, 200_000), None)
+    assert reopened.stat(ChunkId(1, 42, 1)) == (None, None)  # unacknowledged, dropped
+    file = next((tmp_path / "1").iterdir())
+    raw = bytearray(file.read_bytes())
+    raw[HEADER_SIZE + 150_000] ^= 0xFF
+    file.write_bytes(bytes(raw))
+    assert reopened.read(CID, 0, 1000) == b"a" * 1000  # other blocks still verify
+    with pytest.raises(ChecksumMismatch):
+        reopened.read(CID, 140_000, 20_000)

@@ -1,0 +1,138 @@
+"""Namespace semantics over every metadata store."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from pathlib import Path
+
+import pytest
+
+from fs3.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+from fs3.meta.namespace import Namespace
+from fs3.meta.sqlite import SqliteMetaStore
+from fs3.meta.store import MemoryMetaStore, MetaStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> MetaStore:
+    s = MemoryMetaStore() if request.param == "memory" else SqliteMetaStore(tmp_path / "m.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ns(store: MetaStore) -> Namespace:
+    return Namespace(store, chains=lambda: [1, 2, 3])
+
+
+def test_create_stat_list(ns: Namespace) -> None:
+    ns.mkdir("/a/b", parents=True)
+    f = ns.create("/a/b/f", chunk_size=1024)
+    assert f.layout.chunk_size == 1024 and sorted(f.layout.chains) == [1, 2, 3]
+    assert ns.stat("/a/b/f").id == f.id
+    assert [e.name for e in ns.listdir("/a")] == ["b"]
+    assert ns.mkdir("/a/b", parents=True).is_dir
+    with pytest.raises(AlreadyExists):
+        ns.mkdir("/a/b")
+    with pytest.raises(AlreadyExists):
+        ns.create("/a/b/f", exclusive=True)
+    with pytest.raises(NotFound):
+        ns.create("/nope/f")
+    with pytest.raises(NotADirectory):
+        ns.create("/a/b/f/g")
+    with pytest.raises(IsADirectory):
+        ns.create("/a/b")
+    with pytest.raises(NotADirectory):
+        ns.listdir("/a/b/f")
+
+
+def test_recreate_replaces_and_collects_garbage(ns: Namespace) -> None:
+    first = ns.create("/f")
+    second = ns.create("/f")
+    assert first.id != second.id
+    assert [g.inode for _, g in ns.take_garbage()] == [first.id]
+
+
+def test_rename_rules(ns: Namespace) -> None:
+    ns.mkdir("/d/e", parents=True)
+    ns.create("/d/e/f")
+    with pytest.raises(InvalidArgument):
+        ns.rename("/d", "/d/e/x")
+    ns.rename("/d/e", "/e")
+    assert ns.stat("/e/f").kind == "file"
+    ns.create("/g")
+    old = ns.stat("/e/f").id
+    ns.rename("/g", "/e/f")  # replaces the file atomically
+    assert [g.inode for _, g in ns.take_garbage()] == [old]
+    with pytest.raises(NotFound):
+        ns.stat("/g")
+    ns.mkdir("/empty")
+    with pytest.raises(NotADirectory):
+        ns.rename("/empty", "/e/f")
+    with pytest.raises(IsADirectory):
+        ns.rename("/e/f", "/empty")
+    with pytest.raises(DirectoryNotEmpty):
+        ns.rename("/empty", "/e")
+    ns.rename("/e", "/empty")
+    assert ns.stat("/empty/f").kind == "file"
+
+
+def test_unlink_rmdir_truncate(ns: Namespace) -> None:
+    ns.mkdir("/d")
+    ns.create("/d/f", chunk_size=10)
+    with pytest.raises(DirectoryNotEmpty) as info:
+        ns.rmdir("/d")
+    assert info.value.errno == errno.ENOTEMPTY and "/d" in str(info.value)
+    with pytest.raises(IsADirectory):
+        ns.unlink("/d")
+    f = ns.set_length(ns.stat("/d/f").id, 35)
+    assert ns.truncate("/d/f", 12).length == 12
+    assert [(g.inode, g.from_index) for _, g in ns.take_garbage()] == [(f.id, 2)]
+    with pytest.raises(InvalidArgument):
+        ns.truncate("/d/f", -1)
+    ns.unlink("/d/f")
+    ns.rmdir("/d")
+    with pytest.raises(InvalidArgument):
+        ns.rmdir("/")
+
+
+def test_symlinks(ns: Namespace) -> None:
+    ns.create("/target")
+    ns.symlink("/link", "target")
+    assert ns.readlink("/link") == "target"
+    assert ns.open("/link").id == ns.stat("/target").id
+    assert ns.stat("/link").kind == "symlink"
+    ns.symlink("/loop", "/loop")
+    with pytest.raises(InvalidArgument):
+        ns.open("/loop")
+
+
+def test_invalid_paths(ns: Namespace) -> None:
+    with pytest.raises(InvalidArgument):
+        ns.create("/a\x00b")
+    with pytest.raises(InvalidArgument):
+        ns.stat("/../etc")
+    assert ns.stat("/a/../").is_dir
+
+
+def test_concurrent_creates_get_distinct_inodes(ns: Namespace) -> None:
+    ids: list[int] = []
+
+    def work(k: int) -> None:
+        for i in range(20):
+            ids.append(ns.create(f"/f{k}-{i}").id)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 80 and len(ns.listdir("/")) == 80
