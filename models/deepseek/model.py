@@ -1,0 +1,181 @@
+"""The causal language model: embedding, decoder blocks, final norm, head, MTP modules.
+
+Module names follow the Hugging Face checkpoint layout (`model.embed_tokens`,
+`model.layers.N...`, `model.norm`, `lm_head`), so conversion in `deepseek.hf` only has to
+split stacked experts and move MTP layers. MTP modules (`mtp.k`) run only when labels are
+given: inference never touches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepseek.block import Block
+from deepseek.cache import KVCache
+from deepseek.config import ModelConfig
+from deepseek.errors import SequenceTooLongError
+from deepseek.generate import generate
+from deepseek.layers import RMSNorm
+from deepseek.moe import MoE, Router
+from deepseek.mtp import MTPLayer, mtp_labels
+from deepseek.rope import Rotary
+
+# Initial weight std, transformers' `initializer_range` default for DeepSeek configs.
+INIT_STD = 0.02
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CausalLMOutput:
+    """What `DeepseekForCausalLM.forward` returns; losses only when labels were given."""
+
+    logits: torch.Tensor
+    """(batch, seq, vocab)."""
+    loss: torch.Tensor | None = None
+    """ce_loss + mtp_loss + aux_loss: what training minimises."""
+    ce_loss: torch.Tensor | None = None
+    mtp_loss: torch.Tensor | None = None
+    """λ/D·Σ_k CE_k over the MTP depths."""
+    aux_loss: torch.Tensor | None = None
+    """Sum of the MoE layers' α-weighted balance losses."""
+
+
+class DeepseekModel(nn.Module):
+    """The decoder stack without the head (HF prefix `model.`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+class DeepseekForCausalLM(nn.Module):
+    """Any DeepSeek generation, chosen by its `ModelConfig`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DeepseekModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        L = config.num_hidden_layers
+        self.mtp = nn.ModuleList(
+            MTPLayer(config, L + k) for k in range(config.num_nextn_predict_layers)
+        )
+        self.rotary = Rotary(config.rope, config.rope_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights, zero biases, unit norms, zero routing bias."""
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+            elif isinstance(module, Router) and module.e_score_correction_bias is not None:
+                module.e_score_correction_bias.zero_()
+            for name, p in module.named_parameters(recurse=False):
+                if isinstance(module, RMSNorm):
+                    continue
+                if name == "bias":
+                    p.zero_()
+                else:
+                    p.normal_(0.0, INIT_STD)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> CausalLMOutput:
+        """Logits for input_ids (batch, seq); losses when labels are given.
+
+        Args:
+            input_ids: token ids, the positions after those already in `cache`.
+            labels: (batch, seq) next-token targets (labels[:, i] follows input_ids[:, i]);
+                IGNORE_INDEX (-100) entries are skipped.
+            cache: decoding cache; extended in place by this call.
+        Raises:
+            SequenceTooLongError: the sequence would pass max_position_embeddings.
+        """
+        b, s = input_ids.shape
+        start = cache.length if cache is not None else 0
+        limit = self.config.max_position_embeddings
+        if start + s > limit:
+            raise SequenceTooLongError(
+                f"sequence of {start + s} tokens exceeds max_position_embeddings={limit}; "
+                "shorten it or use a config with a longer context"
+            )
+        positions = torch.arange(start, start + s, device=input_ids.device)
+        cos, sin = self.rotary(positions)
+        x = self.model.embed_tokens(input_ids)
+        aux: list[torch.Tensor] = []
+        for i, layer in enumerate(self.model.layers):
+            x, layer_aux = layer(x, cos, sin, cache.layers[i] if cache is not None else None)
+            if layer_aux is not None:
+                aux.append(layer_aux)
+        logits = self.lm_head(self.model.norm(x))
+        if labels is None:
+            return CausalLMOutput(logits=logits)
+
+        ce = _cross_entropy(logits, labels)
+        loss = ce
+        mtp_loss = None
+        depths = len(self.mtp)
+        if depths and s > depths:
+            losses = []
+            hidden = x
+            for k, layer in enumerate(self.mtp, start=1):
+                embedded = self.model.embed_tokens(input_ids[:, k:])
+                hidden, layer_aux = layer(hidden[:, :-1], embedded, cos[: s - k], sin[: s - k])
+                if layer_aux is not None:
+                    aux.append(layer_aux)
+                mtp_logits = self.lm_head(layer.shared_head["norm"](hidden))
+                losses.append(_cross_entropy(mtp_logits, mtp_labels(labels, k)))
+            mtp_loss = self.config.mtp_loss_weight / depths * torch.stack(losses).sum()
+            loss = loss + mtp_loss
+        aux_loss = torch.stack(aux).sum() if aux else None
+        if aux_loss is not None:
+            loss = loss + aux_loss
+        return CausalLMOutput(logits, loss, ce, mtp_loss, aux_loss)
+
+    def moe_layers(self) -> list[MoE]:
+        """Every MoE layer, main stack first, then MTP."""
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def update_expert_bias(self) -> torch.Tensor | None:
+        """Runs `MoE.update_bias` on every MoE layer after an optimiser step.
+
+        Returns:
+            (moe_layers, experts) tokens routed per expert since the previous call (summed
+            over ranks), or None for a dense model.
+        """
+        loads = [layer.update_bias() for layer in self.moe_layers()]
+        return torch.stack(loads) if loads else None
+
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty decoding cache for sequences of up to `capacity` tokens."""
+        return KVCache(len(self.model.layers), capacity)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Samples continuations with a KV cache; see `deepseek.generate.generate`."""
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, generator)

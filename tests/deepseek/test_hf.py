@@ -1,0 +1,110 @@
+"""Hugging Face compatibility: same logits as transformers, hub key layout, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import deepseek
+from deepseek.hf import INDEX_FILE, from_hf, to_hf
+
+transformers = pytest.importorskip("transformers")
+AUTO = {"deepseek_v3": "DeepseekV3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}
+
+
+def _hf_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
+    model_type = json.loads((path / "config.json").read_text())["model_type"]
+    model = getattr(transformers, AUTO[model_type]).from_pretrained(path).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("fixture", ["hf_v3_dir", "hf_v2_dir"])
+def test_logits_match_transformers(fixture: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(fixture)
+    ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(3))
+    ours = deepseek.from_pretrained(str(path))
+    assert ours.config.rope.type == "yarn"
+    with torch.no_grad():
+        logits = ours(ids).logits
+    reference = _hf_logits(path, ids)
+    assert logits.shape == (2, 48, 256)
+    assert (logits - reference).abs().max().item() <= 1e-4
+
+
+def test_v3_checkpoint_has_nonzero_bias(hf_v3_dir: Path) -> None:
+    model = deepseek.from_pretrained(str(hf_v3_dir))
+    bias = model.model.layers[1].mlp.gate.e_score_correction_bias
+    assert bias.dtype == torch.float32 and bias.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fixture", ["hf_v3_dir", "hf_v2_dir"])
+def test_export_reloads_in_transformers(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    ours = deepseek.from_pretrained(str(request.getfixturevalue(fixture)))
+    deepseek.save_pretrained(ours, str(tmp_path))
+    keys = load_file(tmp_path / "model.safetensors").keys()
+    assert "model.layers.1.mlp.experts.7.down_proj.weight" in keys
+    ids = torch.randint(0, 256, (1, 20))
+    with torch.no_grad():
+        expected = ours(ids).logits
+    assert (_hf_logits(tmp_path, ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_sharded_roundtrip_with_mtp(tmp_path: Path) -> None:
+    model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny"))
+    deepseek.save_pretrained(model, str(tmp_path), max_shard_bytes=100_000)
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    # MTP module 0 sits at hub index num_hidden_layers with copies of embedding and head.
+    mtp = "model.layers.3"
+    for name in (
+        "eh_proj.weight",
+        "enorm.weight",
+        "shared_head.head.weight",
+        "embed_tokens.weight",
+    ):
+        assert f"{mtp}.{name}" in index["weight_map"]
+    loaded = deepseek.from_pretrained(str(tmp_path))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_fsspec_url_roundtrip() -> None:
+    model = deepseek.DeepseekForCausalLM(deepseek.preset("llm-tiny"))
+    deepseek.save_pretrained(model, "memory://ckpt/llm")
+    loaded = deepseek.from_pretrained("memory://ckpt/llm", dtype=torch.bfloat16)
+    assert loaded.lm_head.weight.dtype == torch.bfloat16
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+
+
+def test_key_conversion_is_inverse() -> None:
+    config = deepseek.preset("v3-tiny")
+    state = deepseek.DeepseekForCausalLM(config).state_dict()
+    back = from_hf(to_hf(state, config), config)
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_other_architecture_is_refused_with_keys(hf_v2_dir: Path) -> None:
+    model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny", num_nextn_predict_layers=0))
+    from deepseek.hf import load_hf_state_dict, read_checkpoint
+
+    with pytest.raises(deepseek.CheckpointError) as err:
+        load_hf_state_dict(model, read_checkpoint(str(hf_v2_dir)))
+    message = str(err.value)
+    assert "missing keys" in message and "q_a_proj" in message
+    assert "unexpected keys" in message and "self_attn.q_proj.weight" in message
+
+
+def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(deepseek.CheckpointNotFoundError, match="config.json"):
+        deepseek.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(deepseek.preset("llm-tiny").to_hf_dict()))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        deepseek.from_pretrained(str(tmp_path))
