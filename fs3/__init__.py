@@ -1,7 +1,11 @@
 """fs3: a 3FS-like distributed chunk file system.
 
 Cluster manager, metadata service, chain-replicated storage servers and the client that
-training scripts reach through fsspec (``fs3://``), pyarrow and a FUSE mount.
+training scripts reach through fsspec (``fs3://``) and pyarrow.
 """
 
-__all__: list[str] = []
+from fs3.client import FS3File, FS3FileSystem
+from fs3.config import Fs3Config, load_config
+from fs3.errors import Fs3Error
+
+__all__ = ["FS3File", "FS3FileSystem", "Fs3Config", "Fs3Error", "load_config"]

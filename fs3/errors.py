@@ -71,6 +71,12 @@ class ChecksumMismatch(_PathOSError):
     retryable = True
 
 
+class DataLost(_PathOSError):
+    """Every replica of a chunk failed its checksum; nothing correct is left to read."""
+
+    errno_code = _errno.EIO
+
+
 class ChunkBusy(Fs3Error):
     """The replica holds an uncommitted version of the chunk; ask the chain tail or retry."""
 
@@ -111,6 +117,7 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     Unavailable,
     Fs3TimeoutError,
     ConfigError,
+    DataLost,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}
 

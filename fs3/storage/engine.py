@@ -11,14 +11,15 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 
-import google_crc32c
+import crc32c as _crc32c
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
 from fs3.types import ChunkId, ChunkMeta
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    return google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data)
+    """CRC32C (Castagnoli) in hardware where the CPU has it; takes any buffer, no copy."""
+    return _crc32c.crc32c(data)
 
 
 def patch(base: bytes | memoryview, offset: int, data: bytes | memoryview, truncate: bool) -> bytes:
@@ -63,8 +64,18 @@ class ChunkEngine(ABC):
         """
 
     @abstractmethod
-    def remove(self, chain: int, inode: int, from_index: int = 0) -> int:
-        """Deletes chunks ``from_index`` onwards of ``inode`` on ``chain``; returns the count."""
+    def remove(
+        self, chain: int, inode: int, from_index: int = 0, to_index: int | None = None
+    ) -> int:
+        """Deletes chunks ``from_index`` up to (excluding) ``to_index``, or to the end when
+        None, of ``inode`` on ``chain``, pending ones too; returns how many went."""
+
+    def replace(self, cid: ChunkId, version: int, content: bytes | memoryview) -> ChunkMeta:
+        """Installs ``content`` as committed ``version`` whatever was there: resync's copy of a
+        predecessor's chunk, which may carry a lower version than a stale local one."""
+        self.remove(cid.chain, cid.inode, cid.index, cid.index + 1)
+        self.write(cid, version, content, 0, True)
+        return self.commit(cid, version)
 
     @abstractmethod
     def list_chain(self, chain: int) -> dict[ChunkId, ChunkMeta]:
@@ -114,12 +125,15 @@ class MemoryChunkEngine(ChunkEngine):
                 raise NotFound(f"chunk {tuple(cid)} has no version {version} to commit")
             return ChunkMeta(c[0], len(c[1]))
 
-    def remove(self, chain: int, inode: int, from_index: int = 0) -> int:
+    def remove(
+        self, chain: int, inode: int, from_index: int = 0, to_index: int | None = None
+    ) -> int:
+        end = to_index if to_index is not None else 1 << 62
         with self._lock:
             doomed = [
                 k
                 for k in (*self._committed, *self._pending)
-                if k.chain == chain and k.inode == inode and k.index >= from_index
+                if k.chain == chain and k.inode == inode and from_index <= k.index < end
             ]
             for k in doomed:
                 self._committed.pop(k, None)

@@ -148,12 +148,15 @@ class LocalChunkEngine(ChunkEngine):
             raise NotFound(f"chunk {tuple(cid)} has no version {version} to commit")
         return meta
 
-    def remove(self, chain: int, inode: int, from_index: int = 0) -> int:
+    def remove(
+        self, chain: int, inode: int, from_index: int = 0, to_index: int | None = None
+    ) -> int:
+        end = to_index if to_index is not None else 1 << 62
         with self._lock:
             doomed = {
                 k
                 for k in (*self._committed, *self._pending)
-                if k.chain == chain and k.inode == inode and k.index >= from_index
+                if k.chain == chain and k.inode == inode and from_index <= k.index < end
             }
             for k in doomed:
                 self._committed.pop(k, None)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from fs3.cli import fs3 as fs3_commands
 from hai.doctor import collect_report, summary_rows
 
 
@@ -41,3 +42,6 @@ def doctor(as_json: bool) -> None:
     for check in report.failed:
         click.echo(f"hai doctor: {check.line()}", err=True)
     sys.exit(1 if report.failed else 0)
+
+
+main.add_command(fs3_commands)

@@ -1,0 +1,152 @@
+"""``hai fs3 ...`` commands: each parses options and calls one function.
+
+Service commands (``mgmtd``, ``meta``, ``storage``) are also the container entry points;
+``up``/``down``/``status`` manage a local development cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from fs3.config import Fs3Config, load_config
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="fs3 YAML config file (default: $FS3_CONFIG or ~/.config/fs3/config.yaml).",
+)  # fmt: skip
+_host_option = click.option("--host", default="127.0.0.1", show_default=True)
+
+
+def _serve(name: str, config_path: str | None) -> tuple[Fs3Config, threading.Event]:
+    """Loads config, sets up logging and makes SIGTERM/SIGINT set the returned stop event."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return load_config(config_path), stop
+
+
+@click.group("fs3", context_settings={"help_option_names": ["-h", "--help"]})
+def fs3() -> None:
+    """fs3: the chunk file system (cluster manager, metadata, storage)."""
+
+
+@fs3.command()
+@_config_option
+@_host_option
+@click.option("--port", type=int, required=True)
+@click.option("--state", type=click.Path(file_okay=False), required=True)
+@click.option("--targets", required=True, help="Comma-separated storage target ids.")
+@click.option("--replicas", type=int, default=3, show_default=True)
+def mgmtd(
+    config_path: str | None, host: str, port: int, state: str, targets: str, replicas: int
+) -> None:
+    """Run the cluster manager."""
+    from fs3.mgmtd.service import run_mgmtd
+
+    config, stop = _serve("mgmtd", config_path)
+    ids = [int(t) for t in targets.split(",") if t]
+    run_mgmtd(Path(state), ids, replicas, host, port, config.mgmtd, stop)
+
+
+@fs3.command()
+@_config_option
+@_host_option
+@click.option("--port", type=int, required=True)
+@click.option("--db", type=click.Path(dir_okay=False), required=True, help="SQLite file.")
+@click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
+def meta(config_path: str | None, host: str, port: int, db: str, mgmtd_address: str) -> None:
+    """Run the metadata service."""
+    from fs3.meta.service import run_meta
+
+    config, stop = _serve("meta", config_path)
+    run_meta(Path(db), mgmtd_address, host, port, config, stop)
+
+
+@fs3.command()
+@_config_option
+@_host_option
+@click.option("--id", "target_id", type=int, required=True)
+@click.option("--root", type=click.Path(file_okay=False), required=True)
+@click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
+@click.option("--port", type=int, required=True, help="Data-path TCP port.")
+@click.option("--grpc-port", type=int, required=True, help="gRPC chunk port (benchmarks).")
+def storage(config_path: str | None, host: str, target_id: int, root: str, mgmtd_address: str,
+            port: int, grpc_port: int) -> None:  # fmt: skip
+    """Run one storage target."""
+    from fs3.storage.server import run_storage
+
+    config, stop = _serve(f"storage-{target_id}", config_path)
+    run_storage(target_id, Path(root), mgmtd_address, host, port, grpc_port, config, stop)
+
+
+@fs3.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--targets", type=int, default=3, show_default=True)
+@click.option("--replicas", type=int, default=3, show_default=True)
+@click.option("--detach", is_flag=True, help="Return once ready; stop later with `down`.")
+def up(directory: str, targets: int, replicas: int, detach: bool) -> None:
+    """Start a local cluster under DIRECTORY and print its address."""
+    from fs3.cluster import LocalCluster
+
+    cluster = LocalCluster(Path(directory), targets=targets, replicas=replicas)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.start()
+        click.echo(cluster.address)
+        if detach:
+            return
+        click.echo(f"fs3 cluster up; Ctrl-C or `hai fs3 down {directory}` stops it", err=True)
+        while not stop.wait(0.5):
+            if all(p.poll() is not None for p in cluster.procs.values()):
+                break  # `down` stopped the services
+        cluster.stop()
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+@fs3.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def down(directory: str) -> None:
+    """Stop the local cluster under DIRECTORY."""
+    from fs3.cluster import stop_cluster
+
+    count = stop_cluster(Path(directory))
+    click.echo(f"stopped {count} fs3 processes")
+
+
+@fs3.command()
+@click.argument("directory", type=click.Path(file_okay=False), required=False)
+@click.option("--address", default=None, help="mgmtd HOST:PORT (default: DIRECTORY/address).")
+@_config_option
+def status(directory: str | None, address: str | None, config_path: str | None) -> None:
+    """Show targets, chains and their states."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fs3.mgmtd.client import MgmtdClient
+
+    if address is None and directory is not None:
+        address = (Path(directory) / "address").read_text().strip()
+    config = load_config(config_path)
+    client = MgmtdClient(address or config.client.address, config.timeouts.rpc_s)
+    table = client.refresh()
+    client.close()
+    console = Console()
+    console.print(f"chain table version {table.version}, meta at {table.meta_address or '-'}")
+    targets = Table("target", "address", "alive", title="targets")
+    for t in sorted(table.targets.values(), key=lambda t: t.target_id):
+        targets.add_row(str(t.target_id), f"{t.host}:{t.data_port}", "yes" if t.alive else "NO")
+    chains = Table("chain", "members (head first)", title="chains")
+    for c in sorted(table.chains.values(), key=lambda c: c.chain_id):
+        chains.add_row(str(c.chain_id), "  ".join(f"{m.target_id}:{m.state}" for m in c.members))
+    console.print(targets)
+    console.print(chains)

@@ -1,0 +1,125 @@
+"""Client side of the data path: chunk reads and writes with retry and replica failover.
+
+Writes go to the chain head and return once the tail has the chunk. Reads try the chain's
+serving replicas in an order that spreads load; a replica whose checksum fails is reported
+(logged and kept in ``bad_replicas``) and the next one is read. Retryable failures refresh
+the chain table and back off, bounded by ``timeouts.retry_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from fs3.config import Timeouts
+from fs3.errors import (
+    ChecksumMismatch,
+    DataLost,
+    Fs3Error,
+    Fs3TimeoutError,
+    StaleRouting,
+    Unavailable,
+)
+from fs3.mgmtd.client import MgmtdClient
+from fs3.storage.engine import crc32c
+from fs3.storage.wire import READ, WRITE, ConnectionPool, Request
+from fs3.types import Layout, RoutingTable
+
+log = logging.getLogger("fs3.client")
+T = TypeVar("T")
+
+
+class ChunkIO:
+    def __init__(self, mgmtd: MgmtdClient, pool: ConnectionPool, timeouts: Timeouts) -> None:
+        self.mgmtd = mgmtd
+        self.pool = pool
+        self.timeouts = timeouts
+        self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
+        self._lock = threading.Lock()
+
+    def retry(self, what: str, attempt: Callable[[RoutingTable], T]) -> T:
+        """Runs ``attempt(table)`` until it succeeds, a permanent error, or ``retry_s``."""
+        deadline = time.monotonic() + self.timeouts.retry_s
+        delay = 0.02
+        table = self.mgmtd.table()
+        while True:
+            try:
+                return attempt(table)
+            except Fs3Error as err:
+                if not err.retryable:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise Fs3TimeoutError(
+                        f"{what}: no success within timeouts.retry_s={self.timeouts.retry_s:g}s; "
+                        f"last error: {err}"
+                    ) from err
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                try:
+                    table = self.mgmtd.refresh()
+                except Unavailable as mgmtd_err:
+                    log.info("%s: mgmtd unreachable, keeping cached table: %s", what, mgmtd_err)
+
+    @staticmethod
+    def _address(table: RoutingTable, target_id: int) -> str:
+        info = table.targets[target_id]
+        return f"{info.host}:{info.data_port}"
+
+    def write(
+        self, layout: Layout, inode: int, index: int, offset: int, data: bytes | memoryview,
+        truncate: bool,
+    ) -> None:  # fmt: skip
+        """Writes ``data`` at ``offset`` within chunk ``index``; returns once every replica
+        of its chain has it. With ``truncate`` the chunk ends after ``data``."""
+        chain_id = layout.chain_of(index)
+        crc = crc32c(data)
+
+        def attempt(table: RoutingTable) -> None:
+            writers = table.chains[chain_id].writers()
+            if not writers:
+                raise Unavailable(f"chain {chain_id} has no live member")
+            req = Request(WRITE, chain_id, table.version, inode, index, offset, crc=crc,
+                          truncate=truncate)  # fmt: skip
+            self.pool.request(self._address(table, writers[0]), req, data)
+
+        self.retry(f"writing chunk {index} of inode {inode} on chain {chain_id}", attempt)
+
+    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> bytes:
+        """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""
+        chain_id = layout.chain_of(index)
+
+        def attempt(table: RoutingTable) -> bytes:
+            chain = table.chains[chain_id]
+            readers = list(chain.readers())
+            if not readers:
+                raise Unavailable(f"chain {chain_id} has no serving member")
+            start = random.randrange(len(readers))
+            readers = readers[start:] + readers[:start]
+            errors: list[Fs3Error] = []
+            for target in readers:
+                req = Request(READ, chain_id, table.version, inode, index, offset, length)
+                try:
+                    _, crc, data = self.pool.request(self._address(table, target), req)
+                    if crc32c(data) != crc:
+                        raise ChecksumMismatch(f"target {target}: chunk corrupted in transit")
+                    return bytes(data)
+                except ChecksumMismatch as err:
+                    log.warning("bad replica: target %d, chain %d, inode %d chunk %d: %s",
+                                target, chain_id, inode, index, err)  # fmt: skip
+                    with self._lock:
+                        self.bad_replicas.append((target, chain_id, inode, index))
+                    errors.append(err)
+                except Fs3Error as err:
+                    if not err.retryable:
+                        raise
+                    errors.append(err)
+            if all(isinstance(e, ChecksumMismatch) for e in errors):
+                raise DataLost(f"every replica of chunk {index} of inode {inode} on chain "
+                               f"{chain_id} fails its checksum: {errors}")  # fmt: skip
+            raise next((e for e in errors if isinstance(e, StaleRouting)), errors[-1])
+
+        return self.retry(f"reading chunk {index} of inode {inode} on chain {chain_id}", attempt)

@@ -1,0 +1,337 @@
+"""``fs3.FS3FileSystem``: the fsspec filesystem for ``fs3://`` URLs.
+
+The cluster address comes from the URL (``fs3://HOST:PORT/path``), the ``address``
+argument, ``FS3_CLUSTER`` or the config file. Files are close-to-open: a reader sees what
+writers closed (or fsynced) before it opened the file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+
+from fs3.client.chunks import ChunkIO
+from fs3.client.meta import MetaClient
+from fs3.config import load_config
+from fs3.errors import AlreadyExists, InvalidArgument
+from fs3.mgmtd.client import MgmtdClient
+from fs3.paths import normalize
+from fs3.storage.wire import ConnectionPool
+from fs3.types import DIRECTORY, FILE, Inode
+
+_ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+$")
+
+
+class FS3FileSystem(AbstractFileSystem):
+    """An fsspec filesystem over an fs3 cluster.
+
+    Args:
+        address: mgmtd ``HOST:PORT``; overrides URL, ``FS3_CLUSTER`` and the config file.
+        config_path: fs3 YAML config file.
+        chunk_size: chunk size for new files (default from config, 4 MiB).
+    """
+
+    protocol = "fs3"
+    root_marker = "/"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        config_path: str | None = None,
+        chunk_size: int | None = None,
+        **storage_options: Any,
+    ) -> None:
+        super().__init__(**storage_options)
+        client: dict[str, Any] = {}
+        if address:
+            client["address"] = address
+        if chunk_size:
+            client["chunk_size"] = chunk_size
+        self.config = load_config(config_path, overrides={"client": client})
+        t = self.config.timeouts
+        self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s)
+        self.pool = ConnectionPool(t.connect_s, t.rpc_s)
+        self.chunks = ChunkIO(self.mgmtd, self.pool, t)
+        self.meta = MetaClient(self.chunks, t.rpc_s)
+        self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")
+
+    # -- paths -------------------------------------------------------------------------
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]  # type: ignore[return-value]
+        path = str(path)
+        if path.startswith("fs3://"):
+            path = path[len("fs3://") :]
+            first = path.split("/", 1)[0]
+            if _ADDRESS.match(first):
+                path = path[len(first) :]
+        return normalize(path) if path not in ("", "/") else "/"
+
+    @staticmethod
+    def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
+        if path.startswith("fs3://"):
+            first = path[len("fs3://") :].split("/", 1)[0]
+            if _ADDRESS.match(first):
+                return {"address": first}
+        return {}
+
+    # -- metadata ----------------------------------------------------------------------
+    def _info(self, path: str, inode: Inode) -> dict[str, Any]:
+        kind = {FILE: "file", DIRECTORY: "directory"}.get(inode.kind, "link")
+        info = {"name": path, "size": inode.length if inode.kind == FILE else 0, "type": kind,
+                "mode": inode.mode, "mtime": inode.mtime, "ctime": inode.ctime,
+                "inode": inode.id}  # fmt: skip
+        if inode.target:
+            info["destination"] = inode.target
+        return info
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        return self._info(path, self.meta.stat(path))
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        inode = self.meta.stat(path)
+        if inode.kind != DIRECTORY:
+            entries = [self._info(path, inode)]
+        else:
+            base = path.rstrip("/")
+            entries = [self._info(f"{base}/{e.name}", e.inode) for e in self.meta.listdir(path)]
+        return entries if detail else [e["name"] for e in entries]
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
+        if create_parents and self.exists(path):
+            raise AlreadyExists("file exists", path)
+        self.meta.mkdir(path, parents=create_parents)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        path = self._strip_protocol(path)
+        if not exist_ok and self.exists(path):
+            raise AlreadyExists("file exists", path)
+        self.meta.mkdir(path, parents=True)
+
+    def rmdir(self, path: str) -> None:
+        self.meta.rmdir(self._strip_protocol(path))
+
+    def _rm(self, path: str) -> None:
+        path = self._strip_protocol(path)
+        if self.meta.stat(path).kind == DIRECTORY:
+            self.meta.rmdir(path)
+        else:
+            self.meta.unlink(path)
+
+    def rm_file(self, path: str) -> None:
+        """Removes a file, or an empty directory (fsspec's ``rm`` passes both here)."""
+        self._rm(path)
+
+    def created(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["ctime"], tz=timezone.utc)
+
+    def modified(self, path: str) -> datetime:
+        return datetime.fromtimestamp(self.info(path)["mtime"], tz=timezone.utc)
+
+    def rename(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Atomically moves ``path1`` to ``path2`` (replacing a file there)."""
+        self.meta.rename(self._strip_protocol(path1), self._strip_protocol(path2))
+
+    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None,
+           **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(path1, str) and isinstance(path2, str) and not any(c in path1 for c in "*?["):
+            self.rename(path1, path2)
+        else:
+            super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def symlink(self, target: str, path: str) -> None:
+        """Creates a symlink at ``path`` pointing to ``target``."""
+        self.meta.symlink(self._strip_protocol(path), target)
+
+    def readlink(self, path: str) -> str:
+        return self.meta.readlink(self._strip_protocol(path))
+
+    def truncate(self, path: str, length: int) -> None:
+        """Sets the file's length; bytes past the old end read as zeros."""
+        path = self._strip_protocol(path)
+        inode = self.meta.open(path)
+        cs = inode.layout.chunk_size
+        if length < inode.length and length % cs:
+            # Clear the tail of the new last chunk so that growing the file later shows zeros.
+            self.chunks.write(inode.layout, inode.id, length // cs, length % cs, b"", True)
+        self.meta.truncate(path, length)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
+        if truncate or not self.exists(path):
+            self._create(path, exclusive=False)
+
+    def _create(self, path: str, exclusive: bool) -> Inode:
+        """Creates a file, and its missing parent directories as object stores imply them."""
+        c = self.config.client
+        try:
+            return self.meta.create(path, exclusive, c.chunk_size, c.stripe)
+        except FileNotFoundError:
+            self.meta.mkdir(self._parent(path), parents=True)
+            return self.meta.create(path, exclusive, c.chunk_size, c.stripe)
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        with self.open(path, "xb" if mode == "create" else "wb", **kwargs) as f:
+            f.write(value)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        if self.isdir(path1):
+            self.makedirs(path2, exist_ok=True)
+            return
+        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+            shutil.copyfileobj(src, dst, self.config.client.chunk_size)
+
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
+              cache_options: Any = None, **kwargs: Any) -> FS3File:  # fmt: skip
+        path = self._strip_protocol(path)
+        if mode == "rb":
+            inode = self.meta.open(path)
+        elif mode in ("wb", "xb"):
+            inode = self._create(path, exclusive=mode == "xb")
+        elif mode == "ab":
+            try:
+                inode = self.meta.open(path)
+            except FileNotFoundError:
+                inode = self._create(path, exclusive=False)
+        else:
+            raise InvalidArgument(f"unsupported mode {mode!r}; use rb, wb, xb or ab", path)
+        return FS3File(self, path, mode, inode)
+
+
+class FS3File(AbstractBufferedFile):
+    """An open fs3 file. Writes ship whole chunks in parallel as they fill; reads fetch
+    chunks in parallel and read ahead once access looks sequential."""
+
+    fs: FS3FileSystem
+
+    def __init__(self, fs: FS3FileSystem, path: str, mode: str, inode: Inode) -> None:
+        self.inode = inode
+        self.layout = inode.layout
+        self.chunk_size = inode.layout.chunk_size
+        super().__init__(fs, path, mode, block_size=self.chunk_size, size=inode.length,
+                         cache_type="none")  # fmt: skip
+        self._inflight: list[Future[None]] = []
+        self._ahead: dict[int, Future[bytes]] = {}
+        self._next_sequential = 0
+        if mode != "rb":
+            self.offset = inode.length if mode == "ab" else 0
+            self.loc = self.offset
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, data: Any) -> int:
+        if not self.writable():
+            raise ValueError("file not in write mode")
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = self.buffer.write(data)
+        self.loc += n
+        if self.buffer.tell() >= self.chunk_size:
+            self._ship(final=False)
+        return n
+
+    def _ship(self, final: bool) -> None:
+        """Sends buffered bytes: whole chunks only, or everything when ``final``."""
+        buf = self.buffer.getvalue()
+        pos, cs, shipped = self.offset, self.chunk_size, 0
+        while shipped < len(buf):
+            index, within = divmod(pos, cs)
+            piece = buf[shipped : shipped + cs - within]
+            if within + len(piece) < cs and not final:
+                break
+            # A chunk written from its start in a fresh file replaces it; others patch.
+            self._submit(index, within, piece)
+            shipped += len(piece)
+            pos += len(piece)
+        self.offset = pos
+        self.buffer = io.BytesIO()
+        self.buffer.write(buf[shipped:])
+
+    def _submit(self, index: int, within: int, piece: bytes) -> None:
+        truncate = within == 0 and self.mode != "ab"
+        args = (self.layout, self.inode.id, index, within, piece, truncate)
+        self._inflight.append(self.fs.executor.submit(self.fs.chunks.write, *args))
+        while len(self._inflight) >= self.fs.config.client.parallel:
+            self._inflight.pop(0).result()
+
+    def _drain(self) -> None:
+        inflight, self._inflight = self._inflight, []
+        for f in inflight:
+            f.result()
+
+    def fsync(self) -> None:
+        """Returns once every byte written so far is on every replica and the length is set."""
+        self._ship(final=True)
+        self._drain()
+        self.fs.meta.set_length(self.inode.id, max(self.loc, self.inode.length))
+
+    def flush(self, force: bool = False) -> None:
+        if self.closed or self.mode == "rb" or not force:
+            return
+        self.fsync()
+        self.forced = True
+
+    # -- reading -----------------------------------------------------------------------
+    def _chunk(self, index: int, start: int, end: int) -> bytes:
+        data = self.fs.chunks.read(self.layout, self.inode.id, index, start, end - start)
+        return data.ljust(end - start, b"\x00")  # holes and short chunks read as zeros
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        cs = self.chunk_size
+        parts = []
+        for index in range(start // cs, (end - 1) // cs + 1):
+            lo, hi = max(start, index * cs), min(end, (index + 1) * cs)
+            parts.append(
+                self.fs.executor.submit(self._chunk, index, lo - index * cs, hi - index * cs)
+            )
+        return b"".join(p.result() for p in parts)
+
+    def _whole_chunk(self, index: int) -> Future[bytes]:
+        if index not in self._ahead:
+            end = min(self.chunk_size, self.size - index * self.chunk_size)
+            self._ahead[index] = self.fs.executor.submit(self._chunk, index, 0, end)
+        return self._ahead[index]
+
+    def read(self, length: int = -1) -> bytes:
+        if self.mode != "rb":
+            raise ValueError("file not in read mode")
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if length is None or length < 0:
+            length = self.size - self.loc
+        end = min(self.loc + length, self.size)
+        if end <= self.loc:
+            return b""
+        cs = self.chunk_size
+        if self.loc == self._next_sequential:
+            first, last = self.loc // cs, (end - 1) // cs
+            chunks_total = -(-self.size // cs)
+            ahead = self.fs.config.client.readahead_chunks
+            for index in range(first, min(last + 1 + ahead, chunks_total)):
+                self._whole_chunk(index)
+            data = b"".join(self._ahead[i].result() for i in range(first, last + 1))
+            for index in [i for i in self._ahead if i < last or (i == last and end % cs == 0)]:
+                del self._ahead[index]
+            out = data[self.loc - first * cs : end - first * cs]
+        else:
+            self._ahead.clear()
+            out = self._fetch_range(self.loc, end)
+        self.loc = self._next_sequential = end
+        return out
+
+    def close(self) -> None:
+        if not self.closed and self.mode != "rb" and not self.forced:
+            self.fsync()
+            self.forced = True
+        self._ahead.clear()
+        super().close()

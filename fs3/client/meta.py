@@ -1,0 +1,82 @@
+"""Client of the meta service; finds it through mgmtd and retries while it restarts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fs3.client.chunks import ChunkIO
+from fs3.errors import Unavailable
+from fs3.proto import fs3_pb2 as pb
+from fs3.proto import fs3_pb2_grpc as pbg
+from fs3.proto.convert import entry_from_pb, inode_from_pb
+from fs3.rpc import call, channel
+from fs3.types import DirEntry, Inode, RoutingTable
+
+
+class MetaClient:
+    def __init__(self, chunks: ChunkIO, timeout: float) -> None:
+        self._chunks = chunks
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._address = ""
+        self._stub: pbg.MetaStub | None = None
+        self._channel: Any = None
+
+    def _rpc(self, name: str, request: Any) -> Any:
+        def attempt(table: RoutingTable) -> Any:
+            if not table.meta_address:
+                raise Unavailable("no meta server registered with mgmtd")
+            with self._lock:
+                if table.meta_address != self._address:
+                    if self._channel is not None:
+                        self._channel.close()
+                    self._address = table.meta_address
+                    self._channel = channel(self._address)
+                    self._stub = pbg.MetaStub(self._channel)
+                stub = self._stub
+            return call(getattr(stub, name), request, self._timeout, f"meta {name}", self._address)
+
+        return self._chunks.retry(f"meta {name}", attempt)
+
+    def stat(self, path: str) -> Inode:
+        return inode_from_pb(self._rpc("Stat", pb.PathRequest(path=path)))
+
+    def open(self, path: str) -> Inode:
+        return inode_from_pb(self._rpc("Open", pb.PathRequest(path=path)))
+
+    def mkdir(self, path: str, parents: bool) -> Inode:
+        return inode_from_pb(self._rpc("Mkdir", pb.MkdirRequest(path=path, parents=parents)))
+
+    def create(self, path: str, exclusive: bool, chunk_size: int, stripe: int) -> Inode:
+        req = pb.CreateRequest(path=path, exclusive=exclusive, chunk_size=chunk_size, stripe=stripe)
+        return inode_from_pb(self._rpc("Create", req))
+
+    def listdir(self, path: str) -> list[DirEntry]:
+        return [entry_from_pb(e) for e in self._rpc("List", pb.PathRequest(path=path)).entries]
+
+    def rename(self, src: str, dst: str) -> Inode:
+        return inode_from_pb(self._rpc("Rename", pb.RenameRequest(src=src, dst=dst)))
+
+    def unlink(self, path: str) -> None:
+        self._rpc("Unlink", pb.PathRequest(path=path))
+
+    def rmdir(self, path: str) -> None:
+        self._rpc("Rmdir", pb.PathRequest(path=path))
+
+    def truncate(self, path: str, length: int) -> Inode:
+        return inode_from_pb(self._rpc("Truncate", pb.TruncateRequest(path=path, length=length)))
+
+    def set_length(self, inode_id: int, length: int) -> Inode:
+        req = pb.SetLengthRequest(inode_id=inode_id, length=length)
+        return inode_from_pb(self._rpc("SetLength", req))
+
+    def symlink(self, path: str, target: str) -> Inode:
+        return inode_from_pb(self._rpc("Symlink", pb.SymlinkRequest(path=path, target=target)))
+
+    def readlink(self, path: str) -> str:
+        return self._rpc("Readlink", pb.PathRequest(path=path)).target
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()

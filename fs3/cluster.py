@@ -1,0 +1,190 @@
+"""A whole fs3 cluster on this machine: mgmtd, meta and N storage targets as processes.
+
+Used by ``hai fs3 up`` for development and by the tests. Everything lives under one folder:
+``config.yaml`` (read by every service), ``cluster.json`` (ports), ``pids.json``, one log per
+process, the metadata database and one chunk folder per target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fs3.errors import Fs3Error, Fs3TimeoutError
+from fs3.mgmtd.client import MgmtdClient
+from fs3.types import SERVING, RoutingTable
+
+_STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is ample
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """Processes of one local cluster. ``start`` blocks until every chain is fully serving."""
+
+    root: Path
+    targets: int = 3
+    replicas: int = 3
+    host: str = "127.0.0.1"
+    settings: dict = field(default_factory=dict)
+    """Overrides for the services' config file, e.g. ``{"mgmtd": {"lease_s": 2.0}}``."""
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        ports_file = self.root / "cluster.json"
+        if ports_file.exists():
+            self.ports = json.loads(ports_file.read_text())
+        else:
+            self.ports = {"mgmtd": _free_port(self.host), "meta": _free_port(self.host)}
+            for i in range(1, self.targets + 1):
+                self.ports[f"storage-{i}"] = [_free_port(self.host), _free_port(self.host)]
+            ports_file.write_text(json.dumps(self.ports))
+        (self.root / "config.yaml").write_text(yaml.safe_dump(self.settings))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.ports['mgmtd']}"
+
+    def names(self) -> list[str]:
+        return ["mgmtd", "meta"] + [f"storage-{i}" for i in range(1, self.targets + 1)]
+
+    def _command(self, name: str) -> list[str]:
+        base = [sys.executable, "-m", "fs3", name.split("-")[0], "--host", self.host,
+                "--config", str(self.root / "config.yaml")]  # fmt: skip
+        if name == "mgmtd":
+            ids = ",".join(str(i) for i in range(1, self.targets + 1))
+            return base + ["--port", str(self.ports["mgmtd"]), "--state", str(self.root / "mgmtd"),
+                           "--targets", ids, "--replicas", str(self.replicas)]  # fmt: skip
+        if name == "meta":
+            return base + ["--port", str(self.ports["meta"]), "--db", str(self.root / "meta.db"),
+                           "--mgmtd", self.address]  # fmt: skip
+        index = int(name.split("-")[1])
+        data_port, grpc_port = self.ports[name]
+        return base + ["--id", str(index), "--root", str(self.root / name), "--mgmtd", self.address,
+                       "--port", str(data_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+
+    def start_process(self, name: str) -> None:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(
+            self._command(name), stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
+        )  # fmt: skip
+        log.close()
+        self._save_pids()
+
+    def _save_pids(self) -> None:
+        pids = {n: p.pid for n, p in self.procs.items() if p.poll() is None}
+        (self.root / "pids.json").write_text(json.dumps(pids))
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Starts every process and waits until the cluster serves.
+
+        Raises Fs3TimeoutError naming what was not ready, with the log folder.
+        """
+        for name in self.names():
+            self.start_process(name)
+        self.wait_ready(timeout)
+        (self.root / "address").write_text(self.address + "\n")
+
+    def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
+        """Waits until meta is registered and every chain member is serving."""
+        client = MgmtdClient(self.address, 2.0)
+        deadline = time.monotonic() + timeout
+        problem = "mgmtd not answering"
+        try:
+            while time.monotonic() < deadline:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise Fs3Error(f"fs3 {name} exited with {proc.returncode}; see "
+                                       f"{self.root / (name + '.log')}")  # fmt: skip
+                try:
+                    table = client.refresh()
+                    problem = _not_ready(table, self.targets)
+                    if not problem:
+                        return table
+                except Fs3Error as err:
+                    problem = str(err)
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise Fs3TimeoutError(f"fs3 cluster in {self.root} not ready after {timeout:g}s: {problem}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs one process, as a crash would."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(timeout=_STOP_GRACE_S)
+        self._save_pids()
+
+    def stop(self) -> None:
+        """Stops all processes: storage first so no write is cut between hops, mgmtd last."""
+        for name in sorted(self.procs, key=lambda n: ("storage" not in n, n == "mgmtd")):
+            self.procs[name].terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        (self.root / "pids.json").unlink(missing_ok=True)
+
+
+def _not_ready(table: RoutingTable, targets: int) -> str:
+    if not table.meta_address:
+        return "meta not registered"
+    alive = sum(t.alive for t in table.targets.values())
+    if alive < targets:
+        return f"{alive} of {targets} storage targets registered"
+    for chain in table.chains.values():
+        states = [m.state for m in chain.members]
+        if any(s != SERVING for s in states):
+            return f"chain {chain.chain_id} members {states}"
+    return ""
+
+
+def stop_cluster(root: Path) -> int:
+    """Stops the processes a cluster under ``root`` recorded; returns how many were running."""
+    pids_file = Path(root) / "pids.json"
+    if not pids_file.exists():
+        return 0
+    pids = list(json.loads(pids_file.read_text()).values())
+    running = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            running.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for pid in running:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    pids_file.unlink(missing_ok=True)
+    return len(running)

@@ -1,0 +1,63 @@
+"""Conversions between protobuf messages and fs3's dataclasses, so cores never see protobuf."""
+
+from __future__ import annotations
+
+from fs3.proto import fs3_pb2 as pb
+from fs3.types import Chain, ChainMember, DirEntry, Inode, Layout, RoutingTable, TargetInfo
+
+
+def target_to_pb(t: TargetInfo) -> pb.Target:
+    return pb.Target(target_id=t.target_id, host=t.host, data_port=t.data_port,
+                     grpc_port=t.grpc_port, alive=t.alive)  # fmt: skip
+
+
+def target_from_pb(m: pb.Target) -> TargetInfo:
+    return TargetInfo(m.target_id, m.host, m.data_port, m.grpc_port, m.alive)
+
+
+def routing_to_pb(r: RoutingTable) -> pb.RoutingTable:
+    return pb.RoutingTable(
+        version=r.version,
+        targets=[target_to_pb(t) for t in r.targets.values()],
+        chains=[
+            pb.Chain(
+                chain_id=c.chain_id,
+                members=[pb.Member(target_id=m.target_id, state=m.state) for m in c.members],
+            )
+            for c in r.chains.values()
+        ],  # fmt: skip
+        meta_address=r.meta_address,
+    )
+
+
+def routing_from_pb(m: pb.RoutingTable) -> RoutingTable:
+    return RoutingTable(
+        version=m.version,
+        targets={t.target_id: target_from_pb(t) for t in m.targets},
+        chains={
+            c.chain_id: Chain(
+                c.chain_id, tuple(ChainMember(x.target_id, x.state) for x in c.members)
+            )
+            for c in m.chains
+        },
+        meta_address=m.meta_address,
+    )
+
+
+def inode_to_pb(i: Inode) -> pb.Inode:
+    lay = pb.Layout(chunk_size=i.layout.chunk_size, chains=i.layout.chains, seed=i.layout.seed)
+    return pb.Inode(id=i.id, kind=i.kind, mode=i.mode, length=i.length, mtime=i.mtime,
+                    ctime=i.ctime, parent=i.parent, layout=lay, target=i.target)  # fmt: skip
+
+
+def inode_from_pb(m: pb.Inode) -> Inode:
+    lay = Layout(m.layout.chunk_size, tuple(m.layout.chains), m.layout.seed)
+    return Inode(m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target)
+
+
+def entry_to_pb(e: DirEntry) -> pb.DirEntry:
+    return pb.DirEntry(name=e.name, inode=inode_to_pb(e.inode))
+
+
+def entry_from_pb(m: pb.DirEntry) -> DirEntry:
+    return DirEntry(m.name, inode_from_pb(m.inode))

@@ -1,0 +1,219 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("target_id", "host", "data_port", "grpc_port", "alive")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    GRPC_PORT_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    target_id: int
+    host: str
+    data_port: int
+    grpc_port: int
+    alive: bool
+    def __init__(self, target_id: _Optional[int] = ..., host: _Optional[str] = ..., data_port: _Optional[int] = ..., grpc_port: _Optional[int] = ..., alive: _Optional[bool] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("target_id", "state")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    target_id: int
+    state: str
+    def __init__(self, target_id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class Chain(_message.Message):
+    __slots__ = ("chain_id", "members")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    def __init__(self, chain_id: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+
+class RoutingTable(_message.Message):
+    __slots__ = ("version", "targets", "chains", "meta_address")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    META_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    chains: _containers.RepeatedCompositeFieldContainer[Chain]
+    meta_address: str
+    def __init__(self, version: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., meta_address: _Optional[str] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: Target
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ...) -> None: ...
+
+class SyncDoneRequest(_message.Message):
+    __slots__ = ("chain_id", "target_id")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    target_id: int
+    def __init__(self, chain_id: _Optional[int] = ..., target_id: _Optional[int] = ...) -> None: ...
+
+class RegisterMetaRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class Layout(_message.Message):
+    __slots__ = ("chunk_size", "chains", "seed")
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    chunk_size: int
+    chains: _containers.RepeatedScalarFieldContainer[int]
+    seed: int
+    def __init__(self, chunk_size: _Optional[int] = ..., chains: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Inode(_message.Message):
+    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    CTIME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: str
+    mode: int
+    length: int
+    mtime: float
+    ctime: float
+    parent: int
+    layout: Layout
+    target: str
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ...) -> None: ...
+
+class DirEntry(_message.Message):
+    __slots__ = ("name", "inode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inode: Inode
+    def __init__(self, name: _Optional[str] = ..., inode: _Optional[_Union[Inode, _Mapping]] = ...) -> None: ...
+
+class PathRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class MkdirRequest(_message.Message):
+    __slots__ = ("path", "parents", "mode")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    parents: bool
+    mode: int
+    def __init__(self, path: _Optional[str] = ..., parents: _Optional[bool] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class CreateRequest(_message.Message):
+    __slots__ = ("path", "exclusive", "chunk_size", "stripe", "mode")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    exclusive: bool
+    chunk_size: int
+    stripe: int
+    mode: int
+    def __init__(self, path: _Optional[str] = ..., exclusive: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., stripe: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class RenameRequest(_message.Message):
+    __slots__ = ("src", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    dst: str
+    def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ...) -> None: ...
+
+class TruncateRequest(_message.Message):
+    __slots__ = ("path", "length")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    length: int
+    def __init__(self, path: _Optional[str] = ..., length: _Optional[int] = ...) -> None: ...
+
+class SetLengthRequest(_message.Message):
+    __slots__ = ("inode_id", "length")
+    INODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    inode_id: int
+    length: int
+    def __init__(self, inode_id: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class SymlinkRequest(_message.Message):
+    __slots__ = ("path", "target")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    target: str
+    def __init__(self, path: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class Listing(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ...) -> None: ...
+
+class LinkTarget(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class ChunkRequest(_message.Message):
+    __slots__ = ("chain_id", "inode", "index", "offset", "length", "table_version", "data", "truncate", "crc")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CRC_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    inode: int
+    index: int
+    offset: int
+    length: int
+    table_version: int
+    data: bytes
+    truncate: bool
+    crc: int
+    def __init__(self, chain_id: _Optional[int] = ..., inode: _Optional[int] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., table_version: _Optional[int] = ..., data: _Optional[bytes] = ..., truncate: _Optional[bool] = ..., crc: _Optional[int] = ...) -> None: ...
+
+class ChunkReply(_message.Message):
+    __slots__ = ("data", "crc", "version")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    crc: int
+    version: int
+    def __init__(self, data: _Optional[bytes] = ..., crc: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...

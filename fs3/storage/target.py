@@ -1,0 +1,210 @@
+"""A storage target's core: CRAQ chain replication and resync over a chunk engine.
+
+Writes enter at the chain head, which serialises them per chunk, turns a partial write into
+the chunk's full new content, stages it as version v+1 and forwards it down the chain. Each
+member stages, forwards, and commits only when its successor answered, so the tail commits
+first and commits flow back up; the client's acknowledgement therefore means every replica
+has it. Forwarding whole chunks makes each hop an idempotent replace, which is also what
+resync sends to a returning member.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error, InvalidArgument, StaleRouting
+from fs3.mgmtd.client import MgmtdClient
+from fs3.storage.engine import ChunkEngine, crc32c, patch
+from fs3.storage.wire import DUMP, DUMP_ENTRY, REMOVE, REPLICATE, SYNC, ConnectionPool, Request
+from fs3.types import SERVING, Chain, ChunkId, RoutingTable
+
+log = logging.getLogger("fs3.storage")
+
+
+class StorageTarget:
+    """Serves one target's chunks; every public method is one data-path operation."""
+
+    def __init__(
+        self, target_id: int, engine: ChunkEngine, mgmtd: MgmtdClient, pool: ConnectionPool
+    ) -> None:
+        self.target_id = target_id
+        self.engine = engine
+        self.mgmtd = mgmtd
+        self.pool = pool
+        # One lock per chunk, not striped: a chain hop holds its lock while the next hop takes
+        # its own, and stripes shared across chains running in opposite directions deadlock.
+        self._locks: dict[ChunkId, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._syncing: set[int] = set()
+        self._syncing_lock = threading.Lock()
+
+    def _lock(self, cid: ChunkId) -> threading.Lock:
+        with self._locks_lock:
+            lock = self._locks.get(cid)
+            if lock is None:
+                lock = self._locks[cid] = threading.Lock()
+            return lock
+
+    def _chain(self, chain_id: int, table_version: int) -> tuple[RoutingTable, Chain]:
+        table = self.mgmtd.table()
+        if table_version > table.version:
+            table = self.mgmtd.refresh()
+        if table_version != table.version:
+            raise StaleRouting(
+                f"chain table version {table_version} differs from target "
+                f"{self.target_id}'s {table.version}; refresh and retry"
+            )
+        chain = table.chains.get(chain_id)
+        if chain is None:
+            raise InvalidArgument(f"no chain {chain_id} in table version {table.version}")
+        return table, chain
+
+    def _address(self, table: RoutingTable, target_id: int) -> str:
+        info = table.targets[target_id]
+        return f"{info.host}:{info.data_port}"
+
+    def write(self, req: Request, data: memoryview) -> tuple[int, int]:
+        """A client write at the head: returns (new version, CRC32C of the full chunk)."""
+        table, chain = self._chain(req.chain, req.table_version)
+        writers = chain.writers()
+        if not writers or writers[0] != self.target_id:
+            raise StaleRouting(f"target {self.target_id} is not the head of chain {req.chain}")
+        if crc32c(data) != req.crc:
+            raise ChecksumMismatch(f"write to chain {req.chain} corrupted in transit")
+        cid = ChunkId(req.chain, req.inode, req.index)
+        with self._lock(cid):
+            committed, pending = self.engine.stat(cid)
+            version = max(committed.version if committed else 0, pending or 0) + 1
+            if req.truncate and req.offset == 0:
+                content: bytes | memoryview = data
+            else:
+                base = self.engine.read(cid, 0, committed.length) if committed else b""
+                content = patch(base, req.offset, data, req.truncate)
+            return version, self._apply(table, chain, cid, version, content)
+
+    def replicate(self, req: Request, data: memoryview) -> tuple[int, int]:
+        """A full chunk forwarded by the predecessor: stage, forward, commit."""
+        table, chain = self._chain(req.chain, req.table_version)
+        if self.target_id not in chain.writers()[1:]:
+            raise StaleRouting(f"target {self.target_id} is not a successor in chain {req.chain}")
+        if crc32c(data) != req.crc:
+            raise ChecksumMismatch(f"replica of chain {req.chain} corrupted in transit")
+        cid = ChunkId(req.chain, req.inode, req.index)
+        with self._lock(cid):
+            return req.version, self._apply(table, chain, cid, req.version, data)
+
+    def _apply(
+        self,
+        table: RoutingTable,
+        chain: Chain,
+        cid: ChunkId,
+        version: int,
+        content: bytes | memoryview,
+    ) -> int:
+        crc = crc32c(content)
+        self.engine.write(cid, version, content, 0, True)
+        writers = chain.writers()
+        me = writers.index(self.target_id)
+        if me + 1 < len(writers):
+            fwd = Request(REPLICATE, cid.chain, table.version, cid.inode, cid.index,
+                          crc=crc, version=version, truncate=True)  # fmt: skip
+            self.pool.request(self._address(table, writers[me + 1]), fwd, content)
+        self.engine.commit(cid, version)
+        return crc
+
+    def read(self, req: Request) -> tuple[int, bytes]:
+        """Committed bytes of a chunk: returns (version, data).
+
+        Raises ChunkBusy when a write is in flight here and this is not the tail, StaleRouting
+        when this target is not serving the chain, ChecksumMismatch naming this target.
+        """
+        table = self.mgmtd.table()
+        if req.table_version > table.version:
+            table = self.mgmtd.refresh()
+        chain = table.chains.get(req.chain)
+        if chain is None or chain.state_of(self.target_id) != SERVING:
+            raise StaleRouting(f"target {self.target_id} does not serve chain {req.chain}")
+        cid = ChunkId(req.chain, req.inode, req.index)
+        committed, pending = self.engine.stat(cid)
+        if pending is not None and chain.writers()[-1] != self.target_id:
+            raise ChunkBusy(f"chunk {tuple(cid)} has a write in flight on target {self.target_id}")
+        try:
+            data = self.engine.read(cid, req.offset, req.length)
+        except ChecksumMismatch as err:
+            log.error("target %d: %s", self.target_id, err)
+            raise ChecksumMismatch(f"target {self.target_id}: {err.strerror}", err.path) from None
+        return (committed.version if committed else 0), data
+
+    def remove(self, req: Request) -> int:
+        """Deletes chunks of ``req.inode`` from ``req.index`` (to ``req.length`` if set)."""
+        return self.engine.remove(req.chain, req.inode, req.index, req.length or None)
+
+    def sync(self, req: Request, data: memoryview) -> None:
+        """Installs a chunk copied by resync, whatever version was here."""
+        if crc32c(data) != req.crc:
+            raise ChecksumMismatch(f"resync copy for chain {req.chain} corrupted in transit")
+        cid = ChunkId(req.chain, req.inode, req.index)
+        with self._lock(cid):
+            self.engine.replace(cid, req.version, data)
+
+    def dump(self, chain: int) -> bytes:
+        """Committed chunk versions of one chain, packed as :data:`DUMP_ENTRY` records."""
+        return b"".join(
+            DUMP_ENTRY.pack(c.inode, c.index, m.version, m.length)
+            for c, m in self.engine.list_chain(chain).items()
+        )
+
+    # -- resync ------------------------------------------------------------------------
+    def start_resyncs(self, table: RoutingTable) -> None:
+        """Starts a resync for every chain whose syncing member follows this target, the last
+        serving one; called after each heartbeat."""
+        for chain in table.chains.values():
+            serving, writers = chain.readers(), chain.writers()
+            if not serving or serving[-1] != self.target_id or len(writers) == len(serving):
+                continue
+            successor = writers[len(serving)]
+            with self._syncing_lock:
+                if chain.chain_id in self._syncing:
+                    continue
+                self._syncing.add(chain.chain_id)
+            threading.Thread(
+                target=self._resync, args=(table, chain.chain_id, successor), daemon=True,
+                name=f"resync-{chain.chain_id}-{successor}",
+            ).start()  # fmt: skip
+
+    def _resync(self, table: RoutingTable, chain_id: int, successor: int) -> None:
+        address = self._address(table, successor)
+        try:
+            _, _, raw = self.pool.request(address, Request(DUMP, chain_id))
+            remote = {}
+            for off in range(0, len(raw), DUMP_ENTRY.size):
+                inode, index, version, _ = DUMP_ENTRY.unpack_from(raw, off)
+                remote[ChunkId(chain_id, inode, index)] = version
+            local = self.engine.list_chain(chain_id)
+            copied = 0
+            for cid in sorted(set(local) | set(remote)):
+                with self._lock(cid):
+                    meta, _ = self.engine.stat(cid)
+                    if meta is not None and remote.get(cid) == meta.version:
+                        continue
+                    if meta is None:
+                        req = Request(
+                            REMOVE, chain_id, 0, cid.inode, cid.index, length=cid.index + 1
+                        )
+                        self.pool.request(address, req)
+                        continue
+                    content = self.engine.read(cid, 0, meta.length)
+                    req = Request(SYNC, chain_id, 0, cid.inode, cid.index, crc=crc32c(content),
+                                  version=meta.version, truncate=True)  # fmt: skip
+                    self.pool.request(address, req, content)
+                    copied += 1
+            self.mgmtd.sync_done(chain_id, successor)
+            log.info("chain %d: target %d resynced (%d chunks copied)", chain_id, successor, copied)
+        except Fs3Error as err:
+            log.warning(
+                "chain %d: resync of target %d failed, will retry: %s", chain_id, successor, err
+            )
+        finally:
+            with self._syncing_lock:
+                self._syncing.discard(chain_id)

@@ -1,0 +1,163 @@
+"""The chunk data path: a framed binary protocol over TCP, one request at a time per socket.
+
+Python gRPC tops out near 230 MiB/s for 4 MiB messages on loopback; a raw socket moves
+about ten times that. So chunk bytes use this protocol: a fixed header, then the payload,
+received with ``recv_into`` into a buffer sized from the header (no concatenation) and sent
+with ``sendmsg`` of header and payload together (no copy). Clients get parallelism from
+several pooled connections per server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+from fs3.errors import ERROR_TYPES, Fs3Error, Unavailable, error_message
+
+READ, WRITE, REPLICATE, SYNC, REMOVE, DUMP = 1, 2, 3, 4, 5, 6
+
+# op, flags, chain, table version, inode, index, offset, length, crc, version
+REQUEST = struct.Struct("!BBxxIQQIIIIQ")
+# status (0 = ok, else 1 + index in ERROR_TYPES), payload length, crc, version
+RESPONSE = struct.Struct("!BxxxIIQ")
+DUMP_ENTRY = struct.Struct("!QIQQ")  # inode, index, version, length
+
+FLAG_TRUNCATE = 1
+
+
+@dataclass(frozen=True)
+class Request:
+    op: int
+    chain: int = 0
+    table_version: int = 0
+    inode: int = 0
+    index: int = 0
+    offset: int = 0
+    length: int = 0
+    crc: int = 0
+    version: int = 0
+    truncate: bool = False
+
+    def pack(self, payload_len: int) -> bytes:
+        length = payload_len if self.op in (WRITE, REPLICATE, SYNC) else self.length
+        flags = FLAG_TRUNCATE if self.truncate else 0
+        return REQUEST.pack(self.op, flags, self.chain, self.table_version, self.inode,
+                            self.index, self.offset, length, self.crc, self.version)  # fmt: skip
+
+    @classmethod
+    def unpack(cls, raw: bytes | bytearray) -> Request:
+        op, flags, chain, tv, inode, index, offset, length, crc, version = REQUEST.unpack(raw)
+        return cls(op, chain, tv, inode, index, offset, length, crc, version,
+                   bool(flags & FLAG_TRUNCATE))  # fmt: skip
+
+
+def recv_exact(sock: socket.socket, view: memoryview) -> None:
+    """Fills ``view`` from ``sock``; raises ConnectionError when the peer closes."""
+    while view:
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("connection closed by peer")
+        view = view[n:]
+
+
+def send_frame(sock: socket.socket, header: bytes, payload: bytes | memoryview = b"") -> None:
+    """Sends header and payload with as few copies as the kernel allows."""
+    parts = [memoryview(header), memoryview(payload)] if payload else [memoryview(header)]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts:
+            parts[0] = parts[0][sent:]
+
+
+def error_frame(err: Fs3Error) -> tuple[bytes, bytes]:
+    body = json.dumps({"message": error_message(err), "path": err.path}).encode()
+    code = ERROR_TYPES.index(type(err)) + 1 if type(err) in ERROR_TYPES else 1
+    return RESPONSE.pack(code, len(body), 0, 0), body
+
+
+def raise_error(code: int, body: bytes | bytearray, where: str) -> None:
+    info = json.loads(bytes(body))
+    cls = ERROR_TYPES[code - 1] if 0 < code <= len(ERROR_TYPES) else Fs3Error
+    raise cls(f"{info['message']} (at {where})", info.get("path"))
+
+
+class Connection:
+    """One client socket to a storage server's data port."""
+
+    def __init__(self, address: str, connect_timeout: float, io_timeout: float) -> None:
+        self.address = address
+        host, port = address.rsplit(":", 1)
+        try:
+            self.sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+        except OSError as err:
+            raise Unavailable(f"cannot connect to storage {address}: {err}") from None
+        self.sock.settimeout(io_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._header = bytearray(RESPONSE.size)
+
+    def request(
+        self, req: Request, payload: bytes | memoryview = b""
+    ) -> tuple[int, int, bytearray]:
+        """Sends one request; returns (version, crc, payload). Raises the server's error, or
+        Unavailable when the connection breaks or times out (then this object is unusable)."""
+        try:
+            send_frame(self.sock, req.pack(len(payload)), payload)
+            recv_exact(self.sock, memoryview(self._header))
+            status, length, crc, version = RESPONSE.unpack(self._header)
+            body = bytearray(length)
+            recv_exact(self.sock, memoryview(body))
+        except (OSError, ConnectionError) as err:
+            self.close()
+            kind = "timed out" if isinstance(err, TimeoutError) else "failed"
+            raise Unavailable(f"storage {self.address} {kind}: {err}") from None
+        if status:
+            raise_error(status, body, f"storage {self.address}")
+        return version, crc, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ConnectionPool:
+    """Idle connections per address, so many chunk transfers can run at once."""
+
+    def __init__(self, connect_timeout: float, io_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._idle: dict[str, list[Connection]] = {}
+        self._lock = threading.Lock()
+
+    def request(
+        self, address: str, req: Request, payload: bytes | memoryview = b""
+    ) -> tuple[int, int, bytearray]:
+        with self._lock:
+            idle = self._idle.setdefault(address, [])
+            conn = idle.pop() if idle else None
+        if conn is None:
+            conn = Connection(address, self._connect_timeout, self._io_timeout)
+        try:
+            result = conn.request(req, payload)
+        except Unavailable:
+            raise
+        except Fs3Error:
+            self._release(conn)
+            raise
+        self._release(conn)
+        return result
+
+    def _release(self, conn: Connection) -> None:
+        with self._lock:
+            self._idle.setdefault(conn.address, []).append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.close()
+            self._idle.clear()

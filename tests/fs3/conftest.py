@@ -1,0 +1,47 @@
+"""fs3 fixtures: a real local cluster (processes on loopback) shared by non-destructive tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fs3.client import FS3FileSystem
+from fs3.cluster import LocalCluster
+
+# Short leases so fault tests see reconfiguration within seconds; no fsync keeps 2-core CI fast.
+FAST = {"mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2}, "storage": {"fsync": False},
+        "timeouts": {"retry_s": 20.0}}  # fmt: skip
+SMALL_CHUNK = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path_factory.mktemp("fs3-cluster"), settings=FAST)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator:
+    """Starts a private cluster for a test that breaks it; always stopped afterwards."""
+    started: list[LocalCluster] = []
+
+    def make(**kwargs: object) -> LocalCluster:
+        c = LocalCluster(tmp_path / f"cluster{len(started)}", settings=FAST, **kwargs)  # type: ignore[arg-type]
+        started.append(c)
+        c.start()
+        return c
+
+    yield make
+    for c in started:
+        c.stop()
+
+
+@pytest.fixture
+def fs3fs(cluster: LocalCluster) -> FS3FileSystem:
+    return FS3FileSystem(cluster.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
