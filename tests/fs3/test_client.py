@@ -1,0 +1,92 @@
+"""The client end to end: pyarrow datasets, errors, concurrent clients, an fsspec URL."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from fs3.client import FS3FileSystem
+from fs3.cluster import LocalCluster
+
+
+def test_partitioned_parquet_round_trip(fs3fs: FS3FileSystem) -> None:
+    pafs = PyFileSystem(FSSpecHandler(fs3fs))
+    table = pa.table({"part": [i % 3 for i in range(3000)], "x": list(range(3000))})
+    ds.write_dataset(table, "/pq/ds", filesystem=pafs, format="parquet",
+                     partitioning=["part"], partitioning_flavor="hive")  # fmt: skip
+    back = ds.dataset("/pq/ds", filesystem=pafs, format="parquet", partitioning="hive").to_table()
+    assert sorted(back.column("x").to_pylist()) == list(range(3000))
+    pq.write_table(table, "/pq/one.parquet", filesystem=pafs)
+    assert pq.read_table("/pq/one.parquet", filesystem=pafs).equals(table)
+    fs3fs.rm("/pq", recursive=True)
+
+
+def test_errors_are_builtins_with_paths(fs3fs: FS3FileSystem) -> None:
+    fs3fs.pipe_file("/err/f", b"x")
+    with pytest.raises(FileNotFoundError, match="/err/missing"):
+        fs3fs.cat_file("/err/missing")
+    with pytest.raises(FileExistsError):
+        fs3fs.open("/err/f", "xb")
+    with pytest.raises(IsADirectoryError):
+        fs3fs.open("/err", "rb")
+    with pytest.raises(NotADirectoryError):
+        fs3fs.pipe_file("/err/f/g", b"x")
+    with pytest.raises(OSError) as info:
+        fs3fs.rmdir("/err")
+    assert info.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as info:
+        fs3fs.mv("/err", "/err/inside")
+    assert info.value.errno == errno.EINVAL
+    for bad in ("/a\x00b", "/../x"):
+        with pytest.raises(OSError) as info:
+            fs3fs.pipe_file(bad, b"x")
+        assert info.value.errno == errno.EINVAL
+    fs3fs.rm("/err", recursive=True)
+
+
+def test_url_address_symlink_and_truncate(cluster: LocalCluster, fs3fs: FS3FileSystem) -> None:
+    with fsspec.open(f"fs3://{cluster.address}/u/file", "wb") as f:
+        f.write(b"0123456789" * 100_000)
+    fs3fs.symlink("file", "/u/link")
+    assert fs3fs.readlink("/u/link") == "file"
+    assert fs3fs.cat_file("/u/link", start=5, end=12) == b"5678901"
+    fs3fs.truncate("/u/file", 3)
+    fs3fs.truncate("/u/file", 6)
+    assert fs3fs.cat_file("/u/file") == b"012\0\0\0"
+    fs3fs.rm("/u", recursive=True)
+
+
+_WORKER = """
+import sys
+from fs3.client import FS3FileSystem
+fs = FS3FileSystem(sys.argv[1], skip_instance_cache=True)
+me = sys.argv[2]
+for i in range(40):
+    fs.pipe_file(f"/race/{me}-{i}.tmp", me.encode() * 10)
+    fs.mv(f"/race/{me}-{i}.tmp", f"/race/{me}-{i}")
+    fs.pipe_file(f"/race/shared.tmp-{me}", b"v")
+    fs.mv(f"/race/shared.tmp-{me}", "/race/shared")
+"""
+
+
+def test_two_clients_create_and_rename_in_one_directory(
+    cluster: LocalCluster, fs3fs: FS3FileSystem
+) -> None:
+    fs3fs.makedirs("/race", exist_ok=True)
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, cluster.address, name])
+             for name in ("a", "b")]  # fmt: skip
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    names = sorted(fs3fs.ls("/race", detail=False))
+    expected = sorted([f"/race/{w}-{i}" for w in "ab" for i in range(40)] + ["/race/shared"])
+    assert names == expected
+    assert fs3fs.cat_file("/race/a-7") == b"a" * 10
+    fs3fs.rm("/race", recursive=True)
