@@ -88,11 +88,11 @@ class ChunkIO:
 
         self.retry(f"writing chunk {index} of inode {inode} on chain {chain_id}", attempt)
 
-    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> bytes:
+    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> bytearray:
         """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""
         chain_id = layout.chain_of(index)
 
-        def attempt(table: RoutingTable) -> bytes:
+        def attempt(table: RoutingTable) -> bytearray:
             chain = table.chains[chain_id]
             readers = list(chain.readers())
             if not readers:
@@ -106,7 +106,7 @@ class ChunkIO:
                     _, crc, data = self.pool.request(self._address(table, target), req)
                     if crc32c(data) != crc:
                         raise ChecksumMismatch(f"target {target}: chunk corrupted in transit")
-                    return bytes(data)
+                    return data  # the receive buffer itself: no copy
                 except ChecksumMismatch as err:
                     log.warning("bad replica: target %d, chain %d, inode %d chunk %d: %s",
                                 target, chain_id, inode, index, err)  # fmt: skip

@@ -222,7 +222,7 @@ class FS3File(AbstractBufferedFile):
         super().__init__(fs, path, mode, block_size=self.chunk_size, size=inode.length,
                          cache_type="none")  # fmt: skip
         self._inflight: list[Future[None]] = []
-        self._ahead: dict[int, Future[bytes]] = {}
+        self._ahead: dict[int, Future[bytearray]] = {}
         self._next_sequential = 0
         if mode != "rb":
             self.offset = inode.length if mode == "ab" else 0
@@ -282,9 +282,11 @@ class FS3File(AbstractBufferedFile):
         self.forced = True
 
     # -- reading -----------------------------------------------------------------------
-    def _chunk(self, index: int, start: int, end: int) -> bytes:
+    def _chunk(self, index: int, start: int, end: int) -> bytearray:
         data = self.fs.chunks.read(self.layout, self.inode.id, index, start, end - start)
-        return data.ljust(end - start, b"\x00")  # holes and short chunks read as zeros
+        if len(data) < end - start:
+            data.extend(bytes(end - start - len(data)))  # holes and short chunks read as zeros
+        return data
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         cs = self.chunk_size
@@ -294,9 +296,9 @@ class FS3File(AbstractBufferedFile):
             parts.append(
                 self.fs.executor.submit(self._chunk, index, lo - index * cs, hi - index * cs)
             )
-        return b"".join(p.result() for p in parts)
+        return b"".join(p.result() for p in parts)  # type: ignore[misc]
 
-    def _whole_chunk(self, index: int) -> Future[bytes]:
+    def _whole_chunk(self, index: int) -> Future[bytearray]:
         if index not in self._ahead:
             end = min(self.chunk_size, self.size - index * self.chunk_size)
             self._ahead[index] = self.fs.executor.submit(self._chunk, index, 0, end)
@@ -319,10 +321,12 @@ class FS3File(AbstractBufferedFile):
             ahead = self.fs.config.client.readahead_chunks
             for index in range(first, min(last + 1 + ahead, chunks_total)):
                 self._whole_chunk(index)
-            data = b"".join(self._ahead[i].result() for i in range(first, last + 1))
+            parts = [self._ahead[i].result() for i in range(first, last + 1)]
             for index in [i for i in self._ahead if i < last or (i == last and end % cs == 0)]:
                 del self._ahead[index]
-            out = data[self.loc - first * cs : end - first * cs]
+            # One chunk (the usual case for chunk-sized reads) is sliced without a join copy.
+            data = memoryview(parts[0]) if len(parts) == 1 else memoryview(b"".join(parts))
+            out = bytes(data[self.loc - first * cs : end - first * cs])
         else:
             self._ahead.clear()
             out = self._fetch_range(self.loc, end)

@@ -1,0 +1,213 @@
+"""``python -m fs3.bench``: fs3 beside the local file system and a gRPC-unary data path.
+
+One run starts local clusters of 3 targets at replication 3 and 1 (fsync on, as in
+production) and measures sequential write/read of one file (warm and cold cache), 4
+parallel readers, 4 KiB random reads, and create+stat+unlink of small files. The same work
+on the local disk is the roofline; the same chunks moved by gRPC unary calls show what the
+framed TCP path buys. Ratios are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from fs3.client import FS3FileSystem
+from fs3.cluster import LocalCluster
+from fs3.proto import fs3_pb2 as pb
+from fs3.proto import fs3_pb2_grpc as pbg
+from fs3.rpc import channel
+from fs3.storage.engine import crc32c
+
+MiB = 1 << 20
+CHUNK = 4 * MiB
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _drop_cache(root: Path) -> None:
+    """Evicts files under ``root`` from the page cache (no root needed, unlike drop_caches)."""
+    for path in [root] if root.is_file() else root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def bench_local(work: Path, data: bytes, files: int, seconds: float) -> dict[str, float]:
+    path = work / "local.bin"
+    size = len(data)
+    out: dict[str, float] = {}
+
+    def write() -> None:
+        with open(path, "wb") as f:
+            for off in range(0, size, CHUNK):
+                f.write(data[off : off + CHUNK])
+            f.flush()
+            os.fdatasync(f.fileno())
+
+    def read() -> None:
+        with open(path, "rb", buffering=0) as f:
+            while f.read(CHUNK):
+                pass
+
+    out["seq write MB/s"] = size / _timed(write) / 1e6
+    _drop_cache(path)
+    out["cold read MB/s"] = size / _timed(read) / 1e6
+    out["warm read MB/s"] = size / _timed(read) / 1e6
+    with ThreadPoolExecutor(4) as pool:
+        out["4 readers MB/s"] = (
+            4 * size / _timed(lambda: list(pool.map(lambda _: read(), range(4)))) / 1e6
+        )
+    fd = os.open(path, os.O_RDONLY)
+    n, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        os.pread(fd, 4096, random.randrange(size - 4096))
+        n += 1
+    out["4K random reads/s"] = n / (time.perf_counter() - start)
+    os.close(fd)
+    meta = work / "meta"
+    meta.mkdir()
+
+    def meta_ops() -> None:
+        for i in range(files):
+            p = meta / f"f{i}"
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY))
+            os.stat(p)
+            os.unlink(p)
+
+    out["meta ops/s"] = 3 * files / _timed(meta_ops)
+    path.unlink()
+    return out
+
+
+def bench_fs3(cluster: LocalCluster, data: bytes, files: int, seconds: float) -> dict[str, float]:
+    fs = FS3FileSystem(cluster.address, chunk_size=CHUNK, skip_instance_cache=True)
+    size = len(data)
+    out: dict[str, float] = {}
+
+    def write() -> None:
+        with fs.open("/bench.bin", "wb") as f:
+            for off in range(0, size, CHUNK):
+                f.write(data[off : off + CHUNK])
+
+    def read() -> None:
+        with fs.open("/bench.bin", "rb") as f:
+            while f.read(CHUNK):
+                pass
+
+    out["seq write MB/s"] = size / _timed(write) / 1e6
+    _drop_cache(cluster.root)
+    out["cold read MB/s"] = size / _timed(read) / 1e6
+    out["warm read MB/s"] = size / _timed(read) / 1e6
+    with ThreadPoolExecutor(4) as pool:
+        out["4 readers MB/s"] = (
+            4 * size / _timed(lambda: list(pool.map(lambda _: read(), range(4)))) / 1e6
+        )
+    n, deadline = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    with fs.open("/bench.bin", "rb") as f:
+        while time.perf_counter() < deadline:
+            f.seek(random.randrange(size - 4096))
+            f.read(4096)
+            n += 1
+    out["4K random reads/s"] = n / (time.perf_counter() - start)
+
+    def meta_ops() -> None:
+        for i in range(files):
+            p = f"/meta/f{i}"
+            fs.meta.create(p, False, CHUNK, 0) if i else fs.touch(p)
+            fs.meta.stat(p)
+            fs.meta.unlink(p)
+
+    out["meta ops/s"] = 3 * files / _timed(meta_ops)
+    out.update(bench_grpc(fs, data))
+    fs.rm("/bench.bin")
+    return out
+
+
+def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
+    """The same 4 MiB chunks through the storage servers' gRPC ChunkService (unary calls)."""
+    table = fs.mgmtd.refresh()
+    stubs = {t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}"))
+             for t in table.targets.values()}  # fmt: skip
+    chains = sorted(table.chains)
+    inode = 1 << 40  # far above meta's ids: these chunks belong to no file
+    size = len(data)
+
+    def write(index: int) -> None:
+        chain = table.chains[chains[index % len(chains)]]
+        piece = data[index * CHUNK : (index + 1) * CHUNK]
+        req = pb.ChunkRequest(chain_id=chain.chain_id, inode=inode, index=index, offset=0,
+                              table_version=table.version, data=piece, truncate=True,
+                              crc=crc32c(piece))  # fmt: skip
+        stubs[chain.writers()[0]].Write(req, timeout=60)
+
+    def read(index: int) -> None:
+        chain = table.chains[chains[index % len(chains)]]
+        req = pb.ChunkRequest(chain_id=chain.chain_id, inode=inode, index=index, offset=0,
+                              length=CHUNK, table_version=table.version)  # fmt: skip
+        stubs[chain.readers()[index % len(chain.readers())]].Read(req, timeout=60)
+
+    count = -(-size // CHUNK)
+    parallel = fs.config.client.parallel
+    with ThreadPoolExecutor(parallel) as pool:
+        w = _timed(lambda: list(pool.map(write, range(count))))
+        list(pool.map(read, range(count)))  # warm
+        r = _timed(lambda: list(pool.map(read, range(count))))
+    return {"grpc seq write MB/s": size / w / 1e6, "grpc warm read MB/s": size / r / 1e6}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fs3.bench", description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1 GiB)")
+    parser.add_argument("--files", type=int, default=10_000, help="small files for meta ops")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of random reads")
+    args = parser.parse_args(argv)
+    data = os.urandom(args.size_mib * MiB)
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
+        work = Path(tmp)
+        results["local"] = bench_local(work, data, args.files, args.seconds)
+        for replicas in (3, 1):
+            cluster = LocalCluster(work / f"r{replicas}", targets=3, replicas=replicas)
+            try:
+                cluster.start()
+                results[f"fs3 r{replicas}"] = bench_fs3(cluster, data, args.files, args.seconds)
+            finally:
+                cluster.stop()
+    print(format_table(results, args.size_mib, args.files))
+
+
+def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int) -> str:
+    local, r3, r1 = results["local"], results["fs3 r3"], results["fs3 r1"]
+    rows = [f"fs3 bench: {size_mib} MiB file, {CHUNK // MiB} MiB chunks, 3 targets, "
+            f"{files} files for meta ops; fsync on everywhere", ""]  # fmt: skip
+    head = f"{'metric':<20}{'local':>10}{'fs3 r3':>10}{'fs3 r1':>10}{'gRPC r3':>10}{'gRPC r1':>10}"
+    head += f"{'r3/local':>10}{'r1/local':>10}{'r1/gRPC':>10}"
+    rows += [head, "-" * len(head)]
+    for metric in local:
+        grpc_key = f"grpc {metric}"
+        g3, g1 = r3.get(grpc_key), r1.get(grpc_key)
+        cells = [local[metric], r3[metric], r1[metric]]
+        line = f"{metric:<20}" + "".join(f"{v:>10.0f}" for v in cells)
+        line += "".join(f"{v:>10.0f}" if v else f"{'-':>10}" for v in (g3, g1))
+        line += f"{r3[metric] / local[metric]:>9.2f}x{r1[metric] / local[metric]:>9.2f}x"
+        line += f"{r1[metric] / g1:>9.2f}x" if g1 else f"{'-':>10}"
+        rows.append(line)
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
