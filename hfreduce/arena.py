@@ -1,0 +1,270 @@
+"""The host staging area a node's ranks share: chunk slots and progress flags in POSIX
+shared memory.
+
+Layout: one block of progress words per local rank (each word on its own cache line, so
+a rank publishing progress does not slow readers of its neighbours' words), a node block
+for the first failure, then ``depth`` input slots per local rank and ``depth`` output
+slots holding the reduced chunks.
+
+Every progress word has a single writer, its own rank, and only grows: it counts chunks
+(across all calls) that passed that stage. Waiters sleep on a word with a futex, so
+waiting gives the core away.
+
+The segment is unlinked from /dev/shm as soon as every local rank has mapped it: from
+then on nothing is left behind, however the ranks exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import torch
+from torch.distributed import Store
+
+from hfreduce import futex
+from hfreduce.errors import CollectiveTimeoutError, HfreduceError, PeerLostError
+from hfreduce.topology import Topology
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "hfreduce-"
+
+# Progress words of each rank (indices into its block).
+STAGED = 0  # its chunk is in its input slot
+REDUCED = 1  # it has summed its slice of the chunk into the output slot
+DONE0 = 2  # its slice's first half came back from the inter-node tree 0
+DONE1 = 3  # ... and the second half from tree 1
+CONSUMED = 4  # it has copied the finished chunk out of the output slot
+PID = 5
+HDR_CALL = 6  # header of the call it is in: checked against every other rank's
+HDR_NUMEL = 7
+HDR_DTYPE = 8
+HDR_OP = 9
+_WORDS_PER_RANK = 10
+
+_LINE = 64  # bytes: one cache line per progress word
+_WORD_STRIDE = _LINE // 8
+_ERROR_MESSAGE_BYTES = 1024
+_PAGE = 4096
+# How often a waiter wakes up to check the failure word, its deadline and whether the
+# rank it waits for is still alive.
+_POLL_S = 0.05
+
+
+class Arena:
+    """One node's mapped staging segment, seen from one local rank."""
+
+    def __init__(self, mm: mmap.mmap, topology: Topology, depth: int, chunk_bytes: int) -> None:
+        self.topology = topology
+        self.depth = depth
+        self.chunk_bytes = chunk_bytes
+        self.local_size = topology.local_size
+        self.me = topology.local_rank
+        self._mm = mm
+        nwords = control_bytes(self.local_size) // 8
+        self._words = (ctypes.c_int64 * nwords).from_buffer(mm)
+        self._base = ctypes.addressof(self._words)
+        self._error_word = self.local_size * _WORDS_PER_RANK * _WORD_STRIDE
+        self._message_offset = (self._error_word + _WORD_STRIDE) * 8
+        self.raw = torch.frombuffer(mm, dtype=torch.uint8)
+        self._data_offset = control_bytes(self.local_size)
+        self._pids: dict[int, psutil.Process | None] = {}
+        self.set(PID, os.getpid())
+
+    # -- progress words ---------------------------------------------------------------
+
+    def _index(self, rank: int, word: int) -> int:
+        return (rank * _WORDS_PER_RANK + word) * _WORD_STRIDE
+
+    def get(self, rank: int, word: int) -> int:
+        return self._words[self._index(rank, word)]
+
+    def set(self, word: int, value: int) -> None:
+        """Publish our own progress word and wake whoever waits on it."""
+        index = self._index(self.me, word)
+        self._words[index] = value
+        futex.wake(self._base + index * 8)
+
+    def wait_all(
+        self,
+        word: int,
+        target: int,
+        timeout_s: float,
+        what: str,
+        while_waiting: Callable[[], None] | None = None,
+    ) -> None:
+        """Block until every local rank's ``word`` reaches ``target``.
+
+        Raises PeerLostError when a rank exits or a failure is posted on the node, and
+        CollectiveTimeoutError naming the slowest rank when ``timeout_s`` passes.
+        """
+        if target <= 0:
+            return
+        for rank in range(self.local_size):
+            if self.get(rank, word) >= target:
+                continue
+            deadline = time.monotonic() + timeout_s
+            index = self._index(rank, word)
+            while (value := self._words[index]) < target:
+                self.check_failure()
+                if while_waiting is not None:
+                    while_waiting()
+                now = time.monotonic()
+                if now >= deadline:
+                    self._raise_timeout(rank, what, timeout_s)
+                self._check_alive(rank, what)
+                futex.wait(self._base + index * 8, value, min(_POLL_S, deadline - now))
+
+    def _raise_timeout(self, rank: int, what: str, timeout_s: float) -> None:
+        global_rank = self.topology.local_ranks[rank]
+        err = CollectiveTimeoutError(
+            f"hfreduce: rank {global_rank} made no progress for {timeout_s:.0f}s while "
+            f"others waited for it to {what}; it may be stuck or calling a different "
+            "collective (raise HFREDUCE_TIMEOUT if it is just slow)"
+        )
+        self.post_failure(str(err))
+        raise err
+
+    def _check_alive(self, rank: int, what: str) -> None:
+        pid = self.get(rank, PID)
+        if pid <= 0:
+            return
+        proc = self._pids.get(pid)
+        try:
+            if proc is None:
+                proc = self._pids[pid] = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        if not alive:
+            global_rank = self.topology.local_ranks[rank]
+            msg = (
+                f"hfreduce: rank {global_rank} (pid {pid}, node "
+                f"{self.topology.node_ids[self.topology.node_index]}) exited while others "
+                f"waited for it to {what}"
+            )
+            self.post_failure(msg)
+            raise PeerLostError(msg)
+
+    # -- node-wide failure ------------------------------------------------------------
+
+    def post_failure(self, message: str) -> None:
+        """Record the node's first failure and wake every waiter so all local ranks see it."""
+        if self._words[self._error_word] == 0:
+            data = message.encode()[: _ERROR_MESSAGE_BYTES - 1]
+            self.raw[self._message_offset : self._message_offset + len(data)] = torch.frombuffer(
+                bytearray(data), dtype=torch.uint8
+            )
+            self.raw[self._message_offset + len(data)] = 0
+            self._words[self._error_word] = self.topology.rank + 1
+        for rank in range(self.local_size):
+            for word in range(_WORDS_PER_RANK):
+                futex.wake(self._base + self._index(rank, word) * 8)
+
+    def failure(self) -> str | None:
+        """The message of the failure posted on this node, if any."""
+        if self._words[self._error_word] == 0:
+            return None
+        raw = bytes(self._mm[self._message_offset : self._message_offset + _ERROR_MESSAGE_BYTES])
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+    def check_failure(self) -> None:
+        message = self.failure()
+        if message is not None:
+            raise PeerLostError(message)
+
+    # -- data slots -------------------------------------------------------------------
+
+    def input_slot(self, rank: int, slot: int) -> torch.Tensor:
+        start = self._data_offset + (rank * self.depth + slot) * self.chunk_bytes
+        return self.raw[start : start + self.chunk_bytes]
+
+    def output_slot(self, slot: int) -> torch.Tensor:
+        start = self._data_offset + (self.local_size * self.depth + slot) * self.chunk_bytes
+        return self.raw[start : start + self.chunk_bytes]
+
+    def pin_for_cuda(self) -> None:
+        """Page-lock the data slots so device copies run asynchronously on the copy engines."""
+        import torch.cuda
+
+        size = self.raw.numel() - self._data_offset
+        rc = torch.cuda.cudart().cudaHostRegister(self.raw.data_ptr() + self._data_offset, size, 0)
+        if int(rc) != 0:
+            raise HfreduceError(f"hfreduce: cudaHostRegister of the staging area failed ({rc})")
+
+
+def control_bytes(local_size: int) -> int:
+    words = (local_size * _WORDS_PER_RANK + 1) * _WORD_STRIDE
+    raw = words * 8 + _ERROR_MESSAGE_BYTES
+    return (raw + _PAGE - 1) // _PAGE * _PAGE
+
+
+def arena_bytes(local_size: int, depth: int, chunk_bytes: int) -> int:
+    return control_bytes(local_size) + (local_size + 1) * depth * chunk_bytes
+
+
+def open_arena(
+    store: Store, topology: Topology, depth: int, chunk_bytes: int, timeout: float
+) -> Arena:
+    """Create (local rank 0) or attach to (the others) this node's staging segment."""
+    size = arena_bytes(topology.local_size, depth, chunk_bytes)
+    key = f"hfreduce/shm/{topology.node_index}"
+    followers = [f"{key}/attached/{r}" for r in range(1, topology.local_size)]
+    if topology.local_rank == 0:
+        sweep_stale_segments()
+        path = SHM_DIR / f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            mm = _map(path, size, create=True)
+            store.set(key, path.name)
+            if followers:
+                store.wait(followers, timedelta(seconds=timeout))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    else:
+        store.wait([key], timedelta(seconds=timeout))
+        mm = _map(SHM_DIR / store.get(key).decode(), size, create=False)
+        store.set(f"{key}/attached/{topology.local_rank}", "1")
+    return Arena(mm, topology, depth, chunk_bytes)
+
+
+def _map(path: Path, size: int, create: bool) -> mmap.mmap:
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise HfreduceError(f"hfreduce: cannot open shared memory {path}: {exc}") from exc
+    try:
+        if create:
+            try:
+                # Reserve the pages now: a full /dev/shm then fails here with ENOSPC
+                # instead of killing a rank with SIGBUS in the middle of a call.
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                raise HfreduceError(
+                    f"hfreduce: cannot reserve {size >> 20} MiB in {SHM_DIR} ({exc}); enlarge "
+                    "/dev/shm or lower HFREDUCE_CHUNK_BYTES / HFREDUCE_PIPELINE_DEPTH"
+                ) from exc
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink segments left by an hfreduce process killed during set-up (its pid is gone)."""
+    removed = []
+    for path in shm_dir.glob(f"{SHM_PREFIX}*"):
+        pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path.name)
+    return removed

@@ -1,0 +1,163 @@
+"""``python -m hfreduce.bench``: hfreduce against torch.distributed's gloo, same run.
+
+For each layout (ranks per virtual node x nodes) and size, every rank times gloo's and
+hfreduce's all-reduce of the same float32 tensor (median of the timed calls after
+warm-up, each call started together after a barrier), beside a single-rank memcpy of
+the same size as the roofline. With a GPU it also times hfreduce on CUDA tensors
+against a bare pinned device-to-host + host-to-device round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+from hfreduce.launch import run_ranks
+
+SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20]
+LAYOUTS = [(1, 2), (1, 4), (2, 2)]  # (nodes, ranks per node)
+
+
+def _median_ms(call: Callable[[], object], barrier: Callable[[], object], iters: int) -> float:
+    for _ in range(2):  # warm-up: first-touch page faults, lazy set-up
+        barrier()
+        call()
+    times = []
+    for _ in range(iters):
+        barrier()
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float]]:
+    """Per size: (gloo ms, hfreduce ms) as seen by this rank."""
+    import hfreduce
+
+    dist.init_process_group("gloo")
+    comm = hfreduce.init()
+    results = {}
+    try:
+        for size in sizes:
+            a = torch.ones(size // 4)
+            b = torch.ones(size // 4)
+            gloo_ms = _median_ms(lambda a=a: dist.all_reduce(a), dist.barrier, iters)
+            ours_ms = _median_ms(lambda b=b: comm.all_reduce(b), dist.barrier, iters)
+            results[size] = (gloo_ms, ours_ms)
+    finally:
+        hfreduce.destroy()
+        dist.destroy_process_group()
+    return results
+
+
+def _rank_bench_cuda(sizes: list[int], iters: int) -> dict[int, tuple[float, float]]:
+    """Per size: (pinned D2H + H2D round trip ms, hfreduce on a CUDA tensor ms)."""
+    import hfreduce
+
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    dist.init_process_group("gloo")
+    comm = hfreduce.init()
+    results = {}
+    try:
+        for size in sizes:
+            x = torch.ones(size // 4, device=device)
+            host = torch.empty(size // 4, pin_memory=True)
+
+            def round_trip(x: torch.Tensor = x, host: torch.Tensor = host) -> None:
+                host.copy_(x, non_blocking=True)
+                x.copy_(host, non_blocking=True)
+                torch.cuda.synchronize(device)
+
+            def ours(x: torch.Tensor = x) -> None:
+                comm.all_reduce(x)
+                torch.cuda.synchronize(device)
+
+            results[size] = (
+                _median_ms(round_trip, dist.barrier, iters),
+                _median_ms(ours, dist.barrier, iters),
+            )
+    finally:
+        hfreduce.destroy()
+        dist.destroy_process_group()
+    return results
+
+
+def memcpy_ms(size: int, iters: int) -> float:
+    src = torch.ones(size // 4)
+    dst = torch.empty_like(src)
+    return _median_ms(lambda: dst.copy_(src), lambda: None, iters)
+
+
+def _bandwidths(size: int, ms: float, world: int) -> tuple[float, float]:
+    """(algbw, busbw) in GB/s; busbw scales by 2(n-1)/n, the data each rank must move."""
+    algbw = size / (ms * 1e-3) / 1e9
+    return algbw, algbw * 2 * (world - 1) / world
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=5, help="timed calls per size (median)")
+    parser.add_argument("--max-size", type=int, default=SIZES[-1], help="largest size, bytes")
+    parser.add_argument(
+        "--layouts", default=",".join(f"{n}x{r}" for n, r in LAYOUTS), help="NODESxRANKS,..."
+    )
+    args = parser.parse_args(argv)
+    sizes = [s for s in SIZES if s <= args.max_size]
+    layouts = [tuple(int(v) for v in spec.split("x")) for spec in args.layouts.split(",")]
+    roof = {size: memcpy_ms(size, args.iters) for size in sizes}
+    header = (
+        f"{'size':>8} {'layout':>11} {'gloo ms':>9} {'hfr ms':>9} {'speedup':>7} "
+        f"{'gloo alg':>8} {'gloo bus':>8} {'hfr alg':>8} {'hfr bus':>8} {'hfr/memcpy':>10}"
+    )
+    print("all-reduce of float32, median of", args.iters, "calls; bandwidths in GB/s")
+    print(header)
+    print("-" * len(header))
+    for nodes, per_node in layouts:
+        world = nodes * per_node
+        outcomes = run_ranks(
+            _rank_bench,
+            nodes=nodes,
+            ranks_per_node=per_node,
+            args=(sizes, args.iters),
+            timeout=1800,
+        )
+        for size in sizes:
+            # A call is as slow as its slowest rank.
+            gloo_ms = max(o.value[size][0] for o in outcomes)
+            ours_ms = max(o.value[size][1] for o in outcomes)
+            g_alg, g_bus = _bandwidths(size, gloo_ms, world)
+            h_alg, h_bus = _bandwidths(size, ours_ms, world)
+            print(
+                f"{_human(size):>8} {f'{nodes}x{per_node} ranks':>11} {gloo_ms:9.3f} "
+                f"{ours_ms:9.3f} {gloo_ms / ours_ms:6.2f}x {g_alg:8.2f} {g_bus:8.2f} "
+                f"{h_alg:8.2f} {h_bus:8.2f} {ours_ms / roof[size]:10.1f}"
+            )
+    if torch.cuda.is_available():
+        print("\nhfreduce on CUDA tensors (2 ranks, one node) vs a pinned D2H + H2D round trip")
+        print(f"{'size':>8} {'D2H+H2D ms':>10} {'hfr ms':>9} {'fraction of bound':>17}")
+        outcomes = run_ranks(
+            _rank_bench_cuda, nodes=1, ranks_per_node=2, args=(sizes, args.iters), timeout=1800
+        )
+        for size in sizes:
+            bound = max(o.value[size][0] for o in outcomes)
+            ours = max(o.value[size][1] for o in outcomes)
+            print(f"{_human(size):>8} {bound:10.3f} {ours:9.3f} {bound / ours:17.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""A communicator: one rank's handle on an hfreduce group, and the order its calls run in.
+
+Calls run one at a time in the order they were made. A synchronous call with nothing
+queued runs on the caller's thread (no hand-off latency for small tensors); asynchronous
+calls, and synchronous ones behind them, run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+
+import torch
+from torch.distributed import Store
+
+from hfreduce.arena import open_arena
+from hfreduce.config import HfreduceConfig, load_config
+from hfreduce.errors import HfreduceError, MismatchError, PeerLostError
+from hfreduce.kernels import ReduceOp, check_supported
+from hfreduce.network import TreeWorker
+from hfreduce.pipeline import ChunkPipeline
+from hfreduce.topology import Topology, default_node_id, discover
+from hfreduce.transport import connect_trees
+from hfreduce.tree import double_tree
+
+_Task = tuple[torch.Tensor, ReduceOp, torch.futures.Future]
+_FAILURE_KEY = "hfreduce/failure"
+
+
+class Work:
+    """Handle of an asynchronous call: ``wait()`` blocks until it finished (and raises its
+    error), ``get_future()`` gives a ``torch.futures.Future`` resolving to ``[tensor]``."""
+
+    def __init__(self, future: torch.futures.Future) -> None:
+        self._future = future
+
+    def wait(self) -> bool:
+        self._future.wait()
+        return True
+
+    def is_completed(self) -> bool:
+        return self._future.done()
+
+    def get_future(self) -> torch.futures.Future:
+        return self._future
+
+
+class Communicator:
+    """All ranks of a job, grouped into nodes, ready to all-reduce.
+
+    Every rank must construct it with the same store, world size and config. Raises
+    HfreduceError when set-up fails (a rank missing, /dev/shm full, uneven nodes).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        rank: int,
+        world_size: int,
+        *,
+        node_id: str | None = None,
+        master_addr: str | None = None,
+        config: HfreduceConfig | None = None,
+    ) -> None:
+        self.config = config or load_config()
+        # Keep the store alive: on rank 0 it may be the server everyone else talks to.
+        self._store = store
+        timeout = self.config.timeout_s
+        self.topology: Topology = discover(
+            store, rank, world_size, node_id or default_node_id(), timeout
+        )
+        self.arena = open_arena(
+            store, self.topology, self.config.pipeline_depth, self.config.chunk_bytes, timeout
+        )
+        self._error: BaseException | None = None
+        self._failure_lock = threading.Lock()
+        self._trees: list[TreeWorker] | None = None
+        self._links = []
+        if self.topology.num_nodes > 1:
+            links = double_tree(self.topology.num_nodes, self.topology.node_index)
+            master = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
+            connections = connect_trees(store, self.topology, links, master, timeout)
+            self._links = [
+                link for c in connections for link in ([c.parent] if c.parent else []) + c.children
+            ]
+            self._trees = [
+                TreeWorker(tree, connections[tree], self.arena, rank, self._fail) for tree in (0, 1)
+            ]
+        self._pipeline = ChunkPipeline(self.arena, self.topology, self.config, self._trees)
+        self._cond = threading.Condition()
+        self._queue: deque[_Task] = deque()
+        self._busy = False
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        # Nobody may start a call before every rank has its arena and links.
+        store.set(f"hfreduce/ready/{rank}", "1")
+        store.wait([f"hfreduce/ready/{r}" for r in range(world_size)])
+
+    @property
+    def rank(self) -> int:
+        return self.topology.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.topology.world_size
+
+    def all_reduce(
+        self, tensor: torch.Tensor, op: ReduceOp = ReduceOp.SUM, async_op: bool = False
+    ) -> Work | None:
+        """Reduce ``tensor`` in place across all ranks.
+
+        Returns a Work when ``async_op``, else None once the result is in ``tensor``.
+        Raises UnsupportedError (dtype, device, op), MismatchError (ranks disagree on
+        size, dtype or op; the communicator stays usable), PeerLostError or
+        CollectiveTimeoutError (a rank died or hung; the communicator is unusable).
+        """
+        check_supported(tensor, op)
+        self._check_usable()
+        future: torch.futures.Future = torch.futures.Future()
+        with self._cond:
+            inline = not async_op and not self._queue and not self._busy
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append((tensor, op, future))
+                self._start_worker()
+                self._cond.notify_all()
+        if async_op:
+            return Work(future)
+        if not inline:
+            future.wait()
+            return None
+        try:
+            self._execute(tensor, op)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        return None
+
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._serve, name="hfreduce", daemon=True)
+            self._worker.start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (self._busy or not self._queue):
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                tensor, op, future = self._queue.popleft()
+                self._busy = True
+            try:
+                self._execute(tensor, op)
+                future.set_result([tensor])
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _execute(self, tensor: torch.Tensor, op: ReduceOp) -> None:
+        self._check_usable()
+        if self.world_size == 1:
+            return
+        flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
+        try:
+            self._pipeline.run(flat, op)
+        except MismatchError:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+            raise self._error from None
+        if flat.data_ptr() != tensor.data_ptr() or not tensor.is_contiguous():
+            tensor.copy_(flat.view(tensor.shape))
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise HfreduceError("hfreduce: this communicator was closed")
+        if self._error is not None:
+            raise PeerLostError(
+                f"hfreduce: this communicator failed earlier ({self._error}); "
+                "create a new one (re-initialise the process group)"
+            )
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record the first failure, tell the node and the job, and cut our links so every
+        rank blocked on us (here or on other nodes) fails too instead of waiting forever.
+
+        A rank that only saw a connection drop names the job's first failure (posted in
+        the store before that connection was cut), so every rank names the rank at fault.
+        """
+        cause = self._reported_failure()
+        if isinstance(exc, PeerLostError) and cause and cause not in str(exc):
+            exc = PeerLostError(f"{exc}; the first failure was: {cause}")
+        elif cause is None:
+            self._report_failure(str(exc))
+        with self._failure_lock:
+            first = self._error is None
+            if first:
+                self._error = exc
+        if first:
+            self.arena.post_failure(str(exc))
+            for link in self._links:
+                link.fail(str(exc), self.rank)
+
+    def _reported_failure(self) -> str | None:
+        try:
+            if self._store.check([_FAILURE_KEY]):
+                return self._store.get(_FAILURE_KEY).decode()
+        except Exception:  # the store's host may be the rank that died
+            pass
+        return None
+
+    def _report_failure(self, message: str) -> None:
+        with contextlib.suppress(Exception):
+            self._store.compare_set(_FAILURE_KEY, "", message)
+
+    def close(self) -> None:
+        """Finish queued calls, stop the worker and tree threads, and close the links."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join()
+        if self._trees is not None:
+            for tree in self._trees:
+                tree.stop()
+        for link in self._links:
+            link.close()

@@ -1,0 +1,133 @@
+"""Start a job's ranks as processes on this machine, grouped into virtual nodes.
+
+Each rank gets the environment torchrun or the platform would give it (RANK,
+WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) plus a distinct
+HFREDUCE_NODE_ID per virtual node, so the inter-node path runs over loopback. Used by
+the tests and the benchmark; every run has a deadline and kills what is left after it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+@dataclass
+class RankOutcome:
+    rank: int
+    value: Any = None
+    error: str | None = None
+    """The rank's exception (type, message and traceback), or why it produced nothing."""
+    exitcode: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class RanksFailed(RuntimeError):
+    def __init__(self, outcomes: list[RankOutcome]) -> None:
+        self.outcomes = outcomes
+        failed = "\n".join(f"rank {o.rank}: {o.error}" for o in outcomes if not o.ok)
+        super().__init__(f"ranks failed:\n{failed}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_environment(rank: int, nodes: int, ranks_per_node: int, port: int) -> dict[str, str]:
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(nodes * ranks_per_node),
+        "LOCAL_RANK": str(rank % ranks_per_node),
+        "LOCAL_WORLD_SIZE": str(ranks_per_node),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "HFREDUCE_NODE_ID": f"node{rank // ranks_per_node}",
+    }
+
+
+def _child(
+    fn: Callable[..., Any], env: dict[str, str], args: tuple, threads: int, conn: Connection
+) -> None:
+    os.environ.update(env)
+    import torch
+
+    # Ranks share the machine's cores; one intra-op thread each keeps them from fighting.
+    torch.set_num_threads(threads)
+    # Plain pickle: multiprocessing's own would share tensors through file descriptors
+    # that vanish when this process exits.
+    try:
+        conn.send_bytes(pickle.dumps((fn(*args), None)))
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        conn.send_bytes(pickle.dumps((None, error)))
+    finally:
+        conn.close()
+
+
+def run_ranks(
+    fn: Callable[..., Any],
+    *,
+    nodes: int = 1,
+    ranks_per_node: int = 2,
+    args: tuple = (),
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    threads: int = 1,
+    check: bool = True,
+) -> list[RankOutcome]:
+    """Run ``fn(*args)`` on every rank and return each rank's outcome, in rank order.
+
+    ``fn`` must be picklable by reference when CUDA forces the spawn start method.
+    With ``check`` a failed or timed-out rank raises RanksFailed listing all of them.
+    """
+    import torch
+
+    method = "spawn" if torch.cuda.is_available() else "fork"
+    ctx = mp.get_context(method)
+    port = free_port()
+    world = nodes * ranks_per_node
+    procs, pipes = [], {}
+    for rank in range(world):
+        receive, send = ctx.Pipe(duplex=False)
+        rank_env = {**(env or {}), **rank_environment(rank, nodes, ranks_per_node, port)}
+        proc = ctx.Process(target=_child, args=(fn, rank_env, args, threads, send), daemon=True)
+        proc.start()
+        send.close()
+        procs.append(proc)
+        pipes[receive] = rank
+    outcomes = [RankOutcome(rank) for rank in range(world)]
+    deadline = time.monotonic() + timeout
+    pending = dict(pipes)
+    while pending and (left := deadline - time.monotonic()) > 0:
+        for conn in wait(list(pending), timeout=left):
+            rank = pending.pop(conn)
+            try:
+                outcomes[rank].value, outcomes[rank].error = pickle.loads(conn.recv_bytes())
+            except EOFError:
+                outcomes[rank].error = "exited without a result"
+    for rank in pending.values():
+        outcomes[rank].error = f"no result within {timeout:.0f}s (killed)"
+    for proc, outcome in zip(procs, outcomes, strict=True):
+        proc.join(timeout=max(0.0, deadline - time.monotonic()) if outcome.ok else 1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        outcome.exitcode = proc.exitcode
+        if outcome.ok and proc.exitcode not in (0, None):
+            outcome.error = f"exited with code {proc.exitcode}"
+    if check and not all(o.ok for o in outcomes):
+        raise RanksFailed(outcomes)
+    return outcomes

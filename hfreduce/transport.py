@@ -1,0 +1,262 @@
+"""TCP links between partner ranks on different nodes, with a small framed protocol.
+
+A frame is a fixed 48-byte header followed by its payload, received straight into the
+destination buffer with ``recv_into``. Each link is used in each direction by one thread
+only (up-going partial sums one way, finished results the other), so sends and receives
+need no locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from torch.distributed import Store
+
+from hfreduce.errors import CollectiveTimeoutError, HfreduceError, PeerLostError
+from hfreduce.topology import Topology
+from hfreduce.tree import TreeLinks
+
+MAGIC = 0x31524648  # "HFR1"
+DATA = 1
+ABORT = 2  # payload is a UTF-8 reason: the call failed its checks somewhere in the tree
+FAILED = 3  # payload is a UTF-8 reason: the sender's communicator failed; it closes next
+
+_HEADER = struct.Struct("<IBBBxqqqqi4x")
+_HELLO = struct.Struct("<Iqq")  # magic, tree, rank of the connecting child
+_SOCKET_BUFFER = 4 << 20
+# A partner is given twice the call timeout: if it waits on a hung rank of its own node,
+# that node's timeout fires first and its failure (naming the hung rank) reaches us.
+LINK_PATIENCE = 2
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    dtype: int
+    op: int
+    call: int
+    chunk: int
+    numel: int
+    payload: int
+    sender: int
+
+
+class Link:
+    """One connection to a partner rank."""
+
+    def __init__(self, sock: socket.socket, peer_rank: int, peer_node: str, timeout: float):
+        self.sock = sock
+        self.peer_rank = peer_rank
+        self.peer_node = peer_node
+        self.timeout = timeout * LINK_PATIENCE
+        self._header = bytearray(_HEADER.size)
+        # Held while a frame is being sent, so a failure notice never lands mid-frame.
+        self._sending = threading.Lock()
+        sock.settimeout(self.timeout)
+
+    def _describe(self) -> str:
+        return f"rank {self.peer_rank} on node {self.peer_node}"
+
+    def send(self, frame: Frame, payload: memoryview | bytes = b"") -> None:
+        with self._sending:
+            self._send(frame, payload)
+
+    def _send(self, frame: Frame, payload: memoryview | bytes) -> None:
+        header = _HEADER.pack(
+            MAGIC,
+            frame.kind,
+            frame.dtype,
+            frame.op,
+            frame.call,
+            frame.chunk,
+            frame.numel,
+            frame.payload,
+            frame.sender,
+        )
+        try:
+            sent = self.sock.sendmsg([header, payload])
+            if sent < len(header):
+                self.sock.sendall(header[sent:])
+                self.sock.sendall(payload)
+            elif sent < len(header) + len(payload):
+                self.sock.sendall(payload[sent - len(header) :])
+        except TimeoutError:
+            raise self._timeout("accept data") from None
+        except OSError as exc:
+            raise self._lost(exc) from None
+
+    def recv_frame(self) -> Frame:
+        self.recv_into(memoryview(self._header))
+        magic, kind, dtype, op, call, chunk, numel, payload, sender = _HEADER.unpack(self._header)
+        if magic != MAGIC:
+            raise HfreduceError(f"hfreduce: garbled frame from {self._describe()}")
+        if kind == FAILED:
+            raise PeerLostError(self.drain(payload).decode(errors="replace"))
+        return Frame(kind, dtype, op, call, chunk, numel, payload, sender)
+
+    def recv_into(self, buf: memoryview) -> None:
+        view = buf.cast("B") if buf.format != "B" else buf
+        got = 0
+        try:
+            while got < len(view):
+                n = self.sock.recv_into(view[got:])
+                if n == 0:
+                    raise self._lost(None)
+                got += n
+        except TimeoutError:
+            raise self._timeout("send data") from None
+        except PeerLostError:
+            raise
+        except OSError as exc:
+            raise self._lost(exc) from None
+
+    def drain(self, nbytes: int) -> bytes:
+        buf = bytearray(nbytes)
+        self.recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def _timeout(self, what: str) -> CollectiveTimeoutError:
+        return CollectiveTimeoutError(
+            f"hfreduce: {self._describe()} did not {what} for {self.timeout:.0f}s "
+            "(stuck, or calling a different collective)"
+        )
+
+    def _lost(self, exc: OSError | None) -> PeerLostError:
+        why = f" ({exc.strerror or exc})" if exc is not None else ""
+        return PeerLostError(
+            f"hfreduce: connection to {self._describe()} was lost{why}: that rank or one "
+            "behind it failed or exited"
+        )
+
+    def fail(self, reason: str, sender: int) -> None:
+        """Tell the partner why we are failing (when no frame is half-sent), then close.
+
+        Closing a socket with unread input makes the kernel reset the connection, and a
+        reset throws away what the partner has not read yet, our notice included. So we
+        half-close first and read until the partner closes too (or a second passes).
+        """
+        if self._sending.acquire(timeout=0.5):
+            try:
+                self.sock.settimeout(1.0)
+                data = reason.encode()
+                self._send(Frame(FAILED, 0, 0, -1, -1, 0, len(data), sender), data)
+            except (HfreduceError, OSError):
+                pass  # the partner (or this socket) is gone already; closing is all that is left
+            finally:
+                self._sending.release()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            self.sock.settimeout(0.1)
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    if not self.sock.recv(1 << 16):
+                        break
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+@dataclass
+class TreeConnections:
+    """Our links in one tree: to the parent (None at the root) and to each child."""
+
+    parent: Link | None
+    children: list[Link]
+
+
+def _advertised_host(master_addr: str) -> str:
+    """The local address peers can reach us on: the one we would use to reach the master."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((master_addr, 9))  # no packet is sent for a UDP connect
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+
+
+def connect_trees(
+    store: Store,
+    topology: Topology,
+    trees: tuple[TreeLinks, TreeLinks],
+    master_addr: str,
+    timeout: float,
+) -> list[TreeConnections]:
+    """Open a link to our partner rank on each tree neighbour node.
+
+    We listen, publish our address, connect to our parents (a listening socket completes
+    connections before accepting them, so nobody waits on anybody), then accept one
+    connection from each child; the hello message says which tree and rank it is for.
+    """
+    host = _advertised_host(master_addr)
+    listener = socket.create_server((host, 0), backlog=16)
+    listener.settimeout(timeout)
+    try:
+        store.set(f"hfreduce/addr/{topology.rank}", f"{host}:{listener.getsockname()[1]}")
+        parents: list[Link | None] = []
+        for tree, links in enumerate(trees):
+            if links.parent is None:
+                parents.append(None)
+                continue
+            peer = topology.peer(links.parent)
+            key = f"hfreduce/addr/{peer}"
+            store.wait([key], timedelta(seconds=timeout))
+            phost, pport = store.get(key).decode().rsplit(":", 1)
+            sock = socket.create_connection((phost, int(pport)), timeout=timeout)
+            _tune(sock)
+            sock.sendall(_HELLO.pack(MAGIC, tree, topology.rank))
+            parents.append(Link(sock, peer, topology.node_ids[links.parent], timeout))
+        expected = {
+            (tree, topology.peer(child)): child
+            for tree, links in enumerate(trees)
+            for child in links.children
+        }
+        accepted: dict[tuple[int, int], Link] = {}
+        while len(accepted) < len(expected):
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                missing = sorted(rank for _, rank in set(expected) - set(accepted))
+                raise CollectiveTimeoutError(
+                    f"hfreduce: ranks {missing} did not connect within {timeout:.0f}s"
+                ) from None
+            _tune(sock)
+            sock.settimeout(timeout)
+            hello = bytearray(_HELLO.size)
+            view = memoryview(hello)
+            got = 0
+            while got < len(hello):
+                n = sock.recv_into(view[got:])
+                if n == 0:
+                    raise PeerLostError("hfreduce: a partner closed its connection during set-up")
+                got += n
+            magic, tree, rank = _HELLO.unpack(hello)
+            if magic != MAGIC or (tree, rank) not in expected:
+                sock.close()
+                continue
+            node = expected[(tree, rank)]
+            accepted[(tree, rank)] = Link(sock, rank, topology.node_ids[node], timeout)
+    finally:
+        listener.close()
+    return [
+        TreeConnections(
+            parents[tree],
+            [accepted[(tree, topology.peer(child))] for child in links.children],
+        )
+        for tree, links in enumerate(trees)
+    ]

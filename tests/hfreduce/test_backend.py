@@ -1,0 +1,123 @@
+"""The "hfreduce" torch.distributed backend: every collective works, and DDP trains the
+same weights on it as on gloo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import hfreduce  # noqa: F401 (registers the backend)
+from hfreduce.launch import run_ranks
+
+ENV = {"HFREDUCE_CHUNK_BYTES": "4096"}
+
+
+def _collectives() -> dict:
+    dist.init_process_group("hfreduce")
+    r, w = dist.get_rank(), dist.get_world_size()
+    out: dict = {"backend": dist.get_backend()}
+    t = torch.arange(5.0) * (r + 1)
+    dist.all_reduce(t)
+    out["all_reduce"] = t
+    t = torch.full((3,), float(r))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out["max"] = t
+    t = torch.full((3,), float(r + 1))
+    dist.all_reduce(t, op=dist.ReduceOp.AVG)
+    out["avg"] = t
+    t = torch.full((9000,), float(r))
+    work = dist.all_reduce(t, async_op=True)
+    chained = work.get_future().then(lambda f: f.value()[0].sum().item())
+    work.wait()
+    out["async"], out["chained"] = t, chained.wait()
+    t = torch.full((2,), float(r))
+    dist.broadcast(t, src=w - 1)
+    out["broadcast"] = t
+    dist.barrier()
+    gathered = [torch.zeros(2) for _ in range(w)]
+    dist.all_gather(gathered, torch.full((2,), float(r)))
+    out["all_gather"] = torch.stack(gathered)
+    flat = torch.zeros(2 * w)
+    dist.all_gather_into_tensor(flat, torch.full((2,), float(r)))
+    out["all_gather_into_tensor"] = flat
+    block = torch.zeros(2)
+    dist.reduce_scatter_tensor(block, torch.arange(2.0 * w) * (r + 1))
+    out["reduce_scatter_tensor"] = block
+    block = torch.zeros(2)
+    dist.reduce_scatter(block, [torch.full((2,), float(i + r)) for i in range(w)])
+    out["reduce_scatter"] = block
+    swapped = torch.zeros(w)
+    dist.all_to_all_single(swapped, torch.arange(float(w)) + 10 * r)
+    out["all_to_all_single"] = swapped
+    if r == 0:
+        dist.send(torch.full((2,), 7.0), dst=1)
+    elif r == 1:
+        got = torch.zeros(2)
+        dist.recv(got, src=0)
+        out["recv"] = got
+    try:
+        dist.all_reduce(torch.ones(2), op=dist.ReduceOp.PRODUCT)
+        out["product"] = "accepted"
+    except hfreduce.UnsupportedError as exc:
+        out["product"] = str(exc)
+    dist.destroy_process_group()
+    return out
+
+
+@pytest.mark.parametrize(("nodes", "per_node"), [(1, 2), (2, 2)], ids=str)
+def test_every_collective(nodes: int, per_node: int) -> None:
+    w = nodes * per_node
+    outcomes = run_ranks(_collectives, nodes=nodes, ranks_per_node=per_node, env=ENV)
+    total = float(sum(range(w)))
+    for o in outcomes:
+        r, v = o.rank, o.value
+        assert v["backend"] == "hfreduce"
+        assert torch.equal(v["all_reduce"], torch.arange(5.0) * sum(range(1, w + 1)))
+        assert torch.equal(v["max"], torch.full((3,), float(w - 1)))
+        assert torch.equal(v["avg"], torch.full((3,), (w + 1) / 2))
+        assert torch.equal(v["async"], torch.full((9000,), total))
+        assert v["chained"] == pytest.approx(9000 * total)
+        assert torch.equal(v["broadcast"], torch.full((2,), float(w - 1)))
+        assert torch.equal(v["all_gather"], torch.arange(float(w)).repeat_interleave(2).view(w, 2))
+        assert torch.equal(v["all_gather_into_tensor"], torch.arange(float(w)).repeat_interleave(2))
+        summed = torch.arange(2.0 * w) * sum(range(1, w + 1))
+        assert torch.equal(v["reduce_scatter_tensor"], summed[2 * r : 2 * r + 2])
+        assert torch.equal(
+            v["reduce_scatter"], torch.full((2,), float(sum(r + i for i in range(w))))
+        )
+        assert torch.equal(v["all_to_all_single"], torch.arange(float(w)) * 10 + r)
+        if r == 1:
+            assert torch.equal(v["recv"], torch.full((2,), 7.0))
+        assert "reduce op PRODUCT is not supported" in v["product"]
+
+
+def _train_ddp(backend: str) -> dict[str, torch.Tensor]:
+    import hfreduce  # noqa: F401
+
+    dist.init_process_group(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    # Tiny buckets: several all-reduces overlap with the backward pass.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.004)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(100 + dist.get_rank())
+    for _ in range(4):
+        x, y = torch.randn(16, 32, generator=g), torch.randn(16, 4, generator=g)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x), y).backward()
+        opt.step()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dist.destroy_process_group()
+    return state
+
+
+def test_ddp_on_hfreduce_matches_gloo() -> None:
+    ours = run_ranks(_train_ddp, nodes=2, ranks_per_node=1, args=("hfreduce",), env=ENV)
+    gloo = run_ranks(_train_ddp, nodes=2, ranks_per_node=1, args=("gloo",))
+    for key, want in gloo[0].value.items():
+        for o in ours:
+            torch.testing.assert_close(o.value[key], want, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    start = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    assert not torch.allclose(start[0].weight, ours[0].value["0.weight"])  # it did train

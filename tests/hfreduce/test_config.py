@@ -1,0 +1,34 @@
+"""Configuration: environment overrides and one clear error per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from hfreduce.config import DEFAULT_CHUNK_BYTES, HfreduceConfig, load_config
+
+
+def test_defaults_then_environment_then_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config().chunk_bytes == DEFAULT_CHUNK_BYTES
+    monkeypatch.setenv("HFREDUCE_CHUNK_BYTES", "65536")
+    monkeypatch.setenv("HFREDUCE_TIMEOUT", "2.5")
+    config = load_config(pipeline_depth=3)
+    assert (config.chunk_bytes, config.timeout_s, config.pipeline_depth) == (65536, 2.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"chunk_bytes": 1000}, "chunk_bytes=1000"),
+        ({"pipeline_depth": 1}, "pipeline_depth=1"),
+        ({"timeout_s": 0}, "timeout_s=0"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HfreduceConfig(**kwargs)
+
+
+def test_unparsable_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HFREDUCE_PIPELINE_DEPTH", "four")
+    with pytest.raises(ValueError, match="HFREDUCE_PIPELINE_DEPTH='four'"):
+        load_config()
