@@ -110,7 +110,11 @@ def _human(size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hfreduce.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed calls per size (median)")
     parser.add_argument("--max-size", type=int, default=SIZES[-1], help="largest size, bytes")
     parser.add_argument(

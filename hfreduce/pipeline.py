@@ -36,7 +36,7 @@ from hfreduce.config import HfreduceConfig
 from hfreduce.errors import MismatchError
 from hfreduce.kernels import CODE_DTYPES, ReduceOp, reduce_into
 from hfreduce.network import TreeWorker
-from hfreduce.plan import CallPlan
+from hfreduce.plan import CallPlan, split
 from hfreduce.topology import Topology
 
 
@@ -60,6 +60,44 @@ class _DeviceCopies:
     def finish(self) -> None:
         # Also on failure: no copy may still be writing a slot the next call will use.
         self.stream.synchronize()
+
+
+class _SlotViews:
+    """Typed views of the arena's slots for one dtype, made once: slicing tensors costs
+    microseconds of Python per call, which adds up over thousands of chunks."""
+
+    def __init__(self, arena: Arena, dtype: torch.dtype, depth: int) -> None:
+        self.elems = arena.chunk_bytes // dtype.itemsize
+        self.me = arena.me
+        ranks = range(arena.local_size)
+        self.inputs = [[arena.input_slot(r, s).view(dtype) for s in range(depth)] for r in ranks]
+        self.outputs = [arena.output_slot(s).view(dtype) for s in range(depth)]
+        lo, hi = split(self.elems, arena.local_size, arena.me)
+        self._full = (lo, hi)
+        self._theirs_of_mine = [
+            ([self.inputs[r][s][lo:hi] for r in ranks if r != self.me], self.outputs[s][lo:hi])
+            for s in range(depth)
+        ]
+
+    def input(self, slot: int, n: int) -> torch.Tensor:
+        view = self.inputs[self.me][slot]
+        return view if n == self.elems else view[:n]
+
+    def output(self, slot: int, n: int) -> torch.Tensor:
+        view = self.outputs[slot]
+        return view if n == self.elems else view[:n]
+
+    def for_my_slice(self, slot: int, n: int, lo: int, hi: int):
+        """(the other ranks' inputs, the output) restricted to our slice of a chunk."""
+        if n == self.elems:
+            return self._theirs_of_mine[slot]
+        others = [r[slot][lo:hi] for q, r in enumerate(self.inputs) if q != self.me]
+        return others, self.outputs[slot][lo:hi]
+
+
+def _outside(t: torch.Tensor, lo: int, hi: int) -> list[torch.Tensor]:
+    """The parts of a chunk-shaped tensor before and after our slice ``[lo, hi)``."""
+    return [part for part in (t[:lo], t[hi:]) if part.numel()]
 
 
 def _patience(word: int, config: HfreduceConfig) -> float:
@@ -91,6 +129,7 @@ class ChunkPipeline:
         self.calls = 0
         self._wide = torch.empty(config.chunk_bytes // 2, dtype=torch.float32)
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._views: dict[torch.dtype, _SlotViews] = {}
 
     @property
     def _done_words(self) -> tuple[int, ...]:
@@ -115,9 +154,12 @@ class ChunkPipeline:
             (HDR_CALL, HDR_NUMEL, HDR_DTYPE, HDR_OP), plan.header(), strict=True
         ):
             self.arena.set(word, value)
+        if flat.dtype not in self._views:
+            self._views[flat.dtype] = _SlotViews(self.arena, flat.dtype, self.config.pipeline_depth)
+        pieces = flat.split(plan.chunk_elems) if plan.numel else (flat,)
         device = self._device_copies(flat.device) if flat.is_cuda else None
         try:
-            self._run_chunks(plan, flat, device)
+            self._run_chunks(plan, pieces, device)
         finally:
             if device is not None:
                 device.finish()
@@ -129,22 +171,24 @@ class ChunkPipeline:
             self._streams[device] = torch.cuda.Stream(device)
         return _DeviceCopies(self._streams[device])
 
-    def _run_chunks(self, plan: CallPlan, flat: torch.Tensor, device: _DeviceCopies | None):
+    def _run_chunks(
+        self, plan: CallPlan, pieces: tuple[torch.Tensor, ...], device: _DeviceCopies | None
+    ):
         lag = 1 if self.trees is None else self.config.pipeline_depth - 1
         waiting_out: deque[int] = deque()
         if device is not None:
-            self._issue_stage_in(plan, flat, 0, device)
+            self._issue_stage_in(plan, pieces, 0, device)
         for i in range(plan.nchunks):
-            self._stage_in(plan, flat, i, device)
+            self._stage_in(plan, pieces, i, device)
             failed_check = self._check_headers(plan) if i == 0 else None
-            self._reduce(plan, i, failed_check, device)
+            self._reduce(plan, pieces, i, failed_check, device)
             if i == 0 and (failed_check is not None or self.trees is not None):
                 self._settle_first_chunk(plan, failed_check)
             waiting_out.append(i)
             while waiting_out and i - waiting_out[0] >= lag:
-                self._stage_out(plan, flat, waiting_out.popleft(), device)
+                self._stage_out(plan, pieces, waiting_out.popleft(), device)
         while waiting_out:
-            self._stage_out(plan, flat, waiting_out.popleft(), device)
+            self._stage_out(plan, pieces, waiting_out.popleft(), device)
         if device is not None:
             self._flush_stage_out(device, plan.base + plan.nchunks)
         self.next_chunk = plan.base + plan.nchunks
@@ -155,38 +199,35 @@ class ChunkPipeline:
         poll = None if device is None else (lambda: self._publish_finished_copies(device))
         self.arena.wait_all(word, target, _patience(word, self.config), what, poll)
 
-    def _issue_stage_in(self, plan: CallPlan, flat: torch.Tensor, i: int, device: _DeviceCopies):
+    def _slot(self, plan: CallPlan, i: int) -> int:
+        return (plan.base + i) % self.config.pipeline_depth
+
+    def _issue_stage_in(self, plan: CallPlan, pieces, i: int, device: _DeviceCopies):
         g = plan.base + i
         # The slot is free once every rank has read it for chunk g - depth.
         self._wait(REDUCED, g - self.config.pipeline_depth + 1, "reduce an earlier chunk", device)
-        start, stop = plan.chunk(i)
-        dst = self._input(plan, i)
-        device.pending_in[i] = device.copy(dst, flat[start:stop])
+        src = pieces[i]
+        dst = self._views[plan.dtype].input(self._slot(plan, i), src.numel())
+        device.pending_in[i] = device.copy(dst, src)
 
-    def _stage_in(self, plan: CallPlan, flat: torch.Tensor, i: int, device: _DeviceCopies | None):
+    def _stage_in(self, plan: CallPlan, pieces, i: int, device: _DeviceCopies | None):
         g = plan.base + i
         if device is None:
+            # Only the parts other ranks add up: our own slice is read from the tensor.
             self._wait(REDUCED, g - self.config.pipeline_depth + 1, "reduce an earlier chunk")
-            start, stop = plan.chunk(i)
-            self._input(plan, i).copy_(flat[start:stop])
+            src = pieces[i]
+            dst = self._views[plan.dtype].input(self._slot(plan, i), src.numel())
+            lo, hi = plan.my_slice(i)
+            for part_src, part_dst in zip(
+                _outside(src, lo, hi), _outside(dst, lo, hi), strict=True
+            ):
+                part_dst.copy_(part_src)
         else:
             device.pending_in.pop(i).synchronize()
             if i + 1 < plan.nchunks:  # overlap the next chunk's copy with this one's adds
-                self._issue_stage_in(plan, flat, i + 1, device)
+                self._issue_stage_in(plan, pieces, i + 1, device)
         self.arena.set(STAGED, g + 1)
         self._wait(STAGED, g + 1, "stage its chunk", device)
-
-    def _input(self, plan: CallPlan, i: int, rank: int | None = None) -> torch.Tensor:
-        start, stop = plan.chunk(i)
-        slot = (plan.base + i) % self.config.pipeline_depth
-        raw = self.arena.input_slot(self.arena.me if rank is None else rank, slot)
-        return raw[: (stop - start) * plan.itemsize].view(plan.dtype)
-
-    def _output(self, plan: CallPlan, i: int) -> torch.Tensor:
-        start, stop = plan.chunk(i)
-        slot = (plan.base + i) % self.config.pipeline_depth
-        raw = self.arena.output_slot(slot)
-        return raw[: (stop - start) * plan.itemsize].view(plan.dtype)
 
     def _check_headers(self, plan: CallPlan) -> str | None:
         """Compare every local rank's call header; describe the first disagreement."""
@@ -213,7 +254,12 @@ class ChunkPipeline:
     # -- stage 2 and 3: reduce, then across nodes -------------------------------------
 
     def _reduce(
-        self, plan: CallPlan, i: int, failed_check: str | None, device: _DeviceCopies | None
+        self,
+        plan: CallPlan,
+        pieces,
+        i: int,
+        failed_check: str | None,
+        device: _DeviceCopies | None,
     ) -> None:
         g = plan.base + i
         # The output slot is free once every rank has copied chunk g - depth out of it,
@@ -223,15 +269,34 @@ class ChunkPipeline:
             self._flush_stage_out(device, free_at)
         self._wait(CONSUMED, free_at, "copy out an earlier chunk", device)
         if failed_check is None:
-            lo, hi = plan.my_slice(i)
-            inputs = [self._input(plan, i, r)[lo:hi] for r in range(plan.local_size)]
-            out = self._output(plan, i)[lo:hi]
-            reduce_into(out, inputs, plan.op, self._wide, divisor=plan.local_divisor)
+            self._reduce_my_slice(plan, pieces, i, device)
         self.arena.set(REDUCED, g + 1)
         if self.trees is not None:
             slot = g % self.config.pipeline_depth
             for tree in self.trees:
                 tree.submit(plan, i, slot, failed_check)
+
+    def _reduce_my_slice(self, plan: CallPlan, pieces, i: int, device: _DeviceCopies | None):
+        """Sum our slice over all local ranks into the output slot.
+
+        CPU tensors on one node skip a copy: our slice is summed in place in our own
+        tensor (it is the final result) and only then copied to the output slot for the
+        others. Across nodes the slot must hold it, since the trees keep adding to it.
+        """
+        piece = pieces[i]
+        lo, hi = plan.my_slice(i)
+        slot = self._slot(plan, i)
+        views = self._views[plan.dtype]
+        others, out = views.for_my_slice(slot, piece.numel(), lo, hi)
+        if device is not None:
+            mine = views.input(slot, piece.numel())[lo:hi]
+        else:
+            mine = piece[lo:hi]
+        in_place = device is None and self.trees is None
+        target = mine if in_place else out
+        reduce_into(target, [mine, *others], plan.op, self._wide, divisor=plan.local_divisor)
+        if in_place:
+            out.copy_(mine)
 
     def _settle_first_chunk(self, plan: CallPlan, failed_check: str | None) -> None:
         """Wait for the verdict on the call's checks before staging any further chunk."""
@@ -247,16 +312,24 @@ class ChunkPipeline:
 
     # -- stage 4: out -----------------------------------------------------------------
 
-    def _stage_out(self, plan: CallPlan, flat: torch.Tensor, i: int, device: _DeviceCopies | None):
+    def _stage_out(self, plan: CallPlan, pieces, i: int, device: _DeviceCopies | None):
         g = plan.base + i
         for word in self._done_words:
             self._wait(word, g + 1, "finish its slice", device)
-        start, stop = plan.chunk(i)
+        dst = pieces[i]
+        src = self._views[plan.dtype].output(self._slot(plan, i), dst.numel())
         if device is None:
-            flat[start:stop].copy_(self._output(plan, i))
+            if self.trees is None:  # our slice is already in place (see _reduce_my_slice)
+                lo, hi = plan.my_slice(i)
+                for part_dst, part_src in zip(
+                    _outside(dst, lo, hi), _outside(src, lo, hi), strict=True
+                ):
+                    part_dst.copy_(part_src)
+            else:
+                dst.copy_(src)
             self.arena.set(CONSUMED, g + 1)
         else:
-            device.pending_out.append((g, device.copy(flat[start:stop], self._output(plan, i))))
+            device.pending_out.append((g, device.copy(dst, src)))
 
     def _publish_finished_copies(self, device: _DeviceCopies) -> None:
         while device.pending_out and device.pending_out[0][1].query():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import click
@@ -45,3 +46,25 @@ def doctor(as_json: bool) -> None:
 
 
 main.add_command(fs3_commands)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: each runs the peer and ours in one run and prints both with the ratio."""
+
+
+def _forward_to_module(name: str, module: str, summary: str) -> None:
+    """Add ``hai bench NAME [ARGS]...``, which runs ``python -m MODULE ARGS...``."""
+
+    @bench.command(
+        name,
+        help=f"{summary} (python -m {module}; --help lists its options).",
+        context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def forward(args: tuple[str, ...]) -> None:
+        sys.exit(subprocess.call([sys.executable, "-m", module, *args]))
+
+
+_forward_to_module("allreduce", "hfreduce.bench", "hfreduce against gloo all-reduce")
+_forward_to_module("fs3", "fs3.bench", "fs3 against local disk and a gRPC data path")
