@@ -1,0 +1,148 @@
+"""The state store's tables and the versioned migrations that build them.
+
+The database records its schema version in ``hai_schema_version``; :func:`migrate` applies
+every step above it, in order, each in its own transaction, so a store made by an older
+release upgrades in place. Steps are never edited once released: a change is a new step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("group", sa.String(64), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("nodes", sa.Integer, nullable=False),
+    sa.Column("gpus_per_node", sa.Integer, nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("queued_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("restarts", sa.Integer, nullable=False),
+    sa.Column("suspends", sa.Integer, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("nodes", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("after_stop", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("suspend_deadline", sa.Float),
+    sa.Column("kill_at", sa.Float),
+    sa.Column("preempted_for", sa.Integer),
+    sa.Column("node_exits", sa.JSON, nullable=False),
+    sa.Column("acked", sa.Boolean, nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("group", sa.String(64), nullable=False),
+    sa.Column("gpus", sa.Integer, nullable=False),
+    sa.Column("cpus", sa.Integer, nullable=False),
+    sa.Column("memory_bytes", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(256), nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Integer),
+    sa.Column("node", sa.String(128)),
+)
+
+quotas = sa.Table(
+    "quotas",
+    metadata,
+    sa.Column("user", sa.String(64), primary_key=True),
+    sa.Column("group", sa.String(64), primary_key=True),
+    sa.Column("priority", sa.Integer, primary_key=True),
+    sa.Column("nodes", sa.Integer, nullable=False),
+)
+
+_version = sa.Table(
+    "hai_schema_version",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+)
+
+
+def _v1_tables(conn: sa.Connection) -> None:
+    # v1 is the tables above without the indexes v2 adds.
+    for table in (users, jobs, runs, nodes, events, quotas):
+        table.create(conn, checkfirst=False)
+
+
+def _v2_event_index(conn: sa.Connection) -> None:
+    # `hai describe` reads one job's events; without this it scans the whole log.
+    conn.execute(sa.text("CREATE INDEX ix_events_job_id ON events (job_id)"))
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "users, jobs, runs, nodes, events, quotas", _v1_tables),
+    (2, "index events by job", _v2_event_index),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def schema_version(engine: sa.Engine) -> int:
+    """The version the database is at; 0 for an empty database."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(_version.name):
+            return 0
+        return conn.execute(sa.select(sa.func.max(_version.c.version))).scalar() or 0
+
+
+def migrate(engine: sa.Engine, target: int = LATEST) -> int:
+    """Applies the migration steps between the database's version and ``target``.
+
+    Returns the version reached. Safe to run on every start: a current database is untouched.
+    """
+    current = schema_version(engine)
+    for version, _, step in MIGRATIONS:
+        if current < version <= target:
+            with engine.begin() as conn:
+                _version.create(conn, checkfirst=True)
+                step(conn)
+                conn.execute(sa.insert(_version).values(version=version))
+            current = version
+    return current

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from hai.errors import SpecError
+from hai.spec import AUTO, load_spec, parse_priority, spec_from_dict
+
+GOOD = """
+name: llama-pretrain
+entrypoint: python train.py
+arguments: [--lr, "3e-4"]
+environment: {OMP_NUM_THREADS: 4}
+nodes: 4
+gpus_per_node: 8
+priority: 40
+group: a100
+max_run_time: 3600
+restart_policy: on_failure
+suspend_grace_period: 30
+"""
+
+
+def test_full_spec_parses() -> None:
+    spec = load_spec(GOOD)
+    assert spec.name == "llama-pretrain"
+    assert spec.arguments == ["--lr", "3e-4"]
+    assert spec.environment == {"OMP_NUM_THREADS": "4"}
+    assert (spec.nodes, spec.priority, spec.group) == (4, 40, "a100")
+    assert spec.max_run_time == 3600.0
+    assert spec.to_dict()["restart_policy"] == "on_failure"
+
+
+def test_defaults() -> None:
+    spec = spec_from_dict({"name": "a", "entrypoint": "true"})
+    assert (spec.nodes, spec.gpus_per_node, spec.priority, spec.group) == (1, 8, AUTO, "default")
+    assert spec.suspend_grace_period == 5.0
+
+
+def test_every_bad_field_is_reported_once() -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(
+            {
+                "name": "bad name!",
+                "nodes": 0,
+                "priority": 35,
+                "restart_policy": "always",
+                "suspend_grace_period": -1,
+                "gpus": 8,
+                "environment": {"1X": "y"},
+            }
+        )
+    problems = info.value.problems
+    fields = sorted(p.split(":")[0] for p in problems)
+    assert fields == sorted(
+        [
+            "gpus",
+            "entrypoint",
+            "name",
+            "nodes",
+            "priority",
+            "restart_policy",
+            "suspend_grace_period",
+            "environment",
+        ]
+    )
+    assert any("got 35" in p for p in problems)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "name: [unclosed", "42"])
+def test_non_mapping_or_broken_yaml(text: str) -> None:
+    with pytest.raises(SpecError):
+        load_spec(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("AUTO", AUTO), ("50", 50), (10, 10), ("ABOVE_NORMAL", 20), ("normal", 10)]
+)
+def test_priority_names(value: object, level: int) -> None:
+    assert parse_priority(value) == level
+
+
+def test_bool_is_not_a_count() -> None:
+    with pytest.raises(SpecError, match="nodes"):
+        spec_from_dict({"name": "a", "entrypoint": "x", "nodes": True})
