@@ -83,6 +83,8 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     rpc_timeout_s: float = 10.0
     """Every call to the server gives up after this long."""
+    kill_grace_s: float = 5.0
+    """Between SIGTERM and SIGKILL for a run the scheduler no longer lists."""
     health_interval_s: float = 300.0
     min_free_disk_bytes: int = 1 << 30
     metrics_port: int = 0

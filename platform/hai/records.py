@@ -13,10 +13,12 @@ from typing import Any
 QUEUED = "queued"
 RUNNING = "running"
 SUSPENDING = "suspending"
+SUSPENDED = "suspended"
+"""Held by ``hai suspend``: not queued again until ``hai resume``."""
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 STOPPED = "stopped"
-JOB_STATES = (QUEUED, RUNNING, SUSPENDING, SUCCEEDED, FAILED, STOPPED)
+JOB_STATES = (QUEUED, RUNNING, SUSPENDING, SUSPENDED, SUCCEEDED, FAILED, STOPPED)
 FINISHED_STATES = (SUCCEEDED, FAILED, STOPPED)
 
 # Run states: a run is live until DONE.
@@ -32,6 +34,8 @@ LIVE_RUN_STATES = (RUN_RUNNING, RUN_SUSPENDING, RUN_STOPPING)
 AFTER_REQUEUE = "requeue"
 AFTER_STOP = "stop"
 AFTER_FAIL = "fail"
+"""Failed: restarted if the restart policy allows, else the job fails."""
+AFTER_HOLD = "hold"
 
 # Node states.
 NODE_READY = "ready"

@@ -1,0 +1,167 @@
+"""The node agent (``hai agent``): registers its node, heartbeats, runs what it is told.
+
+Each heartbeat reports every run this node has (exit code once all its ranks are gone,
+whether the job acknowledged a suspend) and gets back every run the node should have.
+:meth:`Agent.reconcile` closes the gap: start new runs, pass on suspend requests, stop
+runs marked stop or no longer assigned, forget runs the scheduler no longer lists. If the
+server is unreachable the agent keeps its ranks running and retries, so a scheduler
+restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from hai.config import AgentConfig
+from hai.errors import HaiError, HaiTimeoutError, NotFoundError, Unavailable
+from hai.executor import Executor, Launch, RankLaunch
+from hai.health import run_checks
+from hai.metrics import AgentMetrics
+from hai.protocol import DESIRED_STOP, DESIRED_SUSPEND, Assignment, NodeInfo, RunReport
+from hai.rpc import ApiClient
+from hai.service import log_path
+
+log = logging.getLogger("hai.agent")
+
+
+def rank_environment(a: Assignment, local_rank: int, node: str, state_dir: Path) -> dict[str, str]:
+    """The variables a rank starts with: torch.distributed's, the node's, and hai.client's."""
+    world = a.nodes * a.ranks_per_node
+    return {
+        **os.environ,
+        **a.environment,
+        "RANK": str(a.node_rank * a.ranks_per_node + local_rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(local_rank),
+        "LOCAL_WORLD_SIZE": str(a.ranks_per_node),
+        "NODE_RANK": str(a.node_rank),
+        "MASTER_ADDR": a.master_addr,
+        "MASTER_PORT": str(a.master_port),
+        "HFREDUCE_NODE_ID": node,
+        "HAI_JOB_ID": str(a.job_id),
+        "HAI_RUN_ID": str(a.run_id),
+        "HAI_RESTART_COUNT": str(a.attempt),
+        "HAI_CONTROL_DIR": str(state_dir / "runs" / str(a.run_id) / node),
+        "HAI_CHAIN_DIR": str(state_dir / "chains" / str(a.job_id)),
+    }
+
+
+class Agent:
+    def __init__(
+        self,
+        name: str,
+        client: ApiClient,
+        executor: Executor,
+        state_dir: Path,
+        config: AgentConfig,
+        group: str = "default",
+        gpus: int = 0,
+        virtual_gpus: bool = True,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.executor = executor
+        self.state_dir = state_dir
+        self.config = config
+        self.virtual_gpus = virtual_gpus
+        """Local clusters pretend to have GPUs; the GPU health check then probes none."""
+        self.info = NodeInfo(
+            name, uuid.uuid4().hex, group, gpus, os.cpu_count() or 0, psutil.virtual_memory().total
+        )
+        self.metrics = AgentMetrics()
+        self._failures: list[str] = []
+        self._next_health = 0.0
+        self._registered = False
+
+    def step(self) -> None:
+        """One heartbeat and reconcile. Raises Unavailable/HaiTimeoutError if the server
+        is unreachable (the caller retries; ranks keep running)."""
+        now = time.monotonic()
+        if now >= self._next_health:
+            self._next_health = now + self.config.health_interval_s
+            self._failures = run_checks(
+                self.state_dir,
+                self.config.min_free_disk_bytes,
+                0 if self.virtual_gpus else self.info.gpus,
+            )
+            for line in self._failures:
+                log.warning("health check failed on %s: %s", self.name, line)
+        if not self._registered:
+            self.client.call("Register", **asdict(self.info))
+            self._registered = True
+        reports = [self._report(run_id) for run_id in self.executor.run_ids()]
+        try:
+            reply = self.client.call(
+                "Heartbeat",
+                node=self.name,
+                agent_id=self.info.agent_id,
+                runs=[asdict(r) for r in reports],
+                health_failures=self._failures,
+            )
+        except NotFoundError:
+            self._registered = False  # the server lost us (a new store): register again
+            return
+        self.reconcile([Assignment(**a) for a in reply["assignments"]], reports)
+        self.metrics.observe(len(self.executor.run_ids()))
+
+    def _report(self, run_id: int) -> RunReport:
+        return RunReport(run_id, self.executor.exit_code(run_id), self.executor.acked(run_id))
+
+    def reconcile(self, assignments: list[Assignment], reports: list[RunReport]) -> None:
+        wanted = {a.run_id: a for a in assignments}
+        exited = {r.run_id for r in reports if r.exit_code is not None}
+        for run_id in self.executor.run_ids():
+            if run_id not in wanted:
+                if run_id in exited:
+                    self.executor.forget(run_id)
+                else:
+                    self.executor.stop(run_id, self.config.kill_grace_s)
+        for a in assignments:
+            known = a.run_id in self.executor.run_ids()
+            if not known and a.desired != DESIRED_STOP:
+                self.executor.start(self._launch(a))
+                log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
+            if a.run_id not in self.executor.run_ids():
+                continue
+            if a.desired == DESIRED_SUSPEND:
+                self.executor.request_suspend(a.run_id)
+            elif a.desired == DESIRED_STOP:
+                self.executor.stop(a.run_id, a.kill_grace_s)
+
+    def _launch(self, a: Assignment) -> Launch:
+        control = self.state_dir / "runs" / str(a.run_id) / self.name
+        ranks = [
+            RankLaunch(
+                rank=a.node_rank * a.ranks_per_node + local,
+                argv=a.argv,
+                env=rank_environment(a, local, self.name, self.state_dir),
+                log_path=log_path(
+                    self.state_dir, a.job_id, a.attempt, a.node_rank * a.ranks_per_node + local
+                ),
+            )
+            for local in range(a.ranks_per_node)
+        ]
+        return Launch(a.run_id, control, ranks)
+
+    def run(self, stop: threading.Event) -> None:
+        """Heartbeats until ``stop`` is set, then kills the ranks it still has."""
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except (Unavailable, HaiTimeoutError) as err:
+                    log.warning("%s: %s; retrying", self.name, err)
+                except HaiError:
+                    # One bad answer must not take the node's ranks down with the agent.
+                    log.exception("%s: heartbeat failed; retrying", self.name)
+                stop.wait(self.config.heartbeat_s)
+        finally:
+            self.executor.shutdown()

@@ -1,0 +1,161 @@
+"""``hai up`` / ``hai down``: a whole local cluster (server + N agents) as background processes.
+
+Each process runs in its own session so it outlives the command that started it; pids go
+to ``cluster.json`` in the state folder and logs to ``logs/``. ``down`` sends SIGTERM, waits,
+then SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hai.errors import HaiError, HaiTimeoutError, Unavailable
+from hai.rpc import ApiClient
+from hai.server import TOKEN_FILE
+
+CLUSTER_FILE = "cluster.json"
+
+
+@dataclass
+class ClusterInfo:
+    address: str
+    state_dir: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hai", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    return proc.pid
+
+
+def _wait_for(what: str, check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except (Unavailable, HaiTimeoutError, FileNotFoundError):
+            pass
+        if time.monotonic() > deadline:
+            raise HaiTimeoutError(f"{what} within {timeout_s:g}s; see the logs in the state folder")
+        time.sleep(0.2)
+
+
+def up(
+    state_dir: Path,
+    nodes: int,
+    gpus_per_node: int,
+    port: int,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> ClusterInfo:
+    """Starts the server and ``nodes`` agents; returns once every node is ready.
+
+    Raises:
+        HaiError: a cluster already runs in ``state_dir``.
+        HaiTimeoutError: the server or an agent did not come up in time.
+    """
+    state_dir = state_dir.expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if (state_dir / CLUSTER_FILE).exists():
+        raise HaiError(f"a cluster already runs in {state_dir}; `hai down {state_dir}` first")
+    env = {**os.environ, **(env or {})}
+    address = f"127.0.0.1:{port}"
+    info = ClusterInfo(address, str(state_dir))
+    info.pids["server"] = _spawn(
+        ["server", "--state-dir", str(state_dir), "--port", str(port)],
+        state_dir / "logs" / "server.log",
+        env,
+    )
+    (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
+    client = ApiClient(address, None, timeout_s=2.0)
+    try:
+        _wait_for("the server did not answer", lambda: _token(state_dir, client), timeout_s)
+        for i in range(nodes):
+            name = f"node-{i}"
+            info.pids[name] = _spawn(
+                [
+                    "agent",
+                    "--name",
+                    name,
+                    "--state-dir",
+                    str(state_dir),
+                    "--server",
+                    address,
+                    "--gpus",
+                    str(gpus_per_node),
+                ],
+                state_dir / "logs" / f"{name}.log",
+                env,
+            )
+        (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
+        _wait_for(
+            f"{nodes} nodes did not register",
+            lambda: sum(n["state"] == "ready" for n in client.call("Nodes")) >= nodes,
+            timeout_s,
+        )
+    finally:
+        client.close()
+    return info
+
+
+def _token(state_dir: Path, client: ApiClient) -> bool:
+    client.token = (state_dir / TOKEN_FILE).read_text().strip()
+    client.call("WhoAmI")
+    return True
+
+
+def down(state_dir: Path, timeout_s: float = 20.0) -> list[str]:
+    """Stops the cluster in ``state_dir``; returns the names of the processes stopped."""
+    path = state_dir.expanduser().resolve() / CLUSTER_FILE
+    if not path.exists():
+        return []
+    pids: dict[str, int] = json.loads(path.read_text())["pids"]
+    # Agents first, so they are not left heartbeating at a server that is gone.
+    order = sorted(pids, key=lambda name: name == "server")
+    for name in order:
+        _signal(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for name in order:
+        while _alive(pids[name]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal(pids[name], signal.SIGKILL)
+    path.unlink()
+    return order
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

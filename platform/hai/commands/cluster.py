@@ -1,0 +1,159 @@
+"""Cluster commands: up, down, server, agent, nodes, drain, quota, users, whoami."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from hai.commands.common import call, json_option, show, state_dir_default
+from hai.config import load_config
+from hai.errors import HaiError
+
+
+@click.command()
+@click.option("--nodes", default=2, show_default=True)
+@click.option("--gpus-per-node", default=8, show_default=True)
+@click.option("--port", default=7700, show_default=True)
+@click.argument("state_dir", required=False)
+def up(nodes: int, gpus_per_node: int, port: int, state_dir: str | None) -> None:
+    """Start a local cluster: the scheduler/API server and NODES agents."""
+    from hai.cluster import up as start
+
+    try:
+        info = start(Path(state_dir or state_dir_default()), nodes, gpus_per_node, port)
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"hai cluster up: server {info.address}, {nodes} nodes, state in {info.state_dir}")
+    click.echo(f"export HAI_STATE_DIR={info.state_dir}")
+
+
+@click.command()
+@click.argument("state_dir", required=False)
+def down(state_dir: str | None) -> None:
+    """Stop the local cluster started by `hai up`."""
+    from hai.cluster import down as stop
+
+    stopped = stop(Path(state_dir or state_dir_default()))
+    click.echo(f"stopped {', '.join(stopped)}" if stopped else "no cluster running there")
+
+
+def _serve_until_signal(start, stop) -> None:  # type: ignore[no-untyped-def]
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    start()
+    try:
+        done.wait()
+    finally:
+        stop()
+
+
+@click.command()
+@click.option("--state-dir", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--config", "config_path", default=None, help="YAML config file.")
+def server(state_dir: str | None, port: int | None, config_path: str | None) -> None:
+    """Run the scheduler and API server in the foreground."""
+    from hai.server import Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    overrides = {"server": {"port": port}} if port else {}
+    config = load_config(config_path, overrides=overrides)
+    srv = Server(config, Path(state_dir or config.server.state_dir).expanduser())
+    _serve_until_signal(srv.start, srv.stop)
+
+
+@click.command()
+@click.option("--name", required=True)
+@click.option("--server", "address", required=True, help="host:port of the hai server.")
+@click.option("--state-dir", default=None)
+@click.option("--gpus", default=0, show_default=True)
+@click.option("--group", default="default", show_default=True)
+@click.option("--config", "config_path", default=None)
+def agent(
+    name: str, address: str, state_dir: str | None, gpus: int, group: str, config_path: str | None
+) -> None:
+    """Run a node agent in the foreground."""
+    import torch
+
+    from hai.agent import Agent
+    from hai.executor import LocalExecutor
+    from hai.rpc import ApiClient
+    from hai.server import TOKEN_FILE
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(config_path)
+    folder = Path(state_dir or state_dir_default()).expanduser()
+    token = os.environ.get("HAI_TOKEN") or (folder / TOKEN_FILE).read_text().strip()
+    client = ApiClient(address, token, config.agent.rpc_timeout_s)
+    virtual = not torch.cuda.is_available()
+    node = Agent(
+        name,
+        client,
+        LocalExecutor(),
+        folder,
+        config.agent,
+        group,
+        gpus if virtual else torch.cuda.device_count(),
+        virtual_gpus=virtual,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if config.agent.metrics_port:
+        node.metrics.serve(config.agent.metrics_port)
+    node.run(stop)
+
+
+@click.command()
+@json_option
+def nodes(as_json: bool) -> None:
+    """List nodes and their state."""
+    show(call("Nodes"), ["name", "group", "state", "gpus", "cpus", "message"], "nodes", as_json)
+
+
+@click.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True, help="Make the node schedulable again.")
+def drain(node: str, undo: bool) -> None:
+    """Give NODE no new work (admin)."""
+    click.echo(f"{node}: {call('Drain', node=node, drained=not undo)['state']}")
+
+
+@click.command()
+@click.argument("user")
+@click.argument("priority")
+@click.argument("nodes", type=int)
+@click.option("--group", default="default", show_default=True)
+def quota(user: str, priority: str, nodes: int, group: str) -> None:
+    """Set USER's node quota at PRIORITY in a group (admin)."""
+    call("SetQuota", user=user, priority=priority, nodes=nodes, group=group)
+    click.echo(f"{user} may use {nodes} nodes at priority {priority} in {group}")
+
+
+@click.group()
+def users() -> None:
+    """Users and tokens."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True)
+def add_user(name: str, admin: bool) -> None:
+    """Add a user and print their token (admin)."""
+    click.echo(call("AddUser", name=name, role="admin" if admin else "user"))
+
+
+@click.command()
+def whoami() -> None:
+    """Who the token belongs to."""
+    me = call("WhoAmI")
+    click.echo(f"{me['name']} ({me['role']})")
+
+
+cluster_commands = [up, down, server, agent, nodes, drain, quota, users, whoami]

@@ -1,0 +1,65 @@
+"""What every platform command shares: finding the server and token, printing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hai.errors import HaiError
+from hai.rpc import ApiClient
+
+
+def state_dir_default() -> str:
+    return os.environ.get("HAI_STATE_DIR", "~/.hai")
+
+
+def connect(state_dir: str | None = None) -> ApiClient:
+    """A client for the server named by HAI_SERVER, else the one in the state folder."""
+    folder = Path(state_dir or state_dir_default()).expanduser()
+    address = os.environ.get("HAI_SERVER")
+    if address is None:
+        try:
+            address = json.loads((folder / "server.json").read_text())["address"]
+        except FileNotFoundError:
+            raise click.ClickException(
+                f"no server: set HAI_SERVER or start a local cluster with `hai up {folder}`"
+            ) from None
+    token = os.environ.get("HAI_TOKEN")
+    if token is None and (folder / "token").exists():
+        token = (folder / "token").read_text().strip()
+    return ApiClient(address, token)
+
+
+def call(method: str, **body: Any) -> Any:
+    """Calls the server; a platform error becomes one line on stderr and exit status 1."""
+    client = connect()
+    try:
+        return client.call(method, **body)
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        client.close()
+
+
+def show(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    """Rows as a rich table on a terminal, as JSON with --json or when piped."""
+    if as_json or not sys.stdout.isatty():
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

@@ -1,0 +1,78 @@
+"""The executor interface: how one node's agent runs the ranks of a run.
+
+Implementations: :class:`hai.executor.local.LocalExecutor` (processes on this machine);
+the Kubernetes executor (pods) is a later issue. ``tests/hai/test_executor.py`` runs one
+conformance suite on each.
+
+The job side sees the same contract everywhere: the variables of :func:`rank_environment`,
+a control folder where a ``suspend`` file appears when the platform asks it to suspend
+and where ``hai.client.go_suspend()`` leaves a ``suspend_ack`` file.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RankLaunch:
+    rank: int
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+
+
+@dataclass
+class Launch:
+    run_id: int
+    control_dir: Path
+    """Shared by all of this node's ranks; :mod:`hai.client` reads and writes it."""
+    ranks: list[RankLaunch] = field(default_factory=list)
+
+
+class Executor(abc.ABC):
+    @abc.abstractmethod
+    def start(self, launch: Launch) -> None:
+        """Starts every rank of ``launch`` and returns without waiting for them.
+
+        Raises StateError if the run was started before and not forgotten.
+        """
+
+    @abc.abstractmethod
+    def request_suspend(self, run_id: int) -> None:
+        """Makes ``receive_suspend_command()`` true for every rank (idempotent)."""
+
+    @abc.abstractmethod
+    def acked(self, run_id: int) -> bool:
+        """Whether any rank called ``go_suspend()``."""
+
+    @abc.abstractmethod
+    def stop(self, run_id: int, grace_s: float) -> None:
+        """Sends SIGTERM now and SIGKILL to ranks still alive ``grace_s`` later.
+
+        Returns at once; :meth:`exit_code` tells when they are gone. Idempotent.
+        """
+
+    @abc.abstractmethod
+    def exit_code(self, run_id: int) -> int | None:
+        """None while any rank runs; then the worst exit code (non-zero wins, a signal
+        is its negative number)."""
+
+    @abc.abstractmethod
+    def run_ids(self) -> list[int]:
+        """Runs started and not yet forgotten."""
+
+    @abc.abstractmethod
+    def forget(self, run_id: int) -> None:
+        """Drops an exited run's bookkeeping (its logs stay)."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Kills every rank still running; used when the agent exits."""
+
+
+def worst_exit(codes: list[int]) -> int:
+    """The code that describes a set of ranks: the first non-zero one, else 0."""
+    return next((c for c in codes if c != 0), 0)

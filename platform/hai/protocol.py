@@ -1,0 +1,66 @@
+"""What agents and the scheduler tell each other on each heartbeat, as dataclasses.
+
+The agent reports every run it has; the scheduler answers with every run the node should
+have and what it should be doing. The agent reconciles the two, so a lost message, a
+scheduler restart or an agent restart converges on the next heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DESIRED_RUN = "run"
+DESIRED_SUSPEND = "suspend"
+DESIRED_STOP = "stop"
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    agent_id: str
+    group: str = "default"
+    gpus: int = 0
+    cpus: int = 0
+    memory_bytes: int = 0
+    address: str = "127.0.0.1"
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    exit_code: int | None = None
+    """Worst exit code of this node's ranks once all have exited; None while any runs."""
+    acked: bool = False
+    """The job called ``hai.client.go_suspend()``."""
+
+
+@dataclass
+class Heartbeat:
+    node: str
+    agent_id: str
+    runs: list[RunReport] = field(default_factory=list)
+    health_failures: list[str] = field(default_factory=list)
+    """One line per failed health check; any makes the node unhealthy."""
+
+
+@dataclass
+class Assignment:
+    """One run this node takes part in, with what the agent needs to launch its ranks."""
+
+    run_id: int
+    job_id: int
+    attempt: int
+    desired: str
+    argv: list[str]
+    environment: dict[str, str]
+    node_rank: int
+    nodes: int
+    ranks_per_node: int
+    master_addr: str
+    master_port: int
+    kill_grace_s: float
+
+
+@dataclass
+class HeartbeatReply:
+    assignments: list[Assignment] = field(default_factory=list)

@@ -1,0 +1,392 @@
+"""The scheduler's mechanism: applies policy decisions to the store and to agents.
+
+Policy (:mod:`hai.policy`) decides who runs where. This module keeps the books: it turns
+starts into runs, preemptions into suspend requests with a grace deadline, agent reports
+into finished runs, and silence from an agent into a dead node whose jobs are requeued.
+Agents learn what to do from :meth:`Scheduler.heartbeat`'s answer, never from a push, so
+the scheduler can restart at any time: everything it knows is in the store.
+
+All methods take the one lock, so gRPC threads and the pass loop never interleave writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hai.config import HaiConfig
+from hai.errors import NotFoundError
+from hai.policy import Decision, NodeView, PendingView, RunningView, schedule
+from hai.protocol import (
+    DESIRED_RUN,
+    DESIRED_STOP,
+    DESIRED_SUSPEND,
+    Assignment,
+    Heartbeat,
+    HeartbeatReply,
+    NodeInfo,
+)
+from hai.records import (
+    AFTER_FAIL,
+    AFTER_HOLD,
+    AFTER_REQUEUE,
+    AFTER_STOP,
+    FAILED,
+    LIVE_RUN_STATES,
+    NODE_DEAD,
+    NODE_READY,
+    NODE_UNHEALTHY,
+    QUEUED,
+    RUN_DONE,
+    RUN_RUNNING,
+    RUN_STOPPING,
+    RUN_SUSPENDING,
+    RUNNING,
+    STOPPED,
+    SUCCEEDED,
+    SUSPENDED,
+    SUSPENDING,
+    Event,
+    Node,
+    Run,
+)
+from hai.spec import JobSpec
+from hai.store import StateStore
+
+log = logging.getLogger("hai.scheduler")
+
+# Exit code recorded for a node whose ranks were lost with it (agent dead or restarted).
+LOST = -9
+# Rendezvous ports: one per run, spread so neighbouring runs on a host do not collide.
+_PORT_BASE, _PORT_SPAN = 29500, 20000
+
+
+@dataclass
+class PassStats:
+    """What one pass did, for metrics and tests."""
+
+    started: int = 0
+    preempted: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: StateStore,
+        config: HaiConfig,
+        clock: Callable[[], float] = time.time,
+        on_suspended: Callable[[float], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.lock = threading.RLock()
+        self._on_suspended = on_suspended
+        """Called with each suspend's latency (request to stop), for the metric."""
+
+    def event(self, kind: str, message: str, job_id: int | None = None, node: str | None = None):
+        self.store.add_event(Event(self.clock(), kind, message, job_id, node))
+        log.info("%s: %s", kind, message)
+
+    # ---- agents -------------------------------------------------------------------------
+    def register(self, info: NodeInfo) -> None:
+        """Adds or refreshes a node. A new agent id means the agent restarted and lost its
+        ranks, so runs it had are treated as lost on that node."""
+        with self.lock, self.store.transaction():
+            now = self.clock()
+            try:
+                old: Node | None = self.store.get_node(info.name)
+            except NotFoundError:
+                old = None
+            if old is not None and old.agent_id != info.agent_id:
+                for run in self._runs_on(info.name):
+                    self._node_exited(run, info.name, LOST, now, f"agent on {info.name} restarted")
+            keep = old is not None and old.state not in (NODE_DEAD, NODE_UNHEALTHY)
+            self.store.put_node(
+                Node(
+                    info.name,
+                    info.group,
+                    info.gpus,
+                    info.cpus,
+                    info.memory_bytes,
+                    old.state if keep else NODE_READY,
+                    info.address,
+                    now,
+                    info.agent_id,
+                )
+            )
+            self.event("node", f"{info.name} registered ({info.gpus} GPUs)", node=info.name)
+
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
+        """Records the agent's run reports and answers with the node's assignments.
+
+        Raises:
+            NotFoundError: the node is unknown (the agent must register again).
+        """
+        with self.lock, self.store.transaction():
+            now = self.clock()
+            node = self.store.get_node(beat.node)
+            if node.agent_id != beat.agent_id:
+                raise NotFoundError(f"node {beat.node} is registered to another agent")
+            changes: dict = {"heartbeat_at": now}
+            if beat.health_failures and node.state != NODE_UNHEALTHY:
+                changes.update(state=NODE_UNHEALTHY, message="; ".join(beat.health_failures))
+                self.event("unhealthy", f"{node.name}: {changes['message']}", node=node.name)
+            elif node.state == NODE_DEAD:
+                changes.update(state=NODE_READY, message="")
+                self.event("node", f"{node.name} is back", node=node.name)
+            self.store.update_node(node.name, **changes)
+            live = {run.id: run for run in self._runs_on(node.name)}
+            for report in beat.runs:
+                run = live.get(report.run_id)
+                if run is None:
+                    continue
+                if report.acked and not run.acked:
+                    self.store.update_run(run.id, acked=True)
+                    if run.state == RUN_SUSPENDING:
+                        self._stop_run(run, run.after_stop, "checkpoint acknowledged", now)
+                if report.exit_code is not None:
+                    self._node_exited(
+                        self.store.get_run(run.id), node.name, report.exit_code, now, ""
+                    )
+            return HeartbeatReply(
+                [self._assignment(r, node.name) for r in self._runs_on(node.name)]
+            )
+
+    # ---- the pass -----------------------------------------------------------------------
+    def tick(self) -> PassStats:
+        """Expires leases and grace periods, then runs one policy pass and applies it."""
+        with self.lock, self.store.transaction():
+            now = self.clock()
+            self._expire(now)
+            began = time.perf_counter()
+            decision = self._decide(now)
+            stats = PassStats(
+                len(decision.starts),
+                len(decision.preemptions),
+                len(decision.waiting),
+                time.perf_counter() - began,
+            )
+            self._apply(decision, now)
+            return stats
+
+    def _expire(self, now: float) -> None:
+        lease = self.config.scheduler.node_lease_s
+        for node in self.store.list_nodes():
+            if node.state != NODE_DEAD and now - node.heartbeat_at > lease:
+                self.store.update_node(
+                    node.name,
+                    state=NODE_DEAD,
+                    message=f"no heartbeat for {now - node.heartbeat_at:.0f}s",
+                )
+                self.event("dead", f"{node.name}: no heartbeat within {lease:g}s", node=node.name)
+                for run in self._runs_on(node.name):
+                    self._node_exited(run, node.name, LOST, now, f"node {node.name} died")
+        for run in self.store.live_runs():
+            job = self.store.get_job(run.job_id)
+            limit = job.spec.get("max_run_time")
+            if (
+                run.state == RUN_SUSPENDING
+                and run.suspend_deadline is not None
+                and now >= run.suspend_deadline
+            ):
+                self._stop_run(run, run.after_stop, "suspend grace period ran out", now)
+            elif run.state == RUN_RUNNING and limit and now - run.started_at > limit:
+                self._stop_run(run, AFTER_FAIL, f"ran past max_run_time {limit:g}s", now)
+
+    def _decide(self, now: float) -> Decision:
+        nodes = [NodeView(n.name, n.group, n.state == NODE_READY) for n in self.store.list_nodes()]
+        jobs = {j.id: j for j in self.store.list_jobs(states=(QUEUED, RUNNING, SUSPENDING))}
+        pending = [
+            PendingView(j.id, j.user, j.group, j.priority, j.nodes, j.queued_at)
+            for j in jobs.values()
+            if j.state == QUEUED
+        ]
+        running = [
+            RunningView(
+                r.job_id,
+                jobs[r.job_id].user,
+                jobs[r.job_id].group,
+                r.priority,
+                r.nodes,
+                r.started_at,
+                suspended_before=jobs[r.job_id].suspends > 0,
+                suspending=r.state != RUN_RUNNING,
+                preempted_for=r.preempted_for,
+            )
+            for r in self.store.live_runs()
+            if r.job_id in jobs
+        ]
+        quotas = {(q.user, q.group, q.priority): q.nodes for q in self.store.list_quotas()}
+        decision = schedule(nodes, pending, running, quotas, now, self.config.policy)
+        for job_id, why in decision.waiting.items():
+            if jobs[job_id].message != why:
+                self.store.update_job(job_id, message=why)
+        return decision
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        live = {r.job_id: r for r in self.store.live_runs()}
+        for pre in decision.preemptions:
+            run = live[pre.job_id]
+            job = self.store.get_job(run.job_id)
+            grace = float(job.spec.get("suspend_grace_period", 5.0))
+            self.store.update_run(
+                run.id,
+                state=RUN_SUSPENDING,
+                after_stop=AFTER_REQUEUE,
+                suspend_deadline=now + grace,
+                preempted_for=pre.for_job,
+                reason=f"preempted for job {pre.for_job}",
+            )
+            self.store.update_job(
+                job.id, state=SUSPENDING, queued_at=now if pre.time_slice else job.queued_at
+            )
+            self.event(
+                "suspend",
+                f"job {job.id} asked to suspend for job {pre.for_job} (grace {grace:g}s)",
+                job.id,
+            )
+        for start in decision.starts:
+            job = self.store.get_job(start.job_id)
+            attempt = len(self.store.list_runs(job_id=job.id))
+            run_id = self.store.add_run(
+                Run(0, job.id, attempt, start.priority, start.nodes, started_at=now)
+            )
+            self.store.update_job(
+                job.id, state=RUNNING, started_at=job.started_at or now, message=""
+            )
+            self.event(
+                "start",
+                f"job {job.id} run {run_id} on {', '.join(start.nodes)} "
+                f"at priority {start.priority}",
+                job.id,
+            )
+
+    # ---- run bookkeeping ------------------------------------------------------------------
+    def stop_run(self, run: Run, after: str, reason: str) -> None:
+        """Asks the run's agents to terminate it; ``after`` says what becomes of the job."""
+        with self.lock, self.store.transaction():
+            self._stop_run(run, after, reason, self.clock())
+
+    def suspend_run(self, run: Run, after: str, reason: str) -> None:
+        """Asks the job to checkpoint and suspend, within its grace period."""
+        with self.lock, self.store.transaction():
+            now = self.clock()
+            job = self.store.get_job(run.job_id)
+            grace = float(job.spec.get("suspend_grace_period", 5.0))
+            self.store.update_run(
+                run.id,
+                state=RUN_SUSPENDING,
+                after_stop=after,
+                suspend_deadline=now + grace,
+                reason=reason,
+            )
+            self.store.update_job(job.id, state=SUSPENDING)
+            self.event("suspend", f"job {job.id}: {reason} (grace {grace:g}s)", job.id)
+
+    def _stop_run(self, run: Run, after: str, reason: str, now: float) -> None:
+        if run.state == RUN_SUSPENDING and self._on_suspended is not None:
+            self._on_suspended(
+                now
+                - (run.suspend_deadline or now)
+                + float(self.store.get_job(run.job_id).spec.get("suspend_grace_period", 5.0))
+            )
+        self.store.update_run(
+            run.id, state=RUN_STOPPING, after_stop=after, kill_at=now, reason=run.reason or reason
+        )
+        self.event("stop", f"job {run.job_id} run {run.id}: {reason}", run.job_id)
+        self._maybe_finish(self.store.get_run(run.id), now)
+
+    def _node_exited(self, run: Run, node: str, code: int, now: float, reason: str) -> None:
+        if node in run.node_exits:
+            return
+        exits = {**run.node_exits, node: code}
+        self.store.update_run(run.id, node_exits=exits)
+        run = self.store.get_run(run.id)
+        if code != 0 and run.state == RUN_RUNNING:
+            why = reason or f"rank on {node} exited with {code}"
+            after = AFTER_REQUEUE if code == LOST else AFTER_FAIL
+            self._stop_run(run, after, why, now)
+        elif code != 0 and code == LOST and run.state == RUN_SUSPENDING:
+            self._stop_run(run, run.after_stop, reason, now)
+        else:
+            self._maybe_finish(run, now)
+
+    def _maybe_finish(self, run: Run, now: float) -> None:
+        if run.state == RUN_DONE or set(run.nodes) - set(run.node_exits):
+            return
+        job = self.store.get_job(run.job_id)
+        worst = max(run.node_exits.values(), key=abs)
+        self.store.update_run(run.id, state=RUN_DONE, ended_at=now, exit_code=worst)
+        # A suspending run that exits by itself has checkpointed: it goes where it was headed.
+        after = run.after_stop if run.state != RUN_RUNNING else AFTER_FAIL
+        if run.state == RUN_RUNNING and worst == 0:
+            self.store.update_job(job.id, state=SUCCEEDED, finished_at=now, exit_code=0, message="")
+            self.event("finish", f"job {job.id} succeeded", job.id)
+        elif after == AFTER_REQUEUE:
+            self.store.update_job(
+                job.id, state=QUEUED, suspends=job.suspends + 1, message=f"requeued: {run.reason}"
+            )
+            self.event("requeue", f"job {job.id} requeued on its chain ({run.reason})", job.id)
+        elif after == AFTER_HOLD:
+            self.store.update_job(
+                job.id,
+                state=SUSPENDED,
+                suspends=job.suspends + 1,
+                message="suspended; `hai resume` queues it again",
+            )
+            self.event("suspended", f"job {job.id} suspended", job.id)
+        elif after == AFTER_STOP:
+            self.store.update_job(
+                job.id, state=STOPPED, finished_at=now, exit_code=worst, message=run.reason
+            )
+            self.event("finish", f"job {job.id} stopped", job.id)
+        elif job.spec.get("restart_policy") == "on_failure" and job.restarts < int(
+            job.spec.get("max_restarts", 0)
+        ):
+            self.store.update_job(
+                job.id,
+                state=QUEUED,
+                restarts=job.restarts + 1,
+                message=f"restarting after: {run.reason}",
+            )
+            self.event("restart", f"job {job.id} restarts ({run.reason})", job.id)
+        else:
+            self.store.update_job(
+                job.id, state=FAILED, finished_at=now, exit_code=worst, message=run.reason
+            )
+            self.event("finish", f"job {job.id} failed: {run.reason}", job.id)
+
+    def _runs_on(self, node: str) -> list[Run]:
+        return [r for r in self.store.list_runs(states=LIVE_RUN_STATES) if node in r.nodes]
+
+    def _assignment(self, run: Run, node: str) -> Assignment:
+        job = self.store.get_job(run.job_id)
+        spec = JobSpec(**job.spec)
+        desired = {RUN_RUNNING: DESIRED_RUN, RUN_SUSPENDING: DESIRED_SUSPEND}.get(
+            run.state, DESIRED_STOP
+        )
+        if node in run.node_exits:
+            desired = DESIRED_STOP
+        first = self.store.get_node(run.nodes[0])
+        return Assignment(
+            run_id=run.id,
+            job_id=job.id,
+            attempt=run.attempt,
+            desired=desired,
+            argv=[*shlex.split(spec.entrypoint), *spec.arguments],
+            environment=dict(spec.environment),
+            node_rank=run.nodes.index(node),
+            nodes=len(run.nodes),
+            ranks_per_node=max(spec.gpus_per_node, 1),
+            master_addr=first.address,
+            master_port=_PORT_BASE + zlib.crc32(str(run.id).encode()) % _PORT_SPAN,
+            kill_grace_s=self.config.scheduler.kill_grace_s,
+        )

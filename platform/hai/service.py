@@ -1,0 +1,198 @@
+"""What users ask of the platform, as plain functions over the scheduler and its store.
+
+The gRPC servicer (:mod:`hai.server`) and tests call these; each takes the authenticated
+user and dataclasses, and returns dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hai.auth import create_user, require_admin, require_owner
+from hai.errors import QuotaError, StateError
+from hai.policy import quota_limit
+from hai.records import (
+    AFTER_HOLD,
+    AFTER_STOP,
+    FINISHED_STATES,
+    NODE_DRAINED,
+    NODE_READY,
+    QUEUED,
+    RUNNING,
+    STOPPED,
+    SUSPENDED,
+    Event,
+    Job,
+    Node,
+    Quota,
+    Run,
+    User,
+)
+from hai.scheduler import Scheduler
+from hai.spec import AUTO, PRIORITY_LEVELS, JobSpec
+
+
+@dataclass
+class JobDetail:
+    job: Job
+    runs: list[Run] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class LogChunk:
+    text: str
+    offset: int
+    """Where the next read should start."""
+    finished: bool
+
+
+def log_path(state_dir: Path, job_id: int, attempt: int, rank: int) -> Path:
+    """Where rank ``rank`` of run ``attempt`` of a job writes its output."""
+    return state_dir / "logs" / f"job-{job_id}" / f"run-{attempt}" / f"rank-{rank}.log"
+
+
+class Service:
+    def __init__(self, scheduler: Scheduler, state_dir: Path) -> None:
+        self.scheduler = scheduler
+        self.store = scheduler.store
+        self.state_dir = state_dir
+
+    def submit(self, user: User, spec: JobSpec) -> Job:
+        """Queues a job. Raises QuotaError when its priority has no quota at all."""
+        store = self.store
+        if spec.priority != AUTO:
+            limit = self._limit(user.name, spec.group, spec.priority)
+            if limit is not None and spec.nodes > limit:
+                raise QuotaError(
+                    f"{user.name!r} may use {limit} nodes at priority {spec.priority} in group "
+                    f"{spec.group!r}; the job asks for {spec.nodes} (use AUTO or a lower level)"
+                )
+        elif all(
+            (lim := self._limit(user.name, spec.group, lvl)) is not None and spec.nodes > lim
+            for lvl in PRIORITY_LEVELS
+        ):
+            raise QuotaError(f"{user.name!r} has no level with {spec.nodes} nodes of quota")
+        with self.scheduler.lock, store.transaction():
+            now = self.scheduler.clock()
+            job = Job(
+                0,
+                spec.name,
+                user.name,
+                spec.group,
+                spec.priority,
+                spec.nodes,
+                spec.gpus_per_node,
+                spec.to_dict(),
+                QUEUED,
+                now,
+                now,
+            )
+            job.id = store.add_job(job)
+            self.scheduler.event(
+                "submit", f"{user.name} submitted job {job.id} ({spec.name})", job.id
+            )
+        return job
+
+    def _limit(self, user: str, group: str, level: int) -> int | None:
+        quotas = {(q.user, q.group, q.priority): q.nodes for q in self.store.list_quotas()}
+        return quota_limit(quotas, self.scheduler.config.policy, user, group, level)
+
+    def list_jobs(self, user: User, everyone: bool = True, all_states: bool = False) -> list[Job]:
+        jobs = self.store.list_jobs(user=None if everyone else user.name)
+        return jobs if all_states else [j for j in jobs if j.state not in FINISHED_STATES]
+
+    def describe(self, user: User, job_id: int) -> JobDetail:
+        return JobDetail(
+            self.store.get_job(job_id),
+            self.store.list_runs(job_id=job_id),
+            self.store.list_events(job_id=job_id),
+        )
+
+    def _live_run(self, job_id: int) -> Run | None:
+        runs = [r for r in self.store.live_runs() if r.job_id == job_id]
+        return runs[0] if runs else None
+
+    def stop(self, user: User, job_id: int) -> Job:
+        job = self.store.get_job(job_id)
+        require_owner(user, job.user, "stop", job_id)
+        if job.state in FINISHED_STATES:
+            raise StateError(f"job {job_id} already {job.state}")
+        run = self._live_run(job_id)
+        if run is not None:
+            self.scheduler.stop_run(run, AFTER_STOP, f"stopped by {user.name}")
+        else:
+            with self.scheduler.lock:
+                self.store.update_job(
+                    job_id,
+                    state=STOPPED,
+                    finished_at=self.scheduler.clock(),
+                    message=f"stopped by {user.name}",
+                )
+                self.scheduler.event("finish", f"job {job_id} stopped by {user.name}", job_id)
+        return self.store.get_job(job_id)
+
+    def suspend(self, user: User, job_id: int) -> Job:
+        """Asks a running job to checkpoint and holds it until :meth:`resume`."""
+        job = self.store.get_job(job_id)
+        require_owner(user, job.user, "suspend", job_id)
+        run = self._live_run(job_id)
+        if job.state == QUEUED:
+            self.store.update_job(job_id, state=SUSPENDED, message=f"held by {user.name}")
+        elif run is None or job.state != RUNNING:
+            raise StateError(f"job {job_id} is {job.state}; only queued or running jobs suspend")
+        else:
+            self.scheduler.suspend_run(run, AFTER_HOLD, f"suspended by {user.name}")
+        return self.store.get_job(job_id)
+
+    def resume(self, user: User, job_id: int) -> Job:
+        job = self.store.get_job(job_id)
+        require_owner(user, job.user, "resume", job_id)
+        if job.state != SUSPENDED:
+            raise StateError(f"job {job_id} is {job.state}; only suspended jobs resume")
+        self.store.update_job(job_id, state=QUEUED, message=f"resumed by {user.name}")
+        return self.store.get_job(job_id)
+
+    def logs(
+        self, user: User, job_id: int, rank: int, offset: int, attempt: int | None
+    ) -> LogChunk:
+        """Up to 1 MiB of a rank's log from ``offset``; the latest run unless ``attempt``."""
+        job = self.store.get_job(job_id)
+        runs = self.store.list_runs(job_id=job_id)
+        if not runs:
+            return LogChunk("", 0, job.state in FINISHED_STATES)
+        attempt = runs[-1].attempt if attempt is None else attempt
+        path = log_path(self.state_dir, job_id, attempt, rank)
+        text = ""
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(1 << 20)
+            text, offset = data.decode(errors="replace"), offset + len(data)
+        done = job.state in FINISHED_STATES or runs[-1].attempt != attempt
+        return LogChunk(text, offset, done and not text)
+
+    def nodes(self, user: User) -> list[Node]:
+        return self.store.list_nodes()
+
+    def drain(self, user: User, name: str, drained: bool) -> Node:
+        require_admin(user, "draining a node")
+        self.store.update_node(
+            name,
+            state=NODE_DRAINED if drained else NODE_READY,
+            message=f"drained by {user.name}" if drained else "",
+        )
+        return self.store.get_node(name)
+
+    def set_quota(self, user: User, quota: Quota) -> Quota:
+        require_admin(user, "setting quotas")
+        self.store.set_quota(quota)
+        return quota
+
+    def add_user(self, user: User, name: str, role: str) -> str:
+        require_admin(user, "adding users")
+        return create_user(self.store, name, role)
+
+    def whoami(self, user: User) -> User:
+        return user
