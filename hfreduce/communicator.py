@@ -16,7 +16,7 @@ import torch
 from torch.distributed import Store
 
 from hfreduce.arena import open_arena
-from hfreduce.config import HfreduceConfig, load_config
+from hfreduce.config import HfreduceConfig, for_layout, load_config
 from hfreduce.errors import HfreduceError, MismatchError, PeerLostError
 from hfreduce.kernels import ReduceOp, check_supported
 from hfreduce.network import TreeWorker
@@ -71,6 +71,7 @@ class Communicator:
         self.topology: Topology = discover(
             store, rank, world_size, node_id or default_node_id(), timeout
         )
+        self.config = for_layout(self.config, self.topology.num_nodes)
         self.arena = open_arena(
             store, self.topology, self.config.pipeline_depth, self.config.chunk_bytes, timeout
         )

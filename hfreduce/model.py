@@ -22,6 +22,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from hfreduce.config import DEFAULT_CHUNK_BYTES
+
 GB = 1e9
 MiB = 1 << 20
 
@@ -56,9 +58,9 @@ class Software:
     2026-11-23) with ``--calibrate``."""
 
     efficiency: float = 0.68
-    """Fraction of the memory roofline a whole call reaches with 1 MiB chunks: copies,
-    adds, waits and the per-chunk Python cost together."""
-    chunk_bytes: int = 1 << 20
+    """Fraction of the memory roofline a whole call reaches with the default chunks:
+    copies, adds, waits and the per-chunk Python cost together."""
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
 
 def tree_depth(nodes: int) -> int:

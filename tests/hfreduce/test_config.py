@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from hfreduce.config import DEFAULT_CHUNK_BYTES, HfreduceConfig, load_config
+from hfreduce.config import (
+    DEFAULT_CHUNK_BYTES,
+    MULTI_NODE_DEPTH,
+    SINGLE_NODE_DEPTH,
+    HfreduceConfig,
+    for_layout,
+    load_config,
+)
 
 
 def test_defaults_then_environment_then_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,3 +39,9 @@ def test_unparsable_environment_names_the_variable(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HFREDUCE_PIPELINE_DEPTH", "four")
     with pytest.raises(ValueError, match="HFREDUCE_PIPELINE_DEPTH='four'"):
         load_config()
+
+
+def test_depth_follows_the_layout_unless_set() -> None:
+    assert for_layout(HfreduceConfig(), 1).pipeline_depth == SINGLE_NODE_DEPTH
+    assert for_layout(HfreduceConfig(), 3).pipeline_depth == MULTI_NODE_DEPTH
+    assert for_layout(HfreduceConfig(pipeline_depth=6), 1).pipeline_depth == 6
