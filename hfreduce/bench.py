@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> None:
         print("\nhfreduce on CUDA tensors (2 ranks, one node) vs a pinned D2H + H2D round trip")
         print(f"{'size':>8} {'D2H+H2D ms':>10} {'hfr ms':>9} {'fraction of bound':>17}")
         outcomes = run_ranks(
-            _rank_bench_cuda, nodes=1, ranks_per_node=2, args=(sizes, args.iters), timeout=1800
+            _rank_bench_cuda,
+            nodes=1,
+            ranks_per_node=2,
+            args=(sizes, args.iters),
+            timeout=1800,
+            start_method="spawn",
         )
         for size in sizes:
             bound = max(o.value[size][0] for o in outcomes)

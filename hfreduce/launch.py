@@ -87,16 +87,15 @@ def run_ranks(
     env: dict[str, str] | None = None,
     threads: int = 1,
     check: bool = True,
+    start_method: str = "fork",
 ) -> list[RankOutcome]:
     """Run ``fn(*args)`` on every rank and return each rank's outcome, in rank order.
 
-    ``fn`` must be picklable by reference when CUDA forces the spawn start method.
-    With ``check`` a failed or timed-out rank raises RanksFailed listing all of them.
+    Ranks that use CUDA need ``start_method="spawn"`` (CUDA does not survive a fork),
+    and then ``fn`` must be importable by its module name. With ``check`` a failed or
+    timed-out rank raises RanksFailed listing all of them.
     """
-    import torch
-
-    method = "spawn" if torch.cuda.is_available() else "fork"
-    ctx = mp.get_context(method)
+    ctx = mp.get_context(start_method)
     port = free_port()
     world = nodes * ranks_per_node
     procs, pipes = [], {}
