@@ -78,11 +78,7 @@ def up(
     env = {**os.environ, **(env or {})}
     address = f"127.0.0.1:{port}"
     info = ClusterInfo(address, str(state_dir))
-    info.pids["server"] = _spawn(
-        ["server", "--state-dir", str(state_dir), "--port", str(port)],
-        state_dir / "logs" / "server.log",
-        env,
-    )
+    info.pids["server"] = _start_server(state_dir, port, env)
     (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
     client = ApiClient(address, None, timeout_s=2.0)
     try:
@@ -113,6 +109,21 @@ def up(
     finally:
         client.close()
     return info
+
+
+def _start_server(state_dir: Path, port: int, env: dict[str, str]) -> int:
+    args = ["server", "--state-dir", str(state_dir), "--port", str(port)]
+    return _spawn(args, state_dir / "logs" / "server.log", env)
+
+
+def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
+    """Starts the cluster's server again (after it died) on its port; returns the new pid."""
+    path = state_dir.expanduser().resolve() / CLUSTER_FILE
+    info = ClusterInfo(**json.loads(path.read_text()))
+    port = int(info.address.rsplit(":", 1)[1])
+    info.pids["server"] = _start_server(Path(info.state_dir), port, {**os.environ, **(env or {})})
+    path.write_text(json.dumps(info.__dict__))
+    return info.pids["server"]
 
 
 def _token(state_dir: Path, client: ApiClient) -> bool:

@@ -30,11 +30,14 @@ def cpu_check() -> str | None:
 
 def memory_check() -> str | None:
     src = np.ones(8 << 20, dtype=np.float64)  # 64 MiB, beyond any cache
-    dst = np.empty_like(src)
-    began = time.perf_counter()
-    np.copyto(dst, src)
-    gbps = 2 * src.nbytes / (time.perf_counter() - began) / 1e9
-    return None if gbps >= MIN_MEMORY_GBPS else f"memory copy at {gbps:.2f} GB/s"
+    dst = np.zeros_like(src)
+    dst.fill(1.0)  # fault the pages in first: the probe measures bandwidth, not page faults
+    best = 0.0
+    for _ in range(3):  # best of three, so a neighbour's burst does not fail the node
+        began = time.perf_counter()
+        np.copyto(dst, src)
+        best = max(best, 2 * src.nbytes / (time.perf_counter() - began) / 1e9)
+    return None if best >= MIN_MEMORY_GBPS else f"memory copy at {best:.2f} GB/s"
 
 
 def disk_check(path: Path, min_free_bytes: int) -> str | None:

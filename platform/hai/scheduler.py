@@ -89,6 +89,9 @@ class Scheduler:
         self.clock = clock
         self.lock = threading.RLock()
         self._on_suspended = on_suspended
+        self._started_at = clock()
+        """Leases count from here at the earliest: agents that heartbeated to the previous
+        server instance get a full lease to find this one before their nodes are dead."""
         """Called with each suspend's latency (request to stop), for the metric."""
 
     def event(self, kind: str, message: str, job_id: int | None = None, node: str | None = None):
@@ -139,7 +142,9 @@ class Scheduler:
             if beat.health_failures and node.state != NODE_UNHEALTHY:
                 changes.update(state=NODE_UNHEALTHY, message="; ".join(beat.health_failures))
                 self.event("unhealthy", f"{node.name}: {changes['message']}", node=node.name)
-            elif node.state == NODE_DEAD:
+            elif node.state == NODE_DEAD or (
+                node.state == NODE_UNHEALTHY and not beat.health_failures
+            ):
                 changes.update(state=NODE_READY, message="")
                 self.event("node", f"{node.name} is back", node=node.name)
             self.store.update_node(node.name, **changes)
@@ -180,7 +185,7 @@ class Scheduler:
     def _expire(self, now: float) -> None:
         lease = self.config.scheduler.node_lease_s
         for node in self.store.list_nodes():
-            if node.state != NODE_DEAD and now - node.heartbeat_at > lease:
+            if node.state != NODE_DEAD and now - max(node.heartbeat_at, self._started_at) > lease:
                 self.store.update_node(
                     node.name,
                     state=NODE_DEAD,

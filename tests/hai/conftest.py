@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,3 +110,84 @@ def store(store_url: str) -> Iterator[StateStore]:
     s = SqlStore(store_url)
     yield s
     s.close()
+
+
+TRAIN = str(Path(__file__).parent / "jobs" / "train.py")
+# Short timings so fault cases play out in seconds (leases, grace periods, heartbeats).
+FAST = {
+    "HAI_SCHEDULER__PASS_INTERVAL_S": "0.2",
+    "HAI_SCHEDULER__NODE_LEASE_S": "4",
+    "HAI_SCHEDULER__KILL_GRACE_S": "1",
+    "HAI_AGENT__HEARTBEAT_S": "0.2",
+    "HAI_AGENT__KILL_GRACE_S": "1",
+    "HAI_AGENT__HEALTH_INTERVAL_S": "3600",
+    "HAI_POLICY__MIN_RUN_S": "0",
+}
+
+
+class LocalCluster:
+    """A `hai up` cluster of two 1-GPU virtual nodes, with helpers to drive and watch it."""
+
+    def __init__(self, state_dir: Path, port: int) -> None:
+        from hai.cluster import up
+        from hai.rpc import ApiClient
+
+        self.state_dir = state_dir
+        self.env = FAST
+        self.info = up(state_dir, nodes=2, gpus_per_node=1, port=port, env=FAST, timeout_s=90)
+        self.client = ApiClient(self.info.address, (state_dir / "token").read_text().strip())
+
+    def close(self) -> None:
+        from hai.cluster import down
+
+        self.client.close()
+        down(self.state_dir)
+
+    @staticmethod
+    def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+    @staticmethod
+    def train_spec(name: str, priority: int, steps: int, **kw: object) -> dict:
+        extra = list(kw.pop("extra", []))  # type: ignore[call-overload]
+        return {
+            "name": name,
+            "entrypoint": sys.executable,
+            "arguments": [TRAIN, str(steps), "0.1", *extra],
+            "nodes": 2,
+            "gpus_per_node": 1,
+            "priority": priority,
+            "suspend_grace_period": 20,
+            **kw,
+        }
+
+    def describe(self, job_id: int) -> dict:
+        return self.client.call("Describe", job_id=job_id)
+
+    def log_lines(self, job_id: int, attempt: int, rank: int = 0) -> list[str]:
+        """The rank's complete log lines so far (a line still being written is left out)."""
+        path = self.state_dir / "logs" / f"job-{job_id}" / f"run-{attempt}" / f"rank-{rank}.log"
+        return path.read_text().split("\n")[:-1] if path.exists() else []
+
+    def header(self, job_id: int, attempt: int, rank: int = 0) -> dict:
+        """The JSON line train.py prints first, once it is there."""
+        self.wait_for(
+            f"rank {rank} of job {job_id} run {attempt} to start",
+            lambda: self.log_lines(job_id, attempt, rank),
+        )
+        return json.loads(self.log_lines(job_id, attempt, rank)[0])
+
+
+@pytest.fixture
+def cluster(state_dir: Path, free_port: Callable[[], int]) -> Iterator[LocalCluster]:
+    c = LocalCluster(state_dir, free_port())
+    try:
+        yield c
+    finally:
+        c.close()
