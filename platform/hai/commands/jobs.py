@@ -59,7 +59,12 @@ def run(
         spec = spec_from_dict(
             {
                 "name": name
-                or Path(command[-1] if command[0] == "python" else command[0]).stem
+                # `python train.py ...` is named after the script, anything else after itself.
+                or Path(
+                    command[1]
+                    if Path(command[0]).name.startswith("python") and len(command) > 1
+                    else command[0]
+                ).stem
                 or "job",
                 "entrypoint": command[0],
                 "arguments": list(command[1:]),

@@ -1,0 +1,105 @@
+"""The platform commands only forward: check that options reach the server call intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hai.cli import main
+from hai.metrics import SchedulerMetrics
+from hai.records import Job, Node
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def fake(method: str, **body: Any) -> Any:
+        seen.append((method, body))
+        return {"id": 7, "name": body.get("spec", {}).get("name", ""), "state": "queued"}
+
+    for module in ("hai.commands.jobs", "hai.commands.cluster"):
+        monkeypatch.setattr(f"{module}.call", fake)
+    return seen
+
+
+def test_run_builds_the_spec(calls: list) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "-n",
+            "2",
+            "-g",
+            "4",
+            "-p",
+            "40",
+            "-e",
+            "A=1",
+            "--",
+            "python",
+            "train.py",
+            "--lr",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    method, body = calls[0]
+    spec = body["spec"]
+    assert method == "Submit" and spec["name"] == "train"
+    assert (spec["entrypoint"], spec["arguments"]) == ("python", ["train.py", "--lr", "3"])
+    assert (spec["nodes"], spec["gpus_per_node"], spec["priority"]) == (2, 4, 40)
+    assert spec["environment"] == {"A": "1"}
+
+
+def test_submit_reports_every_bad_field(calls: list, tmp_path: Path) -> None:
+    bad = tmp_path / "job.yaml"
+    bad.write_text("name: x\nnodes: 0\npriority: 7\n")
+    result = CliRunner().invoke(main, ["submit", str(bad)])
+    assert result.exit_code == 1 and calls == []
+    for field in ("entrypoint", "nodes", "priority"):
+        assert field in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "method", "body"),
+    [
+        (["stop", "3"], "Stop", {"job_id": 3}),
+        (["suspend", "3"], "Suspend", {"job_id": 3}),
+        (["resume", "3"], "Resume", {"job_id": 3}),
+        (["drain", "node-1"], "Drain", {"node": "node-1", "drained": True}),
+        (
+            ["quota", "ann", "50", "4"],
+            "SetQuota",
+            {"user": "ann", "priority": "50", "nodes": 4, "group": "default"},
+        ),
+    ],
+)
+def test_actions_forward(calls: list, argv: list[str], method: str, body: dict) -> None:
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert calls == [(method, body)]
+
+
+def test_ls_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"id": 1, "name": "a", "state": "running"}]
+    monkeypatch.setattr("hai.commands.jobs.call", lambda method, **body: rows)
+    result = CliRunner().invoke(main, ["ls", "--json"])
+    assert '"state": "running"' in result.output
+
+
+def test_scheduler_metrics() -> None:
+    m = SchedulerMetrics()
+    jobs = [
+        Job(1, "a", "u", "default", 50, 1, 8, {}, state="queued"),
+        Job(2, "b", "u", "default", 10, 1, 8, {}, state="running"),
+    ]
+    nodes = [Node("n0", gpus=8), Node("n1", gpus=8), Node("n2", gpus=8, state="drained")]
+    m.observe(jobs, nodes, {"n0"})
+    assert m.registry.get_sample_value("hai_queue_length", {"priority": "50"}) == 1
+    assert m.registry.get_sample_value("hai_running_jobs") == 1
+    assert m.registry.get_sample_value("hai_allocated_gpu_ratio") == 0.5
+    assert m.registry.get_sample_value("hai_nodes", {"state": "drained"}) == 1
