@@ -60,7 +60,8 @@ _PAGE = 4096
 _POLL_S = 0.05
 # When every local rank has a core, a peer is usually microseconds from its next step:
 # spinning that long is cheaper than a futex sleep and wake-up (~30-60 us here). With
-# more ranks than cores a spinning waiter would steal the core its peer needs.
+# more ranks than cores a spinning waiter would steal the core its peer needs, and with
+# tree threads in the process (several nodes) it would hold the GIL they need.
 _SPIN_S = 50e-6
 
 
@@ -83,7 +84,8 @@ class Arena:
         self._data_offset = control_bytes(self.local_size)
         self._pids: dict[int, psutil.Process | None] = {}
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        self._spin_s = _SPIN_S if self.local_size <= cores else 0.0
+        alone = topology.num_nodes == 1 and self.local_size <= cores
+        self._spin_s = _SPIN_S if alone else 0.0
         self._sleeping = [self._index(r, SLEEPING) for r in range(self.local_size)]
         self.set(PID, os.getpid())
 

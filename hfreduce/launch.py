@@ -8,10 +8,14 @@ the tests and the benchmark; every run has a deadline and kills what is left aft
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
 import pickle
+import shutil
+import signal
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -59,9 +63,17 @@ def rank_environment(rank: int, nodes: int, ranks_per_node: int, port: int) -> d
 
 
 def _child(
-    fn: Callable[..., Any], env: dict[str, str], args: tuple, threads: int, conn: Connection
+    fn: Callable[..., Any],
+    env: dict[str, str],
+    args: tuple,
+    threads: int,
+    conn: Connection,
+    stacks: str,
 ) -> None:
     os.environ.update(env)
+    # On SIGUSR1 (sent before a stuck rank is killed) write every thread's stack to a
+    # file the parent reads, so a hang is reported with where it hung.
+    faulthandler.register(signal.SIGUSR1, file=open(stacks, "w"), all_threads=True)  # noqa: SIM115
     import torch
 
     # Ranks share the machine's cores; one intra-op thread each keeps them from fighting.
@@ -99,10 +111,14 @@ def run_ranks(
     port = free_port()
     world = nodes * ranks_per_node
     procs, pipes = [], {}
+    stacks = tempfile.mkdtemp(prefix="hfreduce-ranks-")
     for rank in range(world):
         receive, send = ctx.Pipe(duplex=False)
         rank_env = {**(env or {}), **rank_environment(rank, nodes, ranks_per_node, port)}
-        proc = ctx.Process(target=_child, args=(fn, rank_env, args, threads, send), daemon=True)
+        dump = os.path.join(stacks, str(rank))
+        proc = ctx.Process(
+            target=_child, args=(fn, rank_env, args, threads, send, dump), daemon=True
+        )
         proc.start()
         send.close()
         procs.append(proc)
@@ -118,7 +134,8 @@ def run_ranks(
             except EOFError:
                 outcomes[rank].error = "exited without a result"
     for rank in pending.values():
-        outcomes[rank].error = f"no result within {timeout:.0f}s (killed)"
+        outcomes[rank].error = f"no result within {timeout:.0f}s (killed); its threads:\n"
+        outcomes[rank].error += _stacks_of(procs[rank], os.path.join(stacks, str(rank)))
     for proc, outcome in zip(procs, outcomes, strict=True):
         proc.join(timeout=max(0.0, deadline - time.monotonic()) if outcome.ok else 1.0)
         if proc.is_alive():
@@ -127,6 +144,18 @@ def run_ranks(
         outcome.exitcode = proc.exitcode
         if outcome.ok and proc.exitcode not in (0, None):
             outcome.error = f"exited with code {proc.exitcode}"
+    shutil.rmtree(stacks, ignore_errors=True)
     if check and not all(o.ok for o in outcomes):
         raise RanksFailed(outcomes)
     return outcomes
+
+
+def _stacks_of(proc: mp.process.BaseProcess, dump: str) -> str:
+    if proc.is_alive() and proc.pid is not None:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+    try:
+        with open(dump) as f:
+            return f.read() or "(no stack dump)"
+    except OSError:
+        return "(no stack dump)"

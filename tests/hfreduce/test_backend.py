@@ -3,6 +3,8 @@ same weights on it as on gloo."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -95,7 +97,8 @@ def test_every_collective(nodes: int, per_node: int) -> None:
 def _train_ddp(backend: str) -> dict[str, torch.Tensor]:
     import hfreduce  # noqa: F401
 
-    dist.init_process_group(backend)
+    # A short timeout: a stuck call fails with a message instead of waiting 30 minutes.
+    dist.init_process_group(backend, timeout=timedelta(seconds=60))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
     # Tiny buckets: several all-reduces overlap with the backward pass.
