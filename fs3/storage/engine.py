@@ -39,7 +39,7 @@ class ChunkEngine(ABC):
         """Returns (committed meta or None when absent, pending version or None)."""
 
     @abstractmethod
-    def read(self, cid: ChunkId, offset: int, length: int) -> bytes:
+    def read(self, cid: ChunkId, offset: int, length: int) -> bytes | memoryview:
         """Returns up to ``length`` committed bytes from ``offset`` (short at chunk end).
 
         An absent chunk reads as ``b""`` (a hole). Raises ``ChecksumMismatch`` when the stored

@@ -121,7 +121,7 @@ class ChunkServicer(pbg.ChunkServiceServicer):
         req = Request(READ, request.chain_id, request.table_version, request.inode,
                       request.index, request.offset, request.length)  # fmt: skip
         version, data = self.target.read(req)
-        return pb.ChunkReply(data=data, crc=crc32c(data), version=version)
+        return pb.ChunkReply(data=bytes(data), crc=crc32c(data), version=version)
 
     @servicer_method
     def Write(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:

@@ -113,7 +113,7 @@ class StorageTarget:
         self.engine.commit(cid, version)
         return crc
 
-    def read(self, req: Request) -> tuple[int, bytes]:
+    def read(self, req: Request) -> tuple[int, bytes | memoryview]:
         """Committed bytes of a chunk: returns (version, data).
 
         Raises ChunkBusy when a write is in flight here and this is not the tail, StaleRouting
