@@ -58,7 +58,7 @@ class FS3FileSystem(AbstractFileSystem):
         self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s)
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
         self.chunks = ChunkIO(self.mgmtd, self.pool, t)
-        self.meta = MetaClient(self.chunks, t.rpc_s)
+        self.meta = MetaClient(self.chunks, self.pool)
         self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")
 
     # -- paths -------------------------------------------------------------------------

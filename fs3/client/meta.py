@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fs3.client.chunks import ChunkIO
 from fs3.errors import Unavailable
+from fs3.meta.protocol import METHODS
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.proto.convert import entry_from_pb, inode_from_pb
-from fs3.rpc import call, channel
+from fs3.storage.wire import ConnectionPool, Request
 from fs3.types import DirEntry, Inode, RoutingTable
 
 
 class MetaClient:
-    def __init__(self, chunks: ChunkIO, timeout: float) -> None:
+    def __init__(self, chunks: ChunkIO, pool: ConnectionPool) -> None:
         self._chunks = chunks
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._address = ""
-        self._stub: pbg.MetaStub | None = None
-        self._channel: Any = None
+        self._pool = pool
 
     def _rpc(self, name: str, request: Any) -> Any:
+        method = METHODS[name]
+        payload = request.SerializeToString()
+        req = Request(method.op, length=len(payload))
+
         def attempt(table: RoutingTable) -> Any:
             if not table.meta_address:
                 raise Unavailable("no meta server registered with mgmtd")
-            with self._lock:
-                if table.meta_address != self._address:
-                    if self._channel is not None:
-                        self._channel.close()
-                    self._address = table.meta_address
-                    self._channel = channel(self._address)
-                    self._stub = pbg.MetaStub(self._channel)
-                stub = self._stub
-            return call(getattr(stub, name), request, self._timeout, f"meta {name}", self._address)
+            _, _, body = self._pool.request(table.meta_address, req, payload)
+            return method.reply.FromString(bytes(body))
 
         return self._chunks.retry(f"meta {name}", attempt)
 
@@ -76,7 +68,3 @@ class MetaClient:
 
     def readlink(self, path: str) -> str:
         return self._rpc("Readlink", pb.PathRequest(path=path)).target
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()

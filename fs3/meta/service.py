@@ -1,4 +1,5 @@
-"""The meta process: a gRPC shell over :class:`Namespace`, and the chunk garbage collector."""
+"""The meta process: a framed-TCP shell over :class:`Namespace` (see :mod:`fs3.meta.protocol`),
+and the chunk garbage collector."""
 
 from __future__ import annotations
 
@@ -6,77 +7,72 @@ import logging
 import threading
 from pathlib import Path
 
-import grpc
-
 from fs3.config import Fs3Config
 from fs3.errors import Fs3Error
 from fs3.meta.namespace import Namespace
+from fs3.meta.protocol import BY_OP
 from fs3.meta.sqlite import SqliteMetaStore
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.proto.convert import entry_to_pb, inode_to_pb
-from fs3.rpc import serve, servicer_method
-from fs3.storage.wire import REMOVE, ConnectionPool, Request
+from fs3.storage.wire import REMOVE, RESPONSE, ConnectionPool, FrameServer, Reply, Request
 
 log = logging.getLogger("fs3.meta")
 
 
-class MetaServicer(pbg.MetaServicer):
+class MetaServicer:
+    """One method per ``Meta`` rpc of fs3.proto: request message in, reply message out."""
+
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
 
-    @servicer_method
-    def Stat(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Stat(self, r: pb.PathRequest) -> pb.Inode:
         return inode_to_pb(self.ns.stat(r.path))
 
-    @servicer_method
-    def Open(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Open(self, r: pb.PathRequest) -> pb.Inode:
         return inode_to_pb(self.ns.open(r.path))
 
-    @servicer_method
-    def Mkdir(self, r: pb.MkdirRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Mkdir(self, r: pb.MkdirRequest) -> pb.Inode:
         return inode_to_pb(self.ns.mkdir(r.path, r.parents, r.mode or 0o755))
 
-    @servicer_method
-    def Create(self, r: pb.CreateRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Create(self, r: pb.CreateRequest) -> pb.Inode:
         return inode_to_pb(
             self.ns.create(r.path, r.exclusive, r.chunk_size, r.stripe, r.mode or 0o644)
         )
 
-    @servicer_method
-    def List(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.Listing:
+    def List(self, r: pb.PathRequest) -> pb.Listing:
         return pb.Listing(entries=[entry_to_pb(e) for e in self.ns.listdir(r.path)])
 
-    @servicer_method
-    def Rename(self, r: pb.RenameRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Rename(self, r: pb.RenameRequest) -> pb.Inode:
         return inode_to_pb(self.ns.rename(r.src, r.dst))
 
-    @servicer_method
-    def Unlink(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.Empty:
+    def Unlink(self, r: pb.PathRequest) -> pb.Empty:
         self.ns.unlink(r.path)
         return pb.Empty()
 
-    @servicer_method
-    def Rmdir(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.Empty:
+    def Rmdir(self, r: pb.PathRequest) -> pb.Empty:
         self.ns.rmdir(r.path)
         return pb.Empty()
 
-    @servicer_method
-    def Truncate(self, r: pb.TruncateRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Truncate(self, r: pb.TruncateRequest) -> pb.Inode:
         return inode_to_pb(self.ns.truncate(r.path, r.length))
 
-    @servicer_method
-    def SetLength(self, r: pb.SetLengthRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def SetLength(self, r: pb.SetLengthRequest) -> pb.Inode:
         return inode_to_pb(self.ns.set_length(r.inode_id, r.length))
 
-    @servicer_method
-    def Symlink(self, r: pb.SymlinkRequest, c: grpc.ServicerContext) -> pb.Inode:
+    def Symlink(self, r: pb.SymlinkRequest) -> pb.Inode:
         return inode_to_pb(self.ns.symlink(r.path, r.target))
 
-    @servicer_method
-    def Readlink(self, r: pb.PathRequest, c: grpc.ServicerContext) -> pb.LinkTarget:
+    def Readlink(self, r: pb.PathRequest) -> pb.LinkTarget:
         return pb.LinkTarget(target=self.ns.readlink(r.path))
+
+    def dispatch(self, req: Request, payload: memoryview) -> Reply:
+        method = BY_OP.get(req.op)
+        if method is None:
+            raise Fs3Error(f"unknown meta op {req.op}")
+        reply = getattr(self, method.name)(method.request.FromString(bytes(payload)))
+        body = reply.SerializeToString()
+        return RESPONSE.pack(0, len(body), 0, 0), body
 
 
 def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> int:
@@ -111,7 +107,8 @@ def run_meta(
     store = SqliteMetaStore(db)
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
-    server = serve(lambda s: pbg.add_MetaServicer_to_server(MetaServicer(ns), s), host, port)
+    server = FrameServer((host, port), lambda req: req.length, MetaServicer(ns).dispatch)
+    threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     address = f"{host}:{port}"
     log.info("meta serving on %s, namespace in %s", address, db)
@@ -127,7 +124,8 @@ def run_meta(
             if stop.wait(config.mgmtd.heartbeat_s):
                 break
     finally:
-        server.stop(grace=1.0)
+        server.shutdown()
+        server.server_close()
         pool.close()
         mgmtd.close()
         store.close()

@@ -3,9 +3,8 @@ plus the heartbeat loop that renews the lease and starts resyncs."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import socket
-import socketserver
 import threading
 from pathlib import Path
 
@@ -25,89 +24,42 @@ from fs3.storage.wire import (
     READ,
     REMOVE,
     REPLICATE,
-    REQUEST,
     RESPONSE,
     SYNC,
     WRITE,
     ConnectionPool,
+    FrameServer,
+    Reply,
     Request,
-    error_frame,
-    recv_exact,
-    send_frame,
 )
 from fs3.types import TargetInfo
 
 log = logging.getLogger("fs3.storage")
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    """Serves one connection: requests in order, each answered before the next is read."""
-
-    server: _DataServer
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        header = bytearray(REQUEST.size)
-        buffer = bytearray(0)  # grows to the largest payload seen, then is reused
-        while True:
-            try:
-                recv_exact(sock, memoryview(header))
-            except (ConnectionError, OSError):
-                return
-            req = Request.unpack(header)
-            has_payload = req.op in (WRITE, REPLICATE, SYNC)
-            size = req.length if has_payload else 0
-            if len(buffer) < size:
-                buffer = bytearray(size)
-            payload = memoryview(buffer)[:size]
-            try:
-                recv_exact(sock, payload)
-                reply = self._dispatch(req, payload)
-            except Fs3Error as err:
-                reply = error_frame(err)
-            except (ConnectionError, OSError):
-                return
-            except Exception as err:
-                log.exception("data-path op %d failed", req.op)
-                reply = error_frame(
-                    Fs3Error(f"storage internal error: {type(err).__name__}: {err}")
-                )
-            try:
-                send_frame(sock, *reply)
-            except OSError:
-                return
-
-    def _dispatch(self, req: Request, payload: memoryview) -> tuple[bytes, bytes]:
-        target = self.server.target
-        if req.op == READ:
-            version, data = target.read(req)
-            return RESPONSE.pack(0, len(data), crc32c(data), version), data
-        if req.op == WRITE:
-            version, crc = target.write(req, payload)
-            return RESPONSE.pack(0, 0, crc, version), b""
-        if req.op == REPLICATE:
-            version, crc = target.replicate(req, payload)
-            return RESPONSE.pack(0, 0, crc, version), b""
-        if req.op == SYNC:
-            target.sync(req, payload)
-            return RESPONSE.pack(0, 0, 0, req.version), b""
-        if req.op == REMOVE:
-            return RESPONSE.pack(0, 0, 0, target.remove(req)), b""
-        if req.op == DUMP:
-            data = target.dump(req.chain)
-            return RESPONSE.pack(0, len(data), 0, 0), data
-        raise Fs3Error(f"unknown data-path op {req.op}")
+def _payload_size(req: Request) -> int:
+    return req.length if req.op in (WRITE, REPLICATE, SYNC) else 0
 
 
-class _DataServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], target: StorageTarget) -> None:
-        self.target = target
-        super().__init__(address, _Handler)
+def _dispatch(target: StorageTarget, req: Request, payload: memoryview) -> Reply:
+    if req.op == READ:
+        version, data = target.read(req)
+        return RESPONSE.pack(0, len(data), crc32c(data), version), data
+    if req.op == WRITE:
+        version, crc = target.write(req, payload)
+        return RESPONSE.pack(0, 0, crc, version), b""
+    if req.op == REPLICATE:
+        version, crc = target.replicate(req, payload)
+        return RESPONSE.pack(0, 0, crc, version), b""
+    if req.op == SYNC:
+        target.sync(req, payload)
+        return RESPONSE.pack(0, 0, 0, req.version), b""
+    if req.op == REMOVE:
+        return RESPONSE.pack(0, 0, 0, target.remove(req)), b""
+    if req.op == DUMP:
+        data = target.dump(req.chain)
+        return RESPONSE.pack(0, len(data), 0, 0), data
+    raise Fs3Error(f"unknown data-path op {req.op}")
 
 
 class ChunkServicer(pbg.ChunkServiceServicer):
@@ -148,7 +100,7 @@ def run_storage(
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     target = StorageTarget(target_id, engine, mgmtd, pool)
-    data = _DataServer((host, data_port), target)
+    data = FrameServer((host, data_port), _payload_size, functools.partial(_dispatch, target))
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
     grpc_server = serve(lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
                         host, grpc_port)  # fmt: skip

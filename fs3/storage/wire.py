@@ -1,5 +1,8 @@
 """The chunk data path: a framed binary protocol over TCP, one request at a time per socket.
 
+Meta requests ride the same frames (see :mod:`fs3.meta.protocol`): a Python gRPC round trip
+costs about 0.6 ms on loopback, a frame about a tenth of that.
+
 Python gRPC tops out near 230 MiB/s for 4 MiB messages on loopback; a raw socket moves
 about ten times that. So chunk bytes use this protocol: a fixed header, then the payload,
 received with ``recv_into`` into a buffer sized from the header (no concatenation) and sent
@@ -10,12 +13,17 @@ several pooled connections per server.
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import socketserver
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fs3.errors import ERROR_TYPES, Fs3Error, Unavailable, error_message
+
+log = logging.getLogger("fs3.wire")
 
 READ, WRITE, REPLICATE, SYNC, REMOVE, DUMP = 1, 2, 3, 4, 5, 6
 
@@ -26,6 +34,9 @@ RESPONSE = struct.Struct("!BxxxIIQ")
 DUMP_ENTRY = struct.Struct("!QIQQ")  # inode, index, version, length
 
 FLAG_TRUNCATE = 1
+
+
+Reply = tuple[bytes, bytes | memoryview]  # response header, payload
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,61 @@ def send_frame(sock: socket.socket, header: bytes, payload: bytes | memoryview =
             parts[0] = parts[0][sent:]
 
 
+class FrameServer(socketserver.ThreadingTCPServer):
+    """Serves framed requests, one thread per connection, answering each before reading the
+    next. ``payload_size(req)`` says how many payload bytes follow a request header;
+    ``dispatch(req, payload)`` returns the reply (header, payload), and its Fs3Errors go
+    back as error frames. Run ``serve_forever`` in a thread of its own."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        payload_size: Callable[[Request], int],
+        dispatch: Callable[[Request, memoryview], Reply],
+    ) -> None:
+        self.payload_size = payload_size
+        self.dispatch = dispatch
+        super().__init__(address, _FrameHandler)
+
+
+class _FrameHandler(socketserver.BaseRequestHandler):
+    server: FrameServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        header = bytearray(REQUEST.size)
+        buffer = bytearray(0)  # grows to the largest payload seen, then is reused
+        while True:
+            try:
+                recv_exact(sock, memoryview(header))
+            except (ConnectionError, OSError):
+                return
+            req = Request.unpack(header)
+            size = self.server.payload_size(req)
+            if len(buffer) < size:
+                buffer = bytearray(size)
+            payload = memoryview(buffer)[:size]
+            try:
+                recv_exact(sock, payload)
+                reply = self.server.dispatch(req, payload)
+            except Fs3Error as err:
+                reply = error_frame(err)
+            except (ConnectionError, OSError):
+                return
+            except Exception as err:
+                log.exception("framed op %d failed", req.op)
+                reply = error_frame(Fs3Error(f"internal error: {type(err).__name__}: {err}"))
+            try:
+                send_frame(sock, *reply)
+            except OSError:
+                return
+
+
 def error_frame(err: Fs3Error) -> tuple[bytes, bytes]:
     body = json.dumps({"message": error_message(err), "path": err.path}).encode()
     code = ERROR_TYPES.index(type(err)) + 1 if type(err) in ERROR_TYPES else 1
@@ -88,7 +154,7 @@ def raise_error(code: int, body: bytes | bytearray, where: str) -> None:
 
 
 class Connection:
-    """One client socket to a storage server's data port."""
+    """One client socket to a server's framed port (storage data path or meta)."""
 
     def __init__(self, address: str, connect_timeout: float, io_timeout: float) -> None:
         self.address = address
@@ -96,7 +162,7 @@ class Connection:
         try:
             self.sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
         except OSError as err:
-            raise Unavailable(f"cannot connect to storage {address}: {err}") from None
+            raise Unavailable(f"cannot connect to {address}: {err}") from None
         self.sock.settimeout(io_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._header = bytearray(RESPONSE.size)
@@ -115,9 +181,9 @@ class Connection:
         except (OSError, ConnectionError) as err:
             self.close()
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
-            raise Unavailable(f"storage {self.address} {kind}: {err}") from None
+            raise Unavailable(f"server {self.address} {kind}: {err}") from None
         if status:
-            raise_error(status, body, f"storage {self.address}")
+            raise_error(status, body, f"server {self.address}")
         return version, crc, body
 
     def close(self) -> None:
