@@ -126,15 +126,19 @@ FAST = {
 
 
 class LocalCluster:
-    """A `hai up` cluster of two 1-GPU virtual nodes, with helpers to drive and watch it."""
+    """A `hai up` cluster of 1-GPU virtual nodes, with helpers to drive and watch it."""
 
-    def __init__(self, state_dir: Path, port: int) -> None:
+    def __init__(
+        self, state_dir: Path, port: int, nodes: int = 2, env: dict[str, str] | None = None
+    ) -> None:
         from hai.cluster import up
         from hai.rpc import ApiClient
 
         self.state_dir = state_dir
-        self.env = FAST
-        self.info = up(state_dir, nodes=2, gpus_per_node=1, port=port, env=FAST, timeout_s=90)
+        self.env = {**FAST, **(env or {})}
+        self.info = up(
+            state_dir, nodes=nodes, gpus_per_node=1, port=port, env=self.env, timeout_s=90
+        )
         self.client = ApiClient(self.info.address, (state_dir / "token").read_text().strip())
 
     def close(self) -> None:
@@ -189,5 +193,22 @@ def cluster(state_dir: Path, free_port: Callable[[], int]) -> Iterator[LocalClus
     c = LocalCluster(state_dir, free_port())
     try:
         yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def metered_cluster(
+    state_dir: Path, free_port: Callable[[], int]
+) -> Iterator[tuple[LocalCluster, int, int]]:
+    """A one-node cluster with both metrics endpoints on: (cluster, server port, agent port).
+
+    One node, because every agent of a `hai up` cluster reads the same metrics port setting.
+    """
+    server_port, agent_port = free_port(), free_port()
+    env = {"HAI_SERVER__METRICS_PORT": str(server_port), "HAI_AGENT__METRICS_PORT": str(agent_port)}
+    c = LocalCluster(state_dir, free_port(), nodes=1, env=env)
+    try:
+        yield c, server_port, agent_port
     finally:
         c.close()

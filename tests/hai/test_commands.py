@@ -9,8 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from hai.cli import main
-from hai.metrics import SchedulerMetrics
-from hai.records import Job, Node
 
 
 @pytest.fixture
@@ -89,17 +87,3 @@ def test_ls_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("hai.commands.jobs.call", lambda method, **body: rows)
     result = CliRunner().invoke(main, ["ls", "--json"])
     assert '"state": "running"' in result.output
-
-
-def test_scheduler_metrics() -> None:
-    m = SchedulerMetrics()
-    jobs = [
-        Job(1, "a", "u", "default", 50, 1, 8, {}, state="queued"),
-        Job(2, "b", "u", "default", 10, 1, 8, {}, state="running"),
-    ]
-    nodes = [Node("n0", gpus=8), Node("n1", gpus=8), Node("n2", gpus=8, state="drained")]
-    m.observe(jobs, nodes, {"n0"})
-    assert m.registry.get_sample_value("hai_queue_length", {"priority": "50"}) == 1
-    assert m.registry.get_sample_value("hai_running_jobs") == 1
-    assert m.registry.get_sample_value("hai_allocated_gpu_ratio") == 0.5
-    assert m.registry.get_sample_value("hai_nodes", {"state": "drained"}) == 1
