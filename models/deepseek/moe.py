@@ -13,7 +13,8 @@ Balancing:
   expert-level loss over the whole batch.
 
 Expert compute (`Experts`) sorts the (token, expert) pairs by expert and runs each
-projection as one grouped matmul, never looping over tokens.
+projection as one grouped matmul, never looping over tokens; a single token (cached
+decoding) loops over its k experts instead.
 """
 
 from __future__ import annotations
@@ -124,6 +125,14 @@ class Experts(nn.Module):
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
         """Σ_k weights[:, k] · expert_{indices[:, k]}(x) for x (N, hidden) → (N, hidden)."""
+        if x.shape[0] == 1:
+            # One token (cached decoding): the grouped path's sort, count, gather and
+            # scatter cost more than the token's k small matmuls, so run those directly.
+            out = torch.zeros_like(x)
+            for e, w in zip(indices[0].tolist(), weights[0].to(x.dtype), strict=True):
+                gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, -1)
+                out = out + w * F.linear(F.silu(gate) * up, self.down_proj[e])
+            return out
         top_k = indices.shape[1]
         flat = indices.flatten()
         order = flat.argsort(stable=True)

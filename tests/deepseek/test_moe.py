@@ -48,6 +48,14 @@ def test_grouped_experts_match_loop_outputs_and_gradients() -> None:
         assert (a - b).abs().max().item() <= 1e-5
 
 
+def test_single_token_experts_match_loop() -> None:
+    moe = _moe()
+    x = torch.randn(1, 64)
+    routing = moe.gate(x)
+    single = moe.experts(x, routing.indices, routing.weights)
+    assert (single - _loop_reference(moe, x)).abs().max().item() <= 1e-5
+
+
 def test_group_limited_routing_stays_in_top_groups() -> None:
     moe = _moe()
     router: Router = moe.gate
