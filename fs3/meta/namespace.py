@@ -232,7 +232,10 @@ class Namespace:
         path = normalize(path)
         with self.store.transaction() as txn:
             parent, name = self._parent(txn, path)
-            inode = self._resolve(txn, path)
+            child = txn.lookup(parent.id, name)
+            inode = txn.get_inode(child) if child is not None else None
+            if inode is None:
+                raise NotFound("no such file or directory", path)
             if inode.is_dir:
                 raise IsADirectory("is a directory", path)
             txn.unlink(parent.id, name)

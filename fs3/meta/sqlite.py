@@ -70,6 +70,10 @@ class SqliteMetaStore(MetaStore):
             )
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            # Checkpoints fsync the database; at the default 1,000 WAL pages one came every ~300
+            # creates and cost a third of the op time. 10,000 pages (40 MiB of WAL) cut that
+            # tenfold with the same durability: commits themselves never fsync at NORMAL.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
