@@ -46,6 +46,9 @@ class LogChunk:
     offset: int
     """Where the next read should start."""
     finished: bool
+    """The job is over and its last run's log has been read to the end."""
+    attempt: int | None = None
+    """The run the next read should ask for; None until the job first ran."""
 
 
 def log_path(state_dir: Path, job_id: int, attempt: int, rank: int) -> Path:
@@ -157,7 +160,12 @@ class Service:
     def logs(
         self, user: User, job_id: int, rank: int, offset: int, attempt: int | None
     ) -> LogChunk:
-        """Up to 1 MiB of a rank's log from ``offset``; the latest run unless ``attempt``."""
+        """Up to 1 MiB of a rank's log from ``offset``; the latest run unless ``attempt``.
+
+        Once a run's log is read to its end and the chain has a later run, the chunk points
+        at the start of that run, so a follower passing back ``offset`` and ``attempt`` reads
+        a suspended and resumed job's whole output in order.
+        """
         job = self.store.get_job(job_id)
         runs = self.store.list_runs(job_id=job_id)
         if not runs:
@@ -170,8 +178,10 @@ class Service:
                 f.seek(offset)
                 data = f.read(1 << 20)
             text, offset = data.decode(errors="replace"), offset + len(data)
-        done = job.state in FINISHED_STATES or runs[-1].attempt != attempt
-        return LogChunk(text, offset, done and not text)
+        later = [r.attempt for r in runs if r.attempt > attempt]
+        if later and not text:
+            return LogChunk("", 0, False, min(later))
+        return LogChunk(text, offset, job.state in FINISHED_STATES and not text, attempt)
 
     def nodes(self, user: User) -> list[Node]:
         return self.store.list_nodes()

@@ -1,10 +1,15 @@
-"""The hai command line forwards to the cores (here: the benchmark commands)."""
+"""The hai command line as users run it: bench forwarding, job commands on a real cluster."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 HAI = Path(sys.executable).with_name("hai")
 
@@ -27,3 +32,45 @@ def test_bench_passes_the_exit_status_through() -> None:
     )
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-option" in result.stderr
+
+
+def hai(cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """Runs the hai command against the cluster, found through its state folder as users do."""
+    env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
+    env.pop("HAI_SERVER", None)
+    return subprocess.run(
+        [str(HAI), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.mark.slow
+def test_top_suspend_resume_and_logs_follow(cluster) -> None:  # type: ignore[no-untyped-def]
+    job = cluster.client.call("Submit", spec=cluster.train_spec("follow", 10, steps=1000))["id"]
+    state = lambda: cluster.describe(job)["job"]["state"]  # noqa: E731
+    first = cluster.header(job, 0, 1)
+    env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
+    argv = [str(HAI), "logs", str(job), "-f", "--rank", "1"]
+    follow = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        top = hai(cluster, "top", "-n", "2", "--interval", "0.2")
+        assert top.returncode == 0, top.stderr
+        assert all(word in top.stdout for word in ("node-0", "node-1", "follow", "running"))
+
+        assert hai(cluster, "suspend", str(job)).returncode == 0
+        cluster.wait_for("the suspend", lambda: state() == "suspended")
+        assert hai(cluster, "resume", str(job)).stdout.strip() == f"job {job}: queued"
+        resumed = cluster.header(job, 1, 1)
+        assert resumed["restart_count"] == 1 and resumed["resumed_from"] > 0
+        time.sleep(1.5)  # a poll or two into the resumed run
+        assert follow.poll() is None  # still following: the job runs on
+        assert hai(cluster, "stop", str(job)).returncode == 0
+        # -f returns by itself once the job is over, having printed both runs in order.
+        out, _ = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0
+    lines = out.splitlines()
+    assert json.loads(lines[0]) == first and lines[1].startswith("suspending at step")
+    assert json.loads(lines[2]) == resumed
+    listed = json.loads(hai(cluster, "ls", "-a", "--json").stdout)
+    assert [(j["id"], j["state"]) for j in listed] == [(job, "stopped")]

@@ -122,12 +122,12 @@ def describe(job_id: int, as_json: bool) -> None:
 @click.option("-r", "--rank", default=0, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
 def logs(job_id: int, rank: int, follow: bool) -> None:
-    """Print a rank's log of the job's latest run."""
-    offset = 0
+    """Print a rank's log of the job's latest run; with -f, of every run from then on."""
+    offset, attempt = 0, None
     while True:
-        chunk = call("Logs", job_id=job_id, rank=rank, offset=offset)
+        chunk = call("Logs", job_id=job_id, rank=rank, offset=offset, attempt=attempt)
         click.echo(chunk["text"], nl=False)
-        offset = chunk["offset"]
+        offset, attempt = chunk["offset"], chunk["attempt"]
         if not follow or chunk["finished"]:
             return
         time.sleep(1.0)
