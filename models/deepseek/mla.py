@@ -10,7 +10,7 @@ q_lora_rank is set. Two equivalent computations:
   into the output, so attention runs directly against the cached latent and nothing per
   head is ever materialised for past tokens.
 
-The cache holds only (c, k_pe) per token.
+The cache holds only (c, k_pe) per token, side by side in one row.
 """
 
 from __future__ import annotations
@@ -70,30 +70,39 @@ class MLA(nn.Module):
         q_nope, q_pe = q.view(b, s, self.heads, -1).split([self.nope, self.rope_dim], dim=-1)
         q_pe = apply_rotary(q_pe, cos, sin, self.interleaved)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
-        latent = self.kv_a_layernorm(latent)
         k_pe = apply_rotary(k_pe[:, :, None], cos, sin, self.interleaved)[:, :, 0]
+        # One (latent | k_pe) row per token, so the absorbed scores are a single matmul.
+        kv = torch.cat((self.kv_a_layernorm(latent), k_pe), dim=-1)
         if cache is not None:
-            latent, k_pe = cache.append(latent, k_pe)
+            (kv,) = cache.append(kv)
         use_absorbed = cache is not None if absorb is None else absorb
-        out = (self._absorbed if use_absorbed else self._naive)(q_nope, q_pe, latent, k_pe)
+        out = (self._absorbed if use_absorbed else self._naive)(q_nope, q_pe, kv)
         return self.o_proj(out.flatten(2))
 
-    def _naive(self, q_nope, q_pe, latent, k_pe) -> torch.Tensor:
-        b, t, _ = latent.shape
+    def _naive(self, q_nope, q_pe, kv) -> torch.Tensor:
+        b, t, _ = kv.shape
+        latent, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)
         kv = self.kv_b_proj(latent).view(b, t, self.heads, -1)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         k = torch.cat((k_nope, k_pe[:, :, None].expand(-1, -1, self.heads, -1)), dim=-1)
         return attend(torch.cat((q_nope, q_pe), dim=-1), k, v, self.scale)
 
-    def _absorbed(self, q_nope, q_pe, latent, k_pe) -> torch.Tensor:
-        w = self.kv_b_proj.weight.view(self.heads, self.nope + self.v_dim, self.kv_rank)
+    def _absorbed(self, q_nope, q_pe, kv) -> torch.Tensor:
+        # Plain bmm on (heads, tokens, ·) and (batch, queries·heads, ·) layouts: einsum's
+        # permutes and reshapes would dominate a one-token step.
+        b, s, h, _ = q_nope.shape
+        c, t = self.kv_rank, kv.shape[1]
+        w = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, c)
         w_k, w_v = w.split([self.nope, self.v_dim], dim=1)
-        q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_k)
-        scores = torch.einsum("bshc,btc->bsht", q_latent, latent)
-        scores = (scores + torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * self.scale
-        s, t = scores.shape[1], scores.shape[3]
+        q_latent = torch.bmm(q_nope.reshape(b * s, h, -1).transpose(0, 1), w_k)
+        q = torch.cat(
+            (q_latent.transpose(0, 1).reshape(b, s * h, c), q_pe.reshape(b, s * h, -1)), dim=-1
+        )
+        scores = torch.bmm(q, kv.transpose(1, 2)) * self.scale  # (b, s·h, t)
         if s > 1:
-            scores = scores.masked_fill(~causal_mask(s, t, scores.device)[:, None], float("-inf"))
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(latent.dtype)
-        out_latent = torch.einsum("bsht,btc->bshc", probs, latent)
-        return torch.einsum("bshc,hdc->bshd", out_latent, w_v)
+            mask = causal_mask(s, t, scores.device)[:, None].expand(s, h, t).reshape(s * h, t)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(kv.dtype)
+        out_latent = torch.bmm(probs, kv[..., :c]).view(b * s, h, c).transpose(0, 1)
+        out = torch.bmm(out_latent, w_v.transpose(1, 2))  # (h, b·s, v_dim)
+        return out.transpose(0, 1).reshape(b, s, h, -1)
