@@ -1,8 +1,11 @@
 """`python -m deepseek.bench`: our DeepSeek-V3 against transformers', from one run.
 
 For the tiny and small (~50M parameter) V3 presets, with identical config and weights:
-forward+backward tokens/s, cached greedy generation tokens/s, and peak memory of each
-(CUDA: max allocated; CPU: peak resident-set growth sampled during the measurement).
+forward+backward tokens/s, cached greedy generation tokens/s, and peak memory of each.
+CUDA memory is max allocated. CPU memory is the growth of the peak resident set (VmHWM,
+reset through /proc/self/clear_refs, so Linux only) over one run in a fresh spawned
+process: in the timing process the allocator keeps pages freed by earlier runs, which
+would hide what a run needs.
 On a GPU it also reports tokens/s and model FLOPs utilisation of a ~1B V3-shaped model in
 bf16 (peak from --peak-tflops, default 989 = H100 SXM dense bf16).
 """
@@ -11,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
+import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import torch
 
 from deepseek.config import ModelConfig, preset
@@ -30,10 +33,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _measure(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple[float, float]:
-    """Runs fn (which returns tokens processed) once to warm up, `repeats` times timed, then
-    once more watching memory (the watcher would slow the timed runs down).
+    """Runs fn (which returns tokens processed) once to warm up, then `repeats` times timed.
 
-    Returns (tokens/s, peak memory in MiB above the starting point).
+    Returns (tokens/s, peak CUDA memory in MiB above the starting point; 0 on CPU, where
+    `_cpu_peak_mib` measures it in a fresh process).
     """
     fn()
     _sync(device)
@@ -41,25 +44,39 @@ def _measure(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple
     tokens = sum(fn() for _ in range(repeats))
     _sync(device)
     rate = tokens / (time.perf_counter() - t0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        return rate, (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    proc = psutil.Process()
-    start_rss, peak_rss, done = proc.memory_info().rss, [0], threading.Event()
-
-    def sample() -> None:  # CPU tensors bypass tracemalloc, so watch the resident set
-        while not done.is_set():
-            peak_rss[0] = max(peak_rss[0], proc.memory_info().rss)
-            time.sleep(0.001)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
+    if device.type != "cuda":
+        return rate, 0.0
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
     fn()
-    done.set()
-    watcher.join()
-    return rate, max(0, peak_rss[0] - start_rss) / 2**20
+    return rate, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def _peak_child(args: tuple, queue: multiprocessing.Queue) -> None:
+    name, batch, seq, new, index, hf = args
+    _, workloads = _workloads(name, torch.device("cpu"), batch, seq, new)
+    fn = workloads[index][2 if hf else 1]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # peak RSS := current RSS, forgetting model construction
+    base = _status_kib("VmRSS")
+    fn()
+    queue.put((_status_kib("VmHWM") - base) / 1024)
+
+
+def _cpu_peak_mib(name: str, batch: int, seq: int, new: int, index: int, hf: bool) -> float:
+    """Peak resident-set growth, in MiB, of one run of workload `index` in a new process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_child, args=((name, batch, seq, new, index, hf), queue))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak
 
 
 def _train_step(model: torch.nn.Module, ids: torch.Tensor, hf: bool) -> Callable[[], int]:
@@ -105,14 +122,15 @@ def _pair(config: ModelConfig, device: torch.device):
     return ours.to(device), theirs.to(device)
 
 
-def compare(name: str, device: torch.device, batch: int, seq: int, new: int) -> list[str]:
+def _workloads(name: str, device: torch.device, batch: int, seq: int, new: int):
+    """(parameters in millions, [(label, ours, transformers', timed repeats), ...])."""
+    torch.manual_seed(0)
     config = dataclasses.replace(preset(name), num_nextn_predict_layers=0, aux_loss_alpha=0.0)
     ours, theirs = _pair(config, device)
     params = sum(p.numel() for p in ours.parameters()) / 1e6
     ids = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
     prompt = ids[:1, :16]
-    rows = []
-    for label, fn_ours, fn_theirs, repeats in (
+    return params, [
         (
             f"fwd+bwd b{batch}×{seq}",
             _train_step(ours.train(), ids, False),
@@ -125,9 +143,18 @@ def compare(name: str, device: torch.device, batch: int, seq: int, new: int) -> 
             _generate(theirs.eval(), prompt, new, True),
             2,
         ),
-    ):
+    ]
+
+
+def compare(name: str, device: torch.device, batch: int, seq: int, new: int) -> list[str]:
+    params, workloads = _workloads(name, device, batch, seq, new)
+    rows = []
+    for index, (label, fn_ours, fn_theirs, repeats) in enumerate(workloads):
         a_tps, a_mem = _measure(fn_ours, device, repeats)
         b_tps, b_mem = _measure(fn_theirs, device, repeats)
+        if device.type == "cpu":
+            a_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=False)
+            b_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=True)
         rows.append(
             f"| {name} ({params:.1f}M) | {label} | {a_tps:,.0f} | {b_tps:,.0f} | "
             f"{a_tps / b_tps:.2f}x | {a_mem:,.0f} | {b_mem:,.0f} |"
@@ -193,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    torch.manual_seed(0)
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
         "| model | workload | ours tok/s | transformers tok/s | speedup | ours MiB | "
