@@ -309,6 +309,9 @@ class Namespace:
         with self.store.transaction() as txn:
             return txn.garbage(limit)
 
-    def drop_garbage(self, garbage_id: int) -> None:
+    def drop_garbage(self, garbage_ids: list[int]) -> None:
+        """Forgets queued items whose chunks are gone, in one transaction (a commit each
+        would cost the namespace as much as the unlinks that queued them)."""
         with self.store.transaction() as txn:
-            txn.drop_garbage(garbage_id)
+            for garbage_id in garbage_ids:
+                txn.drop_garbage(garbage_id)

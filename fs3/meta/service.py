@@ -82,7 +82,7 @@ def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> 
     visit: resync removes chunks their predecessor no longer has.
     """
     table = mgmtd.table()
-    done = 0
+    done: list[int] = []
     for gid, item in ns.take_garbage():
         try:
             for chain_id in item.chains:
@@ -94,9 +94,10 @@ def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> 
         except Fs3Error as err:
             log.info("garbage %d (inode %d) kept for later: %s", gid, item.inode, err)
             continue
-        ns.drop_garbage(gid)
-        done += 1
-    return done
+        done.append(gid)
+    if done:
+        ns.drop_garbage(done)
+    return len(done)
 
 
 def run_meta(
