@@ -51,7 +51,7 @@ class SqliteMetaStore(MetaStore):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._all_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
@@ -76,7 +76,11 @@ class SqliteMetaStore(MetaStore):
             conn.execute("PRAGMA wal_autocheckpoint=10000")
             self._local.conn = conn
             with self._all_lock:
-                self._all.append(conn)
+                # The meta server runs a thread per client connection: close the connections
+                # of threads that ended, or a long-lived server would pile them up.
+                for thread in [t for t in self._all if not t.is_alive()]:
+                    self._all.pop(thread).close()
+                self._all[threading.current_thread()] = conn
         return conn
 
     @contextmanager
@@ -92,7 +96,7 @@ class SqliteMetaStore(MetaStore):
 
     def close(self) -> None:
         with self._all_lock:
-            for conn in self._all:
+            for conn in self._all.values():
                 conn.close()
             self._all.clear()
         self._local = threading.local()

@@ -104,7 +104,10 @@ class FrameServer(socketserver.ThreadingTCPServer):
     ) -> None:
         self.payload_size = payload_size
         self.dispatch = dispatch
-        super().__init__(address, _FrameHandler)
+        try:
+            super().__init__(address, _FrameHandler)
+        except OSError as err:
+            raise Unavailable(f"cannot listen on {address[0]}:{address[1]}: {err}") from None
 
 
 class _FrameHandler(socketserver.BaseRequestHandler):

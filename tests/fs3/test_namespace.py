@@ -136,3 +136,14 @@ def test_concurrent_creates_get_distinct_inodes(ns: Namespace) -> None:
     for t in threads:
         t.join()
     assert len(set(ids)) == 80 and len(ns.listdir("/")) == 80
+
+
+def test_sqlite_closes_connections_of_ended_threads(tmp_path: Path) -> None:
+    """The meta server runs a thread per client connection; their handles must not pile up."""
+    store = SqliteMetaStore(tmp_path / "m.db")
+    for _ in range(20):
+        worker = threading.Thread(target=lambda: Namespace(store, chains=list).stat("/"))
+        worker.start()
+        worker.join()
+    assert len(store._all) <= 2  # this thread's and the last worker's
+    store.close()
