@@ -7,7 +7,9 @@ import torch
 from deepseek.errors import SequenceTooLongError
 
 
-@torch.no_grad()
+# inference_mode rather than no_grad: it also skips version counting and view tracking,
+# which is a visible share of a one-token step on a small model.
+@torch.inference_mode()
 def generate(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

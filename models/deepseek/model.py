@@ -168,7 +168,6 @@ class DeepseekForCausalLM(nn.Module):
         """An empty decoding cache for sequences of up to `capacity` tokens."""
         return KVCache(len(self.model.layers), capacity)
 
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
