@@ -131,14 +131,18 @@ class LocalCluster:
     def __init__(
         self, state_dir: Path, port: int, nodes: int = 2, env: dict[str, str] | None = None
     ) -> None:
-        from hai.cluster import up
+        from hai.cluster import down, up
         from hai.rpc import ApiClient
 
         self.state_dir = state_dir
         self.env = {**FAST, **(env or {})}
-        self.info = up(
-            state_dir, nodes=nodes, gpus_per_node=1, port=port, env=self.env, timeout_s=90
-        )
+        try:
+            self.info = up(
+                state_dir, nodes=nodes, gpus_per_node=1, port=port, env=self.env, timeout_s=90
+            )
+        except BaseException:
+            down(state_dir)  # what started before the timeout must not outlive the test
+            raise
         self.client = ApiClient(self.info.address, (state_dir / "token").read_text().strip())
 
     def close(self) -> None:

@@ -36,7 +36,8 @@ def test_bench_passes_the_exit_status_through() -> None:
 
 def hai(cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     """Runs the hai command against the cluster, found through its state folder as users do."""
-    env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
+    # A wide terminal, so rich's tables (`hai top`) fold no cell across lines.
+    env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir), "COLUMNS": "200"}
     env.pop("HAI_SERVER", None)
     return subprocess.run(
         [str(HAI), *args], capture_output=True, text=True, timeout=timeout, env=env
@@ -54,7 +55,8 @@ def test_top_suspend_resume_and_logs_follow(cluster) -> None:  # type: ignore[no
     try:
         top = hai(cluster, "top", "-n", "2", "--interval", "0.2")
         assert top.returncode == 0, top.stderr
-        assert all(word in top.stdout for word in ("node-0", "node-1", "follow", "running"))
+        for word in ("node-0", "node-1", "follow", "running"):
+            assert word in top.stdout, top.stdout
 
         assert hai(cluster, "suspend", str(job)).returncode == 0
         cluster.wait_for("the suspend", lambda: state() == "suspended")
