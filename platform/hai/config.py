@@ -38,6 +38,10 @@ class PolicyConfig:
     reserve_after_s: float = 1800.0
     """A job waiting longer than this reserves free nodes of its group (no backfill past it),
     so a big gang is not starved by a stream of small jobs."""
+    demote_after_s: float | None = 1800.0
+    """A run started at ABOVE_NORMAL (20) counts as NORMAL (10) once it has run this long, so
+    it can be preempted by the next ABOVE_NORMAL job (HAI's rule: the level is for short
+    runs, not for holding nodes); None keeps every run at its level."""
     default_quotas: dict[int, int | None] = field(
         default_factory=lambda: {50: 0, 40: 0, 30: 0, 20: None, 10: None}
     )
@@ -47,6 +51,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if self.order not in ("priority", "fifo"):
             raise ConfigError(f"policy.order must be 'priority' or 'fifo', got {self.order!r}")
+        if self.demote_after_s is not None and self.demote_after_s < 0:
+            raise ConfigError(f"policy.demote_after_s must be >= 0, got {self.demote_after_s}")
         if self.min_run_s < 0 or self.reserve_after_s < 0:
             raise ConfigError(
                 f"policy.min_run_s ({self.min_run_s}) and policy.reserve_after_s "

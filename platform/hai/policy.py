@@ -15,20 +15,24 @@ Rules (HAI-Platform's, with the gang- and thrash-safety users of Volcano and Kue
   of the same user at the same priority, and only when the victims free enough nodes for
   the whole gang; nodes already being freed for a job are counted before asking for more.
 * Anti-starvation: a job suspended before cannot be suspended again before it ran
-  ``min_run_s``; a job waiting longer than ``reserve_after_s`` stops backfill in its group.
+  ``min_run_s``; a job waiting longer than ``reserve_after_s`` stops backfill in its group;
+  a run started at ABOVE_NORMAL is a NORMAL victim once it ran ``demote_after_s``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hai.config import PolicyConfig
 from hai.spec import AUTO, PRIORITY_LEVELS
 
 QuotaKey = tuple[str, str, int]
 """(user, group, priority level)."""
+
+DEMOTIONS = {20: 10}
+"""HAI-Platform's aging rule: ABOVE_NORMAL drops to NORMAL after ``demote_after_s``."""
 
 
 @dataclass(slots=True)
@@ -114,6 +118,21 @@ def resolve_priority(
     return None
 
 
+def victim_view(run: RunningView, now: float, config: PolicyConfig) -> RunningView:
+    """The run as a preemption candidate: at NORMAL once an ABOVE_NORMAL run aged out.
+
+    Quotas keep counting it at the level it started at; only who may preempt it changes.
+    """
+    demoted = DEMOTIONS.get(run.priority)
+    if (
+        demoted is None
+        or config.demote_after_s is None
+        or now - run.started_at < config.demote_after_s
+    ):
+        return run
+    return replace(run, priority=demoted)
+
+
 def schedule(
     nodes: list[NodeView],
     pending: list[PendingView],
@@ -141,7 +160,7 @@ def schedule(
             if run.preempted_for is not None:
                 incoming[run.preempted_for] += len(run.nodes)
         else:
-            pools[run.group].append(run)
+            pools[run.group].append(victim_view(run, now, config))
     for pool in pools.values():
         # Victim order: lowest priority first, then most recently started.
         pool.sort(key=lambda r: (r.priority, -r.started_at))

@@ -151,3 +151,19 @@ def test_ten_thousand_pending_jobs_one_pass() -> None:
     placed = [n for s in d.starts for n in s.nodes]
     assert len(placed) == len(set(placed)) and len(placed) > 1240
     assert len(d.starts) + len(d.waiting) == 10_000
+
+
+def test_above_normal_run_is_a_normal_victim_after_thirty_minutes() -> None:
+    config = PolicyConfig(default_quotas=CFG.default_quotas)  # demote_after_s = 1800
+    running = [run(11, ["default-0"], prio=20, user="bob", started=1000.0)]
+    waiting = [job(1, 1, 20, user="ann", t=1000.0)]
+    # The fake clock: 29 min 59 s into the run it still holds its level against peers.
+    assert schedule(nodes(1), waiting, running, {}, 2799.0, config).preemptions == []
+    aged = schedule(nodes(1), waiting, running, {}, 2800.0, config)
+    assert [(p.job_id, p.for_job, p.time_slice) for p in aged.preemptions] == [(11, 1, False)]
+    # NORMAL work does not preempt it without time-slicing; with aging off nothing changes.
+    normal = [job(2, 1, 10, user="ann", t=1000.0)]
+    assert schedule(nodes(1), normal, running, {}, 9999.0, config).preemptions == []
+    never = PolicyConfig(demote_after_s=None, default_quotas=CFG.default_quotas)
+    assert schedule(nodes(1), waiting, running, {}, 9999.0, never).preemptions == []
+    assert running[0].priority == 20  # the caller's view is left as it was

@@ -165,3 +165,18 @@ def test_restart_recovers_from_store(world, store_url: str, state_dir: Path) -> 
     again.tick()
     assert list(beat(again, "n0")) == [run_id]  # same run, nothing doubled
     assert len(again.store.list_runs(job_id=job.id)) == 1
+
+
+def test_above_normal_run_ages_into_a_normal_victim(world) -> None:  # type: ignore[no-untyped-def]
+    sched, svc, clock = world
+    svc.submit(BOB, spec(nodes=2, priority=20))
+    sched.tick()
+    (run_id,) = beat(sched, "n0")
+    started = clock.now
+    svc.submit(ANN, spec(nodes=2, priority=20))
+    for minutes, desired in ((29, DESIRED_RUN), (30, DESIRED_SUSPEND)):
+        clock.now = started + minutes * 60
+        beat(sched, "n1")  # keep both nodes' leases alive across the jump
+        beat(sched, "n0")
+        sched.tick()
+        assert beat(sched, "n0")[run_id].desired == desired, f"after {minutes} minutes"
