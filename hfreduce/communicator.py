@@ -77,6 +77,7 @@ class Communicator:
         )
         self._error: BaseException | None = None
         self._failure_lock = threading.Lock()
+        self._failure_told = threading.Event()
         self._trees: list[TreeWorker] | None = None
         self._links = []
         if self.topology.num_nodes > 1:
@@ -205,10 +206,16 @@ class Communicator:
             first = self._error is None
             if first:
                 self._error = exc
-        if first:
-            self.arena.post_failure(str(exc))
-            for link in self._links:
-                link.fail(str(exc), self.rank)
+        if not first:
+            # Whoever failed first is still telling the partners: a rank that exits now
+            # would reset its links and lose that notice.
+            self._failure_told.wait(timeout=10)
+            return
+        # Partners first, then the node: the node's ranks may exit as soon as they see it.
+        for link in self._links:
+            link.fail(str(exc), self.rank)
+        self.arena.post_failure(str(exc))
+        self._failure_told.set()
 
     def _reported_failure(self) -> str | None:
         try:

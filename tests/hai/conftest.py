@@ -116,7 +116,8 @@ TRAIN = str(Path(__file__).parent / "jobs" / "train.py")
 # Short timings so fault cases play out in seconds (leases, grace periods, heartbeats).
 FAST = {
     "HAI_SCHEDULER__PASS_INTERVAL_S": "0.2",
-    "HAI_SCHEDULER__NODE_LEASE_S": "4",
+    # Long enough that a busy CI machine (the whole suite on 2 cores) misses no lease.
+    "HAI_SCHEDULER__NODE_LEASE_S": "10",
     "HAI_SCHEDULER__KILL_GRACE_S": "1",
     "HAI_AGENT__HEARTBEAT_S": "0.2",
     "HAI_AGENT__KILL_GRACE_S": "1",

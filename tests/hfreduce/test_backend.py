@@ -3,7 +3,8 @@ same weights on it as on gloo."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,9 @@ import torch.distributed as dist
 
 import hfreduce  # noqa: F401 (registers the backend)
 from hfreduce.launch import run_ranks
+
+sys.path.insert(0, str(Path(__file__).parent))
+import rank_workers  # noqa: E402 (importable by spawned ranks through sys.path)
 
 ENV = {"HFREDUCE_CHUNK_BYTES": "4096"}
 
@@ -94,30 +98,18 @@ def test_every_collective(nodes: int, per_node: int) -> None:
         assert "reduce op PRODUCT is not supported" in v["product"]
 
 
-def _train_ddp(backend: str) -> dict[str, torch.Tensor]:
-    import hfreduce  # noqa: F401
-
-    # A short timeout: a stuck call fails with a message instead of waiting 30 minutes.
-    dist.init_process_group(backend, timeout=timedelta(seconds=60))
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
-    # Tiny buckets: several all-reduces overlap with the backward pass.
-    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.004)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(100 + dist.get_rank())
-    for _ in range(4):
-        x, y = torch.randn(16, 32, generator=g), torch.randn(16, 4, generator=g)
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(ddp(x), y).backward()
-        opt.step()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    dist.destroy_process_group()
-    return state
-
-
 def test_ddp_on_hfreduce_matches_gloo() -> None:
-    ours = run_ranks(_train_ddp, nodes=2, ranks_per_node=1, args=("hfreduce",), env=ENV)
-    gloo = run_ranks(_train_ddp, nodes=2, ranks_per_node=1, args=("gloo",))
+    ours = run_ranks(
+        rank_workers.train_ddp,
+        nodes=2,
+        ranks_per_node=1,
+        args=("hfreduce",),
+        env=ENV,
+        start_method="spawn",
+    )
+    gloo = run_ranks(
+        rank_workers.train_ddp, nodes=2, ranks_per_node=1, args=("gloo",), start_method="spawn"
+    )
     for key, want in gloo[0].value.items():
         for o in ours:
             torch.testing.assert_close(o.value[key], want, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ import torch
 from hfreduce.launch import run_ranks
 
 sys.path.insert(0, str(Path(__file__).parent))
-import gpu_workers  # noqa: E402 (importable by spawned ranks through sys.path)
+import rank_workers  # noqa: E402 (importable by spawned ranks through sys.path)
 
 CHUNK = 1 << 16
 ENV = {"HFREDUCE_CHUNK_BYTES": str(CHUNK)}
@@ -25,7 +25,7 @@ SIZES = [0, 1, 7, CHUNK // 4 - 1, CHUNK // 4 + 1, 5 * CHUNK // 4 + 3]
 @pytest.mark.parametrize(("nodes", "per_node"), [(1, 2), (2, 1)], ids=str)
 def test_cuda_tensors_match_torch_sum(nodes: int, per_node: int) -> None:
     outcomes = run_ranks(
-        gpu_workers.cuda_cases,
+        rank_workers.cuda_cases,
         nodes=nodes,
         ranks_per_node=per_node,
         args=(SIZES,),
@@ -34,9 +34,9 @@ def test_cuda_tensors_match_torch_sum(nodes: int, per_node: int) -> None:
         timeout=300,
     )
     world = nodes * per_node
-    for dtype in gpu_workers.DTYPES:
+    for dtype in rank_workers.DTYPES:
         for n in SIZES:
-            total = sum(gpu_workers.input_for(r, dtype, n).double() for r in range(world))
+            total = sum(rank_workers.input_for(r, dtype, n).double() for r in range(world))
             want = torch.as_tensor(total).to(dtype)
             for o in outcomes:
                 torch.testing.assert_close(o.value[(dtype, n)], want, rtol=2e-2, atol=6e-2)
