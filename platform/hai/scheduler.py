@@ -52,6 +52,7 @@ from hai.records import (
     SUSPENDED,
     SUSPENDING,
     Event,
+    Job,
     Node,
     Run,
 )
@@ -241,18 +242,16 @@ class Scheduler:
         for pre in decision.preemptions:
             run = live[pre.job_id]
             job = self.store.get_job(run.job_id)
-            grace = float(job.spec.get("suspend_grace_period", 5.0))
-            self.store.update_run(
-                run.id,
-                state=RUN_SUSPENDING,
-                after_stop=AFTER_REQUEUE,
-                suspend_deadline=now + grace,
+            grace = self._begin_suspend(
+                run,
+                job,
+                AFTER_REQUEUE,
+                f"preempted for job {pre.for_job}",
+                now,
                 preempted_for=pre.for_job,
-                reason=f"preempted for job {pre.for_job}",
             )
-            self.store.update_job(
-                job.id, state=SUSPENDING, queued_at=now if pre.time_slice else job.queued_at
-            )
+            if pre.time_slice:  # a time-sliced job waits again from now, at the queue's end
+                self.store.update_job(job.id, queued_at=now)
             self.event(
                 "suspend",
                 f"job {job.id} asked to suspend for job {pre.for_job} (grace {grace:g}s)",
@@ -283,25 +282,30 @@ class Scheduler:
     def suspend_run(self, run: Run, after: str, reason: str) -> None:
         """Asks the job to checkpoint and suspend, within its grace period."""
         with self.lock, self.store.transaction():
-            now = self.clock()
             job = self.store.get_job(run.job_id)
-            grace = float(job.spec.get("suspend_grace_period", 5.0))
-            self.store.update_run(
-                run.id,
-                state=RUN_SUSPENDING,
-                after_stop=after,
-                suspend_deadline=now + grace,
-                reason=reason,
-            )
-            self.store.update_job(job.id, state=SUSPENDING)
+            grace = self._begin_suspend(run, job, after, reason, self.clock())
             self.event("suspend", f"job {job.id}: {reason} (grace {grace:g}s)", job.id)
+
+    def _begin_suspend(
+        self, run: Run, job: Job, after: str, reason: str, now: float, **fields: object
+    ) -> float:
+        """Mark the run suspending with its grace deadline; return the grace in seconds."""
+        grace = _grace_s(job)
+        self.store.update_run(
+            run.id,
+            state=RUN_SUSPENDING,
+            after_stop=after,
+            suspend_deadline=now + grace,
+            reason=reason,
+            **fields,
+        )
+        self.store.update_job(job.id, state=SUSPENDING)
+        return grace
 
     def _stop_run(self, run: Run, after: str, reason: str, now: float) -> None:
         if run.state == RUN_SUSPENDING and self._on_suspended is not None:
             self._on_suspended(
-                now
-                - (run.suspend_deadline or now)
-                + float(self.store.get_job(run.job_id).spec.get("suspend_grace_period", 5.0))
+                now - (run.suspend_deadline or now) + _grace_s(self.store.get_job(run.job_id))
             )
         self.store.update_run(
             run.id, state=RUN_STOPPING, after_stop=after, kill_at=now, reason=run.reason or reason
@@ -395,3 +399,8 @@ class Scheduler:
             master_port=_PORT_BASE + zlib.crc32(str(run.id).encode()) % _PORT_SPAN,
             kill_grace_s=self.config.scheduler.kill_grace_s,
         )
+
+
+def _grace_s(job: Job) -> float:
+    """How long the job may take to checkpoint once asked to suspend (spec field)."""
+    return float(job.spec.get("suspend_grace_period", 5.0))
