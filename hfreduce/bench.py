@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -37,12 +39,13 @@ def _median_ms(call: Callable[[], object], barrier: Callable[[], object], iters:
     return statistics.median(times) * 1e3
 
 
-def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float]]:
-    """Per size: (gloo ms, hfreduce ms) as seen by this rank."""
+def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float, float | None]]:
+    """Per size: (gloo ms, hfreduce ms, TCP floor ms or None on one node) for this rank."""
     import hfreduce
 
     dist.init_process_group("gloo")
     comm = hfreduce.init()
+    per_node = int(os.environ["LOCAL_WORLD_SIZE"])
     results = {}
     try:
         for size in sizes:
@@ -50,10 +53,54 @@ def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float]]:
             b = torch.ones(size // 4)
             gloo_ms = _median_ms(lambda a=a: dist.all_reduce(a), dist.barrier, iters)
             ours_ms = _median_ms(lambda b=b: comm.all_reduce(b), dist.barrier, iters)
-            results[size] = (gloo_ms, ours_ms)
+            results[size] = (gloo_ms, ours_ms, None)
+        if dist.get_world_size() > per_node:
+            for size, floor_ms in _tcp_floor(sizes, per_node, iters).items():
+                results[size] = (*results[size][:2], floor_ms)
     finally:
         hfreduce.destroy()
         dist.destroy_process_group()
+    return results
+
+
+_FLOOR_PIECE = 2 << 20
+
+
+def _tcp_floor(sizes: list[int], per_node: int, iters: int) -> dict[int, float]:
+    """Per size: the time for every rank to send its slice (size / ranks per node) to its
+    partner on the next node while receiving one from the previous node, over bare TCP.
+
+    Across two nodes this is exactly the traffic of hfreduce's trees (each node's half is
+    reduced up one tree and broadcast back down the other), so no all-reduce over these
+    links can beat it: loopback TCP is CPU copies on the same cores as everything else.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    listener = socket.create_server(("127.0.0.1", 0))
+    ports: list[int] = [0] * world
+    dist.all_gather_object(ports, listener.getsockname()[1])
+    outgoing = socket.create_connection(("127.0.0.1", ports[(rank + per_node) % world]))
+    incoming, _ = listener.accept()
+    listener.close()
+    results = {}
+    try:
+        for size in sizes:
+            payload = memoryview(bytearray(size // per_node))
+            into = memoryview(bytearray(size // per_node))
+
+            def exchange(payload: memoryview = payload, into: memoryview = into) -> None:
+                sender = threading.Thread(target=outgoing.sendall, args=(payload,))
+                sender.start()
+                for start in range(0, len(into), _FLOOR_PIECE):
+                    piece = into[start : start + _FLOOR_PIECE]
+                    got = 0
+                    while got < len(piece):
+                        got += incoming.recv_into(piece[got:], 0, socket.MSG_WAITALL)
+                sender.join()
+
+            results[size] = _median_ms(exchange, dist.barrier, iters)
+    finally:
+        outgoing.close()
+        incoming.close()
     return results
 
 
@@ -102,6 +149,13 @@ def _bandwidths(size: int, ms: float, world: int) -> tuple[float, float]:
     return algbw, algbw * 2 * (world - 1) / world
 
 
+def _floor_columns(outcomes: list, size: int, gloo_ms: float) -> str:
+    """The TCP floor of a multi-node row, and the most any all-reduce could gain on gloo
+    with that much of the cores spent on the links alone."""
+    floor_ms = max(o.value[size][2] for o in outcomes)
+    return f" {floor_ms:9.3f} {gloo_ms / floor_ms:9.2f}x"
+
+
 def _human(size: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if size >= 1 << shift:
@@ -127,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     roof = {size: memcpy_ms(size, max(args.iters, 50)) for size in sizes}
     header = (
         f"{'size':>8} {'layout':>11} {'gloo ms':>9} {'hfr ms':>9} {'speedup':>7} "
-        f"{'gloo alg':>8} {'gloo bus':>8} {'hfr alg':>8} {'hfr bus':>8} {'hfr/memcpy':>10}"
+        f"{'gloo alg':>8} {'gloo bus':>8} {'hfr alg':>8} {'hfr bus':>8} {'hfr/memcpy':>10} "
+        f"{'tcp floor':>9} {'gloo/floor':>10}"
     )
     print("all-reduce of float32, median of", args.iters, "calls; bandwidths in GB/s")
     print(header)
@@ -147,11 +202,18 @@ def main(argv: list[str] | None = None) -> None:
             ours_ms = max(o.value[size][1] for o in outcomes)
             g_alg, g_bus = _bandwidths(size, gloo_ms, world)
             h_alg, h_bus = _bandwidths(size, ours_ms, world)
+            floor = "" if nodes == 1 else _floor_columns(outcomes, size, gloo_ms)
             print(
                 f"{_human(size):>8} {f'{nodes}x{per_node} ranks':>11} {gloo_ms:9.3f} "
                 f"{ours_ms:9.3f} {gloo_ms / ours_ms:6.2f}x {g_alg:8.2f} {g_bus:8.2f} "
-                f"{h_alg:8.2f} {h_bus:8.2f} {ours_ms / roof[size]:10.1f}"
+                f"{h_alg:8.2f} {h_bus:8.2f} {ours_ms / roof[size]:10.1f}{floor}"
             )
+    if any(nodes > 1 for nodes, _ in layouts):
+        print(
+            "tcp floor: every rank only swaps its slice (size / ranks per node) with its "
+            "partner node over bare\nloopback TCP, as hfreduce's trees must; gloo/floor "
+            "caps the speed-up of any all-reduce on these links."
+        )
     if torch.cuda.is_available():
         print("\nhfreduce on CUDA tensors (2 ranks, one node) vs a pinned D2H + H2D round trip")
         print(f"{'size':>8} {'D2H+H2D ms':>10} {'hfr ms':>9} {'fraction of bound':>17}")
