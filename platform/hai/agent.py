@@ -32,11 +32,15 @@ from hai.service import log_path
 log = logging.getLogger("hai.agent")
 
 
-def rank_environment(a: Assignment, local_rank: int, node: str, state_dir: Path) -> dict[str, str]:
+def rank_environment(
+    a: Assignment, local_rank: int, node: str, state_dir: Path, server: str
+) -> dict[str, str]:
     """The variables a rank starts with: torch.distributed's, the node's, and hai.client's."""
     world = a.nodes * a.ranks_per_node
+    # The agent's own token stays with the agent: a job acts through its run token only.
+    inherited = {k: v for k, v in os.environ.items() if k != "HAI_TOKEN"}
     return {
-        **os.environ,
+        **inherited,
         **a.environment,
         "RANK": str(a.node_rank * a.ranks_per_node + local_rank),
         "WORLD_SIZE": str(world),
@@ -50,7 +54,8 @@ def rank_environment(a: Assignment, local_rank: int, node: str, state_dir: Path)
         "HAI_RUN_ID": str(a.run_id),
         "HAI_RESTART_COUNT": str(a.attempt),
         "HAI_CONTROL_DIR": str(state_dir / "runs" / str(a.run_id) / node),
-        "HAI_CHAIN_DIR": str(state_dir / "chains" / str(a.job_id)),
+        "HAI_SERVER": server,
+        "HAI_RUN_TOKEN": a.run_token,
     }
 
 
@@ -142,7 +147,7 @@ class Agent:
             RankLaunch(
                 rank=a.node_rank * a.ranks_per_node + local,
                 argv=a.argv,
-                env=rank_environment(a, local, self.name, self.state_dir),
+                env=rank_environment(a, local, self.name, self.state_dir, self.client.address),
                 log_path=log_path(
                     self.state_dir, a.job_id, a.attempt, a.node_rank * a.ranks_per_node + local
                 ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 from hai.errors import AuthError, ForbiddenError
@@ -42,3 +43,27 @@ def require_owner(user: User, owner: str, action: str, job_id: int) -> None:
         raise ForbiddenError(
             f"{user.name!r} may not {action} job {job_id}: it belongs to {owner!r}"
         )
+
+
+class RunTokens:
+    """Tokens a run's ranks call the server with: ``RUN_ID.MAC``, the MAC keyed by a secret
+    kept in the store. Nothing per run is stored, so the scheduler can hand a run's token
+    to its agents on every heartbeat, and a restarted server still accepts it."""
+
+    SETTING = "run_token_secret"
+
+    def __init__(self, store: StateStore) -> None:
+        self._key = bytes.fromhex(store.setting_once(self.SETTING, secrets.token_hex(32)))
+
+    def _mac(self, run_id: int) -> str:
+        return hmac.new(self._key, f"run:{run_id}".encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, run_id: int) -> str:
+        return f"{run_id}.{self._mac(run_id)}"
+
+    def run_id_of(self, token: str | None) -> int:
+        """The run a token was issued to. Raises AuthError for a missing or forged one."""
+        run_id, _, mac = (token or "").partition(".")
+        if not run_id.isdigit() or not hmac.compare_digest(mac, self._mac(int(run_id))):
+            raise AuthError("not a run token: only a job's own ranks may use its whole-life state")
+        return int(run_id)

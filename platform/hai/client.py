@@ -3,39 +3,42 @@
 Training code polls :func:`receive_suspend_command` (every rank sees it), saves a
 checkpoint, calls :func:`go_suspend`, and on its next run reloads the checkpoint. State
 that must survive across a chain's runs (a step counter, a checkpoint path) goes through
-:func:`set_whole_life_state`. The agent passes the folders in the environment, so this
-module needs no server address and works in any process the platform started.
+:func:`set_whole_life_state`, which the server keeps in its store, so it follows the chain
+to whichever nodes its next run lands on. The agent passes everything this module needs
+(control folder, server address, run token) in the environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from hai.errors import ConfigError
+from hai.errors import ConfigError, HaiTimeoutError, Unavailable
 
 SUSPEND_FILE = "suspend"
 ACK_FILE = "suspend_ack"
-_STATE_FILE = "whole_life_state.json"
+SERVER_WAIT_S = 60.0
+"""How long a whole-life state call keeps retrying while the server is away (a restart)."""
 
 
-def _folder(variable: str) -> Path:
-    value = os.environ.get(variable)
+def _variable(name: str) -> str:
+    value = os.environ.get(name)
     if not value:
-        raise ConfigError(f"{variable} is not set: this process was not started by hai")
-    return Path(value)
+        raise ConfigError(f"{name} is not set: this process was not started by hai")
+    return value
 
 
 def receive_suspend_command() -> bool:
     """True once the platform has asked this run to suspend; seen by every rank."""
-    return (_folder("HAI_CONTROL_DIR") / SUSPEND_FILE).exists()
+    return (Path(_variable("HAI_CONTROL_DIR")) / SUSPEND_FILE).exists()
 
 
 def go_suspend() -> None:
     """Says the checkpoint is done: the platform may stop this run now."""
-    (_folder("HAI_CONTROL_DIR") / ACK_FILE).touch()
+    (Path(_variable("HAI_CONTROL_DIR")) / ACK_FILE).touch()
 
 
 def restart_count() -> int:
@@ -43,16 +46,39 @@ def restart_count() -> int:
     return int(os.environ.get("HAI_RESTART_COUNT", "0"))
 
 
+def _call_server(method: str, **body: Any) -> Any:
+    from hai.rpc import ApiClient  # grpc only in processes that use whole-life state
+
+    api = ApiClient(_variable("HAI_SERVER"), _variable("HAI_RUN_TOKEN"))
+    deadline = time.monotonic() + SERVER_WAIT_S
+    try:
+        while True:
+            try:
+                return api.call(method, **body)
+            except (Unavailable, HaiTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+    finally:
+        api.close()  # no channel (and its threads) left behind for a later fork
+
+
 def set_whole_life_state(state: dict[str, Any]) -> None:
-    """Keeps a small JSON-able mapping for this chain's later runs (atomic replace)."""
-    folder = _folder("HAI_CHAIN_DIR")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{_STATE_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, folder / _STATE_FILE)
+    """Keeps a small JSON mapping (up to 64 KiB) for this chain's later runs.
+
+    Raises:
+        ConfigError: ``state`` is not a JSON-able dict, or is too big.
+        StateError: this run is already over.
+    """
+    if not isinstance(state, dict):
+        raise ConfigError(f"whole-life state must be a dict, not {type(state).__name__}")
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"whole-life state must be JSON: {err}") from None
+    _call_server("SetWholeLifeState", state=state)
 
 
 def get_whole_life_state() -> dict[str, Any]:
     """What :func:`set_whole_life_state` last stored in this chain, or an empty dict."""
-    path = _folder("HAI_CHAIN_DIR") / _STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _call_server("GetWholeLifeState")

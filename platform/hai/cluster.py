@@ -21,6 +21,8 @@ from hai.rpc import ApiClient
 from hai.server import TOKEN_FILE
 
 CLUSTER_FILE = "cluster.json"
+PROMETHEUS_TARGETS = "prometheus-targets.json"
+"""Where `hai up` lists its metrics endpoints, in Prometheus' file_sd format."""
 
 
 @dataclass
@@ -28,6 +30,8 @@ class ClusterInfo:
     address: str
     state_dir: str
     pids: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    """Process name -> its Prometheus port; empty when metrics are off."""
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
@@ -64,8 +68,13 @@ def up(
     port: int,
     timeout_s: float = 60.0,
     env: dict[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> ClusterInfo:
     """Starts the server and ``nodes`` agents; returns once every node is ready.
+
+    With ``metrics_port`` the server serves Prometheus metrics there and agent ``i`` on
+    the port ``i + 1`` above it (every process on this machine needs its own); the
+    endpoints are listed in the state folder for Prometheus' file-based discovery.
 
     Raises:
         HaiError: a cluster already runs in ``state_dir``.
@@ -78,7 +87,11 @@ def up(
     env = {**os.environ, **(env or {})}
     address = f"127.0.0.1:{port}"
     info = ClusterInfo(address, str(state_dir))
-    info.pids["server"] = _start_server(state_dir, port, env)
+    if metrics_port:
+        info.metrics_ports = {"server": metrics_port}
+        info.metrics_ports.update({f"node-{i}": metrics_port + 1 + i for i in range(nodes)})
+        _write_prometheus_targets(state_dir, info.metrics_ports)
+    info.pids["server"] = _start_server(state_dir, port, env, info.metrics_ports.get("server"))
     (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
     client = ApiClient(address, None, timeout_s=2.0)
     try:
@@ -96,6 +109,7 @@ def up(
                     address,
                     "--gpus",
                     str(gpus_per_node),
+                    *_metrics_args(info.metrics_ports.get(name)),
                 ],
                 state_dir / "logs" / f"{name}.log",
                 env,
@@ -111,9 +125,23 @@ def up(
     return info
 
 
-def _start_server(state_dir: Path, port: int, env: dict[str, str]) -> int:
+def _metrics_args(port: int | None) -> list[str]:
+    return ["--metrics-port", str(port)] if port else []
+
+
+def _write_prometheus_targets(state_dir: Path, ports: dict[str, int]) -> None:
+    groups = [
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "hai", "instance_name": name}}
+        for name, port in ports.items()
+    ]
+    (state_dir / PROMETHEUS_TARGETS).write_text(json.dumps(groups, indent=1))
+
+
+def _start_server(
+    state_dir: Path, port: int, env: dict[str, str], metrics_port: int | None = None
+) -> int:
     args = ["server", "--state-dir", str(state_dir), "--port", str(port)]
-    return _spawn(args, state_dir / "logs" / "server.log", env)
+    return _spawn([*args, *_metrics_args(metrics_port)], state_dir / "logs" / "server.log", env)
 
 
 def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
@@ -121,7 +149,9 @@ def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
     path = state_dir.expanduser().resolve() / CLUSTER_FILE
     info = ClusterInfo(**json.loads(path.read_text()))
     port = int(info.address.rsplit(":", 1)[1])
-    info.pids["server"] = _start_server(Path(info.state_dir), port, {**os.environ, **(env or {})})
+    info.pids["server"] = _start_server(
+        Path(info.state_dir), port, {**os.environ, **(env or {})}, info.metrics_ports.get("server")
+    )
     path.write_text(json.dumps(info.__dict__))
     return info.pids["server"]
 
@@ -148,6 +178,7 @@ def down(state_dir: Path, timeout_s: float = 20.0) -> list[str]:
             time.sleep(0.1)
         _signal(pids[name], signal.SIGKILL)
     path.unlink()
+    (state_dir.expanduser().resolve() / PROMETHEUS_TARGETS).unlink(missing_ok=True)
     return order
 
 

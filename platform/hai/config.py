@@ -78,7 +78,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7700
     metrics_port: int = 0
-    """Prometheus endpoint; 0 turns it off."""
+    """Prometheus endpoint (on ``host``); 0 turns it off."""
     database_url: str = ""
     """SQLAlchemy URL; empty means SQLite in the state folder."""
     state_dir: str = "~/.hai"
@@ -94,6 +94,9 @@ class AgentConfig:
     health_interval_s: float = 300.0
     min_free_disk_bytes: int = 1 << 30
     metrics_port: int = 0
+    """Prometheus endpoint of the node; 0 turns it off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the endpoint listens on: 0.0.0.0 lets a Prometheus on another host scrape."""
 
 
 @dataclass

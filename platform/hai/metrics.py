@@ -16,9 +16,19 @@ from hai.records import JOB_STATES, NODE_STATES, QUEUED, RUNNING, Job, Node
 from hai.spec import AUTO, PRIORITY_LEVELS
 
 
-class SchedulerMetrics:
+class _Endpoint:
+    """A registry of our own and the HTTP endpoint Prometheus scrapes it on."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+class SchedulerMetrics(_Endpoint):
+    def __init__(self) -> None:
+        super().__init__()
         r = self.registry
         self.queue = Gauge("hai_queue_length", "Queued jobs per priority", ["priority"], registry=r)
         self.jobs = Gauge("hai_jobs", "Jobs per state", ["state"], registry=r)
@@ -57,28 +67,49 @@ class SchedulerMetrics:
         used = sum(n.gpus for n in nodes if n.name in allocated)
         self.gpu_ratio.set(used / total if total else 0.0)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+def gpu_use() -> list[tuple[int, float]]:
+    """(memory used in bytes, utilisation %) of each GPU on the node, read through NVML.
+
+    NVML sees every process's use, our job's ranks included, without opening a CUDA
+    context in the agent (which would itself take GPU memory). Nodes without NVML (no
+    driver, or the nvidia-ml-py package missing) report no GPUs.
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # ImportError, or NVMLError when there is no driver
+        return []
+    try:
+        use = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+            use.append((int(memory), float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)))
+        return use
+    finally:
+        pynvml.nvmlShutdown()
 
 
-class AgentMetrics:
+class AgentMetrics(_Endpoint):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         r = self.registry
         self.cpu = Gauge("hai_node_cpu_percent", "Node CPU use", registry=r)
         self.memory = Gauge("hai_node_memory_percent", "Node memory use", registry=r)
-        self.gpu = Gauge("hai_node_gpu_memory_bytes", "GPU memory in use", ["gpu"], registry=r)
+        self.gpu_memory = Gauge(
+            "hai_node_gpu_memory_used_bytes", "GPU memory in use", ["gpu"], registry=r
+        )
+        self.gpu_util = Gauge(
+            "hai_node_gpu_utilization_percent", "GPU busy time", ["gpu"], registry=r
+        )
         self.ranks = Gauge("hai_node_ranks", "Rank processes running", registry=r)
 
     def observe(self, ranks: int) -> None:
         self.cpu.set(psutil.cpu_percent(interval=None))
         self.memory.set(psutil.virtual_memory().percent)
         self.ranks.set(ranks)
-        import torch  # only here: the agent's heartbeat path must not pay for it
-
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                self.gpu.labels(str(i)).set(torch.cuda.memory_reserved(i))
-
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        for i, (memory, util) in enumerate(gpu_use()):
+            self.gpu_memory.labels(str(i)).set(memory)
+            self.gpu_util.labels(str(i)).set(util)

@@ -59,6 +59,8 @@ class Assignment:
     master_addr: str
     master_port: int
     kill_grace_s: float
+    run_token: str
+    """What the run's ranks show the server to read and write their chain's state."""
 
 
 @dataclass

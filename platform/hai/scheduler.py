@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hai.auth import RunTokens
 from hai.config import HaiConfig
 from hai.errors import NotFoundError
 from hai.policy import Decision, NodeView, PendingView, RunningView, schedule
@@ -89,11 +90,12 @@ class Scheduler:
         self.config = config
         self.clock = clock
         self.lock = threading.RLock()
+        self.run_tokens = RunTokens(store)
         self._on_suspended = on_suspended
+        """Called with each suspend's latency (request to stop), for the metric."""
         self._started_at = clock()
         """Leases count from here at the earliest: agents that heartbeated to the previous
         server instance get a full lease to find this one before their nodes are dead."""
-        """Called with each suspend's latency (request to stop), for the metric."""
 
     def event(self, kind: str, message: str, job_id: int | None = None, node: str | None = None):
         self.store.add_event(Event(self.clock(), kind, message, job_id, node))
@@ -398,6 +400,7 @@ class Scheduler:
             master_addr=first.address,
             master_port=_PORT_BASE + zlib.crc32(str(run.id).encode()) % _PORT_SPAN,
             kill_grace_s=self.config.scheduler.kill_grace_s,
+            run_token=self.run_tokens.issue(run.id),
         )
 
 

@@ -74,6 +74,9 @@ def handlers(svc: Service, sched: Scheduler) -> dict[str, rpc.Handler]:
         "WhoAmI": lambda b, t: svc.whoami(user(t)),
         "Register": register,
         "Heartbeat": heartbeat,
+        # A run's ranks authenticate with their run token, not a user's.
+        "GetWholeLifeState": lambda b, t: svc.get_whole_life_state(t),
+        "SetWholeLifeState": lambda b, t: svc.set_whole_life_state(t, b["state"]),
     }
 
 
@@ -110,7 +113,7 @@ class Server:
         cfg = self.config.server
         self._grpc = rpc.serve(handlers(self.service, self.scheduler), cfg.host, cfg.port)
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_port, cfg.host)
         (self.state_dir / "server.json").write_text(
             json.dumps({"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()})
         )

@@ -6,16 +6,19 @@ user and dataclasses, and returns dataclasses.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hai.auth import create_user, require_admin, require_owner
-from hai.errors import QuotaError, StateError
+from hai.errors import ConfigError, QuotaError, StateError
 from hai.policy import quota_limit
 from hai.records import (
     AFTER_HOLD,
     AFTER_STOP,
     FINISHED_STATES,
+    LIVE_RUN_STATES,
     NODE_DRAINED,
     NODE_READY,
     QUEUED,
@@ -49,6 +52,10 @@ class LogChunk:
     """The job is over and its last run's log has been read to the end."""
     attempt: int | None = None
     """The run the next read should ask for; None until the job first ran."""
+
+
+WHOLE_LIFE_STATE_LIMIT = 64 << 10
+"""Bytes of JSON a chain may keep: a step, a checkpoint path, a data cursor; not a model."""
 
 
 def log_path(state_dir: Path, job_id: int, attempt: int, rank: int) -> Path:
@@ -206,3 +213,29 @@ class Service:
 
     def whoami(self, user: User) -> User:
         return user
+
+    def _caller_run(self, run_token: str | None) -> Run:
+        run = self.store.get_run(self.scheduler.run_tokens.run_id_of(run_token))
+        if run.state not in LIVE_RUN_STATES:
+            raise StateError(f"run {run.id} of job {run.job_id} is over ({run.state})")
+        return run
+
+    def get_whole_life_state(self, run_token: str | None) -> dict[str, Any]:
+        """What the chain of the calling run last stored, or an empty dict."""
+        stored = self.store.get_chain_state(self._caller_run(run_token).job_id)
+        return {} if stored is None else json.loads(stored)
+
+    def set_whole_life_state(self, run_token: str | None, state: Any) -> int:
+        """Replaces the calling run's chain state (a JSON object of bounded size); returns
+        its size in bytes."""
+        if not isinstance(state, dict):
+            raise ConfigError(f"whole-life state must be a dict, not {type(state).__name__}")
+        text = json.dumps(state)
+        if len(text) > WHOLE_LIFE_STATE_LIMIT:
+            raise ConfigError(
+                f"whole-life state is {len(text)} bytes of JSON; the limit is "
+                f"{WHOLE_LIFE_STATE_LIMIT} (keep a path to a file for anything bigger)"
+            )
+        run = self._caller_run(run_token)
+        self.store.set_chain_state(run.job_id, run.id, text, self.scheduler.clock())
+        return len(text)

@@ -130,7 +130,12 @@ class LocalCluster:
     """A `hai up` cluster of 1-GPU virtual nodes, with helpers to drive and watch it."""
 
     def __init__(
-        self, state_dir: Path, port: int, nodes: int = 2, env: dict[str, str] | None = None
+        self,
+        state_dir: Path,
+        port: int,
+        nodes: int = 2,
+        env: dict[str, str] | None = None,
+        metrics_port: int = 0,
     ) -> None:
         from hai.cluster import down, up
         from hai.rpc import ApiClient
@@ -139,7 +144,13 @@ class LocalCluster:
         self.env = {**FAST, **(env or {})}
         try:
             self.info = up(
-                state_dir, nodes=nodes, gpus_per_node=1, port=port, env=self.env, timeout_s=90
+                state_dir,
+                nodes=nodes,
+                gpus_per_node=1,
+                port=port,
+                env=self.env,
+                timeout_s=90,
+                metrics_port=metrics_port,
             )
         except BaseException:
             down(state_dir)  # what started before the timeout must not outlive the test
@@ -205,15 +216,11 @@ def cluster(state_dir: Path, free_port: Callable[[], int]) -> Iterator[LocalClus
 @pytest.fixture
 def metered_cluster(
     state_dir: Path, free_port: Callable[[], int]
-) -> Iterator[tuple[LocalCluster, int, int]]:
-    """A one-node cluster with both metrics endpoints on: (cluster, server port, agent port).
-
-    One node, because every agent of a `hai up` cluster reads the same metrics port setting.
-    """
-    server_port, agent_port = free_port(), free_port()
-    env = {"HAI_SERVER__METRICS_PORT": str(server_port), "HAI_AGENT__METRICS_PORT": str(agent_port)}
-    c = LocalCluster(state_dir, free_port(), nodes=1, env=env)
+) -> Iterator[tuple[LocalCluster, int, list[int]]]:
+    """A two-node cluster with metrics on: (cluster, server port, the agents' ports)."""
+    base = free_port()  # the agents take the next two ports, as `hai up --metrics-port` does
+    c = LocalCluster(state_dir, free_port(), nodes=2, metrics_port=base)
     try:
-        yield c, server_port, agent_port
+        yield c, base, [base + 1, base + 2]
     finally:
         c.close()

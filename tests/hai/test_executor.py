@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
+import psutil
 import pytest
 
 from hai import client
+from hai.agent import rank_environment
 from hai.errors import ConfigError, StateError
 from hai.executor import Executor, Launch, LocalExecutor, RankLaunch
+from hai.protocol import Assignment
 
 JOB = """
 import os, sys, time
@@ -95,19 +103,101 @@ def test_sigkill_after_grace(executor: Executor, tmp_path: Path) -> None:
     assert wait_exit(executor, 3) == -9
 
 
+def test_a_missing_command_fails_its_rank_with_a_line_in_the_log(
+    executor: Executor, tmp_path: Path
+) -> None:
+    log = tmp_path / "r.log"
+    executor.start(Launch(4, tmp_path / "c4", [RankLaunch(0, ["no-such-cmd"], {}, log)]))
+    assert wait_exit(executor, 4) == 127
+    assert "hai: cannot start 'no-such-cmd'" in log.read_text()
+
+
+AGENT = """
+import sys, time
+from pathlib import Path
+from hai.executor import Launch, LocalExecutor, RankLaunch
+ex = LocalExecutor()
+ex.start(Launch(1, Path(sys.argv[1]), [RankLaunch(0, ["sleep", "60"], {}, Path(sys.argv[2]))]))
+print(ex._runs[1].procs[0].pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_ranks_die_with_their_agent(tmp_path: Path) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(tmp_path / "c"), str(tmp_path / "r.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rank = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10  # the rank execs `sleep` once its death signal is armed
+    while rank.name() != "sleep":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    agent.kill()
+    agent.wait()
+    rank.wait(timeout=10)  # raises psutil.TimeoutExpired if the rank outlived its agent
+
+
+def test_ranks_start_while_grpc_is_busy(executor: Executor, tmp_path: Path) -> None:
+    """Regression: starting ranks from a process whose gRPC channel is in use once made
+    some of them abort before exec (grpc/grpc#43055; see executor/die_with_parent.py)."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    busy = threading.Event()
+
+    def call_forever() -> None:
+        stub = channel.unary_unary("/no.Such/Method")
+        while not busy.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                stub(b"", timeout=1)
+
+    caller = threading.Thread(target=call_forever, daemon=True)
+    caller.start()
+    try:
+        for run_id in range(100, 160):
+            executor.start(
+                Launch(run_id, tmp_path / "c", [RankLaunch(0, ["true"], {}, tmp_path / "l")])
+            )
+        codes = [wait_exit(executor, run_id) for run_id in range(100, 160)]
+    finally:
+        busy.set()
+        caller.join()
+        channel.close()
+        server.stop(None)
+    assert codes == [0] * 60, (tmp_path / "l").read_text()
+
+
 def test_client_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HAI_CONTROL_DIR", raising=False)
     with pytest.raises(ConfigError, match="not started by hai"):
         client.receive_suspend_command()
     monkeypatch.setenv("HAI_CONTROL_DIR", str(tmp_path))
-    monkeypatch.setenv("HAI_CHAIN_DIR", str(tmp_path / "chain"))
     monkeypatch.setenv("HAI_RESTART_COUNT", "2")
     assert client.restart_count() == 2
-    assert client.get_whole_life_state() == {}
-    client.set_whole_life_state({"step": 7})
-    assert client.get_whole_life_state() == {"step": 7}
+    monkeypatch.delenv("HAI_SERVER", raising=False)
+    with pytest.raises(ConfigError, match="HAI_SERVER is not set"):
+        client.get_whole_life_state()
+    with pytest.raises(ConfigError, match="JSON"):  # refused before any server is asked
+        client.set_whole_life_state({"when": object()})
     assert not client.receive_suspend_command()
     (tmp_path / "suspend").touch()
     assert client.receive_suspend_command()
     client.go_suspend()
     assert (tmp_path / "suspend_ack").exists()
+
+
+def test_rank_environment_carries_the_run_token_not_the_agents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HAI_TOKEN", "the-agent's-admin-token")
+    a = Assignment(
+        7, 3, 1, "run", ["python"], {"LR": "0.1"}, 1, 2, 4, "10.0.0.1", 29500, 5.0, "7.ab"
+    )
+    env = rank_environment(a, 2, "node-1", tmp_path, "10.0.0.9:7700")
+    assert "HAI_TOKEN" not in env
+    assert env["HAI_RUN_TOKEN"] == "7.ab" and env["HAI_SERVER"] == "10.0.0.9:7700"
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("6", "8", "2")
+    assert env["HAI_RESTART_COUNT"] == "1" and env["LR"] == "0.1"

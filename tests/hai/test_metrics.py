@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hai.cluster import PROMETHEUS_TARGETS
 from hai.metrics import SchedulerMetrics
 from hai.records import Job, Node
 
@@ -43,14 +45,14 @@ def scrape_until(cluster, port: int, what: str, check: Callable[[Samples], bool]
 
 @pytest.mark.slow
 def test_endpoints_report_and_follow_a_preemption(metered_cluster: tuple) -> None:
-    cluster, server_port, agent_port = metered_cluster
+    cluster, server_port, agent_ports = metered_cluster
     client, spec = cluster.client, cluster.train_spec
 
     def state(job_id: int) -> str:
         return cluster.describe(job_id)["job"]["state"]
 
     idle = scrape_until(
-        cluster, server_port, "the node gauge", lambda s: value(s, "hai_nodes", state="ready") == 1
+        cluster, server_port, "the node gauge", lambda s: value(s, "hai_nodes", state="ready") == 2
     )
     assert value(idle, "hai_running_jobs") == 0
     assert value(idle, "hai_allocated_gpu_ratio") == 0
@@ -58,13 +60,22 @@ def test_endpoints_report_and_follow_a_preemption(metered_cluster: tuple) -> Non
     assert value(idle, "hai_suspend_latency_seconds_count") == 0
     passes = value(idle, "hai_scheduling_pass_seconds_count")
     assert passes > 0
-    node = scrape(agent_port)
-    assert 0 <= value(node, "hai_node_cpu_percent") <= 100
-    assert 0 < value(node, "hai_node_memory_percent") <= 100
-    assert value(node, "hai_node_ranks") == 0
+    # Every agent has an endpoint of its own, and `hai up` lists them all for Prometheus.
+    for port in agent_ports:
+        node = scrape(port)
+        assert 0 <= value(node, "hai_node_cpu_percent") <= 100
+        assert 0 < value(node, "hai_node_memory_percent") <= 100
+        assert value(node, "hai_node_ranks") == 0
+    targets = json.loads((cluster.state_dir / PROMETHEUS_TARGETS).read_text())
+    listed = {t["labels"]["instance_name"]: t["targets"][0] for t in targets}
+    assert listed == {
+        "server": f"127.0.0.1:{server_port}",
+        "node-0": f"127.0.0.1:{agent_ports[0]}",
+        "node-1": f"127.0.0.1:{agent_ports[1]}",
+    }
 
     # Too big for the cluster, so it stays queued at its level.
-    big = client.call("Submit", spec=spec("big", 10, steps=1, nodes=2))["id"]
+    big = client.call("Submit", spec=spec("big", 10, steps=1, nodes=3))["id"]
     scrape_until(
         cluster,
         server_port,
@@ -73,7 +84,7 @@ def test_endpoints_report_and_follow_a_preemption(metered_cluster: tuple) -> Non
     )
     client.call("Stop", job_id=big)
 
-    low = client.call("Submit", spec=spec("low", 10, steps=1000, nodes=1))["id"]
+    low = client.call("Submit", spec=spec("low", 10, steps=1000, nodes=2))["id"]
     busy = scrape_until(
         cluster,
         server_port,
@@ -82,9 +93,10 @@ def test_endpoints_report_and_follow_a_preemption(metered_cluster: tuple) -> Non
     )
     assert value(busy, "hai_queue_length", priority="10") == 0
     assert value(busy, "hai_scheduling_pass_seconds_count") > passes
-    scrape_until(cluster, agent_port, "the rank gauge", lambda s: value(s, "hai_node_ranks") == 1)
+    for port in agent_ports:
+        scrape_until(cluster, port, "the rank gauge", lambda s: value(s, "hai_node_ranks") == 1)
 
-    high = client.call("Submit", spec=spec("high", 20, steps=2, nodes=1))["id"]
+    high = client.call("Submit", spec=spec("high", 20, steps=2, nodes=2))["id"]
     cluster.wait_for("the high job to finish", lambda: state(high) == "succeeded")
     after = scrape(server_port)
     assert value(after, "hai_preemptions_total") == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hai.config import load_config
-from hai.errors import ForbiddenError, NotFoundError, QuotaError
+from hai.errors import AuthError, ConfigError, ForbiddenError, NotFoundError, QuotaError, StateError
 from hai.protocol import DESIRED_RUN, DESIRED_STOP, DESIRED_SUSPEND, Heartbeat, NodeInfo, RunReport
 from hai.records import ROLE_ADMIN, Quota, User
 from hai.scheduler import Scheduler
@@ -79,6 +79,38 @@ def test_preempt_suspend_ack_requeue_resume(world) -> None:  # type: ignore[no-u
     assert detail.job.state == "running" and detail.job.suspends == 1
     assert [r.attempt for r in detail.runs] == [0, 1]  # same chain, next run
     assert beat(sched, "n0")[detail.runs[1].id].attempt == 1
+
+
+def test_whole_life_state_follows_the_chain_under_its_run_tokens(world) -> None:  # type: ignore[no-untyped-def]
+    sched, svc, clock = world
+    job = svc.submit(BOB, spec(nodes=2, priority=10))
+    sched.tick()
+    (first,) = beat(sched, "n0").values()
+    token = first.run_token
+    assert svc.get_whole_life_state(token) == {}
+    svc.set_whole_life_state(token, {"step": 40, "ckpt": "fs3://c/40"})
+    # A forged token, a user's token and a token for another run id are all refused.
+    for bad in (None, "", "garbage", f"{first.run_id}.{'0' * 64}", f"{first.run_id + 1}.x"):
+        with pytest.raises(AuthError):
+            svc.get_whole_life_state(bad)
+    with pytest.raises(ConfigError, match="dict"):
+        svc.set_whole_life_state(token, [1, 2])
+    with pytest.raises(ConfigError, match="limit"):
+        svc.set_whole_life_state(token, {"blob": "x" * (70 << 10)})
+    assert svc.get_whole_life_state(token) == {"step": 40, "ckpt": "fs3://c/40"}
+    # Suspend, requeue, resume: the next run of the chain reads what the first stored,
+    # and a restarted server (a new Scheduler on the same store) accepts its token.
+    svc.suspend(BOB, job.id)
+    beat(sched, "n0", RunReport(first.run_id, exit_code=-15, acked=True))
+    beat(sched, "n1", RunReport(first.run_id, exit_code=-15))
+    with pytest.raises(StateError, match="over"):
+        svc.get_whole_life_state(token)
+    svc.resume(BOB, job.id)
+    sched.tick()
+    (second,) = beat(sched, "n0").values()
+    assert second.attempt == 1 and second.run_token != token
+    restarted = Service(Scheduler(sched.store, sched.config, clock), svc.state_dir)
+    assert restarted.get_whole_life_state(second.run_token) == {"step": 40, "ckpt": "fs3://c/40"}
 
 
 def test_grace_period_expiry_forces_stop(world) -> None:  # type: ignore[no-untyped-def]

@@ -105,6 +105,16 @@ def test_transaction_rolls_back_together(store: StateStore) -> None:
     assert store.list_runs(job_id=job) == []
 
 
+def test_chain_state_replaces_and_settings_keep_the_first_value(store: StateStore) -> None:
+    job = store.add_job(_job())
+    assert store.get_chain_state(job) is None
+    store.set_chain_state(job, 1, '{"step": 1}', 5.0)
+    store.set_chain_state(job, 2, '{"step": 9}', 6.0)
+    assert store.get_chain_state(job) == '{"step": 9}'
+    assert store.setting_once("secret", "a") == "a"
+    assert store.setting_once("secret", "b") == "a"  # a second server keeps the first
+
+
 def test_reopen_keeps_state(store_url: str) -> None:
     first = SqlStore(store_url)
     job = first.add_job(_job())

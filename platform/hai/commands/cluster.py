@@ -19,16 +19,32 @@ from hai.errors import HaiError
 @click.option("--nodes", default=2, show_default=True)
 @click.option("--gpus-per-node", default=8, show_default=True)
 @click.option("--port", default=7700, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=0,
+    help="Serve Prometheus metrics: the server on this port, agent i on port + 1 + i.",
+)
 @click.argument("state_dir", required=False)
-def up(nodes: int, gpus_per_node: int, port: int, state_dir: str | None) -> None:
+def up(nodes: int, gpus_per_node: int, port: int, metrics_port: int, state_dir: str | None):
     """Start a local cluster: the scheduler/API server and NODES agents."""
+    from hai.cluster import PROMETHEUS_TARGETS
     from hai.cluster import up as start
 
     try:
-        info = start(Path(state_dir or state_dir_default()), nodes, gpus_per_node, port)
+        info = start(
+            Path(state_dir or state_dir_default()),
+            nodes,
+            gpus_per_node,
+            port,
+            metrics_port=metrics_port,
+        )
     except HaiError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"hai cluster up: server {info.address}, {nodes} nodes, state in {info.state_dir}")
+    if info.metrics_ports:
+        ports = ", ".join(f"{name} :{port}" for name, port in info.metrics_ports.items())
+        click.echo(f"metrics: {ports} (targets in {info.state_dir}/{PROMETHEUS_TARGETS})")
     click.echo(f"export HAI_STATE_DIR={info.state_dir}")
 
 
@@ -56,13 +72,17 @@ def _serve_until_signal(start, stop) -> None:  # type: ignore[no-untyped-def]
 @click.command()
 @click.option("--state-dir", default=None)
 @click.option("--port", type=int, default=None)
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None, help="YAML config file.")
-def server(state_dir: str | None, port: int | None, config_path: str | None) -> None:
+def server(
+    state_dir: str | None, port: int | None, metrics_port: int | None, config_path: str | None
+) -> None:
     """Run the scheduler and API server in the foreground."""
     from hai.server import Server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = {"server": {"port": port}} if port else {}
+    given = {"port": port, "metrics_port": metrics_port}
+    overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
     srv = Server(config, Path(state_dir or config.server.state_dir).expanduser())
     _serve_until_signal(srv.start, srv.stop)
@@ -74,9 +94,16 @@ def server(state_dir: str | None, port: int | None, config_path: str | None) -> 
 @click.option("--state-dir", default=None)
 @click.option("--gpus", default=0, show_default=True)
 @click.option("--group", default="default", show_default=True)
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None)
 def agent(
-    name: str, address: str, state_dir: str | None, gpus: int, group: str, config_path: str | None
+    name: str,
+    address: str,
+    state_dir: str | None,
+    gpus: int,
+    group: str,
+    metrics_port: int | None,
+    config_path: str | None,
 ) -> None:
     """Run a node agent in the foreground."""
     import torch
@@ -87,7 +114,8 @@ def agent(
     from hai.server import TOKEN_FILE
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(config_path)
+    overrides = {"agent": {"metrics_port": metrics_port}} if metrics_port is not None else {}
+    config = load_config(config_path, overrides=overrides)
     folder = Path(state_dir or state_dir_default()).expanduser()
     token = os.environ.get("HAI_TOKEN") or (folder / TOKEN_FILE).read_text().strip()
     client = ApiClient(address, token, config.agent.rpc_timeout_s)
@@ -106,7 +134,7 @@ def agent(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if config.agent.metrics_port:
-        node.metrics.serve(config.agent.metrics_port)
+        node.metrics.serve(config.agent.metrics_port, config.agent.metrics_host)
     node.run(stop)
 
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from hai.client import ACK_FILE, SUSPEND_FILE
 from hai.errors import StateError
 from hai.executor.base import Executor, Launch, worst_exit
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Ranks must not outlive their agent: a killed agent's jobs are requeued elsewhere,
-    # and survivors would run the same chain twice.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Ranks must not outlive their agent: a killed agent's jobs are requeued elsewhere, and
+# survivors would run the same chain twice. The script arms the kernel's death signal.
+_GUARD = str(Path(__file__).with_name("die_with_parent.py"))
 
 
 @dataclass
@@ -44,12 +41,11 @@ class LocalExecutor(Executor):
                 try:
                     procs.append(
                         subprocess.Popen(
-                            rank.argv,
+                            [sys.executable, "-S", _GUARD, str(os.getpid()), *rank.argv],
                             env=rank.env,
                             stdout=log,
                             stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent,
                         )
                     )
                 except OSError as err:

@@ -111,6 +111,21 @@ class StateStore(abc.ABC):
     def list_quotas(self) -> list[Quota]:
         """All quota rows."""
 
+    # whole-life state
+    @abc.abstractmethod
+    def get_chain_state(self, job_id: int) -> str | None:
+        """The JSON text last stored for a job's chain, or None."""
+
+    @abc.abstractmethod
+    def set_chain_state(self, job_id: int, run_id: int, state: str, at: float) -> None:
+        """Replaces the chain's JSON text, noting which run wrote it and when."""
+
+    # settings
+    @abc.abstractmethod
+    def setting_once(self, name: str, value: str) -> str:
+        """Stores ``value`` under ``name`` unless one is there; returns the stored value
+        (the first writer wins, also between two servers racing on one database)."""
+
     def live_runs(self) -> list[Run]:
         """Runs that still hold nodes (running, suspending or stopping)."""
         return self.list_runs(states=LIVE_RUN_STATES)

@@ -99,6 +99,22 @@ quotas = sa.Table(
     sa.Column("nodes", sa.Integer, nullable=False),
 )
 
+chain_state = sa.Table(
+    "chain_state",
+    metadata,
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
 _version = sa.Table(
     "hai_schema_version",
     sa.MetaData(),
@@ -117,9 +133,18 @@ def _v2_event_index(conn: sa.Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_events_job_id ON events (job_id)"))
 
 
+def _v3_chain_state(conn: sa.Connection) -> None:
+    # Whole-life state moved from a file in the local state folder into the store, so a
+    # chain's runs find it whichever hosts they land on; settings holds the server's
+    # secret for the tokens runs call back with.
+    for table in (chain_state, settings):
+        table.create(conn, checkfirst=False)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "users, jobs, runs, nodes, events, quotas", _v1_tables),
     (2, "index events by job", _v2_event_index),
+    (3, "whole-life state per chain, server settings", _v3_chain_state),
 ]
 LATEST = MIGRATIONS[-1][0]
 

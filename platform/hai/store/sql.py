@@ -202,3 +202,30 @@ class SqlStore(StateStore):
 
     def list_quotas(self) -> list[Quota]:
         return self._select(sa.select(schema.quotas), Quota)
+
+    # whole-life state
+    def get_chain_state(self, job_id: int) -> str | None:
+        table = schema.chain_state
+        with self._conn() as conn:
+            return conn.execute(
+                sa.select(table.c.state).where(table.c.job_id == job_id)
+            ).scalar_one_or_none()
+
+    def set_chain_state(self, job_id: int, run_id: int, state: str, at: float) -> None:
+        table = schema.chain_state
+        with self.transaction(), self._conn() as conn:
+            conn.execute(sa.delete(table).where(table.c.job_id == job_id))
+            conn.execute(
+                sa.insert(table).values(job_id=job_id, run_id=run_id, state=state, updated_at=at)
+            )
+
+    # settings
+    def setting_once(self, name: str, value: str) -> str:
+        table = schema.settings
+        try:
+            with self._conn() as conn:
+                conn.execute(sa.insert(table).values(name=name, value=value))
+        except sa.exc.IntegrityError:
+            pass  # another writer was first: theirs stands
+        with self._conn() as conn:
+            return conn.execute(sa.select(table.c.value).where(table.c.name == name)).scalar_one()
