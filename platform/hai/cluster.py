@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
+from hai.files import replace_text
 from hai.rpc import ApiClient
 from hai.server import TOKEN_FILE
 
@@ -92,7 +93,7 @@ def up(
         info.metrics_ports.update({f"node-{i}": metrics_port + 1 + i for i in range(nodes)})
         _write_prometheus_targets(state_dir, info.metrics_ports)
     info.pids["server"] = _start_server(state_dir, port, env, info.metrics_ports.get("server"))
-    (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
+    replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
     client = ApiClient(address, None, timeout_s=2.0)
     try:
         _wait_for("the server did not answer", lambda: _token(state_dir, client), timeout_s)
@@ -114,7 +115,7 @@ def up(
                 state_dir / "logs" / f"{name}.log",
                 env,
             )
-        (state_dir / CLUSTER_FILE).write_text(json.dumps(info.__dict__))
+        replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
         _wait_for(
             f"{nodes} nodes did not register",
             lambda: sum(n["state"] == "ready" for n in client.call("Nodes")) >= nodes,
@@ -134,7 +135,7 @@ def _write_prometheus_targets(state_dir: Path, ports: dict[str, int]) -> None:
         {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "hai", "instance_name": name}}
         for name, port in ports.items()
     ]
-    (state_dir / PROMETHEUS_TARGETS).write_text(json.dumps(groups, indent=1))
+    replace_text(state_dir / PROMETHEUS_TARGETS, json.dumps(groups, indent=1))
 
 
 def _start_server(
@@ -152,7 +153,7 @@ def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
     info.pids["server"] = _start_server(
         Path(info.state_dir), port, {**os.environ, **(env or {})}, info.metrics_ports.get("server")
     )
-    path.write_text(json.dumps(info.__dict__))
+    replace_text(path, json.dumps(info.__dict__))
     return info.pids["server"]
 
 

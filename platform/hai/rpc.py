@@ -94,6 +94,18 @@ def serve(handlers: dict[str, Handler], host: str, port: int, workers: int = 8) 
     return server
 
 
+def _our_error(details: str) -> dict[str, Any] | None:
+    """The error detail our servicer sent, or None for gRPC's own details (some of which
+    are JSON-like debug strings too, e.g. while the server is unreachable)."""
+    if not details.startswith("{"):
+        return None
+    try:
+        info = json.loads(details)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and {"kind", "message"} <= info.keys() else None
+
+
 class ApiClient:
     """Calls the platform's methods; every call has a timeout."""
 
@@ -123,8 +135,8 @@ class ApiClient:
             return stub(body, timeout=timeout, metadata=metadata)
         except grpc.RpcError as err:
             code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
-            if details.startswith("{"):
-                info = json.loads(details)
+            info = _our_error(details)
+            if info is not None:
                 if info["kind"] == "SpecError":
                     raise SpecError(info["problems"]) from None
                 raise ERRORS_BY_NAME.get(info["kind"], HaiError)(info["message"]) from None

@@ -19,6 +19,7 @@ import grpc
 from hai import rpc
 from hai.auth import authenticate, create_user
 from hai.config import HaiConfig
+from hai.files import replace_text
 from hai.metrics import SchedulerMetrics
 from hai.protocol import Heartbeat, NodeInfo, RunReport
 from hai.records import ROLE_ADMIN, Quota
@@ -114,8 +115,9 @@ class Server:
         self._grpc = rpc.serve(handlers(self.service, self.scheduler), cfg.host, cfg.port)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.host)
-        (self.state_dir / "server.json").write_text(
-            json.dumps({"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()})
+        replace_text(
+            self.state_dir / "server.json",
+            json.dumps({"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()}),
         )
         self._loop = threading.Thread(target=self._run_passes, name="hai-passes", daemon=True)
         self._loop.start()
