@@ -88,11 +88,11 @@ class ChunkIO:
 
         self.retry(f"writing chunk {index} of inode {inode} on chain {chain_id}", attempt)
 
-    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> bytearray:
+    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> memoryview:
         """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""
         chain_id = layout.chain_of(index)
 
-        def attempt(table: RoutingTable) -> bytearray:
+        def attempt(table: RoutingTable) -> memoryview:
             chain = table.chains[chain_id]
             readers = list(chain.readers())
             if not readers:

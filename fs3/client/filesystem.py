@@ -282,10 +282,10 @@ class FS3File(AbstractBufferedFile):
         self.forced = True
 
     # -- reading -----------------------------------------------------------------------
-    def _chunk(self, index: int, start: int, end: int) -> bytearray:
+    def _chunk(self, index: int, start: int, end: int) -> memoryview:
         data = self.fs.chunks.read(self.layout, self.inode.id, index, start, end - start)
-        if len(data) < end - start:
-            data.extend(bytes(end - start - len(data)))  # holes and short chunks read as zeros
+        if len(data) < end - start:  # holes and short chunks read as zeros
+            return memoryview(bytes(data) + bytes(end - start - len(data)))
         return data
 
     def _fetch_range(self, start: int, end: int) -> bytes:
@@ -298,7 +298,7 @@ class FS3File(AbstractBufferedFile):
             )
         return b"".join(p.result() for p in parts)  # type: ignore[misc]
 
-    def _whole_chunk(self, index: int) -> Future[bytearray]:
+    def _whole_chunk(self, index: int) -> Future[memoryview]:
         if index not in self._ahead:
             end = min(self.chunk_size, self.size - index * self.chunk_size)
             self._ahead[index] = self.fs.executor.submit(self._chunk, index, 0, end)

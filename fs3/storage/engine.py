@@ -43,8 +43,17 @@ class ChunkEngine(ABC):
         """Returns up to ``length`` committed bytes from ``offset`` (short at chunk end).
 
         An absent chunk reads as ``b""`` (a hole). Raises ``ChecksumMismatch`` when the stored
-        bytes do not match their CRC32C; never returns unverified data.
+        bytes do not match their CRC32C; never returns unverified data. The result may be a
+        view of a buffer the engine reuses for this thread's next read: use it (send it,
+        copy it) before reading again.
         """
+
+    def read_checked(
+        self, cid: ChunkId, offset: int, length: int
+    ) -> tuple[bytes | memoryview, int]:
+        """:meth:`read`, with the CRC32C of what it returns."""
+        data = self.read(cid, offset, length)
+        return data, crc32c(data)
 
     @abstractmethod
     def write(

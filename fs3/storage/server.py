@@ -16,7 +16,6 @@ from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.rpc import serve, servicer_method
-from fs3.storage.engine import crc32c
 from fs3.storage.local import LocalChunkEngine
 from fs3.storage.target import StorageTarget
 from fs3.storage.wire import (
@@ -43,8 +42,8 @@ def _payload_size(req: Request) -> int:
 
 def _dispatch(target: StorageTarget, req: Request, payload: memoryview) -> Reply:
     if req.op == READ:
-        version, data = target.read(req)
-        return RESPONSE.pack(0, len(data), crc32c(data), version), data
+        version, data, crc = target.read(req)
+        return RESPONSE.pack(0, len(data), crc, version), data
     if req.op == WRITE:
         version, crc = target.write(req, payload)
         return RESPONSE.pack(0, 0, crc, version), b""
@@ -72,8 +71,8 @@ class ChunkServicer(pbg.ChunkServiceServicer):
     def Read(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:
         req = Request(READ, request.chain_id, request.table_version, request.inode,
                       request.index, request.offset, request.length)  # fmt: skip
-        version, data = self.target.read(req)
-        return pb.ChunkReply(data=bytes(data), crc=crc32c(data), version=version)
+        version, data, crc = self.target.read(req)
+        return pb.ChunkReply(data=bytes(data), crc=crc, version=version)
 
     @servicer_method
     def Write(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:

@@ -113,8 +113,8 @@ class StorageTarget:
         self.engine.commit(cid, version)
         return crc
 
-    def read(self, req: Request) -> tuple[int, bytes | memoryview]:
-        """Committed bytes of a chunk: returns (version, data).
+    def read(self, req: Request) -> tuple[int, bytes | memoryview, int]:
+        """Committed bytes of a chunk: returns (version, data, CRC32C of data).
 
         Raises ChunkBusy when a write is in flight here and this is not the tail, StaleRouting
         when this target is not serving the chain, ChecksumMismatch naming this target.
@@ -130,11 +130,11 @@ class StorageTarget:
         if pending is not None and chain.writers()[-1] != self.target_id:
             raise ChunkBusy(f"chunk {tuple(cid)} has a write in flight on target {self.target_id}")
         try:
-            data = self.engine.read(cid, req.offset, req.length)
+            data, crc = self.engine.read_checked(cid, req.offset, req.length)
         except ChecksumMismatch as err:
             log.error("target %d: %s", self.target_id, err)
             raise ChecksumMismatch(f"target {self.target_id}: {err.strerror}", err.path) from None
-        return (committed.version if committed else 0), data
+        return (committed.version if committed else 0), data, crc
 
     def remove(self, req: Request) -> int:
         """Deletes chunks of ``req.inode`` from ``req.index`` (to ``req.length`` if set)."""

@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy
+
 from fs3.errors import ERROR_TYPES, Fs3Error, Unavailable, error_message
 
 log = logging.getLogger("fs3.wire")
@@ -150,7 +152,13 @@ def error_frame(err: Fs3Error) -> tuple[bytes, bytes]:
     return RESPONSE.pack(code, len(body), 0, 0), body
 
 
-def raise_error(code: int, body: bytes | bytearray, where: str) -> None:
+def _uninitialised(size: int) -> memoryview:
+    """A writable buffer for a payload that will overwrite all of it: zero-filling a fresh
+    4 MiB bytearray per chunk cost 7% of a warm sequential read."""
+    return memoryview(numpy.empty(size, dtype=numpy.uint8))
+
+
+def raise_error(code: int, body: bytes | bytearray | memoryview, where: str) -> None:
     info = json.loads(bytes(body))
     cls = ERROR_TYPES[code - 1] if 0 < code <= len(ERROR_TYPES) else Fs3Error
     raise cls(f"{info['message']} (at {where})", info.get("path"))
@@ -172,15 +180,15 @@ class Connection:
 
     def request(
         self, req: Request, payload: bytes | memoryview = b""
-    ) -> tuple[int, int, bytearray]:
+    ) -> tuple[int, int, memoryview]:
         """Sends one request; returns (version, crc, payload). Raises the server's error, or
         Unavailable when the connection breaks or times out (then this object is unusable)."""
         try:
             send_frame(self.sock, req.pack(len(payload)), payload)
             recv_exact(self.sock, memoryview(self._header))
             status, length, crc, version = RESPONSE.unpack(self._header)
-            body = bytearray(length)
-            recv_exact(self.sock, memoryview(body))
+            body = _uninitialised(length)
+            recv_exact(self.sock, body)
         except (OSError, ConnectionError) as err:
             self.close()
             kind = "timed out" if isinstance(err, TimeoutError) else "failed"
@@ -204,7 +212,7 @@ class ConnectionPool:
 
     def request(
         self, address: str, req: Request, payload: bytes | memoryview = b""
-    ) -> tuple[int, int, bytearray]:
+    ) -> tuple[int, int, memoryview]:
         with self._lock:
             idle = self._idle.setdefault(address, [])
             conn = idle.pop() if idle else None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
-from fs3.storage.engine import ChunkEngine, MemoryChunkEngine
+from fs3.storage.crc_combine import crc32c_combine
+from fs3.storage.engine import ChunkEngine, MemoryChunkEngine, crc32c
 from fs3.storage.local import HEADER_SIZE, LocalChunkEngine
 from fs3.types import ChunkId, ChunkMeta
 
@@ -78,6 +82,24 @@ def test_large_chunk_random_reads(engine: ChunkEngine) -> None:
     engine.commit(CID, 1)
     for off, n in [(0, 4096), (65530, 20), (len(data) - 10, 4096), (123456, 1 << 20)]:
         assert engine.read(CID, off, n) == data[off : off + n]
+
+
+def test_read_checked_crc_covers_exactly_the_bytes_returned(engine: ChunkEngine) -> None:
+    data = os.urandom(3 * 65536 + 777)  # whole blocks and a short last one
+    engine.write(CID, 1, data, 0, True)
+    engine.commit(CID, 1)
+    ranges = [(0, len(data)), (0, 65536), (65536, 131072), (100, 5), (65530, 70000),
+              (len(data) - 10, 4096), (131072, 1 << 20), (1, len(data))]  # fmt: skip
+    for off, n in ranges:
+        got, crc = engine.read_checked(CID, off, n)
+        assert bytes(got) == data[off : off + n]
+        assert crc == crc32c(data[off : off + n]), (off, n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=70000))
+def test_crc32c_combine_equals_the_crc_of_the_concatenation(a: bytes, b: bytes) -> None:
+    assert crc32c_combine(crc32c(a), crc32c(b), len(b)) == crc32c(a + b)
 
 
 def test_local_detects_flipped_byte_and_survives_restart(tmp_path: Path) -> None:

@@ -1,0 +1,54 @@
+"""CRC32C of a concatenation from the CRCs of its parts, without reading the bytes again.
+
+A chunk read verifies each 64 KiB block against its stored CRC, and the reply carries the
+CRC of the whole range for the client to check. Combining the block CRCs saves a second
+pass over the data (a sixth of the server's work on a warm read). The arithmetic is the
+classic one of zlib's ``crc32_combine``: appending ``n`` bytes to ``A`` multiplies ``A``'s
+CRC register by x^(8n) modulo the polynomial, a linear map over GF(2) that depends only on
+``n``; it is built once per length and applied with four byte-indexed tables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+_POLY = 0x82F63B78  # Castagnoli, bit-reflected
+
+
+def _apply(matrix: list[int], vector: int) -> int:
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _square(matrix: list[int]) -> list[int]:
+    return [_apply(matrix, column) for column in matrix]
+
+
+@lru_cache(maxsize=64)
+def _shift_tables(length: int) -> tuple[tuple[int, ...], ...]:
+    """Four 256-entry tables of the map 'append ``length`` zero bytes' (by input byte)."""
+    # One zero bit: shift right, folding in the polynomial when a one falls off.
+    operator = [_POLY] + [1 << (i - 1) for i in range(1, 32)]
+    operator = _square(_square(operator))  # four bits
+    shift = list(1 << i for i in range(32))  # identity
+    remaining = length
+    while remaining:
+        operator = _square(operator)  # now one byte, then 2, 4, ... bytes
+        if remaining & 1:
+            shift = [_apply(operator, column) for column in shift]
+        remaining >>= 1
+    return tuple(tuple(_apply(shift, byte << (8 * k)) for byte in range(256)) for k in range(4))
+
+
+def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """CRC32C of ``A + B`` given CRC32C(A), CRC32C(B) and ``len(B)``."""
+    if length_b == 0:
+        return crc_a
+    t0, t1, t2, t3 = _shift_tables(length_b)
+    shifted = t0[crc_a & 0xFF] ^ t1[(crc_a >> 8) & 0xFF] ^ t2[(crc_a >> 16) & 0xFF]
+    return shifted ^ t3[crc_a >> 24] ^ crc_b
