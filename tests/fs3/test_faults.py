@@ -33,14 +33,14 @@ def _wait_offline(fs: FS3FileSystem, target_ids: set[int], timeout: float = 15.0
 def test_kill_target_during_write_then_it_resyncs(make_cluster) -> None:  # type: ignore[no-untyped-def]
     c: LocalCluster = make_cluster()
     fs = FS3FileSystem(c.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
-    data = os.urandom(24 * MiB)
+    data = os.urandom(256 * MiB)  # "several hundred MB", killed a third of the way in
     third = threading.Event()
 
     def write() -> None:
         with fs.open("/big", "wb") as f:
             for off in range(0, len(data), MiB):
                 f.write(data[off : off + MiB])
-                if off >= 8 * MiB:
+                if off >= len(data) // 3:
                     third.set()
 
     writer = threading.Thread(target=write)
