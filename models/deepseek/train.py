@@ -220,6 +220,8 @@ def run(config: TrainConfig, stop_at: int | None = None) -> list[float]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = state["step"]
         log.info("resumed from %s at step %d", latest, start)
     step_model: torch.nn.Module = model
@@ -275,6 +277,11 @@ def run(config: TrainConfig, stop_at: int | None = None) -> list[float]:
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
                             "rng": torch.get_rng_state(),
+                            # Every rank seeds alike and draws alike, so rank 0's states
+                            # stand for all (each rank restores onto its own device).
+                            "cuda_rng": (
+                                torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+                            ),
                             "step": done,
                             "config": dataclasses.asdict(config),
                         },
