@@ -1,0 +1,132 @@
+"""Rank functions of the haiscale DDP tests, and the single-process training they are
+compared with. Ranks are spawned (DDP teardown once hung in a rank forked from a
+long-running test process), so they import these functions by name."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import hfreduce  # noqa: F401 (registers the "hfreduce" backend)
+from haiscale.ddp import DistributedDataParallel
+
+ROWS = 4
+"""Rows of one piece of a step's batch: each rank trains on one piece per micro-batch."""
+STEPS = 3
+TINY_BUCKET_MB = 0.0005
+"""About 520 bytes: the tiny model's gradients fall into several buckets of uneven size."""
+
+
+class TinyNet(nn.Module):
+    """A small MLP; with ``extra`` a second head that forward uses only on request, with
+    ``spare`` one that no forward ever uses."""
+
+    def __init__(self, seed: int, extra: bool = False, spare: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+        self.head = nn.Linear(16, 4)
+        self.extra = nn.Linear(16, 4) if extra else None
+        self.spare = nn.Linear(16, 4) if spare else None
+        # Differs by seed, so a rank that skipped the broadcast would train differently.
+        self.register_buffer("shift", torch.randn(4))
+
+    def forward(self, x: torch.Tensor, use_extra: bool = False) -> torch.Tensor:
+        h = self.body(x)
+        out = self.head(h) + self.shift
+        return out + self.extra(h) if use_extra else out
+
+
+def piece_loss(
+    model: nn.Module, step: int, index: int, pieces: int, use_extra: bool
+) -> torch.Tensor:
+    """The loss of piece ``index`` of step ``step``'s batch, divided by ``pieces``: summed
+    over every piece it is the mean loss of the whole batch."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x, y = torch.randn(pieces * ROWS, 8, generator=g), torch.randn(pieces * ROWS, 4, generator=g)
+    rows = slice(index * ROWS, (index + 1) * ROWS)
+    return nn.functional.mse_loss(model(x[rows], use_extra=use_extra), y[rows]) / pieces
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_reference(
+    model: TinyNet, world: int, micro: int = 1, extra_rank: int | None = None
+) -> dict[str, torch.Tensor]:
+    """STEPS steps in one process on the whole batch that ``world`` ranks share."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pieces = world * micro
+    for step in range(STEPS):
+        opt.zero_grad()
+        loss = sum(
+            piece_loss(model, step, i, pieces, use_extra=i // micro == extra_rank)
+            for i in range(pieces)
+        )
+        loss.backward()
+        opt.step()
+    return state_of(model)
+
+
+def train_rank(
+    ddp: DistributedDataParallel, micro: int = 1, extra_rank: int | None = None, steps: int = STEPS
+) -> dict[str, torch.Tensor]:
+    """This rank's side of train_reference: its own pieces, all but the last micro-batch
+    of each step under no_sync."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    for step in range(steps):
+        opt.zero_grad()
+        for m in range(micro):
+            sync = ddp.no_sync() if m < micro - 1 else contextlib.nullcontext()
+            with sync:
+                # Scaled by world: DDP averages over ranks, the reference sums pieces.
+                loss = world * piece_loss(
+                    ddp, step, rank * micro + m, world * micro, rank == extra_rank
+                )
+                loss.backward()
+        opt.step()
+    return state_of(ddp.module)
+
+
+def scenarios(backend: str) -> dict:
+    """Every DDP case on one process group; each model starts from this rank's own seed,
+    so only the construction broadcast makes the ranks agree."""
+    # A short timeout: a stuck call fails with a message instead of waiting 30 minutes.
+    dist.init_process_group(backend, timeout=timedelta(seconds=60))
+    rank = dist.get_rank()
+    out: dict = {}
+
+    ddp = DistributedDataParallel(TinyNet(seed=rank), bucket_cap_mb=TINY_BUCKET_MB)
+    out["bucket_sizes"] = [b.flat.numel() for b in ddp.reducer.buckets]
+    out["train"] = train_rank(ddp)
+    ddp.reducer.stop()
+
+    ddp = DistributedDataParallel(TinyNet(seed=rank))
+    out["accumulate"] = train_rank(ddp, micro=2)
+    ddp.reducer.stop()
+
+    ddp = DistributedDataParallel(
+        TinyNet(seed=rank, extra=True, spare=True),
+        bucket_cap_mb=TINY_BUCKET_MB,
+        find_unused_parameters=True,
+    )
+    out["unused"] = train_rank(ddp, extra_rank=0)
+    out["spare_grad_is_none"] = ddp.module.spare.weight.grad is None
+    ddp.reducer.stop()
+
+    ddp = DistributedDataParallel(TinyNet(seed=rank, spare=True))
+    try:
+        train_rank(ddp, steps=1)
+        out["error"] = None
+    except RuntimeError as exc:
+        out["error"] = str(exc)
+    ddp.reducer.stop()
+
+    dist.destroy_process_group()
+    return out
