@@ -63,6 +63,22 @@ def _wrap(model: nn.Module, policy: str, prefetch: str, **kw) -> FullyShardedDat
     )
 
 
+def watch_prefetch(fsdp: FullyShardedDataParallel) -> dict[str, bool]:
+    """Records whether the second block's all-gather is under way while the first block
+    runs forward, and the first block's while the second computes its gradients."""
+    first, second = fsdp.module[1], fsdp.module[2]
+    seen: dict[str, bool] = {}
+
+    def busy(unit: FullyShardedDataParallel) -> bool:
+        return unit._pending_gather is not None or unit._gathered
+
+    first.module.register_forward_pre_hook(lambda *_: seen.update(forward=busy(second)))
+    second.module.net[2].register_full_backward_pre_hook(
+        lambda *_: seen.update(backward=busy(first))
+    )
+    return seen
+
+
 def train_fsdp(backend: str, policy: str, prefetch: str, folder: str) -> dict:
     """STEPS steps of FSDP training, then everything the tests check about the result."""
     dist.init_process_group(backend, timeout=timedelta(seconds=60))
@@ -74,7 +90,10 @@ def train_fsdp(backend: str, policy: str, prefetch: str, folder: str) -> dict:
         opt.zero_grad()
         nn.functional.mse_loss(fsdp(x), y).backward()
         opt.step()
-    out: dict = {"units": sum(isinstance(m, FullyShardedDataParallel) for m in fsdp.modules())}
+        if step == 0:  # the units' order is known after the first forward
+            prefetched = watch_prefetch(fsdp)
+    units = sum(isinstance(m, FullyShardedDataParallel) for m in fsdp.modules())
+    out: dict = {"prefetched": prefetched, "units": units}
     buffers = sum(u._full_buffer.untyped_storage().nbytes() for u in fsdp._units)
     out["bytes"] = held_bytes(list(fsdp.parameters()), opt) + buffers
     out["state"] = fsdp.state_dict()

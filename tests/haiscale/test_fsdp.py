@@ -49,6 +49,12 @@ def test_each_block_is_a_unit(ranks):
     assert [r["units"] for r in ranks] == [3, 3]  # the root and two blocks
 
 
+def test_next_unit_is_gathered_ahead(ranks, request):
+    prefetch = request.node.callspec.params["ranks"][2]
+    for r in ranks:
+        assert r["prefetched"] == {"forward": True, "backward": prefetch == "pre"}
+
+
 def test_training_equals_single_process(ranks, reference):
     for r in ranks:
         assert_same(r["state"], reference[0])
