@@ -1,0 +1,131 @@
+"""Pipeline schedules train the same weights as one process on the full batch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from haiscale.pipeline import partition
+from haiscale.pipeline.orders import gpipe_order, interleaved_order, one_f_one_b_order
+from hfreduce.launch import run_ranks
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pipeline_workers as workers  # noqa: E402 (importable by spawned ranks through sys.path)
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return workers.train_single()
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> list[dict]:
+    outcomes = run_ranks(workers.train_all, ranks_per_node=2, timeout=120, start_method="spawn")
+    return [o.value for o in outcomes]
+
+
+def _check_stage_params(reference_model, params: list[torch.Tensor], rank, size, model_chunks):
+    stage = partition(reference_model, rank, size, num_model_chunks=model_chunks)
+    chunks = stage if isinstance(stage, list) else [stage]
+    expected = [p for chunk in chunks for p in chunk.parameters()]
+    assert len(params) == len(expected)
+    for got, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("config", workers.CONFIGS, ids=[c[0] for c in workers.CONFIGS])
+def test_schedule_matches_single_process(two_ranks, reference, config):
+    name, _, _, model_chunks, _ = config
+    model, losses, outputs = reference
+    for rank, result in enumerate(two_ranks):
+        _check_stage_params(model, result[name]["params"], rank, 2, model_chunks)
+    first, last = two_ranks[0][name], two_ranks[1][name]
+    assert first["losses"] == [None] * workers.STEPS and first["outputs"] == [None] * workers.STEPS
+    torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(losses), **TOL)
+    torch.testing.assert_close(torch.stack(last["outputs"]), torch.stack(outputs), **TOL)
+
+
+def test_subgroups_layout_and_dp_times_pp_training(reference):
+    outcomes = run_ranks(
+        workers.train_subgroups, ranks_per_node=4, timeout=120, start_method="spawn"
+    )
+    results = [o.value for o in outcomes]
+    assert [r["pp"] for r in results] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert [r["dp"] for r in results] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    model, losses, _ = reference
+    for rank, result in enumerate(results):
+        _check_stage_params(model, result["params"], rank % 2, 2, 1)
+    # Each last stage saw half the batch; the two halves' mean losses average to the full one.
+    halves = torch.stack([torch.stack(results[r]["losses"]) for r in (1, 3)])
+    torch.testing.assert_close(halves.mean(0), torch.stack(losses), **TOL)
+
+
+def test_partition_splits_layers_and_rejects_bad_balance():
+    model = workers.make_model()
+    stage = partition(model, 1, 2, balance=[3, 4])
+    assert list(stage) == list(model)[3:]
+    chunks = partition(model, 0, 2, balance=[1, 2, 3, 1], num_model_chunks=2)
+    assert [list(c) for c in chunks] == [list(model)[:1], list(model)[3:6]]
+    with pytest.raises(ValueError, match="sums to 6 but the model has 7 layers"):
+        partition(model, 0, 2, balance=[3, 3])
+    with pytest.raises(ValueError, match="has 2 entries but the pipeline has 4 stages"):
+        partition(model, 0, 2, balance=[3, 4], num_model_chunks=2)
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        partition(model, 2, 2)
+
+
+def _runs_to_completion(orders: list[list[tuple[str, int, int]]], micro: int) -> bool:
+    """Simulate ranks running their orders with asynchronous sends: an action waits
+    only for what it receives. False when the ranks deadlock."""
+    size, chunks = len(orders), 1 + max(c for order in orders for _, c, _ in order)
+    stages = size * chunks
+    done: set[tuple[str, int, int]] = set()
+    pos = [0] * size
+    progress = True
+    while progress:
+        progress = False
+        for rank, order in enumerate(orders):
+            while pos[rank] < len(order):
+                op, chunk, m = order[pos[rank]]
+                s = chunk * size + rank
+                needs = [("F", s - 1, m)] if op == "F" and s > 0 else []
+                if op == "B":
+                    needs = [("F", s, m)] + ([("B", s + 1, m)] if s < stages - 1 else [])
+                if not all(n in done for n in needs):
+                    break
+                done.add((op, s, m))
+                pos[rank] += 1
+                progress = True
+    return len(done) == 2 * stages * micro
+
+
+@pytest.mark.parametrize("size,micro", [(2, 1), (2, 4), (4, 3), (4, 8)])
+def test_orders_cover_every_pass_without_deadlock(size, micro):
+    gpipe = [gpipe_order(micro)] * size
+    one_f_one_b = [one_f_one_b_order(micro, size, r) for r in range(size)]
+    for orders in (gpipe, one_f_one_b):
+        assert all(sorted(o) == sorted(gpipe_order(micro)) for o in orders)
+        assert _runs_to_completion(orders, micro)
+    # 1F1B keeps at most size - rank micro-batches in flight.
+    for rank, order in enumerate(one_f_one_b):
+        live = [sum(op == "F" for op, _, _ in order[:i]) - sum(op == "B" for op, _, _ in order[:i])
+                for i in range(len(order))]  # fmt: skip
+        assert max(live) <= min(size - rank, micro)
+
+
+@pytest.mark.parametrize("size,micro,chunks", [(2, 2, 2), (2, 4, 2), (4, 8, 2), (4, 4, 3)])
+def test_interleaved_order_is_complete_and_deadlock_free(size, micro, chunks):
+    orders = [interleaved_order(micro, size, r, chunks) for r in range(size)]
+    expected = sorted((op, c, m) for op in "FB" for c in range(chunks) for m in range(micro))
+    assert all(sorted(o) == expected for o in orders)
+    assert _runs_to_completion(orders, micro)
+
+
+def test_interleaved_rejects_micro_batches_not_a_multiple_of_size():
+    with pytest.raises(ValueError, match=r"micro-batches \(3\) to be a multiple"):
+        interleaved_order(3, 2, 0, chunks=2)
