@@ -142,10 +142,12 @@ class _HostBuffer:
     def __init__(self) -> None:
         self.data = torch.empty(0, dtype=torch.uint8)
 
-    def stage(self, tensors: dict[str, torch.Tensor], index: dict[str, dict], size: int) -> Any:
+    def stage(
+        self, tensors: dict[str, torch.Tensor], index: dict[str, dict], size: int
+    ) -> memoryview:
         """Copies ``tensors`` into the buffer at their index offsets; returns the bytes."""
         on_gpu = any(t.is_cuda for t in tensors.values())
-        if self.data.numel() < size:
+        if self.data.numel() < size or (on_gpu and not self.data.is_pinned()):
             # Pinned memory lets the device-to-host copies run at full PCIe speed.
             self.data = torch.empty(size, dtype=torch.uint8, pin_memory=on_gpu)
         with torch.no_grad():
@@ -313,7 +315,7 @@ class AsyncCheckpointer:
         self._pending = (step, done)
         return done
 
-    def _write(self, step: int, header: bytes, payload: Any, meta: dict) -> None:
+    def _write(self, step: int, header: bytes, payload: memoryview, meta: dict) -> None:
         fs, store = self.store.fs, self.store
         fs.makedirs(store.path(step, tmp=True), exist_ok=True)
         with fs.open(store.shard(step, self.rank, "safetensors", tmp=True), "wb") as f:
@@ -326,7 +328,9 @@ class AsyncCheckpointer:
 
     def _shard_done(self, step: int, rank: int) -> bool:
         try:
-            meta = json.loads(self.store.fs.cat_file(self.store.shard(step, rank, "json", True)))
+            meta = json.loads(
+                self.store.fs.cat_file(self.store.shard(step, rank, "json", tmp=True))
+            )
         except (FileNotFoundError, ValueError):  # not there yet, or being written
             return False
         return meta.get("session") == self.session

@@ -87,7 +87,7 @@ def test_save_returns_after_the_host_copy(tmp_path: Path) -> None:
     ckpt = AsyncCheckpointer(f"gated://{tmp_path}", gate=gate, skip_instance_cache=True)
     state = {"w": torch.arange(1000.0)}
     handle = ckpt.save(1, state)
-    ckpt.store.fs.writing.wait()
+    assert ckpt.store.fs.writing.wait(timeout=60)
     # The write is held mid-file, yet training got control back with its state copied:
     # changing it now must not reach the checkpoint.
     assert not handle.done()
