@@ -13,6 +13,19 @@ Each writing rank marks its shard done with its JSON file; rank 0 waits for ever
 mark (a barrier through storage, so the background thread issues no collectives that could
 interleave with training's), renames ``.tmp/`` to its final name and drops all but the
 newest ``keep`` checkpoints.
+
+Usage::
+
+    ckpt, start = AsyncCheckpointer("fs3://mgmtd:8000/run1/ckpt", keep=3), 0
+    if (found := ckpt.load_latest()) is not None:
+        start, state = found
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+    for step in range(start + 1, steps):
+        ...
+        if step % 500 == 0:  # returns once the state is on the host
+            ckpt.save(step, {"model": model.state_dict(), "optim": opt.state_dict(), "step": step})
+    ckpt.close()  # raises if the last write failed
 """
 
 from __future__ import annotations

@@ -16,7 +16,13 @@ import torch
 from safetensors import safe_open
 
 from fs3.cluster import LocalCluster
-from haiscale.checkpoint import AsyncCheckpointer, CheckpointError, CheckpointStore, load_latest
+from haiscale.checkpoint import (
+    AsyncCheckpointer,
+    CheckpointError,
+    CheckpointStore,
+    load,
+    load_latest,
+)
 from hfreduce.launch import run_ranks
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,6 +132,7 @@ def test_keeps_the_newest_k_and_never_loads_a_tmp(tmp_path: Path) -> None:
         # Publishing a later step keeps two and drops the abandoned one below it.
         ckpt.save(10, {"step": 10})
     assert store.steps() == [3, 10]
+    assert load(str(tmp_path), 3)["step"] == 3
     assert sorted(p.name for p in tmp_path.glob("step-*")) == [
         "step-000000000003", "step-000000000010"]  # fmt: skip
 
