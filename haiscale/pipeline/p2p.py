@@ -88,6 +88,9 @@ class StageLinks:
 
     def _send(self, x: torch.Tensor, stage: int, tag: int) -> None:
         x = x.contiguous()
+        # Delivered sends let go of their tensors now rather than at the end of the step,
+        # so 1F1B's memory bound holds for the sent activations too.
+        self._sends = [(work, t) for work, t in self._sends if not work.is_completed()]
         # The tensor is kept with its handle: it must outlive the asynchronous send.
         self._sends.append((dist.isend(x, self._peer(stage), self.group, tag), x))
 

@@ -87,7 +87,8 @@ class PipelineSchedule(nn.Module):
         ``x`` is read on the first stage only (other ranks may pass None); ``criterion``
         and ``labels`` (split along dim 0 like ``x``) on the last. Each micro-batch's
         ``criterion(output, *labels)`` is weighted by its share of the batch, so for a
-        mean-reduced criterion the accumulated gradients are those of the full-batch loss.
+        mean-reduced criterion the accumulated gradients are those of the full-batch loss
+        (without labels the micro-batches weigh equally).
 
         Returns ``(loss, output)`` on the last stage: the full-batch loss and the
         concatenated outputs, both detached. Other stages return ``(None, None)``.
