@@ -136,6 +136,12 @@ def _index(tensors: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, dict], in
     return struct.pack("<Q", len(header)) + header, index, offset
 
 
+def _parse_header(read: Callable[[int, int], bytes]) -> tuple[int, dict[str, dict]]:
+    """Where a safetensors file's data starts, and its index; ``read(lo, hi)`` reads bytes."""
+    (length,) = struct.unpack("<Q", read(0, 8))
+    return 8 + length, json.loads(read(8, 8 + length))
+
+
 def _bytes(blob: bytearray, offset: int = 0) -> torch.Tensor:
     """``blob[offset:]`` as a uint8 tensor without a copy (frombuffer refuses empty ranges)."""
     if offset >= len(blob):
@@ -213,9 +219,8 @@ class CheckpointStore:
         """The state rank ``rank`` saved at ``step``, tensors on the CPU."""
         meta = self._meta(step, rank)
         blob = bytearray(self.fs.cat_file(self.shard(step, rank, "safetensors")))
-        (length,) = struct.unpack("<Q", blob[:8])
-        index = json.loads(blob[8 : 8 + length])
-        data = _bytes(blob, 8 + length)
+        start, index = _parse_header(lambda lo, hi: blob[lo:hi])
+        data = _bytes(blob, start)
         # A storage of its own per tensor: some consumers (torch.set_rng_state) read a
         # storage from its start, and one kept tensor must not pin the whole file.
         return _unflatten(meta["tree"], lambda name: _view(data, index[name]).clone())
@@ -223,13 +228,12 @@ class CheckpointStore:
     def read_tensor(self, step: int, name: str, rank: int = 0) -> torch.Tensor:
         """One tensor (``"model/layer.weight"``), reading only the header and its bytes."""
         path = self.shard(step, rank, "safetensors")
-        (length,) = struct.unpack("<Q", self.fs.cat_file(path, 0, 8))
-        index = json.loads(self.fs.cat_file(path, 8, 8 + length))
+        data_start, index = _parse_header(lambda lo, hi: self.fs.cat_file(path, lo, hi))
         if name not in index:
             raise KeyError(f"no tensor {name!r} in checkpoint step {step} under {self.url}; "
                            f"it has {', '.join(sorted(index)) or 'none'}")  # fmt: skip
         start, end = index[name]["data_offsets"]
-        blob = bytearray(self.fs.cat_file(path, 8 + length + start, 8 + length + end))
+        blob = bytearray(self.fs.cat_file(path, data_start + start, data_start + end))
         return _view(_bytes(blob), {**index[name], "data_offsets": [0, end - start]})
 
     def remove_old(self, keep: int, published: int) -> None:

@@ -60,6 +60,10 @@ def expert_parallel() -> dict:
         y = moe_expert_parallel(ep, experts, x, ids, w)
         grads = torch.autograd.grad(y.square().sum(), [x, *mine], materialize_grads=True)
         out[route] = {"y": y.detach(), "x_grad": grads[0], "expert_grads": grads[1:]}
+    # One choice per token, experts left out: combine gives back exactly the tokens.
+    received, _, context = ep.dispatch(x, ids[:, 0])
+    out["round_trip"] = ep.combine(received, context).detach()
+    out["tokens"] = x.detach()
     try:
         ExpertParallel(3)
     except ValueError as exc:

@@ -47,6 +47,8 @@ def test_matches_every_expert_in_one_process(outcomes: list, route: str) -> None
             torch.testing.assert_close(got_grad, want)
 
 
-def test_each_rank_holds_its_share_and_uneven_splits_are_refused(outcomes: list) -> None:
+def test_shares_round_trip_and_uneven_splits(outcomes: list) -> None:
     assert [o.value["first_expert"] for o in outcomes] == [0, 2]
+    for o in outcomes:
+        assert torch.equal(o.value["round_trip"], o.value["tokens"])
     assert "num_experts=3 does not split over 2" in outcomes[0].value["uneven"]
