@@ -60,7 +60,9 @@ class _GatheredParams(torch.autograd.Function):
         # A fresh tensor over the gather buffer's storage: its own version counter, so
         # refilling the buffer before backward does not look like an in-place edit.
         full = unit._full_buffer
-        return torch.empty(0, dtype=full.dtype).set_(full.untyped_storage(), 0, full.shape)
+        return torch.empty(0, dtype=full.dtype, device=full.device).set_(
+            full.untyped_storage(), 0, full.shape
+        )
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None]:
@@ -110,13 +112,15 @@ class FullyShardedDataParallel(nn.Module):
         if auto_wrap_policy is not None:
             _wrap_children(module, _as_predicate(auto_wrap_policy), self._unit_kwargs())
         self.module = module
+        # Shards and gather buffers live where the module's parameters do.
+        device = next(module.parameters(), torch.empty(0)).device
         self._slots, params = _own_parameters(module)
         self._shapes = [p.shape for p in params]
         self._numels = [p.numel() for p in params]
         numel = sum(self._numels)
         self._padded = -(-max(numel, 1) // self._world) * self._world
-        self.flat_param = nn.Parameter(self._broadcast_and_shard(params, numel))
-        self._full_buffer = torch.empty(self._padded, dtype=self._compute_dtype)
+        self.flat_param = nn.Parameter(self._broadcast_and_shard(params, numel, device))
+        self._full_buffer = torch.empty(self._padded, dtype=self._compute_dtype, device=device)
         self._full_buffer.untyped_storage().resize_(0)
         self._pending_gather: tuple[dist.Work, torch.Tensor] | None = None
         self._gathered = False
@@ -131,9 +135,11 @@ class FullyShardedDataParallel(nn.Module):
             "mixed_precision": self._compute_dtype,
         }
 
-    def _broadcast_and_shard(self, params: list[nn.Parameter], numel: int) -> torch.Tensor:
+    def _broadcast_and_shard(
+        self, params: list[nn.Parameter], numel: int, device: torch.device
+    ) -> torch.Tensor:
         """This rank's block of the padded flat vector (rank 0's values everywhere)."""
-        flat = torch.zeros(self._padded, dtype=torch.float32)
+        flat = torch.zeros(self._padded, dtype=torch.float32, device=device)
         if params:
             flat[:numel] = torch.cat([p.detach().reshape(-1).float() for p in params])
         dist.broadcast(flat, src=dist.get_global_rank(self._group, 0), group=self._group)
@@ -319,9 +325,11 @@ class FullyShardedDataParallel(nn.Module):
             missing = [n for n in names if n not in state]
             if missing:
                 raise KeyError(f"full state dict lacks {missing}; was it saved from this model?")
-            flat = torch.zeros(unit._padded)
+            flat = torch.zeros(unit._padded, device=unit.flat_param.device)
             if names:
-                flat[: sum(unit._numels)] = torch.cat([state[n].reshape(-1) for n in names])
+                flat[: sum(unit._numels)] = torch.cat(
+                    [state[n].reshape(-1).to(flat) for n in names]
+                )
             unit.flat_param.data.copy_(flat.chunk(self._world)[self._rank])
             unit._load_buffers(state)
 
