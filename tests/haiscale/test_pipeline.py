@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from haiscale.pipeline import partition
+from haiscale.pipeline import GPipe, partition
 from haiscale.pipeline.orders import gpipe_order, interleaved_order, one_f_one_b_order
 from hfreduce.launch import run_ranks
 
@@ -77,6 +78,38 @@ def test_partition_splits_layers_and_rejects_bad_balance():
         partition(model, 0, 2, balance=[3, 4], num_model_chunks=2)
     with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
         partition(model, 2, 2)
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    """A one-rank gloo group in this process: a pipeline of one stage."""
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_stage_gpipe_is_gradient_accumulation(one_rank, reference):
+    pipe = GPipe(workers.make_model(), chunks=4, checkpoint="except_last")
+    result = workers._train(pipe)
+    model, losses, outputs = reference
+    for got, want in zip(result["params"], model.parameters(), strict=True):
+        torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(torch.stack(result["losses"]), torch.stack(losses), **TOL)
+
+
+def test_schedules_reject_bad_arguments(one_rank):
+    x, y = torch.zeros(3, 8), torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="checkpoint='sometimes'; choose one of"):
+        GPipe(workers.make_model(), 2, checkpoint="sometimes")
+    with pytest.raises(ValueError, match=r"chunks \(micro-batches per step\) must be at least 1"):
+        GPipe(workers.make_model(), 0)
+    pipe = GPipe(workers.make_model(), 4)
+    with pytest.raises(ValueError, match="x is a batch of 3; it needs at least chunks=4 rows"):
+        pipe.forward_backward(x, criterion=torch.nn.functional.mse_loss, labels=(y,))
+    with pytest.raises(ValueError, match="the last pipeline stage needs a criterion"):
+        pipe.forward_backward(torch.zeros(4, 8))
 
 
 def _runs_to_completion(orders: list[list[tuple[str, int, int]]], micro: int) -> bool:
