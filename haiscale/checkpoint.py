@@ -215,9 +215,19 @@ class CheckpointStore:
                 "load with the world size and sharding it was saved with"
             ) from None
 
-    def read(self, step: int, rank: int = 0) -> Any:
-        """The state rank ``rank`` saved at ``step``, tensors on the CPU."""
+    def read(self, step: int, rank: int = 0, writers: int | None = None) -> Any:
+        """The state rank ``rank`` saved at ``step``, tensors on the CPU.
+
+        With ``writers``, raises CheckpointError unless that many ranks wrote the
+        checkpoint: a sharded state must be loaded by as many ranks as saved it.
+        """
         meta = self._meta(step, rank)
+        if writers is not None and meta["writers"] != writers:
+            raise CheckpointError(
+                f"checkpoint step {step} under {self.url} was written by {meta['writers']} "
+                f"rank(s) but this job loads it as {writers}; load with the world size and "
+                "sharding it was saved with"
+            )
         blob = bytearray(self.fs.cat_file(self.shard(step, rank, "safetensors")))
         start, index = _parse_header(lambda lo, hi: blob[lo:hi])
         data = _bytes(blob, start)
@@ -389,7 +399,7 @@ class AsyncCheckpointer:
 
     def load(self, step: int) -> Any:
         """The state this rank saved at ``step`` (rank 0's, when not sharded)."""
-        return self.store.read(step, self.rank if self.sharded else 0)
+        return self.store.read(step, self.rank if self.sharded else 0, self.writers)
 
     def close(self) -> None:
         """Waits for the last save (raising its error) and stops the background thread."""

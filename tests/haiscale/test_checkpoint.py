@@ -177,6 +177,8 @@ def test_two_ranks_sharded_and_replicated(tmp_path: Path) -> None:
     assert files == [f"rank-0000{r}.{kind}" for r in (0, 1) for kind in ("json", "safetensors")]
     with pytest.raises(CheckpointError, match="no shard for rank 2"):
         sharded.read(3, rank=2)
+    with pytest.raises(CheckpointError, match="written by 2 rank.* loads it as 1"):
+        AsyncCheckpointer(sharded.url).load(3)
     replicated = Path(CheckpointStore(str(tmp_path / "replicated")).path(7))
     assert sorted(p.name for p in replicated.iterdir()) == [
         "rank-00000.json",
