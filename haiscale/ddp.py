@@ -148,18 +148,15 @@ class Reducer:
         """Remember which parameters this forward's graph reaches, so those it does not
         reach can be marked ready as soon as backward starts (their buckets need not
         wait for the end)."""
-        if self.find_unused_parameters and self.sync:
+        if self.find_unused_parameters and self.sync and self._handles:
             self._reachable = (self._reachable or set()) | _reachable_leaves(outputs)
 
     def stop(self) -> None:
-        """Wait for all-reduces in flight and detach from the parameters; the module then
-        trains without synchronising. Idempotent."""
+        """Detach from the parameters (every all-reduce is done when backward returns);
+        the module then trains without synchronising. Idempotent."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for bucket in self.buckets:
-            if bucket.work is not None:
-                bucket.work.wait()
         self._reset()
 
     # -- autograd hooks -------------------------------------------------------------
@@ -171,7 +168,7 @@ class Reducer:
             self._start_backward()
         bucket, index = self._where[param]
         if index in bucket.ready:
-            raise RuntimeError(
+            self._abort(
                 f"haiscale DDP: parameter {self._names[param]!r} got a gradient after it was "
                 "marked unused: the loss uses it outside the wrapped module's forward, "
                 "which find_unused_parameters=True cannot see; call it inside forward"
@@ -208,25 +205,20 @@ class Reducer:
     def _finish_backward(self) -> None:
         """Runs once backward is done: settle parameters that got no gradient, wait for
         every bucket and point each parameter's ``.grad`` at its averaged slice."""
-        try:
-            missing = [
-                (b, i) for b in self.buckets for i in range(len(b.params)) if i not in b.ready
-            ]
-            if missing and not self.find_unused_parameters:
-                names = ", ".join(repr(self._names[b.params[i]]) for b, i in missing)
-                raise RuntimeError(
-                    f"haiscale DDP: parameter(s) {names} got no gradient in this backward "
-                    "pass; pass find_unused_parameters=True to DistributedDataParallel if "
-                    "they are unused on purpose, or make the loss depend on them"
-                )
-            for bucket, index in missing:
-                self._mark_ready(bucket, index)
-            for bucket in self.buckets:
-                bucket.work.wait()
-                self._write_back(bucket)
-        finally:
-            self._wait_launched()
-            self._reset()
+        missing = [(b, i) for b in self.buckets for i in range(len(b.params)) if i not in b.ready]
+        if missing and not self.find_unused_parameters:
+            names = ", ".join(repr(self._names[b.params[i]]) for b, i in missing)
+            self._abort(
+                f"haiscale DDP: parameter(s) {names} got no gradient in this backward pass; "
+                "pass find_unused_parameters=True to DistributedDataParallel if they are "
+                "unused on purpose, or make the loss depend on them"
+            )
+        for bucket, index in missing:
+            self._mark_ready(bucket, index)
+        for bucket in self.buckets:
+            bucket.work.wait()
+            self._write_back(bucket)
+        self._reset()
 
     def _write_back(self, bucket: _Bucket) -> None:
         for index, (param, view) in enumerate(zip(bucket.params, bucket.views, strict=True)):
@@ -234,12 +226,15 @@ class Reducer:
                 param.grad = view
             # else no rank used it: its gradient stays None, as in one process
 
-    def _wait_launched(self) -> None:
-        # A failed step must not leave collectives running into the next one.
+    def _abort(self, message: str) -> None:
+        """Raise RuntimeError(message) once the buckets already launched are done, so the
+        failed step leaves no collective running into the next one."""
         for bucket in self.buckets:
             if bucket.work is not None:
                 with contextlib.suppress(Exception):
                     bucket.work.wait()
+        self._reset()
+        raise RuntimeError(message)
 
     def _reset(self) -> None:
         for bucket in self.buckets:

@@ -5,6 +5,7 @@ long-running test process), so they import these functions by name."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -119,6 +120,14 @@ def train_rank(
     return state_of(ddp.module)
 
 
+def _error_of(fn: Callable[[], object]) -> str | None:
+    try:
+        fn()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 def scenarios(backend: str) -> dict:
     """Every DDP case on one process group; each model starts from this rank's own seed,
     so only the construction broadcast makes the ranks agree."""
@@ -146,12 +155,18 @@ def scenarios(backend: str) -> dict:
     ddp.reducer.stop()
 
     ddp = DistributedDataParallel(TinyNet(seed=rank, spare=True))
-    try:
-        train_rank(ddp, steps=1)
-        out["error"] = None
-    except RuntimeError as exc:
-        out["error"] = str(exc)
+    out["error"] = _error_of(lambda: train_rank(ddp, steps=1))
     ddp.reducer.stop()
+
+    ddp = DistributedDataParallel(TinyNet(seed=rank, spare=True), find_unused_parameters=True)
+    x = torch.randn(ROWS, 8)
+    # `spare` is not in forward's graph, so it was marked unused before its gradient came.
+    out["late_error"] = _error_of(lambda: (ddp(x).sum() + ddp.module.spare.weight.sum()).backward())
+    ddp.reducer.stop()
+    # Detached: the next backward leaves this rank's own gradient.
+    ddp.module.zero_grad()
+    ddp(torch.full((ROWS, 8), float(rank))).sum().backward()
+    out["grad_after_stop"] = ddp.module.head.weight.grad.clone()
 
     dist.destroy_process_group()
     return out

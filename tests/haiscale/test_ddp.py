@@ -60,3 +60,8 @@ def test_ddp_matches_one_process(backend: str, nodes: int, per_node: int) -> Non
         assert o.value["error"] is not None
         assert "'spare.weight'" in o.value["error"] and "'spare.bias'" in o.value["error"]
         assert "find_unused_parameters=True" in o.value["error"]
+        assert "'spare.weight' got a gradient after it was marked unused" in o.value["late_error"]
+    # Rank r fed rows of r: ranks still in sync would all hold the same gradient.
+    assert not torch.equal(
+        outcomes[0].value["grad_after_stop"], outcomes[1].value["grad_after_stop"]
+    )
