@@ -15,11 +15,14 @@ def make_subgroups(pp_size: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
         pp group k = ranks [k * pp_size, (k + 1) * pp_size)     (consecutive ranks)
         dp group s = ranks {s, s + pp_size, s + 2 * pp_size, ...}   (one per stage)
 
-    With ``pp_size`` a multiple of the ranks per node, each pipeline spans whole nodes,
-    so the ranks of one node all sit in different DP groups: their gradient all-reduces
-    go out through different GPUs and NICs instead of crowding one. Stage-to-stage
-    traffic stays inside the node or between neighbouring nodes. Example, W = 4,
-    pp_size = 2: pp groups [0, 1] and [2, 3]; dp groups [0, 2] and [1, 3].
+    A node's ranks are thus consecutive pipeline stages, each in its own DP group (with
+    ``pp_size`` = ranks per node, all of a node's ranks have different DP groups). Stages
+    finish their backward passes at different times in a pipeline step, so the gradient
+    all-reduces of a node's ranks reach its NIC staggered in time instead of all at once;
+    the stage-to-stage sends stay inside the node or go to the neighbouring one. When a node
+    holds several pipelines (``pp_size`` below the ranks per node), its ranks of one stage
+    share a DP group, where hfreduce sums them inside the node before the NIC.
+    Example, W = 4, pp_size = 2: pp groups [0, 1] and [2, 3]; dp groups [0, 2] and [1, 3].
 
     Raises ValueError when ``pp_size`` does not divide the world size.
     """

@@ -101,8 +101,14 @@ def train_all() -> dict[str, dict]:
 def train_subgroups() -> dict:
     """make_subgroups(pp_size=2) on 4 ranks, then 1F1B per pipeline with DP averaging."""
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    try:
+        make_subgroups(pp_size=3)
+        bad_size = "no error"
+    except ValueError as exc:
+        bad_size = str(exc)
     dp, pp = make_subgroups(pp_size=2)
     result = {
+        "bad_size": bad_size,
         "dp": dist.get_process_group_ranks(dp),
         "pp": dist.get_process_group_ranks(pp),
         **_train(_schedule("1f1b", make_model(), 2, 1, "never", pp), dp_group=dp),

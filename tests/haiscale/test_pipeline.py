@@ -58,6 +58,7 @@ def test_subgroups_layout_and_dp_times_pp_training(reference):
     results = [o.value for o in outcomes]
     assert [r["pp"] for r in results] == [[0, 1], [0, 1], [2, 3], [2, 3]]
     assert [r["dp"] for r in results] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    assert all("pp_size 3 does not divide the world size 4" in r["bad_size"] for r in results)
     model, losses, _ = reference
     for rank, result in enumerate(results):
         _check_stage_params(model, result["params"], rank % 2, 2, 1)
