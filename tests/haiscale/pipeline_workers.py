@@ -12,15 +12,19 @@ from torch import nn
 from haiscale.pipeline import GPipe, Interleaved1F1B, PipeDream, make_subgroups, partition
 
 STEPS = 3
-BATCH = 10  # micro-batches of 3, 3, 2, 2 rows: unequal shares of the loss
+BATCH = 10  # 5 rows per DP rank: unequal micro-batches, hence unequal shares of the loss
 LR = 0.1
-# (name, schedule, micro-batches, model chunks per rank, GPipe checkpoint mode)
+# (name, schedule, micro-batches, model chunks per rank, GPipe checkpoint mode, groups):
+# "pp" runs 2-stage pipelines on make_subgroups' groups, 2 DP ranks averaging gradients;
+# "world" runs one 4-stage pipeline on the default group.
 CONFIGS = [
-    ("gpipe", "gpipe", 4, 1, "never"),
-    ("gpipe-except-last", "gpipe", 4, 1, "except_last"),
-    ("gpipe-always", "gpipe", 3, 1, "always"),
-    ("1f1b", "1f1b", 4, 1, "never"),
-    ("interleaved", "interleaved", 4, 2, "never"),
+    ("gpipe", "gpipe", 4, 1, "never", "pp"),
+    ("gpipe-except-last", "gpipe", 4, 1, "except_last", "pp"),
+    ("gpipe-always", "gpipe", 3, 1, "always", "pp"),
+    ("1f1b", "1f1b", 4, 1, "never", "pp"),
+    ("interleaved", "interleaved", 4, 2, "never", "pp"),
+    ("1f1b-4-stages", "1f1b", 3, 1, "never", "world"),
+    ("interleaved-4-stages", "interleaved", 4, 2, "never", "world"),
 ]
 
 
@@ -28,7 +32,7 @@ def make_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-        nn.Linear(16, 4),
+        nn.Linear(16, 4), nn.Tanh(),
     )  # fmt: skip
 
 
@@ -37,17 +41,23 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(STEPS, BATCH, 8, generator=g), torch.randn(STEPS, BATCH, 4, generator=g)
 
 
+def _sgd(model: nn.Module) -> None:
+    """Plain SGD by hand: torch.optim refuses a stage without parameters (a lone Tanh)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= LR * p.grad
+            p.grad = None
+
+
 def train_single() -> tuple[nn.Sequential, list[torch.Tensor], list[torch.Tensor]]:
     """The reference: the whole model, one process, the full batch each step."""
     model, (xs, ys) = make_model(), make_data()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
     losses, outputs = [], []
     for x, y in zip(xs, ys, strict=True):
-        opt.zero_grad()
         out = model(x)
         loss = nn.functional.mse_loss(out, y)
         loss.backward()
-        opt.step()
+        _sgd(model)
         losses.append(loss.detach())
         outputs.append(out.detach())
     return model, losses, outputs
@@ -71,35 +81,22 @@ def _train(pipe: nn.Module, dp_group=None) -> dict:
         share = BATCH // dist.get_world_size(dp_group)
         rows = slice(dist.get_rank(dp_group) * share, (dist.get_rank(dp_group) + 1) * share)
         xs, ys = xs[:, rows], ys[:, rows]
-    opt = torch.optim.SGD(pipe.parameters(), lr=LR)
     losses, outputs = [], []
     for x, y in zip(xs, ys, strict=True):
-        opt.zero_grad()
         loss, out = pipe.forward_backward(x, criterion=nn.functional.mse_loss, labels=(y,))
         if dp_group is not None:
             for p in pipe.parameters():
                 dist.all_reduce(p.grad, group=dp_group)
                 p.grad /= dist.get_world_size(dp_group)
-        opt.step()
+        _sgd(pipe)
         losses.append(loss)
         outputs.append(out)
     params = [p.detach().clone() for p in pipe.parameters()]
     return {"params": params, "losses": losses, "outputs": outputs}
 
 
-def train_all() -> dict[str, dict]:
-    """Every configuration of CONFIGS, trained on the default group in turn."""
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
-    results = {
-        name: _train(_schedule(kind, make_model(), micro, chunks, ckpt, None))
-        for name, kind, micro, chunks, ckpt in CONFIGS
-    }
-    dist.destroy_process_group()
-    return results
-
-
-def train_subgroups() -> dict:
-    """make_subgroups(pp_size=2) on 4 ranks, then 1F1B per pipeline with DP averaging."""
+def train_all() -> dict:
+    """make_subgroups(pp_size=2) on 4 ranks, then every configuration of CONFIGS in turn."""
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     try:
         make_subgroups(pp_size=3)
@@ -107,11 +104,14 @@ def train_subgroups() -> dict:
     except ValueError as exc:
         bad_size = str(exc)
     dp, pp = make_subgroups(pp_size=2)
-    result = {
+    results = {
         "bad_size": bad_size,
         "dp": dist.get_process_group_ranks(dp),
         "pp": dist.get_process_group_ranks(pp),
-        **_train(_schedule("1f1b", make_model(), 2, 1, "never", pp), dp_group=dp),
     }
+    for name, kind, micro, chunks, ckpt, groups in CONFIGS:
+        group, dp_group = (pp, dp) if groups == "pp" else (None, None)
+        pipe = _schedule(kind, make_model(), micro, chunks, ckpt, group)
+        results[name] = _train(pipe, dp_group)
     dist.destroy_process_group()
-    return result
+    return results

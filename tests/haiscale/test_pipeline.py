@@ -25,8 +25,8 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def two_ranks() -> list[dict]:
-    outcomes = run_ranks(workers.train_all, ranks_per_node=2, timeout=120, start_method="spawn")
+def four_ranks() -> list[dict]:
+    outcomes = run_ranks(workers.train_all, ranks_per_node=4, timeout=120, start_method="spawn")
     return [o.value for o in outcomes]
 
 
@@ -39,44 +39,40 @@ def _check_stage_params(reference_model, params: list[torch.Tensor], rank, size,
         torch.testing.assert_close(got, want, **TOL)
 
 
+def test_subgroups_layout(four_ranks):
+    assert [r["pp"] for r in four_ranks] == [[0, 1], [0, 1], [2, 3], [2, 3]]
+    assert [r["dp"] for r in four_ranks] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    assert all("pp_size 3 does not divide the world size 4" in r["bad_size"] for r in four_ranks)
+
+
 @pytest.mark.parametrize("config", workers.CONFIGS, ids=[c[0] for c in workers.CONFIGS])
-def test_schedule_matches_single_process(two_ranks, reference, config):
-    name, _, _, model_chunks, _ = config
+def test_schedule_matches_single_process(four_ranks, reference, config):
+    name, _, _, model_chunks, _, groups = config
+    # Two 2-stage pipelines, each on half the batch, or one 4-stage pipeline.
+    size, last_stages = (2, [1, 3]) if groups == "pp" else (4, [3])
     model, losses, outputs = reference
-    for rank, result in enumerate(two_ranks):
-        _check_stage_params(model, result[name]["params"], rank, 2, model_chunks)
-    first, last = two_ranks[0][name], two_ranks[1][name]
-    assert first["losses"] == [None] * workers.STEPS and first["outputs"] == [None] * workers.STEPS
-    torch.testing.assert_close(torch.stack(last["losses"]), torch.stack(losses), **TOL)
-    torch.testing.assert_close(torch.stack(last["outputs"]), torch.stack(outputs), **TOL)
-
-
-def test_subgroups_layout_and_dp_times_pp_training(reference):
-    outcomes = run_ranks(
-        workers.train_subgroups, ranks_per_node=4, timeout=120, start_method="spawn"
-    )
-    results = [o.value for o in outcomes]
-    assert [r["pp"] for r in results] == [[0, 1], [0, 1], [2, 3], [2, 3]]
-    assert [r["dp"] for r in results] == [[0, 2], [1, 3], [0, 2], [1, 3]]
-    assert all("pp_size 3 does not divide the world size 4" in r["bad_size"] for r in results)
-    model, losses, _ = reference
-    for rank, result in enumerate(results):
-        _check_stage_params(model, result["params"], rank % 2, 2, 1)
-    # Each last stage saw half the batch; the two halves' mean losses average to the full one.
-    halves = torch.stack([torch.stack(results[r]["losses"]) for r in (1, 3)])
-    torch.testing.assert_close(halves.mean(0), torch.stack(losses), **TOL)
+    for rank, result in enumerate(four_ranks):
+        _check_stage_params(model, result[name]["params"], rank % size, size, model_chunks)
+        if rank not in last_stages:
+            assert result[name]["losses"] == result[name]["outputs"] == [None] * workers.STEPS
+    last = [four_ranks[r][name] for r in last_stages]
+    # Each DP rank's mean loss covers its half: the halves' mean is the full batch's.
+    got_losses = torch.stack([torch.stack(r["losses"]) for r in last]).mean(0)
+    torch.testing.assert_close(got_losses, torch.stack(losses), **TOL)
+    got_outputs = torch.cat([torch.stack(r["outputs"]) for r in last], dim=1)
+    torch.testing.assert_close(got_outputs, torch.stack(outputs), **TOL)
 
 
 def test_partition_splits_layers_and_rejects_bad_balance():
     model = workers.make_model()
-    stage = partition(model, 1, 2, balance=[3, 4])
+    stage = partition(model, 1, 2, balance=[3, 5])
     assert list(stage) == list(model)[3:]
-    chunks = partition(model, 0, 2, balance=[1, 2, 3, 1], num_model_chunks=2)
+    chunks = partition(model, 0, 2, balance=[1, 2, 3, 2], num_model_chunks=2)
     assert [list(c) for c in chunks] == [list(model)[:1], list(model)[3:6]]
-    with pytest.raises(ValueError, match="sums to 6 but the model has 7 layers"):
+    with pytest.raises(ValueError, match="sums to 6 but the model has 8 layers"):
         partition(model, 0, 2, balance=[3, 3])
     with pytest.raises(ValueError, match="has 2 entries but the pipeline has 4 stages"):
-        partition(model, 0, 2, balance=[3, 4], num_model_chunks=2)
+        partition(model, 0, 2, balance=[3, 5], num_model_chunks=2)
     with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
         partition(model, 2, 2)
 
