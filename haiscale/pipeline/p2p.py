@@ -35,12 +35,15 @@ class StageLinks:
 
     Virtual stage ``s`` lives on rank ``s % size`` of ``group``; stage ``s`` sends its
     activation for micro-batch ``m`` to stage ``s + 1`` and gets the gradient back.
+    Received activations are allocated on ``device`` (where the stages' parameters are).
     """
 
-    def __init__(self, group: dist.ProcessGroup | None, stages: int) -> None:
+    def __init__(self, group: dist.ProcessGroup | None, stages: int, device: torch.device) -> None:
         self.group = group
-        self.size = dist.get_world_size(group)
+        # Global rank of each group rank: torch.distributed addresses peers globally.
+        self.ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
         self.stages = stages
+        self.device = device
         self._sends: list[tuple[dist.Work, torch.Tensor]] = []
 
     def send_activation(self, x: torch.Tensor, stage: int, micro: int) -> None:
@@ -50,9 +53,9 @@ class StageLinks:
                 f"stage {stage} produced a {x.dtype} tensor of shape {tuple(x.shape)}; "
                 f"pipeline activations need one of {_DTYPES} and at most {_MAX_DIMS} dims"
             )
-        header = torch.zeros(2 + _MAX_DIMS, dtype=torch.int64)
-        header[0], header[1] = _DTYPES.index(x.dtype), x.dim()
-        header[2 : 2 + x.dim()] = torch.tensor(x.shape, dtype=torch.int64)
+        fields = [_DTYPES.index(x.dtype), x.dim(), *x.shape]
+        fields += [0] * (2 + _MAX_DIMS - len(fields))
+        header = torch.tensor(fields, dtype=torch.int64, device=self.device)
         tag = self._tag(stage, micro)
         self._send(header, stage + 1, tag)
         self._send(x.detach(), stage + 1, tag + 1)
@@ -60,9 +63,10 @@ class StageLinks:
     def recv_activation(self, stage: int, micro: int) -> torch.Tensor:
         """Receive stage ``stage``'s output for ``micro`` (called by stage ``stage + 1``)."""
         tag = self._tag(stage, micro)
-        header = self._recv(torch.empty(2 + _MAX_DIMS, dtype=torch.int64), stage, tag)
-        shape = header[2 : 2 + int(header[1])].tolist()
-        return self._recv(torch.empty(shape, dtype=_DTYPES[int(header[0])]), stage, tag + 1)
+        header = torch.empty(2 + _MAX_DIMS, dtype=torch.int64, device=self.device)
+        code, dims, *shape = self._recv(header, stage, tag).tolist()
+        x = torch.empty(shape[:dims], dtype=_DTYPES[code], device=self.device)
+        return self._recv(x, stage, tag + 1)
 
     def send_grad(self, grad: torch.Tensor, stage: int, micro: int) -> None:
         """Send the gradient of stage ``stage``'s output for ``micro`` back to it."""
@@ -82,9 +86,7 @@ class StageLinks:
         return (micro * self.stages + stage) * _KINDS
 
     def _peer(self, stage: int) -> int:
-        return (
-            dist.get_global_rank(self.group, stage % self.size) if self.group else stage % self.size
-        )
+        return self.ranks[stage % len(self.ranks)]
 
     def _send(self, x: torch.Tensor, stage: int, tag: int) -> None:
         x = x.contiguous()

@@ -62,7 +62,9 @@ class PipelineSchedule(nn.Module):
         self.rank = dist.get_rank(process_group)
         self.size = dist.get_world_size(process_group)
         self.stages = self.size * len(self.module)
-        self.links = StageLinks(process_group, self.stages)
+        params = (p for m in self.module for p in m.parameters())
+        device = next(params, torch.empty(0)).device
+        self.links = StageLinks(process_group, self.stages, device)
 
     def _order(self) -> list[Action]:
         """This rank's actions for one step (see ``haiscale.pipeline.orders``)."""
