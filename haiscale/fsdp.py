@@ -270,17 +270,24 @@ class FullyShardedDataParallel(nn.Module):
             root._prefetch(self, backward=True)
         # Gradients are reduced in fp32 whatever the compute dtype: the master is fp32.
         grad = grad.detach().float().contiguous()
+        # One reduce-scatter in flight at a time: each holds a full-size gradient, and on
+        # CPU several at once contend with the all-gathers for the same cores.
+        root._settle_grads()
         shard_grad = torch.empty_like(self.flat_param)
         work = dist.reduce_scatter_single(shard_grad, grad, group=self._group, async_op=True)
         root._pending_grads.append((self, work, shard_grad))
 
-    def _finish_backward(self) -> None:
+    def _settle_grads(self) -> None:
+        """Wait for the reduce-scatters in flight and add their blocks to the gradients."""
         for unit, work, shard_grad in self._pending_grads:
             work.wait()
             shard_grad.div_(self._world)  # the mean over ranks, as DDP averages
             p = unit.flat_param
             p.grad = shard_grad if p.grad is None else p.grad.add_(shard_grad)
         self._pending_grads.clear()
+
+    def _finish_backward(self) -> None:
+        self._settle_grads()
         for unit in self._units:
             unit._release()
             unit._backward_ready = False
