@@ -81,12 +81,14 @@ class FullyShardedDataParallel(nn.Module):
         auto_wrap_policy: which submodules become units of their own: a callable
             ``module -> bool`` or a set of module classes (e.g. ``{TransformerBlock}``).
             Whatever is left stays in the root unit.
-        backward_prefetch: when the next unit's all-gather is issued during backward.
+        backward_prefetch: when the next unit's all-gather is issued during backward
+            (``None``: not before that unit's own backward starts).
         mixed_precision: compute dtype of gathered parameters (e.g. ``torch.bfloat16``);
             shards, gradients and optimiser state stay fp32, and floating-point inputs are
             cast to it. ``None`` computes in fp32.
 
-    Build the optimiser on ``parameters()`` after wrapping: those are the shards.
+    Build the optimiser on ``parameters()`` after wrapping: those are the shards. The
+    state-dict methods belong to the outermost wrapper and speak the unwrapped model's names.
     """
 
     def __init__(
