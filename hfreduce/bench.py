@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import threading
@@ -26,21 +27,41 @@ SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20]
 LAYOUTS = [(1, 2), (1, 4), (2, 2)]  # (nodes, ranks per node)
 
 
-def _median_ms(call: Callable[[], object], barrier: Callable[[], object], iters: int) -> float:
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, all of its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(
+    call: Callable[[], object], barrier: Callable[[], object], iters: int
+) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms of this process) per call, after two warm-up calls.
+
+    The CPU time shows where a layout runs out of cores: when the ranks' CPU time summed
+    over ranks reaches cores x wall time, only doing less work makes a call faster.
+    """
     for _ in range(2):  # warm-up: first-touch page faults, lazy set-up
         barrier()
         call()
     times = []
+    cpu = 0.0
     for _ in range(iters):
         barrier()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_s()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        cpu += _cpu_s() - cpu_start
+    return statistics.median(times) * 1e3, cpu / iters * 1e3
 
 
-def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float, float | None]]:
-    """Per size: (gloo ms, hfreduce ms, TCP floor ms or None on one node) for this rank."""
+def _median_ms(call: Callable[[], object], barrier: Callable[[], object], iters: int) -> float:
+    return _timed(call, barrier, iters)[0]
+
+
+def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple]:
+    """Per size, for this rank: (gloo ms, hfreduce ms, TCP floor ms or None on one node,
+    gloo CPU ms, hfreduce CPU ms)."""
     import hfreduce
 
     dist.init_process_group("gloo")
@@ -51,12 +72,13 @@ def _rank_bench(sizes: list[int], iters: int) -> dict[int, tuple[float, float, f
         for size in sizes:
             a = torch.ones(size // 4)
             b = torch.ones(size // 4)
-            gloo_ms = _median_ms(lambda a=a: dist.all_reduce(a), dist.barrier, iters)
-            ours_ms = _median_ms(lambda b=b: comm.all_reduce(b), dist.barrier, iters)
-            results[size] = (gloo_ms, ours_ms, None)
+            gloo_ms, gloo_cpu = _timed(lambda a=a: dist.all_reduce(a), dist.barrier, iters)
+            ours_ms, ours_cpu = _timed(lambda b=b: comm.all_reduce(b), dist.barrier, iters)
+            results[size] = (gloo_ms, ours_ms, None, gloo_cpu, ours_cpu)
         if dist.get_world_size() > per_node:
             for size, floor_ms in _tcp_floor(sizes, per_node, iters).items():
-                results[size] = (*results[size][:2], floor_ms)
+                gloo_ms, ours_ms, _, gloo_cpu, ours_cpu = results[size]
+                results[size] = (gloo_ms, ours_ms, floor_ms, gloo_cpu, ours_cpu)
     finally:
         hfreduce.destroy()
         dist.destroy_process_group()
@@ -182,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"{'size':>8} {'layout':>11} {'gloo ms':>9} {'hfr ms':>9} {'speedup':>7} "
         f"{'gloo alg':>8} {'gloo bus':>8} {'hfr alg':>8} {'hfr bus':>8} {'hfr/memcpy':>10} "
-        f"{'tcp floor':>9} {'gloo/floor':>10}"
+        f"{'gloo cpu':>8} {'hfr cpu':>8} {'tcp floor':>9} {'gloo/floor':>10}"
     )
     print("all-reduce of float32, median of", args.iters, "calls; bandwidths in GB/s")
     print(header)
@@ -202,12 +224,19 @@ def main(argv: list[str] | None = None) -> None:
             ours_ms = max(o.value[size][1] for o in outcomes)
             g_alg, g_bus = _bandwidths(size, gloo_ms, world)
             h_alg, h_bus = _bandwidths(size, ours_ms, world)
+            gloo_cpu, ours_cpu = (sum(o.value[size][k] for o in outcomes) for k in (3, 4))
             floor = "" if nodes == 1 else _floor_columns(outcomes, size, gloo_ms)
             print(
                 f"{_human(size):>8} {f'{nodes}x{per_node} ranks':>11} {gloo_ms:9.3f} "
                 f"{ours_ms:9.3f} {gloo_ms / ours_ms:6.2f}x {g_alg:8.2f} {g_bus:8.2f} "
-                f"{h_alg:8.2f} {h_bus:8.2f} {ours_ms / roof[size]:10.1f}{floor}"
+                f"{h_alg:8.2f} {h_bus:8.2f} {ours_ms / roof[size]:10.1f} "
+                f"{gloo_cpu:8.1f} {ours_cpu:8.1f}{floor}"
             )
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"cpu: CPU ms per call summed over all ranks (user + system, every thread); with "
+        f"{cores} cores here\na call can take no less than cpu / {cores} ms, whoever does it."
+    )
     if any(nodes > 1 for nodes, _ in layouts):
         print(
             "tcp floor: every rank only swaps its slice (size / ranks per node) with its "
