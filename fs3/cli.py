@@ -150,3 +150,38 @@ def status(directory: str | None, address: str | None, config_path: str | None) 
         chains.add_row(str(c.chain_id), "  ".join(f"{m.target_id}:{m.state}" for m in c.members))
     console.print(targets)
     console.print(chains)
+
+
+@fs3.command("ls")
+@click.argument("path", default="fs3:///")
+@click.option("--address", default=None, help="mgmtd HOST:PORT (default: the URL, $FS3_CLUSTER).")
+@click.option("-l", "--long", "long_format", is_flag=True, help="Sizes and modification times.")
+@click.option("-R", "--recursive", is_flag=True, help="List every file below PATH.")
+@_config_option
+def ls(
+    path: str, address: str | None, long_format: bool, recursive: bool, config_path: str | None
+) -> None:
+    """List a folder of an fs3 cluster (PATH: fs3://[HOST:PORT]/folder or /folder)."""
+    import datetime
+
+    from fs3.client import FS3FileSystem
+    from fs3.errors import Fs3Error
+
+    try:
+        address = address or FS3FileSystem._get_kwargs_from_urls(path).get("address")
+        fs = FS3FileSystem(address=address, config_path=config_path)
+        stripped = fs._strip_protocol(path)
+        if recursive:
+            found = fs.find(stripped, withdirs=True, detail=True)
+            entries = [e for name, e in found.items() if name != stripped.rstrip("/")]
+        else:
+            entries = fs.ls(stripped, detail=True)
+    except (Fs3Error, OSError) as err:
+        raise click.ClickException(f"{path}: {err}") from None
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
+        if long_format:
+            when = datetime.datetime.fromtimestamp(entry.get("mtime") or 0)
+            click.echo(f"{entry['size']:>12} {when:%Y-%m-%d %H:%M:%S} {name}")
+        else:
+            click.echo(name)

@@ -34,3 +34,19 @@ def test_up_status_down(tmp_path: Path) -> None:
         down = subprocess.run(fs3 + ["down", str(tmp_path)], capture_output=True, text=True,
                               timeout=60)  # fmt: skip
     assert "stopped 5" in down.stdout
+
+
+def test_ls_lists_files_with_sizes(cluster, fs3fs) -> None:  # type: ignore[no-untyped-def]
+    cluster_address, fs = cluster.address, fs3fs
+    fs.pipe_file("/ls-test/a/one.bin", b"x" * 1000)
+    fs.pipe_file("/ls-test/two.bin", b"y" * 10)
+    runner = CliRunner()
+    flat = runner.invoke(main, ["fs3", "ls", f"fs3://{cluster_address}/ls-test"])
+    assert flat.exit_code == 0, flat.output
+    assert flat.output.split() == ["/ls-test/a/", "/ls-test/two.bin"]
+    deep = runner.invoke(main, ["fs3", "ls", "-lR", "--address", cluster_address, "/ls-test"])
+    assert deep.exit_code == 0, deep.output
+    sizes = {line.split()[-1]: int(line.split()[0]) for line in deep.output.splitlines()}
+    assert sizes == {"/ls-test/a/": 0, "/ls-test/a/one.bin": 1000, "/ls-test/two.bin": 10}
+    missing = runner.invoke(main, ["fs3", "ls", "--address", cluster_address, "/nope"])
+    assert missing.exit_code == 1 and "/nope" in missing.output
