@@ -1,0 +1,90 @@
+"""``hai demo``: the whole stack on one machine, from data to a preempted and resumed job.
+
+Starts a local fs3 cluster and platform (:mod:`hai.demo.stack`), plays the scenario
+(:mod:`hai.demo.scenario`) with live progress, then prints the summary, writes it as
+JSON beside the loss-curve picture, and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from hai.demo.progress import Progress
+from hai.demo.report import Summary, plot, summarize, summary_rows
+from hai.demo.scenario import DemoOptions, Scenario
+from hai.demo.stack import DemoStack
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_demo(
+    root: Path,
+    options: DemoOptions,
+    nodes: int = 2,
+    gpus_per_node: int = 2,
+    port: int | None = None,
+    keep: bool = False,
+    out: TextIO = sys.stdout,
+) -> Summary:
+    """Runs the demo in ``root``; returns its summary (also in ``root/demo/summary.json``).
+
+    Raises:
+        DemoError: the folder, port or a job failed; the message says which and why.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; everything started is stopped first.
+    """
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with DemoStack(root, nodes, gpus_per_node, port, keep) as stack:
+            print(
+                f"hai demo: fs3 at {stack.fs3.address}, platform at "  # type: ignore[union-attr]
+                f"{stack.platform.address}, state in {stack.root}",
+                file=out,
+                flush=True,
+            )  # type: ignore[union-attr]
+            progress = Progress()
+            scenario = Scenario(stack, options, on_change=progress.update)
+            try:
+                with progress:
+                    outcome = scenario.run()
+            finally:
+                scenario.close()
+            summary = summarize(outcome, time.monotonic() - started)
+            picture = plot(outcome, stack.work_dir / "loss.png")
+            (stack.work_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+            _print_summary(summary, picture, stack, out)
+            return summary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(summary: Summary, picture: Path, stack: DemoStack, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("", "", title="hai demo: summary", show_header=False)
+    for name, value in summary_rows(summary):
+        table.add_row(name, value)
+    console = Console(file=out, width=110)
+    console.print(table)
+    console.print(f"loss curve: {picture}")
+    hai = stack.hai_dir
+    if stack.keep:
+        console.print(
+            f"clusters kept running; look around with\n"
+            f"  HAI_STATE_DIR={hai} hai ls --all; HAI_STATE_DIR={hai} hai logs 1\n"
+            f"  FS3_CLUSTER={stack.fs3.address} hai fs3 ls -lR fs3:///checkpoints\n"  # type: ignore[union-attr]
+            f"and stop them with `hai demo --down {stack.root}`"
+        )
+    else:
+        console.print(
+            f"every process stopped; logs in {hai}/logs, `hai demo --keep` leaves the "
+            "clusters up for hai ls / hai logs / hai fs3 ls"
+        )
