@@ -1,127 +1,87 @@
 """Training entry point: `python -m deepseek.train CONFIG.yaml [section.field=value ...]`.
 
-What platform jobs run. It parses the config, builds the model, data and optimiser, trains,
-and always closes the process group. Rank and world size come from the RANK / LOCAL_RANK /
-WORLD_SIZE variables `hai` (or torchrun) sets; with more than one rank the model is
-wrapped in torch.distributed DDP. Checkpoints hold model, optimiser, scheduler, the step
-(which fixes the data position) and RNG states, so a resumed run continues the
-uninterrupted loss curve exactly.
+What platform jobs run. It parses the config, builds the model, data and optimiser, lays the
+model out over the ranks (`deepseek.parallel`: haiscale DDP or FSDP, expert parallelism),
+trains, and always closes the process group. Rank and world size come from the RANK /
+LOCAL_RANK / WORLD_SIZE variables `hai` (or torchrun) sets; `backend` picks the process
+group's backend. Checkpoints go through `haiscale.checkpoint.AsyncCheckpointer` (training
+stalls only for the host copy) and hold model, optimiser, scheduler, the step (which fixes
+the data position) and RNG states, so a resumed run continues the uninterrupted loss curve
+exactly.
+
+Suspending: `run` asks `should_suspend()` after every step on every rank, and the ranks
+agree (one small all-reduce, shared with the loss) so they all stop after the same step.
+It then checkpoints that step, waits until the checkpoint is published, calls
+`acknowledge_suspend()` and returns; `main` wires these to the hai job-side client and to
+SIGTERM (`deepseek.train_hooks`).
+
+Metrics (`metrics_file`): rank 0 appends one JSON object per line, flushed each time.
+Times are Unix seconds; every event has an "event" key:
+
+    start       time, step (first step of this run), resumed_from (checkpoint URL or null),
+                restart_count (HAI_RESTART_COUNT), world, parallel ("ddp", "fsdp" or "none"
+                for one process), backend (or "none"), ep
+    allreduce   bytes, seconds, algbw_gbps: one timed all-reduce (after a warm-up) of an
+                fp32 tensor the size of the model's gradients over the training process
+                group; algbw_gbps = bytes / seconds / 1e9. Multi-rank runs only, once.
+    step        time, step (steps done), loss and ce_loss (averaged over ranks), lr (the
+                one this step applied), tokens_per_s (all ranks), expert_imbalance (mean over
+                MoE layers of max/mean tokens per expert; null for a dense model)
+    checkpoint  step, bytes (all ranks' shards), stall_s (training blocked), write_s (from
+                the save call until published), url; written once the checkpoint is published
+    suspend     step, requested_at (when the ranks agreed to stop), acknowledged_at
+    end         time, step, reason ("finished" or "suspended")
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import torch
 import torch.distributed as dist
-import yaml
 
-from deepseek.config import ModelConfig, load_config, preset
-from deepseek.data import DataConfig, TokenBatches, load_tokenizer, read_tokens
-from deepseek.errors import ConfigError
+from deepseek.data import TokenBatches, load_tokenizer, read_tokens
+from deepseek.errors import ConfigError, DeepseekError
 from deepseek.model import DeepseekForCausalLM
+from deepseek.parallel import (
+    Parallelized,
+    agree,
+    allreduce_bandwidth,
+    check_degrees,
+    init_process_group,
+    parallelize,
+)
+from deepseek.train_config import (
+    ModelSection,
+    OptimConfig,
+    TrainConfig,
+    build_model_config,
+    load_train_config,
+)
+from deepseek.train_hooks import JobHooks, MetricsLog
+from deepseek.train_state import TrainCheckpoints
+from haiscale.checkpoint import CheckpointError
+
+__all__ = [
+    "ModelSection",
+    "OptimConfig",
+    "RunResult",
+    "TrainConfig",
+    "load_train_config",
+    "lr_at",
+    "main",
+    "run",
+]
 
 log = logging.getLogger("deepseek.train")
-
-
-@dataclass
-class ModelSection:
-    preset: str = "v3-tiny"
-    """A `deepseek.config.PRESETS` name, used when `config` is not given."""
-    config: str | None = None
-    """URL of a HF config.json to build the model from instead."""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    """ModelConfig fields to replace, e.g. {num_hidden_layers: 4}."""
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    """Cosine floor."""
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    """Applied to matrices only, not to norms and biases."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    """Max global gradient norm (0 disables)."""
-
-
-@dataclass
-class TrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 100
-    """Total optimiser steps (also the cosine horizon)."""
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
-    checkpoint_dir: str | None = None
-    """fsspec URL of the checkpoint folder; None disables checkpoints and resume."""
-    device: str = "auto"
-    """"auto" picks cuda:LOCAL_RANK when a GPU is present, else cpu."""
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ConfigError(f"steps={self.steps}: must be positive")
-        if self.checkpoint_every <= 0:
-            raise ConfigError(f"checkpoint_every={self.checkpoint_every}: must be positive")
-        if self.data.seq_len <= 0 or self.data.batch_size <= 0:
-            raise ConfigError(
-                f"data.seq_len={self.data.seq_len}, data.batch_size={self.data.batch_size}: "
-                "must be positive"
-            )
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    nested = {"model": ModelSection, "data": DataConfig, "optim": OptimConfig}
-    kwargs = {}
-    for key, value in values.items():
-        if cls is TrainConfig and key in nested:
-            value = _build(nested[key], value or {}, key)
-        elif key == "betas":
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def load_train_config(path: str, overrides: list[str] = ()) -> TrainConfig:  # type: ignore[assignment]
-    """Reads a YAML file, then applies `section.field=value` overrides (values parsed as YAML).
-
-    Raises:
-        ConfigError: unknown fields, malformed overrides or invalid values.
-    """
-    with fsspec.open(path, "r") as f:
-        values = yaml.safe_load(f) or {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected section.field=value")
-        *parents, leaf = key.split(".")
-        target = values
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw)
-    return _build(TrainConfig, values, "train config")
-
-
-def build_model_config(section: ModelSection) -> ModelConfig:
-    base = load_config(section.config) if section.config else preset(section.preset)
-    return dataclasses.replace(base, **section.overrides)
 
 
 def lr_at(step: int, optim: OptimConfig, steps: int) -> float:
@@ -130,43 +90,6 @@ def lr_at(step: int, optim: OptimConfig, steps: int) -> float:
         return optim.lr * (step + 1) / optim.warmup_steps
     progress = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
     return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def _optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
-
-
-def _checkpoint_path(root: str, step: int) -> str:
-    return f"{root.rstrip('/')}/step-{step:08d}.pt"
-
-
-def _latest_checkpoint(root: str) -> str | None:
-    fs, path = fsspec.core.url_to_fs(root)
-    if not fs.exists(path):
-        return None
-    names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".pt"))
-    return fs.unstrip_protocol(names[-1]) if names else None
-
-
-def _save(url: str, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    # Write then rename, so a job killed mid-write never leaves a truncated latest checkpoint.
-    fs.pipe_file(path + ".tmp", buffer.getvalue())
-    fs.mv(path + ".tmp", path)
-
-
-def _load(url: str) -> dict[str, Any]:
-    with fsspec.open(url, "rb") as f:
-        return torch.load(io.BytesIO(f.read()), weights_only=False)
 
 
 def _progress(total: int, start: int):
@@ -180,22 +103,74 @@ def _progress(total: int, start: int):
     return bar, bar.add_task("training", total=total, completed=start)
 
 
-def run(config: TrainConfig, stop_at: int | None = None) -> list[float]:
-    """Trains (resuming from the newest checkpoint in checkpoint_dir) and returns the
-    per-step total losses of this run.
+@dataclass
+class RunResult:
+    """How a `run` ended."""
+
+    losses: list[float]
+    """Per-step total losses of this run, averaged over ranks."""
+    step: int
+    """Steps done when it ended; after a suspend, the step of its checkpoint."""
+    reason: str
+    """"finished" or "suspended"."""
+
+
+@dataclass
+class _Job:
+    """What one `run` trains with: built there, stepped by `_train`."""
+
+    config: TrainConfig
+    plan: Parallelized
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: TokenBatches
+    checkpoints: TrainCheckpoints | None
+    metrics: MetricsLog
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _ranks() -> tuple[int, int, int]:
+    """(rank, world, local rank) from torch.distributed, or the environment for one process."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        raise ConfigError(
+            f"WORLD_SIZE={world} but torch.distributed is not initialised; start through "
+            "`python -m deepseek.train` or call deepseek.parallel.init_process_group first"
+        )
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local_rank
+    return 0, 1, local_rank
+
+
+def run(
+    config: TrainConfig,
+    *,
+    should_suspend: Callable[[], bool] | None = None,
+    acknowledge_suspend: Callable[[], None] | None = None,
+) -> RunResult:
+    """Trains, resuming from the newest complete checkpoint in checkpoint_dir.
+
+    With more than one rank torch.distributed must be initialised (`main` does it).
 
     Args:
-        stop_at: stop after this step, checkpointing first, as a preempted job would.
+        should_suspend: asked after every step on every rank; once it is true on any rank,
+            every rank stops after that step, checkpoints it, waits until the checkpoint is
+            published and returns (reason "suspended"). None: never suspend.
+        acknowledge_suspend: called on every rank once that checkpoint is published.
+    Raises:
+        ConfigError: a layout (`parallel`, `ep`) that does not fit the world or the model.
     """
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world, local_rank = _ranks()
     if config.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
     torch.manual_seed(config.seed)
     model = DeepseekForCausalLM(build_model_config(config.model)).to(device).train()
+    check_degrees(config.parallel, config.ep, world, model.config)
     tokenizer = load_tokenizer(config.data)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(
@@ -208,94 +183,154 @@ def run(config: TrainConfig, stop_at: int | None = None) -> list[float]:
         config.data.batch_size,
         config.seed,
     )
-    optimizer = _optimizer(model, config.optim)
+    grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan = parallelize(model, parallel=config.parallel, ep=config.ep, world=world)
+    optim = config.optim
+    optimizer = torch.optim.AdamW(plan.param_groups(optim.weight_decay), lr=optim.lr,
+                                  betas=optim.betas)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_at(s, config.optim, config.steps) / config.optim.lr
+        optimizer, lambda s: lr_at(s, optim, config.steps) / optim.lr
     )
-    start = 0
-    latest = _latest_checkpoint(config.checkpoint_dir) if config.checkpoint_dir else None
-    if latest is not None:
-        state = _load(latest)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        start = state["step"]
-        log.info("resumed from %s at step %d", latest, start)
-    step_model: torch.nn.Module = model
-    if world > 1:
-        # Buffers stay per rank: the routing bias moves identically everywhere because
-        # update_bias all-reduces loads, and load counts must not be overwritten by rank 0.
-        step_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    end = min(config.steps, stop_at) if stop_at is not None else config.steps
-    losses: list[float] = []
-    progress = _progress(config.steps, start) if rank == 0 else None
-    tokens_per_step = config.data.batch_size * config.data.seq_len * world
-    clock = time.perf_counter()
+    metrics = MetricsLog(config.metrics_file if rank == 0 else None)
+    checkpoints = None
+    progress = None
     try:
-        for step in range(start, end):
-            inputs, labels = (t.to(device) for t in batches.batch(step, rank, world))
-            with autocast:
-                out = step_model(inputs, labels=labels)
-            out.loss.backward()
-            if config.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loads = model.update_expert_bias()
-            losses.append(out.loss.item())
-            done = step + 1
-            if rank == 0 and (done % config.log_every == 0 or done == end):
-                elapsed, clock = time.perf_counter() - clock, time.perf_counter()
-                steps_logged = done % config.log_every or config.log_every
-                imbalance = (
-                    (loads.amax(1) / loads.mean(1).clamp(min=1)).mean().item()
-                    if (loads is not None)
-                    else 1.0
-                )
-                log.info(
-                    "step %d loss %.4f ce %.4f lr %.2e tok/s %.0f expert max/mean load %.2f",
-                    done,
-                    losses[-1],
-                    out.ce_loss.item(),
-                    scheduler.get_last_lr()[0],
-                    tokens_per_step * steps_logged / elapsed,
-                    imbalance,
-                )
-            if progress is not None:
-                progress[0].update(progress[1], completed=done)
-            if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == end):
-                if rank == 0:
-                    _save(
-                        _checkpoint_path(config.checkpoint_dir, done),
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "rng": torch.get_rng_state(),
-                            # Every rank seeds alike and draws alike, so rank 0's states
-                            # stand for all (each rank restores onto its own device).
-                            "cuda_rng": (
-                                torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-                            ),
-                            "step": done,
-                            "config": dataclasses.asdict(config),
-                        },
-                    )
-                if world > 1:
-                    dist.barrier()
+        start, resumed_from = 0, None
+        if config.checkpoint_dir:
+            checkpoints = TrainCheckpoints(config.checkpoint_dir, keep=config.checkpoint_keep,
+                                           sharded=plan.sharded_checkpoint, metrics=metrics,
+                                           device=device)  # fmt: skip
+            found = checkpoints.resume(plan, optimizer, scheduler)
+            if found is not None:
+                start, resumed_from = found, checkpoints.url_of(found)
+                log.info("resumed from %s at step %d", resumed_from, start)
+        backend = dist.get_backend() if world > 1 else "none"
+        metrics.write("start", time=time.time(), step=start, resumed_from=resumed_from,
+                      restart_count=int(os.environ.get("HAI_RESTART_COUNT", 0)), world=world,
+                      parallel=config.parallel if world > 1 else "none", backend=backend,
+                      ep=config.ep)  # fmt: skip
+        if world > 1:
+            bandwidth = allreduce_bandwidth(grad_numel, device)
+            metrics.write("allreduce", **bandwidth)
+            if rank == 0:
+                log.info("all-reduce of %.1f MB over %s on %d ranks: %.3f GB/s",
+                         bandwidth["bytes"] / 2**20, backend, world,
+                         bandwidth["algbw_gbps"])  # fmt: skip
+        progress = _progress(config.steps, start) if rank == 0 else None
+        job = _Job(config, plan, optimizer, scheduler, batches, checkpoints, metrics, rank,
+                   world, device)  # fmt: skip
+        result = _train(job, start, progress, should_suspend, acknowledge_suspend)
+        metrics.write("end", time=time.time(), step=result.step, reason=result.reason)
+        return result
+    except BaseException:
+        if checkpoints is not None:  # the error in flight says more than a failed write
+            checkpoints.close(quiet=True)
+            checkpoints = None
+        raise
     finally:
+        if checkpoints is not None:
+            checkpoints.close()
         if progress is not None:
             progress[0].stop()
-    return losses
+        metrics.close()
+
+
+def _train(
+    job: _Job,
+    start: int,
+    progress: Any,
+    should_suspend: Callable[[], bool] | None,
+    acknowledge_suspend: Callable[[], None] | None,
+) -> RunResult:
+    """The step loop of `run`, from step `start`."""
+    config, plan, rank, world, device = job.config, job.plan, job.rank, job.world, job.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    optim, end = config.optim, config.steps
+    losses: list[float] = []
+    tokens_per_step = config.data.batch_size * config.data.seq_len * world
+    clock = time.perf_counter()
+    done = start
+    for step in range(start, end):
+        began = time.perf_counter()
+        inputs, labels = (t.to(device) for t in job.batches.batch(step, rank, world))
+        with autocast:
+            loss, ce_loss = plan.module(inputs, labels)
+        loss.backward()
+        plan.finish_gradients()
+        if optim.grad_clip > 0:
+            plan.clip_grad_norm_(optim.grad_clip)
+        lr = job.scheduler.get_last_lr()[0]
+        plan.decay_fsdp_shards(lr, optim.weight_decay)
+        job.optimizer.step()
+        job.scheduler.step()
+        job.optimizer.zero_grad(set_to_none=True)
+        loads = plan.model.update_expert_bias()
+        asked = should_suspend is not None and bool(should_suspend())
+        (loss_value, ce_value), suspend = agree([loss, ce_loss], asked, world)
+        requested_at = time.time()
+        losses.append(loss_value)
+        done = step + 1
+        imbalance = (
+            (loads.amax(1) / loads.mean(1).clamp(min=1)).mean().item() if loads is not None
+            else None
+        )  # fmt: skip
+        job.metrics.write("step", time=time.time(), step=done, loss=loss_value,
+                          ce_loss=ce_value, lr=lr, expert_imbalance=imbalance,
+                          tokens_per_s=tokens_per_step / (time.perf_counter() - began))  # fmt: skip
+        if rank == 0 and (done % config.log_every == 0 or done == end):
+            elapsed, clock = time.perf_counter() - clock, time.perf_counter()
+            steps_logged = done % config.log_every or config.log_every
+            log.info(
+                "step %d loss %.4f ce %.4f lr %.2e tok/s %.0f expert max/mean load %.2f",
+                done,
+                loss_value,
+                ce_value,
+                lr,
+                tokens_per_step * steps_logged / elapsed,
+                1.0 if imbalance is None else imbalance,
+            )
+        if progress is not None:
+            progress[0].update(progress[1], completed=done)
+        if job.checkpoints and (done % config.checkpoint_every == 0 or done == end or suspend):
+            job.checkpoints.save(done, plan, job.optimizer, job.scheduler,
+                                 dataclasses.asdict(config))  # fmt: skip
+        if suspend and done < end:
+            _suspend(job, done, requested_at, acknowledge_suspend)
+            return RunResult(losses, done, "suspended")
+    if job.checkpoints is not None:
+        job.checkpoints.wait()
+    return RunResult(losses, done, "finished")
+
+
+def _suspend(
+    job: _Job, step: int, requested_at: float, acknowledge_suspend: Callable[[], None] | None
+) -> None:
+    """After the ranks agreed (at `requested_at`) to stop at `step` and its checkpoint was
+    saved: wait until it is published, acknowledge, report."""
+    if job.rank == 0:
+        log.info("suspend requested: stopping after step %d", step)
+    if job.checkpoints is not None:
+        job.checkpoints.wait()
+    elif job.rank == 0:
+        log.warning("suspending without a checkpoint (no checkpoint_dir): the next run "
+                    "starts again from step 0")  # fmt: skip
+    if acknowledge_suspend is not None:
+        acknowledge_suspend()  # on every rank: the platform's acknowledgement is idempotent
+    acknowledged_at = time.time()
+    job.metrics.write("suspend", step=step, requested_at=requested_at,
+                      acknowledged_at=acknowledged_at)  # fmt: skip
+    if job.rank == 0:
+        where = job.checkpoints.url_of(step) if job.checkpoints else "no checkpoint"
+        log.info("suspended after step %d (%s); acknowledged after %.2fs", step, where,
+                 acknowledged_at - requested_at)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses `CONFIG.yaml [section.field=value ...]`, trains, and always closes."""
+    """Parses `CONFIG.yaml [section.field=value ...]`, trains, and always closes.
+
+    Returns 0 when training finished or suspended, 1 when a checkpoint could not be written
+    or read, 2 on a usage or configuration error (each reported as one line).
+    """
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print(
@@ -303,12 +338,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_train_config(args[0], args[1:])
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    hooks = None
     try:
-        run(config)
+        config = load_train_config(args[0], args[1:])
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+            init_process_group(config.backend)
+        hooks = JobHooks.install()
+        run(config, should_suspend=hooks.should_suspend,
+            acknowledge_suspend=hooks.acknowledge_suspend)  # fmt: skip
+    except DeepseekError as err:
+        print(f"deepseek.train: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"deepseek.train: {err}", file=sys.stderr)
+        return 1
     finally:
+        if hooks is not None:
+            hooks.uninstall()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

@@ -1,21 +1,26 @@
-"""The training entry point: parquet via fsspec, loss falls, exact resume, bad data, DDP."""
+"""The training entry point: parquet via fsspec, loss falls, exact resume through the
+suspend hook, bad data and config, the command line (one process, torchrun, SIGTERM and the
+hai suspend file). Multi-rank layouts: test_parallel.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 
 import deepseek
 from deepseek.data import DataConfig, HFTokenizer, read_tokens
 from deepseek.train import TrainConfig, load_train_config, lr_at, run
+from haiscale.checkpoint import CheckpointStore, load_latest
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog.",
@@ -48,18 +53,34 @@ def _config(corpus: str, tmp_path: Path, **values) -> TrainConfig:
 
 
 def test_loss_falls(corpus: str, tmp_path: Path) -> None:
-    losses = run(_config(corpus, tmp_path, steps=30))
-    assert len(losses) == 30
+    result = run(_config(corpus, tmp_path, steps=30))
+    losses = result.losses
+    assert len(losses) == 30 and (result.step, result.reason) == (30, "finished")
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
 
 
-def test_stop_and_resume_reproduces_uninterrupted_curve(corpus: str, tmp_path: Path) -> None:
+def test_suspend_and_resume_reproduces_uninterrupted_curve(corpus: str, tmp_path: Path) -> None:
     straight = run(_config(corpus, tmp_path, steps=6, checkpoint_dir=str(tmp_path / "a")))
     config = _config(corpus, tmp_path, steps=6, checkpoint_dir=str(tmp_path / "b"))
-    first = run(config, stop_at=3)
-    assert (tmp_path / "b" / "step-00000003.pt").exists()
+    calls, acks = [], []
+    first = run(
+        config,
+        should_suspend=lambda: calls.append(1) or len(calls) >= 3,
+        acknowledge_suspend=lambda: acks.append(CheckpointStore(str(tmp_path / "b")).latest()),
+    )
+    assert (first.step, first.reason) == (3, "suspended")
+    assert acks == [3]  # acknowledged once, with the checkpoint of step 3 already published
     second = run(config)
-    assert first + second == straight
+    assert second.reason == "finished"
+    assert first.losses + second.losses == straight.losses
+    assert CheckpointStore(str(tmp_path / "b")).steps() == [3, 4, 6]
+
+
+def test_checkpoint_keep_drops_older_checkpoints(corpus: str, tmp_path: Path) -> None:
+    config = _config(corpus, tmp_path, steps=4, checkpoint_every=1, checkpoint_keep=2,
+                     checkpoint_dir=str(tmp_path / "ck"))  # fmt: skip
+    run(config)
+    assert CheckpointStore(str(tmp_path / "ck")).steps() == [3, 4]
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
@@ -109,12 +130,47 @@ def test_unknown_config_field_is_rejected(tmp_path: Path) -> None:
         load_train_config(str(tmp_path / "c.yaml"))
 
 
-def _entry_point(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("parallel=tp", "parallel='tp': choose one of ddp, fsdp"),
+        ("parallel=pp", "parallel=pp: DeepseekForCausalLM cannot be cut into haiscale.pipeline"),
+        ("backend=mpi", "backend='mpi': choose one of auto, hfreduce, gloo, nccl"),
+        ("ep=0", "ep=0: must be a positive integer"),
+        ("checkpoint_keep=0", "checkpoint_keep=0: keep at least 1"),
+    ],
+)
+def test_bad_layout_values_are_one_clear_line(tmp_path: Path, override: str, message: str) -> None:
+    (tmp_path / "c.yaml").write_text("steps: 3\n")
+    with pytest.raises(deepseek.ConfigError) as caught:
+        load_train_config(str(tmp_path / "c.yaml"), [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_expert_degree_that_does_not_fit_one_process_is_refused(
+    corpus: str, tmp_path: Path
+) -> None:
+    with pytest.raises(deepseek.ConfigError, match=r"ep=2 must divide both the world size \(1"):
+        run(_config(corpus, tmp_path, ep=2))
+
+
+def _entry_point(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=170
-    )
+        [sys.executable, *args], cwd=cwd, env=_environment(env), capture_output=True, text=True,
+        timeout=170,
+    )  # fmt: skip
+
+
+def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "HAI_CONTROL_DIR", "HAI_RESTART_COUNT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_command_line_runs_with_overrides(corpus: str, tmp_path: Path) -> None:
@@ -125,17 +181,71 @@ def test_command_line_runs_with_overrides(corpus: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "step 2 loss" in result.stderr
-    assert (tmp_path / "ck" / "step-00000002.pt").exists()
+    assert CheckpointStore(f"{tmp_path}/ck").steps() == [2]
+
+
+def test_command_line_config_error_is_one_line(corpus: str, tmp_path: Path) -> None:
+    _config(corpus, tmp_path)
+    result = _entry_point(["-m", "deepseek.train", "train.yaml", "ep=3"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "deepseek.train: ep=3 must divide both the world size (1 ranks) and the routed "
+        "experts per MoE layer (8); choose a common divisor"
+    )
+
+
+@pytest.mark.parametrize("trigger", ["sigterm", "hai-suspend-file"])
+def test_command_line_suspends_with_a_checkpoint(corpus: str, tmp_path: Path, trigger: str) -> None:
+    """A platform job told to suspend (the hai suspend file, or SIGTERM when it has no
+    other channel) finishes its step, checkpoints it, acknowledges and exits 0."""
+    _config(corpus, tmp_path)
+    control = tmp_path / "control"
+    control.mkdir()
+    metrics = tmp_path / "metrics.jsonl"
+    env = {"HAI_CONTROL_DIR": str(control), "HAI_RESTART_COUNT": "1"}
+    args = ["-m", "deepseek.train", "train.yaml", "steps=100000", "checkpoint_every=100000",
+            f"checkpoint_dir={tmp_path}/ck", f"metrics_file={metrics}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=tmp_path, text=True, stderr=subprocess.PIPE,
+        env=_environment(env if trigger != "sigterm" else None),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(e["event"] == "step" for e in _events(metrics)):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no training step within 120s"
+            time.sleep(0.1)
+        if trigger == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            (control / "suspend").touch()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    events = _events(metrics)
+    suspend, end = events[-2], events[-1]
+    assert suspend["event"] == "suspend" and end == {**end, "event": "end", "reason": "suspended"}
+    step = suspend["step"]
+    assert end["step"] == step and CheckpointStore(f"{tmp_path}/ck").steps() == [step]
+    assert f"suspended after step {step}" in stderr
+    assert (control / "suspend_ack").exists() == (trigger != "sigterm")
+    assert events[0]["restart_count"] == (0 if trigger == "sigterm" else 1)
 
 
 def test_two_process_ddp_keeps_ranks_in_sync(corpus: str, tmp_path: Path) -> None:
+    """torchrun, as a platform launches ranks: main() picks hfreduce on a CPU machine."""
     _config(corpus, tmp_path)
     args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = _entry_point(
-        [*args, "-m", "deepseek.train", "train.yaml", "steps=2", f"checkpoint_dir={tmp_path}/ck"],
-        tmp_path,
-    )
+    train = ["-m", "deepseek.train", "train.yaml", "steps=2", f"checkpoint_dir={tmp_path}/ck",
+             f"metrics_file={tmp_path}/metrics.jsonl"]  # fmt: skip
+    result = _entry_point([*args, *train], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(tmp_path / "ck" / "step-00000002.pt", weights_only=False)
+    step, state = load_latest(f"{tmp_path}/ck")
+    assert step == 2
     bias = state["model"]["model.layers.1.mlp.gate.e_score_correction_bias"]
     assert bias.abs().sum() > 0
+    start = _events(tmp_path / "metrics.jsonl")[0]
+    assert (start["backend"], start["world"], start["parallel"]) == ("hfreduce", 2, "ddp")
