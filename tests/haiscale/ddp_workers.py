@@ -120,6 +120,21 @@ def train_rank(
     return state_of(ddp.module)
 
 
+def watch_grads(ddp: DistributedDataParallel) -> tuple[list[bool], list]:
+    """Hooks run after DDP's own on every parameter, each recording whether the
+    parameter's ``.grad`` already lives in its bucket then, i.e. during backward rather
+    than at its end (autograd's own buffer is freed as soon as it was copied). Returns
+    the records and the hooks' handles."""
+    flats = {p: b.flat for b in ddp.reducer.buckets for p in b.params}
+    seen: list[bool] = []
+
+    def check(param: nn.Parameter) -> None:
+        storage = param.grad.untyped_storage().data_ptr()
+        seen.append(storage == flats[param].untyped_storage().data_ptr())
+
+    return seen, [p.register_post_accumulate_grad_hook(check) for p in flats]
+
+
 def _error_of(fn: Callable[[], object]) -> str | None:
     try:
         fn()
@@ -138,7 +153,11 @@ def scenarios(backend: str) -> dict:
 
     ddp = DistributedDataParallel(TinyNet(seed=rank), bucket_cap_mb=TINY_BUCKET_MB)
     out["bucket_sizes"] = [b.flat.numel() for b in ddp.reducer.buckets]
+    seen, handles = watch_grads(ddp)
     out["train"] = train_rank(ddp)
+    out["grads_in_bucket"] = len(seen) == STEPS * len(list(ddp.parameters())) and all(seen)
+    for handle in handles:
+        handle.remove()
     ddp.reducer.stop()
 
     ddp = DistributedDataParallel(TinyNet(seed=rank))
