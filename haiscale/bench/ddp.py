@@ -5,10 +5,20 @@ same processes, their steps taken in turn so both see the same load. Each rank a
 times the same step of the bare model (compute alone) and each backend's bucketed
 all-reduce alone, so the share of communication hidden behind backward is
 ``(compute + communication - step) / communication``.
+
+Every timed call starts on all ranks together, after a barrier that is not timed:
+without it a wrapper's step also timed the wait for the slowest rank to finish whatever
+ran before (the bare model's step, which has no collective to line the ranks up). The
+order of the calls turns by one every step, so none always follows the same neighbour.
+Each rank also reports the CPU time (user + system, all threads) of each call: with
+more busy threads than cores, the step time follows the CPU time summed over ranks, the
+all-reduce's own CPU work cannot hide behind a backward that needs the same cores, and
+the hidden share reads 0%.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -52,17 +62,33 @@ def _mlp(setup: Setup) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _median_ms(fns: dict[str, Callable[[], None]], setup: Setup) -> dict[str, float]:
-    """Median time of each of ``fns``, called in turn step after step, so that a change in
-    the machine's load (other jobs on it) falls on all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, all of its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _medians(
+    fns: dict[str, Callable[[], None]], barrier: Callable[[], object], setup: Setup
+) -> dict[str, tuple[float, float]]:
+    """(median wall ms, median CPU ms of this process) of each of ``fns``, called in turn
+    step after step, so that a change in the machine's load (other jobs on it) falls on
+    all of them alike. Each call starts after ``barrier``; the order turns every step."""
+    names = list(fns)
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(setup.warmup + setup.steps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            barrier()
+            start, cpu_start = time.perf_counter(), _cpu_s()
+            fns[name]()
             if i >= setup.warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(_cpu_s() - cpu_start)
+    return {
+        name: (1000 * statistics.median(wall[name]), 1000 * statistics.median(cpu[name]))
+        for name in fns
+    }
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -86,9 +112,9 @@ def _all_reduce(numel: int, group: dist.ProcessGroup | None) -> Callable[[], Non
     return communicate
 
 
-def _rank(setup: Setup) -> dict[str, float]:
-    """One rank's medians: a step of each wrapper, the same step of the bare model
-    (compute alone) and each backend's bucketed all-reduce alone."""
+def _rank(setup: Setup) -> dict[str, tuple[float, float]]:
+    """One rank's (wall ms, CPU ms) medians: a step of each wrapper, the same step of the
+    bare model (compute alone) and each backend's bucketed all-reduce alone."""
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
     hfreduce_group = dist.new_group(backend="hfreduce")
     ours = DistributedDataParallel(
@@ -96,7 +122,7 @@ def _rank(setup: Setup) -> dict[str, float]:
     )
     theirs = nn.parallel.DistributedDataParallel(_mlp(setup), bucket_cap_mb=BUCKET_MB)
     x = torch.randn(setup.batch, setup.width)
-    medians = _median_ms(
+    medians = _medians(
         {
             "compute": _step(_mlp(setup), x),
             "ours": _step(ours, x),
@@ -104,6 +130,7 @@ def _rank(setup: Setup) -> dict[str, float]:
             "ours comm": _all_reduce(setup.params, hfreduce_group),
             "theirs comm": _all_reduce(setup.params, None),
         },
+        dist.barrier,
         setup,
     )
     ours.reducer.stop()
@@ -121,17 +148,23 @@ def run(quick: bool) -> list[str]:
         f"DDP: haiscale over hfreduce vs torch DDP over gloo, MLP {setup.params / 1e6:.1f}M "
         f"params, {setup.batch} rows/rank, {BUCKET_MB} MB buckets, median of {setup.steps} steps",
         f"{'ranks':>5} | {'torch+gloo ms':>13} | {'ours ms':>8} | {'speed-up':>8} | "
-        f"{'compute ms':>10} | {'comm ms (gloo/ours)':>19} | {'hidden (gloo/ours)':>18}",
+        f"{'compute ms':>10} | {'comm ms (gloo/ours)':>19} | {'hidden (gloo/ours)':>18} | "
+        "CPU ms/rank (gloo/ours/compute)",
     ]
     for world in (2, 4):
-        r = run_ranks(
+        outcomes = run_ranks(
             _rank, ranks_per_node=world, args=(setup,), timeout=600, start_method="spawn"
-        )[0].value
+        )
+        r = {name: wall for name, (wall, _) in outcomes[0].value.items()}
+        cpu = {
+            name: statistics.mean(o.value[name][1] for o in outcomes) for name in outcomes[0].value
+        }
         hidden = [_hidden(r[who], r["compute"], r[f"{who} comm"]) for who in ("theirs", "ours")]
         lines.append(
             f"{world:>5} | {r['theirs']:>13.1f} | {r['ours']:>8.1f} | "
             f"{r['theirs'] / r['ours']:>7.2f}x | {r['compute']:>10.1f} | "
             f"{r['theirs comm']:>9.0f}/{r['ours comm']:<9.0f} | "
-            f"{hidden[0]:>8.0%}/{hidden[1]:<9.0%}"
+            f"{hidden[0]:>8.0%}/{hidden[1]:<9.0%} | "
+            + f"{cpu['theirs']:.0f}/{cpu['ours']:.0f}/{cpu['compute']:.0f}".center(31)
         )
     return lines
