@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from hai.demo import DemoError, DemoStack, stop
 
-
-def processes_under(root: Path) -> list[str]:
-    """Command lines of live processes started for the demo in ``root`` (services name
-    their folders on the command line; ranks carry a control folder below it)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            control = (proc.info["environ"] or {}).get("HAI_CONTROL_DIR", "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if str(root) in cmdline or control.startswith(str(root)):
-            found.append(cmdline)
-    return found
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_support import processes_under  # noqa: E402
 
 
 def test_stack_starts_both_clusters_and_stops_everything(tmp_path: Path) -> None:

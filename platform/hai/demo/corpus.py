@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Iterator
 
 import fsspec
@@ -110,16 +111,18 @@ def documents() -> list[str]:
     """Every docstring of MODULES at least MIN_CHARS long, in a fixed order, each once."""
     seen: set[str] = set()
     docs = []
-    for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for thing in _documented(module):
-            doc = inspect.getdoc(thing)
-            if doc and len(doc) >= MIN_CHARS and doc not in seen:
-                seen.add(doc)
-                docs.append(doc)
+    with warnings.catch_warnings():  # some modules warn about their deprecated members
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            for thing in _documented(module):
+                doc = inspect.getdoc(thing)
+                if doc and len(doc) >= MIN_CHARS and doc not in seen:
+                    seen.add(doc)
+                    docs.append(doc)
     return docs
 
 

@@ -19,11 +19,12 @@ def _job_line(scenario: Scenario) -> list[tuple[str, ...]]:
         loss = f"{steps[-1]['loss']:.3f}" if steps else "-"
         priority = priority_name(job.detail["job"]["priority"])
         step = str(job.metrics.last_step)
-        rows.append((str(job.id), job.name, priority, job.state, str(len(runs)), where, step, loss))
+        attempt = str(run["attempt"]) if run else "-"
+        rows.append((str(job.id), job.name, priority, job.state, attempt, where, step, loss))
     return rows
 
 
-COLUMNS = ("job", "name", "priority", "state", "runs", "nodes", "step", "loss")
+COLUMNS = ("job", "name", "priority", "state", "run", "nodes", "step", "loss")
 
 
 class Progress:

@@ -23,6 +23,9 @@ class Summary:
     tokens_per_s: float
     loss_start: float
     loss_end: float
+    ce_start: float
+    """The next-token cross-entropy alone (the loss adds MTP and balance terms)."""
+    ce_end: float
     suspend_to_ack_s: float | None
     """From the scheduler's suspend request to the job's acknowledgement (checkpoint done)."""
     suspend_to_free_s: float | None
@@ -34,6 +37,8 @@ class Summary:
     checkpoint_stall_s: list[float]
     checkpoint_write_s: list[float]
     allreduce_gbps: list[float]
+    allreduce_bytes: int
+    """Size of the timed all-reduce: the model's gradients."""
     wall_s: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def summarize(outcome: DemoOutcome, wall_s: float) -> Summary:
         tokens_per_s=statistics.median(rates) if rates else 0.0,
         loss_start=steps[0]["loss"] if steps else float("nan"),
         loss_end=steps[-1]["loss"] if steps else float("nan"),
+        ce_start=steps[0]["ce_loss"] if steps else float("nan"),
+        ce_end=steps[-1]["ce_loss"] if steps else float("nan"),
         suspend_to_ack_s=acked - requested if acked and requested else None,
         suspend_to_free_s=first_end - requested if first_end and requested else None,
         urgent_wait_s=(urgent_start - outcome.submitted_urgent_at) if urgent_start else None,
@@ -80,6 +87,7 @@ def summarize(outcome: DemoOutcome, wall_s: float) -> Summary:
         checkpoint_stall_s=[e["stall_s"] for e in checkpoint_events],
         checkpoint_write_s=[e["write_s"] for e in checkpoint_events],
         allreduce_gbps=[e["algbw_gbps"] for e in train.metrics.of("allreduce")],
+        allreduce_bytes=max((e["bytes"] for e in train.metrics.of("allreduce")), default=0),
         wall_s=wall_s,
     )
 
@@ -108,7 +116,11 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
             f"step {s.resumed_from_step}",
         ),
         ("tokens/s", f"{s.tokens_per_s:,.0f} over {s.world} ranks (median step)"),
-        ("loss", f"{s.loss_start:.3f} -> {s.loss_end:.3f}"),
+        (
+            "loss",
+            f"{s.loss_start:.3f} -> {s.loss_end:.3f} (next-token cross-entropy "
+            f"{s.ce_start:.3f} -> {s.ce_end:.3f})",
+        ),
         (
             "suspend latency",
             f"{_seconds(s.suspend_to_ack_s)} to the checkpoint acknowledged, "
@@ -121,7 +133,11 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
         ("checkpoints on fs3", f"{len(s.checkpoint_write_s)} written; kept {kept}"),
         ("checkpoint stall", _spread(s.checkpoint_stall_s, "ms", 1e3, 1)),
         ("checkpoint write", _spread(s.checkpoint_write_s, "s")),
-        ("all-reduce (hfreduce)", _spread(s.allreduce_gbps, "GB/s")),
+        (
+            "all-reduce (hfreduce)",
+            f"{_spread(s.allreduce_gbps, 'GB/s')} on {s.allreduce_bytes / 2**20:.2f} MiB of "
+            "gradients",
+        ),
         ("demo wall time", _seconds(s.wall_s)),
     ]
 
@@ -141,9 +157,13 @@ def plot(outcome: DemoOutcome, path: Path) -> Path:
     t0 = starts[0]["time"] if starts else 0.0
     for run, start in enumerate(starts):
         end = starts[run + 1]["time"] if run + 1 < len(starts) else float("inf")
-        points = [s for s in train.metrics.of("step") if start["time"] <= s["time"] < end]
+        all_steps = train.metrics.of("step")
+        points = [s for s in all_steps if start["time"] <= s["time"] < end]
+        # A resumed run continues from its checkpoint's step: draw its loss from there.
+        before = [s for s in all_steps if s["time"] < start["time"] and s["step"] == start["step"]]
+        joined = before[-1:] + points
         label = "first run" if run == 0 else f"run {run} (resumed)"
-        by_step.plot([p["step"] for p in points], [p["loss"] for p in points], label=label)
+        by_step.plot([p["step"] for p in joined], [p["loss"] for p in joined], label=label)
         by_time.plot([p["time"] - t0 for p in points], [p["step"] for p in points], label=label)
     for event in suspends:
         by_step.axvline(
@@ -173,6 +193,7 @@ def plot(outcome: DemoOutcome, path: Path) -> Path:
             label="urgent job running",
         )
     by_step.set(xlabel="step", ylabel="training loss", title="loss: the resumed run continues")
+    by_step.xaxis.get_major_locator().set_params(integer=True)
     by_time.set(
         xlabel="seconds since the job started",
         ylabel="step",
