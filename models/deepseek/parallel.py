@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import os
 import time
 from collections.abc import Iterator
@@ -87,6 +88,18 @@ def init_process_group(backend: str) -> str:
         import hfreduce  # noqa: F401 (importing it registers the "hfreduce" backend)
     dist.init_process_group(backend)
     return backend
+
+
+def destroy_process_group() -> None:
+    """Destroys the default process group, once the objects that still hold it are gone.
+
+    FSDP units point back at their root, so a wrapped model (or a traceback through a
+    failed wrap) is freed only by the garbage collector; if it still held the group when
+    the interpreter shut down, gloo's worker threads would be torn down half way and abort
+    the process (about 1 exit in 12 on 2 ranks). Collecting first frees the group here.
+    """
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class LossOutputs(nn.Module):

@@ -56,6 +56,7 @@ from deepseek.parallel import (
     agree,
     allreduce_bandwidth,
     check_degrees,
+    destroy_process_group,
     init_process_group,
     parallelize,
 )
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         if hooks is not None:
             hooks.uninstall()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            destroy_process_group()
     return 0
 
 

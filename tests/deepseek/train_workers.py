@@ -7,7 +7,7 @@ import traceback
 
 import torch.distributed as dist
 
-from deepseek.parallel import init_process_group
+from deepseek.parallel import destroy_process_group, init_process_group
 from deepseek.train import load_train_config, run
 from haiscale.checkpoint import CheckpointStore
 
@@ -54,7 +54,7 @@ def two_ranks(config_path: str, folder: str, backend: str) -> dict:
         except Exception:  # FSDP construction fails alike on every rank
             out["fsdp_error"] = traceback.format_exc()
     finally:
-        dist.destroy_process_group()
+        destroy_process_group()
     return out
 
 
@@ -67,5 +67,5 @@ def two_nodes(config_path: str, folder: str) -> dict:
         overrides = ["data.batch_size=1", "ep=2", f"checkpoint_dir={folder}/ep4"]
         ep = run(load_train_config(config_path, overrides)).losses
     finally:
-        dist.destroy_process_group()
+        destroy_process_group()
     return {"ddp": ddp, "ep": ep}
