@@ -92,15 +92,9 @@ class ChunkIO:
         chain_id = layout.chain_of(index)
 
         def attempt(table: RoutingTable) -> memoryview:
-            chain = table.chains[chain_id]
-            readers = list(chain.readers())
+            readers = read_order(table, chain_id, inode, index)
             if not readers:
                 raise Unavailable(f"chain {chain_id} has no serving member")
-            # Each chunk prefers one replica (chunks of a file still spread over all of
-            # them), so a re-read finds that replica's page cache warm instead of reading
-            # the copy a random pick chose, which is cold two times in three at 3 replicas.
-            start = hash((inode, index)) % len(readers)
-            readers = readers[start:] + readers[:start]
             errors: list[Fs3Error] = []
             for target in readers:
                 req = Request(READ, chain_id, table.version, inode, index, offset, length)
@@ -125,3 +119,17 @@ class ChunkIO:
             raise next((e for e in errors if isinstance(e, StaleRouting)), errors[-1])
 
         return self.retry(f"reading chunk {index} of inode {inode} on chain {chain_id}", attempt)
+
+
+def read_order(table: RoutingTable, chain_id: int, inode: int, index: int) -> list[int]:
+    """The serving replicas of a chunk in the order a read tries them.
+
+    Each chunk prefers one replica (chunks of a file still spread over all of them), so a
+    re-read finds that replica's page cache warm instead of reading the copy a random pick
+    chose, which is cold two times in three at 3 replicas.
+    """
+    readers = list(table.chains[chain_id].readers())
+    if not readers:
+        return readers
+    start = hash((inode, index)) % len(readers)
+    return readers[start:] + readers[:start]

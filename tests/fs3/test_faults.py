@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fs3.client import FS3FileSystem
+from fs3.client.chunks import read_order
 from fs3.cluster import LocalCluster
 from fs3.storage.local import HEADER_SIZE
 
@@ -67,15 +68,17 @@ def test_flipped_byte_is_detected_and_served_from_another_replica(
     data = os.urandom(8 * SMALL_CHUNK)
     fs3fs.pipe_file("/flip", data)
     inode = fs3fs.info("/flip")["inode"]
-    files = [p for p in (cluster.root / "storage-1").rglob(f"{inode:016x}.*") if p.suffix != ".p"]
-    assert files
-    for file in files:
-        raw = bytearray(file.read_bytes())
-        raw[HEADER_SIZE + 1000] ^= 0x01
-        file.write_bytes(bytes(raw))
+    # Corrupt chunk 0 on the replica a read tries first, so the read must meet it.
+    table = fs3fs.mgmtd.refresh()
+    chain = fs3fs.meta.stat("/flip").layout.chain_of(0)
+    first = read_order(table, chain, inode, 0)[0]
+    file = cluster.root / f"storage-{first}" / str(chain) / f"{inode:016x}.{0:08x}"
+    raw = bytearray(file.read_bytes())
+    raw[HEADER_SIZE + 1000] ^= 0x01
+    file.write_bytes(bytes(raw))
     for _ in range(5):
         assert fs3fs.cat_file("/flip") == data
-    assert any(bad[0] == 1 for bad in fs3fs.chunks.bad_replicas)
+    assert (first, chain, inode, 0) in fs3fs.chunks.bad_replicas
     fs3fs.rm("/flip")
 
 
