@@ -59,21 +59,26 @@ def test_loss_falls(corpus: str, tmp_path: Path) -> None:
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
 
 
-def test_suspend_and_resume_reproduces_uninterrupted_curve(corpus: str, tmp_path: Path) -> None:
-    straight = run(_config(corpus, tmp_path, steps=6, checkpoint_dir=str(tmp_path / "a")))
-    config = _config(corpus, tmp_path, steps=6, checkpoint_dir=str(tmp_path / "b"))
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_suspend_and_resume_reproduces_uninterrupted_curve(
+    corpus: str, tmp_path: Path, where: str
+) -> None:
+    """Through the suspend hook, to a local folder and to another fsspec filesystem."""
+    root = str(tmp_path) if where == "local" else f"memory://{tmp_path.name}"
+    straight = run(_config(corpus, tmp_path, steps=6, checkpoint_dir=f"{root}/a"))
+    config = _config(corpus, tmp_path, steps=6, checkpoint_dir=f"{root}/b")
     calls, acks = [], []
     first = run(
         config,
         should_suspend=lambda: calls.append(1) or len(calls) >= 3,
-        acknowledge_suspend=lambda: acks.append(CheckpointStore(str(tmp_path / "b")).latest()),
+        acknowledge_suspend=lambda: acks.append(CheckpointStore(f"{root}/b").latest()),
     )
     assert (first.step, first.reason) == (3, "suspended")
     assert acks == [3]  # acknowledged once, with the checkpoint of step 3 already published
     second = run(config)
     assert second.reason == "finished"
     assert first.losses + second.losses == straight.losses
-    assert CheckpointStore(str(tmp_path / "b")).steps() == [3, 4, 6]
+    assert CheckpointStore(f"{root}/b").steps() == [3, 4, 6]
 
 
 def test_checkpoint_keep_drops_older_checkpoints(corpus: str, tmp_path: Path) -> None:
