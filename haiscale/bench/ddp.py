@@ -14,10 +14,23 @@ Each rank also reports the CPU time (user + system, all threads) of each call: w
 more busy threads than cores, the step time follows the CPU time summed over ranks, the
 all-reduce's own CPU work cannot hide behind a backward that needs the same cores, and
 the hidden share reads 0%.
+
+The ranks' C library is told to keep freed memory (glibc ``mallopt``, what
+``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` set, and what jemalloc or tcmalloc,
+which CPU training set-ups often preload, do anyway). By default glibc hands a freed
+gradient-sized block back to the kernel whenever the free space at the top of its heap
+passes a threshold, and the next step page-faults it in again: up to 49k faults and
+150 ms of system time per rank and step at 50M parameters. Whether that happens depends
+on where the other allocations of the process lie, here the other wrapper's and the bare
+model's, so in one process it fell on one side and in the next on the other (in a
+process of its own, torch DDP faulted in 16k-49k pages a step, ours 7k-19k); with the
+memory kept, both sides and the bare model measure their own work.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import statistics
 import time
@@ -53,6 +66,23 @@ class Setup:
 FULL = Setup(width=2048, depth=12, batch=32, steps=8)
 """12 x (2048^2 + 2048) = 50.4M parameters, the size the issue asks for."""
 QUICK = Setup(width=256, depth=4, batch=8, steps=3, warmup=1)
+
+
+# mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 1 << 30
+"""Above any gradient of the model: blocks this size are neither trimmed nor mmapped."""
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory in the process (see the module docstring); a no-op
+    on a C library without ``mallopt``."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
 
 
 def _mlp(setup: Setup) -> nn.Sequential:
@@ -115,6 +145,7 @@ def _all_reduce(numel: int, group: dist.ProcessGroup | None) -> Callable[[], Non
 def _rank(setup: Setup) -> dict[str, tuple[float, float]]:
     """One rank's (wall ms, CPU ms) medians: a step of each wrapper, the same step of the
     bare model (compute alone) and each backend's bucketed all-reduce alone."""
+    _keep_freed_memory()
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
     hfreduce_group = dist.new_group(backend="hfreduce")
     ours = DistributedDataParallel(
@@ -146,7 +177,8 @@ def run(quick: bool) -> list[str]:
     setup = QUICK if quick else FULL
     lines = [
         f"DDP: haiscale over hfreduce vs torch DDP over gloo, MLP {setup.params / 1e6:.1f}M "
-        f"params, {setup.batch} rows/rank, {BUCKET_MB} MB buckets, median of {setup.steps} steps",
+        f"params, {setup.batch} rows/rank, {BUCKET_MB} MB buckets, median of {setup.steps} steps, "
+        "freed memory kept by malloc",
         f"{'ranks':>5} | {'torch+gloo ms':>13} | {'ours ms':>8} | {'speed-up':>8} | "
         f"{'compute ms':>10} | {'comm ms (gloo/ours)':>19} | {'hidden (gloo/ours)':>18} | "
         "CPU ms/rank (gloo/ours/compute)",
