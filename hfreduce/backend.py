@@ -88,6 +88,8 @@ class ProcessGroupHfreduce(dist.ProcessGroup):
 
     def allreduce(self, tensors: list[torch.Tensor], opts=None) -> dist.Work:
         op = _our_op(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        # torch.distributed does not say whether the caller waits at once: taken as running
+        # beside its work, as DDP's buckets do (see the communicator on spinning).
         works = [self.communicator.all_reduce(t, op, async_op=True) for t in tensors]
         return _chain([w.get_future() for w in works], tensors)
 

@@ -3,6 +3,11 @@
 Calls run one at a time in the order they were made. A synchronous call with nothing
 queued runs on the caller's thread (no hand-off latency for small tensors); asynchronous
 calls, and synchronous ones behind them, run on a worker thread.
+
+Waits on peers spin briefly before they sleep only while the caller is blocked on the
+call: an asynchronous call runs beside the caller's own work (DDP's backward), so every
+rank then has two busy threads, and a spinning worker would take the core that work or a
+peer needs even where ranks do not outnumber cores.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from hfreduce.topology import Topology, default_node_id, discover
 from hfreduce.transport import connect_trees
 from hfreduce.tree import double_tree
 
-_Task = tuple[torch.Tensor, ReduceOp, torch.futures.Future]
+_Task = tuple[torch.Tensor, ReduceOp, torch.futures.Future, bool]
+"""tensor, op, the future to resolve, and whether the caller waits for it"""
 _FAILURE_KEY = "hfreduce/failure"
 
 
@@ -91,6 +97,9 @@ class Communicator:
                 TreeWorker(tree, connections[tree], self.arena, rank, self._fail) for tree in (0, 1)
             ]
         self._pipeline = ChunkPipeline(self.arena, self.topology, self.config, self._trees)
+        # Measured on 2 ranks on 2 cores, DDP over a 50M-parameter MLP: spinning during
+        # asynchronous calls cost 10-30 ms of CPU per rank and step, 4-9% of the step.
+        self._spin_s = self.arena._spin_s
         self._cond = threading.Condition()
         self._queue: deque[_Task] = deque()
         self._busy = False
@@ -126,7 +135,7 @@ class Communicator:
             if inline:
                 self._busy = True
             else:
-                self._queue.append((tensor, op, future))
+                self._queue.append((tensor, op, future, not async_op))
                 self._start_worker()
                 self._cond.notify_all()
         if async_op:
@@ -135,7 +144,7 @@ class Communicator:
             future.wait()
             return None
         try:
-            self._execute(tensor, op)
+            self._execute(tensor, op, caller_waits=True)
         finally:
             with self._cond:
                 self._busy = False
@@ -154,10 +163,10 @@ class Communicator:
                     self._cond.wait()
                 if not self._queue:
                     return
-                tensor, op, future = self._queue.popleft()
+                tensor, op, future, caller_waits = self._queue.popleft()
                 self._busy = True
             try:
-                self._execute(tensor, op)
+                self._execute(tensor, op, caller_waits)
                 future.set_result([tensor])
             except BaseException as exc:
                 future.set_exception(exc)
@@ -166,8 +175,9 @@ class Communicator:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _execute(self, tensor: torch.Tensor, op: ReduceOp) -> None:
+    def _execute(self, tensor: torch.Tensor, op: ReduceOp, caller_waits: bool) -> None:
         self._check_usable()
+        self.arena._spin_s = self._spin_s if caller_waits else 0.0
         if self.world_size == 1:
             return
         flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)

@@ -135,6 +135,21 @@ def watch_grads(ddp: DistributedDataParallel) -> tuple[list[bool], list]:
     return seen, [p.register_post_accumulate_grad_hook(check) for p in flats]
 
 
+def watch_spinning(group: dist.ProcessGroup) -> list[float]:
+    """Records, for every all-reduce an hfreduce group runs from now on, how long its
+    waits on peers spin before they sleep."""
+    communicator = group.communicator
+    spins: list[float] = []
+    run = communicator._pipeline.run
+
+    def recording_run(flat: torch.Tensor, op: object) -> None:
+        spins.append(communicator.arena._spin_s)
+        run(flat, op)
+
+    communicator._pipeline.run = recording_run
+    return spins
+
+
 def _error_of(fn: Callable[[], object]) -> str | None:
     try:
         fn()
@@ -154,7 +169,10 @@ def scenarios(backend: str) -> dict:
     ddp = DistributedDataParallel(TinyNet(seed=rank), bucket_cap_mb=TINY_BUCKET_MB)
     out["bucket_sizes"] = [b.flat.numel() for b in ddp.reducer.buckets]
     seen, handles = watch_grads(ddp)
+    spins = watch_spinning(dist.group.WORLD) if backend == "hfreduce" else []
     out["train"] = train_rank(ddp)
+    # Buckets are reduced beside backward: their waits must leave the cores to it.
+    out["spins"] = spins
     out["grads_in_bucket"] = len(seen) == STEPS * len(list(ddp.parameters())) and all(seen)
     for handle in handles:
         handle.remove()

@@ -53,6 +53,8 @@ def test_ddp_matches_one_process(backend: str, nodes: int, per_node: int) -> Non
         assert len(sizes) >= 3 and len(set(sizes)) > 1, sizes
         _assert_same(o.value["train"], trained)
         assert o.value["grads_in_bucket"]  # autograd's buffers freed during backward
+        assert not any(o.value["spins"]), o.value["spins"]
+        assert len(o.value["spins"]) >= (3 if backend == "hfreduce" else 0)
         _assert_same(o.value["accumulate"], accumulated)
         _assert_same(o.value["unused"], unused)
         assert torch.equal(o.value["unused"]["spare.weight"], unused["spare.weight"])
