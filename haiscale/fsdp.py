@@ -150,7 +150,7 @@ class FullyShardedDataParallel(nn.Module):
         return flat.chunk(self._world)[self._rank].clone()
 
     def _own_buffers(self) -> list[torch.Tensor]:
-        return [b for _, b in _named_unit_tensors(self.module, "", buffers=True)]
+        return [b for _, _, _, b in _named_unit_tensors(self.module, "", buffers=True)]
 
     def _adopt_as_root(self) -> None:
         """Make this the root of every unit inside it (the outermost wrapper wins)."""

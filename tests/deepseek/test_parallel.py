@@ -103,11 +103,6 @@ def test_expert_parallel_trains_what_one_process_trains(two_ranks, setup) -> Non
 def test_fsdp_trains_and_resumes_like_ddp(two_ranks) -> None:
     for rank in two_ranks["ranks"]:
         error = rank.get("fsdp_error")
-        if error and "in _own_buffers" in error:
-            pytest.xfail(
-                "haiscale/fsdp.py _own_buffers unpacks 2 of _named_unit_tensors' 4 values, "
-                "so FSDP fails on any module with buffers (this model has routing buffers)"
-            )
         assert error is None, error
         fsdp = rank["fsdp"]
         assert (fsdp["reason"], fsdp["acks"]) == ("suspended", [3])
