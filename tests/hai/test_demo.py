@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from hai.cli import main
 from hai.demo import DemoOptions, run_demo, stop
 from hai.demo.metrics import MetricsTail
 from hai.demo.scenario import CHECKPOINT_URL, train_config
@@ -41,6 +45,21 @@ def _uninterrupted_losses(tmp_path: Path, fs3_address: str) -> dict[int, float]:
     tail = MetricsTail(metrics)
     tail.poll()
     return {e["step"]: e["loss"] for e in tail.of("step")}
+
+
+def _inspect_with_the_cli(root: Path, fs3_address: str) -> None:
+    env = {"HAI_STATE_DIR": str(root / "hai"), "FS3_CLUSTER": fs3_address}
+    runner = CliRunner(env=env)
+    listed = runner.invoke(main, ["ls", "--all", "--json"])
+    assert listed.exit_code == 0, listed.output
+    jobs = {j["name"]: j for j in json.loads(listed.output)}
+    assert jobs["train-v3-tiny"]["state"] == jobs["urgent-v3-tiny"]["state"] == "succeeded"
+    logs = runner.invoke(main, ["logs", str(jobs["train-v3-tiny"]["id"]), "--rank", "0"])
+    assert logs.exit_code == 0 and "resumed from" in logs.output
+    files = runner.invoke(main, ["fs3", "ls", "-R", "fs3:///"])
+    assert files.exit_code == 0, files.output
+    assert "/datasets/pydoc/part-000.parquet" in files.output.split()
+    assert f"/checkpoints/demo/step-{OPTIONS.steps:012d}/" in files.output.split()
 
 
 @pytest.mark.slow
@@ -74,8 +93,40 @@ def test_demo_preempts_resumes_exactly_and_cleans_up(tmp_path: Path) -> None:
         for event in demo.of("step"):  # a step run twice (after the checkpoint) must agree
             assert demo_losses.setdefault(event["step"], event["loss"]) == event["loss"]
         assert _uninterrupted_losses(tmp_path, fs3_address) == demo_losses
+
+        # Kept running, everything is visible through the CLI.
+        _inspect_with_the_cli(root, fs3_address)
     finally:
         os.environ.pop("FS3_CLUSTER", None)
         stop(root)
+    assert processes_under(root) == []
+    assert list(SHM_DIR.glob(f"{SHM_PREFIX}*")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    root = tmp_path / "interrupted"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "hai", "demo", "--steps", "500", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = []
+        assert demo.stdout is not None
+        for line in demo.stdout:  # not a terminal: one plain line per change
+            output.append(line)
+            if "train-v3-tiny (NORMAL): running" in line:
+                break
+        assert output and "running" in output[-1], "".join(output)
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, rest
+    assert "interrupted; every process it started is stopped" in rest
     assert processes_under(root) == []
     assert list(SHM_DIR.glob(f"{SHM_PREFIX}*")) == []
