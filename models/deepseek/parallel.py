@@ -20,6 +20,7 @@ import contextlib
 import copy
 import gc
 import os
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -333,19 +334,22 @@ def agree(values: list[torch.Tensor], flag: bool, world: int) -> tuple[list[floa
     return means, raised > 0
 
 
-def allreduce_bandwidth(numel: int, device: torch.device) -> dict[str, float]:
-    """Times one all-reduce of `numel` fp32 values over the default group, after a warm-up
-    call (hfreduce and NCCL set up buffers and connections on the first). Returns bytes,
-    seconds and algbw_gbps (bytes / seconds / 1e9, the algorithm bandwidth nccl-tests
-    reports)."""
+def allreduce_bandwidth(numel: int, device: torch.device, calls: int = 5) -> dict[str, float]:
+    """Times all-reduces of `numel` fp32 values over the default group, after a warm-up
+    call (hfreduce and NCCL set up buffers and connections on the first), each started
+    together after a barrier; `seconds` is the median call. Returns bytes, seconds and
+    algbw_gbps (bytes / seconds / 1e9, the algorithm bandwidth nccl-tests reports)."""
     flat = torch.zeros(numel, dtype=torch.float32, device=device)
     dist.all_reduce(flat)
-    dist.barrier()
-    _sync(device)
-    started = time.perf_counter()
-    dist.all_reduce(flat)
-    _sync(device)
-    seconds = time.perf_counter() - started
+    times = []
+    for _ in range(calls):
+        dist.barrier()
+        _sync(device)
+        started = time.perf_counter()
+        dist.all_reduce(flat)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
     nbytes = numel * flat.element_size()
     return {"bytes": nbytes, "seconds": seconds, "algbw_gbps": nbytes / seconds / 1e9}
 

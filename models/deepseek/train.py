@@ -21,9 +21,10 @@ Times are Unix seconds; every event has an "event" key:
     start       time, step (first step of this run), resumed_from (checkpoint URL or null),
                 restart_count (HAI_RESTART_COUNT), world, parallel ("ddp", "fsdp" or "none"
                 for one process), backend (or "none"), ep
-    allreduce   bytes, seconds, algbw_gbps: one timed all-reduce (after a warm-up) of an
-                fp32 tensor the size of the model's gradients over the training process
-                group; algbw_gbps = bytes / seconds / 1e9. Multi-rank runs only, once.
+    allreduce   bytes, seconds, algbw_gbps: the median of 5 timed all-reduces (after a
+                warm-up) of an fp32 tensor the size of the model's gradients over the
+                training process group; algbw_gbps = bytes / seconds / 1e9. Multi-rank
+                runs only, once.
     step        time, step (steps done), loss and ce_loss (averaged over ranks), lr (the
                 one this step applied), tokens_per_s (all ranks), expert_imbalance (mean over
                 MoE layers of max/mean tokens per expert; null for a dense model)
