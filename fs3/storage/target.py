@@ -16,6 +16,7 @@ import threading
 from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error, InvalidArgument, StaleRouting
 from fs3.mgmtd.client import MgmtdClient
 from fs3.storage.engine import ChunkEngine, crc32c, patch
+from fs3.storage.locks import ChunkLocks
 from fs3.storage.wire import DUMP, DUMP_ENTRY, REMOVE, REPLICATE, SYNC, ConnectionPool, Request
 from fs3.types import SERVING, Chain, ChunkId, RoutingTable
 
@@ -34,17 +35,9 @@ class StorageTarget:
         self.pool = pool
         # One lock per chunk, not striped: a chain hop holds its lock while the next hop takes
         # its own, and stripes shared across chains running in opposite directions deadlock.
-        self._locks: dict[ChunkId, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self.locks = ChunkLocks()
         self._syncing: set[int] = set()
         self._syncing_lock = threading.Lock()
-
-    def _lock(self, cid: ChunkId) -> threading.Lock:
-        with self._locks_lock:
-            lock = self._locks.get(cid)
-            if lock is None:
-                lock = self._locks[cid] = threading.Lock()
-            return lock
 
     def _chain(self, chain_id: int, table_version: int) -> tuple[RoutingTable, Chain]:
         table = self.mgmtd.table()
@@ -73,7 +66,7 @@ class StorageTarget:
         if crc32c(data) != req.crc:
             raise ChecksumMismatch(f"write to chain {req.chain} corrupted in transit")
         cid = ChunkId(req.chain, req.inode, req.index)
-        with self._lock(cid):
+        with self.locks.hold(cid):
             committed, pending = self.engine.stat(cid)
             version = max(committed.version if committed else 0, pending or 0) + 1
             if req.truncate and req.offset == 0:
@@ -91,7 +84,7 @@ class StorageTarget:
         if crc32c(data) != req.crc:
             raise ChecksumMismatch(f"replica of chain {req.chain} corrupted in transit")
         cid = ChunkId(req.chain, req.inode, req.index)
-        with self._lock(cid):
+        with self.locks.hold(cid):
             return req.version, self._apply(table, chain, cid, req.version, data)
 
     def _apply(
@@ -145,7 +138,7 @@ class StorageTarget:
         if crc32c(data) != req.crc:
             raise ChecksumMismatch(f"resync copy for chain {req.chain} corrupted in transit")
         cid = ChunkId(req.chain, req.inode, req.index)
-        with self._lock(cid):
+        with self.locks.hold(cid):
             self.engine.replace(cid, req.version, data)
 
     def dump(self, chain: int) -> bytes:
@@ -184,7 +177,7 @@ class StorageTarget:
             local = self.engine.list_chain(chain_id)
             copied = 0
             for cid in sorted(set(local) | set(remote)):
-                with self._lock(cid):
+                with self.locks.hold(cid):
                     meta, _ = self.engine.stat(cid)
                     if meta is not None and remote.get(cid) == meta.version:
                         continue

@@ -90,3 +90,35 @@ def test_two_clients_create_and_rename_in_one_directory(
     assert names == expected
     assert fs3fs.cat_file("/race/a-7") == b"a" * 10
     fs3fs.rm("/race", recursive=True)
+
+
+def _chunk_files(cluster: LocalCluster, inode: int) -> list[str]:
+    return sorted(
+        str(p.relative_to(cluster.root))
+        for target in range(1, cluster.targets + 1)
+        for p in (cluster.root / f"storage-{target}").rglob(f"{inode:016x}.*")
+    )
+
+
+def test_chunks_of_removed_and_truncated_files_are_reclaimed(
+    cluster: LocalCluster, fs3fs: FS3FileSystem
+) -> None:
+    import time
+
+    from .conftest import SMALL_CHUNK
+
+    fs3fs.pipe_file("/reclaim/gone", b"g" * (4 * SMALL_CHUNK))
+    fs3fs.pipe_file("/reclaim/shrunk", b"s" * (4 * SMALL_CHUNK))
+    gone, shrunk = (fs3fs.info(f"/reclaim/{n}")["inode"] for n in ("gone", "shrunk"))
+    # Every chunk on every replica of its chain (3 targets, replication 3).
+    assert len(_chunk_files(cluster, gone)) == 4 * 3
+    fs3fs.rm("/reclaim/gone")
+    fs3fs.truncate("/reclaim/shrunk", SMALL_CHUNK + 10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not _chunk_files(cluster, gone) and len(_chunk_files(cluster, shrunk)) == 2 * 3:
+            break
+        time.sleep(0.2)
+    assert _chunk_files(cluster, gone) == []
+    assert len(_chunk_files(cluster, shrunk)) == 2 * 3
+    assert fs3fs.cat_file("/reclaim/shrunk") == b"s" * (SMALL_CHUNK + 10)
