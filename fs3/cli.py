@@ -58,14 +58,17 @@ def mgmtd(
 @_config_option
 @_host_option
 @click.option("--port", type=int, required=True)
-@click.option("--db", type=click.Path(dir_okay=False), required=True, help="SQLite file.")
-@click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
+@click.option("--db", required=True,
+              help="SQLite file, or postgresql://USER@HOST:PORT/DB to share with other meta "
+                   "servers.")  # fmt: skip
+@click.option("--mgmtd", "mgmtd_address", required=True,
+              help="mgmtd HOST:PORT; several comma-separated for fail-over.")  # fmt: skip
 def meta(config_path: str | None, host: str, port: int, db: str, mgmtd_address: str) -> None:
-    """Run the metadata service."""
+    """Run the metadata service (several may serve one PostgreSQL database at once)."""
     from fs3.meta.service import run_meta
 
     config, stop = _serve("meta", config_path)
-    run_meta(Path(db), mgmtd_address, host, port, config, stop)
+    run_meta(db, mgmtd_address, host, port, config, stop)
 
 
 @fs3.command()

@@ -1,6 +1,9 @@
 """Namespace operations: each one path-resolves and mutates inside a single transaction.
 
-This is the meta service's core; the gRPC servicer only converts messages. Paths are
+This is the meta service's core; the gRPC servicer only converts messages. Each operation is
+a function of its transaction run by :meth:`MetaStore.run`, which runs it again when the
+transaction lost a conflict; nothing here keeps state between operations, so several meta
+servers may share one store. Paths are
 normalised with :func:`fs3.paths.normalize`; symlinks are followed only as the last component
 of :meth:`Namespace.open`, the way ``open(2)`` follows them.
 """
@@ -92,13 +95,15 @@ class Namespace:
     # -- operations -------------------------------------------------------------------
     def stat(self, path: str) -> Inode:
         """The inode at ``path`` (a symlink itself, not its target). Raises NotFound."""
-        with self.store.transaction() as txn:
-            return self._resolve(txn, normalize(path))
+        path = normalize(path)
+        return self.store.run(lambda txn: self._resolve(txn, path))
 
     def open(self, path: str) -> Inode:
         """The file at ``path``, following symlinks. Raises NotFound, IsADirectory."""
-        path = normalize(path)
-        with self.store.transaction() as txn:
+        start = normalize(path)
+
+        def op(txn: MetaTxn) -> Inode:
+            path = start
             for _ in range(_MAX_SYMLINK_HOPS):
                 inode = self._resolve(txn, path)
                 if inode.kind != SYMLINK:
@@ -107,13 +112,16 @@ class Namespace:
                     return inode
                 path = normalize(inode.target if inode.target.startswith("/")
                                  else split(path)[0] + "/" + inode.target)  # fmt: skip
-        raise InvalidArgument("too many levels of symbolic links", path)
+            raise InvalidArgument("too many levels of symbolic links", path)
+
+        return self.store.run(op)
 
     def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> Inode:
         """Creates a directory; with ``parents`` also missing ancestors, and an existing
         directory is fine. Raises AlreadyExists, NotFound (parent), NotADirectory."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> Inode:
             if parents:
                 inode = txn.get_inode(ROOT_ID)
                 assert inode is not None
@@ -137,6 +145,8 @@ class Namespace:
                 raise AlreadyExists("file exists", path)
             return self._make(txn, parent, name, DIRECTORY, mode)
 
+        return self.store.run(op)
+
     def _make(
         self, txn: MetaTxn, parent: Inode, name: str, kind: str, mode: int, **fields: object
     ) -> Inode:
@@ -159,7 +169,9 @@ class Namespace:
         chunks are reclaimed) unless ``exclusive``. Raises AlreadyExists, IsADirectory,
         NotFound (parent), NotADirectory."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+        layout = self._new_layout(chunk_size, stripe)
+
+        def op(txn: MetaTxn) -> Inode:
             parent, name = self._parent(txn, path)
             old_id = txn.lookup(parent.id, name)
             old = txn.get_inode(old_id) if old_id is not None else None
@@ -169,13 +181,15 @@ class Namespace:
                 if old.is_dir:
                     raise IsADirectory("is a directory", path)
                 self._discard(txn, old)
-            return self._make(txn, parent, name, FILE, mode,
-                              layout=self._new_layout(chunk_size, stripe))  # fmt: skip
+            return self._make(txn, parent, name, FILE, mode, layout=layout)
+
+        return self.store.run(op)
 
     def listdir(self, path: str) -> list[DirEntry]:
         """Entries of the directory at ``path`` sorted by name. Raises NotFound, NotADirectory."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> list[DirEntry]:
             inode = self._resolve(txn, path)
             if not inode.is_dir:
                 raise NotADirectory("not a directory", path)
@@ -186,6 +200,8 @@ class Namespace:
                     out.append(DirEntry(name, found))
             return out
 
+        return self.store.run(op)
+
     def rename(self, src: str, dst: str) -> Inode:
         """Moves ``src`` to ``dst`` atomically, replacing a file or an empty directory there.
 
@@ -193,7 +209,8 @@ class Namespace:
         NotADirectory (kind mismatch with an existing ``dst``), DirectoryNotEmpty.
         """
         src, dst = normalize(src), normalize(dst)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> Inode:
             sparent, sname = self._parent(txn, src)
             moving = self._resolve(txn, src)
             dparent, dname = self._parent(txn, dst)
@@ -227,10 +244,13 @@ class Namespace:
                 self._touch(txn, dparent)
             return moved
 
+        return self.store.run(op)
+
     def unlink(self, path: str) -> None:
         """Removes a file or symlink; its chunks are reclaimed. Raises NotFound, IsADirectory."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> None:
             parent, name = self._parent(txn, path)
             child = txn.lookup(parent.id, name)
             inode = txn.get_inode(child) if child is not None else None
@@ -242,11 +262,14 @@ class Namespace:
             self._discard(txn, inode)
             self._touch(txn, parent)
 
+        self.store.run(op)
+
     def rmdir(self, path: str) -> None:
         """Removes an empty directory. Raises NotFound, NotADirectory, DirectoryNotEmpty,
         InvalidArgument (the root)."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> None:
             parent, name = self._parent(txn, path)
             inode = self._resolve(txn, path)
             if not inode.is_dir:
@@ -257,6 +280,8 @@ class Namespace:
             txn.delete_inode(inode.id)
             self._touch(txn, parent)
 
+        self.store.run(op)
+
     def truncate(self, path: str, length: int) -> Inode:
         """Sets a file's length; chunks wholly past the new end are reclaimed. The client
         clears the tail of the last partial chunk. Raises NotFound, IsADirectory,
@@ -264,7 +289,8 @@ class Namespace:
         if length < 0:
             raise InvalidArgument(f"length must be >= 0, got {length}", path)
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> Inode:
             inode = self._resolve(txn, path)
             if inode.is_dir:
                 raise IsADirectory("is a directory", path)
@@ -277,10 +303,13 @@ class Namespace:
             txn.put_inode(inode)
             return inode
 
+        return self.store.run(op)
+
     def set_length(self, inode_id: int, length: int) -> Inode:
         """Records the exact length a writer reached at close or fsync. Raises NotFound when
         the file was deleted meanwhile."""
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> Inode:
             inode = txn.get_inode(inode_id)
             if inode is None:
                 raise NotFound(f"file with inode {inode_id} was deleted while open")
@@ -289,14 +318,19 @@ class Namespace:
             txn.put_inode(inode)
             return inode
 
+        return self.store.run(op)
+
     def symlink(self, path: str, target: str) -> Inode:
         """Creates a symlink at ``path`` pointing to ``target``. Raises AlreadyExists."""
         path = normalize(path)
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> Inode:
             parent, name = self._parent(txn, path)
             if txn.lookup(parent.id, name) is not None:
                 raise AlreadyExists("file exists", path)
             return self._make(txn, parent, name, SYMLINK, 0o777, target=target)
+
+        return self.store.run(op)
 
     def readlink(self, path: str) -> str:
         """The target of the symlink at ``path``. Raises NotFound, InvalidArgument."""
@@ -306,12 +340,19 @@ class Namespace:
         return inode.target
 
     def take_garbage(self, limit: int = 100) -> list[tuple[int, Garbage]]:
-        with self.store.transaction() as txn:
-            return txn.garbage(limit)
+        return self.store.run(lambda txn: txn.garbage(limit))
 
     def drop_garbage(self, garbage_ids: list[int]) -> None:
         """Forgets queued items whose chunks are gone, in one transaction (a commit each
         would cost the namespace as much as the unlinks that queued them)."""
-        with self.store.transaction() as txn:
+
+        def op(txn: MetaTxn) -> None:
             for garbage_id in garbage_ids:
                 txn.drop_garbage(garbage_id)
+
+        self.store.run(op)
+
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Takes or renews lease ``name`` for ``holder``; True when ``holder`` has it (see
+        :meth:`MetaTxn.take_lease`). Meta servers sharing a store elect a collector by it."""
+        return self.store.run(lambda txn: txn.take_lease(name, holder, ttl_s))

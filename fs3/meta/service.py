@@ -1,17 +1,25 @@
 """The meta process: a framed-TCP shell over :class:`Namespace` (see :mod:`fs3.meta.protocol`),
-and the chunk garbage collector."""
+and the chunk garbage collector.
+
+Meta keeps nothing of its own between requests: inodes, entries, inode ids and the garbage
+queue live in the store, and the chain table comes from mgmtd. So several meta processes may
+serve one PostgreSQL (or same-machine SQLite) database at once; they elect one garbage
+collector through a lease row in that database, and any of them may answer any client.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from pathlib import Path
+import uuid
 
 from fs3.config import Fs3Config
+from fs3.db import redact
 from fs3.errors import Fs3Error
+from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.protocol import BY_OP
-from fs3.meta.sqlite import SqliteMetaStore
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_to_pb, inode_to_pb
@@ -100,26 +108,39 @@ def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> 
     return len(done)
 
 
+GC_LEASE = "garbage-collector"
+
+
 def run_meta(
-    db: Path, mgmtd_address: str, host: str, port: int, config: Fs3Config, stop: threading.Event
+    db: str | os.PathLike[str],
+    mgmtd_address: str,
+    host: str,
+    port: int,
+    config: Fs3Config,
+    stop: threading.Event,
 ) -> None:
-    """Serves the namespace in SQLite file ``db`` until ``stop`` is set."""
+    """Serves the namespace in ``db`` (a SQLite file or a ``postgresql://`` URL) until
+    ``stop`` is set; ``mgmtd_address`` may list several mgmtd ``HOST:PORT``, comma-separated."""
     t = config.timeouts
-    store = SqliteMetaStore(db)
+    store = open_meta_store(db)
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
     server = FrameServer((host, port), lambda req: req.length, MetaServicer(ns).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     address = f"{host}:{port}"
-    log.info("meta serving on %s, namespace in %s", address, db)
+    me = f"{address}/{uuid.uuid4().hex[:8]}"  # a restarted server is a new lease holder
+    log.info("meta serving on %s, namespace in %s", address, redact(os.fspath(db)))
     try:
         while True:
             try:
                 # Re-registering each period also refreshes the chain table new files use,
-                # and re-announces meta to an mgmtd that restarted.
+                # renews meta's lease in mgmtd's list and re-announces it to a new primary.
                 mgmtd.register_meta(address)
-                collect_garbage(ns, mgmtd, pool)
+                # One collector among the servers sharing the store: two would send every
+                # chunk deletion twice. The lease outlives a few periods, then passes on.
+                if ns.take_lease(GC_LEASE, me, config.mgmtd.lease_s):
+                    collect_garbage(ns, mgmtd, pool)
             except Fs3Error as err:
                 log.warning("meta: %s", err)
             if stop.wait(config.mgmtd.heartbeat_s):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from fs3.db import LEASE_TABLE, SQLITE, take_lease
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
 from fs3.types import Inode, Layout
 
@@ -27,18 +28,20 @@ CREATE TABLE IF NOT EXISTS garbage (
     id INTEGER PRIMARY KEY AUTOINCREMENT, inode INTEGER, from_index INTEGER, chains TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
 """
+_SCHEMA += LEASE_TABLE + ";\n"
 
-_COLUMNS = "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target"
+# The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres).
+COLUMNS = "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target"
 
 
-def _row(inode: Inode) -> tuple:
+def inode_to_row(inode: Inode) -> tuple:
     lay = inode.layout
     chains = ",".join(map(str, lay.chains))
     return (inode.id, inode.kind, inode.mode, inode.length, inode.mtime, inode.ctime,
             inode.parent, lay.chunk_size, chains, lay.seed, inode.target)  # fmt: skip
 
 
-def _inode(row: tuple) -> Inode:
+def row_to_inode(row: tuple) -> Inode:
     id_, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target = row
     chain_ids = tuple(int(c) for c in chains.split(",")) if chains else ()
     return Inode(id_, kind, mode, length, mtime, ctime, parent,
@@ -107,12 +110,12 @@ class _SqliteTxn(MetaTxn):
         self.c = conn
 
     def get_inode(self, inode_id: int) -> Inode | None:
-        row = self.c.execute(f"SELECT {_COLUMNS} FROM inodes WHERE id=?", (inode_id,)).fetchone()
-        return _inode(row) if row else None
+        row = self.c.execute(f"SELECT {COLUMNS} FROM inodes WHERE id=?", (inode_id,)).fetchone()
+        return row_to_inode(row) if row else None
 
     def put_inode(self, inode: Inode) -> None:
-        self.c.execute(f"INSERT OR REPLACE INTO inodes ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                       _row(inode))  # fmt: skip
+        self.c.execute(f"INSERT OR REPLACE INTO inodes ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       inode_to_row(inode))  # fmt: skip
 
     def delete_inode(self, inode_id: int) -> None:
         self.c.execute("DELETE FROM inodes WHERE id=?", (inode_id,))
@@ -159,3 +162,6 @@ class _SqliteTxn(MetaTxn):
 
     def drop_garbage(self, garbage_id: int) -> None:
         self.c.execute("DELETE FROM garbage WHERE id=?", (garbage_id,))
+
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        return take_lease(self.c.cursor(), SQLITE, name, holder, "", ttl_s).holder == holder

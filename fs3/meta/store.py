@@ -2,19 +2,26 @@
 
 The namespace logic (:mod:`fs3.meta.namespace`) runs each operation as one transaction over
 these primitives, so a backend only supplies storage and isolation. :class:`MemoryMetaStore`
-is the reference; :mod:`fs3.meta.sqlite` is the default on disk.
+is the reference; :mod:`fs3.meta.sqlite` is the default on disk and :mod:`fs3.meta.postgres`
+the store that several meta servers share. :func:`MetaStore.run` is how operations use a
+store: it runs one again when its transaction lost a conflict with a concurrent one.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
+from fs3.db import run_retrying
 from fs3.types import DIRECTORY, Inode
+
+T = TypeVar("T")
 
 ROOT_ID = 1
 
@@ -79,16 +86,43 @@ class MetaTxn(ABC):
     def drop_garbage(self, garbage_id: int) -> None:
         """Removes a queued item once its chunks are gone."""
 
+    @abstractmethod
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Takes or renews lease ``name`` for ``holder`` for ``ttl_s`` seconds unless another
+        holder's lease is still current; True when ``holder`` holds it afterwards.
+
+        Meta servers sharing a store use it to pick one garbage collector. Time is the
+        store's clock, so servers on hosts whose clocks disagree still agree.
+        """
+
 
 class MetaStore(ABC):
     """A transactional store holding the namespace; safe to use from many threads."""
 
+    retries: int = 0
+    """Transactions run again after losing a conflict, since the store was opened."""
+
     @abstractmethod
-    def transaction(self) -> Iterator[MetaTxn]:
+    def transaction(self) -> AbstractContextManager[MetaTxn]:
         """Context manager: commits on normal exit, rolls back when the block raises.
 
-        Transactions are serialisable: concurrent ones behave as if run one at a time.
+        Transactions are serialisable: concurrent ones behave as if run one at a time. A
+        backend that detects conflicts instead of blocking raises
+        :class:`fs3.db.TxnConflict` from a statement or the commit; use :meth:`run`.
         """
+
+    def run(self, fn: Callable[[MetaTxn], T]) -> T:
+        """Runs ``fn(txn)`` in one transaction and returns its result. When the transaction
+        loses a conflict it is rolled back and ``fn`` runs again from the start, so ``fn``
+        must change nothing outside the transaction.
+
+        Raises what ``fn`` raises, or ``Unavailable`` when conflicts persist for
+        :data:`fs3.db.CONFLICT_RETRY_S`.
+        """
+        return run_retrying(self.transaction, fn, self._count_retry)
+
+    def _count_retry(self) -> None:
+        self.retries += 1  # a statistic: a lost update under threads only undercounts
 
     @abstractmethod
     def close(self) -> None:
@@ -104,15 +138,18 @@ class MemoryMetaStore(MetaStore):
         self._dentries: dict[int, dict[str, int]] = {ROOT_ID: {}}
         self._garbage: dict[int, Garbage] = {}
         self._next = [ROOT_ID + 1, 1]  # next inode id, next garbage id
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> holder, monotonic expiry
 
     @contextmanager
     def transaction(self) -> Iterator[MetaTxn]:
         with self._lock:
-            saved = copy.deepcopy((self._inodes, self._dentries, self._garbage, self._next))
+            saved = copy.deepcopy(
+                (self._inodes, self._dentries, self._garbage, self._next, self._leases)
+            )
             try:
                 yield _MemoryTxn(self)
             except BaseException:
-                self._inodes, self._dentries, self._garbage, self._next = saved
+                self._inodes, self._dentries, self._garbage, self._next, self._leases = saved
                 raise
 
     def close(self) -> None:
@@ -158,3 +195,11 @@ class _MemoryTxn(MetaTxn):
 
     def drop_garbage(self, garbage_id: int) -> None:
         self.s._garbage.pop(garbage_id, None)
+
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        current, expires = self.s._leases.get(name, ("", 0.0))
+        if current == holder or expires <= now:
+            self.s._leases[name] = (holder, now + ttl_s)
+            return True
+        return False

@@ -1,9 +1,10 @@
-"""Namespace semantics over every metadata store."""
+"""Namespace semantics over every metadata store: the conformance suite of MetaStore."""
 
 from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,21 @@ from fs3.errors import (
     NotADirectory,
     NotFound,
 )
+from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.sqlite import SqliteMetaStore
 from fs3.meta.store import MemoryMetaStore, MetaStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> MetaStore:
-    s = MemoryMetaStore() if request.param == "memory" else SqliteMetaStore(tmp_path / "m.db")
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetaStore]:
+    """Every MetaStore implementation in turn, each empty."""
+    if request.param == "memory":
+        s: MetaStore = MemoryMetaStore()
+    elif request.param == "sqlite":
+        s = open_meta_store(tmp_path / "m.db")
+    else:
+        s = open_meta_store(request.getfixturevalue("postgres_url"))
     yield s
     s.close()
 
@@ -138,6 +146,14 @@ def test_concurrent_creates_get_distinct_inodes(ns: Namespace) -> None:
     assert len(set(ids)) == 80 and len(ns.listdir("/")) == 80
 
 
+def test_leases_have_one_holder_until_they_run_out(ns: Namespace) -> None:
+    assert ns.take_lease("gc", "a", 60.0)
+    assert not ns.take_lease("gc", "b", 60.0)
+    assert ns.take_lease("gc", "a", 0.0)  # renewed by its holder, here to run out at once
+    assert ns.take_lease("gc", "b", 60.0)
+    assert not ns.take_lease("gc", "a", 60.0)
+
+
 def test_sqlite_closes_connections_of_ended_threads(tmp_path: Path) -> None:
     """The meta server runs a thread per client connection; their handles must not pile up."""
     store = SqliteMetaStore(tmp_path / "m.db")
@@ -147,3 +163,33 @@ def test_sqlite_closes_connections_of_ended_threads(tmp_path: Path) -> None:
         worker.join()
     assert len(store._all) <= 2  # this thread's and the last worker's
     store.close()
+
+
+def test_crossed_directory_renames_never_make_a_cycle(ns: Namespace) -> None:
+    """Each rename alone passes the "not into its own subtree" check; together they would
+    cut /a and /b off the tree. A serialisable store lets only one of them happen."""
+
+    def move(start: threading.Barrier, outcomes: list[str], src: str, dst: str) -> None:
+        start.wait()
+        try:
+            ns.rename(src, dst)
+            outcomes.append("ok")
+        except (InvalidArgument, NotFound) as err:
+            outcomes.append(type(err).__name__)
+
+    for round_ in range(10):
+        base = f"/r{round_}"
+        ns.mkdir(f"{base}/a", parents=True)
+        ns.mkdir(f"{base}/b")
+        start, outcomes = threading.Barrier(2), []
+        threads = [
+            threading.Thread(target=move, args=(start, outcomes, f"{base}/a", f"{base}/b/a")),
+            threading.Thread(target=move, args=(start, outcomes, f"{base}/b", f"{base}/a/b")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("ok") == 1, outcomes
+        top = [e.name for e in ns.listdir(base)]
+        assert len(top) == 1 and [e.name for e in ns.listdir(f"{base}/{top[0]}")] != top

@@ -1,0 +1,25 @@
+"""Opens the metadata store a ``--db`` value names: a PostgreSQL URL or a SQLite file."""
+
+from __future__ import annotations
+
+import os
+
+from fs3.db import is_postgres
+from fs3.meta.store import MetaStore
+
+
+def open_meta_store(db: str | os.PathLike[str]) -> MetaStore:
+    """``postgresql://USER@HOST:PORT/DB`` opens :class:`~fs3.meta.postgres.PostgresMetaStore`
+    (shareable by several meta servers); anything else is a SQLite file path.
+
+    Raises:
+        Unavailable: the PostgreSQL server cannot be reached.
+    """
+    db = os.fspath(db)
+    if is_postgres(db):
+        from fs3.meta.postgres import PostgresMetaStore
+
+        return PostgresMetaStore(db)
+    from fs3.meta.sqlite import SqliteMetaStore
+
+    return SqliteMetaStore(db)

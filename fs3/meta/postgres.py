@@ -1,0 +1,224 @@
+"""The metadata store several meta servers share: PostgreSQL at SERIALIZABLE isolation.
+
+Why SERIALIZABLE and not row locking: the namespace code (:mod:`fs3.meta.namespace`) is
+written against a serialisable store — FoundationDB's SSI in 3FS, SQLite's single writer here
+— and reads before it writes without saying which rows it depends on. Row locks would have to
+be taken on every row read (``FOR SHARE`` on each path component) and still miss phantoms: a
+``create`` that found no entry and a concurrent ``create`` of the same name, or two renames
+that each pass the "not into its own subtree" check and together make a cycle. PostgreSQL's
+serialisable snapshot isolation catches exactly those, at the cost of aborting one of two
+conflicting transactions (SQLSTATE 40001, or 40P01 for a deadlock); :meth:`MetaStore.run`
+runs the loser again.
+
+SSI tracks reads with predicate locks on index pages; a sequential scan locks a whole table
+and makes every concurrent writer conflict. Every query here is keyed on a primary key, so
+sessions turn sequential scans off (the planner picks them for tiny tables). Inode ids come
+from a sequence, which no transaction conflicts on (a rolled-back create leaves a gap).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, redact, take_lease
+from fs3.errors import Unavailable
+from fs3.meta.sqlite import COLUMNS, inode_to_row, row_to_inode
+from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
+from fs3.types import Inode
+
+# COLLATE "C": entries sort by code point, as Python's sorted() does for the other stores,
+# whatever locale the database was created with.
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS inodes (
+        id BIGINT PRIMARY KEY, kind TEXT NOT NULL, mode INTEGER NOT NULL, length BIGINT NOT NULL,
+        mtime DOUBLE PRECISION NOT NULL, ctime DOUBLE PRECISION NOT NULL, parent BIGINT NOT NULL,
+        chunk_size INTEGER NOT NULL, chains TEXT NOT NULL, seed INTEGER NOT NULL,
+        target TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dentries (
+        parent BIGINT, name TEXT COLLATE "C", child BIGINT NOT NULL, PRIMARY KEY (parent, name))""",
+    """CREATE TABLE IF NOT EXISTS garbage (
+        id BIGSERIAL PRIMARY KEY, inode BIGINT NOT NULL, from_index BIGINT NOT NULL,
+        chains TEXT NOT NULL)""",
+    "CREATE SEQUENCE IF NOT EXISTS inode_ids START 2",
+    LEASE_TABLE,
+]
+_SCHEMA_LOCK = 0x0F53_3E7A  # pg_advisory_xact_lock key: servers starting at once take turns
+_UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:])
+_PUT_INODE = (
+    f"INSERT INTO inodes ({COLUMNS}) VALUES ({', '.join(['%s'] * 11)}) "
+    f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}"
+)
+
+
+class PostgresMetaStore(MetaStore):
+    """Metadata in the PostgreSQL database at ``url``; connections are pooled.
+
+    Args:
+        url: ``postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE``.
+        max_connections: transactions in flight at once; more wait (up to ``wait_s``).
+        wait_s: how long a transaction waits for a free connection before Unavailable.
+
+    Raises:
+        Unavailable: the database cannot be reached.
+    """
+
+    def __init__(self, url: str, max_connections: int = 16, wait_s: float = 10.0) -> None:
+        self.url = url
+        self._wait_s = wait_s
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        conn = connect_postgres(url)
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in _SCHEMA:
+                    cur.execute(statement)
+                cur.execute(_PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
+                            inode_to_row(root_inode(_now(cur))))  # fmt: skip
+        except Exception as err:
+            conn.close()
+            raise postgres_error(err, url) from None
+        self._prepare(conn)
+        self._idle.append(conn)
+
+    def _prepare(self, conn: Any) -> None:
+        import psycopg
+
+        with conn.cursor() as cur:
+            cur.execute("SET enable_seqscan = off")
+        conn.commit()
+        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+
+    def _take(self) -> Any:
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise Unavailable(f"all connections to {redact(self.url)} busy for {self._wait_s:g}s")
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            try:
+                conn = connect_postgres(self.url)
+                self._prepare(conn)
+            except BaseException:
+                self._slots.release()
+                raise
+        return conn
+
+    def _give(self, conn: Any, reusable: bool) -> None:
+        if reusable:
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            conn.close()
+        self._slots.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[MetaTxn]:
+        import psycopg
+
+        conn = self._take()
+        done = False
+        try:
+            try:
+                with conn.cursor() as cur:
+                    yield _PgTxn(cur, self.url)
+                conn.commit()
+                done = True
+            except psycopg.Error as err:
+                raise postgres_error(err, self.url) from None
+        finally:
+            reusable = True
+            if not done:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    reusable = False
+            self._give(conn, reusable and not conn.closed)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+
+
+def _now(cur: Any) -> float:
+    cur.execute(f"SELECT {POSTGRES.now}")
+    return cur.fetchone()[0]
+
+
+class _PgTxn(MetaTxn):
+    def __init__(self, cur: Any, url: str) -> None:
+        self.cur = cur
+        self.url = url
+
+    def _x(self, sql: str, params: tuple = ()) -> Any:
+        """Runs one statement; a conflict raises TxnConflict at once, not at commit."""
+        import psycopg
+
+        try:
+            return self.cur.execute(sql, params)
+        except psycopg.Error as err:
+            raise postgres_error(err, self.url) from None
+
+    def get_inode(self, inode_id: int) -> Inode | None:
+        row = self._x(f"SELECT {COLUMNS} FROM inodes WHERE id=%s", (inode_id,)).fetchone()
+        return row_to_inode(row) if row else None
+
+    def put_inode(self, inode: Inode) -> None:
+        self._x(_PUT_INODE, inode_to_row(inode))
+
+    def delete_inode(self, inode_id: int) -> None:
+        self._x("DELETE FROM inodes WHERE id=%s", (inode_id,))
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        row = self._x(
+            "SELECT child FROM dentries WHERE parent=%s AND name=%s", (parent, name)
+        ).fetchone()
+        return row[0] if row else None
+
+    def link(self, parent: int, name: str, child: int) -> None:
+        self._x("INSERT INTO dentries VALUES (%s,%s,%s) ON CONFLICT (parent, name) "
+                "DO UPDATE SET child=EXCLUDED.child", (parent, name, child))  # fmt: skip
+
+    def unlink(self, parent: int, name: str) -> None:
+        self._x("DELETE FROM dentries WHERE parent=%s AND name=%s", (parent, name))
+
+    def children(self, parent: int, limit: int | None = None) -> list[tuple[str, int]]:
+        rows = self._x(
+            "SELECT name, child FROM dentries WHERE parent=%s ORDER BY name LIMIT %s",
+            (parent, limit),
+        ).fetchall()
+        return [(name, child) for name, child in rows]
+
+    def new_inode_id(self) -> int:
+        return self._x("SELECT nextval('inode_ids')").fetchone()[0]
+
+    def add_garbage(self, garbage: Garbage) -> None:
+        self._x(
+            "INSERT INTO garbage (inode, from_index, chains) VALUES (%s,%s,%s)",
+            (garbage.inode, garbage.from_index, ",".join(map(str, garbage.chains))),
+        )
+
+    def garbage(self, limit: int) -> list[tuple[int, Garbage]]:
+        rows = self._x(
+            "SELECT id, inode, from_index, chains FROM garbage ORDER BY id LIMIT %s", (limit,)
+        ).fetchall()
+        return [
+            (gid, Garbage(inode, start, tuple(int(c) for c in chains.split(",") if c)))
+            for gid, inode, start, chains in rows
+        ]
+
+    def drop_garbage(self, garbage_id: int) -> None:
+        self._x("DELETE FROM garbage WHERE id=%s", (garbage_id,))
+
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        import psycopg
+
+        try:
+            return take_lease(self.cur, POSTGRES, name, holder, "", ttl_s).holder == holder
+        except psycopg.Error as err:
+            raise postgres_error(err, self.url) from None
