@@ -155,6 +155,30 @@ def status(directory: str | None, address: str | None, config_path: str | None) 
     console.print(chains)
 
 
+@fs3.group()
+def chains() -> None:
+    """Chain tables: plan one for a cluster's shape."""
+
+
+@chains.command("plan")
+@click.option("--nodes", type=int, required=True, help="Storage nodes (failure domains).")
+@click.option("--targets-per-node", type=int, required=True, help="Storage targets per node.")
+@click.option("--replicas", type=int, default=3, show_default=True, help="Targets per chain.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Local search seed.")
+@click.option("--no-table", is_flag=True, help="Print only the balance figures.")
+def chains_plan(nodes: int, targets_per_node: int, replicas: int, seed: int,
+                no_table: bool) -> None:  # fmt: skip
+    """Print a chain table that spreads recovery reads evenly (a BIBD where one is found)."""
+    from fs3.errors import ConfigError
+    from fs3.mgmtd.placement import format_plan, plan_chains
+
+    try:
+        plan = plan_chains(nodes, targets_per_node, replicas, seed)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(format_plan(plan, table=not no_table))
+
+
 @fs3.command("ls")
 @click.argument("path", default="fs3:///")
 @click.option("--address", default=None, help="mgmtd HOST:PORT (default: the URL, $FS3_CLUSTER).")
