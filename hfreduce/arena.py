@@ -85,7 +85,9 @@ class Arena:
         self._pids: dict[int, psutil.Process | None] = {}
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         alone = topology.num_nodes == 1 and self.local_size <= cores
-        self._spin_s = _SPIN_S if alone else 0.0
+        self.spin_s = _SPIN_S if alone else 0.0
+        """How long a wait spins before it sleeps; 0 where spinning would take a core that
+        a peer (or, during an asynchronous call, the caller's own work) needs."""
         self._sleeping = [self._index(r, SLEEPING) for r in range(self.local_size)]
         self.set(PID, os.getpid())
 
@@ -128,7 +130,7 @@ class Arena:
             index = self._index(rank, word)
             if words[index] >= target:
                 continue
-            spin_until = time.perf_counter() + self._spin_s
+            spin_until = time.perf_counter() + self.spin_s
             while words[index] < target and time.perf_counter() < spin_until:
                 pass
             start = time.monotonic()

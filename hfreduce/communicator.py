@@ -99,7 +99,7 @@ class Communicator:
         self._pipeline = ChunkPipeline(self.arena, self.topology, self.config, self._trees)
         # Measured on 2 ranks on 2 cores, DDP over a 50M-parameter MLP: spinning during
         # asynchronous calls cost 10-30 ms of CPU per rank and step, 4-9% of the step.
-        self._spin_s = self.arena._spin_s
+        self._spin_s = self.arena.spin_s
         self._cond = threading.Condition()
         self._queue: deque[_Task] = deque()
         self._busy = False
@@ -177,7 +177,7 @@ class Communicator:
 
     def _execute(self, tensor: torch.Tensor, op: ReduceOp, caller_waits: bool) -> None:
         self._check_usable()
-        self.arena._spin_s = self._spin_s if caller_waits else 0.0
+        self.arena.spin_s = self._spin_s if caller_waits else 0.0
         if self.world_size == 1:
             return
         flat = tensor.view(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)

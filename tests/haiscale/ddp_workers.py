@@ -143,7 +143,7 @@ def watch_spinning(group: dist.ProcessGroup) -> list[float]:
     run = communicator._pipeline.run
 
     def recording_run(flat: torch.Tensor, op: object) -> None:
-        spins.append(communicator.arena._spin_s)
+        spins.append(communicator.arena.spin_s)
         run(flat, op)
 
     communicator._pipeline.run = recording_run
