@@ -4,6 +4,10 @@ Writes go to the chain head and return once the tail has the chunk. Reads try th
 serving replicas in an order that spreads chunks over them; a replica whose checksum fails
 is reported (logged and kept in ``bad_replicas``) and the next one is read. Retryable
 failures refresh the chain table and back off, bounded by ``timeouts.retry_s``.
+
+A replica on this machine is read through a file descriptor its target passes
+(:mod:`fs3.client.local_read`), not through TCP; the order of replicas, the errors and the
+failover are the same either way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from fs3.client.local_read import LocalReads
 from fs3.config import Timeouts
 from fs3.errors import (
     ChecksumMismatch,
@@ -31,12 +36,24 @@ from fs3.types import Layout, RoutingTable
 log = logging.getLogger("fs3.client")
 T = TypeVar("T")
 
+LOCAL_READS = True
+"""Whether clients read replicas on their own machine through passed descriptors (to become
+``client.local_reads`` in fs3.config); ``ChunkIO(local_reads=False)`` turns it off for one."""
+
 
 class ChunkIO:
-    def __init__(self, mgmtd: MgmtdClient, pool: ConnectionPool, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        mgmtd: MgmtdClient,
+        pool: ConnectionPool,
+        timeouts: Timeouts,
+        local_reads: bool = LOCAL_READS,
+    ) -> None:
         self.mgmtd = mgmtd
         self.pool = pool
         self.timeouts = timeouts
+        self.local: LocalReads | None = LocalReads(pool, timeouts) if local_reads else None
+        """Reads of replicas on this machine (its ``stats`` count them); None: all over TCP."""
         self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
         self._lock = threading.Lock()
 
@@ -99,6 +116,10 @@ class ChunkIO:
             for target in readers:
                 req = Request(READ, chain_id, table.version, inode, index, offset, length)
                 try:
+                    local = self.local
+                    got = local.read(table, target, req) if local is not None else None
+                    if got is not None:
+                        return memoryview(got)  # read from the page cache into it: no copy
                     _, crc, data = self.pool.request(self._address(table, target), req)
                     if crc32c(data) != crc:
                         raise ChecksumMismatch(f"target {target}: chunk corrupted in transit")

@@ -90,6 +90,17 @@ class ChunkEngine(ABC):
     def list_chain(self, chain: int) -> dict[ChunkId, ChunkMeta]:
         """Committed chunks of one chain, for resynchronising a replica."""
 
+    def open_committed(self, cid: ChunkId) -> int | None:
+        """A read-only file descriptor of the committed version's stored file (the format of
+        :mod:`fs3.storage.local`), or None when the chunk is absent; the caller closes it.
+
+        The file's bytes must not change while it is open, whatever is written, committed or
+        removed meanwhile: a client on this machine reads and verifies it itself. Engines
+        that keep chunks in no such file raise NotImplementedError, and clients then read
+        over the socket.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps chunks in no local file")
+
 
 class MemoryChunkEngine(ChunkEngine):
     """Reference engine in a dict; bytes are checksummed so corruption tests apply to it too."""

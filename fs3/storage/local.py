@@ -4,6 +4,11 @@ Each chunk file is a 4 KiB header (magic, version, length, one CRC32C per 64 KiB
 followed by the bytes. Per-block checksums let a 4 KiB random read verify 64 KiB instead of
 the whole chunk. A write stages ``<name>.p`` (copy-on-write, so the committed version stays
 readable meanwhile) and commit renames it over ``<name>``, which is atomic.
+
+A committed file is never written again, only replaced or unlinked: a client on this machine
+may hold a descriptor of it (:meth:`LocalChunkEngine.open_committed`, passed over the
+target's Unix socket by :mod:`fs3.storage.local_read`) and must keep reading that one
+version. Anything that rewrote a committed file in place would break that.
 """
 
 from __future__ import annotations
@@ -36,12 +41,46 @@ def _header(version: int, content: bytes) -> bytes:
     return head.ljust(HEADER_SIZE, b"\x00")
 
 
-def _parse(header: bytes, where: Path) -> tuple[int, int, tuple[int, ...]]:
+def parse_header(
+    header: bytes | bytearray | memoryview, where: object
+) -> tuple[int, int, tuple[int, ...]]:
+    """Returns (version, length, block CRCs) of a chunk file's header.
+
+    Raises ChecksumMismatch naming ``where`` when the header is short or damaged.
+    """
+    if len(header) < HEADER_SIZE:
+        raise ChecksumMismatch(f"chunk file {where} has a short header")
     magic, version, length, nblocks = _FIXED.unpack_from(header)
-    if magic != _MAGIC or nblocks > MAX_BLOCKS:
+    if magic != _MAGIC or nblocks > MAX_BLOCKS or nblocks != -(-length // BLOCK_SIZE):
         raise ChecksumMismatch(f"chunk file {where} has a damaged header")
     crcs = struct.unpack_from(f"<{nblocks}I", header, _FIXED.size)
     return version, length, crcs
+
+
+def check_blocks(
+    view: memoryview,
+    start: int,
+    got: int,
+    size: int,
+    crcs: tuple[int, ...],
+    where: str,
+    path: str | None = None,
+) -> None:
+    """Verifies the blocks that ``view`` holds against their stored CRCs.
+
+    ``view`` holds the chunk's bytes from ``start`` (a block boundary) on, of which ``got``
+    were read; it must cover whole blocks up to its end or the chunk's ``size``. Raises
+    ChecksumMismatch naming ``where`` and the block (``path`` as its path) when one is
+    short or fails its CRC32C.
+    Shared by the engine and by clients that read a chunk file through a passed descriptor
+    (:mod:`fs3.client.local_read`), so both apply exactly one rule.
+    """
+    first = start // BLOCK_SIZE
+    for block in range(first, first + -(-len(view) // BLOCK_SIZE)):
+        lo = block * BLOCK_SIZE - start
+        piece = view[lo : min(lo + BLOCK_SIZE, got)]
+        if len(piece) != min(BLOCK_SIZE, size - block * BLOCK_SIZE) or crc32c(piece) != crcs[block]:
+            raise ChecksumMismatch(f"{where} block {block} fails CRC32C", path)
 
 
 class LocalChunkEngine(ChunkEngine):
@@ -73,7 +112,7 @@ class LocalChunkEngine(ChunkEngine):
                 cid = ChunkId(int(chain_dir.name), int(inode, 16), int(index, 16))
                 with open(file, "rb") as f:
                     try:
-                        version, length, _ = _parse(f.read(HEADER_SIZE), file)
+                        version, length, _ = parse_header(f.read(HEADER_SIZE), file)
                     except ChecksumMismatch:
                         continue  # left for resync from a healthy replica to replace
                 self._committed[cid] = ChunkMeta(version, length)
@@ -99,13 +138,15 @@ class LocalChunkEngine(ChunkEngine):
     ) -> tuple[bytes | memoryview, int]:
         """Reads whole blocks, verifies each against its stored CRC and returns the range
         with its CRC, combined from the block CRCs where the range covers whole blocks."""
+        if length <= 0:  # no bytes to verify: what a local read's check asks (local_read)
+            return b"", 0
         path = self._path(cid)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return b"", 0
         try:
-            _, size, crcs = _parse(os.pread(fd, HEADER_SIZE, 0), path)
+            _, size, crcs = parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             end = min(offset + length, size)
             if end <= offset:
                 return b"", 0
@@ -116,21 +157,29 @@ class LocalChunkEngine(ChunkEngine):
             got = os.preadv(fd, [view], HEADER_SIZE + start)
         finally:
             os.close(fd)
+        check_blocks(view, start, got, size, crcs, f"chunk {tuple(cid)}", str(path))
         crc = 0
         for block in range(first, last + 1):
             lo = block * BLOCK_SIZE - start
             piece = view[lo : min(lo + BLOCK_SIZE, got)]
-            if (
-                len(piece) != min(BLOCK_SIZE, size - block * BLOCK_SIZE)
-                or crc32c(piece) != crcs[block]
-            ):
-                raise ChecksumMismatch(f"chunk {tuple(cid)} block {block} fails CRC32C", str(path))
             # The part of this block inside the range: whole, or cut at either end.
             cut = piece[max(offset - start - lo, 0) : end - start - lo]
             part_crc = crcs[block] if len(cut) == len(piece) else crc32c(cut)
             crc = part_crc if block == first else crc32c_combine(crc, part_crc, len(cut))
         # A view into the verified buffer: the data path sends it as is, no 4 MiB copy.
         return view[offset - start : end - start], crc
+
+    def open_committed(self, cid: ChunkId) -> int | None:
+        """A read-only descriptor of the committed version's file, or None when absent.
+
+        The file never changes while open: a new version is a new file (``<name>.p``)
+        renamed over this one, and removal only unlinks it, so the descriptor keeps
+        reading the one version it was opened on.
+        """
+        try:
+            return os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
 
     def write(
         self, cid: ChunkId, version: int, data: bytes | memoryview, offset: int, truncate: bool

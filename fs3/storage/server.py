@@ -1,5 +1,6 @@
-"""The storage process: TCP data path and gRPC comparison path over one StorageTarget,
-plus the heartbeat loop that renews the lease and starts resyncs."""
+"""The storage process: TCP data path and gRPC comparison path over one StorageTarget, the
+Unix socket of local reads (:mod:`fs3.storage.local_read`), and the heartbeat loop that
+renews the lease and starts resyncs."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.rpc import serve, servicer_method
 from fs3.storage.local import LocalChunkEngine
+from fs3.storage.local_read import start_local_reads
 from fs3.storage.target import StorageTarget
 from fs3.storage.wire import (
     DUMP,
+    LOCAL_INFO,
     READ,
     REMOVE,
     REPLICATE,
@@ -40,7 +43,7 @@ def _payload_size(req: Request) -> int:
     return req.length if req.op in (WRITE, REPLICATE, SYNC) else 0
 
 
-def _dispatch(target: StorageTarget, req: Request, payload: memoryview) -> Reply:
+def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: memoryview) -> Reply:
     if req.op == READ:
         version, data, crc = target.read(req)
         return RESPONSE.pack(0, len(data), crc, version), data
@@ -58,6 +61,8 @@ def _dispatch(target: StorageTarget, req: Request, payload: memoryview) -> Reply
     if req.op == DUMP:
         data = target.dump(req.chain)
         return RESPONSE.pack(0, len(data), 0, 0), data
+    if req.op == LOCAL_INFO:
+        return RESPONSE.pack(0, len(local_info), 0, 0), local_info
     raise Fs3Error(f"unknown data-path op {req.op}")
 
 
@@ -99,7 +104,10 @@ def run_storage(
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     target = StorageTarget(target_id, engine, mgmtd, pool)
-    data = FrameServer((host, data_port), _payload_size, functools.partial(_dispatch, target))
+    local = start_local_reads(root, target)
+    local_info = local.info() if local else b""
+    dispatch = functools.partial(_dispatch, target, local_info)
+    data = FrameServer((host, data_port), _payload_size, dispatch)
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
     grpc_server = serve(lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
                         host, grpc_port)  # fmt: skip
@@ -116,6 +124,9 @@ def run_storage(
     finally:
         data.shutdown()
         data.server_close()
+        if local is not None:
+            local.shutdown()
+            local.server_close()
         grpc_server.stop(grace=1.0)
         pool.close()
         mgmtd.close()

@@ -28,6 +28,9 @@ from fs3.errors import ERROR_TYPES, Fs3Error, Unavailable, error_message
 log = logging.getLogger("fs3.wire")
 
 READ, WRITE, REPLICATE, SYNC, REMOVE, DUMP = 1, 2, 3, 4, 5, 6
+# Local reads (fs3.storage.local_read): LOCAL_INFO on TCP answers where the target's Unix
+# socket is and which machine it runs on; HELLO, OPEN and BAD travel on that Unix socket.
+LOCAL_INFO, LOCAL_HELLO, LOCAL_OPEN, LOCAL_BAD = 7, 8, 9, 10
 
 # op, flags, chain, table version, inode, index, offset, length, crc, version
 REQUEST = struct.Struct("!BBxxIQQIIIIQ")

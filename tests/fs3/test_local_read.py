@@ -1,0 +1,342 @@
+"""Zero-copy local reads: chunk files passed as descriptors over each target's Unix socket.
+
+Against real storage processes: the bytes equal the TCP path's, the local path is the one
+used (its counters), corruption found there is handled as a TCP read's, a write racing local
+reads never shows a mix of versions, and every way the local path can be missing falls back
+to TCP without an error.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import fs3.client.local_read as local_read
+from fs3.client import FS3FileSystem
+from fs3.client.chunks import read_order
+from fs3.client.local_read import LocalReads, LocalReadStats, read_chunk_file
+from fs3.cluster import LocalCluster
+from fs3.config import Timeouts
+from fs3.errors import ChunkBusy, Fs3Error
+from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, LocalChunkEngine
+from fs3.storage.local_read import socket_path
+from fs3.storage.wire import READ, ConnectionPool, FrameServer, Request
+from fs3.types import ChunkId, RoutingTable, TargetInfo
+
+from .conftest import SMALL_CHUNK
+
+
+def _fs(cluster: LocalCluster, local: bool = True) -> FS3FileSystem:
+    fs = FS3FileSystem(cluster.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
+    if not local:
+        fs.chunks.local = None
+    return fs
+
+
+def _stats(fs: FS3FileSystem) -> LocalReadStats:
+    assert fs.chunks.local is not None
+    return fs.chunks.local.stats
+
+
+def _sockets(cluster: LocalCluster) -> dict[int, Path]:
+    return {i: socket_path(cluster.root / f"storage-{i}") for i in range(1, cluster.targets + 1)}
+
+
+def _chunk_file(cluster: LocalCluster, target: int, chain: int, inode: int, index: int) -> Path:
+    return cluster.root / f"storage-{target}" / str(chain) / f"{inode:016x}.{index:08x}"
+
+
+def test_local_reads_return_what_tcp_reads_return(cluster: LocalCluster) -> None:
+    local_fs, tcp_fs = _fs(cluster), _fs(cluster, local=False)
+    data = os.urandom(7 * SMALL_CHUNK + 12_345)
+    local_fs.pipe_file("/lr/same", data)
+    assert local_fs.cat_file("/lr/same") == tcp_fs.cat_file("/lr/same") == data
+    rng = random.Random(5)
+    with local_fs.open("/lr/same", "rb") as a, tcp_fs.open("/lr/same", "rb") as b:
+        for _ in range(60):  # ranges inside blocks, across blocks and across chunks
+            offset, length = rng.randrange(len(data)), rng.randrange(1, 3 * BLOCK_SIZE)
+            a.seek(offset)
+            b.seek(offset)
+            assert a.read(length) == b.read(length) == data[offset : offset + length]
+    # Grown by truncate: the chunks past the old end are holes on every target.
+    local_fs.truncate("/lr/same", len(data) + 2 * SMALL_CHUNK)
+    grown = data + bytes(2 * SMALL_CHUNK)
+    assert local_fs.cat_file("/lr/same") == tcp_fs.cat_file("/lr/same") == grown
+    stats = _stats(local_fs)
+    assert stats.reads > 60 and stats.bytes > len(data)
+    assert stats.fallbacks == 0 and stats.checksum_failures == 0
+    local_fs.rm("/lr/same")
+
+
+def test_local_reads_follow_the_preferred_replica_order(cluster: LocalCluster) -> None:
+    fs = _fs(cluster)
+    chunks = 12
+    fs.pipe_file("/lr/order", os.urandom(chunks * SMALL_CHUNK))
+    inode = fs.meta.stat("/lr/order")
+    table = fs.mgmtd.refresh()
+    expected = Counter(
+        read_order(table, inode.layout.chain_of(i), inode.id, i)[0] for i in range(chunks)
+    )
+    fs.cat_file("/lr/order")  # one sequential pass: every chunk read once, ahead of need
+    assert Counter(_stats(fs).by_target) == expected
+    assert len(expected) > 1  # the chunks spread over several targets, all read locally
+    fs.rm("/lr/order")
+
+
+def test_flipped_byte_found_locally_is_served_from_another_replica(cluster: LocalCluster) -> None:
+    fs = _fs(cluster)
+    data = os.urandom(4 * SMALL_CHUNK)
+    fs.pipe_file("/lr/flip", data)
+    inode = fs.meta.stat("/lr/flip")
+    table = fs.mgmtd.refresh()
+    bad = []
+    # Chunk 0: a byte of its second block; chunk 1: its header's magic. Each on the replica
+    # the read tries first, flipped in place (the way a disk would, without a new file).
+    for index, position in ((0, HEADER_SIZE + BLOCK_SIZE + 7), (1, 0)):
+        chain = inode.layout.chain_of(index)
+        first = read_order(table, chain, inode.id, index)[0]
+        with open(_chunk_file(cluster, first, chain, inode.id, index), "r+b") as f:
+            f.seek(position)
+            byte = f.read(1)[0]
+            f.seek(position)
+            f.write(bytes([byte ^ 0x10]))
+        bad.append((first, chain, inode.id, index))
+    for _ in range(3):
+        assert fs.cat_file("/lr/flip") == data
+    for replica in bad:
+        assert replica in fs.chunks.bad_replicas
+    stats = _stats(fs)
+    assert stats.checksum_failures >= 2 * 3 and stats.reads > 0
+    # The target hears of it and logs it, as it logs a mismatch a TCP read finds.
+    log = cluster.root / f"storage-{bad[0][0]}.log"
+    deadline = time.monotonic() + 10
+    while "on a local client" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"chunk ({bad[0][1]}, {inode.id}, 0)" in log.read_text()
+    fs.rm("/lr/flip")
+
+
+def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster) -> None:
+    reader, writer = _fs(cluster), _fs(cluster, local=False)
+    writer.pipe_file("/lr/race", bytes(2 * SMALL_CHUNK))
+    inode = writer.meta.open("/lr/race")
+    done = threading.Event()
+    problems: list[object] = []
+    seen: list[set[int]] = [set(), set()]
+
+    def write() -> None:
+        try:
+            for k in range(1, 31):  # whole chunks of one repeated byte, k, as version k
+                for index in (0, 1):
+                    writer.chunks.write(inode.layout, inode.id, index, 0,
+                                        bytes([k]) * SMALL_CHUNK, True)  # fmt: skip
+        finally:
+            done.set()
+
+    def read(index: int) -> None:
+        last = 0
+        while not done.is_set() and not problems:
+            got = bytes(reader.chunks.read(inode.layout, inode.id, index, 0, SMALL_CHUNK))
+            values = set(got)
+            if len(got) != SMALL_CHUNK or len(values) != 1:
+                problems.append((index, len(got), sorted(values)[:5]))
+            elif got[0] < last:  # CRAQ: a later read never sees an older version
+                problems.append((index, "went back", last, got[0]))
+            else:
+                last = got[0]
+                seen[index].add(last)
+
+    threads = [threading.Thread(target=write)]
+    threads += [threading.Thread(target=read, args=(i,)) for i in (0, 1, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not problems
+    assert all(len(s) > 1 for s in seen)  # the reads did overlap the writes
+    stats = _stats(reader)
+    assert stats.reads >= sum(map(len, seen)) and stats.fallbacks == 0
+    # A torn read would fail its block CRCs (and be read again elsewhere): none may.
+    assert stats.checksum_failures == 0 and not reader.chunks.bad_replicas
+    writer.rm("/lr/race")
+
+
+def test_a_local_read_after_a_newer_one_never_sees_an_older_version(
+    cluster: LocalCluster,
+) -> None:
+    """CRAQ through the local path: the tail commits first, so a read of the head right after
+    one of the tail must not return the head's older committed version (the head answers
+    busy while its newer version is pending)."""
+    reader, writer = _fs(cluster), _fs(cluster, local=False)
+    writer.pipe_file("/lr/craq", bytes(SMALL_CHUNK))
+    inode = writer.meta.open("/lr/craq")
+    chain = inode.layout.chain_of(0)
+    local = reader.chunks.local
+    assert local is not None
+    done = threading.Event()
+    problems: list[object] = []
+    busy = 0
+
+    def write() -> None:
+        try:
+            for k in range(1, 41):
+                writer.chunks.write(inode.layout, inode.id, 0, 0, bytes([k]) * SMALL_CHUNK, True)
+        finally:
+            done.set()
+
+    def read(target: int) -> int:
+        nonlocal busy
+        while True:
+            table = reader.mgmtd.table()
+            req = Request(READ, chain, table.version, inode.id, 0, 0, SMALL_CHUNK)
+            try:
+                got = local.read(table, target, req)
+            except ChunkBusy:
+                busy += 1
+                continue
+            assert got is not None, "local path not used"
+            return bytes(got)[0]
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    head, *_, tail = reader.mgmtd.table().chains[chain].writers()
+    while not done.is_set() and not problems:
+        newer = read(tail)
+        older = read(head)
+        if older < newer:
+            problems.append((newer, older))
+    thread.join(60)
+    assert not problems
+    assert busy > 0  # the head was caught with a pending version at least once
+    writer.rm("/lr/craq")
+
+
+def test_a_passed_descriptor_keeps_reading_its_version(tmp_path: Path) -> None:
+    engine = LocalChunkEngine(tmp_path, fsync=False)
+    cid = ChunkId(1, 7, 0)
+    v1 = os.urandom(3 * BLOCK_SIZE + 5)
+    engine.write(cid, 1, v1, 0, True)
+    engine.commit(cid, 1)
+    held = engine.open_committed(cid)
+    assert held is not None
+    try:
+        engine.write(cid, 2, b"x" * 100, 0, False)  # staged beside it...
+        assert bytes(read_chunk_file(held, 0, len(v1), "v1")) == v1
+        engine.commit(cid, 2)  # ...then renamed over it
+        newer = engine.open_committed(cid)
+        assert newer is not None
+        assert bytes(read_chunk_file(newer, 0, len(v1), "v2")) == b"x" * 100 + v1[100:]
+        os.close(newer)
+        engine.replace(cid, 1, b"resynced")  # resync's replace, then removal
+        engine.remove(cid.chain, cid.inode)
+        assert engine.open_committed(cid) is None
+        for offset, length in ((0, len(v1)), (BLOCK_SIZE - 3, 10), (2 * BLOCK_SIZE, 1 << 20)):
+            got = read_chunk_file(held, offset, length, "v1")
+            assert bytes(got) == v1[offset : offset + length]
+        assert read_chunk_file(held, len(v1), 10, "v1") == b""
+    finally:
+        os.close(held)
+
+
+def test_missing_or_unreachable_socket_falls_back_to_tcp(cluster: LocalCluster) -> None:
+    data = os.urandom(9 * SMALL_CHUNK)
+    _fs(cluster).pipe_file("/lr/fallback", data)
+    sockets = _sockets(cluster)
+    away = {i: p.with_name(p.name + ".away") for i, p in sockets.items()}
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for i, path in sockets.items():
+            path.rename(away[i])
+        # Target 1: nothing at its path. Target 2: a socket nobody accepts on. Target 3:
+        # target 1's socket at its path (another container's target at the same path).
+        dead.bind(str(sockets[2]))
+        os.link(away[1], sockets[3])
+        fs = _fs(cluster)
+        assert fs.cat_file("/lr/fallback") == data
+        stats = _stats(fs)
+        assert stats.reads == 0 and stats.fallbacks >= 1
+        failed = stats.fallbacks
+        assert fs.cat_file("/lr/fallback") == data
+        assert stats.fallbacks == failed  # a failed target is not tried again at every read
+    finally:
+        dead.close()
+        sockets[2].unlink(missing_ok=True)
+        sockets[3].unlink(missing_ok=True)
+        for i, path in sockets.items():
+            away[i].rename(path)
+    fs = _fs(cluster)
+    assert fs.cat_file("/lr/fallback") == data
+    assert _stats(fs).reads > 0 and _stats(fs).fallbacks == 0
+    fs.rm("/lr/fallback")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root connects to a socket whatever its mode")
+def test_socket_without_permission_falls_back_to_tcp(cluster: LocalCluster) -> None:
+    data = os.urandom(3 * SMALL_CHUNK)
+    _fs(cluster).pipe_file("/lr/denied", data)
+    sockets = _sockets(cluster).values()
+    try:
+        for path in sockets:
+            path.chmod(0)
+        fs = _fs(cluster)
+        assert fs.cat_file("/lr/denied") == data
+        assert _stats(fs).reads == 0 and _stats(fs).fallbacks >= 1
+    finally:
+        for path in sockets:
+            path.chmod(0o660)
+    _fs(cluster).rm("/lr/denied")
+
+
+def test_client_on_another_machine_reads_over_tcp(cluster: LocalCluster) -> None:
+    fs = _fs(cluster)
+    fs.chunks.local = LocalReads(fs.pool, fs.config.timeouts, machine="another-boot/another-host")
+    data = os.urandom(3 * SMALL_CHUNK)
+    fs.pipe_file("/lr/remote", data)
+    assert fs.cat_file("/lr/remote") == data
+    assert _stats(fs) == LocalReadStats()  # not local: not even a failed attempt
+    fs.rm("/lr/remote")
+
+
+def test_target_without_local_reads_is_read_over_tcp() -> None:
+    def refuse(req: Request, payload: memoryview) -> tuple[bytes, bytes]:
+        raise Fs3Error(f"unknown data-path op {req.op}")  # what a target from before answers
+
+    server = FrameServer(("127.0.0.1", 0), lambda req: 0, refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        table = RoutingTable(1, {1: TargetInfo(1, "127.0.0.1", port, alive=True)})
+        local = LocalReads(ConnectionPool(1.0, 1.0), Timeouts())
+        assert local.read(table, 1, Request(READ, 1, 1, 9, 0, 0, 100)) is None
+        assert local.stats == LocalReadStats()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_restarted_target_is_read_locally_again(make_cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(local_read, "RECHECK_S", 0.3)
+    c: LocalCluster = make_cluster(replicas=1)
+    fs = _fs(c)
+    data = os.urandom(6 * SMALL_CHUNK)
+    fs.pipe_file("/restart", data)
+    assert fs.cat_file("/restart") == data
+    before = dict(_stats(fs).by_target)
+    assert before.get(1)
+    c.kill("storage-1")
+    c.start_process("storage-1")
+    c.wait_ready(60)
+    # The pooled connection to the old process is dead: that read goes over TCP...
+    assert fs.cat_file("/restart") == data
+    time.sleep(0.5)
+    # ...and once RECHECK_S has passed, the new process's socket is found and used.
+    assert fs.cat_file("/restart") == data
+    assert _stats(fs).by_target[1] > before[1]
