@@ -7,6 +7,7 @@ Service commands (``mgmtd``, ``meta``, ``storage``) are also the container entry
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import click
 
 from fs3.config import Fs3Config, load_config
+from fs3.fuse.options import MountOptions
 
 _config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -212,3 +214,74 @@ def ls(
             click.echo(f"{entry['size']:>12} {when:%Y-%m-%d %H:%M:%S} {name}")
         else:
             click.echo(name)
+
+_MOUNT = MountOptions()  # the mount's defaults, shown in --help
+
+
+@fs3.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--cluster", "address", help="mgmtd HOST:PORT (default: $FS3_CLUSTER, config).")
+@_config_option
+@click.option("-d", "--background", is_flag=True, help="Return once mounted.")
+@click.option("--log", "log_file", help="Log file of a --background mount.")
+@click.option("--chunk-size", type=int, help="Chunk size of new files, bytes.")
+@click.option("--attr-timeout", type=float, default=_MOUNT.attr_timeout, show_default=True,
+              help="Seconds the kernel caches attributes.")  # fmt: skip
+@click.option("--entry-timeout", type=float, default=_MOUNT.entry_timeout, show_default=True,
+              help="Seconds the kernel caches name lookups.")  # fmt: skip
+@click.option("--readahead-kib", type=int, default=_MOUNT.readahead_kib, show_default=True,
+              help="Kernel read-ahead.")  # fmt: skip
+@click.option("--max-background", type=int, default=_MOUNT.max_background, show_default=True,
+              help="Kernel read-ahead requests in flight.")  # fmt: skip
+@click.option("--threads", type=int, default=_MOUNT.threads, show_default=True,
+              help="fs3 calls at once, each in a worker thread.")  # fmt: skip
+@click.option("--io-threads", type=int, default=_MOUNT.io_threads, show_default=True,
+              help="Chunk transfers at once, all open files together.")  # fmt: skip
+@click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
+@click.option("--debug", is_flag=True, help="Log every FUSE request.")
+@click.option("--parent-pid", type=int, hidden=True, help="Unmount once this process is gone.")
+def mount(mountpoint: str, address: str | None, config_path: str | None, background: bool,
+          log_file: str | None, chunk_size: int | None, attr_timeout: float,
+          entry_timeout: float, readahead_kib: int, max_background: int, threads: int,
+          io_threads: int, allow_other: bool, debug: bool,
+          parent_pid: int | None) -> None:  # fmt: skip
+    """Mount an fs3 cluster at MOUNTPOINT (FUSE). Runs in the foreground until Ctrl-C,
+    SIGTERM or `hai fs3 umount MOUNTPOINT`; --background returns once it is mounted."""
+    import sys
+    import tempfile
+
+    from fs3.errors import Fs3Error
+    from fs3.fuse.process import mount_command, start_mount, wait_mounted
+
+    try:
+        options = MountOptions(attr_timeout, entry_timeout, readahead_kib, max_background,
+                               threads, io_threads, allow_other, debug)  # fmt: skip
+        if background:
+            log = Path(log_file or Path(tempfile.gettempdir()) / f"fs3-mount-{os.getpid()}.log")
+            command = mount_command(mountpoint, address, config_path, chunk_size, options)
+            proc = start_mount(command, log)
+            wait_mounted(mountpoint, proc, log, timeout=60.0)
+            click.echo(f"fs3 mounted at {mountpoint} (pid {proc.pid}, log {log})")
+            return
+        from fs3.fuse.serve import run_mount
+
+        level = logging.DEBUG if debug else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s fs3-mount %(levelname)s %(message)s")
+        run_mount(mountpoint, address, config_path, chunk_size, options, parent_pid)
+    except Fs3Error as err:
+        click.echo(f"hai fs3 mount: {err}", err=True)
+        sys.exit(1)
+
+
+@fs3.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are still open.")
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Unmount the fs3 mount at MOUNTPOINT (its process commits open files and exits)."""
+    from fs3.errors import Fs3Error
+    from fs3.fuse.process import unmount
+
+    try:
+        unmount(mountpoint, lazy)
+    except Fs3Error as err:
+        raise click.ClickException(str(err)) from None

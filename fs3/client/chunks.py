@@ -30,7 +30,7 @@ from fs3.errors import (
 )
 from fs3.mgmtd.client import MgmtdClient
 from fs3.storage.engine import crc32c
-from fs3.storage.wire import READ, WRITE, ConnectionPool, Request
+from fs3.storage.wire import READ, REMOVE, WRITE, ConnectionPool, Request
 from fs3.types import Layout, RoutingTable
 
 log = logging.getLogger("fs3.client")
@@ -103,6 +103,22 @@ class ChunkIO:
             self.pool.request(self._address(table, writers[0]), req, data)
 
         self.retry(f"writing chunk {index} of inode {inode} on chain {chain_id}", attempt)
+
+    def remove(self, layout: Layout, inode: int, from_index: int) -> None:
+        """Deletes chunks ``from_index`` onwards of ``inode`` from every live replica now.
+
+        Meta's truncate queues the same deletion for its collector, which runs later and
+        would also delete chunks written after the truncate; a client that shrinks a file
+        and writes on at once (``open(O_TRUNC)``) removes them itself and sets the length.
+        """
+
+        def attempt(table: RoutingTable) -> None:
+            for chain_id in sorted(set(layout.chains)):
+                for target in table.chains[chain_id].writers():
+                    req = Request(REMOVE, chain_id, table.version, inode, from_index)
+                    self.pool.request(self._address(table, target), req)
+
+        self.retry(f"removing chunks {from_index}.. of inode {inode}", attempt)
 
     def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> memoryview:
         """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""

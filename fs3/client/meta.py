@@ -37,11 +37,17 @@ class MetaClient:
     def open(self, path: str) -> Inode:
         return inode_from_pb(self._rpc("Open", pb.PathRequest(path=path)))
 
-    def mkdir(self, path: str, parents: bool) -> Inode:
-        return inode_from_pb(self._rpc("Mkdir", pb.MkdirRequest(path=path, parents=parents)))
+    def mkdir(self, path: str, parents: bool, mode: int = 0) -> Inode:
+        """``mode`` 0 means the meta default (0o755)."""
+        req = pb.MkdirRequest(path=path, parents=parents, mode=mode)
+        return inode_from_pb(self._rpc("Mkdir", req))
 
-    def create(self, path: str, exclusive: bool, chunk_size: int, stripe: int) -> Inode:
-        req = pb.CreateRequest(path=path, exclusive=exclusive, chunk_size=chunk_size, stripe=stripe)
+    def create(
+        self, path: str, exclusive: bool, chunk_size: int, stripe: int, mode: int = 0
+    ) -> Inode:
+        """``mode`` 0 means the meta default (0o644)."""
+        req = pb.CreateRequest(path=path, exclusive=exclusive, chunk_size=chunk_size,
+                               stripe=stripe, mode=mode)  # fmt: skip
         return inode_from_pb(self._rpc("Create", req))
 
     def listdir(self, path: str) -> list[DirEntry]:

@@ -1,0 +1,528 @@
+"""The FUSE operations: kernel requests mapped onto the fs3 client.
+
+Handlers run in pyfuse3's trio loop. Every call that may block (a meta RPC, a chunk
+transfer, a wait for one) runs in a worker thread (:meth:`Fs3Operations._blocking`), so a
+slow chunk stalls only the requests that need it. The inode table is touched only in the trio
+thread. Every failure reaches the kernel as an errno (:func:`errno_of`); none escapes into
+pyfuse3, which would end the mount.
+
+Semantics beyond what fs3's meta offers directly:
+
+- Close-to-open: ``open`` fetches the file's attributes afresh; when they changed the
+  kernel's page cache and attributes of the file are dropped, and when the name now holds
+  another inode (replaced by another client) the mount answers ESTALE, on which the kernel
+  looks the name up again and opens the new file.
+- Unlinking a file (or renaming over it) while it is open in this mount moves it into the
+  hidden ``/.fs3-orphans`` folder instead; the last release deletes it, so open descriptors
+  keep working as POSIX says (NFS's "silly rename"). Other clients' open files are not
+  tracked: deleting a file another machine has open ends that machine's reads.
+- fs3's meta has no call to change a mode or times yet, so ``chmod`` and ``utime`` are kept
+  by this mount (in memory, for its lifetime); other clients do not see them.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from fs3.client import FS3FileSystem
+from fs3.errors import Fs3Error, Fs3TimeoutError, NotFound
+from fs3.fuse.files import Cursor, OpenFile, set_file_length
+from fs3.fuse.inodes import InodeTable
+from fs3.fuse.options import MountOptions
+from fs3.meta.store import ROOT_ID
+from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode
+
+log = logging.getLogger("fs3.fuse")
+T = TypeVar("T")
+
+ORPHANS = ".fs3-orphans"
+"""Root folder of files unlinked while open; hidden from listings and lookups."""
+NAME_MAX = 255  # as ext4 and most Linux file systems; statfs reports it
+BLKSIZE = 1 << 20  # st_blksize: the FUSE request size, so stdio and cp move 1 MiB at a time
+NOMINAL_CAPACITY = 1 << 50
+"""fs3 reports no capacity yet: statfs shows 1 PiB free so tools that check space proceed."""
+_KIND_BITS = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+
+
+def errno_of(err: BaseException) -> int:
+    """The errno a failed fs3 call becomes: the builtin's errno where fs3 set one (ENOENT,
+    EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL), ETIMEDOUT when retries ran out (an
+    unreachable cluster), EIO for everything else (lost data, a dropped connection)."""
+    if isinstance(err, pyfuse3.FUSEError):
+        return err.errno
+    if isinstance(err, Fs3TimeoutError):
+        return errno.ETIMEDOUT
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    return errno.EIO
+
+
+def _handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Fs3Operations, *args: Any) -> T:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except (Fs3Error, OSError) as err:
+            code = errno_of(err)
+            if code in (errno.EIO, errno.ETIMEDOUT):
+                log.warning("%s: %s", fn.__name__, err)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Fs3Operations(pyfuse3.Operations):
+    """pyfuse3 handlers over one :class:`FS3FileSystem`."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # the kernel would own sizes and times; close-to-open is ours
+
+    def __init__(self, fs: FS3FileSystem, options: MountOptions) -> None:
+        super().__init__()
+        self.fs = fs
+        self.meta = fs.meta
+        self.options = options
+        self.table = InodeTable(fs.meta.stat("/"))
+        self.files: dict[int, OpenFile] = {}
+        self._handles: dict[int, OpenFile] = {}
+        self._cursors: dict[int, Cursor] = {}
+        self._dirs: dict[int, tuple[int, list[DirEntry] | None]] = {}
+        self._next_fh = itertools.count(1)
+        self._limiter: trio.CapacityLimiter | None = None
+        self.initialised = trio.Event()
+        """Set once the kernel's INIT request has been answered."""
+        self._executor = ThreadPoolExecutor(options.io_threads, "fs3-fuse-io")
+        self._overrides: dict[int, dict[str, int]] = {}  # chmod/utime kept by this mount
+        me = f"{socket.gethostname()}-{os.getpid()}"
+        self._orphan_names = (f"{me}-{n}" for n in itertools.count())
+        self.uid, self.gid = os.getuid(), os.getgid()
+
+    def init(self) -> None:
+        self.initialised.set()  # the reply follows in the same step of the loop
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(self.options.threads)
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+
+    # -- attributes --------------------------------------------------------------------
+    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        opened = self.files.get(inode.id)
+        if opened is not None:
+            inode = opened.inode
+        over = self._overrides.get(inode.id, {})
+        a.st_ino = inode.id
+        a.entry_timeout = self.options.entry_timeout
+        a.attr_timeout = self.options.attr_timeout
+        a.st_mode = _KIND_BITS[inode.kind] | (over.get("mode", inode.mode) & 0o7777)
+        if inode.kind == FILE:
+            a.st_size = opened.size if opened is not None else inode.length
+        elif inode.kind == SYMLINK:
+            a.st_size = len(inode.target.encode())
+        a.st_nlink = 0 if opened is not None and opened.orphan else 1
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_blksize = BLKSIZE
+        a.st_blocks = -(-a.st_size // 512)
+        mtime = over.get("mtime_ns", int(inode.mtime * 1e9))
+        a.st_mtime_ns = mtime
+        a.st_atime_ns = over.get("atime_ns", mtime)
+        a.st_ctime_ns = int(inode.ctime * 1e9)
+        return a
+
+    @staticmethod
+    def _name(name: bytes) -> str:
+        if len(name) > NAME_MAX:
+            raise _fuse_error(errno.ENAMETOOLONG)
+        try:
+            return name.decode()
+        except UnicodeDecodeError:
+            raise _fuse_error(errno.EINVAL) from None  # fs3 names are UTF-8
+
+    def _child(self, parent: int, name: bytes) -> tuple[str, str]:
+        """(name, fs3 path) of ``name`` in ``parent``; the orphan folder does not exist."""
+        text = self._name(name)
+        if parent == ROOT_ID and text == ORPHANS:
+            raise _fuse_error(errno.ENOENT)
+        return text, self.table.child_path(parent, text)
+
+    async def _stat_known(self, ino: int) -> Inode:
+        """Fresh attributes of a known inode; ESTALE when its name now holds another."""
+        try:
+            inode = await self._blocking(self.meta.stat, self.table.path(ino))
+        except NotFound:
+            raise _fuse_error(errno.ESTALE) from None
+        if inode.id != ino:
+            raise _fuse_error(errno.ESTALE)
+        self.table.update(inode)
+        return inode
+
+    # -- lookups -----------------------------------------------------------------------
+    @_handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name in (b".", b".."):  # only NFS export asks; the kernel resolves them itself
+            node = self.table.node(parent_inode)
+            if name == b"..":
+                node = self.table.node(node.parent)
+            node.lookups += 1
+            return self._attr(node.inode)
+        text, path = self._child(parent_inode, name)
+        inode = await self._blocking(self.meta.stat, path)
+        self.table.remember(parent_inode, text, inode)
+        return self._attr(inode)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.table.forget(ino, count)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        opened = self.files.get(inode)
+        if opened is not None:
+            return self._attr(opened.inode)
+        node = self.table.node(inode)
+        if node.detached:
+            return self._attr(node.inode)
+        return self._attr(await self._stat_known(inode))
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if (fields.update_uid and attr.st_uid != self.uid) or (
+            fields.update_gid and attr.st_gid != self.gid
+        ):
+            raise _fuse_error(errno.EPERM)  # fs3 has no owners; everything is the mounter's
+        over = self._overrides.setdefault(inode, {})
+        if fields.update_size:
+            opened = self._handles.get(fh) if fh is not None else self.files.get(inode)
+            if opened is not None:
+                await self._blocking(opened.truncate, attr.st_size)
+            else:
+                current = await self._stat_known(inode)
+                if current.kind != FILE:
+                    raise _fuse_error(errno.EISDIR if current.is_dir else errno.EINVAL)
+                new = await self._blocking(set_file_length, self.fs, current, current.length,
+                                           attr.st_size)  # fmt: skip
+                self.table.update(new)
+            over.pop("mtime_ns", None)
+        if fields.update_mode:
+            over["mode"] = attr.st_mode & 0o7777
+        if fields.update_mtime:
+            over["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_atime:
+            over["atime_ns"] = attr.st_atime_ns
+        if not over:
+            del self._overrides[inode]
+        return await self.getattr(inode, ctx)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.table.node(inode)
+        if node.inode.kind == SYMLINK and node.inode.target:
+            return node.inode.target.encode()  # a symlink's target never changes
+        return (await self._blocking(self.meta.readlink, self.table.path(inode))).encode()
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = NOMINAL_CAPACITY // s.f_frsize
+        s.f_files = s.f_ffree = s.f_favail = 1 << 32
+        s.f_namemax = NAME_MAX
+        return s
+
+    # -- directories -------------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.table.path(inode)  # ESTALE for a directory that lost its place
+        fh = next(self._next_fh)
+        self._dirs[fh] = (inode, None)
+        return fh
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino, entries = self._dirs[fh]
+        if entries is None or start_id == 0:  # one listing per pass keeps offsets stable
+            entries = await self._blocking(self.meta.listdir, self.table.path(ino))
+            if ino == ROOT_ID:
+                entries = [e for e in entries if e.name != ORPHANS]
+            self._dirs[fh] = (ino, entries)
+        for index in range(start_id, len(entries)):
+            entry = entries[index]
+            if not pyfuse3.readdir_reply(token, entry.name.encode(), self._attr(entry.inode),
+                                         index + 1):  # fmt: skip
+                break
+            self.table.remember(ino, entry.name, entry.inode)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Nothing to do: every namespace change is committed by meta before it returns."""
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text, path = self._child(parent_inode, name)
+        inode = await self._blocking(self.meta.mkdir, path, False, mode & 0o7777)
+        if not mode & 0o7777:
+            self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
+        self.table.remember(parent_inode, text, inode)
+        return self._attr(inode)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        text, path = self._child(parent_inode, name)
+        await self._blocking(self.meta.rmdir, path)
+        self._forget_name(parent_inode, text)
+
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text, path = self._child(parent_inode, name)
+        try:
+            target_text = target.decode()
+        except UnicodeDecodeError:
+            raise _fuse_error(errno.EINVAL) from None
+        inode = await self._blocking(self.meta.symlink, path, target_text)
+        self.table.remember(parent_inode, text, inode)
+        return self._attr(inode)
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        text, path = self._child(parent_inode, name)
+        ino = self.table.child(parent_inode, text)
+        if ino is not None and self._is_open(ino):
+            await self._orphan(ino, path)
+            return
+        await self._blocking(self.meta.unlink, path)
+        self._forget_name(parent_inode, text)
+
+    def _forget_name(self, parent: int, name: str) -> None:
+        ino = self.table.child(parent, name)
+        if ino is not None:
+            self.table.detach(ino)
+            self._overrides.pop(ino, None)
+
+    async def _orphan(self, ino: int, path: str) -> None:
+        """Moves an open file out of the namespace; its last release deletes it."""
+        orphan = f"/{ORPHANS}/{next(self._orphan_names)}"
+
+        def move() -> None:
+            try:
+                self.meta.rename(path, orphan)
+            except NotFound:
+                self.meta.mkdir(f"/{ORPHANS}", parents=True)
+                self.meta.rename(path, orphan)
+
+        await self._blocking(move)
+        self.table.detach(ino)
+        if self._is_open(ino):
+            self.files[ino].orphan = orphan
+        else:  # released while it moved (the kernel sends release after close returns)
+            await self._blocking(self.meta.unlink, orphan)
+
+    def _is_open(self, ino: int) -> bool:
+        opened = self.files.get(ino)
+        return opened is not None and opened.handles > 0
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fuse_error(errno.EINVAL)  # fs3 has no atomic exchange; Linux's "unsupported"
+        old_text, src = self._child(parent_inode_old, name_old)
+        new_text, dst = self._child(parent_inode_new, name_new)
+        if flags & pyfuse3.RENAME_NOREPLACE:
+            # Checked, then renamed: not atomic against another client creating dst between.
+            if await self._blocking(self._exists, dst):
+                raise _fuse_error(errno.EEXIST)
+        moving = self.table.child(parent_inode_old, old_text)
+        victim = self.table.child(parent_inode_new, new_text)
+        if victim is not None and victim != moving and self._is_open(victim):
+            if moving is not None and self.table.is_dir(moving):
+                raise _fuse_error(errno.ENOTDIR)  # a directory cannot replace a file
+            await self._orphan(victim, dst)
+        await self._blocking(self.meta.rename, src, dst)
+        if moving is not None:
+            self.table.moved(moving, parent_inode_new, new_text)
+        if victim is not None and victim != moving:
+            self._overrides.pop(victim, None)
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.meta.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    # -- files -------------------------------------------------------------------------
+    def _new_handle(self, opened: OpenFile) -> int:
+        fh = next(self._next_fh)
+        opened.handles += 1
+        self._handles[fh] = opened
+        self._cursors[fh] = Cursor()
+        return fh
+
+    async def _drop_handle(self, fh: int) -> None:
+        opened = self._handles.pop(fh)
+        del self._cursors[fh]
+        opened.handles -= 1
+        if opened.handles:
+            return
+        try:
+            if not opened.idle():
+                committed = await self._blocking(opened.commit)
+                if committed is not None:
+                    self.table.update(committed)
+        finally:
+            if opened.handles == 0 and self.files.get(opened.inode.id) is opened:
+                del self.files[opened.inode.id]
+                opened.close()
+                if opened.orphan:
+                    await self._blocking(self.meta.unlink, opened.orphan)
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        keep_cache = True
+        opened = self.files.get(inode)
+        if opened is None:
+            seen = self.table.node(inode).inode
+            fresh = await self._stat_known(inode)  # close-to-open: revalidate at every open
+            if fresh.kind != FILE:
+                raise _fuse_error(errno.EISDIR if fresh.is_dir else errno.EINVAL)
+            if (fresh.length, fresh.mtime) != (seen.length, seen.mtime):
+                keep_cache = False  # drops the kernel's pages of the file
+                await self._blocking(pyfuse3.invalidate_inode, inode, True)  # and its size
+            opened = self.files[inode] = OpenFile(self.fs, fresh, self._executor)
+        fh = self._new_handle(opened)
+        try:
+            if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+                await self._blocking(opened.truncate, 0)
+                self._overrides.get(inode, {}).pop("mtime_ns", None)
+        except BaseException:
+            await self._drop_handle(fh)
+            raise
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=bool(flags & os.O_DIRECT))
+
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        text, path = self._child(parent_inode, name)
+        c = self.fs.config.client
+        perm = mode & 0o7777
+        try:
+            inode = await self._blocking(self.meta.create, path, True, c.chunk_size, c.stripe, perm)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # Created by another client since the kernel looked: open that one.
+            inode = await self._blocking(self.meta.stat, path)
+            if inode.kind != FILE:
+                raise _fuse_error(errno.EISDIR) from None
+        else:
+            if not perm:
+                self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
+        self.table.remember(parent_inode, text, inode)
+        opened = self.files.get(inode.id)
+        if opened is None:
+            opened = self.files[inode.id] = OpenFile(self.fs, inode, self._executor)
+        fh = self._new_handle(opened)
+        try:
+            if flags & os.O_TRUNC and opened.size:
+                await self._blocking(opened.truncate, 0)
+        except BaseException:
+            await self._drop_handle(fh)
+            raise
+        info = pyfuse3.FileInfo(fh=fh, direct_io=bool(flags & os.O_DIRECT))
+        return info, self._attr(inode)
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        opened, cursor = self._handles[fh], self._cursors[fh]
+        data = opened.read(cursor, off, size, block=False)  # read ahead already: no thread
+        if data is None:
+            data = await self._blocking(opened.read, cursor, off, size)
+        return data
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        opened = self._handles[fh]
+        written = opened.write(off, buf, block=False)  # only buffered: no thread
+        if written is None:
+            written = await self._blocking(opened.write, off, buf)
+        over = self._overrides.get(opened.inode.id)
+        if over:
+            over.pop("mtime_ns", None)  # a write sets the modification time
+        return written
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        opened = self._handles[fh]
+        if opened.idle():
+            return
+        committed = await self._blocking(opened.commit)
+        if committed is not None:
+            self.table.update(committed)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flush(fh)
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        await self._drop_handle(fh)
+
+    # -- end of the mount --------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Commits what open files still buffer and deletes orphans; called after the loop
+        ended (the kernel sends no release for files still open at unmount)."""
+        for opened in list(self.files.values()):
+            try:
+                opened.commit()
+                if opened.orphan:
+                    self.meta.unlink(opened.orphan)
+            except Fs3Error as err:
+                log.error("inode %d: data not committed at unmount: %s", opened.inode.id, err)
+        self.files.clear()
+        self._executor.shutdown(wait=True)
