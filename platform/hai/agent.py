@@ -33,12 +33,18 @@ log = logging.getLogger("hai.agent")
 
 
 def rank_environment(
-    a: Assignment, local_rank: int, node: str, state_dir: Path, server: str
+    a: Assignment,
+    local_rank: int,
+    node: str,
+    state_dir: Path,
+    server: str,
+    inherit: bool = True,
 ) -> dict[str, str]:
-    """The variables a rank starts with: torch.distributed's, the node's, and hai.client's."""
+    """The variables a rank starts with: torch.distributed's, the node's, and hai.client's,
+    over the agent's own environment when ``inherit`` (a container brings its own)."""
     world = a.nodes * a.ranks_per_node
     # The agent's own token stays with the agent: a job acts through its run token only.
-    inherited = {k: v for k, v in os.environ.items() if k != "HAI_TOKEN"}
+    inherited = {k: v for k, v in os.environ.items() if k != "HAI_TOKEN"} if inherit else {}
     return {
         **inherited,
         **a.environment,
@@ -147,14 +153,23 @@ class Agent:
             RankLaunch(
                 rank=a.node_rank * a.ranks_per_node + local,
                 argv=a.argv,
-                env=rank_environment(a, local, self.name, self.state_dir, self.client.address),
+                env=rank_environment(
+                    a,
+                    local,
+                    self.name,
+                    self.state_dir,
+                    self.client.address,
+                    self.executor.inherits_environment,
+                ),
                 log_path=log_path(
                     self.state_dir, a.job_id, a.attempt, a.node_rank * a.ranks_per_node + local
                 ),
             )
             for local in range(a.ranks_per_node)
         ]
-        return Launch(a.run_id, control, ranks)
+        return Launch(
+            a.run_id, control, ranks, a.job_id, a.attempt, self.name, a.node_rank, a.nodes
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Heartbeats until ``stop`` is set, then kills the ranks it still has."""

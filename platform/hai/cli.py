@@ -9,7 +9,7 @@ import sys
 import click
 
 from fs3.cli import fs3 as fs3_commands
-from hai.commands import cluster_commands, demo, job_commands
+from hai.commands import cluster_commands, demo, job_commands, operator
 from hai.doctor import collect_report, summary_rows
 
 
@@ -47,7 +47,7 @@ def doctor(as_json: bool) -> None:
 
 
 main.add_command(fs3_commands)
-for command in [demo, *job_commands, *cluster_commands]:
+for command in [demo, *job_commands, *cluster_commands, operator]:
     main.add_command(command)
 
 

@@ -100,11 +100,48 @@ class AgentConfig:
 
 
 @dataclass
+class K8sConfig:
+    """The Kubernetes executor and the HaiJob operator (docs/kubernetes.md)."""
+
+    api_url: str = ""
+    """Kubernetes API server URL; empty means in-cluster credentials, else ~/.kube/config."""
+    namespace: str = "hai-jobs"
+    """Where the pods of jobs submitted with ``hai submit`` run (a HaiJob's run in its own)."""
+    image: str = "fireflyer:latest"
+    """Image of jobs whose spec names none."""
+    python: str = "python3"
+    """Interpreter in the job image that runs the rank launcher (hai/k8s/launch.py)."""
+    host_network: bool = False
+    """Run job pods on the node's network (RDMA and InfiniBand setups usually want this)."""
+    service_account: str = ""
+    """Service account of job pods; empty means the namespace's default."""
+    start_timeout_s: float = 300.0
+    """A pod whose container cannot start this long (image pull, bad config) fails its rank
+    with exit code 127; the restart policy then decides."""
+    stuck_after_s: float = 120.0
+    """A job pod still terminating this long past its grace period has lost its agent (a
+    dead node): the operator releases it by dropping the executor's finalizer."""
+    poll_interval_s: float = 5.0
+    """How often the operator refreshes each HaiJob's status from the scheduler."""
+    group_label: str = "hai.fireflyer.io/group"
+    """Node label whose value is the node's pool (the job spec's ``group``)."""
+
+    def __post_init__(self) -> None:
+        if self.start_timeout_s <= 0 or self.poll_interval_s <= 0 or self.stuck_after_s < 0:
+            raise ConfigError(
+                f"k8s.start_timeout_s ({self.start_timeout_s}) and k8s.poll_interval_s "
+                f"({self.poll_interval_s}) must be > 0, k8s.stuck_after_s "
+                f"({self.stuck_after_s}) >= 0"
+            )
+
+
+@dataclass
 class HaiConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    k8s: K8sConfig = field(default_factory=K8sConfig)
 
 
 def _coerce(current: Any, value: Any, where: str) -> Any:

@@ -92,24 +92,31 @@ def server(
 @click.option("--name", required=True)
 @click.option("--server", "address", required=True, help="host:port of the hai server.")
 @click.option("--state-dir", default=None)
-@click.option("--gpus", default=0, show_default=True)
-@click.option("--group", default="default", show_default=True)
+@click.option("--gpus", type=int, default=None, help="GPUs to report [default: 0, or as found].")
+@click.option("--group", default=None, help="Node pool [default: default, or the node label].")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None)
+@click.option(
+    "--kubernetes",
+    "on_kubernetes",
+    is_flag=True,
+    help="Run ranks as pods on Kubernetes node NAME (the agent DaemonSet; docs/kubernetes.md).",
+)
+@click.option("--address", "node_address", default=None, help="This node's address.")
 def agent(
     name: str,
     address: str,
     state_dir: str | None,
-    gpus: int,
-    group: str,
+    gpus: int | None,
+    group: str | None,
     metrics_port: int | None,
     config_path: str | None,
+    on_kubernetes: bool,
+    node_address: str | None,
 ) -> None:
     """Run a node agent in the foreground."""
-    import torch
-
     from hai.agent import Agent
-    from hai.executor import LocalExecutor
+    from hai.executor import Executor, LocalExecutor
     from hai.rpc import ApiClient
     from hai.server import TOKEN_FILE
 
@@ -119,17 +126,30 @@ def agent(
     folder = Path(state_dir or state_dir_default()).expanduser()
     token = os.environ.get("HAI_TOKEN") or (folder / TOKEN_FILE).read_text().strip()
     client = ApiClient(address, token, config.agent.rpc_timeout_s)
-    virtual = not torch.cuda.is_available()
+    executor: Executor
+    if on_kubernetes:
+        from hai.k8s.kube import kubernetes_executor
+
+        # GPUs belong to the device plugin, not to this pod: nothing to probe here.
+        executor, found = kubernetes_executor(config.k8s, name, client)
+        gpus, group, virtual = found.gpus if gpus is None else gpus, group or found.group, True
+    else:
+        import torch
+
+        executor, virtual = LocalExecutor(), not torch.cuda.is_available()
+        gpus = (gpus or 0) if virtual else torch.cuda.device_count()
     node = Agent(
         name,
         client,
-        LocalExecutor(),
+        executor,
         folder,
         config.agent,
-        group,
-        gpus if virtual else torch.cuda.device_count(),
+        group or "default",
+        gpus,
         virtual_gpus=virtual,
     )
+    if node_address:
+        node.info.address = node_address
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,8 +1,9 @@
 """The executor interface: how one node's agent runs the ranks of a run.
 
-Implementations: :class:`hai.executor.local.LocalExecutor` (processes on this machine);
-the Kubernetes executor (pods) is a later issue. ``tests/hai/test_executor.py`` runs one
-conformance suite on each.
+Implementations: :class:`hai.executor.local.LocalExecutor` (processes on this machine) and
+:class:`hai.executor.k8s.KubernetesExecutor` (one pod per node of a run).
+``tests/hai/test_executor.py`` holds the conformance suite; ``tests/hai/test_k8s_executor.py``
+runs it on the Kubernetes executor.
 
 The job side sees the same contract everywhere: the variables of :func:`rank_environment`,
 a control folder where a ``suspend`` file appears when the platform asks it to suspend
@@ -30,9 +31,20 @@ class Launch:
     control_dir: Path
     """Shared by all of this node's ranks; :mod:`hai.client` reads and writes it."""
     ranks: list[RankLaunch] = field(default_factory=list)
+    job_id: int = 0
+    attempt: int = 0
+    node: str = ""
+    """The node these ranks run on (the agent's name)."""
+    node_rank: int = 0
+    nodes: int = 1
+    """How many nodes the run spans; ``node_rank`` is this node's place among them."""
 
 
 class Executor(abc.ABC):
+    inherits_environment = True
+    """Whether ranks start with the agent's own environment under the platform's variables
+    (local processes), or only with the platform's (a container brings its own)."""
+
     @abc.abstractmethod
     def start(self, launch: Launch) -> None:
         """Starts every rank of ``launch`` and returns without waiting for them.

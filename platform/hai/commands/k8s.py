@@ -1,0 +1,61 @@
+"""``hai operator``: the HaiJob operator, and the fs3 chain-state exporter beside it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from hai.commands.common import connect
+from hai.config import load_config
+
+
+@click.group(invoke_without_command=True)
+@click.option("--server", "address", default=None, help="host:port of the hai server.")
+@click.option(
+    "-n", "--namespace", "namespaces", multiple=True, help="Watch only these (default: all)."
+)
+@click.option(
+    "--liveness", default=None, help="kopf health endpoint, e.g. http://0.0.0.0:8080/healthz"
+)
+@click.option("--config", "config_path", default=None, help="YAML config file (group k8s).")
+@click.pass_context
+def operator(
+    ctx: click.Context,
+    address: str | None,
+    namespaces: tuple[str, ...],
+    liveness: str | None,
+    config_path: str | None,
+) -> None:
+    """Run the HaiJob operator: HaiJobs become scheduler jobs, their status follows.
+
+    The token is HAI_TOKEN (or the state folder's); the server HAI_SERVER or --server.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from hai.k8s import operator as haijob_operator
+    from hai.k8s.kube import core_api
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(config_path)
+    if address:
+        os.environ["HAI_SERVER"] = address
+    client = connect()
+    try:
+        haijob_operator.run(client.call, core_api(config.k8s), config.k8s, namespaces, liveness)
+    finally:
+        client.close()
+
+
+@operator.command("fs3-exporter")
+@click.option("--mgmtd", required=True, help="mgmtd HOST:PORT.")
+@click.option("--port", default=9402, show_default=True, help="Prometheus port.")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--interval", default=15.0, show_default=True, help="Seconds between reads.")
+def fs3_exporter(mgmtd: str, port: int, host: str, interval: float) -> None:
+    """Serve fs3's targets and chain states as Prometheus metrics (a mgmtd sidecar)."""
+    from hai.k8s.fs3_metrics import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(mgmtd, port, host, interval)

@@ -1,0 +1,277 @@
+"""The Kubernetes executor: one pod per node of a run, created by that node's agent.
+
+The agent runs as a DaemonSet pod on every GPU node and drives this executor exactly as
+it drives the local one; only the runner differs. :meth:`start` creates the run's pod on
+this node (and, on node rank 0, the run's headless Service), :meth:`stop` deletes it with
+the grace period, :meth:`exit_code` reads the pod's containers. Suspend travels through
+the run's control folder, a host folder the agent and the pod share: the agent writes
+``suspend``, ``hai.client.go_suspend()`` in the pod writes ``suspend_ack``.
+
+Pods carry :data:`~hai.k8s.names.POD_FINALIZER`, so a deleted pod stays readable until
+this executor has recorded how its ranks ended; it then drops the finalizer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hai.client import ACK_FILE, SUSPEND_FILE
+from hai.config import K8sConfig
+from hai.errors import StateError, Unavailable
+from hai.executor.base import Executor, Launch
+from hai.k8s import launch as launcher_module
+from hai.k8s.names import LABEL_MANAGED, LABEL_NODE, MANAGER, POD_FINALIZER, label_value
+from hai.k8s.pods import (
+    CANNOT_START,
+    placement_for,
+    pod_manifest,
+    pod_outcome,
+    service_manifest,
+    without_finalizer_patch,
+)
+
+log = logging.getLogger("hai.executor.k8s")
+LAUNCHER = "launch.py"
+"""The launcher's name in a run's control folder."""
+
+JobSpecLookup = Callable[[int], "dict[str, Any] | None"]
+"""Job id -> its spec (image, GPUs per node), e.g. through the server's Describe."""
+
+
+@dataclass
+class _PodRun:
+    launch: Launch
+    namespace: str
+    name: str
+    deleting: bool = False
+    code: int | None = None
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class KubernetesExecutor(Executor):
+    inherits_environment = False
+
+    def __init__(
+        self,
+        api: Any,
+        config: K8sConfig,
+        job_spec: JobSpecLookup | None = None,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        """``api`` is a ``kubernetes.client.CoreV1Api``; ``job_spec`` looks up a job's
+        spec (None: every job gets the config's image and no GPUs, as in the tests)."""
+        self.api = api
+        self.config = config
+        self._job_spec = job_spec
+        self._clock = clock
+        self._runs: dict[int, _PodRun] = {}
+
+    # ---- Kubernetes calls, with errors in the platform's terms ----------------------------
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Calls the API and returns the answer as JSON (the client's models are left out:
+        they reject objects a newer server adds fields to); None on 404.
+
+        Raises Unavailable when the API cannot be reached (the agent retries on its next
+        heartbeat); other API errors propagate.
+        """
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            reply = fn(*args, _preload_content=False, **kwargs)
+            return json.loads(reply.data) if reply.data else {}
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        except HTTPError as err:
+            raise Unavailable(f"Kubernetes API unreachable while trying to {what}: {err}") from None
+
+    def _read_pod(self, run: _PodRun) -> dict[str, Any] | None:
+        return self._call("read a pod", self.api.read_namespaced_pod, run.name, run.namespace)
+
+    def _delete_pod(self, run: _PodRun, grace_s: float) -> None:
+        # The API takes whole seconds, and 0 would mean "skip the grace" only with force.
+        grace = max(1, math.ceil(grace_s))
+        self._call(
+            "delete a pod",
+            self.api.delete_namespaced_pod,
+            run.name,
+            run.namespace,
+            grace_period_seconds=grace,
+        )
+        run.deleting = True
+
+    def _release(self, namespace: str, name: str, pod: dict[str, Any] | None = None) -> None:
+        """Drops our finalizer, so a deleted pod can go (a JSON patch guarded by a test)."""
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(3):
+            if pod is None:
+                pod = self._call("read a pod", self.api.read_namespaced_pod, name, namespace)
+                if pod is None:
+                    return
+            if POD_FINALIZER not in (pod.get("metadata", {}).get("finalizers") or []):
+                return
+            try:
+                self._call(
+                    "release a pod",
+                    self.api.patch_namespaced_pod,
+                    name,
+                    namespace,
+                    without_finalizer_patch(pod),
+                    _content_type="application/json-patch+json",
+                )
+                return
+            except ApiException as err:  # the finalizers changed under us: read again
+                if err.status not in (409, 422):
+                    raise
+                pod = None
+
+    # ---- the Executor interface -----------------------------------------------------------
+    def start(self, launch: Launch) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if launch.run_id in self._runs:
+            raise StateError(f"run {launch.run_id} already started on this node")
+        launch.control_dir.mkdir(parents=True, exist_ok=True)
+        for rank in launch.ranks:
+            rank.log_path.parent.mkdir(parents=True, exist_ok=True)
+        launcher = launch.control_dir / LAUNCHER
+        shutil.copyfile(launcher_module.__file__, launcher)
+        spec = None
+        if self._job_spec is not None:
+            spec = self._job_spec(launch.job_id)
+        placement = placement_for(launch, spec, self.config)
+        pod = pod_manifest(launch, placement, launcher)
+        run = _PodRun(launch, placement.namespace, pod["metadata"]["name"])
+        try:
+            if launch.node_rank == 0:
+                self._create(
+                    self.api.create_namespaced_service, service_manifest(launch, placement)
+                )
+            self._create(self.api.create_namespaced_pod, pod)
+        except ApiException as err:
+            # Refused (quota, admission, a missing namespace): the ranks cannot start, which
+            # the restart policy handles like any command that cannot start.
+            reason = f"hai: Kubernetes refused pod {run.name}: {err.status} {err.reason}: "
+            reason += (err.body or "")[:500] if isinstance(err.body, str) else ""
+            self._log(launch, reason)
+            run.code = CANNOT_START
+        self._runs[launch.run_id] = run
+        log.info("run %d: pod %s/%s on %s", launch.run_id, run.namespace, run.name, launch.node)
+
+    def _create(self, fn: Callable[..., Any], body: dict[str, Any]) -> None:
+        """Creates ``body``; one that exists already is taken as ours (the same run's pod
+        or Service, made by this node's agent before it restarted)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._call(
+                f"create {body['metadata']['name']}", fn, body["metadata"]["namespace"], body
+            )
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def request_suspend(self, run_id: int) -> None:
+        (self._runs[run_id].launch.control_dir / SUSPEND_FILE).touch()
+
+    def acked(self, run_id: int) -> bool:
+        return (self._runs[run_id].launch.control_dir / ACK_FILE).exists()
+
+    def stop(self, run_id: int, grace_s: float) -> None:
+        run = self._runs[run_id]
+        if not run.deleting and run.code is None:
+            self._delete_pod(run, grace_s)
+
+    def exit_code(self, run_id: int) -> int | None:
+        run = self._runs[run_id]
+        if run.code is not None:
+            return run.code
+        try:
+            pod = self._read_pod(run)
+        except Unavailable as err:
+            log.warning("%s", err)
+            return None
+        outcome = pod_outcome(pod, self._clock(), self.config.start_timeout_s)
+        if outcome.exit_code is None:
+            return None
+        run.code = outcome.exit_code
+        if outcome.message:
+            self._log(run.launch, f"hai: pod {run.name}: {outcome.message}")
+        if pod is not None:
+            if outcome.exit_code == CANNOT_START and not run.deleting:
+                self._delete_pod(run, 0)
+            if run.deleting or pod.get("metadata", {}).get("deletionTimestamp"):
+                self._release(run.namespace, run.name, pod)
+        return run.code
+
+    def run_ids(self) -> list[int]:
+        return list(self._runs)
+
+    def forget(self, run_id: int) -> None:
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return
+        if not run.deleting:
+            self._delete_pod(run, 0)
+        self._release(run.namespace, run.name)
+        if run.launch.node_rank == 0:
+            from hai.k8s.names import service_name
+
+            self._call(
+                "delete a service",
+                self.api.delete_namespaced_service,
+                service_name(run_id),
+                run.namespace,
+            )
+
+    def shutdown(self) -> None:
+        """Deletes this node's pods: ranks do not outlive their agent (the scheduler has
+        already requeued their jobs once the agent is gone)."""
+        for run_id in list(self._runs):
+            try:
+                self.forget(run_id)
+            except Exception:
+                log.exception("could not delete the pod of run %d", run_id)
+
+    def remove_orphans(self, node: str) -> list[str]:
+        """Deletes pods on ``node`` that a previous agent left (the scheduler counted their
+        runs as lost when this agent registered); returns their names."""
+        pods = self._call(
+            "list pods",
+            self.api.list_pod_for_all_namespaces,
+            label_selector=f"{LABEL_MANAGED}={MANAGER},{LABEL_NODE}={label_value(node)}",
+        )
+        known = {(r.namespace, r.name) for r in self._runs.values()}
+        removed = []
+        for item in (pods or {}).get("items") or []:
+            meta = item["metadata"]
+            lab = meta.get("labels") or {}
+            if lab.get(LABEL_MANAGED) != MANAGER or lab.get(LABEL_NODE) != label_value(node):
+                continue  # a server that ignores the selector (the test emulator)
+            name, namespace = meta["name"], meta["namespace"]
+            if (namespace, name) in known:
+                continue
+            self._call("delete a pod", self.api.delete_namespaced_pod, name, namespace)
+            self._release(namespace, name)
+            removed.append(name)
+        return removed
+
+    @staticmethod
+    def _log(launch: Launch, line: str) -> None:
+        for rank in launch.ranks:
+            rank.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with rank.log_path.open("a") as f:
+                f.write(line.rstrip("\n") + "\n")

@@ -1,0 +1,214 @@
+"""HaiJob objects in the platform's terms, and the platform's state as HaiJob status.
+
+Pure functions over the API's JSON (camelCase) and the server's answers (the core's
+dataclasses as dicts), so the operator's handlers stay a few lines each and the rules are
+tested without an API server:
+
+* :func:`job_spec`: a HaiJob's ``spec`` becomes a :class:`~hai.spec.JobSpec`, checked by
+  the same code as ``hai submit`` (every bad field reported, named as in the HaiJob);
+* :func:`haijob_status`: a job's record, runs and events become ``status``;
+* :func:`suspend_action`: a change of ``spec.suspend`` becomes Suspend or Resume;
+* :func:`status_changes`: only what changed is patched.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from hai.errors import SpecError
+from hai.k8s.names import ENV_NAMESPACE, ENV_OWNER
+from hai.records import (
+    FAILED,
+    QUEUED,
+    RUN_DONE,
+    RUNNING,
+    STOPPED,
+    SUCCEEDED,
+    SUSPENDED,
+    SUSPENDING,
+)
+from hai.spec import JobSpec, spec_from_dict
+
+# HaiJob spec field -> job spec field.
+FIELDS = {
+    "entrypoint": "entrypoint",
+    "arguments": "arguments",
+    "image": "image",
+    "nodes": "nodes",
+    "gpusPerNode": "gpus_per_node",
+    "priority": "priority",
+    "group": "group",
+    "environment": "environment",
+    "maxRunTime": "max_run_time",
+    "restartPolicy": "restart_policy",
+    "maxRestarts": "max_restarts",
+    "suspendGracePeriod": "suspend_grace_period",
+}
+RESTART_POLICIES = {"Never": "never", "OnFailure": "on_failure"}
+OPERATOR_FIELDS = ("suspend",)
+"""HaiJob fields the operator acts on that are not part of the job spec."""
+
+PHASES = {
+    QUEUED: "Queued",
+    RUNNING: "Running",
+    SUSPENDING: "Suspending",
+    SUSPENDED: "Suspended",
+    SUCCEEDED: "Succeeded",
+    FAILED: "Failed",
+    STOPPED: "Stopped",
+}
+PENDING = "Pending"
+"""Not yet registered with the scheduler."""
+INVALID = "Invalid"
+"""The spec was refused (the message says why); fix it and create the HaiJob again."""
+FINISHED_PHASES = ("Succeeded", "Failed", "Stopped", INVALID)
+
+
+def job_name(name: str) -> str:
+    """The scheduler's name for a HaiJob: its own, cut to the 63 characters a job may have."""
+    return name[:63]
+
+
+def job_spec(haijob: dict[str, Any]) -> JobSpec:
+    """The job a HaiJob asks for, with the variables that tell the Kubernetes executor where
+    its pods go (:data:`~hai.k8s.names.ENV_NAMESPACE`, :data:`~hai.k8s.names.ENV_OWNER`).
+
+    Raises:
+        SpecError: one line per bad, missing or unknown field, named ``spec.FIELD``.
+    """
+    meta = haijob.get("metadata") or {}
+    spec = haijob.get("spec")
+    if not isinstance(spec, dict):
+        raise SpecError(["spec: required, a mapping of the job's fields"])
+    back = {v: k for k, v in FIELDS.items()}
+    problems: list[str] = []
+    data: dict[str, Any] = {"name": job_name(str(meta.get("name", "")))}
+    for key, value in spec.items():
+        if key in OPERATOR_FIELDS:
+            continue
+        if key not in FIELDS:
+            known = ", ".join(sorted([*FIELDS, *OPERATOR_FIELDS]))
+            problems.append(f"spec.{key}: unknown field (known: {known})")
+        elif key == "restartPolicy":
+            if value in RESTART_POLICIES:
+                data["restart_policy"] = RESTART_POLICIES[value]
+            else:
+                problems.append(f"spec.restartPolicy: must be Never or OnFailure, got {value!r}")
+        else:
+            data[FIELDS[key]] = value
+    environment = data.get("environment", {})
+    if isinstance(environment, dict):
+        data["environment"] = {
+            **environment,
+            ENV_NAMESPACE: str(meta.get("namespace", "")),
+            ENV_OWNER: f"{meta.get('name', '')}/{meta.get('uid', '')}",
+        }
+    try:
+        parsed = spec_from_dict(data)
+    except SpecError as err:
+        for line in err.problems:
+            field, _, rest = line.partition(":")
+            problems.append(f"spec.{back[field]}:{rest}" if field in back else line)
+    if problems:
+        raise SpecError(problems)
+    return parsed
+
+
+def owner_uid(job: dict[str, Any]) -> str | None:
+    """The uid of the HaiJob a job (as the server lists it) was submitted for, if any."""
+    owner = (job.get("spec") or {}).get("environment", {}).get(ENV_OWNER, "")
+    return owner.rsplit("/", 1)[1] if "/" in owner else None
+
+
+def find_job(jobs: list[dict[str, Any]], uid: str) -> dict[str, Any] | None:
+    """The job already submitted for the HaiJob ``uid`` (the operator stopped between
+    submitting and recording it), so a retried create does not submit twice."""
+    return next((j for j in jobs if owner_uid(j) == uid), None)
+
+
+def suspend_action(old: Any, new: Any, state: str) -> str | None:
+    """``Suspend``, ``Resume`` or None for a change of ``spec.suspend`` (old -> new) while
+    the job is in ``state``. Suspending a job that is not queued or running, or resuming
+    one that is not suspended, does nothing (it may have finished meanwhile)."""
+    if bool(new) == bool(old):
+        return None
+    if new and state in (QUEUED, RUNNING):
+        return "Suspend"
+    if not new and state == SUSPENDED:
+        return "Resume"
+    return None
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(
+    old: list[dict[str, Any]], kind: str, true: bool, reason: str, message: str, now: str
+) -> dict[str, Any]:
+    status = "True" if true else "False"
+    before = next((c for c in old if c.get("type") == kind), None)
+    since = before["lastTransitionTime"] if before and before.get("status") == status else now
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def haijob_status(detail: dict[str, Any], old: dict[str, Any] | None, now: str) -> dict[str, Any]:
+    """The HaiJob status for a job as the server describes it (``Describe``'s answer:
+    ``job`` and its ``runs``); ``old`` is the current status (conditions keep their
+    transition times), ``now`` an RFC 3339 time."""
+    job, runs = detail["job"], detail.get("runs") or []
+    last = runs[-1] if runs else None
+    live = last if last is not None and last.get("state") != RUN_DONE else None
+    phase = PHASES.get(job["state"], PENDING)
+    reason = phase
+    conditions = (old or {}).get("conditions") or []
+    status: dict[str, Any] = {
+        "phase": phase,
+        "jobId": job["id"],
+        "chainId": job["id"],
+        "assignedNodes": list(live["nodes"]) if live else [],
+        "restartCount": job.get("restarts", 0),
+        "suspendCount": job.get("suspends", 0),
+        "message": job.get("message", ""),
+        "conditions": [
+            _condition(
+                conditions, "Scheduled", live is not None, reason, job.get("message", ""), now
+            ),
+            _condition(
+                conditions,
+                "Suspended",
+                job["state"] in (SUSPENDING, SUSPENDED),
+                reason,
+                "",
+                now,
+            ),
+            _condition(conditions, "Finished", phase in FINISHED_PHASES, reason, "", now),
+        ],
+    }
+    if last is not None:
+        status.update(runId=last["id"], attempt=last["attempt"], priority=last["priority"])
+    if job.get("exit_code") is not None:
+        status["exitCode"] = job["exit_code"]
+    for key, seconds in (
+        ("startTime", job.get("started_at")),
+        ("completionTime", job.get("finished_at")),
+    ):
+        if seconds is not None:
+            status[key] = _iso(seconds)
+    return status
+
+
+def status_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``new`` that differ from ``old``: the status patch (empty: no patch)."""
+    old = old or {}
+    return {k: v for k, v in new.items() if old.get(k) != v}

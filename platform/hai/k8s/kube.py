@@ -1,0 +1,81 @@
+"""Connecting to the Kubernetes API, and what an agent learns about its node from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hai.config import K8sConfig
+from hai.errors import ConfigError
+
+
+def core_api(config: K8sConfig) -> Any:
+    """A ``kubernetes.client.CoreV1Api``: to ``k8s.api_url`` when set, else with the pod's
+    service account, else with ``~/.kube/config``.
+
+    Raises:
+        ConfigError: none of the three is available.
+    """
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    if config.api_url:
+        configuration = client.Configuration()
+        configuration.host = config.api_url
+        return client.CoreV1Api(client.ApiClient(configuration))
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        try:
+            kube_config.load_kube_config()
+        except (kube_config.ConfigException, OSError) as err:
+            raise ConfigError(
+                "no Kubernetes credentials: not in a pod and no usable ~/.kube/config "
+                f"({err}); set k8s.api_url (HAI_K8S__API_URL) to the API server"
+            ) from None
+    return client.CoreV1Api()
+
+
+@dataclass
+class NodeResources:
+    gpus: int
+    group: str
+
+
+def node_resources(core: Any, name: str, config: K8sConfig) -> NodeResources:
+    """The node's allocatable ``nvidia.com/gpu`` (what the device plugin offers) and its
+    pool, the value of ``k8s.group_label`` (``default`` when unlabelled)."""
+    reply = core.read_node(name, _preload_content=False)
+    node = json.loads(reply.data)
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return NodeResources(
+        int(allocatable.get("nvidia.com/gpu", 0)), labels.get(config.group_label, "default")
+    )
+
+
+def kubernetes_executor(config: K8sConfig, node: str, client: Any) -> tuple[Any, NodeResources]:
+    """What ``hai agent --kubernetes`` runs: the executor for ``node`` (orphaned pods of a
+    previous agent removed) and the node's GPUs and pool. ``client`` is the agent's
+    :class:`~hai.rpc.ApiClient`; it looks up each job's spec (image, GPUs per node)."""
+    import logging
+
+    from hai.errors import NotFoundError
+    from hai.executor.k8s import KubernetesExecutor
+
+    log = logging.getLogger("hai.agent")
+
+    def job_spec(job_id: int) -> dict[str, Any] | None:
+        # An unreachable server raises: the agent retries the start on its next heartbeat.
+        try:
+            return client.call("Describe", job_id=job_id)["job"]["spec"]
+        except NotFoundError as err:
+            log.warning("job %d: no spec from the server (%s); using defaults", job_id, err)
+            return None
+
+    core = core_api(config)
+    executor = KubernetesExecutor(core, config, job_spec)
+    for name in executor.remove_orphans(node):
+        log.info("%s: removed pod %s left by a previous agent", node, name)
+    return executor, node_resources(core, node, config)

@@ -1,0 +1,190 @@
+"""The HaiJob operator (``hai operator``): kopf handlers between HaiJobs and the scheduler.
+
+The scheduler decides, Kubernetes runs: a new HaiJob is submitted to the scheduler as a job
+(:func:`hai.k8s.haijob.job_spec`); the scheduler places it and the agents on the chosen
+nodes create its pods (:mod:`hai.executor.k8s`). The operator then keeps the HaiJob's
+status current from the scheduler's record, turns changes of ``spec.suspend`` into
+Suspend and Resume, and on deletion stops the job and keeps its finalizer until the job's
+pods are gone. Each handler is a few lines over :mod:`hai.k8s.haijob`'s pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from hai.config import K8sConfig
+from hai.errors import HaiTimeoutError, NotFoundError, SpecError, StateError, Unavailable
+from hai.k8s.haijob import (
+    INVALID,
+    find_job,
+    haijob_status,
+    job_spec,
+    status_changes,
+    suspend_action,
+)
+from hai.k8s.names import GROUP, HAIJOB_FINALIZER, LABEL_JOB, PLURAL, VERSION
+from hai.k8s.pods import is_stuck, without_finalizer_patch
+
+log = logging.getLogger("hai.k8s.operator")
+
+PlatformCall = Callable[..., Any]
+"""``ApiClient.call``: a method name and its body, answered by the hai server."""
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _platform(call: PlatformCall, method: str, **body: Any) -> Any:
+    """Calls the server; an unreachable one is a temporary error (kopf retries)."""
+    try:
+        return call(method, **body)
+    except (Unavailable, HaiTimeoutError) as err:
+        raise kopf.TemporaryError(str(err), delay=5) from None
+
+
+class JobPods:
+    """The pods of one job, through the API as plain JSON."""
+
+    def __init__(self, core: Any, config: K8sConfig) -> None:
+        self.core = core
+        self.config = config
+
+    def list(self, namespace: str, job_id: int) -> list[dict[str, Any]]:
+        reply = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{LABEL_JOB}={job_id}", _preload_content=False
+        )
+        items = json.loads(reply.data).get("items") or []
+        # The emulator in tests ignores selectors; a real server has filtered already.
+        return [
+            p for p in items if (p["metadata"].get("labels") or {}).get(LABEL_JOB) == str(job_id)
+        ]
+
+    def release_stuck(self, pods: list[dict[str, Any]]) -> list[str]:
+        """Lets go of pods whose agent died with its node (see :func:`hai.k8s.pods.is_stuck`)."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        released = []
+        for pod in pods:
+            if is_stuck(pod, now, self.config.stuck_after_s):
+                meta = pod["metadata"]
+                self.core.patch_namespaced_pod(
+                    meta["name"],
+                    meta["namespace"],
+                    without_finalizer_patch(pod),
+                    _content_type="application/json-patch+json",
+                    _preload_content=False,
+                )
+                released.append(meta["name"])
+        return released
+
+
+def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.OperatorRegistry:
+    """The operator's handlers on a registry of their own (``kopf.run(registry=...)``).
+
+    ``call`` reaches the hai server (``ApiClient(...).call``); ``core`` is a
+    ``kubernetes.client.CoreV1Api``.
+    """
+    registry = kopf.OperatorRegistry()
+    pods = JobPods(core, config)
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = HAIJOB_FINALIZER
+        # Handler progress in annotations: the status is ours and the CRD's schema prunes
+        # anything else from it.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+
+    if config.api_url:
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=config.api_url, insecure=True)
+
+    @kopf.on.create(*resource, registry=registry)
+    def create(body: Any, meta: Any, spec: Any, patch: kopf.Patch, **_: Any) -> None:
+        try:
+            wanted = job_spec(dict(body))
+        except SpecError as err:
+            patch.status.update(phase=INVALID, message=str(err))
+            raise kopf.PermanentError(str(err)) from None
+        existing = find_job(_platform(call, "List", everyone=True, all=True), meta["uid"])
+        job = existing or _platform(call, "Submit", spec=wanted.to_dict())
+        patch.metadata.setdefault("labels", {})[LABEL_JOB] = str(job["id"])
+        if spec.get("suspend") and job["state"] == "queued":
+            job = _platform(call, "Suspend", job_id=job["id"])
+        patch.status.update(haijob_status({"job": job, "runs": []}, {}, _now()))
+        log.info("HaiJob %s/%s is job %d", meta["namespace"], meta["name"], job["id"])
+
+    @kopf.on.field(*resource, field="spec.suspend", registry=registry)
+    def suspend(old: Any, new: Any, status: Any, **_: Any) -> None:
+        job_id = status.get("jobId")
+        if job_id is None:
+            return  # at creation: the create handler saw spec.suspend
+        state = _platform(call, "Describe", job_id=job_id)["job"]["state"]
+        action = suspend_action(old, new, state)
+        if action is not None:
+            try:
+                _platform(call, action, job_id=job_id)
+            except StateError as err:  # it changed state meanwhile: nothing left to do
+                log.info("job %d: %s", job_id, err)
+
+    @kopf.timer(*resource, interval=config.poll_interval_s, registry=registry)
+    def refresh(meta: Any, status: Any, patch: kopf.Patch, **_: Any) -> None:
+        job_id = status.get("jobId")
+        if job_id is None:
+            return
+        try:
+            detail = _platform(call, "Describe", job_id=job_id)
+        except NotFoundError:
+            patch.status.update(phase="Failed", message=f"the scheduler has no job {job_id}")
+            return
+        changes = status_changes(dict(status), haijob_status(detail, dict(status), _now()))
+        if changes:
+            patch.status.update(changes)
+        pods.release_stuck(pods.list(meta["namespace"], job_id))
+
+    @kopf.on.delete(*resource, registry=registry)
+    def delete(meta: Any, status: Any, **_: Any) -> None:
+        job_id = status.get("jobId")
+        if job_id is None:
+            return
+        try:
+            _platform(call, "Stop", job_id=job_id)
+        except (StateError, NotFoundError):
+            pass  # finished already, or unknown to a new store: nothing to stop
+        left = pods.list(meta["namespace"], job_id)
+        pods.release_stuck(left)
+        if left:
+            raise kopf.TemporaryError(
+                f"job {job_id}: waiting for {len(left)} pods to stop", delay=config.poll_interval_s
+            )
+
+    return registry
+
+
+def run(
+    call: PlatformCall,
+    core: Any,
+    config: K8sConfig,
+    namespaces: tuple[str, ...] = (),
+    liveness: str | None = None,
+) -> None:
+    """Runs the operator until SIGTERM/SIGINT: HaiJobs in ``namespaces``, or all."""
+    kopf.run(
+        registry=make_registry(call, core, config),
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )

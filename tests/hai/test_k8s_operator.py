@@ -1,0 +1,364 @@
+"""The HaiJob operator: its pure rules, then its whole life through kopf's KopfRunner.
+
+The integration test runs the real pieces in one process: a hai server (SQLite), two
+agents driving the Kubernetes executor, the operator under ``kopf.testing.KopfRunner``,
+all against kmock's in-memory Kubernetes API (hai.k8s.testing). What that API is not:
+it has no admission and no schema enforcement (the CRD's schema is checked with
+jsonschema in test_deploy.py), no garbage collection through ownerReferences (pods go
+because the job is stopped and the agents delete them), and no kubelet: FakeKubelet runs
+each pod's command as a local process and patches the pod's phase and exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hai.errors import SpecError
+from hai.k8s import haijob
+from hai.k8s.names import ENV_NAMESPACE, ENV_OWNER, GROUP, LABEL_JOB, PLURAL, VERSION
+
+HAIJOB = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "HaiJob",
+    "metadata": {"name": "train-7b", "namespace": "team-a", "uid": "u-1"},
+    "spec": {
+        "entrypoint": "python train.py",
+        "arguments": ["--lr", "3e-4"],
+        "image": "fireflyer:1",
+        "nodes": 2,
+        "gpusPerNode": 8,
+        "priority": "HIGH",
+        "group": "h800",
+        "environment": {"SEED": "1"},
+        "maxRunTime": 3600,
+        "restartPolicy": "OnFailure",
+        "maxRestarts": 2,
+        "suspendGracePeriod": 30,
+        "suspend": False,
+    },
+}
+
+
+def test_a_haijob_becomes_the_job_spec_hai_submit_would_send() -> None:
+    spec = haijob.job_spec(HAIJOB)
+    assert (spec.name, spec.entrypoint, spec.arguments) == (
+        "train-7b",
+        "python train.py",
+        ["--lr", "3e-4"],
+    )
+    assert (spec.nodes, spec.gpus_per_node, spec.priority, spec.group) == (2, 8, 30, "h800")
+    assert (spec.restart_policy, spec.max_restarts, spec.max_run_time) == ("on_failure", 2, 3600)
+    assert spec.suspend_grace_period == 30 and spec.image == "fireflyer:1"
+    # Where its pods go: the HaiJob's namespace, owned by the HaiJob.
+    assert spec.environment == {"SEED": "1", ENV_NAMESPACE: "team-a", ENV_OWNER: "train-7b/u-1"}
+
+
+def test_every_bad_field_is_reported_under_its_haijob_name() -> None:
+    bad = {**HAIJOB, "spec": {"gpusPerNode": -1, "priority": 7, "restartPolicy": "Always", "x": 1}}
+    with pytest.raises(SpecError) as err:
+        haijob.job_spec(bad)
+    assert sorted(err.value.problems) == [
+        "spec.entrypoint: required field is missing",
+        "spec.gpusPerNode: must be an integer >= 0, got -1",
+        "spec.priority: must be one of 50, 40, 30, 20, 10 or AUTO, got 7",
+        "spec.restartPolicy: must be Never or OnFailure, got 'Always'",
+        "spec.x: unknown field (known: arguments, entrypoint, environment, gpusPerNode, group, "
+        "image, maxRestarts, maxRunTime, nodes, priority, restartPolicy, suspend, "
+        "suspendGracePeriod)",
+    ]
+
+
+def test_a_retried_create_finds_the_job_it_already_submitted() -> None:
+    jobs = [
+        {"id": 1, "spec": {"environment": {}}},
+        {"id": 2, "spec": {"environment": {ENV_OWNER: "train-7b/u-1"}}},
+    ]
+    assert haijob.find_job(jobs, "u-1")["id"] == 2
+    assert haijob.find_job(jobs, "u-2") is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "state", "action"),
+    [
+        (None, True, "running", "Suspend"),
+        (False, True, "queued", "Suspend"),
+        (True, False, "suspended", "Resume"),
+        (True, False, "running", None),  # resumed some other way already
+        (False, True, "succeeded", None),  # nothing left to suspend
+        (True, True, "running", None),
+    ],
+)
+def test_suspend_field_changes(old: object, new: object, state: str, action: str | None) -> None:
+    assert haijob.suspend_action(old, new, state) == action
+
+
+def test_status_mirrors_the_scheduler_and_keeps_transition_times() -> None:
+    job = {
+        "id": 4,
+        "state": "running",
+        "restarts": 1,
+        "suspends": 2,
+        "message": "",
+        "exit_code": None,
+        "started_at": 0.0,
+        "finished_at": None,
+        "priority": -1,
+    }
+    runs = [
+        {"id": 8, "attempt": 0, "priority": 20, "nodes": ["a"], "state": "done"},
+        {"id": 9, "attempt": 1, "priority": 20, "nodes": ["a", "b"], "state": "running"},
+    ]
+    first = haijob.haijob_status({"job": job, "runs": runs}, None, "T1")
+    assert first["phase"] == "Running"
+    assert (first["jobId"], first["chainId"], first["runId"], first["attempt"]) == (4, 4, 9, 1)
+    assert first["assignedNodes"] == ["a", "b"] and first["priority"] == 20
+    assert (first["restartCount"], first["suspendCount"]) == (1, 2)
+    assert first["startTime"] == "1970-01-01T00:00:00Z" and "completionTime" not in first
+    scheduled = {c["type"]: c for c in first["conditions"]}["Scheduled"]
+    assert (scheduled["status"], scheduled["lastTransitionTime"]) == ("True", "T1")
+    # Nothing changed: nothing to patch. The job suspends: only what changed is patched.
+    assert (
+        haijob.status_changes(first, haijob.haijob_status({"job": job, "runs": runs}, first, "T2"))
+        == {}
+    )
+    held = {**job, "state": "suspended"}
+    runs[-1]["state"] = "done"
+    later = haijob.haijob_status({"job": held, "runs": runs}, first, "T3")
+    changes = haijob.status_changes(first, later)
+    assert changes["phase"] == "Suspended" and changes["assignedNodes"] == []
+    conditions = {c["type"]: c for c in later["conditions"]}
+    assert conditions["Suspended"]["lastTransitionTime"] == "T3"
+    assert conditions["Finished"]["lastTransitionTime"] == "T1"  # still False since T1
+
+
+# ---- the whole life of a HaiJob -------------------------------------------------------------
+
+pytest.importorskip("kmock", reason="the test extra (kmock) is not installed")
+
+JOB = """
+import os, sys, time
+from hai import client
+print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"],
+      "restart", os.environ["HAI_RESTART_COUNT"], "master", os.environ["MASTER_ADDR"], flush=True)
+while not client.receive_suspend_command():
+    time.sleep(0.05)
+print("checkpointed", flush=True)
+client.go_suspend()
+time.sleep(60)
+"""
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Platform:
+    """A hai server, agents on Kubernetes nodes, and the API they share."""
+
+    def __init__(self, root: Path, port: int, kube) -> None:  # type: ignore[no-untyped-def]
+        from kubernetes import client
+
+        from hai.config import load_config
+        from hai.rpc import ApiClient
+        from hai.server import Server
+
+        self.config = load_config(
+            env={},
+            overrides={
+                "server": {"port": port},
+                "scheduler": {"pass_interval_s": 0.1, "node_lease_s": 10, "kill_grace_s": 1},
+                "agent": {"heartbeat_s": 0.1, "kill_grace_s": 1, "health_interval_s": 3600},
+                "policy": {"min_run_s": 0},
+                "k8s": {"api_url": kube.url, "python": sys.executable, "poll_interval_s": 0.2},
+            },
+        )
+        self.state = root / "hai"
+        self.server = Server(self.config, self.state)
+        self.server.start()
+        self.address = f"127.0.0.1:{port}"
+        self.token = (self.state / "token").read_text().strip()
+        self.client = ApiClient(self.address, self.token)
+        self.api = kube.api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self._agents: list[tuple[threading.Thread, threading.Event, ApiClient]] = []
+
+    def start_agent(self, name: str) -> None:
+        from hai.agent import Agent
+        from hai.executor.k8s import KubernetesExecutor
+        from hai.rpc import ApiClient
+
+        client = ApiClient(self.address, self.token)
+
+        def spec(job_id: int) -> dict:
+            return client.call("Describe", job_id=job_id)["job"]["spec"]
+
+        executor = KubernetesExecutor(self.core, self.config.k8s, spec)
+        # Agents share the server's state folder, as on a cluster with a shared file system.
+        agent = Agent(name, client, executor, self.state, self.config.agent, gpus=1)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        thread.start()
+        self._agents.append((thread, stop, client))
+
+    def close(self) -> None:
+        for thread, stop, client in self._agents:
+            stop.set()
+            thread.join(timeout=10)
+            client.close()
+        self.client.close()
+        self.server.stop()
+
+    # ---- reading the API as JSON (the client's models reject the emulator's sparse objects)
+    def haijob(self, name: str) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            reply = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, "default", PLURAL, name, _preload_content=False
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return {}
+            raise
+        return json.loads(reply.data)
+
+    def phase(self, name: str) -> str:
+        return (self.haijob(name).get("status") or {}).get("phase", "")
+
+    def pods(self, job_id: int) -> list[dict]:
+        items = json.loads(self.core.list_namespaced_pod("default", _preload_content=False).data)
+        return [p for p in items["items"] if p["metadata"]["labels"].get(LABEL_JOB) == str(job_id)]
+
+    def running_pods(self, job_id: int, run_id: int) -> list[dict]:
+        pods = [
+            p
+            for p in self.pods(job_id)
+            if p["metadata"]["name"].startswith(f"hai-j{job_id}-r{run_id}-")
+        ]
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return running if len(running) == 2 else []
+
+    def patch_spec(self, name: str, **fields: object) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, name, {"spec": fields}, _preload_content=False
+        )
+
+
+@pytest.fixture
+def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Platform]:
+    from hai.k8s.testing import FakeKubelet, KubernetesApi
+
+    with KubernetesApi() as kube, FakeKubelet(kube, nodes={"gpu-a", "gpu-b"}):
+        p = Platform(tmp_path, free_port(), kube)
+        try:
+            yield p
+        finally:
+            p.close()
+
+
+def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_path: Path) -> None:
+    from kopf.testing import KopfRunner
+
+    from hai.k8s.operator import make_registry
+
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "HaiJob",
+        "metadata": {"name": "llm", "namespace": "default"},
+        "spec": {
+            "entrypoint": sys.executable,
+            "arguments": [str(script)],
+            "nodes": 2,
+            "gpusPerNode": 1,
+            "suspendGracePeriod": 20,
+            # No DNS for the run's Service here: ranks need not wait for MASTER_ADDR.
+            "environment": {"HAI_MASTER_WAIT_S": "0"},
+        },
+    }
+    registry = make_registry(platform.client.call, platform.core, platform.config.k8s)
+    args = ["run", "--standalone", "--namespace", "default"]
+    with KopfRunner(args, registry=registry, timeout=30) as runner:
+        platform.custom.create_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, body, _preload_content=False
+        )
+        # No node has registered yet: the scheduler holds the job in the queue.
+        wait_for("Queued", lambda: platform.phase("llm") == "Queued")
+        job_id = platform.haijob("llm")["status"]["jobId"]
+        uid = platform.haijob("llm")["metadata"]["uid"]
+        assert platform.haijob("llm")["metadata"]["labels"][LABEL_JOB] == str(job_id)
+
+        platform.start_agent("gpu-a")
+        platform.start_agent("gpu-b")
+        wait_for("Running", lambda: platform.phase("llm") == "Running")
+        first = platform.haijob("llm")["status"]["runId"]
+        pods = wait_for("both pods running", lambda: platform.running_pods(job_id, first))
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["gpu-a", "gpu-b"]
+        assert {p["metadata"]["ownerReferences"][0]["uid"] for p in pods} == {uid}
+        assert sorted(platform.haijob("llm")["status"]["assignedNodes"]) == ["gpu-a", "gpu-b"]
+        services = json.loads(
+            platform.core.list_namespaced_service("default", _preload_content=False).data
+        )
+        assert f"hai-r{first}" in [s["metadata"]["name"] for s in services["items"]]
+        log0 = platform.state / "logs" / f"job-{job_id}" / "run-0" / "rank-0.log"
+        wait_for("rank 0's first line", lambda: log0.exists() and log0.read_text())
+        assert log0.read_text().split("\n")[0] == (
+            f"rank 0 of 2 restart 0 master n0.hai-r{first}.default.svc"
+        )
+
+        # Suspend: the request reaches the job, it checkpoints, its pods go.
+        platform.patch_spec("llm", suspend=True)
+        wait_for("Suspended", lambda: platform.phase("llm") == "Suspended", timeout=40)
+        assert "checkpointed" in log0.read_text()
+        wait_for("the pods to go", lambda: platform.pods(job_id) == [])
+        assert platform.haijob("llm")["status"]["assignedNodes"] == []
+
+        # Resume: a new run of the same chain, on new pods.
+        platform.patch_spec("llm", suspend=False)
+        wait_for(
+            "Running again", lambda: platform.haijob("llm")["status"].get("runId", first) != first
+        )
+        second = platform.haijob("llm")["status"]["runId"]
+        wait_for("Running", lambda: platform.phase("llm") == "Running")
+        pods = wait_for("the new pods", lambda: platform.running_pods(job_id, second))
+        env = {e["name"]: e["value"] for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env["HAI_RESTART_COUNT"] == "1"
+
+        # A pod evicted from its node: the job is requeued (not failed) onto new pods.
+        victim = pods[0]["metadata"]["name"]
+        platform.core.patch_namespaced_pod_status(
+            victim, "default", {"status": {"phase": "Failed", "reason": "Evicted"}}
+        )
+        wait_for(
+            "a third run after the eviction",
+            lambda: (
+                platform.haijob("llm")["status"].get("runId", second) != second
+                and platform.phase("llm") == "Running"
+            ),
+        )
+        status = platform.haijob("llm")["status"]
+        assert status["restartCount"] == 0  # a lost node is not the job's failure
+
+        # Delete: the job is stopped, its pods go, then the finalizer and the HaiJob.
+        platform.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, "default", PLURAL, "llm", _preload_content=False
+        )
+        wait_for("the HaiJob to go", lambda: platform.haijob("llm") == {}, timeout=40)
+        assert platform.pods(job_id) == []
+        assert platform.client.call("Describe", job_id=job_id)["job"]["state"] == "stopped"
+    assert runner.exception is None
