@@ -45,15 +45,24 @@ def fs3() -> None:
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--targets", required=True, help="Comma-separated storage target ids.")
 @click.option("--replicas", type=int, default=3, show_default=True)
-def mgmtd(
-    config_path: str | None, host: str, port: int, state: str, targets: str, replicas: int
-) -> None:
-    """Run the cluster manager."""
+@click.option("--db", default=None,
+              help="State shared by the cluster's mgmtd processes: a SQLite file or "
+                   "postgresql://USER@HOST:PORT/DB (default: STATE/mgmtd.db).")  # fmt: skip
+@click.option("--advertise", default=None,
+              help="HOST:PORT standbys send clients to (default: --host:--port).")  # fmt: skip
+@click.option("--targets-per-node", type=int, default=0, show_default=True,
+              help="Targets are listed node by node, this many each: plan the first chain "
+                   "table to spread recovery (0: one chain per target).")  # fmt: skip
+def mgmtd(config_path: str | None, host: str, port: int, state: str, targets: str,
+          replicas: int, db: str | None, advertise: str | None,
+          targets_per_node: int) -> None:  # fmt: skip
+    """Run the cluster manager (several share one --db: one primary, the rest standbys)."""
     from fs3.mgmtd.service import run_mgmtd
 
     config, stop = _serve("mgmtd", config_path)
     ids = [int(t) for t in targets.split(",") if t]
-    run_mgmtd(Path(state), ids, replicas, host, port, config.mgmtd, stop)
+    run_mgmtd(Path(state), ids, replicas, host, port, config.mgmtd, stop, db=db,
+              advertise=advertise, targets_per_node=targets_per_node)  # fmt: skip
 
 
 @fs3.command()
@@ -214,6 +223,7 @@ def ls(
             click.echo(f"{entry['size']:>12} {when:%Y-%m-%d %H:%M:%S} {name}")
         else:
             click.echo(name)
+
 
 _MOUNT = MountOptions()  # the mount's defaults, shown in --help
 

@@ -2,7 +2,9 @@
 
 Used by ``hai fs3 up`` for development and by the tests. Everything lives under one folder:
 ``config.yaml`` (read by every service), ``cluster.json`` (ports), ``pids.json``, one log per
-process, the metadata database and one chunk folder per target.
+process, the metadata database and one chunk folder per target. Optionally several mgmtd
+processes (one primary, standbys) and several meta servers share their stores, which may be
+PostgreSQL databases instead of the SQLite files in the folder.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class LocalCluster:
     host: str = "127.0.0.1"
     settings: dict = field(default_factory=dict)
     """Overrides for the services' config file, e.g. ``{"mgmtd": {"lease_s": 2.0}}``."""
+    mgmtds: int = 1
+    """mgmtd processes sharing one store: the first primary, the others standbys."""
+    metas: int = 1
+    """Meta servers sharing one metadata store."""
+    meta_db: str = ""
+    """Metadata store: a ``postgresql://`` URL; default the SQLite file ``meta.db``."""
+    mgmtd_db: str = ""
+    """mgmtd store: a ``postgresql://`` URL; default the SQLite file ``mgmtd.db``."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,28 +61,45 @@ class LocalCluster:
         if ports_file.exists():
             self.ports = json.loads(ports_file.read_text())
         else:
-            self.ports = {"mgmtd": _free_port(self.host), "meta": _free_port(self.host)}
+            self.ports = {name: _free_port(self.host)
+                          for name in self._numbered("mgmtd", self.mgmtds)
+                          + self._numbered("meta", self.metas)}  # fmt: skip
             for i in range(1, self.targets + 1):
                 self.ports[f"storage-{i}"] = [_free_port(self.host), _free_port(self.host)]
             ports_file.write_text(json.dumps(self.ports))
         (self.root / "config.yaml").write_text(yaml.safe_dump(self.settings))
 
+    @staticmethod
+    def _numbered(kind: str, count: int) -> list[str]:
+        """``mgmtd``, ``mgmtd-2``, ...: the first keeps the plain name of a one-of cluster."""
+        return [kind] + [f"{kind}-{i}" for i in range(2, count + 1)]
+
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.ports['mgmtd']}"
+        """The cluster address: every mgmtd ``HOST:PORT``, comma-separated."""
+        return ",".join(self.mgmtd_address(n) for n in self._numbered("mgmtd", self.mgmtds))
+
+    def mgmtd_address(self, name: str = "mgmtd") -> str:
+        return f"{self.host}:{self.ports[name]}"
+
+    def meta_address(self, name: str = "meta") -> str:
+        return f"{self.host}:{self.ports[name]}"
 
     def names(self) -> list[str]:
-        return ["mgmtd", "meta"] + [f"storage-{i}" for i in range(1, self.targets + 1)]
+        return (self._numbered("mgmtd", self.mgmtds) + self._numbered("meta", self.metas)
+                + [f"storage-{i}" for i in range(1, self.targets + 1)])  # fmt: skip
 
     def _command(self, name: str) -> list[str]:
         base = [sys.executable, "-m", "fs3", name.split("-")[0], "--host", self.host,
                 "--config", str(self.root / "config.yaml")]  # fmt: skip
-        if name == "mgmtd":
+        if name.startswith("mgmtd"):
             ids = ",".join(str(i) for i in range(1, self.targets + 1))
-            return base + ["--port", str(self.ports["mgmtd"]), "--state", str(self.root / "mgmtd"),
+            return base + ["--port", str(self.ports[name]), "--state", str(self.root / "mgmtd"),
+                           "--db", self.mgmtd_db or str(self.root / "mgmtd.db"),
                            "--targets", ids, "--replicas", str(self.replicas)]  # fmt: skip
-        if name == "meta":
-            return base + ["--port", str(self.ports["meta"]), "--db", str(self.root / "meta.db"),
+        if name.startswith("meta"):
+            return base + ["--port", str(self.ports[name]),
+                           "--db", self.meta_db or str(self.root / "meta.db"),
                            "--mgmtd", self.address]  # fmt: skip
         index = int(name.split("-")[1])
         data_port, grpc_port = self.ports[name]
@@ -104,7 +131,8 @@ class LocalCluster:
         (self.root / "address").write_text(self.address + "\n")
 
     def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
-        """Waits until meta is registered and every chain member is serving."""
+        """Waits until a primary mgmtd answers, every meta server is registered and every
+        chain member is serving."""
         client = MgmtdClient(self.address, 2.0)
         deadline = time.monotonic() + timeout
         problem = "mgmtd not answering"
@@ -117,6 +145,9 @@ class LocalCluster:
                 try:
                     table = client.refresh()
                     problem = _not_ready(table, self.targets)
+                    metas = len(client.info()["meta_addresses"]) if self.metas > 1 else 1
+                    if not problem and metas < self.metas:
+                        problem = f"{metas} of {self.metas} meta servers registered"
                     if not problem:
                         return table
                 except Fs3Error as err:
@@ -135,7 +166,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stops all processes: storage first so no write is cut between hops, mgmtd last."""
-        for name in sorted(self.procs, key=lambda n: ("storage" not in n, n == "mgmtd")):
+        for name in sorted(self.procs, key=lambda n: ("storage" not in n, n.startswith("mgmtd"))):
             self.procs[name].terminate()
         for proc in self.procs.values():
             try:

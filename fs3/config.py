@@ -64,13 +64,23 @@ class MgmtdConfig:
     lease_s: float = 3.0
     """A target whose last heartbeat is older than this is taken offline."""
     heartbeat_s: float = 0.5
-    """How often servers heartbeat; several heartbeats fit in one lease."""
+    """How often servers heartbeat; several heartbeats fit in one lease. mgmtd processes
+    renew (or try to take) the primary lease at the same period."""
+    primary_lease_s: float = 3.0
+    """How long the primary mgmtd's lease lasts without renewal: a standby takes over this
+    long (plus one heartbeat) after the primary died. Several renewals fit in it, so one slow
+    database round trip does not cost the primary its role."""
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_s < self.lease_s:
             raise ConfigError(
                 f"mgmtd.heartbeat_s ({self.heartbeat_s}) must be > 0 and < "
                 f"mgmtd.lease_s ({self.lease_s})"
+            )
+        if not 2 * self.heartbeat_s < self.primary_lease_s:
+            raise ConfigError(
+                f"mgmtd.primary_lease_s ({self.primary_lease_s}) must exceed two "
+                f"mgmtd.heartbeat_s ({self.heartbeat_s}) so that renewals fit in it"
             )
 
 

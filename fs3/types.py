@@ -116,9 +116,15 @@ class Chain:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """The cluster map that mgmtd owns; ``version`` grows with every change to a chain."""
+    """The cluster map that mgmtd owns; ``version`` grows with every change to a chain.
+
+    ``meta_addresses`` lists every live meta server (inside mgmtd; the wire carries only
+    ``meta_address``): each caller gets one of them as ``meta_address``, so clients spread
+    over the servers, which all serve the same namespace.
+    """
 
     version: int = 0
     targets: dict[int, TargetInfo] = field(default_factory=dict)
     chains: dict[int, Chain] = field(default_factory=dict)
     meta_address: str = ""
+    meta_addresses: tuple[str, ...] = ()

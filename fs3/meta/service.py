@@ -131,21 +131,33 @@ def run_meta(
     address = f"{host}:{port}"
     me = f"{address}/{uuid.uuid4().hex[:8]}"  # a restarted server is a new lease holder
     log.info("meta serving on %s, namespace in %s", address, redact(os.fspath(db)))
+
+    def collector() -> None:
+        # Its own thread: a long collection must not delay the registrations that keep
+        # this server in mgmtd's list.
+        while not stop.wait(config.mgmtd.heartbeat_s):
+            try:
+                # One collector among the servers sharing the store: two would send every
+                # chunk deletion twice. The lease outlives a few periods, then passes on.
+                if ns.take_lease(GC_LEASE, me, config.mgmtd.lease_s):
+                    collect_garbage(ns, mgmtd, pool)
+            except Fs3Error as err:
+                log.warning("meta garbage collector: %s", err)
+
+    gc = threading.Thread(target=collector, daemon=True, name="meta-gc")
+    gc.start()
     try:
         while True:
             try:
                 # Re-registering each period also refreshes the chain table new files use,
                 # renews meta's lease in mgmtd's list and re-announces it to a new primary.
                 mgmtd.register_meta(address)
-                # One collector among the servers sharing the store: two would send every
-                # chunk deletion twice. The lease outlives a few periods, then passes on.
-                if ns.take_lease(GC_LEASE, me, config.mgmtd.lease_s):
-                    collect_garbage(ns, mgmtd, pool)
             except Fs3Error as err:
                 log.warning("meta: %s", err)
             if stop.wait(config.mgmtd.heartbeat_s):
                 break
     finally:
+        gc.join(timeout=config.timeouts.rpc_s)
         server.shutdown()
         server.server_close()
         pool.close()

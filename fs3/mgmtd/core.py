@@ -3,19 +3,20 @@
 Heartbeats are leases: a target silent for ``lease_s`` goes offline and moves to the end of
 each of its chains (so heads and middles stay live members). A returning target becomes
 ``syncing`` in chains that still have a serving member — it must first receive what it
-missed from its predecessor — or ``serving`` where it is the only hope left. State is saved
-to a JSON file on every change, so a restarted mgmtd keeps the chain order and versions.
+missed from its predecessor — or ``serving`` where it is the only hope left. Meta servers
+hold leases too, and the table lists the live ones.
+
+Every new table is saved (through ``save``, into the mgmtd store) before anyone sees it, and
+a core built from a saved table starts one version above it: versions never go back, not
+across a restart nor when a standby takes over.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from fs3.config import MgmtdConfig
 from fs3.errors import ConfigError, NotFound
@@ -34,32 +35,46 @@ def build_chains(target_ids: list[int], replicas: int) -> dict[int, list[int]]:
 
 
 class Mgmtd:
-    """Owns the routing table. Thread-safe; every method returns the current table."""
+    """Owns the routing table. Thread-safe; every method returns the current table.
+
+    Args:
+        chains: chain id -> target ids, head first: the first table, used when ``stored``
+            is None.
+        config: lease timings.
+        stored: the table a previous primary saved; this core continues from it.
+        save: persists a table before it is published; raising keeps the old table (the
+            operation fails with that error). The primary's ``save`` is fenced by its lease.
+        clock: monotonic seconds, injectable for tests.
+    """
 
     def __init__(
         self,
         chains: dict[int, list[int]],
         config: MgmtdConfig,
-        state_file: Path | None = None,
+        stored: RoutingTable | None = None,
+        save: Callable[[RoutingTable], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._clock = clock
-        self._file = state_file
+        self._save = save or (lambda table: None)
         self._lock = threading.Lock()
-        self._last_seen: dict[int, float] = {}
-        self._table = RoutingTable(
-            version=1,
-            chains={
-                cid: Chain(cid, tuple(ChainMember(t, OFFLINE) for t in members))
-                for cid, members in chains.items()
-            },
-        )
-        if state_file is not None and state_file.exists():
-            self._table = _load(state_file)
-            # Known targets get one lease of grace to re-register after an mgmtd restart.
-            now = clock()
-            self._last_seen = {t: now for t in self._table.targets}
+        now = clock()
+        if stored is None:
+            table = RoutingTable(
+                version=1,
+                chains={
+                    cid: Chain(cid, tuple(ChainMember(t, OFFLINE) for t in members))
+                    for cid, members in chains.items()
+                },
+            )
+        else:
+            table = dataclasses.replace(stored, version=stored.version + 1)
+        # Known targets and meta servers get one lease of grace to find the new primary.
+        self._last_seen: dict[int, float] = {t: now for t in table.targets}
+        self._meta_seen: dict[str, float] = {m: now for m in table.meta_addresses}
+        self._save(table)
+        self._table = table
 
     def routing(self) -> RoutingTable:
         with self._lock:
@@ -87,9 +102,17 @@ class Mgmtd:
             return self._table
 
     def check_leases(self) -> RoutingTable:
-        """Takes targets whose lease lapsed offline; call it about every heartbeat period."""
+        """Takes targets whose lease lapsed offline and drops meta servers whose lease lapsed
+        (never the last one: clients keep trying it); call it about every heartbeat period."""
         with self._lock:
             now = self._clock()
+            lapsed = [m for m in self._table.meta_addresses
+                      if now - self._meta_seen.get(m, 0.0) > self._config.lease_s]  # fmt: skip
+            if lapsed and len(lapsed) == len(self._table.meta_addresses):
+                lapsed = lapsed[1:]
+            if lapsed:
+                self._publish_metas(tuple(m for m in self._table.meta_addresses
+                                          if m not in lapsed))  # fmt: skip
             expired = {
                 t for t, info in self._table.targets.items()
                 if info.alive and now - self._last_seen.get(t, 0.0) > self._config.lease_s
@@ -117,47 +140,26 @@ class Mgmtd:
             return self._table
 
     def register_meta(self, address: str) -> RoutingTable:
+        """Adds or renews meta server ``address``; the table lists every live one."""
         with self._lock:
-            if self._table.meta_address != address:
-                self._table = dataclasses.replace(
-                    self._table, meta_address=address, version=self._table.version + 1
-                )
-                self._save()
+            self._meta_seen[address] = self._clock()
+            if address not in self._table.meta_addresses:
+                self._publish_metas(tuple(sorted((*self._table.meta_addresses, address))))
             return self._table
 
-    def _publish(self, targets: dict[int, TargetInfo], chains: dict[int, Chain]) -> None:
-        self._table = RoutingTable(self._table.version + 1, targets, chains,
-                                   self._table.meta_address)  # fmt: skip
-        self._save()
-
-    def _save(self) -> None:
-        if self._file is None:
-            return
+    def _publish_metas(self, metas: tuple[str, ...]) -> None:
         t = self._table
-        data = {
-            "version": t.version,
-            "meta_address": t.meta_address,
-            "targets": [dataclasses.asdict(i) for i in t.targets.values()],
-            "chains": {
-                str(c): [[m.target_id, m.state] for m in ch.members] for c, ch in t.chains.items()
-            },  # fmt: skip
-        }
-        tmp = self._file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._file)
+        self._commit(dataclasses.replace(t, version=t.version + 1,
+                                         meta_address=metas[0] if metas else "",
+                                         meta_addresses=metas))  # fmt: skip
 
+    def _publish(self, targets: dict[int, TargetInfo], chains: dict[int, Chain]) -> None:
+        t = self._table
+        self._commit(dataclasses.replace(t, version=t.version + 1, targets=targets, chains=chains))
 
-def _load(file: Path) -> RoutingTable:
-    data = json.loads(file.read_text())
-    return RoutingTable(
-        version=data["version"] + 1,
-        targets={i["target_id"]: TargetInfo(**i) for i in data["targets"]},
-        chains={
-            int(c): Chain(int(c), tuple(ChainMember(t, s) for t, s in members))
-            for c, members in data["chains"].items()
-        },
-        meta_address=data["meta_address"],
-    )
+    def _commit(self, table: RoutingTable) -> None:
+        self._save(table)  # raises (not the primary any more, store down): nothing changes
+        self._table = table
 
 
 def _set_state(chain: Chain, target_id: int, state: str) -> Chain:

@@ -11,8 +11,8 @@ from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 
 # Short leases so fault tests see reconfiguration within seconds; no fsync keeps 2-core CI fast.
-FAST = {"mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2}, "storage": {"fsync": False},
-        "timeouts": {"retry_s": 20.0}}  # fmt: skip
+FAST = {"mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2, "primary_lease_s": 2.0},
+        "storage": {"fsync": False}, "timeouts": {"retry_s": 20.0}}  # fmt: skip
 SMALL_CHUNK = 256 * 1024
 
 

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fs3.client import FS3FileSystem
+from fs3.cluster import LocalCluster
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
+from fs3.meta.protocol import METHODS
 from fs3.meta.store import ROOT_ID, MetaStore, MetaTxn
+from fs3.proto import fs3_pb2 as pb
+from fs3.storage.wire import ConnectionPool, Request
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -111,3 +116,65 @@ def test_two_stores_serve_one_namespace(two_stores: tuple[MetaStore, MetaStore])
             assert parent == (tree[parent_path][0] if parent_path != "/" else ROOT_ID)
     # 8 writers x 15 replaced "latest" files (all but the last) wait for the collector.
     assert len(spaces[1].take_garbage(limit=1000)) == 8 * 15 - 1
+
+
+def _meta_call(pool: ConnectionPool, address: str, name: str, request: object) -> object:
+    """One request to the meta server at ``address`` itself (clients pick one via mgmtd)."""
+    method = METHODS[name]
+    payload = request.SerializeToString()  # type: ignore[attr-defined]
+    _, _, body = pool.request(address, Request(method.op, length=len(payload)), payload)
+    return method.reply.FromString(bytes(body))
+
+
+@pytest.mark.slow
+def test_two_meta_processes_serve_one_database(make_cluster, db: str) -> None:  # type: ignore[no-untyped-def]
+    """Two meta servers (processes) on one database, both listed by mgmtd; writers on each
+    create and rename in one directory at once, and both then list the same tree."""
+    c: LocalCluster = make_cluster(metas=2, meta_db=db if "://" in db else "")
+    servers = [c.meta_address("meta"), c.meta_address("meta-2")]
+    fs = FS3FileSystem(c.address, skip_instance_cache=True)
+    assert sorted(fs.mgmtd.info()["meta_addresses"]) == sorted(servers)
+    fs.makedirs("/both")
+    pool = ConnectionPool(3.0, 30.0)
+    errors: list[BaseException] = []
+
+    def work(address: str, me: str) -> None:
+        try:
+            for i in range(20):
+                tmp, final = f"/both/{me}-{i}.tmp", f"/both/{me}-{i}"
+                _meta_call(pool, address, "Create", pb.CreateRequest(path=tmp, chunk_size=65536))
+                _meta_call(pool, address, "Rename", pb.RenameRequest(src=tmp, dst=final))
+                _meta_call(
+                    pool,
+                    address,
+                    "Create",
+                    pb.CreateRequest(path=f"/both/l-{me}", chunk_size=65536),
+                )
+                _meta_call(
+                    pool,
+                    address,
+                    "Rename",
+                    pb.RenameRequest(src=f"/both/l-{me}", dst="/both/latest"),
+                )
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    writers = [(servers[k % 2], f"w{k}") for k in range(4)]
+    threads = [threading.Thread(target=work, args=w) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    pool.close()
+    assert not errors, errors
+    expected = sorted([f"{w}-{i}" for _, w in writers for i in range(20)] + ["latest"])
+    listings = []
+    reader = ConnectionPool(3.0, 30.0)
+    for address in servers:
+        listing = _meta_call(reader, address, "List", pb.PathRequest(path="/both"))
+        listings.append([(e.name, e.inode.id) for e in listing.entries])  # type: ignore[attr-defined]
+    reader.close()
+    assert listings[0] == listings[1]
+    assert [name for name, _ in listings[0]] == expected
+    assert len({inode for _, inode in listings[0]}) == len(expected)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("/both", detail=False)) == expected
