@@ -84,7 +84,15 @@ def server(
     given = {"port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
-    srv = Server(config, Path(state_dir or config.server.state_dir).expanduser())
+    folder = Path(state_dir or config.server.state_dir).expanduser()
+    admin_token = os.environ.get("HAI_ADMIN_TOKEN")
+    if admin_token:  # the Helm chart's token Secret (docs/kubernetes.md)
+        from hai.k8s.kube import bootstrap_admin
+        from hai.store import sqlite_url
+
+        folder.mkdir(parents=True, exist_ok=True)
+        bootstrap_admin(config.server.database_url or sqlite_url(folder), admin_token)
+    srv = Server(config, folder)
     _serve_until_signal(srv.start, srv.stop)
 
 

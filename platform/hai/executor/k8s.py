@@ -144,9 +144,11 @@ class KubernetesExecutor(Executor):
 
         if launch.run_id in self._runs:
             raise StateError(f"run {launch.run_id} already started on this node")
-        launch.control_dir.mkdir(parents=True, exist_ok=True)
-        for rank in launch.ranks:
-            rank.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The job's container may run as any user: it must be able to write its
+        # acknowledgement and logs into the run's folders (the agent runs as root).
+        for folder in {launch.control_dir, *(r.log_path.parent for r in launch.ranks)}:
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o777)
         launcher = launch.control_dir / LAUNCHER
         shutil.copyfile(launcher_module.__file__, launcher)
         spec = None

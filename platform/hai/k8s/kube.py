@@ -79,3 +79,25 @@ def kubernetes_executor(config: K8sConfig, node: str, client: Any) -> tuple[Any,
     for name in executor.remove_orphans(node):
         log.info("%s: removed pod %s left by a previous agent", node, name)
     return executor, node_resources(core, node, config)
+
+
+def bootstrap_admin(database_url: str, token: str) -> str | None:
+    """Makes ``token`` an admin's (``hai server`` with HAI_ADMIN_TOKEN, as the chart runs
+    it): the chart's Secret holds the token the agents and the operator use, instead of
+    the random one a fresh server writes to its state folder. Returns the name of the user
+    added, or None when a user already has this token."""
+    from hai.auth import hash_token
+    from hai.records import ROLE_ADMIN, User
+    from hai.store import SqlStore
+
+    store = SqlStore(database_url)
+    try:
+        digest = hash_token(token)
+        if store.user_by_token_hash(digest) is not None:
+            return None
+        taken = {u.name for u in store.list_users()}
+        name = "admin" if "admin" not in taken else f"admin-{digest[:8]}"
+        store.add_user(User(name, ROLE_ADMIN), digest)
+        return name
+    finally:
+        store.close()

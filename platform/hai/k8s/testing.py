@@ -39,6 +39,7 @@ RESOURCES = {
     "v1/pods": ("Pod", True, {"status"}),
     "v1/services": ("Service", True, set()),
     "v1/namespaces": ("Namespace", False, set()),
+    "v1/nodes": ("Node", False, set()),
     "v1/events": ("Event", True, set()),
     "events.k8s.io/v1/events": ("Event", True, set()),
     f"{GROUP}/{VERSION}/{PLURAL}": (KIND, True, {"status"}),
