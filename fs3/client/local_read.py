@@ -112,6 +112,7 @@ class LocalReads:
         self.machine = machine or machine_id()
         self.stats = LocalReadStats()
         self._probes: dict[int, _Probe] = {}
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
 
@@ -244,6 +245,8 @@ class LocalReads:
 
     def _exchange(self, local: _Local, req: Request, payload: bytes = b"") -> int | None:
         """One request on a pooled connection; returns the passed descriptor or None."""
+        if os.getpid() != self._pid:
+            self._after_fork()
         with self._lock:
             conn = local.idle.pop() if local.idle else None
         if conn is None:
@@ -261,7 +264,20 @@ class LocalReads:
 
     def _release(self, local: _Local, conn: socket.socket) -> None:
         with self._lock:
-            local.idle.append(conn)
+            probe = self._probes.get(local.target_id)
+            if probe is not None and probe.local is local:
+                local.idle.append(conn)
+                return
+        conn.close()  # the target was forgotten or found anew meanwhile
+
+    def _after_fork(self) -> None:
+        """A forked child (a DataLoader worker) must not share its parent's connections: a
+        reply meant for one process, descriptor included, would reach the other. Closing
+        the child's copies leaves the parent's open. Only the forking thread lives on in the
+        child, so a lock another thread held at the fork is made anew, not waited for."""
+        self._lock, self._probe_lock = threading.Lock(), threading.Lock()
+        self._pid = os.getpid()
+        self.close()
 
     def _report_bad(self, local: _Local, req: Request, err: ChecksumMismatch) -> None:
         """Tells the target, which logs it as it logs a mismatch found by a TCP read."""

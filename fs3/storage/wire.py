@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import socketserver
 import struct
@@ -212,10 +213,13 @@ class ConnectionPool:
         self._io_timeout = io_timeout
         self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def request(
         self, address: str, req: Request, payload: bytes | memoryview = b""
     ) -> tuple[int, int, memoryview]:
+        if os.getpid() != self._pid:
+            self._after_fork()
         with self._lock:
             idle = self._idle.setdefault(address, [])
             conn = idle.pop() if idle else None
@@ -224,6 +228,9 @@ class ConnectionPool:
         try:
             result = conn.request(req, payload)
         except Unavailable:
+            # The server went away (a restart, most likely): the other idle connections to
+            # it are as dead, and each would cost a failed attempt of its own.
+            self._drop(address)
             raise
         except Fs3Error:
             self._release(conn)
@@ -234,6 +241,21 @@ class ConnectionPool:
     def _release(self, conn: Connection) -> None:
         with self._lock:
             self._idle.setdefault(conn.address, []).append(conn)
+
+    def _drop(self, address: str) -> None:
+        with self._lock:
+            conns = self._idle.pop(address, [])
+        for conn in conns:
+            conn.close()
+
+    def _after_fork(self) -> None:
+        """A forked child (a DataLoader worker) must not share its parent's connections: a
+        reply meant for one process would reach the other, as valid data of another chunk.
+        Closing the child's copies leaves the parent's open. Only the forking thread lives
+        on in the child, so a lock another thread held at the fork is made anew."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.close()
 
     def close(self) -> None:
         with self._lock:
