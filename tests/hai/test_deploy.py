@@ -207,6 +207,15 @@ def test_the_crd_and_the_operator_agree_on_every_field() -> None:
     spec = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert set(spec["properties"]) == {*haijob.FIELDS, *haijob.OPERATOR_FIELDS}
     assert spec["properties"]["restartPolicy"]["enum"] == list(haijob.RESTART_POLICIES)
+    # The job is submitted once: every field but suspend is immutable (a CEL rule the API
+    # server enforces; the test emulator does not).
+    fixed = {
+        name
+        for name, field in spec["properties"].items()
+        if {"rule": "self == oldSelf"}.items()
+        <= (field.get("x-kubernetes-validations") or [{}])[0].items()
+    }
+    assert fixed == set(haijob.FIELDS)
     status = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     phases = set(status["properties"]["phase"]["enum"])
     assert phases == {*haijob.PHASES.values(), haijob.PENDING, haijob.INVALID}

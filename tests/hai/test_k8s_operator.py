@@ -6,7 +6,8 @@ all against kmock's in-memory Kubernetes API (hai.k8s.testing). What that API is
 it has no admission and no schema enforcement (the CRD's schema is checked with
 jsonschema in test_deploy.py), no garbage collection through ownerReferences (pods go
 because the job is stopped and the agents delete them), and no kubelet: FakeKubelet runs
-each pod's command as a local process and patches the pod's phase and exit code.
+each pod's command as a local process and patches the pod's phase and exit code. A second
+test submits with the ``hai`` CLI instead of a HaiJob and reads the job's log with it.
 """
 
 from __future__ import annotations
@@ -239,8 +240,9 @@ class Platform:
     def phase(self, name: str) -> str:
         return (self.haijob(name).get("status") or {}).get("phase", "")
 
-    def pods(self, job_id: int) -> list[dict]:
-        items = json.loads(self.core.list_namespaced_pod("default", _preload_content=False).data)
+    def pods(self, job_id: int, namespace: str = "default") -> list[dict]:
+        reply = self.core.list_namespaced_pod(namespace, _preload_content=False)
+        items = json.loads(reply.data)
         return [p for p in items["items"] if p["metadata"]["labels"].get(LABEL_JOB) == str(job_id)]
 
     def running_pods(self, job_id: int, run_id: int) -> list[dict]:
@@ -362,3 +364,74 @@ def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_
         assert platform.pods(job_id) == []
         assert platform.client.call("Describe", job_id=job_id)["job"]["state"] == "stopped"
     assert runner.exception is None
+
+
+def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI targets the Kubernetes-backed platform as it targets a local one."""
+    import yaml
+    from click.testing import CliRunner
+
+    from hai.cli import main
+
+    script = tmp_path / "hello.py"
+    script.write_text(
+        "import os, time\nprint('hello from rank', os.environ['RANK'], flush=True)\ntime.sleep(2)\n"
+    )
+    spec = tmp_path / "job.yaml"
+    job = {
+        "name": "hello",
+        "entrypoint": sys.executable,
+        "arguments": [str(script)],
+        "image": "train:2",
+        "nodes": 1,
+        "gpus_per_node": 1,
+        "environment": {"HAI_MASTER_WAIT_S": "0"},
+    }
+    spec.write_text(yaml.safe_dump(job))
+    monkeypatch.setenv("HAI_SERVER", platform.address)
+    monkeypatch.setenv("HAI_TOKEN", platform.token)
+    platform.start_agent("gpu-a")
+    submitted = CliRunner().invoke(main, ["submit", str(spec), "--json"])
+    assert submitted.exit_code == 0, submitted.output
+    job_id = json.loads(submitted.output)["id"]
+    pod = wait_for("the job's pod", lambda: platform.pods(job_id, "hai-jobs"))[0]
+    assert pod["spec"]["nodeName"] == "gpu-a" and "ownerReferences" not in pod["metadata"]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "train:2"
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    state = lambda: platform.client.call("Describe", job_id=job_id)["job"]["state"]  # noqa: E731
+    wait_for("the job to succeed", lambda: state() == "succeeded")
+    wait_for("its pod to go", lambda: platform.pods(job_id, "hai-jobs") == [])
+    logs = CliRunner().invoke(main, ["logs", str(job_id)])
+    assert logs.output == "hello from rank 0\n"
+
+
+def test_hai_operator_forwards_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from hai.cli import main
+    from hai.k8s import kube
+    from hai.k8s import operator as haijob_operator
+
+    seen: dict = {}
+    monkeypatch.setattr(kube, "core_api", lambda config: "core")
+    monkeypatch.setattr(
+        haijob_operator,
+        "run",
+        lambda call, core, config, namespaces, liveness: seen.update(
+            core=core, namespaces=namespaces, liveness=liveness, poll=config.poll_interval_s
+        ),
+    )
+    monkeypatch.setenv("HAI_TOKEN", "t")
+    monkeypatch.setenv("HAI_K8S__POLL_INTERVAL_S", "2.5")
+    args = ["operator", "--server", "h:1", "-n", "a", "-n", "b", "--liveness", "http://x/healthz"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert seen == {
+        "core": "core",
+        "namespaces": ("a", "b"),
+        "liveness": "http://x/healthz",
+        "poll": 2.5,
+    }

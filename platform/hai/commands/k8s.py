@@ -9,6 +9,7 @@ import click
 
 from hai.commands.common import connect
 from hai.config import load_config
+from hai.rpc import ApiClient
 
 
 @click.group(invoke_without_command=True)
@@ -39,9 +40,7 @@ def operator(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(config_path)
-    if address:
-        os.environ["HAI_SERVER"] = address
-    client = connect()
+    client = connect() if address is None else ApiClient(address, os.environ.get("HAI_TOKEN"))
     try:
         haijob_operator.run(client.call, core_api(config.k8s), config.k8s, namespaces, liveness)
     finally:
