@@ -5,6 +5,12 @@ production) and measures sequential write/read of one file (warm and cold cache)
 parallel readers, 4 KiB random reads, and create+stat+unlink of small files. The same work
 on the local disk is the roofline; the same chunks moved by gRPC unary calls show what the
 framed TCP path buys. Ratios are printed beside the figures.
+
+Where a FUSE mount works (pyfuse3, /dev/fuse), the same POSIX work as on the local disk runs
+again through ``fs3.mount`` of each cluster, in a second table beside the fsspec client.
+Its reads come from the fs3 servers, as the fsspec client's do: the mount's page cache is
+dropped before each read (warm = the servers' caches warm), and the 4 KiB random reads use
+O_DIRECT.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +27,7 @@ from pathlib import Path
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+from fs3.errors import Fs3Error
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.rpc import channel
@@ -44,10 +52,21 @@ def _drop_cache(root: Path) -> None:
             os.close(fd)
 
 
-def bench_local(work: Path, data: bytes, files: int, seconds: float) -> dict[str, float]:
+def bench_local(
+    work: Path,
+    data: bytes,
+    files: int,
+    seconds: float,
+    cold: Callable[[], None] | None = None,
+    random_flags: int = 0,
+) -> dict[str, float]:
+    """POSIX calls on ``work``: the local disk, or a mount. ``cold`` evicts caches before the
+    cold read (default: the file's own pages); ``random_flags`` are added for random reads."""
     path = work / "local.bin"
     size = len(data)
     out: dict[str, float] = {}
+    evict = cold or (lambda: _drop_cache(path))
+    mounted = cold is not None  # then every read comes from the servers, not the page cache
 
     def write() -> None:
         with open(path, "wb") as f:
@@ -62,14 +81,18 @@ def bench_local(work: Path, data: bytes, files: int, seconds: float) -> dict[str
                 pass
 
     out["seq write MB/s"] = size / _timed(write) / 1e6
-    _drop_cache(path)
+    evict()
     out["cold read MB/s"] = size / _timed(read) / 1e6
+    if mounted:
+        _drop_cache(path)
     out["warm read MB/s"] = size / _timed(read) / 1e6
+    if mounted:
+        _drop_cache(path)
     with ThreadPoolExecutor(4) as pool:
         out["4 readers MB/s"] = (
             4 * size / _timed(lambda: list(pool.map(lambda _: read(), range(4)))) / 1e6
         )
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | random_flags)
     n, deadline = 0, time.perf_counter() + seconds
     start = time.perf_counter()
     while time.perf_counter() < deadline:
@@ -169,6 +192,32 @@ def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
     return {"grpc seq write MB/s": size / w / 1e6, "grpc warm read MB/s": size / r / 1e6}
 
 
+def fuse_missing() -> str | None:
+    """Why no FUSE mount can work here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is absent"
+    if shutil.which("fusermount3") is None and os.geteuid() != 0:
+        return "fusermount3 not installed (Debian: apt-get install fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as err:
+        return f"pyfuse3 not importable ({err}); pip install 'pyfuse3>=3.3'"
+    return None
+
+
+def bench_mount(
+    cluster: LocalCluster, work: Path, data: bytes, files: int, seconds: float
+) -> dict[str, float]:
+    """The local-disk work again, through a FUSE mount of ``cluster``."""
+    from fs3.fuse import mount
+
+    with mount(work / "mnt", cluster.address, chunk_size=CHUNK) as mnt:
+        (mnt / "fuse").mkdir()
+        return bench_local(mnt / "fuse", data, files, seconds,
+                           cold=lambda: _drop_cache(cluster.root),
+                           random_flags=os.O_DIRECT)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fs3.bench", description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1 GiB)")
@@ -177,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = os.urandom(args.size_mib * MiB)
     results: dict[str, dict[str, float]] = {}
+    no_fuse = fuse_missing()
     with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
         work = Path(tmp)
         results["local"] = bench_local(work, data, args.files, args.seconds)
@@ -185,9 +235,21 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 cluster.start()
                 results[f"fs3 r{replicas}"] = bench_fs3(cluster, data, args.files, args.seconds)
+                if no_fuse is None:
+                    try:
+                        results[f"fuse r{replicas}"] = bench_mount(
+                            cluster, work, data, args.files, args.seconds
+                        )
+                    except Fs3Error as err:
+                        no_fuse = f"mounting failed: {err}"
             finally:
                 cluster.stop()
     print(format_table(results, args.size_mib, args.files))
+    print()
+    if no_fuse is None:
+        print(format_mount_table(results))
+    else:
+        print(f"no FUSE rows: {no_fuse}")
 
 
 def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int) -> str:
@@ -205,6 +267,22 @@ def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int
         line += "".join(f"{v:>10.0f}" if v else f"{'-':>10}" for v in (g3, g1))
         line += f"{r3[metric] / local[metric]:>9.2f}x{r1[metric] / local[metric]:>9.2f}x"
         line += f"{r1[metric] / g1:>9.2f}x" if g1 else f"{'-':>10}"
+        rows.append(line)
+    return "\n".join(rows)
+
+
+def format_mount_table(results: dict[str, dict[str, float]]) -> str:
+    local, r3, r1 = results["local"], results["fs3 r3"], results["fs3 r1"]
+    f3, f1 = results["fuse r3"], results["fuse r1"]
+    rows = ["FUSE mount (fs3.mount) beside the fsspec client; reads from the fs3 servers "
+            "(page cache dropped), random reads O_DIRECT", ""]  # fmt: skip
+    head = f"{'metric':<20}{'local':>10}{'fsspec r3':>10}{'FUSE r3':>10}{'fsspec r1':>10}"
+    head += f"{'FUSE r1':>10}{'r3 F/fs':>10}{'r1 F/fs':>10}"
+    rows += [head, "-" * len(head)]
+    for metric in local:
+        cells = [local[metric], r3[metric], f3[metric], r1[metric], f1[metric]]
+        line = f"{metric:<20}" + "".join(f"{v:>10.0f}" for v in cells)
+        line += f"{f3[metric] / r3[metric]:>9.2f}x{f1[metric] / r1[metric]:>9.2f}x"
         rows.append(line)
     return "\n".join(rows)
 

@@ -51,6 +51,10 @@ ORPHANS = ".fs3-orphans"
 """Root folder of files unlinked while open; hidden from listings and lookups."""
 NAME_MAX = 255  # as ext4 and most Linux file systems; statfs reports it
 BLKSIZE = 1 << 20  # st_blksize: the FUSE request size, so stdio and cp move 1 MiB at a time
+RELEASE_WAIT_S = 0.2
+"""How long an unlink waits for the release of a file every descriptor of which was closed:
+the kernel sends release after close returns, so ``close(); unlink()`` often finds the file
+still open, and moving it to the orphans would cost two more meta calls."""
 NOMINAL_CAPACITY = 1 << 50
 """fs3 reports no capacity yet: statfs shows 1 PiB free so tools that check space proceed."""
 _KIND_BITS = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
@@ -103,10 +107,12 @@ class Fs3Operations(pyfuse3.Operations):
         self.fs = fs
         self.meta = fs.meta
         self.options = options
-        self.table = InodeTable(fs.meta.stat("/"))
+        self.table = InodeTable(fs.meta.stat("/"), options.attr_timeout)
         self.files: dict[int, OpenFile] = {}
         self._handles: dict[int, OpenFile] = {}
         self._cursors: dict[int, Cursor] = {}
+        self._flushed: set[int] = set()  # handles flushed (closed once) and idle since
+        self._released: dict[int, trio.Event] = {}  # set when an inode's last handle goes
         self._dirs: dict[int, tuple[int, list[DirEntry] | None]] = {}
         self._next_fh = itertools.count(1)
         self._limiter: trio.CapacityLimiter | None = None
@@ -127,7 +133,7 @@ class Fs3Operations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
 
     # -- attributes --------------------------------------------------------------------
-    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Inode, ttl: float | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         opened = self.files.get(inode.id)
         if opened is not None:
@@ -135,7 +141,7 @@ class Fs3Operations(pyfuse3.Operations):
         over = self._overrides.get(inode.id, {})
         a.st_ino = inode.id
         a.entry_timeout = self.options.entry_timeout
-        a.attr_timeout = self.options.attr_timeout
+        a.attr_timeout = self.options.attr_timeout if ttl is None else ttl
         a.st_mode = _KIND_BITS[inode.kind] | (over.get("mode", inode.mode) & 0o7777)
         if inode.kind == FILE:
             a.st_size = opened.size if opened is not None else inode.length
@@ -204,8 +210,9 @@ class Fs3Operations(pyfuse3.Operations):
         if opened is not None:
             return self._attr(opened.inode)
         node = self.table.node(inode)
-        if node.detached:
-            return self._attr(node.inode)
+        fresh = self.table.fresh_for(inode)
+        if node.detached or fresh:
+            return self._attr(node.inode, fresh)
         return self._attr(await self._stat_known(inode))
 
     @_handler
@@ -299,6 +306,7 @@ class Fs3Operations(pyfuse3.Operations):
         if not mode & 0o7777:
             self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
         self.table.remember(parent_inode, text, inode)
+        self.table.touched(parent_inode)
         return self._attr(inode)
 
     @_handler
@@ -306,6 +314,7 @@ class Fs3Operations(pyfuse3.Operations):
         text, path = self._child(parent_inode, name)
         await self._blocking(self.meta.rmdir, path)
         self._forget_name(parent_inode, text)
+        self.table.touched(parent_inode)
 
     @_handler
     async def symlink(
@@ -318,17 +327,29 @@ class Fs3Operations(pyfuse3.Operations):
             raise _fuse_error(errno.EINVAL) from None
         inode = await self._blocking(self.meta.symlink, path, target_text)
         self.table.remember(parent_inode, text, inode)
+        self.table.touched(parent_inode)
         return self._attr(inode)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _fuse_error(errno.EPERM)  # fs3 has no hard links (what FAT answers, too)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _fuse_error(errno.EPERM)  # no FIFOs, sockets or devices in fs3
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         text, path = self._child(parent_inode, name)
         ino = self.table.child(parent_inode, text)
-        if ino is not None and self._is_open(ino):
+        if ino is not None and await self._still_open(ino):
             await self._orphan(ino, path)
-            return
-        await self._blocking(self.meta.unlink, path)
-        self._forget_name(parent_inode, text)
+        else:
+            await self._blocking(self.meta.unlink, path)
+            self._forget_name(parent_inode, text)
+        self.table.touched(parent_inode)
 
     def _forget_name(self, parent: int, name: str) -> None:
         ino = self.table.child(parent, name)
@@ -358,6 +379,17 @@ class Fs3Operations(pyfuse3.Operations):
         opened = self.files.get(ino)
         return opened is not None and opened.handles > 0
 
+    async def _still_open(self, ino: int) -> bool:
+        """Whether ``ino`` is open, after waiting a little for a release on its way."""
+        if not self._is_open(ino):
+            return False
+        opened = self.files[ino]
+        if all(fh in self._flushed for fh, f in self._handles.items() if f is opened):
+            released = self._released.setdefault(ino, trio.Event())
+            with trio.move_on_after(RELEASE_WAIT_S):
+                await released.wait()
+        return self._is_open(ino)
+
     @_handler
     async def rename(
         self,
@@ -378,11 +410,13 @@ class Fs3Operations(pyfuse3.Operations):
                 raise _fuse_error(errno.EEXIST)
         moving = self.table.child(parent_inode_old, old_text)
         victim = self.table.child(parent_inode_new, new_text)
-        if victim is not None and victim != moving and self._is_open(victim):
+        if victim is not None and victim != moving and await self._still_open(victim):
             if moving is not None and self.table.is_dir(moving):
                 raise _fuse_error(errno.ENOTDIR)  # a directory cannot replace a file
             await self._orphan(victim, dst)
         await self._blocking(self.meta.rename, src, dst)
+        self.table.touched(parent_inode_old)
+        self.table.touched(parent_inode_new)
         if moving is not None:
             self.table.moved(moving, parent_inode_new, new_text)
         if victim is not None and victim != moving:
@@ -406,9 +440,13 @@ class Fs3Operations(pyfuse3.Operations):
     async def _drop_handle(self, fh: int) -> None:
         opened = self._handles.pop(fh)
         del self._cursors[fh]
+        self._flushed.discard(fh)
         opened.handles -= 1
         if opened.handles:
             return
+        released = self._released.pop(opened.inode.id, None)
+        if released is not None:
+            released.set()
         try:
             if not opened.idle():
                 committed = await self._blocking(opened.commit)
@@ -464,6 +502,7 @@ class Fs3Operations(pyfuse3.Operations):
             if not perm:
                 self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
         self.table.remember(parent_inode, text, inode)
+        self.table.touched(parent_inode)
         opened = self.files.get(inode.id)
         if opened is None:
             opened = self.files[inode.id] = OpenFile(self.fs, inode, self._executor)
@@ -479,6 +518,7 @@ class Fs3Operations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        self._flushed.discard(fh)
         opened, cursor = self._handles[fh], self._cursors[fh]
         data = opened.read(cursor, off, size, block=False)  # read ahead already: no thread
         if data is None:
@@ -487,6 +527,7 @@ class Fs3Operations(pyfuse3.Operations):
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._flushed.discard(fh)
         opened = self._handles[fh]
         written = opened.write(off, buf, block=False)  # only buffered: no thread
         if written is None:
@@ -498,16 +539,20 @@ class Fs3Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh: int) -> None:
+        self._flushed.add(fh)  # a descriptor of it was closed
+        await self._commit(fh)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit(fh)
+
+    async def _commit(self, fh: int) -> None:
         opened = self._handles[fh]
         if opened.idle():
             return
         committed = await self._blocking(opened.commit)
         if committed is not None:
             self.table.update(committed)
-
-    @_handler
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.flush(fh)
 
     @_handler
     async def release(self, fh: int) -> None:

@@ -100,6 +100,8 @@ def test_open_flags(d: Path) -> None:
     assert _errno(os.open, d / ("n" * 256), os.O_CREAT | os.O_WRONLY) == errno.ENAMETOOLONG
     fd = os.open(d / ("n" * 255), os.O_CREAT | os.O_WRONLY)
     os.close(fd)
+    assert _errno(os.link, f, d / "hard") == errno.EPERM  # fs3 has no hard links
+    assert _errno(os.mkfifo, d / "fifo") == errno.EPERM
 
 
 def test_rename_files_and_directories(d: Path) -> None:
@@ -130,7 +132,9 @@ def test_rename_files_and_directories(d: Path) -> None:
     assert sorted(os.listdir(d)) == ["b", "c2", "empty", "full"]
 
 
-def test_unlinked_and_replaced_open_files_keep_working(d: Path, mnt: Path) -> None:
+def test_unlinked_and_replaced_open_files_keep_working(
+    d: Path, mnt: Path, fs3fs: FS3FileSystem
+) -> None:
     data = os.urandom(3 * SMALL_CHUNK + 5)
     (d / "f").write_bytes(data)
     fd = os.open(d / "f", os.O_RDWR)
@@ -141,13 +145,16 @@ def test_unlinked_and_replaced_open_files_keep_working(d: Path, mnt: Path) -> No
     os.pwrite(fd, b"tail", len(data))
     assert os.pread(fd, 10, len(data) - 6) == data[-6:] + b"tail"
     os.close(fd)
-    assert ".fs3-orphans" not in os.listdir(mnt)
+    assert ".fs3-orphans" not in os.listdir(mnt)  # hidden; emptied by the last close:
+    assert fs3fs.ls("/.fs3-orphans", detail=False) == []
     (d / "old").write_bytes(b"old contents")
     (d / "new").write_bytes(b"new")
     with open(d / "old", "rb") as reader:
         os.rename(d / "new", d / "old")
         assert reader.read() == b"old contents"
     assert (d / "old").read_bytes() == b"new"
+    os.unlink(d / "old")  # right after a close: deleted, not parked with the orphans
+    assert fs3fs.ls("/.fs3-orphans", detail=False) == []
 
 
 def test_mkdir_rmdir_unlink(d: Path) -> None:
