@@ -58,8 +58,7 @@ class Namespace:
             if not inode.is_dir:
                 raise NotADirectory("not a directory", walked or "/")
             walked += "/" + name
-            child = txn.lookup(inode.id, name)
-            found = txn.get_inode(child) if child is not None else None
+            found = txn.lookup_inode(inode.id, name)
             if found is None:
                 raise NotFound("no such file or directory", path)
             inode = found
@@ -130,12 +129,10 @@ class Namespace:
                     walked += "/" + name
                     if not inode.is_dir:
                         raise NotADirectory("not a directory", split(walked)[0])
-                    child = txn.lookup(inode.id, name)
-                    if child is None:
+                    found = txn.lookup_inode(inode.id, name)
+                    if found is None:
                         inode = self._make(txn, inode, name, DIRECTORY, mode)
                     else:
-                        found = txn.get_inode(child)
-                        assert found is not None
                         inode = found
                 if not inode.is_dir:
                     raise AlreadyExists("file exists", path)
@@ -173,8 +170,7 @@ class Namespace:
 
         def op(txn: MetaTxn) -> Inode:
             parent, name = self._parent(txn, path)
-            old_id = txn.lookup(parent.id, name)
-            old = txn.get_inode(old_id) if old_id is not None else None
+            old = txn.lookup_inode(parent.id, name)
             if old is not None:
                 if exclusive:
                     raise AlreadyExists("file exists", path)
@@ -193,12 +189,7 @@ class Namespace:
             inode = self._resolve(txn, path)
             if not inode.is_dir:
                 raise NotADirectory("not a directory", path)
-            out = []
-            for name, child in txn.children(inode.id):
-                found = txn.get_inode(child)
-                if found is not None:
-                    out.append(DirEntry(name, found))
-            return out
+            return [DirEntry(name, child) for name, child in txn.entries(inode.id)]
 
         return self.store.run(op)
 
@@ -225,8 +216,7 @@ class Namespace:
                 up = txn.get_inode(ancestor.parent)
                 assert up is not None
                 ancestor = up
-            old_id = txn.lookup(dparent.id, dname)
-            old = txn.get_inode(old_id) if old_id is not None else None
+            old = txn.lookup_inode(dparent.id, dname)
             if old is not None:
                 if old.is_dir and not moving.is_dir:
                     raise IsADirectory("is a directory", dst)
@@ -252,8 +242,7 @@ class Namespace:
 
         def op(txn: MetaTxn) -> None:
             parent, name = self._parent(txn, path)
-            child = txn.lookup(parent.id, name)
-            inode = txn.get_inode(child) if child is not None else None
+            inode = txn.lookup_inode(parent.id, name)
             if inode is None:
                 raise NotFound("no such file or directory", path)
             if inode.is_dir:

@@ -150,10 +150,20 @@ def _now(cur: Any) -> float:
     return cur.fetchone()[0]
 
 
+_PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
+
+
 class _PgTxn(MetaTxn):
+    """One transaction. Rows read are remembered until it ends: at SERIALIZABLE a second
+    read of a row returns what the first did (or this transaction's own write, which the
+    cache records too), so the cache only saves round trips. A rename resolves the same
+    parents two or three times."""
+
     def __init__(self, cur: Any, url: str) -> None:
         self.cur = cur
         self.url = url
+        self._inodes: dict[int, Inode | None] = {}
+        self._entries: dict[tuple[int, str], int | None] = {}
 
     def _x(self, sql: str, params: tuple = ()) -> Any:
         """Runs one statement; a conflict raises TxnConflict at once, not at commit."""
@@ -165,27 +175,60 @@ class _PgTxn(MetaTxn):
             raise postgres_error(err, self.url) from None
 
     def get_inode(self, inode_id: int) -> Inode | None:
-        row = self._x(f"SELECT {COLUMNS} FROM inodes WHERE id=%s", (inode_id,)).fetchone()
-        return row_to_inode(row) if row else None
+        if inode_id not in self._inodes:
+            row = self._x(f"SELECT {COLUMNS} FROM inodes WHERE id=%s", (inode_id,)).fetchone()
+            self._inodes[inode_id] = row_to_inode(row) if row else None
+        return self._inodes[inode_id]
 
     def put_inode(self, inode: Inode) -> None:
         self._x(_PUT_INODE, inode_to_row(inode))
+        self._inodes[inode.id] = inode
 
     def delete_inode(self, inode_id: int) -> None:
         self._x("DELETE FROM inodes WHERE id=%s", (inode_id,))
+        self._inodes[inode_id] = None
 
     def lookup(self, parent: int, name: str) -> int | None:
+        key = (parent, name)
+        if key not in self._entries:
+            row = self._x("SELECT child FROM dentries WHERE parent=%s AND name=%s", key).fetchone()
+            self._entries[key] = row[0] if row else None
+        return self._entries[key]
+
+    def lookup_inode(self, parent: int, name: str) -> Inode | None:
+        key = (parent, name)
+        if key in self._entries:
+            child = self._entries[key]
+            return self.get_inode(child) if child is not None else None
         row = self._x(
-            "SELECT child FROM dentries WHERE parent=%s AND name=%s", (parent, name)
+            f"SELECT d.child, {_PREFIXED} FROM dentries d LEFT JOIN inodes i ON i.id = d.child "
+            "WHERE d.parent=%s AND d.name=%s",
+            key,
         ).fetchone()
-        return row[0] if row else None
+        if row is None:
+            self._entries[key] = None
+            return None
+        self._entries[key] = row[0]
+        if row[0] not in self._inodes:
+            self._inodes[row[0]] = row_to_inode(row[1:]) if row[1] is not None else None
+        return self._inodes[row[0]]
+
+    def entries(self, parent: int) -> list[tuple[str, Inode]]:
+        rows = self._x(
+            f"SELECT d.name, {_PREFIXED} FROM dentries d JOIN inodes i ON i.id = d.child "
+            "WHERE d.parent=%s ORDER BY d.name",
+            (parent,),
+        ).fetchall()
+        return [(row[0], row_to_inode(row[1:])) for row in rows]
 
     def link(self, parent: int, name: str, child: int) -> None:
         self._x("INSERT INTO dentries VALUES (%s,%s,%s) ON CONFLICT (parent, name) "
                 "DO UPDATE SET child=EXCLUDED.child", (parent, name, child))  # fmt: skip
+        self._entries[(parent, name)] = child
 
     def unlink(self, parent: int, name: str) -> None:
         self._x("DELETE FROM dentries WHERE parent=%s AND name=%s", (parent, name))
+        self._entries[(parent, name)] = None
 
     def children(self, parent: int, limit: int | None = None) -> list[tuple[str, int]]:
         rows = self._x(

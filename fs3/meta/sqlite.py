@@ -34,6 +34,9 @@ _SCHEMA += LEASE_TABLE + ";\n"
 COLUMNS = "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target"
 
 
+_PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
+
+
 def inode_to_row(inode: Inode) -> tuple:
     lay = inode.layout
     chains = ",".join(map(str, lay.chains))
@@ -125,6 +128,22 @@ class _SqliteTxn(MetaTxn):
             "SELECT child FROM dentries WHERE parent=? AND name=?", (parent, name)
         ).fetchone()
         return row[0] if row else None
+
+    def lookup_inode(self, parent: int, name: str) -> Inode | None:
+        row = self.c.execute(
+            f"SELECT {_PREFIXED} FROM dentries d JOIN inodes i ON i.id = d.child "
+            "WHERE d.parent=? AND d.name=?",
+            (parent, name),
+        ).fetchone()
+        return row_to_inode(row) if row else None
+
+    def entries(self, parent: int) -> list[tuple[str, Inode]]:
+        rows = self.c.execute(
+            f"SELECT d.name, {_PREFIXED} FROM dentries d JOIN inodes i ON i.id = d.child "
+            "WHERE d.parent=? ORDER BY d.name",
+            (parent,),
+        )
+        return [(row[0], row_to_inode(row[1:])) for row in rows]
 
     def link(self, parent: int, name: str, child: int) -> None:
         self.c.execute("INSERT OR REPLACE INTO dentries VALUES (?,?,?)", (parent, name, child))

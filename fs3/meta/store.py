@@ -70,6 +70,22 @@ class MetaTxn(ABC):
     def children(self, parent: int, limit: int | None = None) -> list[tuple[str, int]]:
         """Entries of ``parent`` sorted by name, at most ``limit`` of them."""
 
+    def lookup_inode(self, parent: int, name: str) -> Inode | None:
+        """The inode entry ``name`` of ``parent`` names, or None (also when that inode is
+        gone). A backend with round trips answers it in one query; this default takes two."""
+        child = self.lookup(parent, name)
+        return self.get_inode(child) if child is not None else None
+
+    def entries(self, parent: int) -> list[tuple[str, Inode]]:
+        """Entries of ``parent`` sorted by name with their inodes (entries whose inode is
+        gone are left out). A backend with round trips answers it in one query."""
+        out = []
+        for name, child in self.children(parent):
+            inode = self.get_inode(child)
+            if inode is not None:
+                out.append((name, inode))
+        return out
+
     @abstractmethod
     def new_inode_id(self) -> int:
         """An id never handed out before by this store."""

@@ -178,3 +178,18 @@ def test_two_meta_processes_serve_one_database(make_cluster, db: str) -> None:  
     assert [name for name, _ in listings[0]] == expected
     assert len({inode for _, inode in listings[0]}) == len(expected)
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("/both", detail=False)) == expected
+
+
+def test_conflicts_that_persist_end_as_unavailable() -> None:
+    """Past the retry budget the caller gets a retryable Unavailable naming the hot spot."""
+    from contextlib import nullcontext
+
+    from fs3.db import TxnConflict, run_retrying
+    from fs3.errors import Unavailable
+
+    def always(_txn: object) -> None:
+        raise TxnConflict("could not serialize access")
+
+    with pytest.raises(Unavailable, match="kept conflicting") as info:
+        run_retrying(nullcontext, always, retry_s=0.05)
+    assert info.value.retryable
