@@ -7,7 +7,9 @@ Unix socket, :mod:`fs3.client.local_read`), through the TCP path (the same clien
 reads off), and from a file on the local disk (the roofline). The three run in turns within
 each round, so a noisy neighbour slows all of them alike; every ratio is taken within a
 round, and the table shows the median and the range over rounds. 4 KiB random reads per
-second and the cost of one descriptor hand-off show what a read's round trip costs.
+second and the cost of one descriptor hand-off show what a read's round trip costs; CPU
+seconds per GB (client and storage processes together) show what each path costs the
+machine, which a busy neighbour disturbs less than it disturbs wall time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from fs3.client import FS3FileSystem
 from fs3.client.local_read import LocalReads
@@ -36,6 +40,15 @@ def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    """CPU seconds used so far by this process and ``processes`` (user + system)."""
+    total = time.process_time()
+    for proc in processes:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _read_disk(path: Path) -> None:
@@ -136,13 +149,18 @@ def _measure(
     def add(key: str, value: float) -> None:
         out.setdefault(key, []).append(value)
 
+    # CPU of the client and the storage processes: what a read costs the machine, which
+    # the load of a shared machine moves less than it moves wall time.
+    targets = [psutil.Process(p.pid) for n, p in cluster.procs.items() if n.startswith("storage")]
     for i in range(rounds):
         order = [("local", local_fs), ("tcp", tcp_fs)]
         if i % 2:
             order.reverse()  # neither always reads first after the disk
         t = {"disk": _timed(lambda: _read_disk(disk_file))}
         for name, fs in order:
+            cpu = _cpu_s(targets)
             t[name] = _timed(lambda fs=fs: _read_fs3(fs, FILE))  # type: ignore[misc]
+            add(f"{name} CPU s/GB", (_cpu_s(targets) - cpu) / (size / 1e9))
         for name in ("local", "tcp", "disk"):
             add(f"{name} MB/s", size / t[name] / 1e6)
         add("local/tcp", t["tcp"] / t["local"])
@@ -173,6 +191,8 @@ def format_table(results: dict[str, dict[str, list[float]]], size_mib: int, roun
         for name in names:
             values = results[name][metric]
             fmt = (lambda v: f"{v:.2f}x") if metric in RATIOS else (lambda v: f"{v:.0f}")
+            if "CPU" in metric:
+                fmt = lambda v: f"{v:.2f}"  # noqa: E731
             cell = fmt(statistics.median(values))
             if len(values) > 1:
                 cell += f" [{fmt(min(values))}-{fmt(max(values))}]"

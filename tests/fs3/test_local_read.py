@@ -25,6 +25,7 @@ from fs3.client.local_read import LocalReads, LocalReadStats, read_chunk_file
 from fs3.cluster import LocalCluster
 from fs3.config import Timeouts
 from fs3.errors import ChunkBusy, Fs3Error
+from fs3.local_bench import RATIOS, format_table, measure, medians
 from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, LocalChunkEngine
 from fs3.storage.local_read import socket_path
 from fs3.storage.wire import READ, ConnectionPool, FrameServer, Request
@@ -384,3 +385,11 @@ def test_restarted_target_is_read_locally_again(make_cluster, monkeypatch) -> No
         time.sleep(0.2)
         assert fs.cat_file("/restart") == data
     assert _stats(fs).by_target[1] > before[1]
+
+
+def test_local_bench_measures_both_paths(cluster: LocalCluster) -> None:
+    results = measure(cluster, os.urandom(8 << 20), rounds=1, seconds=0.05)
+    for key in ("local MB/s", "tcp MB/s", "disk MB/s", "local CPU s/GB", *RATIOS):
+        assert len(results[key]) == 1 and results[key][0] > 0
+    assert "local path local/tcp" in medians(results)
+    assert "fs3 r3" in format_table({"fs3 r3": results}, 8, 1)
