@@ -25,6 +25,7 @@ import pytest
 from hai.config import K8sConfig
 from hai.errors import StateError
 from hai.executor import Launch, RankLaunch
+from hai.executor.k8s import KubernetesExecutor
 from hai.k8s import pods
 from hai.k8s.names import (
     ENV_NAMESPACE,
@@ -34,11 +35,7 @@ from hai.k8s.names import (
     POD_FINALIZER,
     master_address,
 )
-
-pytest.importorskip("kmock", reason="the test extra (kmock) is not installed")
-
-from hai.executor.k8s import KubernetesExecutor  # noqa: E402
-from hai.k8s.testing import FakeKubelet, KubernetesApi  # noqa: E402
+from hai.k8s.testing import FakeKubelet, KubernetesApi
 
 # The conformance suite lives in test_executor.py; its tests run here on our fixture.
 _spec = importlib.util.spec_from_file_location(
@@ -75,6 +72,7 @@ def _read(core, name: str, namespace: str = "jobs") -> dict:  # type: ignore[no-
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubernetesApi]:
+    pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     with KubernetesApi() as api:
         yield api
 

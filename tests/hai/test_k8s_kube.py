@@ -13,10 +13,9 @@ from hai.k8s.kube import bootstrap_admin, kubernetes_executor
 from hai.k8s.names import LABEL_MANAGED, LABEL_NODE
 from hai.store import SqlStore, sqlite_url
 
-pytest.importorskip("kmock", reason="the test extra (kmock) is not installed")
-
 
 def test_the_agent_reads_its_nodes_gpus_and_pool_and_removes_orphaned_pods() -> None:
+    pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     from kubernetes import client
 
     from hai.k8s.testing import KubernetesApi

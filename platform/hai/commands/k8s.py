@@ -35,7 +35,12 @@ def operator(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from hai.k8s import operator as haijob_operator
+    try:
+        from hai.k8s import operator as haijob_operator
+    except ModuleNotFoundError as err:
+        raise click.ClickException(
+            f"hai operator needs {err.name} (Python 3.11+): pip install 'kopf>=1.45,<2'"
+        ) from None
     from hai.k8s.kube import core_api
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
