@@ -86,28 +86,32 @@ def _run(spaces: list[Namespace], threads: int, files: int, shared: bool, existi
 
 def bench_store(
     open_store: Callable[[], MetaStore], files: int, threads: int, existing: int
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Ops/s of each workload on stores from ``open_store`` (called twice for two servers),
-    in an empty namespace and in one already holding ``existing`` files."""
+    in an empty namespace and in one already holding ``existing`` files; and how many
+    transactions of each workload lost a conflict and ran again."""
     out: dict[str, float] = {}
+    retried: dict[str, float] = {}
     a, b = open_store(), open_store()
     try:
         one = Namespace(a, chains=lambda: [1, 2, 3])
         two = Namespace(b, chains=lambda: [1, 2, 3])
         for have in (0, existing):
             where = f", {have} files there" if have else ", empty"
-            before = a.retries + b.retries
-            out["1 thread" + where] = _run([one], 1, files, False, have)
-            out[f"{threads} threads, own dirs" + where] = _run([one], threads, files, False, have)
-            out[f"{threads} threads, one dir" + where] = _run([one], threads, files, True, have)
-            out[f"2 servers x {threads // 2}, own dirs" + where] = _run(
-                [one, two], threads, files, False, have
-            )
-            out["conflicts retried" + where] = float(a.retries + b.retries - before)
+            workloads = {
+                "1 thread": ([one], 1, False),
+                f"{threads} threads, own dirs": ([one], threads, False),
+                f"{threads} threads, one dir": ([one], threads, True),
+                f"2 servers x {threads // 2}, own dirs": ([one, two], threads, False),
+            }
+            for name, (spaces, n, shared) in workloads.items():
+                before = a.retries + b.retries
+                out[name + where] = _run(spaces, n, files, shared, have)
+                retried[name + where] = float(a.retries + b.retries - before)
     finally:
         a.close()
         b.close()
-    return out
+    return out, retried
 
 
 def bench_cluster(root: Path, meta_db: str, files: int, threads: int) -> dict[str, float]:
@@ -217,13 +221,14 @@ def bench_meta_stores(
     cluster: bool = False,
     existing: int = 20_000,
 ) -> dict[str, dict[str, float]]:
-    """``{"sqlite": {workload: ops/s}, "postgresql": {...}}``; PostgreSQL is left out (with
-    a note under ``"notes"``) when no server is given and none can be started."""
+    """``{"sqlite": {workload: ops/s}, "postgresql": {...}, "postgresql retries": {workload:
+    transactions run again}}``; PostgreSQL is left out (with a note under ``"notes"``) when
+    no server is given and none can be started."""
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="fs3-meta-bench-") as tmp:
         work = Path(tmp)
         counter = iter(range(1_000_000))
-        results["sqlite"] = bench_store(
+        results["sqlite"], _ = bench_store(
             lambda: open_meta_store(work / "meta.db"), files, threads, existing
         )
         if cluster:
@@ -235,7 +240,7 @@ def bench_meta_stores(
                 results["notes"] = {f"postgresql skipped: {err}": 0.0}
                 return results
             url = _fresh_database(server, f"fs3_meta_bench_{os.getpid()}_{next(counter)}")
-            results["postgresql"] = bench_store(
+            results["postgresql"], results["postgresql retries"] = bench_store(
                 lambda: open_meta_store(url), files, threads, existing
             )
             if cluster:
@@ -245,20 +250,21 @@ def bench_meta_stores(
 
 
 def format_meta_table(results: dict[str, dict[str, float]]) -> str:
+    """The results of :func:`bench_meta_stores` as a table, PostgreSQL beside SQLite."""
     sqlite, pg = results["sqlite"], results.get("postgresql", {})
+    retried = results.get("postgresql retries", {})
     rows = ["fs3 meta bench: create + stat + rename + unlink per file, ops/s "
             "(SQLite WAL synchronous=NORMAL; PostgreSQL SERIALIZABLE, synchronous_commit=off)",
             ""]  # fmt: skip
-    head = f"{'workload':<40}{'SQLite':>10}{'PostgreSQL':>12}{'PG/SQLite':>11}"
+    head = f"{'workload':<44}{'SQLite':>8}{'PostgreSQL':>12}{'PG/SQLite':>11}{'PG retries':>12}"
     rows += [head, "-" * len(head)]
     for key, value in sqlite.items():
-        other = pg.get(key)
-        line = f"{key:<40}{value:>10.0f}" + (f"{other:>12.0f}" if other is not None else " " * 12)
-        if other is not None and value and key != "conflicts retried":
-            line += f"{other / value:>10.2f}x"
+        line = f"{key:<44}{value:>8.0f}"
+        if key in pg:
+            line += f"{pg[key]:>12.0f}{pg[key] / value:>10.2f}x"
+            line += f"{retried[key]:>12.0f}" if key in retried else f"{'-':>12}"
         rows.append(line)
-    for note in results.get("notes", {}):
-        rows.append(note)
+    rows += list(results.get("notes", {}))
     return "\n".join(rows)
 
 
