@@ -109,7 +109,7 @@ class Mgmtd:
             lapsed = [m for m in self._table.meta_addresses
                       if now - self._meta_seen.get(m, 0.0) > self._config.lease_s]  # fmt: skip
             if lapsed and len(lapsed) == len(self._table.meta_addresses):
-                lapsed = lapsed[1:]
+                lapsed.remove(max(lapsed, key=lambda m: self._meta_seen.get(m, 0.0)))
             if lapsed:
                 self._publish_metas(tuple(m for m in self._table.meta_addresses
                                           if m not in lapsed))  # fmt: skip
