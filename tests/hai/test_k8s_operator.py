@@ -260,14 +260,17 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Platform]:
+def platform(
+    tmp_path: Path, free_port: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Platform]:
     pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
-    # An agent's first health check imports torch (seconds on a loaded machine): do it
-    # here, outside the timed waits.
-    import torch  # noqa: F401
-
+    from hai import agent
     from hai.k8s.testing import FakeKubelet, KubernetesApi
+
+    # Node health checks are not under test, and their CPU floor fails a node of a busy
+    # 2-core CI machine, which then gets no work.
+    monkeypatch.setattr(agent, "run_checks", lambda *args: [])
 
     with KubernetesApi() as kube, FakeKubelet(kube, nodes={"gpu-a", "gpu-b"}):
         p = Platform(tmp_path, free_port(), kube)

@@ -21,6 +21,7 @@ import kopf
 from hai.config import K8sConfig
 from hai.errors import HaiTimeoutError, NotFoundError, SpecError, StateError, Unavailable
 from hai.k8s.haijob import (
+    FINISHED_PHASES,
     INVALID,
     find_job,
     haijob_status,
@@ -46,7 +47,7 @@ def _platform(call: PlatformCall, method: str, **body: Any) -> Any:
     try:
         return call(method, **body)
     except (Unavailable, HaiTimeoutError) as err:
-        raise kopf.TemporaryError(str(err), delay=5) from None
+        raise kopf.TemporaryError(str(err), delay=2) from None
 
 
 class JobPods:
@@ -93,6 +94,9 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
     registry = kopf.OperatorRegistry()
     pods = JobPods(core, config)
     resource = (GROUP, VERSION, PLURAL)
+    # A handler that fails unexpectedly is retried after one poll interval, not kopf's
+    # default of 60 s: the status must not freeze for a minute over one bad answer.
+    retry = {"backoff": config.poll_interval_s, "registry": registry}
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -111,7 +115,7 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=config.api_url, insecure=True)
 
-    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.create(*resource, **retry)
     def create(body: Any, meta: Any, spec: Any, patch: kopf.Patch, **_: Any) -> None:
         try:
             wanted = job_spec(dict(body))
@@ -126,7 +130,7 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
         patch.status.update(haijob_status({"job": job, "runs": []}, {}, _now()))
         log.info("HaiJob %s/%s is job %d", meta["namespace"], meta["name"], job["id"])
 
-    @kopf.on.field(*resource, field="spec.suspend", registry=registry)
+    @kopf.on.field(*resource, field="spec.suspend", **retry)
     def suspend(old: Any, new: Any, status: Any, **_: Any) -> None:
         job_id = status.get("jobId")
         if job_id is None:
@@ -139,7 +143,12 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
             except StateError as err:  # it changed state meanwhile: nothing left to do
                 log.info("job %d: %s", job_id, err)
 
-    @kopf.timer(*resource, interval=config.poll_interval_s, registry=registry)
+    def unfinished(status: Any, **_: Any) -> bool:
+        return status.get("phase") not in FINISHED_PHASES
+
+    # Finished HaiJobs are not polled: a finished job never changes again. (A pod stuck on
+    # a dead node after its job finished is released when the HaiJob is deleted.)
+    @kopf.timer(*resource, interval=config.poll_interval_s, when=unfinished, **retry)
     def refresh(meta: Any, status: Any, patch: kopf.Patch, **_: Any) -> None:
         job_id = status.get("jobId")
         if job_id is None:
@@ -154,7 +163,7 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
             patch.status.update(changes)
         pods.release_stuck(pods.list(meta["namespace"], job_id))
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, **retry)
     def delete(meta: Any, status: Any, **_: Any) -> None:
         job_id = status.get("jobId")
         if job_id is None:
