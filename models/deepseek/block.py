@@ -30,12 +30,12 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: torch.Tensor,
         cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (batch, seq, hidden) → (x after the block, the MoE balance loss or None)."""
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        """x (batch, seq, hidden) at the positions of the rotation table `rope` → (x after
+        the block, the MoE balance loss or None)."""
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoE):
             out, aux = self.mlp(h)

@@ -45,7 +45,7 @@ def generate(
     out = [input_ids]
     step_input = input_ids
     for _ in range(max_new_tokens):
-        logits = model(step_input, cache=cache).logits[:, -1].float()
+        logits = model(step_input, cache=cache, logits_to_keep=1).logits[:, -1].float()
         if temperature == 0:
             step_input = logits.argmax(dim=-1, keepdim=True)
         else:

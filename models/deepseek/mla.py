@@ -11,14 +11,22 @@ q_lora_rank is set. Two equivalent computations:
   head is ever materialised for past tokens.
 
 The cache holds only (c, k_pe) per token, side by side in one row.
+
+When the latent is small next to the heads (kv_lora_rank ≤ qk_nope_head_dim, as in the tiny
+presets), the absorbed path's weight products W_qb·W_uk and W_uv·W_o hold no more numbers
+than their factors; they are then computed once, kept until a weight changes, and a decoding
+step runs two projections where it ran four matmuls plus their reshapes. For real shapes
+(V3: rank 512 against 128-wide heads) the products would be 3.4x the factors' size and a
+memory-bound decoding step slower, so the factors are used as they are.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from deepseek.attention import attend, causal_mask
+from deepseek.attention import attend_heads_first, causal_mask
 from deepseek.cache import LayerCache
 from deepseek.config import ModelConfig
 from deepseek.layers import RMSNorm
@@ -36,6 +44,7 @@ class MLA(nn.Module):
         self.nope, self.rope_dim = config.qk_nope_head_dim, config.qk_rope_head_dim
         self.v_dim, self.kv_rank = config.v_head_dim, config.kv_lora_rank
         self.interleaved = config.rope.interleaved
+        self.low_rank_q = config.q_lora_rank is not None
         qk = self.nope + self.rope_dim
         if config.q_lora_rank is None:
             self.q_proj = nn.Linear(h, self.heads * qk, bias=False)
@@ -48,61 +57,126 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(self.kv_rank, self.heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(self.heads * self.v_dim, h, bias=bias)
         self.scale = qk**-0.5 * config.rope.softmax_scale_factor
+        q_in = config.q_lora_rank or h
+        c, r, n, v, heads = self.kv_rank, self.rope_dim, self.nope, self.v_dim, self.heads
+        factors = heads * (q_in * (n + r) + c * (n + v) + v * h)
+        products = heads * (q_in * (c + r) + c * h)
+        self.fuse_absorbed = products <= factors
+        """Whether no-grad absorbed attention uses the cached weight products."""
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: torch.Tensor,
         cache: LayerCache | None = None,
         absorb: bool | None = None,
     ) -> torch.Tensor:
-        """x (batch, seq, hidden) → (batch, seq, hidden).
+        """x (batch, seq, hidden) at the positions of the rotation table `rope`
+        → (batch, seq, hidden).
 
         `absorb` picks the absorbed path; by default it is used exactly when decoding
         with a cache.
         """
         b, s, _ = x.shape
-        if hasattr(self, "q_proj"):
-            q = self.q_proj(x)
-        else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q_nope, q_pe = q.view(b, s, self.heads, -1).split([self.nope, self.rope_dim], dim=-1)
-        q_pe = apply_rotary(q_pe, cos, sin, self.interleaved)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
-        k_pe = apply_rotary(k_pe[:, :, None], cos, sin, self.interleaved)[:, :, 0]
+        k_pe = apply_rotary(k_pe[:, :, None], rope, self.interleaved)[:, :, 0]
         # One (latent | k_pe) row per token, so the absorbed scores are a single matmul.
         kv = torch.cat((self.kv_a_layernorm(latent), k_pe), dim=-1)
         if cache is not None:
             (kv,) = cache.append(kv)
+        q_in = self.q_a_layernorm(self.q_a_proj(x)) if self.low_rank_q else x
         use_absorbed = cache is not None if absorb is None else absorb
+        if use_absorbed and self.fuse_absorbed and not torch.is_grad_enabled():
+            return self._absorbed_fused(q_in, rope, kv)
+        q = F.linear(q_in, self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight)
+        q_nope, q_pe = q.view(b, s, self.heads, -1).split([self.nope, self.rope_dim], dim=-1)
+        q_pe = apply_rotary(q_pe, rope, self.interleaved)
         out = (self._absorbed if use_absorbed else self._naive)(q_nope, q_pe, kv)
-        return self.o_proj(out.flatten(2))
+        return self.o_proj(out)
 
     def _naive(self, q_nope, q_pe, kv) -> torch.Tensor:
         b, t, _ = kv.shape
+        s, h = q_nope.shape[1], self.heads
         latent, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)
-        kv = self.kv_b_proj(latent).view(b, t, self.heads, -1)
+        kv = self.kv_b_proj(latent).view(b, t, h, -1)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
-        k = torch.cat((k_nope, k_pe[:, :, None].expand(-1, -1, self.heads, -1)), dim=-1)
-        return attend(torch.cat((q_nope, q_pe), dim=-1), k, v, self.scale)
+        # The concatenations write heads-first layouts directly, with no transposing copy.
+        q = torch.cat((q_nope.transpose(1, 2), q_pe.transpose(1, 2)), dim=-1)
+        k = torch.cat((k_nope.transpose(1, 2), k_pe[:, None].expand(b, h, t, -1)), dim=-1)
+        out = attend_heads_first(q, k, v.transpose(1, 2), self.scale)  # (b, h, s, v_dim)
+        return out.transpose(1, 2).reshape(b, s, h * self.v_dim)
+
+    def _latent_attention(self, q, kv, scale: float) -> torch.Tensor:
+        """Causal attention of q (b, s·h, c + r), rows ordered (query, head), against the
+        cached (latent | k_pe) rows kv (b, t, c + r) → (b, s·h, c)."""
+        h, t = self.heads, kv.shape[1]
+        s = q.shape[1] // h
+        if s == 1:  # a decoding step sees every cached position
+            scores = torch.bmm(q, kv.transpose(1, 2))
+            if scale != 1.0:
+                scores = scores.mul_(scale)
+        else:
+            allowed = causal_mask(s, t, q.device)[:, None].expand(s, h, t).reshape(s * h, t)
+            bias = torch.zeros(s * h, t, device=q.device, dtype=q.dtype)
+            bias = bias.masked_fill_(~allowed, float("-inf"))
+            scores = torch.baddbmm(bias, q, kv.transpose(1, 2), alpha=scale)
+        probs = scores.softmax(dim=-1, dtype=torch.float32)
+        probs = probs if probs.dtype == kv.dtype else probs.to(kv.dtype)
+        return torch.bmm(probs, kv[..., : self.kv_rank])
 
     def _absorbed(self, q_nope, q_pe, kv) -> torch.Tensor:
         # Plain bmm on (heads, tokens, ·) and (batch, queries·heads, ·) layouts: einsum's
         # permutes and reshapes would dominate a one-token step.
         b, s, h, _ = q_nope.shape
-        c, t = self.kv_rank, kv.shape[1]
+        c = self.kv_rank
         w = self.kv_b_proj.weight.view(h, self.nope + self.v_dim, c)
         w_k, w_v = w.split([self.nope, self.v_dim], dim=1)
         q_latent = torch.bmm(q_nope.reshape(b * s, h, -1).transpose(0, 1), w_k)
         q = torch.cat(
             (q_latent.transpose(0, 1).reshape(b, s * h, c), q_pe.reshape(b, s * h, -1)), dim=-1
         )
-        scores = torch.bmm(q, kv.transpose(1, 2)) * self.scale  # (b, s·h, t)
-        if s > 1:
-            mask = causal_mask(s, t, scores.device)[:, None].expand(s, h, t).reshape(s * h, t)
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(kv.dtype)
-        out_latent = torch.bmm(probs, kv[..., :c]).view(b * s, h, c).transpose(0, 1)
-        out = torch.bmm(out_latent, w_v.transpose(1, 2))  # (h, b·s, v_dim)
-        return out.transpose(0, 1).reshape(b, s, h, -1)
+        out_latent = self._latent_attention(q, kv, self.scale).view(b * s, h, c)
+        out = torch.bmm(out_latent.transpose(0, 1), w_v.transpose(1, 2))  # (h, b·s, v_dim)
+        return out.transpose(0, 1).reshape(b, s, h * self.v_dim)
+
+    def _absorbed_fused(self, q_in, rope, kv) -> torch.Tensor:
+        b, s, _ = q_in.shape
+        h, c = self.heads, self.kv_rank
+        w_q, w_o = self._fused_weights()
+        q_latent, q_pe = F.linear(q_in, w_q).view(b, s, h, -1).split([c, self.rope_dim], -1)
+        q_pe = apply_rotary(q_pe, rope, self.interleaved)
+        q = torch.cat((q_latent, q_pe), dim=-1).view(b, s * h, -1)
+        out_latent = self._latent_attention(q, kv, 1.0)  # the softmax scale is in w_q
+        return F.linear(out_latent.view(b, s, h * c), w_o, self.o_proj.bias)
+
+    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale·[W_uk^T·W_q_nope ; W_q_pe] per head, W_o·W_uv per head), cached.
+
+        Shapes (heads·(kv_rank + rope), q_in) and (hidden, heads·kv_rank). Recomputed when
+        any of the three weights is replaced, moved or updated in place (its version).
+        """
+        sources = (
+            self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight,
+            self.kv_b_proj.weight,
+            self.o_proj.weight,
+        )
+        key = tuple((w, w.data_ptr(), w._version) for w in sources)
+        cached = self._fused
+        if cached is not None and all(
+            a is x and pa == px and va == vx
+            for (a, pa, va), (x, px, vx) in zip(cached[0], key, strict=True)
+        ):
+            return cached[1], cached[2]
+        w_q, w_kv, w_o = sources
+        h, n, c = self.heads, self.nope, self.kv_rank
+        # Plain tensors even inside inference_mode, so that they can be copied and compared.
+        with torch.inference_mode(False), torch.no_grad():
+            wq = w_q.float().view(h, n + self.rope_dim, -1)
+            w_k, w_v = w_kv.float().view(h, n + self.v_dim, c).split([n, self.v_dim], dim=1)
+            q_latent = torch.einsum("hnc,hnq->hcq", w_k, wq[:, :n])
+            fused_q = (torch.cat((q_latent, wq[:, n:]), dim=1) * self.scale).flatten(0, 1)
+            wo = w_o.float().view(w_o.shape[0], h, self.v_dim)
+            fused_o = torch.einsum("ohv,hvc->ohc", wo, w_v).flatten(1)
+        self._fused = (key, fused_q.to(w_q.dtype), fused_o.to(w_o.dtype))
+        return self._fused[1], self._fused[2]

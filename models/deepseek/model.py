@@ -98,6 +98,7 @@ class DeepseekForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """Logits for input_ids (batch, seq); losses when labels are given.
 
@@ -106,9 +107,15 @@ class DeepseekForCausalLM(nn.Module):
             labels: (batch, seq) next-token targets (labels[:, i] follows input_ids[:, i]);
                 IGNORE_INDEX (-100) entries are skipped.
             cache: decoding cache; extended in place by this call.
+            logits_to_keep: n > 0 computes logits for the last n positions only, (batch, n,
+                vocab) (generation needs just the last: a prompt's other positions would
+                cost seq·hidden·vocab multiply-adds for nothing); 0 keeps every position.
         Raises:
             SequenceTooLongError: the sequence would pass max_position_embeddings.
+            ValueError: logits_to_keep with labels (the losses need every position).
         """
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep must be 0 when labels are given")
         b, s = input_ids.shape
         start = cache.length if cache is not None else 0
         limit = self.config.max_position_embeddings
@@ -117,15 +124,15 @@ class DeepseekForCausalLM(nn.Module):
                 f"sequence of {start + s} tokens exceeds max_position_embeddings={limit}; "
                 "shorten it or use a config with a longer context"
             )
-        positions = torch.arange(start, start + s, device=input_ids.device)
-        cos, sin = self.rotary(positions)
+        rope = self.rotary.table(start, start + s)
         x = self.model.embed_tokens(input_ids)
         aux: list[torch.Tensor] = []
         for i, layer in enumerate(self.model.layers):
-            x, layer_aux = layer(x, cos, sin, cache.layers[i] if cache is not None else None)
+            x, layer_aux = layer(x, rope, cache.layers[i] if cache is not None else None)
             if layer_aux is not None:
                 aux.append(layer_aux)
-        logits = self.lm_head(self.model.norm(x))
+        last = x[:, -logits_to_keep:] if logits_to_keep else x
+        logits = self.lm_head(self.model.norm(last))
         if labels is None:
             return CausalLMOutput(logits=logits)
 
@@ -138,7 +145,7 @@ class DeepseekForCausalLM(nn.Module):
             hidden = x
             for k, layer in enumerate(self.mtp, start=1):
                 embedded = self.model.embed_tokens(input_ids[:, k:])
-                hidden, layer_aux = layer(hidden[:, :-1], embedded, cos[: s - k], sin[: s - k])
+                hidden, layer_aux = layer(hidden[:, :-1], embedded, rope[: s - k])
                 if layer_aux is not None:
                     aux.append(layer_aux)
                 mtp_logits = self.lm_head(layer.shared_head["norm"](hidden))

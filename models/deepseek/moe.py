@@ -86,11 +86,23 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         """x (N, hidden) → the chosen experts and their weights."""
-        logits = F.linear(x.float(), self.weight.float())
+        fp32 = torch.float32
+        weight = self.weight if self.weight.dtype == fp32 else self.weight.float()
+        logits = F.linear(x if x.dtype == fp32 else x.float(), weight)
         scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-        choice = scores.detach()
-        if self.e_score_correction_bias is not None:
-            choice = choice + self.e_score_correction_bias.float()
+        with torch.no_grad():  # choosing is not differentiable; only the weights are
+            indices = self._choose(scores)
+        weights = scores.gather(1, indices)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return Routing(weights * self.scaling, indices, scores)
+
+    def _choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N, top_k) experts picked by the (biased) scores within the best groups."""
+        choice = scores
+        bias = self.e_score_correction_bias
+        if bias is not None:
+            choice = choice + (bias if bias.dtype == torch.float32 else bias.float())
         if self.method != "greedy" and self.n_group > 1:
             grouped = choice.view(-1, self.n_group, self.experts // self.n_group)
             # V3 scores a group by the sum of its top two experts, V2 by its best one.
@@ -101,11 +113,7 @@ class Router(nn.Module):
             keep = group_scores.topk(self.topk_group, dim=-1).indices
             group_mask = torch.ones_like(group_scores, dtype=torch.bool).scatter(1, keep, False)
             choice = grouped.masked_fill(group_mask[..., None], float("-inf")).flatten(1)
-        indices = choice.topk(self.top_k, dim=-1).indices
-        weights = scores.gather(1, indices)
-        if self.norm_topk_prob:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return Routing(weights * self.scaling, indices, scores)
+        return choice.topk(self.top_k, dim=-1).indices
 
 
 class Experts(nn.Module):
@@ -127,11 +135,22 @@ class Experts(nn.Module):
         """Σ_k weights[:, k] · expert_{indices[:, k]}(x) for x (N, hidden) → (N, hidden)."""
         if x.shape[0] == 1:
             # One token (cached decoding): the grouped path's sort, count, gather and
-            # scatter cost more than the token's k small matmuls, so run those directly.
-            out = torch.zeros_like(x)
-            for e, w in zip(indices[0].tolist(), weights[0].to(x.dtype), strict=True):
+            # scatter cost more than the token's k small matmuls, so run those directly
+            # (and faster than one _grouped_mm call for them: 223 against 303 µs, V3-small).
+            # Without autograd the weights can be Python numbers: one accumulate per expert.
+            grad = torch.is_grad_enabled()
+            token_weights = weights[0].to(x.dtype) if grad else weights[0].tolist()
+            out = None
+            for e, w in zip(indices[0].tolist(), token_weights, strict=True):
                 gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, -1)
-                out = out + w * F.linear(F.silu(gate) * up, self.down_proj[e])
+                y = F.linear(F.silu(gate) * up, self.down_proj[e])
+                if out is None:
+                    out = y * w
+                elif grad:
+                    out = out + w * y
+                else:
+                    out = out.add_(y, alpha=w)
+            assert out is not None
             return out
         top_k = indices.shape[1]
         flat = indices.flatten()

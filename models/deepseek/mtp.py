@@ -33,11 +33,11 @@ class MTPLayer(Block):
         self.shared_head = nn.ModuleDict({"norm": RMSNorm(h, config.rms_norm_eps)})
 
     def forward(  # type: ignore[override]
-        self, hidden: torch.Tensor, embedded: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, hidden: torch.Tensor, embedded: torch.Tensor, rope: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(h^{k-1}, Emb of the tokens k ahead), both (batch, seq, hidden) → (h^k, aux loss)."""
         x = self.eh_proj(torch.cat((self.enorm(embedded), self.hnorm(hidden)), dim=-1))
-        return super().forward(x, cos, sin)
+        return super().forward(x, rope)
 
 
 def mtp_labels(labels: torch.Tensor, depth: int) -> torch.Tensor:

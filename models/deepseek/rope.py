@@ -4,9 +4,14 @@ DeepSeek V2/V3 rotate interleaved pairs (x0,x1),(x2,x3),... (the official code's
 `view_as_complex`); DeepSeek LLM and DeepSeekMoE v1 use the LLaMA layout that rotates
 x[:d/2] against x[d/2:]. YaRN follows transformers' `_compute_yarn_parameters` (itself
 the DeepSeek-V2 code): frequencies blend interpolation and extrapolation over a linear
-ramp between the beta_fast/beta_slow correction dimensions, cos/sin carry
+ramp between the beta_fast/beta_slow correction dimensions, the rotation carries
 `RopeConfig.attention_factor`, and attention multiplies its softmax scale by
 `RopeConfig.softmax_scale_factor`.
+
+A rotation table is complex: attention_factor·e^{i·position·inv_freq}, one entry per pair.
+Interleaved pairs are then rotated by one complex multiply (as the official code does),
+which is one kernel forward and one backward instead of the dozen of the real-valued
+formula; the halves layout reads the table's cos and sin as its real and imaginary views.
 """
 
 from __future__ import annotations
@@ -41,35 +46,49 @@ def rope_inv_freq(rope: RopeConfig, dim: int) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """Produces cos/sin tables for positions; `apply_rotary` rotates queries and keys."""
+    """Rotation tables for positions; `apply_rotary` rotates queries and keys by them."""
 
     def __init__(self, rope: RopeConfig, dim: int) -> None:
         super().__init__()
         self.interleaved = rope.interleaved
         self.attention_factor = rope.attention_factor
         self.register_buffer("inv_freq", rope_inv_freq(rope, dim), persistent=False)
+        # Table for positions 0..n-1, grown on demand: a decoding step then costs one slice
+        # instead of six ops to recompute its angles.
+        self._table: torch.Tensor | None = None
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin, fp32, of shape positions.shape + (dim/2,)."""
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """The complex64 rotation table of shape positions.shape + (dim/2,)."""
         angles = positions.float()[..., None] * self.inv_freq
-        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+        return torch.polar(torch.full_like(angles, self.attention_factor), angles)
+
+    def table(self, start: int, end: int) -> torch.Tensor:
+        """`forward(arange(start, end))`, sliced from a cached table (equal values)."""
+        table = self._table
+        if table is None or table.shape[0] < end or table.device != self.inv_freq.device:
+            size = max(end, 2 * table.shape[0] if table is not None else 0, 64)
+            # A plain tensor even inside inference_mode: training may use the table later.
+            with torch.inference_mode(False), torch.no_grad():
+                positions = torch.arange(size, device=self.inv_freq.device)
+                table = self._table = self(positions)
+        return table[start:end]
 
 
-def apply_rotary(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
-) -> torch.Tensor:
-    """Rotates x of shape (batch, seq, heads, dim) by the (seq, dim/2) cos/sin tables.
+def apply_rotary(x: torch.Tensor, rope: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotates x of shape (batch, seq, heads, dim) by the (seq, dim/2) complex table.
 
     The rotation is done in fp32 and the result cast back to x's dtype.
     """
-    cos = cos[:, None, :]
-    sin = sin[:, None, :]
-    xf = x.float()
+    rope = rope[:, None]
+    xf = x if x.dtype == torch.float32 else x.float()
     if interleaved:
-        pairs = xf.unflatten(-1, (-1, 2))
-        a, b = pairs[..., 0], pairs[..., 1]
-        out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+        strides = xf.stride()
+        if strides[-1] != 1 or xf.storage_offset() % 2 or any(st % 2 for st in strides[:-1]):
+            xf = xf.contiguous()  # view_as_complex needs whole (real, imag) pairs
+        pairs = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+        out = torch.view_as_real(pairs * rope).flatten(-2)
     else:
+        cos, sin = rope.real, rope.imag
         a, b = xf.chunk(2, dim=-1)
         out = torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -25,6 +25,19 @@ def test_cached_decode_equals_full_forward(name: str) -> None:
     assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-5
 
 
+def test_logits_to_keep_computes_only_the_last_positions() -> None:
+    torch.manual_seed(0)
+    model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny")).eval()
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        full = model(ids).logits
+        last = model(ids, logits_to_keep=2).logits
+    assert last.shape == (2, 2, 256)
+    assert (last - full[:, -2:]).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, labels=ids, logits_to_keep=1)
+
+
 def test_mtp_labels_are_shifted_by_depth() -> None:
     tokens = torch.arange(10)[None]  # t_0 .. t_9
     labels = tokens[:, 1:]  # y_i = t_{i+1}
@@ -40,15 +53,15 @@ def test_mtp_loss_uses_shared_head_and_shifted_targets() -> None:
     ids, labels = seq[:, :-1], seq[:, 1:]
     out = model(ids, labels=labels)
     # By hand: run the main stack, then each depth on tokens shifted by k.
-    cos, sin = model.rotary(torch.arange(12))
+    rope = model.rotary(torch.arange(12))
     x = model.model.embed_tokens(ids)
     for layer in model.model.layers:
-        x, _ = layer(x, cos, sin)
+        x, _ = layer(x, rope)
     assert torch.allclose(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten()), out.ce_loss)
     losses, hidden = [], x
     for k, layer in enumerate(model.mtp, start=1):
         emb = model.model.embed_tokens(seq[:, k:12])
-        hidden, _ = layer(hidden[:, :-1], emb, cos[: 12 - k], sin[: 12 - k])
+        hidden, _ = layer(hidden[:, :-1], emb, rope[: 12 - k])
         logits = model.lm_head(layer.shared_head["norm"](hidden))
         target = seq[:, k + 1 :]  # t_{i+k+1}
         losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten()))
