@@ -2,6 +2,11 @@
 
 For the tiny and small (~50M parameter) V3 presets, with identical config and weights:
 forward+backward tokens/s, cached greedy generation tokens/s, and peak memory of each.
+The two sides are timed call by call in alternation, five rounds each; a row gives each
+side's median tokens/s and the median speed-up with its range over the rounds, so a load
+spike on a shared machine shows as a wide range rather than a skewed figure. Both
+generate the same way: prompt logits for the last position only (transformers' generate
+passes logits_to_keep=1 too), greedy, a KV cache.
 CUDA memory is max allocated. CPU memory is the growth of the peak resident set (VmHWM,
 reset through /proc/self/clear_refs, so Linux only) over one run in a fresh spawned
 process: in the timing process the allocator keeps pages freed by earlier runs, which
@@ -16,6 +21,7 @@ import argparse
 import dataclasses
 import multiprocessing
 import re
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,6 +56,34 @@ def _measure(fn: Callable[[], int], device: torch.device, repeats: int) -> tuple
     base = torch.cuda.memory_allocated(device)
     fn()
     return rate, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def _compare(
+    fn_a: Callable[[], int], fn_b: Callable[[], int], device: torch.device, rounds: int
+) -> tuple[float, float, list[float]]:
+    """Times fn_a and fn_b (each returns tokens processed) once per round, alternating which
+    goes first, after one warm-up call each: on a shared machine both sides then see the
+    same load. Returns (median tokens/s of a, of b, per-round speed-ups of a over b)."""
+    fn_a()
+    fn_b()
+    _sync(device)
+    rates: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            tokens = (fn_a, fn_b)[side]()
+            _sync(device)
+            rates[side].append(tokens / (time.perf_counter() - t0))
+    speedups = [a / b for a, b in zip(*rates, strict=True)]
+    return statistics.median(rates[0]), statistics.median(rates[1]), speedups
+
+
+def _cuda_peak_mib(fn: Callable[[], int], device: torch.device) -> float:
+    """Peak CUDA memory of one call of fn above the starting point, in MiB."""
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def _status_kib(field: str) -> int:
@@ -123,7 +157,7 @@ def _pair(config: ModelConfig, device: torch.device):
 
 
 def _workloads(name: str, device: torch.device, batch: int, seq: int, new: int):
-    """(parameters in millions, [(label, ours, transformers', timed repeats), ...])."""
+    """(parameters in millions, [(label, ours, transformers', timed rounds), ...])."""
     torch.manual_seed(0)
     config = dataclasses.replace(preset(name), num_nextn_predict_layers=0, aux_loss_alpha=0.0)
     ours, theirs = _pair(config, device)
@@ -135,13 +169,13 @@ def _workloads(name: str, device: torch.device, batch: int, seq: int, new: int):
             f"fwd+bwd b{batch}×{seq}",
             _train_step(ours.train(), ids, False),
             _train_step(theirs.train(), ids, True),
-            3,
+            5,
         ),
         (
             f"generate 16+{new}",
             _generate(ours.eval(), prompt, new, False),
             _generate(theirs.eval(), prompt, new, True),
-            2,
+            5,
         ),
     ]
 
@@ -149,15 +183,17 @@ def _workloads(name: str, device: torch.device, batch: int, seq: int, new: int):
 def compare(name: str, device: torch.device, batch: int, seq: int, new: int) -> list[str]:
     params, workloads = _workloads(name, device, batch, seq, new)
     rows = []
-    for index, (label, fn_ours, fn_theirs, repeats) in enumerate(workloads):
-        a_tps, a_mem = _measure(fn_ours, device, repeats)
-        b_tps, b_mem = _measure(fn_theirs, device, repeats)
+    for index, (label, fn_ours, fn_theirs, rounds) in enumerate(workloads):
+        a_tps, b_tps, speedups = _compare(fn_ours, fn_theirs, device, rounds)
         if device.type == "cpu":
             a_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=False)
             b_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=True)
+        else:
+            a_mem, b_mem = _cuda_peak_mib(fn_ours, device), _cuda_peak_mib(fn_theirs, device)
         rows.append(
             f"| {name} ({params:.1f}M) | {label} | {a_tps:,.0f} | {b_tps:,.0f} | "
-            f"{a_tps / b_tps:.2f}x | {a_mem:,.0f} | {b_mem:,.0f} |"
+            f"{statistics.median(speedups):.2f}x ({min(speedups):.2f}–{max(speedups):.2f}) | "
+            f"{a_mem:,.0f} | {b_mem:,.0f} |"
         )
     return rows
 
@@ -222,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(
-        "| model | workload | ours tok/s | transformers tok/s | speedup | ours MiB | "
+        "| model | workload | ours tok/s | transformers tok/s | speedup (range) | ours MiB | "
         "transformers MiB |"
     )
     print("|---|---|---|---|---|---|---|")
