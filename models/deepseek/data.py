@@ -6,15 +6,25 @@ text id), or a column of token-id lists is used as is. The stream is cut into wi
 seq_len + 1 tokens. Which windows a step reads is a pure function of (seed, step, rank), so
 the data position in a checkpoint is just the step number and resume is exact.
 
-The token stream is held in memory; this suits the corpora the tests and demo use.
+The stream never has to fit in memory: files are read one record batch at a time and their
+token ids appended to a flat int32 file, which is then memory-mapped, so a step touches
+only the pages of the windows it reads and the kernel may drop them again. That file lives
+in `DataConfig.cache_dir` under a digest of everything it was made from (file URLs, sizes
+and times, column, tokenizer), so later runs, resumes and other ranks on the node reuse it;
+without a cache_dir it is an unnamed temporary file, deleted as soon as it is mapped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -69,6 +79,10 @@ class DataConfig:
     seq_len: int = 64
     batch_size: int = 8
     """Sequences per step per rank."""
+    cache_dir: str | None = None
+    """Local folder for the tokenised stream (int32 ids, 4 bytes a token), reused across
+    runs; None: a temporary file in TMPDIR (which must then hold the whole stream, so point
+    this at a disk for corpora larger than memory when TMPDIR is a tmpfs)."""
 
 
 def load_tokenizer(config: DataConfig) -> Tokenizer:
@@ -86,37 +100,103 @@ def _expand(urls: list[str]) -> list[str]:
     return paths
 
 
+# Rows decoded and token ids held at a time while tokenising: bound the memory a large file
+# needs (about 60 MB of Python ints at 2^20 ids, whatever the file's size).
+_BATCH_ROWS = 1024
+_FLUSH_TOKENS = 1 << 20
+_TOKEN_DTYPE = np.int32
+
+
+def _fingerprint(config: DataConfig, paths: list[str]) -> str:
+    """Digest of everything the token stream depends on; names its cache file."""
+    sources = [config.tokenizer] if config.tokenizer else []
+    infos = []
+    for url in paths + sources:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        infos.append([url] + [str(info.get(k)) for k in ("size", "mtime", "created", "ETag")])
+    what = {"files": infos, "column": config.column, "eos_token": config.eos_token,
+            "tokenizer": config.tokenizer, "format": 1}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _tokenise_file(path: str, column: str, tokenizer: Tokenizer, out) -> int:
+    """Appends the token ids of one parquet file to the open binary file `out`; returns how
+    many were written."""
+    written = 0
+    pending: list[int] = []
+    try:
+        with fsspec.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            if column not in parquet.schema_arrow.names:
+                raise ValueError(f"no column {column!r} (columns: {parquet.schema_arrow.names})")
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[column]):
+                for value in batch.column(0).to_pylist():
+                    if value is None:
+                        continue
+                    pending.extend(tokenizer.encode(value) if isinstance(value, str) else value)
+                    pending.append(tokenizer.eos_id)
+                    if len(pending) >= _FLUSH_TOKENS:
+                        written += _flush(pending, path, out)
+    except DataError:
+        raise
+    except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError)
+        raise DataError(
+            f"{path}: not a readable parquet file with column {column!r} ({err})"
+        ) from err
+    return written + _flush(pending, path, out)
+
+
+def _flush(pending: list[int], path: str, out) -> int:
+    ids = np.asarray(pending, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(_TOKEN_DTYPE).max):
+        bad = ids[(ids < 0) | (ids > np.iinfo(_TOKEN_DTYPE).max)][0]
+        raise DataError(f"{path}: token id {bad} is outside 0..{np.iinfo(_TOKEN_DTYPE).max}")
+    out.write(ids.astype(_TOKEN_DTYPE).tobytes())
+    pending.clear()
+    return int(ids.size)
+
+
+def _map(path: str) -> torch.Tensor:
+    # Copy-on-write mapping: torch wants a writable array, and nothing writes to it.
+    return torch.from_numpy(np.memmap(path, dtype=_TOKEN_DTYPE, mode="c"))
+
+
 def read_tokens(config: DataConfig, tokenizer: Tokenizer) -> torch.Tensor:
-    """The whole token stream (int64) of the configured files.
+    """The token stream of the configured files: a 1-D int32 tensor mapped from a file.
+
+    Tokenises the files unless `config.cache_dir` already holds their stream.
 
     Raises:
         DataError: no file matches, a file is not readable parquet, the column is missing,
-            or the stream is shorter than one window.
+            a token id does not fit int32, or the stream is shorter than one window.
     """
     paths = _expand(config.files)
     if not paths:
         raise DataError(f"no parquet files match data.files={config.files}")
-    ids: list[int] = []
-    for path in paths:
-        try:
-            with fsspec.open(path, "rb") as f:
-                table = pq.read_table(f, columns=[config.column])
-        except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError)
+    cached = None
+    if config.cache_dir is not None:
+        os.makedirs(config.cache_dir, exist_ok=True)
+        cached = os.path.join(config.cache_dir, f"tokens-{_fingerprint(config, paths)}.i32")
+        if os.path.exists(cached):
+            return _map(cached)
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".tmp", dir=config.cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            count = sum(_tokenise_file(p, config.column, tokenizer, out) for p in paths)
+        window = config.seq_len + 1
+        if count < window:
             raise DataError(
-                f"{path}: not a readable parquet file with column {config.column!r} ({err})"
-            ) from err
-        for value in table.column(config.column).to_pylist():
-            if value is None:
-                continue
-            ids.extend(tokenizer.encode(value) if isinstance(value, str) else value)
-            ids.append(tokenizer.eos_id)
-    window = config.seq_len + 1
-    if len(ids) < window:
-        raise DataError(
-            f"dataset of {len(ids)} tokens in {len(paths)} file(s) is shorter than one "
-            f"sequence of seq_len+1={window} tokens"
-        )
-    return torch.tensor(ids, dtype=torch.long)
+                f"dataset of {count} tokens in {len(paths)} file(s) is shorter than one "
+                f"sequence of seq_len+1={window} tokens"
+            )
+        if cached is None:
+            return _map(tmp)  # the mapping outlives the name, removed below
+        os.replace(tmp, cached)  # atomic: ranks tokenising at once all leave a whole file
+        return _map(cached)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class TokenBatches:
@@ -124,6 +204,9 @@ class TokenBatches:
 
     Windows are visited in a fresh seeded permutation every epoch; step s on rank r of w
     reads windows [(s·w + r)·B, (s·w + r + 1)·B) of that order, so ranks never overlap.
+    The stream may be memory-mapped (`read_tokens`): only the windows a step reads are
+    copied, as int64. The permutation takes 8 bytes per window (1/(2·seq_len) of an int32
+    stream's size).
     """
 
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int) -> None:
@@ -145,5 +228,5 @@ class TokenBatches:
         for n in range(first, first + self.batch_size):
             start = int(self._order(n // self.count)[n % self.count]) * self.seq_len
             rows.append(self.windows[start : start + self.seq_len + 1])
-        window = torch.stack(rows)
+        window = torch.stack(rows).long()
         return window[:, :-1], window[:, 1:]
