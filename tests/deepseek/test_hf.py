@@ -56,6 +56,34 @@ def test_export_reloads_in_transformers(
     assert (_hf_logits(tmp_path, ids) - expected).abs().max().item() <= 1e-4
 
 
+def test_export_with_mtp_layers_reloads_in_transformers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = deepseek.preset("v3-tiny", num_nextn_predict_layers=2)
+    ours = deepseek.DeepseekForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in ours.moe_layers():
+            layer.gate.e_score_correction_bias.normal_(0.0, 0.2)
+    deepseek.save_pretrained(ours, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["num_nextn_predict_layers"] == 2
+    hf, info = transformers.DeepseekV3ForCausalLM.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    # transformers has no MTP module: it loads every main-model weight and skips the MTP
+    # layers (hub indices num_hidden_layers and up), as it skips V3's model.layers.61.
+    assert not info["missing_keys"]
+    mtp_prefixes = ("model.layers.3.", "model.layers.4.")
+    assert info["unexpected_keys"]
+    assert all(key.startswith(mtp_prefixes) for key in info["unexpected_keys"])
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = ours(ids).logits
+        assert (hf.eval()(ids).logits - expected).abs().max().item() <= 1e-4
+    # And the export keeps the MTP weights for us.
+    loaded = deepseek.from_pretrained(str(tmp_path))
+    for key, value in ours.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
 def test_sharded_roundtrip_with_mtp(tmp_path: Path) -> None:
     model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny"))
     deepseek.save_pretrained(model, str(tmp_path), max_shard_bytes=100_000)
