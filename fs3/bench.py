@@ -11,6 +11,11 @@ again through ``fs3.mount`` of each cluster, in a second table beside the fsspec
 Its reads come from the fs3 servers, as the fsspec client's do: the mount's page cache is
 dropped before each read (warm = the servers' caches warm), and the 4 KiB random reads use
 O_DIRECT.
+
+Then two more tables: warm reads on the client's zero-copy local path (descriptors passed
+by the targets on this machine) against the same client over TCP and the local disk
+(:mod:`fs3.local_bench`), and metadata operations on the SQLite store against PostgreSQL
+(:mod:`fs3.meta.bench`; PostgreSQL rows only where its server binaries are installed).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fs3 import local_bench
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.errors import Fs3Error
+from fs3.meta.bench import bench_meta_stores, format_meta_table
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.rpc import channel
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     data = os.urandom(args.size_mib * MiB)
     results: dict[str, dict[str, float]] = {}
     no_fuse = fuse_missing()
+    local_paths: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
         work = Path(tmp)
         results["local"] = bench_local(work, data, args.files, args.seconds)
@@ -242,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                         )
                     except Fs3Error as err:
                         no_fuse = f"mounting failed: {err}"
+                local_paths[f"fs3 r{replicas}"] = local_bench.measure(cluster, data)
             finally:
                 cluster.stop()
     print(format_table(results, args.size_mib, args.files))
@@ -250,6 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         print(format_mount_table(results))
     else:
         print(f"no FUSE rows: {no_fuse}")
+    print()
+    print(local_bench.format_table(local_paths, args.size_mib, rounds=3))
+    print()
+    print(format_meta_table(bench_meta_stores(files=min(args.files, 1000))))
 
 
 def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int) -> str:

@@ -49,6 +49,9 @@ class ClientConfig:
     """Chunk transfers in flight per open file."""
     readahead_chunks: int = 4
     """Chunks fetched ahead once reads look sequential."""
+    local_reads: bool = True
+    """Read replicas on this machine through descriptors their targets pass over a Unix
+    socket (no socket copy of the bytes); anything wrong with that path falls back to TCP."""
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_CHUNK_SIZE:
@@ -88,6 +91,9 @@ class MgmtdConfig:
 class StorageConfig:
     fsync: bool = True
     """fdatasync every chunk version before acknowledging it: acknowledged means durable."""
+    local_socket_mode: int = 0o660
+    """Permissions of the local-read Unix socket: who on this machine may read chunks
+    through it (the target's user and group by default). In YAML write 0660 (octal)."""
 
 
 @dataclass
@@ -96,6 +102,18 @@ class Fs3Config:
     mgmtd: MgmtdConfig = field(default_factory=MgmtdConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether ``value`` may replace a field whose default is ``default`` (an int stands in
+    for a float; a bool is not a number here)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (int, str)):
+        return isinstance(value, type(default))
+    return True
 
 
 def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
@@ -109,6 +127,10 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}{key} must be a mapping, got {value!r}")
             value = _apply(current, value, f"{where}{key}.")
+        elif not _same_kind(current, value):
+            raise ConfigError(
+                f"{where}{key} must be {type(current).__name__} (like {current!r}), got {value!r}"
+            )
         changes[key] = value
     return dataclasses.replace(obj, **changes)
 

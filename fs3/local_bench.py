@@ -136,7 +136,7 @@ def _measure(
     tcp_fs = FS3FileSystem(cluster.address, chunk_size=CHUNK, skip_instance_cache=True)
     tcp_fs.chunks.local = None
     local = local_fs.chunks.local
-    assert local is not None, "local reads are off (fs3.client.chunks.LOCAL_READS)"
+    assert local is not None, "local reads are off (client.local_reads in the fs3 config)"
     size = len(data)
     with local_fs.open(FILE, "wb") as f:
         for off in range(0, size, CHUNK):

@@ -36,10 +36,6 @@ from fs3.types import Layout, RoutingTable
 log = logging.getLogger("fs3.client")
 T = TypeVar("T")
 
-LOCAL_READS = True
-"""Whether clients read replicas on their own machine through passed descriptors (to become
-``client.local_reads`` in fs3.config); ``ChunkIO(local_reads=False)`` turns it off for one."""
-
 
 class ChunkIO:
     def __init__(
@@ -47,7 +43,7 @@ class ChunkIO:
         mgmtd: MgmtdClient,
         pool: ConnectionPool,
         timeouts: Timeouts,
-        local_reads: bool = LOCAL_READS,
+        local_reads: bool = True,
     ) -> None:
         self.mgmtd = mgmtd
         self.pool = pool

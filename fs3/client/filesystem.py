@@ -25,7 +25,8 @@ from fs3.paths import normalize
 from fs3.storage.wire import ConnectionPool
 from fs3.types import DIRECTORY, FILE, Inode
 
-_ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+$")
+# One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
+_ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")
 
 
 class FS3FileSystem(AbstractFileSystem):
@@ -57,7 +58,7 @@ class FS3FileSystem(AbstractFileSystem):
         t = self.config.timeouts
         self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s)
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
-        self.chunks = ChunkIO(self.mgmtd, self.pool, t)
+        self.chunks = ChunkIO(self.mgmtd, self.pool, t, self.config.client.local_reads)
         self.meta = MetaClient(self.chunks, self.pool)
         self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")
 

@@ -63,9 +63,9 @@ from fs3.types import ChunkId
 log = logging.getLogger("fs3.storage")
 
 SOCKET_NAME = "local.sock"
-SOCKET_MODE = 0o660
-"""Who may connect: the target's user and group, as the chunk files themselves. A client
-refused here reads over TCP. (To become ``storage.local_socket_mode`` in fs3.config.)"""
+"""The local-read socket, in the target's folder. Who may connect is
+``storage.local_socket_mode`` (the target's user and group, as for the chunk files
+themselves); a client refused there reads over TCP."""
 _MAX_UNIX_PATH = 107  # Linux's sun_path is 108 bytes, the last one the terminating NUL
 _MAX_PAYLOAD = 64 * 1024  # LOCAL_BAD messages; anything bigger is not from our client
 
@@ -105,14 +105,14 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, path: Path, target: StorageTarget) -> None:
+    def __init__(self, path: Path, target: StorageTarget, mode: int = 0o660) -> None:
         self.path = Path(path)
         self.target = target
         self.token = secrets.token_hex(16)
         # A socket file left by a killed target refuses bind; ours is the one to serve now.
         self.path.unlink(missing_ok=True)
         super().__init__(str(self.path), _LocalHandler)
-        os.chmod(self.path, SOCKET_MODE)
+        os.chmod(self.path, mode)
 
     def info(self) -> bytes:
         """The LOCAL_INFO payload for this target."""
@@ -180,7 +180,9 @@ class _LocalHandler(socketserver.BaseRequestHandler):
                     os.close(fd)
 
 
-def start_local_reads(root: Path, target: StorageTarget) -> LocalReadServer | None:
+def start_local_reads(
+    root: Path, target: StorageTarget, mode: int = 0o660
+) -> LocalReadServer | None:
     """Starts serving local reads for ``target`` (chunks under ``root``) in a thread.
 
     Returns None, after a warning, where that cannot work (an engine that keeps chunks in no
@@ -190,7 +192,7 @@ def start_local_reads(root: Path, target: StorageTarget) -> LocalReadServer | No
         return None
     path = socket_path(root)
     try:
-        server = LocalReadServer(path, target)
+        server = LocalReadServer(path, target, mode)
     except OSError as err:
         log.warning("target %d: no local reads, cannot listen on %s: %s",
                     target.target_id, path, err)  # fmt: skip

@@ -104,7 +104,7 @@ def run_storage(
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     target = StorageTarget(target_id, engine, mgmtd, pool)
-    local = start_local_reads(root, target)
+    local = start_local_reads(root, target, config.storage.local_socket_mode)
     local_info = local.info() if local else b""
     dispatch = functools.partial(_dispatch, target, local_info)
     data = FrameServer((host, data_port), _payload_size, dispatch)

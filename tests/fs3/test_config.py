@@ -44,3 +44,26 @@ def test_errors_rebuild_by_kind() -> None:
 def test_normalize() -> None:
     assert normalize("a//b/./c/") == "/a/b/c"
     assert normalize("/a/b/../c") == "/a/c"
+
+
+def test_urls_name_one_mgmtd_or_several() -> None:
+    from fs3.client import FS3FileSystem
+
+    several = "fs3://10.0.0.1:8000,10.0.0.2:8000/data/x.parquet"
+    assert FS3FileSystem._get_kwargs_from_urls(several) == {
+        "address": "10.0.0.1:8000,10.0.0.2:8000"
+    }
+    assert FS3FileSystem._strip_protocol(several) == "/data/x.parquet"
+    assert FS3FileSystem._get_kwargs_from_urls("fs3://datasets/x") == {}
+    assert FS3FileSystem._strip_protocol("fs3://datasets/x") == "/datasets/x"
+
+
+def test_local_reads_and_socket_mode_are_settings(tmp_path: Path) -> None:
+    path = tmp_path / "fs3.yaml"
+    path.write_text("client: {local_reads: false}\nstorage: {local_socket_mode: 0600}\n")
+    config = load_config(path)
+    assert config.client.local_reads is False and config.storage.local_socket_mode == 0o600
+    assert load_config().client.local_reads is True
+    path.write_text("storage: {fsync: 'no'}\n")
+    with pytest.raises(ConfigError, match="storage.fsync must be bool .*got 'no'"):
+        load_config(path)
