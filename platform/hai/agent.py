@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from hai.config import AgentConfig
-from hai.errors import HaiError, HaiTimeoutError, NotFoundError, Unavailable
+from hai.errors import HaiTimeoutError, NotFoundError, Unavailable
 from hai.executor import Executor, Launch, RankLaunch
 from hai.health import run_checks
 from hai.metrics import AgentMetrics
@@ -179,8 +179,9 @@ class Agent:
                     self.step()
                 except (Unavailable, HaiTimeoutError) as err:
                     log.warning("%s: %s; retrying", self.name, err)
-                except HaiError:
-                    # One bad answer must not take the node's ranks down with the agent.
+                except Exception:
+                    # One bad answer, or an executor's bug, must not take the node's ranks
+                    # down with the agent: log it with its traceback and try again.
                     log.exception("%s: heartbeat failed; retrying", self.name)
                 stop.wait(self.config.heartbeat_s)
         finally:

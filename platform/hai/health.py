@@ -21,10 +21,12 @@ MIN_MEMORY_GBPS = 0.5
 
 def cpu_check() -> str | None:
     a = np.random.default_rng(0).random((256, 256), dtype=np.float32)
-    began = time.perf_counter()
-    for _ in range(10):
+    fastest = float("inf")
+    for _ in range(10):  # the fastest GEMM, so a neighbour's burst does not fail the node
+        began = time.perf_counter()
         a @ a
-    gflops = 10 * 2 * 256**3 / (time.perf_counter() - began) / 1e9
+        fastest = min(fastest, time.perf_counter() - began)
+    gflops = 2 * 256**3 / fastest / 1e9
     return None if gflops >= MIN_GFLOPS else f"CPU GEMM at {gflops:.2f} GFLOP/s < {MIN_GFLOPS}"
 
 

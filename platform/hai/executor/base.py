@@ -16,6 +16,8 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hai.client import ACK_FILE, SUSPEND_FILE
+
 
 @dataclass
 class RankLaunch:
@@ -53,12 +55,17 @@ class Executor(abc.ABC):
         """
 
     @abc.abstractmethod
-    def request_suspend(self, run_id: int) -> None:
-        """Makes ``receive_suspend_command()`` true for every rank (idempotent)."""
+    def launch_of(self, run_id: int) -> Launch:
+        """The launch of a run started and not yet forgotten (KeyError otherwise)."""
 
-    @abc.abstractmethod
+    def request_suspend(self, run_id: int) -> None:
+        """Makes ``receive_suspend_command()`` true for every rank (idempotent): the run's
+        control folder is where its ranks look, whatever runs them."""
+        (self.launch_of(run_id).control_dir / SUSPEND_FILE).touch()
+
     def acked(self, run_id: int) -> bool:
         """Whether any rank called ``go_suspend()``."""
+        return (self.launch_of(run_id).control_dir / ACK_FILE).exists()
 
     @abc.abstractmethod
     def stop(self, run_id: int, grace_s: float) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hai.client import ACK_FILE, SUSPEND_FILE
 from hai.config import K8sConfig
 from hai.errors import StateError, Unavailable
 from hai.executor.base import Executor, Launch
@@ -186,11 +185,8 @@ class KubernetesExecutor(Executor):
             if err.status != 409:
                 raise
 
-    def request_suspend(self, run_id: int) -> None:
-        (self._runs[run_id].launch.control_dir / SUSPEND_FILE).touch()
-
-    def acked(self, run_id: int) -> bool:
-        return (self._runs[run_id].launch.control_dir / ACK_FILE).exists()
+    def launch_of(self, run_id: int) -> Launch:
+        return self._runs[run_id].launch
 
     def stop(self, run_id: int, grace_s: float) -> None:
         run = self._runs[run_id]

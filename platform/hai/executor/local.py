@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hai.client import ACK_FILE, SUSPEND_FILE
 from hai.errors import StateError
 from hai.executor.base import Executor, Launch, worst_exit
 
@@ -53,11 +52,8 @@ class LocalExecutor(Executor):
                     procs.append(subprocess.Popen(["false"]))
         self._runs[launch.run_id] = _Run(launch, procs)
 
-    def request_suspend(self, run_id: int) -> None:
-        (self._runs[run_id].launch.control_dir / SUSPEND_FILE).touch()
-
-    def acked(self, run_id: int) -> bool:
-        return (self._runs[run_id].launch.control_dir / ACK_FILE).exists()
+    def launch_of(self, run_id: int) -> Launch:
+        return self._runs[run_id].launch
 
     def stop(self, run_id: int, grace_s: float) -> None:
         run = self._runs[run_id]
