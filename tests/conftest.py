@@ -6,6 +6,7 @@ with the reason, so a 2-core CI machine with no GPU runs everything it can.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -38,6 +39,8 @@ def _fuse_missing() -> str | None:
         return "/dev/fuse is absent"
     if shutil.which("fusermount3") is None:
         return "fusermount3 not installed (Debian: apt-get install fuse3)"
+    if importlib.util.find_spec("pyfuse3") is None:
+        return "pyfuse3 not installed (apt-get install libfuse3-dev, then ./run setup)"
     return None
 
 
