@@ -51,6 +51,28 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits of a directory and what everything below it uses; a limit of 0 is none.
+
+    ``used_bytes`` sums the lengths of the files below (logical bytes, not replicas),
+    ``used_inodes`` counts the files, directories and symlinks below (not the directory
+    itself). Meta keeps both exact in the transactions that change them.
+    """
+
+    max_bytes: int = 0
+    max_inodes: int = 0
+    used_bytes: int = 0
+    used_inodes: int = 0
+
+    def room(self) -> tuple[int | None, int | None]:
+        """(bytes, inodes) that may still be added; None where there is no limit."""
+        return (
+            max(self.max_bytes - self.used_bytes, 0) if self.max_bytes else None,
+            max(self.max_inodes - self.used_inodes, 0) if self.max_inodes else None,
+        )
+
+
+@dataclass(frozen=True)
 class Inode:
     id: int
     kind: str
@@ -61,6 +83,11 @@ class Inode:
     parent: int = 0
     layout: Layout = field(default_factory=Layout)
     target: str = ""
+    atime: float = 0.0
+    """Last access time as set by ``set_attr`` (fs3 does not update it on reads, like a
+    ``noatime`` mount); 0 means "same as mtime"."""
+    quota: Quota | None = None
+    """Set on a directory that has a quota."""
 
     @property
     def is_dir(self) -> bool:

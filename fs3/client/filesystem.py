@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -88,7 +89,7 @@ class FS3FileSystem(AbstractFileSystem):
         kind = {FILE: "file", DIRECTORY: "directory"}.get(inode.kind, "link")
         info = {"name": path, "size": inode.length if inode.kind == FILE else 0, "type": kind,
                 "mode": inode.mode, "mtime": inode.mtime, "ctime": inode.ctime,
-                "inode": inode.id}  # fmt: skip
+                "atime": inode.atime or inode.mtime, "inode": inode.id}  # fmt: skip
         if inode.target:
             info["destination"] = inode.target
         return info
@@ -167,10 +168,35 @@ class FS3FileSystem(AbstractFileSystem):
             self.chunks.write(inode.layout, inode.id, length // cs, length % cs, b"", True)
         self.meta.truncate(path, length)
 
-    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+    def touch(
+        self,
+        path: str,
+        truncate: bool = True,
+        atime: float | None = None,
+        mtime: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Creates an empty file (replacing a file there when ``truncate``); an existing
+        one kept (``truncate=False``) gets its times set to now, as touch(1) does.
+        ``atime``/``mtime`` (seconds since the epoch) set those times instead of now."""
         path = self._strip_protocol(path)
         if truncate or not self.exists(path):
             self._create(path, exclusive=False)
+            if atime is None and mtime is None:
+                return
+        now = time.time()
+        self.meta.set_attr(path, atime=now if atime is None else atime,
+                           mtime=now if mtime is None else mtime)  # fmt: skip
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Sets the permission bits (``mode & 0o7777``) of ``path``; every client and
+        mount sees them. Raises FileNotFoundError."""
+        self.meta.set_attr(self._strip_protocol(path), mode=mode & 0o7777)
+
+    def utime(self, path: str, atime: float | None = None, mtime: float | None = None) -> None:
+        """Sets the access and/or modification time of ``path`` (seconds since the epoch);
+        None keeps one. Raises FileNotFoundError."""
+        self.meta.set_attr(self._strip_protocol(path), atime=atime, mtime=mtime)
 
     def _create(self, path: str, exclusive: bool) -> Inode:
         """Creates a file, and its missing parent directories as object stores imply them."""

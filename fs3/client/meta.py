@@ -74,3 +74,16 @@ class MetaClient:
 
     def readlink(self, path: str) -> str:
         return self._rpc("Readlink", pb.PathRequest(path=path)).target
+
+    def set_attr(
+        self,
+        path: str,
+        mode: int | None = None,
+        atime: float | None = None,
+        mtime: float | None = None,
+    ) -> Inode:
+        """Sets mode and/or times of the entry at ``path``; None keeps a value."""
+        req = pb.SetAttrRequest(path=path, set_mode=mode is not None, mode=mode or 0,
+                                set_atime=atime is not None, atime=atime or 0.0,
+                                set_mtime=mtime is not None, mtime=mtime or 0.0)  # fmt: skip
+        return inode_from_pb(self._rpc("SetAttr", req))

@@ -16,12 +16,14 @@ Semantics beyond what fs3's meta offers directly:
   hidden ``/.fs3-orphans`` folder instead; the last release deletes it, so open descriptors
   keep working as POSIX says (NFS's "silly rename"). Other clients' open files are not
   tracked: deleting a file another machine has open ends that machine's reads.
-- fs3's meta has no call to change a mode or times yet, so ``chmod`` and ``utime`` are kept
-  by this mount (in memory, for its lifetime); other clients do not see them.
+- ``chmod`` and ``utime`` are stored by meta (its SetAttr), so other clients and later
+  mounts see them; a ``utime`` on a file with unwritten data commits that data first, or
+  its commit would set the modification time again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import itertools
@@ -119,7 +121,6 @@ class Fs3Operations(pyfuse3.Operations):
         self.initialised = trio.Event()
         """Set once the kernel's INIT request has been answered."""
         self._executor = ThreadPoolExecutor(options.io_threads, "fs3-fuse-io")
-        self._overrides: dict[int, dict[str, int]] = {}  # chmod/utime kept by this mount
         me = f"{socket.gethostname()}-{os.getpid()}"
         self._orphan_names = (f"{me}-{n}" for n in itertools.count())
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -138,11 +139,10 @@ class Fs3Operations(pyfuse3.Operations):
         opened = self.files.get(inode.id)
         if opened is not None:
             inode = opened.inode
-        over = self._overrides.get(inode.id, {})
         a.st_ino = inode.id
         a.entry_timeout = self.options.entry_timeout
         a.attr_timeout = self.options.attr_timeout if ttl is None else ttl
-        a.st_mode = _KIND_BITS[inode.kind] | (over.get("mode", inode.mode) & 0o7777)
+        a.st_mode = _KIND_BITS[inode.kind] | (inode.mode & 0o7777)
         if inode.kind == FILE:
             a.st_size = opened.size if opened is not None else inode.length
         elif inode.kind == SYMLINK:
@@ -151,9 +151,8 @@ class Fs3Operations(pyfuse3.Operations):
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_blksize = BLKSIZE
         a.st_blocks = -(-a.st_size // 512)
-        mtime = over.get("mtime_ns", int(inode.mtime * 1e9))
-        a.st_mtime_ns = mtime
-        a.st_atime_ns = over.get("atime_ns", mtime)
+        a.st_mtime_ns = round(inode.mtime * 1e9)
+        a.st_atime_ns = round((inode.atime or inode.mtime) * 1e9)
         a.st_ctime_ns = int(inode.ctime * 1e9)
         return a
 
@@ -228,7 +227,6 @@ class Fs3Operations(pyfuse3.Operations):
             fields.update_gid and attr.st_gid != self.gid
         ):
             raise _fuse_error(errno.EPERM)  # fs3 has no owners; everything is the mounter's
-        over = self._overrides.setdefault(inode, {})
         if fields.update_size:
             opened = self._handles.get(fh) if fh is not None else self.files.get(inode)
             if opened is not None:
@@ -240,16 +238,31 @@ class Fs3Operations(pyfuse3.Operations):
                 new = await self._blocking(set_file_length, self.fs, current, current.length,
                                            attr.st_size)  # fmt: skip
                 self.table.update(new)
-            over.pop("mtime_ns", None)
-        if fields.update_mode:
-            over["mode"] = attr.st_mode & 0o7777
-        if fields.update_mtime:
-            over["mtime_ns"] = attr.st_mtime_ns
-        if fields.update_atime:
-            over["atime_ns"] = attr.st_atime_ns
-        if not over:
-            del self._overrides[inode]
+        if fields.update_mode or fields.update_mtime or fields.update_atime:
+            await self._set_attr(
+                inode,
+                attr.st_mode & 0o7777 if fields.update_mode else None,
+                attr.st_atime_ns / 1e9 if fields.update_atime else None,
+                attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            )
         return await self.getattr(inode, ctx)
+
+    async def _set_attr(
+        self, ino: int, mode: int | None, atime: float | None, mtime: float | None
+    ) -> Inode:
+        """Stores mode and/or times of ``ino`` in meta; ESTALE when its name now holds
+        another inode (the change then went to that one, as it would over NFS)."""
+        opened = self.files.get(ino)
+        if opened is not None and mtime is not None and not opened.idle():
+            await self._commit_file(opened)  # its commit would set mtime after ours
+        new = await self._blocking(self.meta.set_attr, self.table.path(ino), mode, atime, mtime)
+        if new.id != ino:
+            raise _fuse_error(errno.ESTALE)
+        self.table.update(new)
+        if opened is not None:
+            opened.inode = dataclasses.replace(opened.inode, mode=new.mode, mtime=new.mtime,
+                                               atime=new.atime, ctime=new.ctime)  # fmt: skip
+        return new
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -303,8 +316,8 @@ class Fs3Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         text, path = self._child(parent_inode, name)
         inode = await self._blocking(self.meta.mkdir, path, False, mode & 0o7777)
-        if not mode & 0o7777:
-            self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
+        if not mode & 0o7777:  # meta reads mode 0 as its default
+            inode = await self._blocking(self.meta.set_attr, path, 0)
         self.table.remember(parent_inode, text, inode)
         self.table.touched(parent_inode)
         return self._attr(inode)
@@ -355,7 +368,6 @@ class Fs3Operations(pyfuse3.Operations):
         ino = self.table.child(parent, name)
         if ino is not None:
             self.table.detach(ino)
-            self._overrides.pop(ino, None)
 
     async def _orphan(self, ino: int, path: str) -> None:
         """Moves an open file out of the namespace; its last release deletes it."""
@@ -419,8 +431,6 @@ class Fs3Operations(pyfuse3.Operations):
         self.table.touched(parent_inode_new)
         if moving is not None:
             self.table.moved(moving, parent_inode_new, new_text)
-        if victim is not None and victim != moving:
-            self._overrides.pop(victim, None)
 
     def _exists(self, path: str) -> bool:
         try:
@@ -476,7 +486,6 @@ class Fs3Operations(pyfuse3.Operations):
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 await self._blocking(opened.truncate, 0)
-                self._overrides.get(inode, {}).pop("mtime_ns", None)
         except BaseException:
             await self._drop_handle(fh)
             raise
@@ -499,8 +508,8 @@ class Fs3Operations(pyfuse3.Operations):
             if inode.kind != FILE:
                 raise _fuse_error(errno.EISDIR) from None
         else:
-            if not perm:
-                self._overrides[inode.id] = {"mode": 0}  # meta reads mode 0 as its default
+            if not perm:  # meta reads mode 0 as its default
+                inode = await self._blocking(self.meta.set_attr, path, 0)
         self.table.remember(parent_inode, text, inode)
         self.table.touched(parent_inode)
         opened = self.files.get(inode.id)
@@ -532,9 +541,6 @@ class Fs3Operations(pyfuse3.Operations):
         written = opened.write(off, buf, block=False)  # only buffered: no thread
         if written is None:
             written = await self._blocking(opened.write, off, buf)
-        over = self._overrides.get(opened.inode.id)
-        if over:
-            over.pop("mtime_ns", None)  # a write sets the modification time
         return written
 
     @_handler
@@ -548,8 +554,10 @@ class Fs3Operations(pyfuse3.Operations):
 
     async def _commit(self, fh: int) -> None:
         opened = self._handles[fh]
-        if opened.idle():
-            return
+        if not opened.idle():
+            await self._commit_file(opened)
+
+    async def _commit_file(self, opened: OpenFile) -> None:
         committed = await self._blocking(opened.commit)
         if committed is not None:
             self.table.update(committed)

@@ -309,6 +309,36 @@ class Namespace:
 
         return self.store.run(op)
 
+    def set_attr(
+        self,
+        path: str,
+        mode: int | None = None,
+        atime: float | None = None,
+        mtime: float | None = None,
+    ) -> Inode:
+        """Sets the permission bits and/or times of the entry at ``path`` (a symlink itself,
+        not its target: callers such as the FUSE mount resolve links first); arguments left
+        None keep their value, and ctime becomes now. Raises NotFound, InvalidArgument
+        (mode outside 0o7777)."""
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise InvalidArgument(f"mode must be within 0o7777, got {mode:#o}", path)
+        path = normalize(path)
+
+        def op(txn: MetaTxn) -> Inode:
+            inode = self._resolve(txn, path)
+            changes: dict[str, float | int] = {"ctime": self._clock()}
+            if mode is not None:
+                changes["mode"] = mode
+            if atime is not None:
+                changes["atime"] = atime
+            if mtime is not None:
+                changes["mtime"] = mtime
+            inode = dataclasses.replace(inode, **changes)  # type: ignore[arg-type]
+            txn.put_inode(inode)
+            return inode
+
+        return self.store.run(op)
+
     def symlink(self, path: str, target: str) -> Inode:
         """Creates a symlink at ``path`` pointing to ``target``. Raises AlreadyExists."""
         path = normalize(path)

@@ -25,7 +25,7 @@ from typing import Any
 
 from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, redact, take_lease
 from fs3.errors import Unavailable
-from fs3.meta.sqlite import COLUMNS, inode_to_row, row_to_inode
+from fs3.meta.sqlite import ADDED_COLUMNS, COLUMNS, inode_to_row, row_to_inode
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
 from fs3.types import Inode
 
@@ -36,7 +36,8 @@ _SCHEMA = [
         id BIGINT PRIMARY KEY, kind TEXT NOT NULL, mode INTEGER NOT NULL, length BIGINT NOT NULL,
         mtime DOUBLE PRECISION NOT NULL, ctime DOUBLE PRECISION NOT NULL, parent BIGINT NOT NULL,
         chunk_size INTEGER NOT NULL, chains TEXT NOT NULL, seed INTEGER NOT NULL,
-        target TEXT NOT NULL)""",
+        target TEXT NOT NULL, atime DOUBLE PRECISION NOT NULL DEFAULT 0, q_max_bytes BIGINT,
+        q_max_inodes BIGINT, q_used_bytes BIGINT, q_used_inodes BIGINT)""",
     """CREATE TABLE IF NOT EXISTS dentries (
         parent BIGINT, name TEXT COLLATE "C", child BIGINT NOT NULL, PRIMARY KEY (parent, name))""",
     """CREATE TABLE IF NOT EXISTS garbage (
@@ -48,7 +49,7 @@ _SCHEMA = [
 _SCHEMA_LOCK = 0x0F53_3E7A  # pg_advisory_xact_lock key: servers starting at once take turns
 _UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:])
 _PUT_INODE = (
-    f"INSERT INTO inodes ({COLUMNS}) VALUES ({', '.join(['%s'] * 11)}) "
+    f"INSERT INTO inodes ({COLUMNS}) VALUES ({', '.join(['%s'] * len(COLUMNS.split(', ')))}) "
     f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}"
 )
 
@@ -77,6 +78,15 @@ class PostgresMetaStore(MetaStore):
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA:
                     cur.execute(statement)
+                # ALTER TABLE locks the table even when it changes nothing: only when needed.
+                cur.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'inodes' AND table_schema = current_schema()"
+                )
+                have = {row[0] for row in cur.fetchall()}
+                for column, (_, pg_type) in ADDED_COLUMNS.items():
+                    if column not in have:
+                        cur.execute(f"ALTER TABLE inodes ADD COLUMN {column} {pg_type}")
                 cur.execute(_PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
                             inode_to_row(root_inode(_now(cur))))  # fmt: skip
         except Exception as err:

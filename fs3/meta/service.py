@@ -74,6 +74,11 @@ class MetaServicer:
     def Readlink(self, r: pb.PathRequest) -> pb.LinkTarget:
         return pb.LinkTarget(target=self.ns.readlink(r.path))
 
+    def SetAttr(self, r: pb.SetAttrRequest) -> pb.Inode:
+        return inode_to_pb(self.ns.set_attr(r.path, r.mode if r.set_mode else None,
+                                            r.atime if r.set_atime else None,
+                                            r.mtime if r.set_mtime else None))  # fmt: skip
+
     def dispatch(self, req: Request, payload: memoryview) -> Reply:
         method = BY_OP.get(req.op)
         if method is None:

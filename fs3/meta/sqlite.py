@@ -16,12 +16,14 @@ from contextlib import contextmanager
 
 from fs3.db import LEASE_TABLE, SQLITE, take_lease
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
-from fs3.types import Inode, Layout
+from fs3.types import Inode, Layout, Quota
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
     id INTEGER PRIMARY KEY, kind TEXT, mode INTEGER, length INTEGER, mtime REAL, ctime REAL,
-    parent INTEGER, chunk_size INTEGER, chains TEXT, seed INTEGER, target TEXT);
+    parent INTEGER, chunk_size INTEGER, chains TEXT, seed INTEGER, target TEXT,
+    atime REAL NOT NULL DEFAULT 0, q_max_bytes INTEGER, q_max_inodes INTEGER,
+    q_used_bytes INTEGER, q_used_inodes INTEGER);
 CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER, name TEXT, child INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (
@@ -30,25 +32,39 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
 """
 _SCHEMA += LEASE_TABLE + ";\n"
 
-# The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres).
-COLUMNS = "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target"
+# The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres). The
+# quota columns are NULL on every inode but the directories that have a quota.
+COLUMNS = ("id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target, "
+           "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes")  # fmt: skip
+ADDED_COLUMNS = {"atime": ("REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+                 **{c: ("INTEGER", "BIGINT") for c in
+                    ("q_max_bytes", "q_max_inodes", "q_used_bytes", "q_used_inodes")}}  # fmt: skip
+"""Columns later than the first schema, with their SQLite and PostgreSQL types: a store
+created before them gets them added when it is opened."""
 
 
 _PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
+_PUT_INODE = (f"INSERT OR REPLACE INTO inodes ({COLUMNS}) "
+              f"VALUES ({','.join('?' * len(COLUMNS.split(', ')))})")  # fmt: skip
 
 
 def inode_to_row(inode: Inode) -> tuple:
     lay = inode.layout
     chains = ",".join(map(str, lay.chains))
+    q = inode.quota
+    quota = (None,) * 4 if q is None else (q.max_bytes, q.max_inodes, q.used_bytes, q.used_inodes)
     return (inode.id, inode.kind, inode.mode, inode.length, inode.mtime, inode.ctime,
-            inode.parent, lay.chunk_size, chains, lay.seed, inode.target)  # fmt: skip
+            inode.parent, lay.chunk_size, chains, lay.seed, inode.target, inode.atime,
+            *quota)  # fmt: skip
 
 
 def row_to_inode(row: tuple) -> Inode:
-    id_, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target = row
+    id_, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target = row[:11]
+    atime, max_bytes, max_inodes, used_bytes, used_inodes = row[11:16]
     chain_ids = tuple(int(c) for c in chains.split(",")) if chains else ()
+    quota = None if max_bytes is None else Quota(max_bytes, max_inodes, used_bytes, used_inodes)
     return Inode(id_, kind, mode, length, mtime, ctime, parent,
-                 Layout(chunk_size, chain_ids, seed), target)  # fmt: skip
+                 Layout(chunk_size, chain_ids, seed), target, atime, quota)  # fmt: skip
 
 
 class SqliteMetaStore(MetaStore):
@@ -62,6 +78,10 @@ class SqliteMetaStore(MetaStore):
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(inodes)")}
+        for column, (sql_type, _) in ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE inodes ADD COLUMN {column} {sql_type}")
         with self.transaction() as txn:
             if txn.get_inode(1) is None:
                 txn.put_inode(root_inode(time.time()))
@@ -117,8 +137,7 @@ class _SqliteTxn(MetaTxn):
         return row_to_inode(row) if row else None
 
     def put_inode(self, inode: Inode) -> None:
-        self.c.execute(f"INSERT OR REPLACE INTO inodes ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                       inode_to_row(inode))  # fmt: skip
+        self.c.execute(_PUT_INODE, inode_to_row(inode))
 
     def delete_inode(self, inode_id: int) -> None:
         self.c.execute("DELETE FROM inodes WHERE id=?", (inode_id,))

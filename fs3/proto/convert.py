@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from fs3.proto import fs3_pb2 as pb
-from fs3.types import Chain, ChainMember, DirEntry, Inode, Layout, RoutingTable, TargetInfo
+from fs3.types import (
+    Chain,
+    ChainMember,
+    DirEntry,
+    Inode,
+    Layout,
+    Quota,
+    RoutingTable,
+    TargetInfo,
+)
 
 
 def target_to_pb(t: TargetInfo) -> pb.Target:
@@ -46,13 +55,30 @@ def routing_from_pb(m: pb.RoutingTable) -> RoutingTable:
 
 def inode_to_pb(i: Inode) -> pb.Inode:
     lay = pb.Layout(chunk_size=i.layout.chunk_size, chains=i.layout.chains, seed=i.layout.seed)
+    q = i.quota
+    quota = (
+        None
+        if q is None
+        else pb.Quota(
+            max_bytes=q.max_bytes,
+            max_inodes=q.max_inodes,
+            used_bytes=q.used_bytes,
+            used_inodes=q.used_inodes,
+        )
+    )
     return pb.Inode(id=i.id, kind=i.kind, mode=i.mode, length=i.length, mtime=i.mtime,
-                    ctime=i.ctime, parent=i.parent, layout=lay, target=i.target)  # fmt: skip
+                    ctime=i.ctime, parent=i.parent, layout=lay, target=i.target, atime=i.atime,
+                    quota=quota)  # fmt: skip
 
 
 def inode_from_pb(m: pb.Inode) -> Inode:
     lay = Layout(m.layout.chunk_size, tuple(m.layout.chains), m.layout.seed)
-    return Inode(m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target)
+    q = m.quota
+    quota = None
+    if m.HasField("quota"):
+        quota = Quota(q.max_bytes, q.max_inodes, q.used_bytes, q.used_inodes)
+    return Inode(m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target,
+                 m.atime, quota)  # fmt: skip
 
 
 def entry_to_pb(e: DirEntry) -> pb.DirEntry:

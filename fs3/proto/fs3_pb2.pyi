@@ -82,8 +82,20 @@ class Layout(_message.Message):
     seed: int
     def __init__(self, chunk_size: _Optional[int] = ..., chains: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ...) -> None: ...
 
+class Quota(_message.Message):
+    __slots__ = ("max_bytes", "max_inodes", "used_bytes", "used_inodes")
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INODES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_INODES_FIELD_NUMBER: _ClassVar[int]
+    max_bytes: int
+    max_inodes: int
+    used_bytes: int
+    used_inodes: int
+    def __init__(self, max_bytes: _Optional[int] = ..., max_inodes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., used_inodes: _Optional[int] = ...) -> None: ...
+
 class Inode(_message.Message):
-    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target")
+    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +105,8 @@ class Inode(_message.Message):
     PARENT_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATIME_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: str
     mode: int
@@ -102,7 +116,9 @@ class Inode(_message.Message):
     parent: int
     layout: Layout
     target: str
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ...) -> None: ...
+    atime: float
+    quota: Quota
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "inode")
@@ -173,6 +189,24 @@ class SymlinkRequest(_message.Message):
     path: str
     target: str
     def __init__(self, path: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class SetAttrRequest(_message.Message):
+    __slots__ = ("path", "set_mode", "mode", "set_atime", "atime", "set_mtime", "mtime")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SET_MODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SET_ATIME_FIELD_NUMBER: _ClassVar[int]
+    ATIME_FIELD_NUMBER: _ClassVar[int]
+    SET_MTIME_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    set_mode: bool
+    mode: int
+    set_atime: bool
+    atime: float
+    set_mtime: bool
+    mtime: float
+    def __init__(self, path: _Optional[str] = ..., set_mode: _Optional[bool] = ..., mode: _Optional[int] = ..., set_atime: _Optional[bool] = ..., atime: _Optional[float] = ..., set_mtime: _Optional[bool] = ..., mtime: _Optional[float] = ...) -> None: ...
 
 class Listing(_message.Message):
     __slots__ = ("entries",)

@@ -295,6 +295,11 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.PathRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.LinkTarget.FromString,
                 _registered_method=True)
+        self.SetAttr = channel.unary_unary(
+                '/fs3.Meta/SetAttr',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -372,6 +377,13 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAttr(self, request, context):
+        """Methods are numbered by position on the framed wire (fs3.meta.protocol): append only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -434,6 +446,11 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.Readlink,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.PathRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.LinkTarget.SerializeToString,
+            ),
+            'SetAttr': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAttr,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -760,6 +777,33 @@ class Meta:
             '/fs3.Meta/Readlink',
             fs3_dot_proto_dot_fs3__pb2.PathRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.LinkTarget.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAttr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/SetAttr',
+            fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
             options,
             channel_credentials,
             insecure,

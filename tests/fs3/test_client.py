@@ -64,6 +64,23 @@ def test_url_address_symlink_and_truncate(cluster: LocalCluster, fs3fs: FS3FileS
     fs3fs.rm("/u", recursive=True)
 
 
+def test_chmod_and_times_are_seen_by_other_clients(cluster: LocalCluster,
+                                                   fs3fs: FS3FileSystem) -> None:  # fmt: skip
+    fs3fs.pipe_file("/attrs/f", b"x")
+    fs3fs.chmod("/attrs/f", 0o600)
+    fs3fs.utime("/attrs/f", atime=10.0, mtime=20.0)
+    other = FS3FileSystem(cluster.address, skip_instance_cache=True)
+    info = other.info("/attrs/f")
+    assert (info["mode"], info["atime"], info["mtime"]) == (0o600, 10.0, 20.0)
+    other.touch("/attrs/f", truncate=False)  # like touch(1): times become now
+    assert other.info("/attrs/f")["mtime"] > 1e9 and other.cat_file("/attrs/f") == b"x"
+    other.touch("/attrs/g", mtime=30.0)
+    assert fs3fs.modified("/attrs/g").timestamp() == 30.0
+    with pytest.raises(FileNotFoundError, match="/attrs/nope"):
+        fs3fs.chmod("/attrs/nope", 0o600)
+    fs3fs.rm("/attrs", recursive=True)
+
+
 _WORKER = """
 import sys
 from fs3.client import FS3FileSystem

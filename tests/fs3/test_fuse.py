@@ -207,7 +207,7 @@ def test_symlink_readlink(d: Path) -> None:
     assert sorted(os.listdir(d)) == ["dangling", "link", "target"]
 
 
-def test_chmod_utime_statfs(d: Path, mnt: Path) -> None:
+def test_chmod_utime_statfs(d: Path, mnt: Path, fs3fs: FS3FileSystem) -> None:
     f = d / "f"
     f.write_bytes(b"x")
     os.chmod(f, 0o751)
@@ -215,6 +215,19 @@ def test_chmod_utime_statfs(d: Path, mnt: Path) -> None:
     os.utime(f, ns=(1_000_000_000, 2_000_000_000))
     st = os.stat(f)
     assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_000, 2_000_000_000)
+    # Kept by meta: another client sees them, and what it sets the mount sees.
+    info = fs3fs.info(f"/{d.name}/f")
+    assert (info["mode"], info["atime"], info["mtime"]) == (0o751, 1.0, 2.0)
+    fs3fs.chmod(f"/{d.name}/f", 0o640)
+    fs3fs.utime(f"/{d.name}/f", mtime=3.0)
+    f.open("rb").close()  # close-to-open: an open revalidates the attributes
+    st = os.stat(f)
+    assert (st.st_mode & 0o7777, st.st_mtime_ns, st.st_atime_ns) == (0o640, 3 * 10**9, 10**9)
+    with open(f, "r+b") as fh:  # times set on an open file with unwritten bytes stay set
+        fh.write(b"z")
+        fh.flush()
+        os.utime(fh.fileno(), ns=(4 * 10**9, 5 * 10**9))
+    assert os.stat(f).st_mtime_ns == 5 * 10**9 and fs3fs.info(f"/{d.name}/f")["mtime"] == 5.0
     with open(f, "ab") as fh:
         fh.write(b"y")
     assert os.stat(f).st_mtime > 1000  # a write sets the modification time again

@@ -123,6 +123,49 @@ def test_symlinks(ns: Namespace) -> None:
         ns.open("/loop")
 
 
+def test_set_attr_keeps_mode_and_times(ns: Namespace) -> None:
+    f = ns.create("/f", mode=0o644)
+    changed = ns.set_attr("/f", mode=0o600, atime=1.5, mtime=2.5)
+    assert (changed.mode, changed.atime, changed.mtime) == (0o600, 1.5, 2.5)
+    assert ns.stat("/f") == changed and changed.id == f.id
+    ns.set_attr("/f", mode=0o640)
+    again = ns.stat("/f")
+    assert (again.mode, again.atime, again.mtime) == (0o640, 1.5, 2.5)
+    ns.mkdir("/d")
+    assert ns.set_attr("/d", mtime=7.0).mtime == 7.0
+    with pytest.raises(NotFound):
+        ns.set_attr("/nope", mode=0o600)
+    with pytest.raises(InvalidArgument):
+        ns.set_attr("/f", mode=0o17777)
+
+
+def test_sqlite_store_of_the_first_schema_gets_the_new_columns(tmp_path: Path) -> None:
+    """A metadata file written before atime and quotas existed opens, keeps its files and
+    stores the new attributes."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.executescript(
+        "CREATE TABLE inodes (id INTEGER PRIMARY KEY, kind TEXT, mode INTEGER, length INTEGER,"
+        " mtime REAL, ctime REAL, parent INTEGER, chunk_size INTEGER, chains TEXT,"
+        " seed INTEGER, target TEXT);"
+        "CREATE TABLE dentries (parent INTEGER, name TEXT, child INTEGER,"
+        " PRIMARY KEY (parent, name)) WITHOUT ROWID;"
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER);"
+        "INSERT INTO inodes VALUES (1, 'directory', 493, 0, 1.0, 1.0, 1, 0, '', 0, '');"
+        "INSERT INTO inodes VALUES (2, 'file', 420, 5, 1.0, 1.0, 1, 1024, '1', 0, '');"
+        "INSERT INTO dentries VALUES (1, 'f', 2); INSERT INTO counters VALUES ('inode', 3);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteMetaStore(tmp_path / "old.db")
+    ns = Namespace(store, chains=lambda: [1])
+    assert ns.stat("/f").length == 5 and ns.stat("/f").atime == 0.0
+    assert ns.set_attr("/f", atime=3.0).atime == 3.0
+    assert ns.create("/g").id == 3
+    store.close()
+
+
 def test_invalid_paths(ns: Namespace) -> None:
     with pytest.raises(InvalidArgument):
         ns.create("/a\x00b")
