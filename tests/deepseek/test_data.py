@@ -87,6 +87,22 @@ def test_without_cache_dir_the_file_is_gone_once_mapped(
     assert "(deleted)" in _mapping_of(tokens)
 
 
+def test_any_fsspec_file_system(tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for i, docs in enumerate((DOCS[:2], DOCS[2:])):
+        with fs.open(f"/ds-test-{tmp_path.name}/part-{i}.parquet", "wb") as f:
+            pq.write_table(pa.table({"text": docs}), f)
+    url = f"memory:///ds-test-{tmp_path.name}/*.parquet"
+    config = DataConfig(files=[url], seq_len=8, cache_dir=str(tmp_path / "c"))
+    try:
+        assert read_tokens(config, ByteTokenizer()).tolist() == _expected(DOCS)
+        assert read_tokens(config, ByteTokenizer()).tolist() == _expected(DOCS)  # cached
+    finally:
+        fs.rm(f"/ds-test-{tmp_path.name}", recursive=True)
+
+
 def test_tokenising_in_small_pieces_gives_the_same_stream(
     corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
