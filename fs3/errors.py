@@ -64,6 +64,13 @@ class InvalidArgument(_PathOSError):
     errno_code = _errno.EINVAL
 
 
+class QuotaExceeded(_PathOSError):
+    """A directory quota (bytes or inodes) would be passed; the message names the directory
+    and its limit. Deleting below that directory, or a larger quota, makes room."""
+
+    errno_code = _errno.EDQUOT
+
+
 class ChecksumMismatch(_PathOSError):
     """A replica's stored bytes do not match their CRC32C; another replica may hold good ones."""
 
@@ -118,6 +125,7 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     Fs3TimeoutError,
     ConfigError,
     DataLost,
+    QuotaExceeded,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}
 

@@ -116,6 +116,16 @@ class ChunkIO:
 
         self.retry(f"removing chunks {from_index}.. of inode {inode}", attempt)
 
+    def cut(self, layout: Layout, inode: int, length: int) -> None:
+        """Makes every byte of ``inode`` past ``length`` read as zeros on its replicas:
+        chunks wholly past it are removed, the one holding it keeps its head only."""
+        if not layout.chains:
+            return
+        cs = layout.chunk_size
+        self.remove(layout, inode, -(-length // cs))
+        if length % cs:
+            self.write(layout, inode, length // cs, length % cs, b"", True)
+
     def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> memoryview:
         """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""
         chain_id = layout.chain_of(index)

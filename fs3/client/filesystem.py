@@ -19,12 +19,13 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from fs3.client.chunks import ChunkIO
 from fs3.client.meta import MetaClient
+from fs3.client.quota import LengthGuard
 from fs3.config import load_config
-from fs3.errors import AlreadyExists, InvalidArgument
+from fs3.errors import AlreadyExists, InvalidArgument, QuotaExceeded
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
 from fs3.storage.wire import ConnectionPool
-from fs3.types import DIRECTORY, FILE, Inode
+from fs3.types import DIRECTORY, FILE, Inode, Quota
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
 _ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")
@@ -162,11 +163,24 @@ class FS3FileSystem(AbstractFileSystem):
         """Sets the file's length; bytes past the old end read as zeros."""
         path = self._strip_protocol(path)
         inode = self.meta.open(path)
-        cs = inode.layout.chunk_size
-        if length < inode.length and length % cs:
-            # Clear the tail of the new last chunk so that growing the file later shows zeros.
-            self.chunks.write(inode.layout, inode.id, length // cs, length % cs, b"", True)
+        if length != inode.length:
+            # Past the shorter length every byte must read as zeros, also chunks a failed
+            # writer left past the old end.
+            self.chunks.cut(inode.layout, inode.id, min(length, inode.length))
         self.meta.truncate(path, length)
+
+    def set_quota(
+        self, path: str, max_bytes: int | None = None, max_inodes: int | None = None
+    ) -> Quota | None:
+        """Limits the bytes (file lengths) and/or inodes below directory ``path``; None
+        keeps a limit, 0 removes it. Creating or growing a file past a limit then raises
+        ``OSError(EDQUOT)`` naming the path. Returns the quota (None once both limits are
+        0). Raises FileNotFoundError, NotADirectoryError."""
+        return self.meta.set_quota(self._strip_protocol(path), max_bytes, max_inodes).quota
+
+    def quota(self, path: str) -> Quota | None:
+        """The quota of directory ``path`` (limits and usage), or None when it has none."""
+        return self.meta.stat(self._strip_protocol(path)).quota
 
     def touch(
         self,
@@ -254,6 +268,8 @@ class FS3File(AbstractBufferedFile):
         if mode != "rb":
             self.offset = inode.length if mode == "ab" else 0
             self.loc = self.offset
+            self._recorded = inode.length  # what meta holds as the file's length
+            self._guard = LengthGuard(fs.meta, inode.id, path, inode.length)
 
     # -- writing -----------------------------------------------------------------------
     def write(self, data: Any) -> int:
@@ -261,6 +277,9 @@ class FS3File(AbstractBufferedFile):
             raise ValueError("file not in write mode")
         if self.closed:
             raise ValueError("I/O operation on closed file")
+        size = memoryview(data).nbytes
+        if self.buffer.tell() + size >= self.chunk_size:  # chunks ship: a quota may object
+            self._guard.check(self.loc + size)
         n = self.buffer.write(data)
         self.loc += n
         if self.buffer.tell() >= self.chunk_size:
@@ -297,10 +316,21 @@ class FS3File(AbstractBufferedFile):
             f.result()
 
     def fsync(self) -> None:
-        """Returns once every byte written so far is on every replica and the length is set."""
+        """Returns once every byte written so far is on every replica and the length is set.
+
+        Raises QuotaExceeded (naming the path) when the new length would pass a directory
+        quota: the file keeps the length it had, the bytes past it are dropped.
+        """
         self._ship(final=True)
         self._drain()
-        self.fs.meta.set_length(self.inode.id, max(self.loc, self.inode.length))
+        length = max(self.loc, self.inode.length)
+        try:
+            self.fs.meta.set_length(self.inode.id, length)
+        except QuotaExceeded as err:
+            self.fs.chunks.cut(self.layout, self.inode.id, self._recorded)
+            self.loc = self.offset = self._recorded
+            raise QuotaExceeded(err.message, self.path) from None
+        self._recorded = length
 
     def flush(self, force: bool = False) -> None:
         if self.closed or self.mode == "rb" or not force:
@@ -361,8 +391,10 @@ class FS3File(AbstractBufferedFile):
         return out
 
     def close(self) -> None:
-        if not self.closed and self.mode != "rb" and not self.forced:
-            self.fsync()
-            self.forced = True
-        self._ahead.clear()
-        super().close()
+        try:
+            if not self.closed and self.mode != "rb" and not self.forced:
+                self.forced = True  # once: a failed commit is not tried again by close
+                self.fsync()
+        finally:
+            self._ahead.clear()
+            super().close()

@@ -87,3 +87,17 @@ class MetaClient:
                                 set_atime=atime is not None, atime=atime or 0.0,
                                 set_mtime=mtime is not None, mtime=mtime or 0.0)  # fmt: skip
         return inode_from_pb(self._rpc("SetAttr", req))
+
+    def set_quota(
+        self, path: str, max_bytes: int | None = None, max_inodes: int | None = None
+    ) -> Inode:
+        """Sets the limits of directory ``path``'s quota; None keeps one, 0 removes it."""
+        req = pb.SetQuotaRequest(path=path, set_bytes=max_bytes is not None,
+                                 max_bytes=max_bytes or 0, set_inodes=max_inodes is not None,
+                                 max_inodes=max_inodes or 0)  # fmt: skip
+        return inode_from_pb(self._rpc("SetQuota", req))
+
+    def length_limit(self, inode_id: int) -> int | None:
+        """The length file ``inode_id`` may grow to now, None when no quota limits it."""
+        reply = self._rpc("GetLengthLimit", pb.InodeRequest(inode_id=inode_id))
+        return reply.length if reply.limited else None

@@ -18,6 +18,8 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 
 from fs3.client import FS3FileSystem
+from fs3.client.quota import LengthGuard
+from fs3.errors import QuotaExceeded
 from fs3.types import Inode
 
 
@@ -28,12 +30,8 @@ def set_file_length(fs: FS3FileSystem, inode: Inode, old_length: int, length: in
     rather than left to meta's garbage collector, which would run later and could delete
     chunks written after the truncate (``open(O_TRUNC)`` followed by writes).
     """
-    lay, cut = inode.layout, min(old_length, length)
-    if old_length != length and lay.chains:
-        cs = lay.chunk_size
-        fs.chunks.remove(lay, inode.id, -(-cut // cs))
-        if cut % cs:  # the chunk holding the cut keeps its head only
-            fs.chunks.write(lay, inode.id, cut // cs, cut % cs, b"", True)
+    if old_length != length:
+        fs.chunks.cut(inode.layout, inode.id, min(old_length, length))
     return fs.meta.set_length(inode.id, length)
 
 
@@ -56,6 +54,7 @@ class OpenFile:
         self.orphan: str | None = None
         """Where the file went when it was unlinked while open (removed at release)."""
         self._executor = executor
+        self._guard = LengthGuard(fs.meta, inode.id, f"inode {inode.id}", inode.length)
         self._cs = inode.layout.chunk_size
         self._parallel = fs.config.client.parallel
         self._ahead = fs.config.client.readahead_chunks
@@ -80,6 +79,8 @@ class OpenFile:
             if not block and not self._quick_write(offset, len(data)):
                 return None
             self._raise_background_error()
+            if self._fills_chunk(offset, len(data)):  # chunks ship: a quota may object
+                self._guard.check(offset + len(data))
             self._forget_cached(offset, offset + len(data))
             if self._buffered and offset != self._start + self._buffered:
                 self._ship(final=True)
@@ -95,10 +96,18 @@ class OpenFile:
             self._lock.release()
         return len(data)
 
+    def _fills_chunk(self, offset: int, length: int) -> bool:
+        """Whether this write completes a chunk, which then ships."""
+        start = self._start if self._buffered and offset == self._start + self._buffered else offset
+        return (offset + length) // self._cs > start // self._cs
+
     def _quick_write(self, offset: int, length: int) -> bool:
         """Whether buffering this write needs no wait: it extends the buffered bytes, and
-        the whole chunks it completes find room in flight and no earlier write to them."""
+        the whole chunks it completes find room in flight and no earlier write to them (nor
+        a question to meta about a quota)."""
         if self._error is not None:
+            return False
+        if self._fills_chunk(offset, length) and self._guard.needs_check(offset + length):
             return False
         if self._buffered and offset != self._start + self._buffered:
             return False
@@ -176,14 +185,21 @@ class OpenFile:
         """Ships everything buffered, waits for it, and records the length in meta.
 
         Returns the updated inode, or None when nothing changed. Raises the first error of
-        a write shipped earlier.
+        a write shipped earlier, or QuotaExceeded when the length would pass a directory
+        quota: the file then keeps the length meta has, the bytes past it are dropped.
         """
         with self._lock:
             self._drain()
             self._raise_background_error()
             if not self._dirty:
                 return None
-            self.inode = self.fs.meta.set_length(self.inode.id, self.size)
+            try:
+                self.inode = self.fs.meta.set_length(self.inode.id, self.size)
+            except QuotaExceeded:
+                self.fs.chunks.cut(self.inode.layout, self.inode.id, self.inode.length)
+                self.size, self._dirty = self.inode.length, False
+                self._cache.clear()
+                raise
             self._dirty = False
             return self.inode
 

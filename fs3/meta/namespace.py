@@ -5,7 +5,8 @@ a function of its transaction run by :meth:`MetaStore.run`, which runs it again 
 transaction lost a conflict; nothing here keeps state between operations, so several meta
 servers may share one store. Paths are
 normalised with :func:`fs3.paths.normalize`; symlinks are followed only as the last component
-of :meth:`Namespace.open`, the way ``open(2)`` follows them.
+of :meth:`Namespace.open`, the way ``open(2)`` follows them. Directory quotas are charged
+inside each operation's transaction (:mod:`fs3.meta.quota`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from fs3.errors import (
     NotADirectory,
     NotFound,
 )
+from fs3.meta import quota
 from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn
 from fs3.paths import components, normalize, split
-from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout
+from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout, Quota
 
 _MAX_SYMLINK_HOPS = 8  # like Linux's 40, but fs3 symlinks are rare; a loop fails fast
 
@@ -75,11 +77,14 @@ class Namespace:
 
     def _touch(self, txn: MetaTxn, inode: Inode) -> None:
         now = self._clock()
-        txn.put_inode(dataclasses.replace(inode, mtime=now, ctime=now))
+        fresh = txn.get_inode(inode.id) or inode  # this transaction may have charged it
+        txn.put_inode(dataclasses.replace(fresh, mtime=now, ctime=now))
 
     def _discard(self, txn: MetaTxn, inode: Inode) -> None:
-        """Deletes an unlinked inode; a file's chunks go to the garbage queue."""
+        """Deletes an unlinked file, symlink or empty directory and releases what it used in
+        the quotas above it; a file's chunks go to the garbage queue."""
         txn.delete_inode(inode.id)
+        quota.charge_dir(txn, inode.parent, -inode.length if inode.kind == FILE else 0, -1, None)
         if inode.kind == FILE and inode.layout.chains:
             txn.add_garbage(Garbage(inode.id, 0, inode.layout.chains))
 
@@ -131,7 +136,7 @@ class Namespace:
                         raise NotADirectory("not a directory", split(walked)[0])
                     found = txn.lookup_inode(inode.id, name)
                     if found is None:
-                        inode = self._make(txn, inode, name, DIRECTORY, mode)
+                        inode = self._make(txn, inode, name, DIRECTORY, mode, walked)
                     else:
                         inode = found
                 if not inode.is_dir:
@@ -140,13 +145,22 @@ class Namespace:
             parent, name = self._parent(txn, path)
             if txn.lookup(parent.id, name) is not None:
                 raise AlreadyExists("file exists", path)
-            return self._make(txn, parent, name, DIRECTORY, mode)
+            return self._make(txn, parent, name, DIRECTORY, mode, path)
 
         return self.store.run(op)
 
     def _make(
-        self, txn: MetaTxn, parent: Inode, name: str, kind: str, mode: int, **fields: object
+        self,
+        txn: MetaTxn,
+        parent: Inode,
+        name: str,
+        kind: str,
+        mode: int,
+        path: str,
+        **fields: object,
     ) -> Inode:
+        """Creates ``name`` in ``parent`` (at ``path``). Raises QuotaExceeded (inodes)."""
+        quota.charge_dir(txn, parent.id, 0, 1, path)
         now = self._clock()
         inode = Inode(txn.new_inode_id(), kind, mode, 0, now, now, parent.id, **fields)  # type: ignore[arg-type]
         txn.put_inode(inode)
@@ -177,7 +191,7 @@ class Namespace:
                 if old.is_dir:
                     raise IsADirectory("is a directory", path)
                 self._discard(txn, old)
-            return self._make(txn, parent, name, FILE, mode, layout=layout)
+            return self._make(txn, parent, name, FILE, mode, path, layout=layout)
 
         return self.store.run(op)
 
@@ -229,6 +243,7 @@ class Namespace:
             txn.link(dparent.id, dname, moving.id)
             moved = dataclasses.replace(moving, parent=dparent.id, ctime=self._clock())
             txn.put_inode(moved)
+            quota.move_charges(txn, moved, sparent.id, dparent.id, dst)
             self._touch(txn, sparent)
             if dparent.id != sparent.id:
                 self._touch(txn, dparent)
@@ -266,7 +281,7 @@ class Namespace:
             if txn.children(inode.id, limit=1):
                 raise DirectoryNotEmpty("directory not empty", path)
             txn.unlink(parent.id, name)
-            txn.delete_inode(inode.id)
+            self._discard(txn, inode)
             self._touch(txn, parent)
 
         self.store.run(op)
@@ -283,6 +298,7 @@ class Namespace:
             inode = self._resolve(txn, path)
             if inode.is_dir:
                 raise IsADirectory("is a directory", path)
+            quota.charge_dir(txn, inode.parent, length - inode.length, 0, path)
             lay = inode.layout
             if length < inode.length and lay.chains:
                 first_gone = -(-length // lay.chunk_size)
@@ -296,12 +312,14 @@ class Namespace:
 
     def set_length(self, inode_id: int, length: int) -> Inode:
         """Records the exact length a writer reached at close or fsync. Raises NotFound when
-        the file was deleted meanwhile."""
+        the file was deleted meanwhile, QuotaExceeded (and records nothing) when the growth
+        would pass a directory quota."""
 
         def op(txn: MetaTxn) -> Inode:
             inode = txn.get_inode(inode_id)
             if inode is None:
                 raise NotFound(f"file with inode {inode_id} was deleted while open")
+            quota.charge_dir(txn, inode.parent, length - inode.length, 0, None)
             now = self._clock()
             inode = dataclasses.replace(inode, length=length, mtime=now)
             txn.put_inode(inode)
@@ -347,7 +365,7 @@ class Namespace:
             parent, name = self._parent(txn, path)
             if txn.lookup(parent.id, name) is not None:
                 raise AlreadyExists("file exists", path)
-            return self._make(txn, parent, name, SYMLINK, 0o777, target=target)
+            return self._make(txn, parent, name, SYMLINK, 0o777, path, target=target)
 
         return self.store.run(op)
 
@@ -357,6 +375,48 @@ class Namespace:
         if inode.kind != SYMLINK:
             raise InvalidArgument("not a symbolic link", normalize(path))
         return inode.target
+
+    def set_quota(
+        self, path: str, max_bytes: int | None = None, max_inodes: int | None = None
+    ) -> Inode:
+        """Sets the byte and/or inode limit of the directory at ``path`` (None keeps a limit,
+        0 removes it; with both limits 0 the directory has no quota). A new quota measures
+        what the directory holds, in the same transaction. A limit below the current usage
+        is accepted: growth then fails until enough is deleted.
+
+        Raises NotFound, NotADirectory, InvalidArgument (a negative limit).
+        """
+        for name, value in (("bytes", max_bytes), ("inodes", max_inodes)):
+            if value is not None and value < 0:
+                raise InvalidArgument(f"quota {name} limit must be >= 0, got {value}", path)
+        path = normalize(path)
+
+        def op(txn: MetaTxn) -> Inode:
+            inode = self._resolve(txn, path)
+            if not inode.is_dir:
+                raise NotADirectory("quotas are set on directories", path)
+            old = inode.quota or Quota()
+            new = quota.new_quota(txn, inode,
+                                  old.max_bytes if max_bytes is None else max_bytes,
+                                  old.max_inodes if max_inodes is None else max_inodes)  # fmt: skip
+            inode = dataclasses.replace(inode, quota=new)
+            txn.put_inode(inode)
+            return inode
+
+        return self.store.run(op)
+
+    def length_limit(self, inode_id: int) -> int | None:
+        """The largest length file ``inode_id`` may grow to now, or None when no quota limits
+        it: writers check it before sending bytes, so a write fails early (set_length still
+        decides). Raises NotFound."""
+
+        def op(txn: MetaTxn) -> int | None:
+            inode = txn.get_inode(inode_id)
+            if inode is None:
+                raise NotFound(f"file with inode {inode_id} was deleted while open")
+            return quota.length_limit(txn, inode)
+
+        return self.store.run(op)
 
     def take_garbage(self, limit: int = 100) -> list[tuple[int, Garbage]]:
         return self.store.run(lambda txn: txn.garbage(limit))

@@ -79,6 +79,14 @@ class MetaServicer:
                                             r.atime if r.set_atime else None,
                                             r.mtime if r.set_mtime else None))  # fmt: skip
 
+    def SetQuota(self, r: pb.SetQuotaRequest) -> pb.Inode:
+        return inode_to_pb(self.ns.set_quota(r.path, r.max_bytes if r.set_bytes else None,
+                                             r.max_inodes if r.set_inodes else None))  # fmt: skip
+
+    def GetLengthLimit(self, r: pb.InodeRequest) -> pb.LengthLimit:
+        limit = self.ns.length_limit(r.inode_id)
+        return pb.LengthLimit(limited=limit is not None, length=limit or 0)
+
     def dispatch(self, req: Request, payload: memoryview) -> Reply:
         method = BY_OP.get(req.op)
         if method is None:

@@ -208,6 +208,34 @@ class SetAttrRequest(_message.Message):
     mtime: float
     def __init__(self, path: _Optional[str] = ..., set_mode: _Optional[bool] = ..., mode: _Optional[int] = ..., set_atime: _Optional[bool] = ..., atime: _Optional[float] = ..., set_mtime: _Optional[bool] = ..., mtime: _Optional[float] = ...) -> None: ...
 
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("path", "set_bytes", "max_bytes", "set_inodes", "max_inodes")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SET_INODES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INODES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    set_bytes: bool
+    max_bytes: int
+    set_inodes: bool
+    max_inodes: int
+    def __init__(self, path: _Optional[str] = ..., set_bytes: _Optional[bool] = ..., max_bytes: _Optional[int] = ..., set_inodes: _Optional[bool] = ..., max_inodes: _Optional[int] = ...) -> None: ...
+
+class InodeRequest(_message.Message):
+    __slots__ = ("inode_id",)
+    INODE_ID_FIELD_NUMBER: _ClassVar[int]
+    inode_id: int
+    def __init__(self, inode_id: _Optional[int] = ...) -> None: ...
+
+class LengthLimit(_message.Message):
+    __slots__ = ("limited", "length")
+    LIMITED_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    limited: bool
+    length: int
+    def __init__(self, limited: _Optional[bool] = ..., length: _Optional[int] = ...) -> None: ...
+
 class Listing(_message.Message):
     __slots__ = ("entries",)
     ENTRIES_FIELD_NUMBER: _ClassVar[int]

@@ -300,6 +300,16 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/fs3.Meta/SetQuota',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
+        self.GetLengthLimit = channel.unary_unary(
+                '/fs3.Meta/GetLengthLimit',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.InodeRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.LengthLimit.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -384,6 +394,18 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLengthLimit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -451,6 +473,16 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.SetAttr,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.SetQuotaRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
+            ),
+            'GetLengthLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLengthLimit,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.InodeRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.LengthLimit.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -804,6 +836,60 @@ class Meta:
             '/fs3.Meta/SetAttr',
             fs3_dot_proto_dot_fs3__pb2.SetAttrRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/SetQuota',
+            fs3_dot_proto_dot_fs3__pb2.SetQuotaRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLengthLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/GetLengthLimit',
+            fs3_dot_proto_dot_fs3__pb2.InodeRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.LengthLimit.FromString,
             options,
             channel_credentials,
             insecure,

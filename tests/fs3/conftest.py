@@ -9,6 +9,9 @@ import pytest
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+from fs3.meta.backends import open_meta_store
+from fs3.meta.namespace import Namespace
+from fs3.meta.store import MemoryMetaStore, MetaStore
 
 # Short leases so fault tests see reconfiguration within seconds; no fsync keeps 2-core CI fast.
 FAST = {"mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2, "primary_lease_s": 2.0},
@@ -45,3 +48,22 @@ def make_cluster(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def fs3fs(cluster: LocalCluster) -> FS3FileSystem:
     return FS3FileSystem(cluster.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetaStore]:
+    """Every MetaStore implementation in turn, each empty: the namespace conformance suite
+    (test_namespace.py, test_quota.py, test_trash.py) runs on each."""
+    if request.param == "memory":
+        s: MetaStore = MemoryMetaStore()
+    elif request.param == "sqlite":
+        s = open_meta_store(tmp_path / "m.db")
+    else:
+        s = open_meta_store(request.getfixturevalue("postgres_url"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ns(store: MetaStore) -> Namespace:
+    return Namespace(store, chains=lambda: [1, 2, 3])

@@ -236,6 +236,32 @@ def test_chmod_utime_statfs(d: Path, mnt: Path, fs3fs: FS3FileSystem) -> None:
     assert shutil.disk_usage(mnt).free > 1 << 40
 
 
+def test_quota_edquot(d: Path, fs3fs: FS3FileSystem) -> None:
+    fs3fs.set_quota(f"/{d.name}", max_bytes=4 * SMALL_CHUNK, max_inodes=2)
+    (d / "a").write_bytes(b"a" * SMALL_CHUNK)
+    os.mkdir(d / "sub")
+    assert _errno(os.open, d / "sub" / "b", os.O_CREAT | os.O_WRONLY) == errno.EDQUOT
+    assert _errno(os.mkdir, d / "c") == errno.EDQUOT
+    fd = os.open(d / "a", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"b" * SMALL_CHUNK)
+        assert _errno(os.write, fd, b"c" * 3 * SMALL_CHUNK) == errno.EDQUOT  # at the write
+    finally:
+        os.close(fd)
+    assert (d / "a").read_bytes() == b"a" * SMALL_CHUNK + b"b" * SMALL_CHUNK
+    assert _errno(os.truncate, d / "a", 5 * SMALL_CHUNK) == errno.EDQUOT
+    with open(d / "a", "ab") as f:  # a small write past the limit fails at close
+        f.write(b"d" * 2 * SMALL_CHUNK + b"e")
+        with pytest.raises(OSError) as info:
+            f.close()
+    assert info.value.errno == errno.EDQUOT
+    assert os.stat(d / "a").st_size == 2 * SMALL_CHUNK
+    os.rmdir(d / "sub")
+    (d / "c").mkdir()  # room again
+    q = fs3fs.quota(f"/{d.name}")
+    assert q is not None and (q.used_bytes, q.used_inodes) == (2 * SMALL_CHUNK, 2)
+
+
 # -- data paths ---------------------------------------------------------------------------
 def test_fio_verify_random_io(d: Path) -> None:
     fio = shutil.which("fio")

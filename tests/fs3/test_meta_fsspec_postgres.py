@@ -8,11 +8,13 @@ from collections.abc import Iterator
 import fsspec.tests.abstract as abstract
 import pytest
 
+from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.db import connect_postgres
 
-from .conftest import FAST
+from .conftest import FAST, SMALL_CHUNK
 from .test_fsspec_abstract import Fs3Fixtures
+from .test_quota import check_quota_on_cluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]  # 137 cases through meta on PostgreSQL
 
@@ -54,3 +56,8 @@ class TestOpenOnPostgres(abstract.AbstractOpenTests, Fs3Fixtures):
 
 class TestPipeOnPostgres(abstract.AbstractPipeTests, Fs3Fixtures):
     pass
+
+
+def test_edquot_through_the_client_on_postgres(cluster: LocalCluster) -> None:
+    fs = FS3FileSystem(cluster.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
+    check_quota_on_cluster(fs, "/quota-pg")

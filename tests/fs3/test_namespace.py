@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,28 +16,8 @@ from fs3.errors import (
     NotADirectory,
     NotFound,
 )
-from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.sqlite import SqliteMetaStore
-from fs3.meta.store import MemoryMetaStore, MetaStore
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetaStore]:
-    """Every MetaStore implementation in turn, each empty."""
-    if request.param == "memory":
-        s: MetaStore = MemoryMetaStore()
-    elif request.param == "sqlite":
-        s = open_meta_store(tmp_path / "m.db")
-    else:
-        s = open_meta_store(request.getfixturevalue("postgres_url"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def ns(store: MetaStore) -> Namespace:
-    return Namespace(store, chains=lambda: [1, 2, 3])
 
 
 def test_create_stat_list(ns: Namespace) -> None:
