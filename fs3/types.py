@@ -101,6 +101,18 @@ class DirEntry:
 
 
 @dataclass(frozen=True)
+class TrashEntry:
+    """A tree moved to the trash: ``name`` in the trash folder, where it came from, when it
+    was deleted and when it expires (seconds since the epoch), and its top inode."""
+
+    name: str
+    path: str
+    deleted: float
+    expires: float
+    inode: Inode
+
+
+@dataclass(frozen=True)
 class TargetInfo:
     """A storage server as mgmtd sees it; ``alive`` is whether its lease is current."""
 

@@ -25,7 +25,7 @@ from fs3.errors import AlreadyExists, InvalidArgument, QuotaExceeded
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
 from fs3.storage.wire import ConnectionPool
-from fs3.types import DIRECTORY, FILE, Inode, Quota
+from fs3.types import DIRECTORY, FILE, Inode, Quota, TrashEntry
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
 _ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")
@@ -177,6 +177,24 @@ class FS3FileSystem(AbstractFileSystem):
         ``OSError(EDQUOT)`` naming the path. Returns the quota (None once both limits are
         0). Raises FileNotFoundError, NotADirectoryError."""
         return self.meta.set_quota(self._strip_protocol(path), max_bytes, max_inodes).quota
+
+    def trash(self, path: str, expire_s: float) -> TrashEntry:
+        """Moves the file or tree at ``path`` into the trash in one atomic rename; it can
+        be restored (:meth:`restore`) for ``expire_s`` seconds, then it is deleted with its
+        chunks. Its bytes leave the quotas it was under. Raises FileNotFoundError."""
+        return self.meta.trash(self._strip_protocol(path), expire_s)
+
+    def trash_list(self) -> list[TrashEntry]:
+        """What the trash holds, soonest to expire first."""
+        return self.meta.list_trash()
+
+    def restore(self, name: str, to: str | None = None) -> str:
+        """Moves trash entry ``name`` back where it was, or to ``to``; returns the path.
+        Raises FileNotFoundError (no such entry, or expired), FileExistsError."""
+        entry = next((e for e in self.trash_list() if e.name == name), None)
+        dst = self._strip_protocol(to) if to else (entry.path if entry else "")
+        self.meta.restore_trash(name, dst or None)
+        return dst
 
     def quota(self, path: str) -> Quota | None:
         """The quota of directory ``path`` (limits and usage), or None when it has none."""

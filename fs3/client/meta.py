@@ -8,9 +8,9 @@ from fs3.client.chunks import ChunkIO
 from fs3.errors import Unavailable
 from fs3.meta.protocol import METHODS
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto.convert import entry_from_pb, inode_from_pb
+from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb
 from fs3.storage.wire import ConnectionPool, Request
-from fs3.types import DirEntry, Inode, RoutingTable
+from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry
 
 
 class MetaClient:
@@ -101,3 +101,15 @@ class MetaClient:
         """The length file ``inode_id`` may grow to now, None when no quota limits it."""
         reply = self._rpc("GetLengthLimit", pb.InodeRequest(inode_id=inode_id))
         return reply.length if reply.limited else None
+
+    def trash(self, path: str, expire_s: float) -> TrashEntry:
+        """Moves ``path`` (a file or a whole tree) into the trash for ``expire_s`` seconds."""
+        req = pb.TrashRequest(path=path, expire_s=expire_s)
+        return trash_from_pb(self._rpc("Trash", req))
+
+    def list_trash(self) -> list[TrashEntry]:
+        return [trash_from_pb(e) for e in self._rpc("ListTrash", pb.Empty()).entries]
+
+    def restore_trash(self, name: str, to: str | None = None) -> Inode:
+        req = pb.RestoreRequest(name=name, to=to or "")
+        return inode_from_pb(self._rpc("RestoreTrash", req))

@@ -20,9 +20,10 @@ from fs3.errors import Fs3Error
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.protocol import BY_OP
+from fs3.meta.trash import Trash
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto.convert import entry_to_pb, inode_to_pb
+from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb
 from fs3.storage.wire import REMOVE, RESPONSE, ConnectionPool, FrameServer, Reply, Request
 
 log = logging.getLogger("fs3.meta")
@@ -33,6 +34,7 @@ class MetaServicer:
 
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
+        self.trash = Trash(ns)
 
     def Stat(self, r: pb.PathRequest) -> pb.Inode:
         return inode_to_pb(self.ns.stat(r.path))
@@ -87,6 +89,15 @@ class MetaServicer:
         limit = self.ns.length_limit(r.inode_id)
         return pb.LengthLimit(limited=limit is not None, length=limit or 0)
 
+    def Trash(self, r: pb.TrashRequest) -> pb.TrashEntry:
+        return trash_to_pb(self.trash.move(r.path, r.expire_s))
+
+    def ListTrash(self, r: pb.Empty) -> pb.TrashListing:
+        return pb.TrashListing(entries=[trash_to_pb(e) for e in self.trash.list()])
+
+    def RestoreTrash(self, r: pb.RestoreRequest) -> pb.Inode:
+        return inode_to_pb(self.trash.restore(r.name, r.to or None))
+
     def dispatch(self, req: Request, payload: memoryview) -> Reply:
         method = BY_OP.get(req.op)
         if method is None:
@@ -138,6 +149,7 @@ def run_meta(
     store = open_meta_store(db)
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
+    trash = Trash(ns)
     server = FrameServer((host, port), lambda req: req.length, MetaServicer(ns).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
     pool = ConnectionPool(t.connect_s, t.rpc_s)
@@ -153,6 +165,7 @@ def run_meta(
                 # One collector among the servers sharing the store: two would send every
                 # chunk deletion twice. The lease outlives a few periods, then passes on.
                 if ns.take_lease(GC_LEASE, me, config.mgmtd.lease_s):
+                    trash.purge()  # expired trash: its files' chunks join the queue
                     collect_garbage(ns, mgmtd, pool)
             except Fs3Error as err:
                 log.warning("meta garbage collector: %s", err)

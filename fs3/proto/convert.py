@@ -12,6 +12,7 @@ from fs3.types import (
     Quota,
     RoutingTable,
     TargetInfo,
+    TrashEntry,
 )
 
 
@@ -87,3 +88,12 @@ def entry_to_pb(e: DirEntry) -> pb.DirEntry:
 
 def entry_from_pb(m: pb.DirEntry) -> DirEntry:
     return DirEntry(m.name, inode_from_pb(m.inode))
+
+
+def trash_to_pb(e: TrashEntry) -> pb.TrashEntry:
+    return pb.TrashEntry(name=e.name, path=e.path, deleted=e.deleted, expires=e.expires,
+                         inode=inode_to_pb(e.inode))  # fmt: skip
+
+
+def trash_from_pb(m: pb.TrashEntry) -> TrashEntry:
+    return TrashEntry(m.name, m.path, m.deleted, m.expires, inode_from_pb(m.inode))

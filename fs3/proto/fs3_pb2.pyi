@@ -236,6 +236,42 @@ class LengthLimit(_message.Message):
     length: int
     def __init__(self, limited: _Optional[bool] = ..., length: _Optional[int] = ...) -> None: ...
 
+class TrashRequest(_message.Message):
+    __slots__ = ("path", "expire_s")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_S_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    expire_s: float
+    def __init__(self, path: _Optional[str] = ..., expire_s: _Optional[float] = ...) -> None: ...
+
+class TrashEntry(_message.Message):
+    __slots__ = ("name", "path", "deleted", "expires", "inode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    deleted: float
+    expires: float
+    inode: Inode
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., deleted: _Optional[float] = ..., expires: _Optional[float] = ..., inode: _Optional[_Union[Inode, _Mapping]] = ...) -> None: ...
+
+class TrashListing(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[TrashEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[TrashEntry, _Mapping]]] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("name", "to")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    to: str
+    def __init__(self, name: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+
 class Listing(_message.Message):
     __slots__ = ("entries",)
     ENTRIES_FIELD_NUMBER: _ClassVar[int]

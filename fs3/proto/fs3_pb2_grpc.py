@@ -310,6 +310,21 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.InodeRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.LengthLimit.FromString,
                 _registered_method=True)
+        self.Trash = channel.unary_unary(
+                '/fs3.Meta/Trash',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.TrashRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.TrashEntry.FromString,
+                _registered_method=True)
+        self.ListTrash = channel.unary_unary(
+                '/fs3.Meta/ListTrash',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.TrashListing.FromString,
+                _registered_method=True)
+        self.RestoreTrash = channel.unary_unary(
+                '/fs3.Meta/RestoreTrash',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -406,6 +421,24 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trash(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrash(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreTrash(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -483,6 +516,21 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.GetLengthLimit,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.InodeRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.LengthLimit.SerializeToString,
+            ),
+            'Trash': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trash,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.TrashRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.TrashEntry.SerializeToString,
+            ),
+            'ListTrash': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrash,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.TrashListing.SerializeToString,
+            ),
+            'RestoreTrash': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreTrash,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.RestoreRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -890,6 +938,87 @@ class Meta:
             '/fs3.Meta/GetLengthLimit',
             fs3_dot_proto_dot_fs3__pb2.InodeRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.LengthLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/Trash',
+            fs3_dot_proto_dot_fs3__pb2.TrashRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.TrashEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/ListTrash',
+            fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.TrashListing.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreTrash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/RestoreTrash',
+            fs3_dot_proto_dot_fs3__pb2.RestoreRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,207 @@
+"""The trash: ``hai fs3 rm -r --expire 1d`` moves a tree into it in one rename; it can be
+restored until it expires, then meta's collector deletes it and the chunk collector its
+chunks.
+
+Layout: ``/.fs3-trash/<expiry>-<id>/<name>``, one holder folder per deleted tree, named by
+when it expires (UTC, ``20260412T101500Z``, rounded up to the second) and the tree's inode
+id, holding the tree under its own name. The holder keeps the tree's original path in its
+inode's ``target`` field, which directories do not otherwise use, so a restore knows where
+the tree goes back to, however long the path. Moving into the trash is a rename: the tree
+keeps its inodes and chunks, its bytes and inodes leave the quotas it was under (the trash
+sits at the root, outside every quota but the root's), and a restore charges them again,
+failing with EDQUOT when they no longer fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+
+from fs3.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound
+from fs3.meta import quota
+from fs3.meta.namespace import Namespace
+from fs3.meta.store import ROOT_ID, MetaTxn
+from fs3.paths import normalize
+from fs3.types import DIRECTORY, Inode, TrashEntry
+
+TRASH_NAME = ".fs3-trash"
+TRASH = "/" + TRASH_NAME
+_STAMP = "%Y%m%dT%H%M%SZ"
+PURGE_BATCH = 256
+"""Inodes one purge transaction deletes: small enough that a huge tree never holds the
+store's write lock (SQLite) or a conflict window (PostgreSQL) for long."""
+
+
+def _stamp(when: float) -> str:
+    return datetime.datetime.fromtimestamp(math.ceil(when), datetime.timezone.utc).strftime(_STAMP)
+
+
+def expiry_of(name: str) -> float | None:
+    """When the holder ``name`` expires (seconds since the epoch), None if not a holder."""
+    try:
+        stamp = datetime.datetime.strptime(name.split("-", 1)[0], _STAMP)
+    except ValueError:
+        return None
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _in_trash(path: str) -> bool:
+    return path == TRASH or path.startswith(TRASH + "/")
+
+
+class Trash:
+    """Trash operations over a namespace, each one transaction (purging: several)."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.ns = ns
+
+    def _folder(self, txn: MetaTxn) -> Inode | None:
+        found = txn.lookup_inode(ROOT_ID, TRASH_NAME)
+        if found is not None and not found.is_dir:
+            raise NotADirectory(f"{TRASH} is not a directory; move it away", TRASH)
+        return found
+
+    def move(self, path: str, expire_s: float) -> TrashEntry:
+        """Moves the file or tree at ``path`` into the trash for ``expire_s`` seconds.
+
+        Raises NotFound, InvalidArgument (the root, the trash itself, a bad expiry),
+        QuotaExceeded (a root quota with no inode left for the holder).
+        """
+        path = normalize(path)
+        if path == "/" or _in_trash(path):
+            raise InvalidArgument("cannot move the root or the trash into the trash", path)
+        if not expire_s > 0:
+            raise InvalidArgument(f"expiry must be > 0 seconds, got {expire_s}", path)
+        ns = self.ns
+
+        def op(txn: MetaTxn) -> TrashEntry:
+            sparent, name = ns._parent(txn, path)
+            moving = txn.lookup_inode(sparent.id, name)
+            if moving is None:
+                raise NotFound("no such file or directory", path)
+            folder = self._folder(txn)
+            if folder is None:
+                root = txn.get_inode(ROOT_ID)
+                assert root is not None
+                folder = ns._make(txn, root, TRASH_NAME, DIRECTORY, 0o755, TRASH)
+            now = ns._clock()
+            holder_name = f"{_stamp(now + expire_s)}-{moving.id}"
+            holder_path = f"{TRASH}/{holder_name}"
+            holder = ns._make(txn, folder, holder_name, DIRECTORY, 0o700, holder_path,
+                              target=path)  # fmt: skip
+            txn.unlink(sparent.id, name)
+            txn.link(holder.id, name, moving.id)
+            moved = dataclasses.replace(moving, parent=holder.id, ctime=now)
+            txn.put_inode(moved)
+            quota.move_charges(txn, moved, sparent.id, holder.id, path)
+            ns._touch(txn, sparent)
+            return TrashEntry(holder_name, path, now, expiry_of(holder_name) or 0.0, moved)
+
+        return ns.store.run(op)
+
+    def list(self) -> list[TrashEntry]:
+        """Every tree in the trash, soonest to expire first."""
+
+        def op(txn: MetaTxn) -> list[TrashEntry]:
+            folder = self._folder(txn)
+            out = []
+            for name, holder in txn.entries(folder.id) if folder else ():
+                expires = expiry_of(name)
+                content = txn.entries(holder.id) if holder.is_dir else []
+                if expires is None or not content:
+                    continue  # not ours, or a holder half purged
+                out.append(TrashEntry(name, holder.target, holder.ctime, expires, content[0][1]))
+            return out
+
+        return self.ns.store.run(op)
+
+    def restore(self, name: str, to: str | None = None) -> Inode:
+        """Moves the tree of trash entry ``name`` back to where it was (or to ``to``).
+
+        Raises NotFound (no such entry, it expired, or the destination's parent is gone),
+        AlreadyExists (something is at the destination now), InvalidArgument (a destination
+        inside the trash), QuotaExceeded.
+        """
+        ns = self.ns
+
+        def op(txn: MetaTxn) -> Inode:
+            folder = self._folder(txn)
+            holder = txn.lookup_inode(folder.id, name) if folder else None
+            expires = expiry_of(name)
+            content = txn.entries(holder.id) if holder is not None and holder.is_dir else []
+            if holder is None or expires is None or not content:
+                raise NotFound("no such trash entry; see `hai fs3 trash ls`", f"{TRASH}/{name}")
+            if expires <= ns._clock():
+                raise NotFound("trash entry expired and is being deleted", f"{TRASH}/{name}")
+            dst = normalize(to or holder.target)
+            if _in_trash(dst) or dst == "/":
+                raise InvalidArgument("cannot restore into the trash or over the root", dst)
+            dparent, dname = ns._parent(txn, dst)
+            if txn.lookup(dparent.id, dname) is not None:
+                raise AlreadyExists("file exists; restore elsewhere with --to", dst)
+            cname, moving = content[0]
+            txn.unlink(holder.id, cname)
+            txn.link(dparent.id, dname, moving.id)
+            moved = dataclasses.replace(moving, parent=dparent.id, ctime=ns._clock())
+            txn.put_inode(moved)
+            quota.move_charges(txn, moved, holder.id, dparent.id, dst)
+            ns._touch(txn, dparent)
+            txn.unlink(folder.id, name)  # type: ignore[union-attr]
+            ns._discard(txn, holder)
+            return moved
+
+        return ns.store.run(op)
+
+    def purge(self, now: float | None = None, budget: int = 10 * PURGE_BATCH) -> int:
+        """Deletes expired trash entries (their files' chunks go to the garbage queue), at
+        most about ``budget`` inodes per call; returns how many inodes went."""
+        now = self.ns._clock() if now is None else now
+
+        def expired(txn: MetaTxn) -> list[tuple[str, int]]:
+            folder = self._folder(txn)
+            return [(name, holder.id) for name, holder in (txn.entries(folder.id) if folder else ())
+                    if (expiry_of(name) or math.inf) <= now]  # fmt: skip
+
+        deleted = 0
+        for name, holder_id in self.ns.store.run(expired):
+            while deleted < budget:
+                batch = min(PURGE_BATCH, budget - deleted)
+                gone, finished = self.ns.store.run(
+                    lambda txn, n=name, h=holder_id, b=batch: self._delete_some(txn, n, h, b)
+                )
+                deleted += gone
+                if finished:
+                    break
+        return deleted
+
+    def _delete_some(
+        self, txn: MetaTxn, name: str, holder_id: int, budget: int
+    ) -> tuple[int, bool]:
+        """Deletes up to ``budget`` inodes of one holder, deepest first, and the holder once
+        empty; returns (inodes deleted, whether the holder is gone)."""
+        holder = txn.get_inode(holder_id)
+        folder = self._folder(txn)
+        if holder is None or folder is None or txn.lookup(folder.id, name) != holder_id:
+            return 0, True  # restored or purged meanwhile (by another meta server)
+        done = 0
+
+        def visit(directory: Inode) -> None:
+            nonlocal done
+            for child_name, child in txn.entries(directory.id):
+                if done >= budget:
+                    return
+                if child.is_dir:
+                    visit(child)
+                    if done >= budget:
+                        return  # the budget ran out inside it
+                txn.unlink(directory.id, child_name)
+                self.ns._discard(txn, child)
+                done += 1
+
+        visit(holder)
+        if done >= budget and txn.children(holder_id, limit=1):
+            return done, False
+        txn.unlink(folder.id, name)
+        self.ns._discard(txn, holder)
+        return done + 1, True
