@@ -30,7 +30,7 @@ from deepseek.attention import attend_heads_first, causal_mask
 from deepseek.cache import LayerCache
 from deepseek.config import ModelConfig
 from deepseek.layers import RMSNorm
-from deepseek.rope import apply_rotary
+from deepseek.rope import apply_rotary, apply_rotary_
 
 
 class MLA(nn.Module):
@@ -79,15 +79,21 @@ class MLA(nn.Module):
         with a cache.
         """
         b, s, _ = x.shape
-        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope_dim], dim=-1)
-        k_pe = apply_rotary(k_pe[:, :, None], rope, self.interleaved)[:, :, 0]
+        grad = torch.is_grad_enabled()
         # One (latent | k_pe) row per token, so the absorbed scores are a single matmul.
-        kv = torch.cat((self.kv_a_layernorm(latent), k_pe), dim=-1)
+        kv = self.kv_a_proj_with_mqa(x)
+        latent, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)
+        if grad:
+            k_pe = apply_rotary(k_pe[:, :, None], rope, self.interleaved)[:, :, 0]
+            kv = torch.cat((self.kv_a_layernorm(latent), k_pe), dim=-1)
+        else:  # the same row, made inside the projection's output
+            apply_rotary_(k_pe[:, :, None], rope, self.interleaved)
+            latent.copy_(self.kv_a_layernorm(latent))
         if cache is not None:
             (kv,) = cache.append(kv)
         q_in = self.q_a_layernorm(self.q_a_proj(x)) if self.low_rank_q else x
         use_absorbed = cache is not None if absorb is None else absorb
-        if use_absorbed and self.fuse_absorbed and not torch.is_grad_enabled():
+        if use_absorbed and self.fuse_absorbed and not grad:
             return self._absorbed_fused(q_in, rope, kv)
         q = F.linear(q_in, self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight)
         q_nope, q_pe = q.view(b, s, self.heads, -1).split([self.nope, self.rope_dim], dim=-1)
@@ -144,9 +150,9 @@ class MLA(nn.Module):
         b, s, _ = q_in.shape
         h, c = self.heads, self.kv_rank
         w_q, w_o = self._fused_weights()
-        q_latent, q_pe = F.linear(q_in, w_q).view(b, s, h, -1).split([c, self.rope_dim], -1)
-        q_pe = apply_rotary(q_pe, rope, self.interleaved)
-        q = torch.cat((q_latent, q_pe), dim=-1).view(b, s * h, -1)
+        q = F.linear(q_in, w_q).view(b, s, h, -1)  # (latent | rope) per head
+        apply_rotary_(q[..., c:], rope, self.interleaved)
+        q = q.view(b, s * h, -1)
         out_latent = self._latent_attention(q, kv, 1.0)  # the softmax scale is in w_q
         return F.linear(out_latent.view(b, s, h * c), w_o, self.o_proj.bias)
 

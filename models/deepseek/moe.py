@@ -139,9 +139,9 @@ class Experts(nn.Module):
             # (and faster than one _grouped_mm call for them: 223 against 303 µs, V3-small).
             # Without autograd the weights can be Python numbers: one accumulate per expert.
             grad = torch.is_grad_enabled()
-            token_weights = weights[0].to(x.dtype) if grad else weights[0].tolist()
+            token_weights = weights[0].to(x.dtype) if grad else weights.tolist()[0]
             out = None
-            for e, w in zip(indices[0].tolist(), token_weights, strict=True):
+            for e, w in zip(indices.tolist()[0], token_weights, strict=True):
                 gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, -1)
                 y = F.linear(F.silu(gate) * up, self.down_proj[e])
                 if out is None:

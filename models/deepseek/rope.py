@@ -74,6 +74,14 @@ class Rotary(nn.Module):
         return table[start:end]
 
 
+def _as_pairs(x: torch.Tensor) -> torch.Tensor | None:
+    """x's interleaved (real, imag) pairs as a complex view; None where x's layout has none."""
+    strides = x.stride()
+    if strides[-1] != 1 or x.storage_offset() % 2 or any(st % 2 for st in strides[:-1]):
+        return None
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """Rotates x of shape (batch, seq, heads, dim) by the (seq, dim/2) complex table.
 
@@ -82,13 +90,23 @@ def apply_rotary(x: torch.Tensor, rope: torch.Tensor, interleaved: bool) -> torc
     rope = rope[:, None]
     xf = x if x.dtype == torch.float32 else x.float()
     if interleaved:
-        strides = xf.stride()
-        if strides[-1] != 1 or xf.storage_offset() % 2 or any(st % 2 for st in strides[:-1]):
-            xf = xf.contiguous()  # view_as_complex needs whole (real, imag) pairs
-        pairs = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+        pairs = _as_pairs(xf)
+        if pairs is None:
+            pairs = _as_pairs(xf.contiguous())
         out = torch.view_as_real(pairs * rope).flatten(-2)
     else:
         cos, sin = rope.real, rope.imag
         a, b = xf.chunk(2, dim=-1)
         out = torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
     return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def apply_rotary_(x: torch.Tensor, rope: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """`apply_rotary` written into x, for a view into a fresh projection without autograd:
+    decoding rotates the rope part of a query or key where it lies, and so needs no
+    concatenation afterwards. Returns x."""
+    pairs = _as_pairs(x) if interleaved and x.dtype == torch.float32 else None
+    if pairs is None:
+        return x.copy_(apply_rotary(x, rope, interleaved))
+    pairs.mul_(rope[:, None])
+    return x

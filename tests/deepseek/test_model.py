@@ -25,6 +25,21 @@ def test_cached_decode_equals_full_forward(name: str) -> None:
     assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["v3-tiny", "llm-tiny"])
+def test_forward_with_and_without_autograd_agree(name: str) -> None:
+    # Without autograd, decoding builds rotated rows in place; with it, out of place.
+    torch.manual_seed(0)
+    model = deepseek.DeepseekForCausalLM(deepseek.preset(name)).eval()
+    ids = torch.randint(0, 256, (2, 10))
+    with_grad = model(ids).logits
+    with torch.no_grad():
+        without = model(ids).logits
+    with torch.inference_mode():
+        inference = model(ids).logits
+    assert (with_grad - without).abs().max().item() <= 1e-6
+    assert torch.equal(without, inference)
+
+
 def test_logits_to_keep_computes_only_the_last_positions() -> None:
     torch.manual_seed(0)
     model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny")).eval()
