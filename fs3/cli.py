@@ -1,7 +1,8 @@
 """``hai fs3 ...`` commands: each parses options and calls one function.
 
 Service commands (``mgmtd``, ``meta``, ``storage``) are also the container entry points;
-``up``/``down``/``status`` manage a local development cluster.
+``up``/``down``/``status`` manage a local development cluster. The commands on files (ls,
+cp, rm, quota, trash, ...) live in :mod:`fs3.cli_files`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from pathlib import Path
 
 import click
 
+from fs3 import cli_files
+from fs3.cli_util import config_option as _config_option
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="fs3 YAML config file (default: $FS3_CONFIG or ~/.config/fs3/config.yaml).",
-)  # fmt: skip
 _host_option = click.option("--host", default="127.0.0.1", show_default=True)
 
 
@@ -190,41 +189,6 @@ def chains_plan(nodes: int, targets_per_node: int, replicas: int, seed: int,
     click.echo(format_plan(plan, table=not no_table))
 
 
-@fs3.command("ls")
-@click.argument("path", default="fs3:///")
-@click.option("--address", default=None, help="mgmtd HOST:PORT (default: the URL, $FS3_CLUSTER).")
-@click.option("-l", "--long", "long_format", is_flag=True, help="Sizes and modification times.")
-@click.option("-R", "--recursive", is_flag=True, help="List every file below PATH.")
-@_config_option
-def ls(
-    path: str, address: str | None, long_format: bool, recursive: bool, config_path: str | None
-) -> None:
-    """List a folder of an fs3 cluster (PATH: fs3://[HOST:PORT]/folder or /folder)."""
-    import datetime
-
-    from fs3.client import FS3FileSystem
-    from fs3.errors import Fs3Error
-
-    try:
-        address = address or FS3FileSystem._get_kwargs_from_urls(path).get("address")
-        fs = FS3FileSystem(address=address, config_path=config_path)
-        stripped = fs._strip_protocol(path)
-        if recursive:
-            found = fs.find(stripped, withdirs=True, detail=True)
-            entries = [e for name, e in found.items() if name != stripped.rstrip("/")]
-        else:
-            entries = fs.ls(stripped, detail=True)
-    except (Fs3Error, OSError) as err:
-        raise click.ClickException(f"{path}: {err}") from None
-    for entry in sorted(entries, key=lambda e: e["name"]):
-        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
-        if long_format:
-            when = datetime.datetime.fromtimestamp(entry.get("mtime") or 0)
-            click.echo(f"{entry['size']:>12} {when:%Y-%m-%d %H:%M:%S} {name}")
-        else:
-            click.echo(name)
-
-
 _MOUNT = MountOptions()  # the mount's defaults, shown in --help
 
 
@@ -295,3 +259,7 @@ def umount(mountpoint: str, lazy: bool) -> None:
         unmount(mountpoint, lazy)
     except Fs3Error as err:
         raise click.ClickException(str(err)) from None
+
+
+for _command in cli_files.COMMANDS:
+    fs3.add_command(_command)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from fs3.client import FS3FileSystem
+from fs3.cluster import LocalCluster
 from hai.cli import main
 
 
@@ -50,3 +53,75 @@ def test_ls_lists_files_with_sizes(cluster, fs3fs) -> None:  # type: ignore[no-u
     assert sizes == {"/ls-test/a/": 0, "/ls-test/a/one.bin": 1000, "/ls-test/two.bin": 10}
     missing = runner.invoke(main, ["fs3", "ls", "--address", cluster_address, "/nope"])
     assert missing.exit_code == 1 and "/nope" in missing.output
+
+
+def _fs3(*args: str) -> Result:
+    return CliRunner().invoke(main, ["fs3", *args])
+
+
+def test_put_get_cp_mv_cat_stat_du_rm(cluster: LocalCluster, tmp_path: Path) -> None:
+    a = f"--address={cluster.address}"
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "empty").mkdir()
+    payload = os.urandom(600_000)
+    (src / "a.bin").write_bytes(payload)
+    (src / "sub" / "b.txt").write_text("hello fs3\n")
+    put = _fs3("put", "-r", a, str(src), "/cli/")
+    assert put.exit_code == 0, put.output
+    assert "copied 2 files, 600010 bytes" in put.output
+    listing = _fs3("ls", "-R", a, "/cli")
+    assert listing.stdout.split() == ["/cli/src/", "/cli/src/a.bin", "/cli/src/empty/",
+                                      "/cli/src/sub/", "/cli/src/sub/b.txt"]  # fmt: skip
+    assert _fs3("cat", a, "/cli/src/sub/b.txt").stdout == "hello fs3\n"
+    stat = _fs3("stat", a, f"fs3://{cluster.address}/cli/src/a.bin")
+    assert stat.exit_code == 0 and "size: 600000 (585.9 KiB)" in stat.stdout
+    assert "type: file" in stat.stdout and "mode: 0644 (-rw-r--r--)" in stat.stdout
+    du = _fs3("du", a, "/cli")
+    assert du.stdout.split("\t")[:3] == ["600010", "2 files", "3 dirs"]
+    assert _fs3("cp", "-r", a, "/cli/src", "/cli/copy").exit_code == 0
+    assert _fs3("mv", a, "/cli/copy", "/cli/moved").exit_code == 0
+    back = tmp_path / "back"
+    get = _fs3("get", "-r", a, "/cli/moved", str(back))
+    assert get.exit_code == 0, get.output
+    assert (back / "a.bin").read_bytes() == payload and (back / "empty").is_dir()
+    assert (back / "sub" / "b.txt").read_text() == "hello fs3\n"
+    single = _fs3("get", a, "/cli/src/sub/b.txt", str(tmp_path))  # into an existing folder
+    assert single.exit_code == 0 and (tmp_path / "b.txt").read_text() == "hello fs3\n"
+
+    not_r = _fs3("rm", a, "/cli/moved")
+    assert not_r.exit_code == 1 and "/cli/moved: is a directory (use -r)" in not_r.output
+    assert _fs3("rm", "-r", a, "/cli/moved").exit_code == 0
+    assert _fs3("rm", a, "/cli/src/sub/b.txt").exit_code == 0
+    assert _fs3("ls", a, "/cli").stdout.split() == ["/cli/src/"]
+    for args, path in ((["cat", "/cli/nope"], "/cli/nope"), (["stat", "/cli/gone"], "/cli/gone"),
+                       (["get", "/cli/none", str(tmp_path)], "/cli/none"),
+                       (["mv", "/cli/x", "/cli/y"], "/cli/x")):  # fmt: skip
+        failed = _fs3(*args, a)
+        lines = failed.output.strip().splitlines()
+        assert failed.exit_code == 1 and len(lines) == 1 and path in lines[0], failed.output
+    assert _fs3("rm", "-r", a, "/cli").exit_code == 0
+
+
+def test_quota_and_trash_commands(cluster: LocalCluster) -> None:
+    a = f"--address={cluster.address}"
+    fs = FS3FileSystem(cluster.address, skip_instance_cache=True)
+    fs.pipe_file("/cliq/run/one", b"x" * 1000)
+    set_ = _fs3("quota", "set", a, "/cliq", "--bytes", "1K", "--inodes", "10")
+    assert set_.exit_code == 0, set_.output
+    assert "bytes 1000 of 1024" in set_.stdout and "inodes 2 of 10" in set_.stdout
+    full = _fs3("put", a, __file__, "/cliq/more.py")
+    assert full.exit_code == 1 and "/cliq/more.py" in full.output and "quota" in full.output
+    removed = _fs3("rm", "-r", "--expire", "1d", a, "/cliq/run")
+    assert removed.exit_code == 0 and "in the trash as" in removed.output
+    assert "bytes 0 of 1024" in _fs3("quota", "show", a, "/cliq").stdout
+    listed = _fs3("trash", "ls", a)
+    name = next(line.split()[0] for line in listed.stdout.splitlines() if "/cliq/run" in line)
+    assert _fs3("trash", "restore", a, name).exit_code == 0
+    assert fs.cat_file("/cliq/run/one") == b"x" * 1000
+    again = _fs3("trash", "restore", a, name)
+    assert again.exit_code == 1 and name in again.output
+    assert _fs3("quota", "set", a, "/cliq", "--bytes", "0", "--inodes", "0").stdout.endswith(
+        "no quota\n"
+    )
+    fs.rm("/cliq", recursive=True)

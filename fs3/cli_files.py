@@ -1,0 +1,463 @@
+"""``hai fs3`` commands on files: ls, stat, du, cat, cp, mv, rm, put, get, quota, trash.
+
+Each parses its arguments and drives :class:`fs3.FS3FileSystem`; a failure is one line
+naming the path (exit status 1). PATH is ``fs3://[HOST:PORT]/folder`` or ``/folder``; the
+cluster comes from ``--address``, the URL, ``$FS3_CLUSTER`` or the config file. Copies show a
+progress bar when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import posixpath
+import stat as stat_module
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import click
+
+from fs3.cli_util import (
+    address_option,
+    config_option,
+    describe,
+    human,
+    one_line_errors,
+    open_fs,
+    parse_duration,
+    parse_size,
+    progress,
+)
+from fs3.errors import Fs3Error
+
+_BLOCK = 4 << 20  # bytes per read and write of a copy: one default chunk
+
+
+def _when(seconds: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(seconds):%Y-%m-%d %H:%M:%S}"
+
+
+# -- the two ends of a copy -----------------------------------------------------------------
+class _Local:
+    """This machine's files."""
+
+    name = "local"
+
+    def kind(self, path: str) -> str | None:
+        if os.path.isdir(path):
+            return "directory"
+        return "file" if os.path.exists(path) else None
+
+    def walk(self, top: str) -> tuple[list[str], list[tuple[str, int]]]:
+        dirs, files = [], []
+        for folder, subdirs, names in os.walk(top):
+            rel = os.path.relpath(folder, top)
+            dirs += [os.path.normpath(os.path.join(rel, d)) for d in sorted(subdirs)]
+            for name in sorted(names):
+                full = os.path.join(folder, name)
+                files.append((os.path.normpath(os.path.join(rel, name)), os.path.getsize(full)))
+        return dirs, files
+
+    def open(self, path: str, mode: str) -> BinaryIO:
+        if "w" in mode:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, mode)  # noqa: SIM115 - the caller closes it
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def join(self, base: str, rel: str) -> str:
+        return os.path.join(base, rel) if rel != "." else base
+
+    def basename(self, path: str) -> str:
+        return os.path.basename(os.path.normpath(path))
+
+
+class _Fs3:
+    """Paths of the cluster ``fs`` serves."""
+
+    name = "fs3"
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def kind(self, path: str) -> str | None:
+        try:
+            kind = self.fs.info(path)["type"]
+        except FileNotFoundError:
+            return None
+        return "directory" if kind == "directory" else "file"  # a symlink is read through
+
+    def walk(self, top: str) -> tuple[list[str], list[tuple[str, int]]]:
+        top = self.fs._strip_protocol(top).rstrip("/") or "/"
+        found = self.fs.find(top, withdirs=True, detail=True)
+        dirs, files = [], []
+        for name, info in sorted(found.items()):
+            if name.rstrip("/") == top:
+                continue
+            rel = posixpath.relpath(name, top)
+            if info["type"] == "directory":
+                dirs.append(rel)
+            else:
+                files.append((rel, info["size"]))
+        return dirs, files
+
+    def open(self, path: str, mode: str) -> BinaryIO:
+        return self.fs.open(path, mode)  # type: ignore[no-any-return]
+
+    def makedirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
+    def join(self, base: str, rel: str) -> str:
+        return posixpath.join(base, rel) if rel != "." else base
+
+    def basename(self, path: str) -> str:
+        return posixpath.basename(self.fs._strip_protocol(path).rstrip("/"))
+
+
+def _copy(src: _Local | _Fs3, sources: tuple[str, ...], dst: _Local | _Fs3, target: str,
+          recursive: bool) -> tuple[int, int]:  # fmt: skip
+    """Copies ``sources`` to ``target`` as cp(1) does; returns (files, bytes) copied.
+
+    A source directory needs ``recursive``; the target is a directory to copy into when it
+    exists as one, ends with "/" or there are several sources, else the copy's own name.
+    """
+    into = dst.kind(target) == "directory" or target.endswith("/")
+    if len(sources) > 1 and not into:
+        raise click.ClickException(f"{target}: not a directory (copying several sources)")
+    dirs: list[str] = []
+    files: list[tuple[str, str, int]] = []
+    for source in sources:
+        kind = src.kind(source)
+        if kind is None:
+            raise click.ClickException(f"{source}: no such file or directory")
+        dest = dst.join(target, src.basename(source)) if into else target
+        if kind == "directory":
+            if not recursive:
+                raise click.ClickException(f"{source}: is a directory (use -r)")
+            sub_dirs, sub_files = src.walk(source)
+            dirs += [dest] + [dst.join(dest, d) for d in sub_dirs]
+            files += [(src.join(source, f), dst.join(dest, f), n) for f, n in sub_files]
+        else:
+            files.append((source, dest, 0))
+    total = sum(n for _, _, n in files)
+    done = 0
+    with progress(f"{src.name} -> {dst.name}", total or None) as advance:
+        for folder in dirs:
+            with one_line_errors(folder):
+                dst.makedirs(folder)
+        for source, dest, _ in files:
+            try:
+                with src.open(source, "rb") as fin, dst.open(dest, "wb") as fout:
+                    while block := fin.read(_BLOCK):
+                        fout.write(block)
+                        done += len(block)
+                        advance(len(block))
+            except (Fs3Error, OSError) as err:
+                raise click.ClickException(describe(err, source)) from None
+    return len(files), done
+
+
+# -- commands ---------------------------------------------------------------------------------
+@click.command("ls")
+@click.argument("path", default="fs3:///")
+@address_option
+@click.option("-l", "--long", "long_format", is_flag=True, help="Sizes and modification times.")
+@click.option("-R", "--recursive", is_flag=True, help="List every file below PATH.")
+@config_option
+def ls(
+    path: str, address: str | None, long_format: bool, recursive: bool, config_path: str | None
+) -> None:
+    """List a folder of an fs3 cluster (PATH: fs3://[HOST:PORT]/folder or /folder)."""
+    with one_line_errors(path):
+        fs = open_fs(address, config_path, path)
+        stripped = fs._strip_protocol(path)
+        if recursive:
+            found = fs.find(stripped, withdirs=True, detail=True)
+            entries = [e for name, e in found.items() if name != stripped.rstrip("/")]
+        else:
+            entries = fs.ls(stripped, detail=True)
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
+        if long_format:
+            click.echo(f"{entry['size']:>12} {_when(entry.get('mtime') or 0)} {name}")
+        else:
+            click.echo(name)
+
+
+@click.command("stat")
+@click.argument("paths", nargs=-1, required=True)
+@address_option
+@config_option
+def stat(paths: tuple[str, ...], address: str | None, config_path: str | None) -> None:
+    """Show everything meta knows of each PATH: kind, size, mode, times, layout, quota."""
+    fs = open_fs(address, config_path, *paths)
+    for path in paths:
+        with one_line_errors(path):
+            inode = fs.meta.stat(fs._strip_protocol(path))
+        kind_bits = {"file": stat_module.S_IFREG, "directory": stat_module.S_IFDIR}
+        mode = stat_module.filemode(kind_bits.get(inode.kind, stat_module.S_IFLNK) | inode.mode)
+        lines = [("path", fs._strip_protocol(path)), ("type", inode.kind),
+                 ("size", f"{inode.length} ({human(inode.length)})"),
+                 ("mode", f"{inode.mode:04o} ({mode})"), ("inode", str(inode.id)),
+                 ("modified", _when(inode.mtime)), ("accessed", _when(inode.atime or inode.mtime)),
+                 ("changed", _when(inode.ctime))]  # fmt: skip
+        lay = inode.layout
+        if lay.chains:
+            chains = ",".join(map(str, lay.chains))
+            lines.append(("layout", f"{lay.chunk_size}-byte chunks over chains {chains} "
+                                    f"(seed {lay.seed})"))  # fmt: skip
+        if inode.target and inode.kind == "symlink":
+            lines.append(("target", inode.target))
+        if inode.quota is not None:
+            lines.append(("quota", _quota_line(inode.quota)))
+        for key, value in lines:
+            click.echo(f"{key:>9}: {value}")
+        if len(paths) > 1:
+            click.echo()
+
+
+@click.command("du")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-h", "--human", "human_sizes", is_flag=True, help="Sizes in KiB/MiB/GiB.")
+@address_option
+@config_option
+def du(paths: tuple[str, ...], human_sizes: bool, address: str | None,
+       config_path: str | None) -> None:  # fmt: skip
+    """Bytes (file lengths), files and directories below each PATH."""
+    fs = open_fs(address, config_path, *paths)
+    for path in paths:
+        with one_line_errors(path):
+            stripped = fs._strip_protocol(path)
+            if fs.info(stripped)["type"] != "directory":
+                found = {stripped: fs.info(stripped)}
+            else:
+                found = fs.find(stripped, withdirs=True, detail=True)
+        size = sum(e["size"] for e in found.values() if e["type"] == "file")
+        nfiles = sum(e["type"] != "directory" for e in found.values())
+        ndirs = sum(e["type"] == "directory" and n != stripped for n, e in found.items())
+        shown = human(size) if human_sizes else str(size)
+        click.echo(f"{shown}\t{nfiles} files\t{ndirs} dirs\t{stripped}")
+
+
+@click.command("cat")
+@click.argument("paths", nargs=-1, required=True)
+@address_option
+@config_option
+def cat(paths: tuple[str, ...], address: str | None, config_path: str | None) -> None:
+    """Write the bytes of each PATH to stdout."""
+    fs = open_fs(address, config_path, *paths)
+    out = sys.stdout.buffer
+    for path in paths:
+        with one_line_errors(path), fs.open(fs._strip_protocol(path), "rb") as f:
+            while block := f.read(_BLOCK):
+                out.write(block)
+    out.flush()
+
+
+def _transfer(src: str, dst: str, sources: tuple[str, ...], target: str, recursive: bool,
+              address: str | None, config_path: str | None) -> None:  # fmt: skip
+    fs = open_fs(address, config_path, *sources, target)
+    sides: dict[str, _Local | _Fs3] = {"local": _Local(), "fs3": _Fs3(fs)}
+    if sides[src].name == "fs3":
+        sources = tuple(fs._strip_protocol(s) for s in sources)
+    if sides[dst].name == "fs3":
+        target = fs._strip_protocol(target) + ("/" if target.endswith("/") else "")
+    files, nbytes = _copy(sides[src], sources, sides[dst], target, recursive)
+    click.echo(f"copied {files} files, {nbytes} bytes ({human(nbytes)})", err=True)
+
+
+_recursive = click.option("-r", "-R", "--recursive", is_flag=True, help="Copy directories.")
+
+
+@click.command("put")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("target")
+@_recursive
+@address_option
+@config_option
+def put(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
+        config_path: str | None) -> None:  # fmt: skip
+    """Copy local files (directories with -r) to TARGET in fs3."""
+    _transfer("local", "fs3", sources, target, recursive, address, config_path)
+
+
+@click.command("get")
+@click.argument("sources", nargs=-1, required=True)
+@click.argument("target", type=click.Path())
+@_recursive
+@address_option
+@config_option
+def get(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
+        config_path: str | None) -> None:  # fmt: skip
+    """Copy fs3 files (directories with -r) to TARGET on this machine."""
+    _transfer("fs3", "local", sources, target, recursive, address, config_path)
+
+
+@click.command("cp")
+@click.argument("sources", nargs=-1, required=True)
+@click.argument("target")
+@_recursive
+@address_option
+@config_option
+def cp(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
+       config_path: str | None) -> None:  # fmt: skip
+    """Copy files (directories with -r) within fs3."""
+    _transfer("fs3", "fs3", sources, target, recursive, address, config_path)
+
+
+@click.command("mv")
+@click.argument("sources", nargs=-1, required=True)
+@click.argument("target")
+@address_option
+@config_option
+def mv(sources: tuple[str, ...], target: str, address: str | None,
+       config_path: str | None) -> None:  # fmt: skip
+    """Move (rename) files and directories within fs3; each move is one atomic rename."""
+    fs = open_fs(address, config_path, *sources, target)
+    side = _Fs3(fs)
+    target = fs._strip_protocol(target)
+    with one_line_errors(target):
+        into = side.kind(target) == "directory"
+    if len(sources) > 1 and not into:
+        raise click.ClickException(f"{target}: not a directory (moving several sources)")
+    for source in sources:
+        with one_line_errors(source):
+            dest = posixpath.join(target, side.basename(source)) if into else target
+            fs.rename(source, dest)
+
+
+@click.command("rm")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "-R", "--recursive", is_flag=True, help="Remove directories and their trees.")
+@click.option("--expire", default=None, metavar="DURATION",
+              help="Move to the trash instead, restorable for DURATION (30m, 12h, 1d, 1w), "
+                   "then deleted.")  # fmt: skip
+@address_option
+@config_option
+def rm(paths: tuple[str, ...], recursive: bool, expire: str | None, address: str | None,
+       config_path: str | None) -> None:  # fmt: skip
+    """Remove files (directories with -r), or move them to the trash with --expire."""
+    seconds = parse_duration(expire) if expire is not None else None
+    fs = open_fs(address, config_path, *paths)
+    for path in paths:
+        stripped = fs._strip_protocol(path)
+        with one_line_errors(path):
+            is_dir = fs.info(stripped)["type"] == "directory"
+        if is_dir and not recursive:
+            raise click.ClickException(f"{stripped}: is a directory (use -r)")
+        if seconds is not None:
+            with one_line_errors(path):
+                entry = fs.trash(stripped, seconds)
+            until = _when(entry.expires)
+            restore = f"hai fs3 trash restore {entry.name}"
+            click.echo(f"{stripped}: in the trash as {entry.name} until {until}; "
+                       f"`{restore}` brings it back", err=True)  # fmt: skip
+            continue
+        if not is_dir:
+            with one_line_errors(path):
+                fs.rm_file(stripped)
+            continue
+        with one_line_errors(path):
+            found = fs.find(stripped, withdirs=True, detail=True)
+        # Deepest first, so every directory is empty when its turn comes.
+        order = sorted(found, key=lambda name: (-name.count("/"), name))
+        with progress(f"removing {stripped}", len(order), unit_bytes=False) as advance:
+            for name in order:
+                with one_line_errors(name):
+                    if found[name]["type"] == "directory":
+                        fs.rmdir(name)
+                    else:
+                        fs.rm_file(name)
+                advance(1)
+
+
+def _quota_line(q: Any) -> str:
+    def part(used: int, limit: int, what: str, fmt: Callable[[int], str]) -> str:
+        if not limit:
+            return f"{what} {used} ({fmt(used)}), no limit"
+        return f"{what} {used} of {limit} ({fmt(used)} of {fmt(limit)}, {100 * used / limit:.0f}%)"
+
+    return "; ".join((part(q.used_bytes, q.max_bytes, "bytes", human),
+                      part(q.used_inodes, q.max_inodes, "inodes", str)))  # fmt: skip
+
+
+@click.group("quota")
+def quota() -> None:
+    """Directory quotas: bytes and inodes below a directory (EDQUOT past a limit)."""
+
+
+@quota.command("set")
+@click.argument("path")
+@click.option("--bytes", "max_bytes", default=None, metavar="SIZE",
+              help="Limit of the file bytes below PATH (512M, 10G, 1T; 0 removes it).")  # fmt: skip
+@click.option("--inodes", "max_inodes", type=int, default=None,
+              help="Limit of files, directories, symlinks below PATH (0 removes it).")  # fmt: skip
+@address_option
+@config_option
+def quota_set(path: str, max_bytes: str | None, max_inodes: int | None, address: str | None,
+              config_path: str | None) -> None:  # fmt: skip
+    """Set (or change) the quota of directory PATH; limits not given stay as they were."""
+    if max_bytes is None and max_inodes is None:
+        raise click.UsageError("give --bytes and/or --inodes")
+    limit = parse_size(max_bytes) if max_bytes is not None else None
+    fs = open_fs(address, config_path, path)
+    with one_line_errors(path):
+        q = fs.set_quota(path, limit, max_inodes)
+    stripped = fs._strip_protocol(path)
+    click.echo(f"{stripped}: {_quota_line(q)}" if q else f"{stripped}: no quota")
+
+
+@quota.command("show")
+@click.argument("paths", nargs=-1, required=True)
+@address_option
+@config_option
+def quota_show(paths: tuple[str, ...], address: str | None, config_path: str | None) -> None:
+    """Show the limits and usage of each directory PATH."""
+    fs = open_fs(address, config_path, *paths)
+    for path in paths:
+        with one_line_errors(path):
+            q = fs.quota(path)
+        stripped = fs._strip_protocol(path)
+        click.echo(f"{stripped}: {_quota_line(q)}" if q else f"{stripped}: no quota")
+
+
+@click.group("trash")
+def trash() -> None:
+    """Trees removed with `rm --expire`: list and restore them until they expire."""
+
+
+@trash.command("ls")
+@address_option
+@config_option
+def trash_ls(address: str | None, config_path: str | None) -> None:
+    """List the trash, soonest to expire first."""
+    fs = open_fs(address, config_path)
+    with one_line_errors("trash"):
+        entries = fs.trash_list()
+    for e in entries:
+        size = f"{e.inode.length}" if e.inode.kind == "file" else "dir"
+        click.echo(f"{e.name}  {_when(e.deleted)}  {_when(e.expires)}  {size:>10}  {e.path}")
+    if not entries:
+        click.echo("the trash is empty", err=True)
+
+
+@trash.command("restore")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--to", "to", default=None, help="Restore here instead of the original path.")
+@address_option
+@config_option
+def trash_restore(names: tuple[str, ...], to: str | None, address: str | None,
+                  config_path: str | None) -> None:  # fmt: skip
+    """Move trash entries NAME (see `trash ls`) back where they were."""
+    if to and len(names) > 1:
+        raise click.UsageError("--to takes one entry")
+    fs = open_fs(address, config_path)
+    for name in names:
+        with one_line_errors(name):
+            back = fs.restore(name, to)
+        click.echo(f"{name}: restored to {back}", err=True)
+
+
+COMMANDS = [ls, stat, du, cat, put, get, cp, mv, rm, quota, trash]

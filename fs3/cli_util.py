@@ -1,0 +1,113 @@
+"""What the ``hai fs3`` commands share: options, opening the cluster, one-line errors, sizes
+and durations on the command line, and progress bars on a terminal."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from fs3.errors import Fs3Error
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="fs3 YAML config file (default: $FS3_CONFIG or ~/.config/fs3/config.yaml).",
+)  # fmt: skip
+address_option = click.option(
+    "--address", default=None,
+    help="mgmtd HOST:PORT[,HOST:PORT] (default: from an fs3:// URL, $FS3_CLUSTER, the config).",
+)  # fmt: skip
+
+
+def open_fs(address: str | None, config_path: str | None, *urls: str) -> Any:
+    """An :class:`fs3.FS3FileSystem` for ``address``, else the first ``fs3://HOST:PORT/``
+    URL among ``urls``, else ``$FS3_CLUSTER`` / the config file."""
+    from fs3.client import FS3FileSystem
+
+    for url in urls:
+        address = address or FS3FileSystem._get_kwargs_from_urls(url).get("address")
+    with one_line_errors("fs3 cluster"):
+        return FS3FileSystem(address=address, config_path=config_path, skip_instance_cache=True)
+
+
+def describe(err: BaseException, what: str) -> str:
+    """One line: the path the error names (else ``what``) and what went wrong."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err}"
+    message = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return f"{what}: {message}" if what else message
+
+
+@contextmanager
+def one_line_errors(what: str = "") -> Iterator[None]:
+    """Turns an fs3 or OS error into ``click.ClickException`` (exit status 1) of one line
+    naming the path."""
+    try:
+        yield
+    except (Fs3Error, OSError) as err:
+        raise click.ClickException(describe(err, what)) from None
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text: str) -> int:
+    """``"1500"``, ``"64K"``, ``"1.5GiB"``, ``"2TB"`` -> bytes (binary units: K = 1024).
+    Raises click.BadParameter."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not a size like 1048576, 512K, 10G or 1.5TiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"30s"``, ``"15m"``, ``"2h"``, ``"1d"``, ``"1w"`` -> seconds."""
+    m = _DURATION.match(text)
+    if m is None or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 15m, 2h, 1d or 1w")
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+
+
+def human(n: float) -> str:
+    """Bytes as ``"1.5 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def progress(description: str, total: float | None, unit_bytes: bool = True) -> Iterator[
+    Callable[[float], None]
+]:  # fmt: skip
+    """Yields ``advance(n)``; on a terminal (stderr) a rich progress bar shows it, elsewhere
+    nothing does."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+    columns += ([DownloadColumn(binary_units=True), TransferSpeedColumn()] if unit_bytes
+                else [MofNCompleteColumn()])  # fmt: skip
+    columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
