@@ -1,8 +1,9 @@
 """``hai fs3 ...`` commands: each parses options and calls one function.
 
 Service commands (``mgmtd``, ``meta``, ``storage``) are also the container entry points;
-``up``/``down``/``status`` manage a local development cluster. The commands on files (ls,
-cp, rm, quota, trash, ...) live in :mod:`fs3.cli_files`.
+``up``/``down`` manage a local development cluster. The commands on files (ls,
+cp, rm, quota, trash, ...) live in :mod:`fs3.cli_files`, those on the cluster (status,
+targets, chains, df, fsck) in :mod:`fs3.cli_admin`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from fs3 import cli_files
+from fs3 import cli_admin, cli_files
 from fs3.cli_util import config_option as _config_option
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
@@ -102,12 +103,20 @@ def storage(config_path: str | None, host: str, target_id: int, root: str, mgmtd
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--targets", type=int, default=3, show_default=True)
 @click.option("--replicas", type=int, default=3, show_default=True)
+@click.option("--mgmtds", type=int, default=1, show_default=True,
+              help="mgmtd processes: one primary, the others standbys.")  # fmt: skip
+@click.option("--metas", type=int, default=1, show_default=True,
+              help="Meta servers sharing the namespace.")  # fmt: skip
 @click.option("--detach", is_flag=True, help="Return once ready; stop later with `down`.")
-def up(directory: str, targets: int, replicas: int, detach: bool) -> None:
+def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int,
+       detach: bool) -> None:  # fmt: skip
     """Start a local cluster under DIRECTORY and print its address."""
     from fs3.cluster import LocalCluster
 
-    cluster = LocalCluster(Path(directory), targets=targets, replicas=replicas)
+    if mgmtds < 1 or metas < 1:
+        raise click.BadParameter(f"--mgmtds ({mgmtds}) and --metas ({metas}) must be >= 1")
+    cluster = LocalCluster(Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds,
+                           metas=metas)  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -134,59 +143,6 @@ def down(directory: str) -> None:
 
     count = stop_cluster(Path(directory))
     click.echo(f"stopped {count} fs3 processes")
-
-
-@fs3.command()
-@click.argument("directory", type=click.Path(file_okay=False), required=False)
-@click.option("--address", default=None, help="mgmtd HOST:PORT (default: DIRECTORY/address).")
-@_config_option
-def status(directory: str | None, address: str | None, config_path: str | None) -> None:
-    """Show targets, chains and their states."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from fs3.mgmtd.client import MgmtdClient
-
-    if address is None and directory is not None:
-        address = (Path(directory) / "address").read_text().strip()
-    config = load_config(config_path)
-    client = MgmtdClient(address or config.client.address, config.timeouts.rpc_s)
-    table = client.refresh()
-    client.close()
-    console = Console()
-    console.print(f"chain table version {table.version}, meta at {table.meta_address or '-'}")
-    targets = Table("target", "address", "alive", title="targets")
-    for t in sorted(table.targets.values(), key=lambda t: t.target_id):
-        targets.add_row(str(t.target_id), f"{t.host}:{t.data_port}", "yes" if t.alive else "NO")
-    chains = Table("chain", "members (head first)", title="chains")
-    for c in sorted(table.chains.values(), key=lambda c: c.chain_id):
-        chains.add_row(str(c.chain_id), "  ".join(f"{m.target_id}:{m.state}" for m in c.members))
-    console.print(targets)
-    console.print(chains)
-
-
-@fs3.group()
-def chains() -> None:
-    """Chain tables: plan one for a cluster's shape."""
-
-
-@chains.command("plan")
-@click.option("--nodes", type=int, required=True, help="Storage nodes (failure domains).")
-@click.option("--targets-per-node", type=int, required=True, help="Storage targets per node.")
-@click.option("--replicas", type=int, default=3, show_default=True, help="Targets per chain.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Local search seed.")
-@click.option("--no-table", is_flag=True, help="Print only the balance figures.")
-def chains_plan(nodes: int, targets_per_node: int, replicas: int, seed: int,
-                no_table: bool) -> None:  # fmt: skip
-    """Print a chain table that spreads recovery reads evenly (a BIBD where one is found)."""
-    from fs3.errors import ConfigError
-    from fs3.mgmtd.placement import format_plan, plan_chains
-
-    try:
-        plan = plan_chains(nodes, targets_per_node, replicas, seed)
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo(format_plan(plan, table=not no_table))
 
 
 _MOUNT = MountOptions()  # the mount's defaults, shown in --help
@@ -261,5 +217,5 @@ def umount(mountpoint: str, lazy: bool) -> None:
         raise click.ClickException(str(err)) from None
 
 
-for _command in cli_files.COMMANDS:
+for _command in cli_files.COMMANDS + cli_admin.COMMANDS:
     fs3.add_command(_command)

@@ -124,6 +124,43 @@ class TargetInfo:
 
 
 @dataclass(frozen=True)
+class ResyncProgress:
+    """A resync a chain's last serving member runs: ``done`` of ``total`` chunks compared
+    (and copied where they differed) towards successor ``target_id``."""
+
+    chain_id: int
+    target_id: int
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class TargetStats:
+    """What a storage target reports with each heartbeat (mgmtd keeps the latest in memory;
+    it is no part of the versioned chain table)."""
+
+    target_id: int
+    total_bytes: int = 0
+    """Size of the file system holding the target's folder."""
+    free_bytes: int = 0
+    """Bytes of that file system the target may still use."""
+    used_bytes: int = 0
+    """Bytes of committed chunks on the target (one replica's share)."""
+    chunks: int = 0
+    fsid: str = ""
+    """Machine and device of that file system: targets sharing one count it once."""
+    resyncs: tuple[ResyncProgress, ...] = ()
+    """Resyncs this target runs as predecessor."""
+
+
+def capacity(stats: list[TargetStats]) -> tuple[int, int]:
+    """(total, free) bytes of the file systems that hold targets, each counted once however
+    many targets share it (every target of a one-machine cluster sits on one disk)."""
+    by_fs = {t.fsid or f"target {t.target_id}": t for t in stats}
+    return sum(t.total_bytes for t in by_fs.values()), sum(t.free_bytes for t in by_fs.values())
+
+
+@dataclass(frozen=True)
 class ChainMember:
     target_id: int
     state: str = OFFLINE

@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ from fs3.fuse.files import Cursor, OpenFile, set_file_length
 from fs3.fuse.inodes import InodeTable
 from fs3.fuse.options import MountOptions
 from fs3.meta.store import ROOT_ID
-from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode
+from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, capacity
 
 log = logging.getLogger("fs3.fuse")
 T = TypeVar("T")
@@ -57,8 +58,9 @@ RELEASE_WAIT_S = 0.2
 """How long an unlink waits for the release of a file every descriptor of which was closed:
 the kernel sends release after close returns, so ``close(); unlink()`` often finds the file
 still open, and moving it to the orphans would cost two more meta calls."""
-NOMINAL_CAPACITY = 1 << 50
-"""fs3 reports no capacity yet: statfs shows 1 PiB free so tools that check space proceed."""
+CAPACITY_TTL_S = 1.0
+"""How long statfs reuses the capacity mgmtd reported: ``df`` and file managers call it in
+bursts, and targets report only every heartbeat anyway."""
 _KIND_BITS = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
 
 
@@ -121,6 +123,7 @@ class Fs3Operations(pyfuse3.Operations):
         self.initialised = trio.Event()
         """Set once the kernel's INIT request has been answered."""
         self._executor = ThreadPoolExecutor(options.io_threads, "fs3-fuse-io")
+        self._capacity_seen: tuple[float, int, int] | None = None  # when, total, free
         me = f"{socket.gethostname()}-{os.getpid()}"
         self._orphan_names = (f"{me}-{n}" for n in itertools.count())
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -273,13 +276,24 @@ class Fs3Operations(pyfuse3.Operations):
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        total, free = await self._blocking(self._capacity)
         s = pyfuse3.StatvfsData()
         s.f_bsize = BLKSIZE
         s.f_frsize = 4096
-        s.f_blocks = s.f_bfree = s.f_bavail = NOMINAL_CAPACITY // s.f_frsize
+        s.f_blocks = total // s.f_frsize
+        s.f_bfree = s.f_bavail = free // s.f_frsize
         s.f_files = s.f_ffree = s.f_favail = 1 << 32
         s.f_namemax = NAME_MAX
         return s
+
+    def _capacity(self) -> tuple[int, int]:
+        """(total, free) bytes of the file systems under the targets, each counted once,
+        as the targets last reported them to mgmtd (raw bytes: a file takes its length
+        once per replica)."""
+        now = time.monotonic()
+        if self._capacity_seen is None or now - self._capacity_seen[0] > CAPACITY_TTL_S:
+            self._capacity_seen = (now, *capacity(self.fs.mgmtd.stats()))
+        return self._capacity_seen[1], self._capacity_seen[2]
 
     # -- directories -------------------------------------------------------------------
     @_handler

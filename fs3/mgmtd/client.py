@@ -16,9 +16,9 @@ import grpc
 from fs3.errors import Fs3Error, Fs3TimeoutError, Unavailable
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
-from fs3.proto.convert import routing_from_pb, target_to_pb
+from fs3.proto.convert import routing_from_pb, stats_from_pb, stats_to_pb, target_to_pb
 from fs3.rpc import call, channel
-from fs3.types import RoutingTable, TargetInfo
+from fs3.types import RoutingTable, TargetInfo, TargetStats
 
 _INFO_METHOD = "/fs3.MgmtdAdmin/Info"  # fs3.mgmtd.service.INFO_METHOD, without the import
 
@@ -68,9 +68,16 @@ class MgmtdClient:
     def refresh(self) -> RoutingTable:
         return self._keep(self._call("GetRouting", pb.Empty(), "get routing table"))
 
-    def heartbeat(self, target: TargetInfo) -> RoutingTable:
-        req = pb.HeartbeatRequest(target=target_to_pb(target))
+    def heartbeat(self, target: TargetInfo, stats: TargetStats | None = None) -> RoutingTable:
+        req = pb.HeartbeatRequest(target=target_to_pb(target),
+                                  stats=stats_to_pb(stats) if stats else None)  # fmt: skip
         return self._keep(self._call("Heartbeat", req, "heartbeat"))
+
+    def stats(self) -> list[TargetStats]:
+        """Capacity, chunk counts and resync progress each target last reported to the
+        primary (none right after a fail-over, until the targets' next heartbeats)."""
+        reply = self._call("Stats", pb.Empty(), "get target stats")
+        return [stats_from_pb(t) for t in reply.targets]
 
     def register_meta(self, address: str) -> RoutingTable:
         req = pb.RegisterMetaRequest(address=address)

@@ -20,7 +20,16 @@ from collections.abc import Callable
 
 from fs3.config import MgmtdConfig
 from fs3.errors import ConfigError, NotFound
-from fs3.types import OFFLINE, SERVING, SYNCING, Chain, ChainMember, RoutingTable, TargetInfo
+from fs3.types import (
+    OFFLINE,
+    SERVING,
+    SYNCING,
+    Chain,
+    ChainMember,
+    RoutingTable,
+    TargetInfo,
+    TargetStats,
+)
 
 
 def build_chains(target_ids: list[int], replicas: int) -> dict[int, list[int]]:
@@ -73,6 +82,7 @@ class Mgmtd:
         # Known targets and meta servers get one lease of grace to find the new primary.
         self._last_seen: dict[int, float] = {t: now for t in table.targets}
         self._meta_seen: dict[str, float] = {m: now for m in table.meta_addresses}
+        self._stats: dict[int, TargetStats] = {}  # the latest each target sent; not saved
         self._save(table)
         self._table = table
 
@@ -80,9 +90,13 @@ class Mgmtd:
         with self._lock:
             return self._table
 
-    def heartbeat(self, target: TargetInfo) -> RoutingTable:
+    def heartbeat(self, target: TargetInfo, stats: TargetStats | None = None) -> RoutingTable:
+        """Renews ``target``'s lease and keeps its ``stats`` (capacity, chunks, resyncs),
+        which change no table version."""
         with self._lock:
             self._last_seen[target.target_id] = self._clock()
+            if stats is not None:
+                self._stats[target.target_id] = stats
             targets = dict(self._table.targets)
             changed = targets.get(target.target_id) != dataclasses.replace(target, alive=True)
             targets[target.target_id] = dataclasses.replace(target, alive=True)
@@ -100,6 +114,11 @@ class Mgmtd:
             if changed:
                 self._publish(targets, chains)
             return self._table
+
+    def stats(self) -> list[TargetStats]:
+        """The latest stats of every target that sent some since this core started."""
+        with self._lock:
+            return [self._stats[t] for t in sorted(self._stats)]
 
     def check_leases(self) -> RoutingTable:
         """Takes targets whose lease lapsed offline and drops meta servers whose lease lapsed

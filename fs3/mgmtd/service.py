@@ -27,7 +27,7 @@ from fs3.mgmtd.placement import plan_chains
 from fs3.mgmtd.store import open_mgmtd_store
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
-from fs3.proto.convert import routing_to_pb, target_from_pb
+from fs3.proto.convert import routing_to_pb, stats_from_pb, stats_to_pb, target_from_pb
 from fs3.rpc import serve, servicer_method
 from fs3.types import RoutingTable
 
@@ -63,7 +63,8 @@ class MgmtdServicer(pbg.MgmtdServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
-        return self._reply(self._core().heartbeat(target_from_pb(request.target)), context)
+        stats = stats_from_pb(request.stats) if request.HasField("stats") else None
+        return self._reply(self._core().heartbeat(target_from_pb(request.target), stats), context)
 
     @servicer_method
     def RegisterMeta(
@@ -80,6 +81,10 @@ class MgmtdServicer(pbg.MgmtdServicer):
         self, request: pb.SyncDoneRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
         return self._reply(self._core().sync_done(request.chain_id, request.target_id), context)
+
+    @servicer_method
+    def Stats(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ClusterStats:
+        return pb.ClusterStats(targets=[stats_to_pb(t) for t in self._core().stats()])
 
     @servicer_method
     def Info(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:

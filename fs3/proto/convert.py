@@ -10,8 +10,10 @@ from fs3.types import (
     Inode,
     Layout,
     Quota,
+    ResyncProgress,
     RoutingTable,
     TargetInfo,
+    TargetStats,
     TrashEntry,
 )
 
@@ -97,3 +99,18 @@ def trash_to_pb(e: TrashEntry) -> pb.TrashEntry:
 
 def trash_from_pb(m: pb.TrashEntry) -> TrashEntry:
     return TrashEntry(m.name, m.path, m.deleted, m.expires, inode_from_pb(m.inode))
+
+
+def stats_to_pb(t: TargetStats) -> pb.TargetStats:
+    return pb.TargetStats(
+        target_id=t.target_id, total_bytes=t.total_bytes, free_bytes=t.free_bytes,
+        used_bytes=t.used_bytes, chunks=t.chunks, fsid=t.fsid,
+        resyncs=[pb.ResyncProgress(chain_id=r.chain_id, target_id=r.target_id, done=r.done,
+                                   total=r.total) for r in t.resyncs],
+    )  # fmt: skip
+
+
+def stats_from_pb(m: pb.TargetStats) -> TargetStats:
+    resyncs = tuple(ResyncProgress(r.chain_id, r.target_id, r.done, r.total) for r in m.resyncs)
+    return TargetStats(m.target_id, m.total_bytes, m.free_bytes, m.used_bytes, m.chunks, m.fsid,
+                       resyncs)  # fmt: skip

@@ -52,11 +52,49 @@ class RoutingTable(_message.Message):
     meta_address: str
     def __init__(self, version: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., chains: _Optional[_Iterable[_Union[Chain, _Mapping]]] = ..., meta_address: _Optional[str] = ...) -> None: ...
 
+class ResyncProgress(_message.Message):
+    __slots__ = ("chain_id", "target_id", "done", "total")
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    chain_id: int
+    target_id: int
+    done: int
+    total: int
+    def __init__(self, chain_id: _Optional[int] = ..., target_id: _Optional[int] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class TargetStats(_message.Message):
+    __slots__ = ("target_id", "total_bytes", "free_bytes", "used_bytes", "chunks", "fsid", "resyncs")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FSID_FIELD_NUMBER: _ClassVar[int]
+    RESYNCS_FIELD_NUMBER: _ClassVar[int]
+    target_id: int
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    chunks: int
+    fsid: str
+    resyncs: _containers.RepeatedCompositeFieldContainer[ResyncProgress]
+    def __init__(self, target_id: _Optional[int] = ..., total_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., fsid: _Optional[str] = ..., resyncs: _Optional[_Iterable[_Union[ResyncProgress, _Mapping]]] = ...) -> None: ...
+
+class ClusterStats(_message.Message):
+    __slots__ = ("targets",)
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    targets: _containers.RepeatedCompositeFieldContainer[TargetStats]
+    def __init__(self, targets: _Optional[_Iterable[_Union[TargetStats, _Mapping]]] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("target",)
+    __slots__ = ("target", "stats")
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     target: Target
-    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ...) -> None: ...
+    stats: TargetStats
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., stats: _Optional[_Union[TargetStats, _Mapping]] = ...) -> None: ...
 
 class SyncDoneRequest(_message.Message):
     __slots__ = ("chain_id", "target_id")

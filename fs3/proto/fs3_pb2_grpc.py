@@ -54,6 +54,11 @@ class MgmtdStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.SyncDoneRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.RoutingTable.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/fs3.Mgmtd/Stats',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.ClusterStats.FromString,
+                _registered_method=True)
 
 
 class MgmtdServicer:
@@ -83,6 +88,12 @@ class MgmtdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MgmtdServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_MgmtdServicer_to_server(servicer, server):
                     servicer.SyncDone,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.SyncDoneRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.RoutingTable.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.ClusterStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class Mgmtd:
             '/fs3.Mgmtd/SyncDone',
             fs3_dot_proto_dot_fs3__pb2.SyncDoneRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.RoutingTable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Mgmtd/Stats',
+            fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.ClusterStats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,10 @@ class ChunkEngine(ABC):
     def list_chain(self, chain: int) -> dict[ChunkId, ChunkMeta]:
         """Committed chunks of one chain, for resynchronising a replica."""
 
+    @abstractmethod
+    def usage(self) -> tuple[int, int]:
+        """(committed chunks, their bytes) on this target, without scanning anything."""
+
     def open_committed(self, cid: ChunkId) -> int | None:
         """A read-only file descriptor of the committed version's stored file (the format of
         :mod:`fs3.storage.local`), or None when the chunk is absent; the caller closes it.
@@ -164,3 +168,7 @@ class MemoryChunkEngine(ChunkEngine):
         with self._lock:
             items = self._committed.items()
             return {k: ChunkMeta(v[0], len(v[1])) for k, v in items if k.chain == chain}
+
+    def usage(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._committed), sum(len(v[1]) for v in self._committed.values())

@@ -93,6 +93,7 @@ class LocalChunkEngine(ChunkEngine):
         self._lock = threading.Lock()
         self._committed: dict[ChunkId, ChunkMeta] = {}
         self._pending: dict[ChunkId, tuple[int, int]] = {}  # version, length
+        self._bytes = 0  # summed lengths of the committed chunks
         self._buffers = threading.local()
         self._scan()
 
@@ -116,6 +117,7 @@ class LocalChunkEngine(ChunkEngine):
                     except ChecksumMismatch:
                         continue  # left for resync from a healthy replica to replace
                 self._committed[cid] = ChunkMeta(version, length)
+                self._bytes += length
 
     def stat(self, cid: ChunkId) -> tuple[ChunkMeta | None, int | None]:
         with self._lock:
@@ -213,6 +215,8 @@ class LocalChunkEngine(ChunkEngine):
             if pending is not None and pending[0] == version:
                 os.replace(path.with_name(path.name + ".p"), path)
                 del self._pending[cid]
+                old = self._committed.get(cid)
+                self._bytes += pending[1] - (old.length if old else 0)
                 self._committed[cid] = ChunkMeta(*pending)
             meta = self._committed.get(cid)
         if meta is None or meta.version != version:
@@ -230,7 +234,8 @@ class LocalChunkEngine(ChunkEngine):
                 if k.chain == chain and k.inode == inode and from_index <= k.index < end
             }
             for k in doomed:
-                self._committed.pop(k, None)
+                gone = self._committed.pop(k, None)
+                self._bytes -= gone.length if gone else 0
                 self._pending.pop(k, None)
                 path = self._path(k)
                 path.unlink(missing_ok=True)
@@ -240,3 +245,7 @@ class LocalChunkEngine(ChunkEngine):
     def list_chain(self, chain: int) -> dict[ChunkId, ChunkMeta]:
         with self._lock:
             return {k: v for k, v in self._committed.items() if k.chain == chain}
+
+    def usage(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._committed), self._bytes

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import threading
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from fs3.storage.wire import (
     Reply,
     Request,
 )
-from fs3.types import TargetInfo
+from fs3.types import TargetInfo, TargetStats
 
 log = logging.getLogger("fs3.storage")
 
@@ -88,6 +90,15 @@ class ChunkServicer(pbg.ChunkServiceServicer):
         return pb.ChunkReply(crc=crc, version=version)
 
 
+def target_stats(target: StorageTarget, root: Path, fsid: str) -> TargetStats:
+    """What the heartbeat reports: the folder's file system (statvfs), the chunks stored and
+    the resyncs running."""
+    vfs = os.statvfs(root)
+    chunks, used = target.engine.usage()
+    return TargetStats(target.target_id, vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize,
+                       used, chunks, fsid, target.resync_progress())  # fmt: skip
+
+
 def run_storage(
     target_id: int,
     root: Path,
@@ -112,11 +123,13 @@ def run_storage(
     grpc_server = serve(lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
                         host, grpc_port)  # fmt: skip
     me = TargetInfo(target_id, host, data.server_address[1], grpc_port)
+    dev = os.stat(root).st_dev
+    fsid = f"{socket.gethostname()}:{os.major(dev)}:{os.minor(dev)}"  # host:device of the folder
     log.info("storage target %d on %s:%d (data) under %s", target_id, host, data_port, root)
     try:
         while True:
             try:
-                target.start_resyncs(mgmtd.heartbeat(me))
+                target.start_resyncs(mgmtd.heartbeat(me, target_stats(target, root, fsid)))
             except Fs3Error as err:
                 log.warning("target %d: heartbeat failed: %s", target_id, err)
             if stop.wait(config.mgmtd.heartbeat_s):

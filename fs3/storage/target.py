@@ -18,7 +18,7 @@ from fs3.mgmtd.client import MgmtdClient
 from fs3.storage.engine import ChunkEngine, crc32c, patch
 from fs3.storage.locks import ChunkLocks
 from fs3.storage.wire import DUMP, DUMP_ENTRY, REMOVE, REPLICATE, SYNC, ConnectionPool, Request
-from fs3.types import SERVING, Chain, ChunkId, RoutingTable
+from fs3.types import SERVING, Chain, ChunkId, ResyncProgress, RoutingTable
 
 log = logging.getLogger("fs3.storage")
 
@@ -38,6 +38,7 @@ class StorageTarget:
         self.locks = ChunkLocks()
         self._syncing: set[int] = set()
         self._syncing_lock = threading.Lock()
+        self._progress: dict[int, ResyncProgress] = {}  # chain -> the resync running on it
 
     def _chain(self, chain_id: int, table_version: int) -> tuple[RoutingTable, Chain]:
         table = self.mgmtd.table()
@@ -149,6 +150,11 @@ class StorageTarget:
         )
 
     # -- resync ------------------------------------------------------------------------
+    def resync_progress(self) -> tuple[ResyncProgress, ...]:
+        """The resyncs this target runs now, for its heartbeat."""
+        with self._syncing_lock:
+            return tuple(self._progress[c] for c in sorted(self._progress))
+
     def start_resyncs(self, table: RoutingTable) -> None:
         """Starts a resync for every chain whose syncing member follows this target, the last
         serving one; called after each heartbeat."""
@@ -176,7 +182,12 @@ class StorageTarget:
                 remote[ChunkId(chain_id, inode, index)] = version
             local = self.engine.list_chain(chain_id)
             copied = 0
-            for cid in sorted(set(local) | set(remote)):
+            todo = sorted(set(local) | set(remote))
+            for done, cid in enumerate(todo):
+                if done % 16 == 0:
+                    with self._syncing_lock:
+                        self._progress[chain_id] = ResyncProgress(chain_id, successor, done,
+                                                                  len(todo))  # fmt: skip
                 with self.locks.hold(cid):
                     meta, _ = self.engine.stat(cid)
                     if meta is not None and remote.get(cid) == meta.version:
@@ -201,3 +212,4 @@ class StorageTarget:
         finally:
             with self._syncing_lock:
                 self._syncing.discard(chain_id)
+                self._progress.pop(chain_id, None)

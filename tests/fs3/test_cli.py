@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from click.testing import CliRunner, Result
 
+from fs3.cli_util import human
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from hai.cli import main
@@ -23,20 +26,49 @@ def test_hai_has_fs3_commands() -> None:
 
 def test_up_status_down(tmp_path: Path) -> None:
     fs3 = [sys.executable, "-m", "fs3"]
-    args = ["up", str(tmp_path), "--targets", "3", "--replicas", "2", "--detach"]
+    args = ["up", str(tmp_path), "--targets", "3", "--replicas", "2", "--mgmtds", "2",
+            "--metas", "2", "--detach"]  # fmt: skip
     up = subprocess.run(fs3 + args, capture_output=True, text=True, timeout=120)
     try:
         assert up.returncode == 0, up.stderr
         address = up.stdout.strip().splitlines()[-1]
         assert (tmp_path / "address").read_text().strip() == address
+        assert len(address.split(",")) == 2
         status = subprocess.run(fs3 + ["status", str(tmp_path)], capture_output=True, text=True,
                                 timeout=60)  # fmt: skip
         assert status.returncode == 0, status.stderr
         assert "serving" in status.stdout and "offline" not in status.stdout
+        roles = status.stdout.splitlines()[0]
+        assert roles.count(" primary") == 1 and roles.count(" standby") == 1, roles
+        metas = status.stdout.splitlines()[1]
+        assert metas.startswith("meta: ") and len(metas.split(",")) == 2, metas
     finally:
         down = subprocess.run(fs3 + ["down", str(tmp_path)], capture_output=True, text=True,
                               timeout=60)  # fmt: skip
-    assert "stopped 5" in down.stdout
+    assert "stopped 7" in down.stdout
+
+
+def test_status_targets_chains_df(cluster: LocalCluster, fs3fs: FS3FileSystem) -> None:
+    fs3fs.pipe_file("/df-test/f", b"x" * 300_000)
+    a = f"--address={cluster.address}"
+    time.sleep(0.5)  # a heartbeat or two: the targets report the new chunks
+    status = _fs3("status", str(cluster.root))
+    assert status.exit_code == 0, status.output
+    assert f"mgmtd: {cluster.mgmtd_address()} primary" in status.stdout
+    assert f"meta: {cluster.meta_address()}" in status.stdout
+    targets = _fs3("targets", a)
+    rows = [line for line in targets.stdout.splitlines() if "127.0.0.1:" in line]
+    assert len(rows) == 3 and all(" yes " in r and "serving" in r for r in rows)
+    chains = _fs3("chains", a)
+    assert chains.stdout.count(":serving") == 9 and ":syncing" not in chains.stdout
+    df = _fs3("df", a)
+    assert df.exit_code == 0, df.output
+    disk = shutil.disk_usage(cluster.root)
+    total_row = next(line for line in df.stdout.splitlines() if line.startswith("total"))
+    assert human(disk.total) in total_row and total_row.split()[-1] == "3"
+    chunks = next(line for line in df.stdout.splitlines() if line.startswith("chunks:"))
+    assert int(chunks.split()[3]) >= 3 * 300_000  # three replicas of the file at least
+    fs3fs.rm("/df-test", recursive=True)
 
 
 def test_ls_lists_files_with_sizes(cluster, fs3fs) -> None:  # type: ignore[no-untyped-def]

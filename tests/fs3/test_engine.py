@@ -76,6 +76,20 @@ def test_remove_and_list(engine: ChunkEngine) -> None:
     assert list(engine.list_chain(2)) == [ChunkId(2, 42, 0)]
 
 
+def test_usage_counts_committed_chunks(engine: ChunkEngine, tmp_path: Path) -> None:
+    engine.write(CID, 1, b"a" * 100, 0, True)
+    assert engine.usage() == (0, 0)  # pending only
+    engine.commit(CID, 1)
+    engine.write(CID, 2, b"b" * 30, 0, True)
+    engine.commit(CID, 2)  # a new version replaces the old one's bytes
+    engine.replace(ChunkId(1, 43, 0), 5, b"c" * 70)
+    assert engine.usage() == (2, 100)
+    engine.remove(1, 42)
+    assert engine.usage() == (1, 70)
+    if isinstance(engine, LocalChunkEngine):  # rebuilt from the files at start
+        assert LocalChunkEngine(tmp_path / "chunks", fsync=False).usage() == (1, 70)
+
+
 def test_large_chunk_random_reads(engine: ChunkEngine) -> None:
     data = bytes(range(256)) * 4096 * 3  # 3 MiB: many 64 KiB blocks
     engine.write(CID, 1, data, 0, True)
