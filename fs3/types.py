@@ -174,10 +174,11 @@ class Chain:
     members: tuple[ChainMember, ...] = ()
 
     def writers(self) -> tuple[int, ...]:
-        """Targets a write passes through, head to tail: serving ones, then syncing ones."""
+        """Targets a write passes through, head to tail: serving ones, then syncing ones;
+        none while no member serves (syncing ones alone hold nothing to build on)."""
         serving = [m.target_id for m in self.members if m.state == SERVING]
         syncing = [m.target_id for m in self.members if m.state == SYNCING]
-        return tuple(serving + syncing)
+        return tuple(serving + syncing) if serving else ()
 
     def readers(self) -> tuple[int, ...]:
         """Targets that may serve reads: only those holding every committed chunk."""

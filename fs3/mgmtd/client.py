@@ -68,9 +68,16 @@ class MgmtdClient:
     def refresh(self) -> RoutingTable:
         return self._keep(self._call("GetRouting", pb.Empty(), "get routing table"))
 
-    def heartbeat(self, target: TargetInfo, stats: TargetStats | None = None) -> RoutingTable:
+    def heartbeat(
+        self,
+        target: TargetInfo,
+        stats: TargetStats | None = None,
+        fresh: bool = False,
+        boot: str = "",
+    ) -> RoutingTable:
         req = pb.HeartbeatRequest(target=target_to_pb(target),
-                                  stats=stats_to_pb(stats) if stats else None)  # fmt: skip
+                                  stats=stats_to_pb(stats) if stats else None, fresh=fresh,
+                                  boot=boot)  # fmt: skip
         return self._keep(self._call("Heartbeat", req, "heartbeat"))
 
     def stats(self) -> list[TargetStats]:

@@ -3,8 +3,11 @@
 Heartbeats are leases: a target silent for ``lease_s`` goes offline and moves to the end of
 each of its chains (so heads and middles stay live members). A returning target becomes
 ``syncing`` in chains that still have a serving member — it must first receive what it
-missed from its predecessor — or ``serving`` where it is the only hope left. Meta servers
-hold leases too, and the table lists the live ones.
+missed from its predecessor — or ``serving`` where it is the only hope left. A known target
+that comes back *fresh* (its folder empty: a replaced disk) becomes ``syncing`` in all its
+chains whatever its state was, and is never the only hope: a chain whose members all came
+back fresh gets its head serving (nothing is left to wait for), one with an offline member
+waits for it. Meta servers hold leases too, and the table lists the live ones.
 
 Every new table is saved (through ``save``, into the mgmtd store) before anyone sees it, and
 a core built from a saved table starts one version above it: versions never go back, not
@@ -83,6 +86,7 @@ class Mgmtd:
         self._last_seen: dict[int, float] = {t: now for t in table.targets}
         self._meta_seen: dict[str, float] = {m: now for m in table.meta_addresses}
         self._stats: dict[int, TargetStats] = {}  # the latest each target sent; not saved
+        self._boots: dict[int, str] = {}  # the process of each target seen last
         self._save(table)
         self._table = table
 
@@ -90,17 +94,34 @@ class Mgmtd:
         with self._lock:
             return self._table
 
-    def heartbeat(self, target: TargetInfo, stats: TargetStats | None = None) -> RoutingTable:
+    def heartbeat(
+        self,
+        target: TargetInfo,
+        stats: TargetStats | None = None,
+        fresh: bool = False,
+        boot: str = "",
+    ) -> RoutingTable:
         """Renews ``target``'s lease and keeps its ``stats`` (capacity, chunks, resyncs),
-        which change no table version."""
+        which change no table version. ``fresh`` (with the process's ``boot`` id): the
+        target started on an empty folder; a target this table knew is then rebuilt, once
+        per boot."""
         with self._lock:
-            self._last_seen[target.target_id] = self._clock()
+            tid = target.target_id
+            self._last_seen[tid] = self._clock()
             if stats is not None:
-                self._stats[target.target_id] = stats
+                self._stats[tid] = stats
             targets = dict(self._table.targets)
-            changed = targets.get(target.target_id) != dataclasses.replace(target, alive=True)
-            targets[target.target_id] = dataclasses.replace(target, alive=True)
+            replaced = fresh and tid in targets and self._boots.get(tid) != boot
+            self._boots[tid] = boot
+            changed = targets.get(tid) != dataclasses.replace(target, alive=True)
+            targets[tid] = dataclasses.replace(target, alive=True)
             chains = dict(self._table.chains)
+            for cid, chain in chains.items():
+                if not replaced or chain.state_of(tid) == SYNCING:
+                    continue
+                if any(m.target_id == tid for m in chain.members):
+                    chains[cid] = _move_to_end(_set_state(chain, tid, SYNCING), tid)
+                    changed = True
             for cid, chain in chains.items():
                 if chain.state_of(target.target_id) != OFFLINE or not any(
                     m.target_id == target.target_id for m in chain.members
@@ -111,6 +132,13 @@ class Mgmtd:
                     chain, target.target_id, SYNCING if has_serving else SERVING
                 )
                 changed = True
+            for cid, chain in chains.items():
+                # Every member alive and fresh: nothing of the chain is left to wait for.
+                if (any(m.target_id == tid for m in chain.members) and not chain.readers()
+                        and all(m.state == SYNCING and targets.get(m.target_id, target).alive
+                                for m in chain.members)):  # fmt: skip
+                    chains[cid] = _set_state(chain, chain.members[0].target_id, SERVING)
+                    changed = True
             if changed:
                 self._publish(targets, chains)
             return self._table

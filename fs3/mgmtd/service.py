@@ -64,7 +64,9 @@ class MgmtdServicer(pbg.MgmtdServicer):
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
         stats = stats_from_pb(request.stats) if request.HasField("stats") else None
-        return self._reply(self._core().heartbeat(target_from_pb(request.target), stats), context)
+        table = self._core().heartbeat(target_from_pb(request.target), stats, request.fresh,
+                                       request.boot)  # fmt: skip
+        return self._reply(table, context)
 
     @servicer_method
     def RegisterMeta(

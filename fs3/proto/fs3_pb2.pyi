@@ -89,12 +89,16 @@ class ClusterStats(_message.Message):
     def __init__(self, targets: _Optional[_Iterable[_Union[TargetStats, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("target", "stats")
+    __slots__ = ("target", "stats", "fresh", "boot")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
+    BOOT_FIELD_NUMBER: _ClassVar[int]
     target: Target
     stats: TargetStats
-    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., stats: _Optional[_Union[TargetStats, _Mapping]] = ...) -> None: ...
+    fresh: bool
+    boot: str
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., stats: _Optional[_Union[TargetStats, _Mapping]] = ..., fresh: _Optional[bool] = ..., boot: _Optional[str] = ...) -> None: ...
 
 class SyncDoneRequest(_message.Message):
     __slots__ = ("chain_id", "target_id")

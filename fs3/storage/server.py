@@ -1,20 +1,28 @@
 """The storage process: TCP data path and gRPC comparison path over one StorageTarget, the
 Unix socket of local reads (:mod:`fs3.storage.local_read`), and the heartbeat loop that
-renews the lease and starts resyncs."""
+renews the lease, reports capacity and resync progress, and starts resyncs.
+
+A target started on an empty folder (a replaced disk: no chunks, no ``target.json``) says so
+in its heartbeats; mgmtd then has its chains rebuild it before it serves reads
+(:mod:`fs3.mgmtd.core`), and the marker is written once it serves all of them.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import grpc
 
 from fs3.config import Fs3Config
-from fs3.errors import Fs3Error
+from fs3.errors import ConfigError, Fs3Error
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
@@ -36,7 +44,7 @@ from fs3.storage.wire import (
     Reply,
     Request,
 )
-from fs3.types import TargetInfo, TargetStats
+from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats
 
 log = logging.getLogger("fs3.storage")
 
@@ -99,6 +107,38 @@ def target_stats(target: StorageTarget, root: Path, fsid: str) -> TargetStats:
                        used, chunks, fsid, target.resync_progress())  # fmt: skip
 
 
+MARKER = "target.json"
+"""Written into a target's folder once the target served every one of its chains: a folder
+without it (and without chunks) is fresh, a replaced disk that must be rebuilt."""
+
+
+def folder_is_fresh(root: Path, target_id: int, engine: LocalChunkEngine) -> bool:
+    """Whether ``root`` holds nothing yet: no marker and no chunks (a folder from before the
+    marker existed, with chunks in it, is not fresh).
+
+    Raises ConfigError when the marker names another target (a folder mixed up).
+    """
+    marker = root / MARKER
+    if marker.exists():
+        owner = json.loads(marker.read_text()).get("target_id")
+        if owner != target_id:
+            raise ConfigError(f"{root} holds the chunks of target {owner}, not of target "
+                              f"{target_id}; start it with --id {owner}")  # fmt: skip
+        return False
+    return engine.usage()[0] == 0
+
+
+def mark_folder(root: Path, target_id: int) -> None:
+    tmp = root / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"target_id": target_id, "marked": time.time()}))
+    os.replace(tmp, root / MARKER)
+
+
+def serving_everywhere(table: RoutingTable, target_id: int) -> bool:
+    return all(c.state_of(target_id) == SERVING for c in table.chains.values()
+               if any(m.target_id == target_id for m in c.members))  # fmt: skip
+
+
 def run_storage(
     target_id: int,
     root: Path,
@@ -112,6 +152,8 @@ def run_storage(
     """Serves one storage target until ``stop`` is set."""
     t = config.timeouts
     engine = LocalChunkEngine(root, fsync=config.storage.fsync)
+    fresh = folder_is_fresh(root, target_id, engine)
+    boot = uuid.uuid4().hex
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     target = StorageTarget(target_id, engine, mgmtd, pool)
@@ -125,11 +167,19 @@ def run_storage(
     me = TargetInfo(target_id, host, data.server_address[1], grpc_port)
     dev = os.stat(root).st_dev
     fsid = f"{socket.gethostname()}:{os.major(dev)}:{os.minor(dev)}"  # host:device of the folder
-    log.info("storage target %d on %s:%d (data) under %s", target_id, host, data_port, root)
+    log.info("storage target %d on %s:%d (data) under %s%s", target_id, host, data_port, root,
+             " (empty: to be rebuilt from its chains)" if fresh else "")  # fmt: skip
     try:
         while True:
             try:
-                target.start_resyncs(mgmtd.heartbeat(me, target_stats(target, root, fsid)))
+                stats = target_stats(target, root, fsid)
+                table = mgmtd.heartbeat(me, stats, fresh, boot)
+                target.registered.set()
+                if fresh and serving_everywhere(table, target_id):
+                    mark_folder(root, target_id)  # rebuilt (or a new cluster's first start)
+                    fresh = False
+                    log.info("target %d: serving every chain; %s written", target_id, MARKER)
+                target.start_resyncs(table)
             except Fs3Error as err:
                 log.warning("target %d: heartbeat failed: %s", target_id, err)
             if stop.wait(config.mgmtd.heartbeat_s):

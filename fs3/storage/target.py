@@ -39,8 +39,17 @@ class StorageTarget:
         self._syncing: set[int] = set()
         self._syncing_lock = threading.Lock()
         self._progress: dict[int, ResyncProgress] = {}  # chain -> the resync running on it
+        self.registered = threading.Event()
+        """Set once mgmtd answered this process's first heartbeat. Until then the chain
+        table may still show this target serving from before it restarted, perhaps on an
+        empty disk: reads and writes are refused (retryably) rather than answered from it."""
+
+    def _check_registered(self) -> None:
+        if not self.registered.is_set():
+            raise StaleRouting(f"target {self.target_id} is starting: not registered yet")
 
     def _chain(self, chain_id: int, table_version: int) -> tuple[RoutingTable, Chain]:
+        self._check_registered()
         table = self.mgmtd.table()
         if table_version > table.version:
             table = self.mgmtd.refresh()
@@ -113,6 +122,7 @@ class StorageTarget:
         Raises ChunkBusy when a write is in flight here and this is not the tail, StaleRouting
         when this target is not serving the chain, ChecksumMismatch naming this target.
         """
+        self._check_registered()
         table = self.mgmtd.table()
         if req.table_version > table.version:
             table = self.mgmtd.refresh()
