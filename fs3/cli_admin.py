@@ -196,4 +196,36 @@ def df(directory: str | None, address: str | None, config_path: str | None) -> N
         click.echo(f"no report yet from targets {', '.join(map(str, missing))}", err=True)
 
 
-COMMANDS = [status, targets, chains, df]
+@click.command("fsck")
+@directory_argument
+@address_option
+@config_option
+@click.option("--sample", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True,
+              help="Share of chunks whose replicas are checksummed (0.1: one in ten); every "
+                   "chunk is still listed and compared.")  # fmt: skip
+@click.option("--repair", is_flag=True,
+              help="Rewrite bad replicas from verified ones of the same version and delete "
+                   "orphan chunks: the repairs that cannot undo a client's work.")  # fmt: skip
+def fsck_command(directory: str | None, address: str | None, config_path: str | None,
+                 sample: float, repair: bool) -> None:  # fmt: skip
+    """Check that namespace and targets agree: checksums of every replica (or --sample),
+    missing replicas, version disagreements, orphan chunks. Exit status 1 when it found an
+    error (repaired ones too: run it again to confirm), 0 when clean."""
+    import sys
+
+    from fs3.cli_util import open_fs, progress
+    from fs3.fsck import fsck
+
+    fs = open_fs(cluster_address(directory, address, config_path), config_path)
+    with one_line_errors("fsck"):
+        report = fsck(fs, sample, repair, lambda what, n: progress(what, n, unit_bytes=False))
+    for finding in report.findings:
+        click.echo(finding.line())
+    for line in report.repaired:
+        click.echo(f"REPAIRED {line}")
+    click.echo(f"fsck: {report.summary()}")
+    sys.exit(1 if report.errors else 0)
+
+
+COMMANDS = [status, targets, chains, df, fsck_command]

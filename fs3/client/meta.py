@@ -113,3 +113,10 @@ class MetaClient:
     def restore_trash(self, name: str, to: str | None = None) -> Inode:
         req = pb.RestoreRequest(name=name, to=to or "")
         return inode_from_pb(self._rpc("RestoreTrash", req))
+
+    def inode_status(self, inode_ids: list[int]) -> tuple[dict[int, Inode], dict[int, int]]:
+        """Which of ``inode_ids`` exist, and the first chunk index queued for deletion of
+        each that has some (fsck)."""
+        reply = self._rpc("GetInodeStatus", pb.InodesRequest(inode_ids=inode_ids))
+        found = {m.id: inode_from_pb(m) for m in reply.found}
+        return found, dict(zip(reply.pending, reply.pending_from, strict=True))

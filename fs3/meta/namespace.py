@@ -418,6 +418,22 @@ class Namespace:
 
         return self.store.run(op)
 
+    def inode_status(self, inode_ids: list[int]) -> tuple[dict[int, Inode], dict[int, int]]:
+        """For fsck: the inodes among ``inode_ids`` that exist, and for each of them with
+        chunks queued for deletion the first such chunk index (one transaction)."""
+        wanted = set(inode_ids)
+
+        def op(txn: MetaTxn) -> tuple[dict[int, Inode], dict[int, int]]:
+            found = {i: inode for i in wanted if (inode := txn.get_inode(i)) is not None}
+            pending: dict[int, int] = {}
+            for _, item in txn.garbage(1 << 30):
+                if item.inode in wanted:
+                    pending[item.inode] = min(pending.get(item.inode, item.from_index),
+                                              item.from_index)  # fmt: skip
+            return found, pending
+
+        return self.store.run(op)
+
     def take_garbage(self, limit: int = 100) -> list[tuple[int, Garbage]]:
         return self.store.run(lambda txn: txn.garbage(limit))
 

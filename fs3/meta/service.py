@@ -98,6 +98,13 @@ class MetaServicer:
     def RestoreTrash(self, r: pb.RestoreRequest) -> pb.Inode:
         return inode_to_pb(self.trash.restore(r.name, r.to or None))
 
+    def GetInodeStatus(self, r: pb.InodesRequest) -> pb.InodeStatus:
+        found, pending = self.ns.inode_status(list(r.inode_ids))
+        inodes = [inode_to_pb(i) for i in found.values()]
+        return pb.InodeStatus(
+            found=inodes, pending=list(pending), pending_from=list(pending.values())
+        )
+
     def dispatch(self, req: Request, payload: memoryview) -> Reply:
         method = BY_OP.get(req.op)
         if method is None:

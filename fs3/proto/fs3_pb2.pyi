@@ -314,6 +314,22 @@ class RestoreRequest(_message.Message):
     to: str
     def __init__(self, name: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
 
+class InodesRequest(_message.Message):
+    __slots__ = ("inode_ids",)
+    INODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    inode_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, inode_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class InodeStatus(_message.Message):
+    __slots__ = ("found", "pending", "pending_from")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FROM_FIELD_NUMBER: _ClassVar[int]
+    found: _containers.RepeatedCompositeFieldContainer[Inode]
+    pending: _containers.RepeatedScalarFieldContainer[int]
+    pending_from: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, found: _Optional[_Iterable[_Union[Inode, _Mapping]]] = ..., pending: _Optional[_Iterable[int]] = ..., pending_from: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class Listing(_message.Message):
     __slots__ = ("entries",)
     ENTRIES_FIELD_NUMBER: _ClassVar[int]

@@ -368,6 +368,11 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
                 _registered_method=True)
+        self.GetInodeStatus = channel.unary_unary(
+                '/fs3.Meta/GetInodeStatus',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.InodesRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.InodeStatus.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -482,6 +487,12 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInodeStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -574,6 +585,11 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.RestoreTrash,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.RestoreRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
+            ),
+            'GetInodeStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInodeStatus,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.InodesRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.InodeStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1062,6 +1078,33 @@ class Meta:
             '/fs3.Meta/RestoreTrash',
             fs3_dot_proto_dot_fs3__pb2.RestoreRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInodeStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/GetInodeStatus',
+            fs3_dot_proto_dot_fs3__pb2.InodesRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.InodeStatus.FromString,
             options,
             channel_credentials,
             insecure,

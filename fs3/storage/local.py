@@ -94,6 +94,7 @@ class LocalChunkEngine(ChunkEngine):
         self._committed: dict[ChunkId, ChunkMeta] = {}
         self._pending: dict[ChunkId, tuple[int, int]] = {}  # version, length
         self._bytes = 0  # summed lengths of the committed chunks
+        self._damaged: set[ChunkId] = set()  # files whose header failed at start: not holes
         self._buffers = threading.local()
         self._scan()
 
@@ -115,7 +116,10 @@ class LocalChunkEngine(ChunkEngine):
                     try:
                         version, length, _ = parse_header(f.read(HEADER_SIZE), file)
                     except ChecksumMismatch:
-                        continue  # left for resync from a healthy replica to replace
+                        # Left for a resync or fsck to replace; reads fail meanwhile, as
+                        # a bad replica (not a hole: the chunk did exist).
+                        self._damaged.add(cid)
+                        continue
                 self._committed[cid] = ChunkMeta(version, length)
                 self._bytes += length
 
@@ -146,8 +150,17 @@ class LocalChunkEngine(ChunkEngine):
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
+            with self._lock:  # remove() drops the index entry and the file under this lock
+                if cid in self._committed or cid in self._damaged:
+                    raise ChecksumMismatch(
+                        f"chunk {tuple(cid)} file is missing", str(path)
+                    ) from None
             return b"", 0
         try:
+            if cid in self._damaged:
+                raise ChecksumMismatch(
+                    f"chunk {tuple(cid)} had a damaged header at start", str(path)
+                )
             _, size, crcs = parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             end = min(offset + length, size)
             if end <= offset:
@@ -187,6 +200,9 @@ class LocalChunkEngine(ChunkEngine):
         self, cid: ChunkId, version: int, data: bytes | memoryview, offset: int, truncate: bool
     ) -> None:
         committed, _ = self.stat(cid)
+        if cid in self._damaged and not (truncate and offset == 0):
+            raise ChecksumMismatch(f"chunk {tuple(cid)} had a damaged header at start: only "
+                                   "a whole new content can replace it")  # fmt: skip
         if committed is not None and version <= committed.version:
             raise InvalidArgument(
                 f"chunk {tuple(cid)} version {version} <= committed {committed.version}"
@@ -215,6 +231,7 @@ class LocalChunkEngine(ChunkEngine):
             if pending is not None and pending[0] == version:
                 os.replace(path.with_name(path.name + ".p"), path)
                 del self._pending[cid]
+                self._damaged.discard(cid)
                 old = self._committed.get(cid)
                 self._bytes += pending[1] - (old.length if old else 0)
                 self._committed[cid] = ChunkMeta(*pending)
@@ -233,7 +250,10 @@ class LocalChunkEngine(ChunkEngine):
                 for k in (*self._committed, *self._pending)
                 if k.chain == chain and k.inode == inode and from_index <= k.index < end
             }
+            doomed |= {k for k in self._damaged if k.chain == chain and k.inode == inode
+                       and from_index <= k.index < end}  # fmt: skip
             for k in doomed:
+                self._damaged.discard(k)
                 gone = self._committed.pop(k, None)
                 self._bytes -= gone.length if gone else 0
                 self._pending.pop(k, None)

@@ -43,7 +43,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from fs3.errors import Fs3Error
+from fs3.errors import ChecksumMismatch, Fs3Error
 from fs3.storage.engine import ChunkEngine
 from fs3.storage.target import StorageTarget
 from fs3.storage.wire import (
@@ -127,7 +127,13 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
             # checks serving state and pending writes and touches no chunk file (the
             # client checks the header and the blocks it reads).
             version, _, _ = self.target.read(dataclasses.replace(req, op=READ, offset=0, length=0))
-            fd = self.target.engine.open_committed(ChunkId(req.chain, req.inode, req.index))
+            cid = ChunkId(req.chain, req.inode, req.index)
+            fd = self.target.engine.open_committed(cid)
+            if fd is None and self.target.engine.stat(cid)[0] is not None:
+                # Committed but its file is gone (deleted by hand, a disk error): a bad
+                # replica, not a hole; the client reads another one.
+                raise ChecksumMismatch(f"target {self.target.target_id}: chunk {tuple(cid)} "
+                                       "file is missing")  # fmt: skip
             return RESPONSE.pack(0, 0, int(fd is not None), version), b"", fd
         if req.op == LOCAL_HELLO:
             token = self.token.encode()

@@ -35,9 +35,12 @@ from fs3.storage.wire import (
     LOCAL_INFO,
     READ,
     REMOVE,
+    REPAIR,
     REPLICATE,
     RESPONSE,
     SYNC,
+    VERIFY,
+    WITH_PAYLOAD,
     WRITE,
     ConnectionPool,
     FrameServer,
@@ -50,7 +53,7 @@ log = logging.getLogger("fs3.storage")
 
 
 def _payload_size(req: Request) -> int:
-    return req.length if req.op in (WRITE, REPLICATE, SYNC) else 0
+    return req.length if req.op in WITH_PAYLOAD else 0
 
 
 def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: memoryview) -> Reply:
@@ -71,6 +74,13 @@ def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: m
     if req.op == DUMP:
         data = target.dump(req.chain)
         return RESPONSE.pack(0, len(data), 0, 0), data
+    if req.op == VERIFY:
+        version, crc, report = target.verify(req)
+        body = json.dumps(report).encode()
+        return RESPONSE.pack(0, len(body), crc, version), body
+    if req.op == REPAIR:
+        target.repair(req, payload)
+        return RESPONSE.pack(0, 0, 0, req.version), b""
     if req.op == LOCAL_INFO:
         return RESPONSE.pack(0, len(local_info), 0, 0), local_info
     raise Fs3Error(f"unknown data-path op {req.op}")

@@ -11,6 +11,7 @@ resync sends to a returning member.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error, InvalidArgument, StaleRouting
@@ -151,6 +152,61 @@ class StorageTarget:
         cid = ChunkId(req.chain, req.inode, req.index)
         with self.locks.hold(cid):
             self.engine.replace(cid, req.version, data)
+
+    def verify(self, req: Request) -> tuple[int, int, dict[str, object]]:
+        """Checks this replica of one chunk against its stored checksums, whatever the
+        chain's state: returns (committed version, CRC32C of the whole chunk, report) where
+        the report's ``state`` is ``ok``, ``bad`` (with ``error``) or ``absent``, and
+        ``pending`` says whether a write is in flight."""
+        cid = ChunkId(req.chain, req.inode, req.index)
+        committed, pending = self.engine.stat(cid)
+        report: dict[str, object] = {"state": "absent", "pending": pending is not None}
+        if committed is None:
+            return 0, 0, report
+        try:
+            data, crc = self.engine.read_checked(cid, 0, committed.length)
+            if len(data) != committed.length:
+                raise ChecksumMismatch(f"chunk {tuple(cid)} holds {len(data)} bytes, "
+                                       f"{committed.length} committed")  # fmt: skip
+            if committed.length == 0 and self._file_missing(cid):
+                raise ChecksumMismatch(f"chunk {tuple(cid)} file is missing")
+        except ChecksumMismatch as err:
+            report.update(state="bad", error=err.strerror, length=committed.length)
+            return committed.version, 0, report
+        report.update(state="ok", length=committed.length)
+        return committed.version, crc, report
+
+    def _file_missing(self, cid: ChunkId) -> bool:
+        try:
+            fd = self.engine.open_committed(cid)
+        except NotImplementedError:
+            return False
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
+    def repair(self, req: Request, data: memoryview) -> None:
+        """Replaces this replica of a chunk with a good copy (fsck's repair), only while the
+        replica still holds committed version ``req.version`` and no write is in flight:
+        a write or a deletion since fsck looked wins.
+
+        Raises ChunkBusy, InvalidArgument (the replica changed), ChecksumMismatch (the copy
+        was damaged in transit).
+        """
+        if crc32c(data) != req.crc:
+            raise ChecksumMismatch(f"repair copy for chain {req.chain} corrupted in transit")
+        cid = ChunkId(req.chain, req.inode, req.index)
+        with self.locks.hold(cid):
+            committed, pending = self.engine.stat(cid)
+            if pending is not None:
+                raise ChunkBusy(f"chunk {tuple(cid)} has a write in flight; not repaired")
+            if committed is None or committed.version != req.version:
+                have = committed.version if committed else "none"
+                raise InvalidArgument(f"chunk {tuple(cid)} is at version {have} now, not "
+                                      f"{req.version}: changed since checked")  # fmt: skip
+            self.engine.replace(cid, req.version, data)
+            log.warning("target %d: chunk %s repaired by fsck", self.target_id, tuple(cid))
 
     def dump(self, chain: int) -> bytes:
         """Committed chunk versions of one chain, packed as :data:`DUMP_ENTRY` records."""

@@ -32,6 +32,11 @@ READ, WRITE, REPLICATE, SYNC, REMOVE, DUMP = 1, 2, 3, 4, 5, 6
 # Local reads (fs3.storage.local_read): LOCAL_INFO on TCP answers where the target's Unix
 # socket is and which machine it runs on; HELLO, OPEN and BAD travel on that Unix socket.
 LOCAL_INFO, LOCAL_HELLO, LOCAL_OPEN, LOCAL_BAD = 7, 8, 9, 10
+# fsck (fs3.fsck): VERIFY checks one replica's chunk on the target itself; REPAIR replaces a
+# bad replica with a good copy if the replica still holds the version fsck saw.
+VERIFY, REPAIR = 11, 12
+WITH_PAYLOAD = (WRITE, REPLICATE, SYNC, REPAIR)
+"""Ops whose request carries chunk bytes (``length`` is their size)."""
 
 # op, flags, chain, table version, inode, index, offset, length, crc, version
 REQUEST = struct.Struct("!BBxxIQQIIIIQ")
@@ -59,7 +64,7 @@ class Request:
     truncate: bool = False
 
     def pack(self, payload_len: int) -> bytes:
-        length = payload_len if self.op in (WRITE, REPLICATE, SYNC) else self.length
+        length = payload_len if self.op in WITH_PAYLOAD else self.length
         flags = FLAG_TRUNCATE if self.truncate else 0
         return REQUEST.pack(self.op, flags, self.chain, self.table_version, self.inode,
                             self.index, self.offset, length, self.crc, self.version)  # fmt: skip

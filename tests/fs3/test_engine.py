@@ -131,3 +131,24 @@ def test_local_detects_flipped_byte_and_survives_restart(tmp_path: Path) -> None
     assert reopened.read(CID, 0, 1000) == b"a" * 1000  # other blocks still verify
     with pytest.raises(ChecksumMismatch):
         reopened.read(CID, 140_000, 20_000)
+
+
+def test_local_chunk_damaged_at_start_is_bad_not_a_hole(tmp_path: Path) -> None:
+    engine = LocalChunkEngine(tmp_path, fsync=False)
+    engine.write(CID, 3, b"a" * 1000, 0, True)
+    engine.commit(CID, 3)
+    file = next((tmp_path / "1").iterdir())
+    raw = bytearray(file.read_bytes())
+    raw[0] ^= 0xFF  # the magic: the header is damaged, so the restart cannot index it
+    file.write_bytes(bytes(raw))
+    reopened = LocalChunkEngine(tmp_path, fsync=False)
+    assert reopened.stat(CID) == (None, None) and reopened.list_chain(1) == {}
+    with pytest.raises(ChecksumMismatch):
+        reopened.read(CID, 0, 10)
+    with pytest.raises(ChecksumMismatch):
+        reopened.write(CID, 4, b"b", 5, False)  # a patch would build on zeros
+    reopened.replace(CID, 4, b"c" * 10)  # what resync and fsck's repair send
+    assert reopened.read(CID, 0, 100) == b"c" * 10
+    file.unlink()
+    with pytest.raises(ChecksumMismatch, match="missing"):
+        reopened.read(CID, 0, 10)  # committed, its file gone: bad, not a hole

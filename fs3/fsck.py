@@ -1,0 +1,344 @@
+"""fsck: do the namespace and the storage targets agree, and does every replica pass its
+checksums?
+
+What :func:`fsck` compares:
+
+- every file's chunks (index 0 up to its length, each on the chain its layout names) with
+  what each serving member of that chain holds (a DUMP of the chain): a chunk some members
+  hold and others lack is a *missing replica*; one that no member holds is reported as a
+  *hole* (a warning: a file written sparse has them, and a chunk lost on every replica looks
+  the same);
+- each replica (or a sample of the chunks, all replicas of each) verified by its target
+  against its stored block CRC32Cs (VERIFY): a *bad replica* fails them or lost its file;
+  replicas of one chunk at different committed versions are a *version disagreement*, at one
+  version with different bytes a *replica mismatch* (a chunk with a write in flight is left
+  out of both);
+- chunks no file owns (*orphans*): their inode does not exist and no deletion of it is
+  queued. Candidates are confirmed with meta after the walk, so a file created or renamed
+  while fsck runs is not mistaken for one;
+- chunks past a file's end that no queued deletion covers (a warning: a writer in flight,
+  or one that failed).
+
+Repair (``repair=True``) does only what cannot undo a client's work:
+
+- a bad replica is replaced by a verified copy of the same version from another replica,
+  and only if it still holds that version with no write in flight (the target checks under
+  the chunk's lock), so a write or deletion since the check wins;
+- orphans are deleted from the targets holding them: inode ids are never reused, so no file
+  can ever claim them.
+
+Missing replicas and version disagreements are reported, not repaired: writing into a
+replica that lacks a chunk could bring back one a concurrent deletion just removed. A
+target that is restarted after its lease ran out is resynced by its predecessor, which
+compares versions chunk by chunk and copies what differs; that is the repair for them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fs3.errors import Fs3Error
+from fs3.storage.engine import crc32c
+from fs3.storage.wire import DUMP, DUMP_ENTRY, READ, REMOVE, REPAIR, VERIFY, Request
+from fs3.types import DIRECTORY, FILE, SERVING, ChunkId, Inode, RoutingTable
+
+Progress = Callable[[str, float | None], AbstractContextManager[Callable[[float], None]]]
+_VERIFY_THREADS = 8  # requests in flight: targets verify in parallel, one per connection
+
+
+@contextmanager
+def _no_progress(description: str, total: float | None) -> Iterator[Callable[[float], None]]:
+    yield lambda n: None
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    """``bad replica``, ``missing replica``, ``version disagreement``, ``replica mismatch``,
+    ``orphan`` (errors); ``hole``, ``past end``, ``busy``, ``unchecked`` (warnings)."""
+    where: str
+    """The file's path, or ``inode N`` for an orphan, or ``target N``."""
+    detail: str
+    error: bool = True
+
+    def line(self) -> str:
+        return f"{'ERROR' if self.error else 'WARN '} {self.kind}: {self.where}: {self.detail}"
+
+
+@dataclass
+class FsckReport:
+    files: int = 0
+    directories: int = 0
+    chunks: int = 0
+    """Chunks the files' lengths call for."""
+    replicas: int = 0
+    """Replicas of those chunks found on serving targets."""
+    verified: int = 0
+    """Replicas whose checksums were verified."""
+    findings: list[Finding] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.error]
+
+    def summary(self) -> str:
+        return (f"{self.files} files, {self.directories} directories, {self.chunks} chunks, "
+                f"{self.replicas} replicas ({self.verified} checksummed): "
+                f"{len(self.errors)} errors, {len(self.findings) - len(self.errors)} warnings, "
+                f"{len(self.repaired)} repaired")  # fmt: skip
+
+
+def _address(table: RoutingTable, target_id: int) -> str:
+    info = table.targets[target_id]
+    return f"{info.host}:{info.data_port}"
+
+
+def fsck(
+    fs: Any,
+    sample: float = 1.0,
+    repair: bool = False,
+    progress: Progress = _no_progress,
+    seed: int | None = None,
+) -> FsckReport:
+    """Checks the cluster ``fs`` (an :class:`fs3.FS3FileSystem`) talks to; see the module
+    docstring for what and how. ``sample`` is the share of chunks whose replicas are
+    checksummed (1: all). Run it on a quiet cluster for exact results: chunks written while
+    it runs can show up as warnings.
+
+    Raises Fs3Error (a target or meta unreachable), naming what it could not reach.
+    """
+    if not 0 < sample <= 1:
+        raise ValueError(f"sample must be in (0, 1], got {sample}")
+    report = FsckReport()
+    table = fs.mgmtd.refresh()
+    held = _replicas(fs, table, report, progress)
+    files = _walk(fs, report, progress)
+    expected = _expected(files, table, held, report)
+    _unowned(fs, held, files, expected, report, repair, table)
+    rng = random.Random(seed)
+    # Replicas listed at different versions are verified whatever the sample: only VERIFY
+    # tells a write in flight from a real disagreement.
+    chosen = [
+        cid
+        for cid in expected
+        if cid in held
+        and (sample >= 1 or len(set(held[cid].values())) > 1 or rng.random() < sample)
+    ]
+    _verify(fs, table, held, chosen, expected, report, repair, progress)
+    return report
+
+
+def _replicas(
+    fs: Any, table: RoutingTable, report: FsckReport, progress: Progress
+) -> dict[ChunkId, dict[int, int]]:
+    """chunk -> {serving target: committed version}, from a DUMP of every chain member."""
+    held: dict[ChunkId, dict[int, int]] = {}
+    members = [(c.chain_id, m) for c in table.chains.values() for m in c.members]
+    with progress("listing chunks on targets", len(members)) as advance:
+        for chain_id, member in members:
+            advance(1)
+            if member.state != SERVING:
+                report.findings.append(Finding(
+                    "unchecked", f"target {member.target_id}",
+                    f"{member.state} in chain {chain_id}: its replicas there are not checked",
+                    error=False))  # fmt: skip
+                continue
+            address = _address(table, member.target_id)
+            _, _, raw = fs.pool.request(address, Request(DUMP, chain_id))
+            for off in range(0, len(raw), DUMP_ENTRY.size):
+                inode, index, version, _ = DUMP_ENTRY.unpack_from(raw, off)
+                held.setdefault(ChunkId(chain_id, inode, index), {})[member.target_id] = version
+    return held
+
+
+def _walk(fs: Any, report: FsckReport, progress: Progress) -> dict[int, tuple[str, Inode]]:
+    """inode id -> (path, inode) of every file, the trash and orphan folders included."""
+    files: dict[int, tuple[str, Inode]] = {}
+    todo = ["/"]
+    with progress("walking the namespace", None) as advance:
+        while todo:
+            folder = todo.pop()
+            report.directories += 1
+            advance(1)
+            for entry in fs.meta.listdir(folder):
+                path = f"{folder.rstrip('/')}/{entry.name}"
+                if entry.inode.kind == DIRECTORY:
+                    todo.append(path)
+                elif entry.inode.kind == FILE:
+                    files[entry.inode.id] = (path, entry.inode)
+    report.files = len(files)
+    report.directories -= 1  # the root
+    return files
+
+
+def _expected(
+    files: dict[int, tuple[str, Inode]],
+    table: RoutingTable,
+    held: dict[ChunkId, dict[int, int]],
+    report: FsckReport,
+) -> dict[ChunkId, str]:
+    """chunk -> its file's path for every chunk the files' lengths call for; reports holes
+    and missing replicas."""
+    expected: dict[ChunkId, str] = {}
+    for ino, (path, inode) in files.items():
+        lay = inode.layout
+        if not lay.chains:
+            continue
+        for index in range(-(-inode.length // lay.chunk_size)):
+            cid = ChunkId(lay.chain_of(index), ino, index)
+            expected[cid] = path
+            have = held.get(cid, {})
+            chain = table.chains.get(cid.chain)
+            serving = chain.readers() if chain else ()
+            where = f"chunk {index} (chain {cid.chain}, inode {ino})"
+            if not have:
+                report.findings.append(Finding(
+                    "hole", path, f"{where}: on no replica (a hole if the file was written "
+                    "sparse, else lost)", error=False))  # fmt: skip
+                continue
+            report.replicas += len(have)
+            missing = [t for t in serving if t not in have]
+            if missing:
+                report.findings.append(Finding(
+                    "missing replica", path,
+                    f"{where}: not on target {_ids(missing)}, on target {_ids(sorted(have))}; "
+                    "restart the target after its lease ran out to have it resynced"))  # fmt: skip
+    report.chunks = len(expected)
+    return expected
+
+
+def _ids(ids: list[int]) -> str:
+    return ",".join(map(str, ids))
+
+
+def _unowned(
+    fs: Any,
+    held: dict[ChunkId, dict[int, int]],
+    files: dict[int, tuple[str, Inode]],
+    expected: dict[ChunkId, str],
+    report: FsckReport,
+    repair: bool,
+    table: RoutingTable,
+) -> None:
+    """Chunks no file's length calls for: past a file's end, or orphans (confirmed with
+    meta: not created or moved during the walk, no deletion queued)."""
+    others = [cid for cid in held if cid not in expected]
+    if not others:
+        return
+    found, pending = fs.meta.inode_status(sorted({cid.inode for cid in others}))
+    for cid in sorted(others):
+        targets = sorted(held[cid])
+        queued = cid.inode in pending and cid.index >= pending[cid.inode]
+        if queued:
+            continue  # the collector deletes it soon
+        if cid.inode in files or cid.inode in found:
+            inode = found.get(cid.inode) or files[cid.inode][1]
+            lay = inode.layout
+            if lay.chunk_size and cid.index < -(-inode.length // lay.chunk_size):
+                continue  # a file that grew while fsck walked
+            where = files[cid.inode][0] if cid.inode in files else f"inode {cid.inode}"
+            report.findings.append(Finding(
+                "past end", where, f"chunk {cid.index} (chain {cid.chain}) on target "
+                f"{_ids(targets)} lies past the file's {inode.length} bytes (a writer in "
+                "flight, or one that failed)", error=False))  # fmt: skip
+            continue
+        report.findings.append(Finding(
+            "orphan", f"inode {cid.inode}", f"chunk {cid.index} on chain {cid.chain} (target "
+            f"{_ids(targets)}): no file has this inode"))  # fmt: skip
+        if repair:
+            for t in targets:
+                req = Request(REMOVE, cid.chain, 0, cid.inode, cid.index, length=cid.index + 1)
+                fs.pool.request(_address(table, t), req)
+            report.repaired.append(f"orphan chunk {tuple(cid)} deleted from target "
+                                   f"{_ids(targets)}")  # fmt: skip
+
+
+def _verify(
+    fs: Any,
+    table: RoutingTable,
+    held: dict[ChunkId, dict[int, int]],
+    chosen: list[ChunkId],
+    expected: dict[ChunkId, str],
+    report: FsckReport,
+    repair: bool,
+    progress: Progress,
+) -> None:
+    jobs = [(cid, t) for cid in chosen for t in sorted(held[cid])]
+
+    def check(job: tuple[ChunkId, int]) -> tuple[int, int, dict[str, Any]]:
+        cid, target = job
+        req = Request(VERIFY, cid.chain, 0, cid.inode, cid.index)
+        version, crc, body = fs.pool.request(_address(table, target), req)
+        return version, crc, json.loads(bytes(body))
+
+    results: dict[tuple[ChunkId, int], tuple[int, int, dict[str, Any]]] = {}
+    with progress("verifying replicas", len(jobs)) as advance, \
+            ThreadPoolExecutor(_VERIFY_THREADS, "fs3-fsck") as pool:  # fmt: skip
+        for job, result in zip(jobs, pool.map(check, jobs), strict=True):
+            results[job] = result
+            advance(1)
+    report.verified = len(jobs)
+    for cid in chosen:
+        got = {t: results[(cid, t)] for t in sorted(held[cid])}
+        path = expected[cid]
+        where = f"chunk {cid.index} (chain {cid.chain}, inode {cid.inode})"
+        if any(r[2].get("pending") for r in got.values()):
+            report.findings.append(Finding("busy", path, f"{where}: a write is in flight; "
+                                           "not compared", error=False))  # fmt: skip
+            continue
+        good = {t: r for t, r in got.items() if r[2]["state"] == "ok"}
+        for t, r in got.items():
+            if r[2]["state"] == "bad":
+                detail = f"{where} on target {t}: {r[2].get('error')}"
+                report.findings.append(Finding("bad replica", path, detail))
+                if repair:
+                    _repair(fs, table, cid, t, r[0], good, report, path)
+            elif r[2]["state"] == "absent":  # deleted since the DUMP: a file removed meanwhile
+                continue
+        versions = {r[0] for r in got.values() if r[2]["state"] != "absent"}
+        if len(versions) > 1:
+            detail = ", ".join(f"target {t} v{r[0]}" for t, r in got.items())
+            report.findings.append(Finding("version disagreement", path, f"{where}: {detail}"))
+        elif len({r[1] for r in good.values()}) > 1:
+            detail = ", ".join(f"target {t} crc {r[1]:08x}" for t, r in good.items())
+            detail = f"{where}: one version, different bytes: {detail}"
+            report.findings.append(Finding("replica mismatch", path, detail))
+
+
+def _repair(
+    fs: Any,
+    table: RoutingTable,
+    cid: ChunkId,
+    target: int,
+    version: int,
+    good: dict[int, tuple[int, int, dict[str, Any]]],
+    report: FsckReport,
+    path: str,
+) -> None:
+    """Copies a verified replica of the same version over the bad one (REPAIR refuses when
+    the bad replica changed since it was checked)."""
+    source = next((t for t, r in good.items() if r[0] == version), None)
+    if source is None:
+        return  # no good replica of that version: nothing safe to copy
+    length = good[source][2].get("length", 0)
+    read = Request(READ, cid.chain, table.version, cid.inode, cid.index, 0, length)
+    try:
+        got_version, _, data = fs.pool.request(_address(table, source), read)
+        if got_version != version or len(data) != length:
+            raise Fs3Error(f"target {source} changed meanwhile (now v{got_version})")
+        fix = Request(REPAIR, cid.chain, 0, cid.inode, cid.index, crc=crc32c(data),
+                      version=version, truncate=True)  # fmt: skip
+        fs.pool.request(_address(table, target), fix, data)
+    except Fs3Error as err:
+        report.findings.append(Finding("bad replica", path, f"chunk {cid.index} on target "
+                                       f"{target} not repaired: {err}"))  # fmt: skip
+        return
+    report.repaired.append(f"{path}: chunk {cid.index} on target {target} rewritten from "
+                           f"target {source}")  # fmt: skip
