@@ -26,7 +26,7 @@ from typing import Any
 from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, redact, take_lease
 from fs3.errors import Unavailable
 from fs3.meta.sqlite import ADDED_COLUMNS, COLUMNS, inode_to_row, row_to_inode
-from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
+from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn, root_inode
 from fs3.types import Inode
 
 # COLLATE "C": entries sort by code point, as Python's sorted() does for the other stores,
@@ -161,6 +161,12 @@ def _now(cur: Any) -> float:
 
 
 _PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
+# An inode and its ancestors, nearest first, in one round trip (quota charges by inode id).
+_ANCESTORS = (
+    f"WITH RECURSIVE up AS (SELECT {COLUMNS}, 0 AS depth FROM inodes WHERE id=%s "
+    f"UNION ALL SELECT {_PREFIXED}, up.depth + 1 FROM inodes i JOIN up ON i.id = up.parent "
+    f"WHERE up.id <> {ROOT_ID}) SELECT {COLUMNS} FROM up ORDER BY depth"
+)
 
 
 class _PgTxn(MetaTxn):
@@ -230,6 +236,23 @@ class _PgTxn(MetaTxn):
             (parent,),
         ).fetchall()
         return [(row[0], row_to_inode(row[1:])) for row in rows]
+
+    def ancestors(self, inode_id: int) -> list[Inode]:
+        out: list[Inode] = []
+        while inode_id in self._inodes:  # what this transaction read or wrote wins
+            inode = self._inodes[inode_id]
+            if inode is None:
+                return out
+            out.append(inode)
+            if inode.id == ROOT_ID:
+                return out
+            inode_id = inode.parent
+        rows = self._x(_ANCESTORS, (inode_id,)).fetchall()
+        for row in rows:
+            inode = row_to_inode(row)
+            inode = self._inodes.setdefault(inode.id, inode) or inode
+            out.append(inode)
+        return out
 
     def link(self, parent: int, name: str, child: int) -> None:
         self._x("INSERT INTO dentries VALUES (%s,%s,%s) ON CONFLICT (parent, name) "

@@ -30,17 +30,8 @@ Usage = tuple[int, int]  # bytes, inodes
 def quota_dirs(txn: MetaTxn, dir_id: int) -> list[Inode]:
     """Directories with a quota from ``dir_id`` up to the root, as the transaction sees
     them now."""
-    found: list[Inode] = []
-    ino = dir_id
-    while True:
-        inode = txn.get_inode(ino)
-        if inode is None:
-            return found  # an unlinked directory (a file kept open in a mount): no realm
-        if inode.quota is not None:
-            found.append(inode)
-        if ino == ROOT_ID:
-            return found
-        ino = inode.parent
+    # An unlinked directory (of a file kept open in a mount) has no ancestors: no quota.
+    return [inode for inode in txn.ancestors(dir_id) if inode.quota is not None]
 
 
 def path_of(txn: MetaTxn, inode: Inode) -> str:

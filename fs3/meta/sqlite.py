@@ -129,18 +129,27 @@ class SqliteMetaStore(MetaStore):
 
 
 class _SqliteTxn(MetaTxn):
+    """One transaction. It holds the write lock (``BEGIN IMMEDIATE``), so inodes it read
+    cannot change under it: they are remembered until it ends, which saves the queries of
+    reading a path's directories again (quota charges, touching a parent)."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.c = conn
+        self._inodes: dict[int, Inode | None] = {}
 
     def get_inode(self, inode_id: int) -> Inode | None:
-        row = self.c.execute(f"SELECT {COLUMNS} FROM inodes WHERE id=?", (inode_id,)).fetchone()
-        return row_to_inode(row) if row else None
+        if inode_id not in self._inodes:
+            row = self.c.execute(f"SELECT {COLUMNS} FROM inodes WHERE id=?", (inode_id,)).fetchone()
+            self._inodes[inode_id] = row_to_inode(row) if row else None
+        return self._inodes[inode_id]
 
     def put_inode(self, inode: Inode) -> None:
         self.c.execute(_PUT_INODE, inode_to_row(inode))
+        self._inodes[inode.id] = inode
 
     def delete_inode(self, inode_id: int) -> None:
         self.c.execute("DELETE FROM inodes WHERE id=?", (inode_id,))
+        self._inodes[inode_id] = None
 
     def lookup(self, parent: int, name: str) -> int | None:
         row = self.c.execute(
@@ -154,7 +163,9 @@ class _SqliteTxn(MetaTxn):
             "WHERE d.parent=? AND d.name=?",
             (parent, name),
         ).fetchone()
-        return row_to_inode(row) if row else None
+        if row is None:
+            return None
+        return self._inodes.setdefault(row[0], row_to_inode(row))
 
     def entries(self, parent: int) -> list[tuple[str, Inode]]:
         rows = self.c.execute(

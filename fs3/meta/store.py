@@ -24,6 +24,7 @@ from fs3.types import DIRECTORY, Inode
 T = TypeVar("T")
 
 ROOT_ID = 1
+_MAX_DEPTH = 1 << 16  # a parent loop would be a bug; stop rather than spin
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,18 @@ class MetaTxn(ABC):
             inode = self.get_inode(child)
             if inode is not None:
                 out.append((name, inode))
+        return out
+
+    def ancestors(self, inode_id: int) -> list[Inode]:
+        """The inode and its ancestors up to the root, nearest first (shorter when one is
+        missing). A backend with round trips answers it in one query; this default walks
+        ``get_inode``."""
+        out: list[Inode] = []
+        while (inode := self.get_inode(inode_id)) is not None:
+            out.append(inode)
+            if inode.id == ROOT_ID or len(out) > _MAX_DEPTH:
+                break
+            inode_id = inode.parent
         return out
 
     @abstractmethod
