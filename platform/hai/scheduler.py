@@ -336,9 +336,11 @@ class Scheduler:
         job = self.store.get_job(run.job_id)
         worst = max(run.node_exits.values(), key=abs)
         self.store.update_run(run.id, state=RUN_DONE, ended_at=now, exit_code=worst)
-        # A suspending run that exits by itself has checkpointed: it goes where it was headed.
+        # A run told to suspend that exits 0 before acknowledging finished its work first
+        # (the request came after its last step); one stopped after its acknowledgement or
+        # its grace period goes where it was headed.
         after = run.after_stop if run.state != RUN_RUNNING else AFTER_FAIL
-        if run.state == RUN_RUNNING and worst == 0:
+        if run.state in (RUN_RUNNING, RUN_SUSPENDING) and worst == 0:
             self.store.update_job(job.id, state=SUCCEEDED, finished_at=now, exit_code=0, message="")
             self.event("finish", f"job {job.id} succeeded", job.id)
         elif after == AFTER_REQUEUE:

@@ -24,7 +24,9 @@ from hfreduce.launch import run_ranks
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_support import processes_under  # noqa: E402
 
-OPTIONS = DemoOptions(steps=12, preempt_at=0.5, checkpoint_every=4, urgent_steps=2)
+# Long enough after the urgent job's submission (step 6) that the preemption lands midway
+# even where a step takes 0.1 s: the suspend travels a scheduling pass and a heartbeat.
+OPTIONS = DemoOptions(steps=40, preempt_at=0.15, checkpoint_every=4, urgent_steps=2)
 
 
 def _train_rank(config_path: str) -> int:

@@ -81,6 +81,23 @@ def test_preempt_suspend_ack_requeue_resume(world) -> None:  # type: ignore[no-u
     assert beat(sched, "n0")[detail.runs[1].id].attempt == 1
 
 
+def test_run_that_finishes_before_acknowledging_a_suspend_succeeds(world) -> None:  # type: ignore[no-untyped-def]
+    sched, svc, clock = world
+    low = svc.submit(BOB, spec(nodes=2, priority=10))
+    sched.tick()
+    (run_id,) = beat(sched, "n0")
+    svc.submit(ANN, spec(nodes=2, priority=50))
+    sched.tick()
+    assert svc.describe(BOB, low.id).job.state == "suspending"
+    # The request arrived after the job's last step: its ranks exit 0 and never acknowledge.
+    beat(sched, "n1", RunReport(run_id, exit_code=0))
+    beat(sched, "n0", RunReport(run_id, exit_code=0))
+    detail = svc.describe(BOB, low.id)
+    assert detail.job.state == "succeeded" and detail.job.suspends == 0
+    sched.tick()
+    assert [r.attempt for r in svc.describe(BOB, low.id).runs] == [0]  # not run again
+
+
 def test_whole_life_state_follows_the_chain_under_its_run_tokens(world) -> None:  # type: ignore[no-untyped-def]
     sched, svc, clock = world
     job = svc.submit(BOB, spec(nodes=2, priority=10))

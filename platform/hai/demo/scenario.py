@@ -202,6 +202,11 @@ class Scenario:
         for job in self.jobs:
             if job.state != "succeeded":
                 raise DemoError(self._failure(job))
+        if not train.metrics.of("suspend"):
+            raise DemoError(
+                f"the training job finished its {options.steps} steps before the preemption "
+                "reached it; give it more --steps"
+            )
         return DemoOutcome(train, urgent, self._checkpoint_sizes(), submitted_urgent_at)
 
     def _refresh(self) -> None:
