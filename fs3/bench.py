@@ -10,7 +10,8 @@ Where a FUSE mount works (pyfuse3, /dev/fuse), the same POSIX work as on the loc
 again through ``fs3.mount`` of each cluster, in a second table beside the fsspec client.
 Its reads come from the fs3 servers, as the fsspec client's do: the mount's page cache is
 dropped before each read (warm = the servers' caches warm), and the 4 KiB random reads use
-O_DIRECT.
+O_DIRECT. Below it, the FUSE ceiling: the same reads of a file that a pyfuse3 mount serves
+from memory (:mod:`fs3.fuse.ceiling`), what FUSE alone costs here.
 
 Then two more tables: warm reads on the client's zero-copy local path (descriptors passed
 by the targets on this machine) against the same client over TCP and the local disk
@@ -24,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -83,9 +85,7 @@ def bench_local(
             os.fdatasync(f.fileno())
 
     def read() -> None:
-        with open(path, "rb", buffering=0) as f:
-            while f.read(CHUNK):
-                pass
+        _read_all(path)
 
     out["seq write MB/s"] = size / _timed(write) / 1e6
     evict()
@@ -225,6 +225,25 @@ def bench_mount(
                            random_flags=os.O_DIRECT)  # fmt: skip
 
 
+def bench_fuse_ceiling(work: Path, size: int, rounds: int = 3) -> float:
+    """MB/s of sequential reads of a ``size``-byte file that a pyfuse3 mount serves from
+    memory (:mod:`fs3.fuse.ceiling`), page cache dropped before each; the median round."""
+    from fs3.fuse.ceiling import memory_mount
+
+    speeds = []
+    with memory_mount(work / "ceiling", size) as path:
+        for _ in range(rounds):
+            _drop_cache(path)
+            speeds.append(size / _timed(lambda: _read_all(path)) / 1e6)
+    return statistics.median(speeds)
+
+
+def _read_all(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(CHUNK):
+            pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fs3.bench", description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1 GiB)")
@@ -253,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
                 local_paths[f"fs3 r{replicas}"] = local_bench.measure(cluster, data)
             finally:
                 cluster.stop()
+        if no_fuse is None:
+            results["fuse ceiling"] = {"warm read MB/s": bench_fuse_ceiling(work, len(data))}
     print(format_table(results, args.size_mib, args.files))
     print()
     if no_fuse is None:
@@ -297,6 +318,14 @@ def format_mount_table(results: dict[str, dict[str, float]]) -> str:
         line = f"{metric:<20}" + "".join(f"{v:>10.0f}" for v in cells)
         line += f"{f3[metric] / r3[metric]:>9.2f}x{f1[metric] / r1[metric]:>9.2f}x"
         rows.append(line)
+    if "fuse ceiling" in results:
+        warm = "warm read MB/s"
+        top = results["fuse ceiling"][warm]
+        rows.append(
+            f"FUSE ceiling (pyfuse3 serving the file from memory, no fs3 work): warm read "
+            f"{top:.0f} MB/s = {top / r3[warm]:.2f}x / {top / r1[warm]:.2f}x the fsspec client "
+            f"r3 / r1; the fs3 mount reaches {f3[warm] / top:.2f}x / {f1[warm] / top:.2f}x of it"
+        )
     return "\n".join(rows)
 
 

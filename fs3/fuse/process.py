@@ -187,11 +187,21 @@ def mount(
             message ends with the mount process's log.
         Fs3TimeoutError: the mount did not answer within ``timeout`` seconds.
     """
+    command = mount_command(mountpoint, cluster, config_path, chunk_size, options, os.getpid())
+    with serving(command, mountpoint, timeout) as mounted:
+        yield mounted
+
+
+@contextmanager
+def serving(
+    command: list[str], mountpoint: str | os.PathLike[str], timeout: float
+) -> Iterator[Path]:
+    """Runs the mount process ``command`` (which mounts at ``mountpoint``) for the ``with``
+    block: returns once it answers, stops it when the block ends, as :func:`mount` says."""
     Path(mountpoint).mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="fs3-mount-", suffix=".log")
     os.close(fd)
     log_path = Path(name)
-    command = mount_command(mountpoint, cluster, config_path, chunk_size, options, os.getpid())
     proc = start_mount(command, log_path)
     mounted = False
     try:

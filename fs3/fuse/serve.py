@@ -18,6 +18,7 @@ from fs3.client import FS3FileSystem
 from fs3.errors import Fs3Error
 from fs3.fuse.options import MountOptions
 from fs3.fuse.process import FSTYPE, is_mounted, mount_device
+from fs3.heap import keep_freed_memory
 
 log = logging.getLogger("fs3.fuse")
 
@@ -53,6 +54,8 @@ def run_mount(
     pyfuse3, trio = _import_pyfuse3()
     from fs3.fuse.ops import Fs3Operations
 
+    keep_freed_memory()  # every chunk read ahead is a fresh chunk-sized buffer
+
     options = options or MountOptions()
     target = Path(os.path.realpath(mountpoint))
     if not target.is_dir():
@@ -69,7 +72,7 @@ def run_mount(
     pyfuse3.init(ops, str(target), fuse_options)
     log.info("fs3 cluster %s mounted at %s", fs.config.client.address, target)
     try:
-        trio.run(_serve, pyfuse3, trio, ops, target, parent_pid)
+        trio.run(serve_until_stopped, pyfuse3, trio, ops, target, parent_pid)
     finally:
         ops.shutdown()
         pyfuse3.close(unmount=True)
@@ -77,7 +80,11 @@ def run_mount(
         log.info("fs3 unmounted from %s", target)
 
 
-async def _serve(pyfuse3, trio, ops, target: Path, parent_pid: int | None) -> None:  # type: ignore[no-untyped-def]
+async def serve_until_stopped(pyfuse3, trio, ops, target: Path, parent_pid: int | None) -> None:  # type: ignore[no-untyped-def]
+    """Runs pyfuse3's loop until a signal, an unmount from outside or, with ``parent_pid``,
+    that process's end; raises the kernel read-ahead once INIT is answered. ``ops`` has an
+    ``initialised`` trio event its ``init`` sets and ``options`` (a MountOptions)."""
+
     async def stop_on_signal() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:

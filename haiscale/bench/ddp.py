@@ -29,8 +29,6 @@ memory kept, both sides and the bare model measure their own work.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import resource
 import statistics
 import time
@@ -42,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fs3.heap import keep_freed_memory
 from haiscale.ddp import DistributedDataParallel
 from hfreduce.launch import run_ranks
 
@@ -66,23 +65,6 @@ class Setup:
 FULL = Setup(width=2048, depth=12, batch=32, steps=8)
 """12 x (2048^2 + 2048) = 50.4M parameters, the size the issue asks for."""
 QUICK = Setup(width=256, depth=4, batch=8, steps=3, warmup=1)
-
-
-# mallopt parameters, from glibc's malloc.h
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_KEEP_BYTES = 1 << 30
-"""Above any gradient of the model: blocks this size are neither trimmed nor mmapped."""
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory in the process (see the module docstring); a no-op
-    on a C library without ``mallopt``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
-        mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
 
 
 def _mlp(setup: Setup) -> nn.Sequential:
@@ -145,7 +127,7 @@ def _all_reduce(numel: int, group: dist.ProcessGroup | None) -> Callable[[], Non
 def _rank(setup: Setup) -> dict[str, tuple[float, float]]:
     """One rank's (wall ms, CPU ms) medians: a step of each wrapper, the same step of the
     bare model (compute alone) and each backend's bucketed all-reduce alone."""
-    _keep_freed_memory()
+    keep_freed_memory()
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
     hfreduce_group = dist.new_group(backend="hfreduce")
     ours = DistributedDataParallel(

@@ -416,3 +416,20 @@ def test_unreachable_cluster_fails_within_the_timeout(make_cluster, tmp_path: Pa
         assert time.monotonic() - start < 15
         os.close(fd)
     assert not is_mounted(tmp_path / "m")
+
+
+# -- the benchmark's FUSE ceiling -----------------------------------------------------------
+def test_memory_mount_serves_its_file_and_the_ceiling_measures_it(tmp_path: Path) -> None:
+    from fs3.bench import bench_fuse_ceiling
+    from fs3.fuse.ceiling import memory_mount
+
+    size = 3 * (1 << 20) + 5  # past a request boundary, with a short tail
+    point = tmp_path / "ceiling"
+    with memory_mount(point, size) as path:
+        assert path.stat().st_size == size
+        assert path.read_bytes() == b"\xa5" * size
+        with pytest.raises(OSError):
+            (point / "other").write_bytes(b"x")  # read-only: one file, nothing else
+    assert not is_mounted(point)
+    assert bench_fuse_ceiling(tmp_path, 1 << 20, rounds=1) > 0
+    assert not is_mounted(tmp_path / "ceiling")
