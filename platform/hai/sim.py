@@ -3,7 +3,8 @@
 The simulator is the mechanism's stand-in: instead of agents and processes it keeps job
 progress in memory. A suspended job checkpoints for ``suspend_s`` (its nodes stay busy),
 then goes back to the queue and pays ``restart_s`` when it resumes, so preemption has the
-cost it has on a real cluster. Passes run when something changed, at most once per
+cost it has on a real cluster; one whose work ends while it checkpoints finishes, as the
+scheduler has it. Passes run when something changed, at most once per
 ``pass_interval_s`` of simulated time, like the scheduler's tick.
 """
 
@@ -92,11 +93,14 @@ def simulate(
             job = jobs[job_id]
             if kind == _ARRIVE:
                 pending.add(job_id)
-            elif kind == _FINISH and version == job.version and job.suspending_for is None:
+            elif kind == _FINISH and version == job.version:
                 occupy(job, job.started_at, t)  # type: ignore[arg-type]
                 job.finished_at = t
                 running.discard(job_id)
-            elif kind == _SUSPENDED:
+                if job.suspending_for is not None:  # done before its checkpoint: no requeue
+                    job.suspending_for = None
+                    job.suspends -= 1
+            elif kind == _SUSPENDED and job.finished_at is None:
                 occupy(job, job.started_at, t)  # type: ignore[arg-type]
                 running.discard(job_id)
                 job.nodes = []
