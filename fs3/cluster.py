@@ -28,10 +28,17 @@ from fs3.types import SERVING, RoutingTable
 _STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is ample
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct free ports: each socket stays bound until all are picked, or the
+    kernel could hand out a port just released twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -61,11 +68,11 @@ class LocalCluster:
         if ports_file.exists():
             self.ports = json.loads(ports_file.read_text())
         else:
-            self.ports = {name: _free_port(self.host)
-                          for name in self._numbered("mgmtd", self.mgmtds)
-                          + self._numbered("meta", self.metas)}  # fmt: skip
+            names = self._numbered("mgmtd", self.mgmtds) + self._numbered("meta", self.metas)
+            free = iter(_free_ports(self.host, len(names) + 2 * self.targets))
+            self.ports = {name: next(free) for name in names}
             for i in range(1, self.targets + 1):
-                self.ports[f"storage-{i}"] = [_free_port(self.host), _free_port(self.host)]
+                self.ports[f"storage-{i}"] = [next(free), next(free)]
             ports_file.write_text(json.dumps(self.ports))
         (self.root / "config.yaml").write_text(yaml.safe_dump(self.settings))
 

@@ -44,6 +44,11 @@ _OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE),
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
 ]
+SERVER_OPTIONS = [
+    # gRPC binds with SO_REUSEPORT by default: a second server on a port in use would start
+    # and take a share of its calls (answering them UNIMPLEMENTED) instead of failing.
+    ("grpc.so_reuseport", 0),
+]
 
 _STATUS: dict[type[Fs3Error], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -81,13 +86,24 @@ def servicer_method(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def listens(server: grpc.Server, host: str, port: int) -> bool:
+    """Adds ``host:port`` to ``server``; False when it cannot bind it (in use: gRPC returns
+    0 or, in newer releases, raises)."""
+    try:
+        return server.add_insecure_port(f"{host}:{port}") != 0
+    except RuntimeError:
+        return False
+
+
 def serve(
     register: Callable[[grpc.Server], None], host: str, port: int, workers: int = 16
 ) -> grpc.Server:
     """Starts a gRPC server on ``host:port``; ``register`` adds the servicers."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_OPTIONS)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers), options=_OPTIONS + SERVER_OPTIONS
+    )
     register(server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    if not listens(server, host, port):
         raise Unavailable(f"cannot listen on {host}:{port}; is the port in use?")
     server.start()
     return server

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from fs3.rpc import SERVER_OPTIONS, listens
 from hai.errors import (
     ERRORS_BY_NAME,
     AuthError,
@@ -83,12 +84,12 @@ def _wrap(name: str, handler: Handler) -> grpc.RpcMethodHandler:
 
 def serve(handlers: dict[str, Handler], host: str, port: int, workers: int = 8) -> grpc.Server:
     """Starts a server for ``handlers`` (method name -> function) on ``host:port``."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
     generic = grpc.method_handlers_generic_handler(
         SERVICE, {name: _wrap(name, h) for name, h in handlers.items()}
     )
     server.add_generic_rpc_handlers((generic,))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    if not listens(server, host, port):
         raise Unavailable(f"cannot listen on {host}:{port}; is the port in use?")
     server.start()
     return server
