@@ -268,6 +268,16 @@ class FS3FileSystem(AbstractFileSystem):
         return FS3File(self, path, mode, inode)
 
 
+def _as_bytes(view: memoryview) -> bytes:
+    """``view`` as bytes: the object it views when that is bytes and the view covers all of
+    it (a whole chunk read locally, see :func:`fs3.client.local_read.read_chunk_file`),
+    otherwise a copy."""
+    whole = view.obj
+    if isinstance(whole, bytes) and view.nbytes == len(whole):
+        return whole
+    return bytes(view)
+
+
 class FS3File(AbstractBufferedFile):
     """An open fs3 file. Writes ship whole chunks in parallel as they fill; reads fetch
     chunks in parallel and read ahead once access looks sequential."""
@@ -401,7 +411,7 @@ class FS3File(AbstractBufferedFile):
                 del self._ahead[index]
             # One chunk (the usual case for chunk-sized reads) is sliced without a join copy.
             data = memoryview(parts[0]) if len(parts) == 1 else memoryview(b"".join(parts))
-            out = bytes(data[self.loc - first * cs : end - first * cs])
+            out = _as_bytes(data[self.loc - first * cs : end - first * cs])
         else:
             self._ahead.clear()
             out = self._fetch_range(self.loc, end)

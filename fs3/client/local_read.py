@@ -29,8 +29,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy
-
 from fs3.config import Timeouts
 from fs3.errors import ChecksumMismatch, Fs3Error, Unavailable
 from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, check_blocks, parse_header
@@ -332,26 +330,22 @@ def read_chunk_file(fd: int, offset: int, length: int, where: str) -> memoryview
     """Reads up to ``length`` bytes at ``offset`` of the chunk file open as ``fd`` and checks
     the blocks they lie in against the header's CRC32Cs.
 
-    The bytes go straight from the page cache into the returned buffer (``preadv``), which
-    holds whole blocks; a range inside a block is a view into it, not a copy. Raises
-    ChecksumMismatch naming ``where`` when the header or a block fails its check.
+    The bytes go straight from the page cache into one new ``bytes`` object, which holds
+    whole blocks; the result is a view into it (a caller that wants ``bytes`` of a whole
+    chunk takes the view's ``obj``: no second copy). Raises ChecksumMismatch naming
+    ``where`` when the header or a block fails its check.
     """
     start = offset // BLOCK_SIZE * BLOCK_SIZE
     stop = -(-(offset + length) // BLOCK_SIZE) * BLOCK_SIZE
-    # Uninitialised, as the TCP path's receive buffer: every byte returned is read into it.
-    buffer = memoryview(numpy.empty(stop - start, dtype=numpy.uint8))
-    if start == 0:  # the usual whole-chunk read: header and bytes in one system call
-        header = bytearray(HEADER_SIZE)
-        got = os.preadv(fd, [header, buffer], 0) - HEADER_SIZE
-        if got < 0:  # a file shorter than its header
-            header = header[: HEADER_SIZE + got]
-    else:
-        header = os.pread(fd, HEADER_SIZE, 0)
-        got = os.preadv(fd, [buffer], HEADER_SIZE + start) if len(header) == HEADER_SIZE else 0
+    header = os.pread(fd, HEADER_SIZE, 0)
+    data = os.pread(fd, stop - start, HEADER_SIZE + start) if len(header) == HEADER_SIZE else b""
     _, size, crcs = parse_header(header, where)
     end = min(offset + length, size)
     if end <= offset:
         return b""
-    view = buffer[: min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, size) - start]
-    check_blocks(view, start, max(got, 0), size, crcs, where)
+    wanted = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, size) - start
+    if len(data) < wanted:  # the file ends before what its header says it holds
+        raise ChecksumMismatch(f"{where} block {(start + len(data)) // BLOCK_SIZE} fails CRC32C")
+    view = memoryview(data)[:wanted]
+    check_blocks(view, start, len(data), size, crcs, where)
     return view[offset - start : end - start]

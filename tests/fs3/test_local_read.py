@@ -24,7 +24,7 @@ from fs3.client.chunks import read_order
 from fs3.client.local_read import LocalReads, LocalReadStats, read_chunk_file
 from fs3.cluster import LocalCluster
 from fs3.config import Timeouts
-from fs3.errors import ChunkBusy, Fs3Error
+from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error
 from fs3.local_bench import RATIOS, format_table, measure, medians
 from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, LocalChunkEngine
 from fs3.storage.local_read import socket_path
@@ -284,6 +284,33 @@ def test_a_passed_descriptor_keeps_reading_its_version(tmp_path: Path) -> None:
         assert read_chunk_file(held, len(v1), 10, "v1") == b""
     finally:
         os.close(held)
+
+
+def test_a_chunk_file_cut_short_fails_its_check_and_a_whole_one_is_read_once(
+    tmp_path: Path,
+) -> None:
+    engine = LocalChunkEngine(tmp_path, fsync=False)
+    cid = ChunkId(1, 8, 0)
+    data = os.urandom(3 * BLOCK_SIZE + 5)
+    engine.write(cid, 1, data, 0, True)
+    engine.commit(cid, 1)
+    fd = engine.open_committed(cid)
+    assert fd is not None
+    try:
+        whole = read_chunk_file(fd, 0, len(data), "whole")
+        # One copy: the page cache's bytes land in one bytes object, which the view covers.
+        assert isinstance(whole, memoryview) and isinstance(whole.obj, bytes)
+        assert whole.obj == data
+        # The file loses its tail (mid-block, then at a block boundary): a short block, or
+        # a missing one, fails as a flipped byte does, never reads as a shorter chunk.
+        for keep in (HEADER_SIZE + 2 * BLOCK_SIZE + 100, HEADER_SIZE + 2 * BLOCK_SIZE):
+            os.truncate(tmp_path / str(cid.chain) / f"{cid.inode:016x}.{cid.index:08x}", keep)
+            for offset, length in ((0, len(data)), (2 * BLOCK_SIZE + 200, 10)):
+                with pytest.raises(ChecksumMismatch, match="block 2 fails CRC32C"):
+                    read_chunk_file(fd, offset, length, "cut")
+            assert bytes(read_chunk_file(fd, 0, BLOCK_SIZE, "cut")) == data[:BLOCK_SIZE]
+    finally:
+        os.close(fd)
 
 
 def test_missing_or_unreachable_socket_falls_back_to_tcp(cluster: LocalCluster) -> None:
