@@ -3,7 +3,8 @@
 Each heartbeat reports every run this node has (exit code once all its ranks are gone,
 whether the job acknowledged a suspend) and gets back every run the node should have.
 :meth:`Agent.reconcile` closes the gap: start new runs, pass on suspend requests, stop
-runs marked stop or no longer assigned, forget runs the scheduler no longer lists. If the
+runs marked stop or no longer assigned (one marked stop before it started is reported as
+ended, never started), forget runs the scheduler no longer lists. If the
 server is unreachable the agent keeps its ranks running and retries, so a scheduler
 restart loses nothing.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -28,6 +30,9 @@ from hai.metrics import AgentMetrics
 from hai.protocol import DESIRED_STOP, DESIRED_SUSPEND, Assignment, NodeInfo, RunReport
 from hai.rpc import ApiClient
 from hai.service import log_path
+
+NEVER_STARTED = -signal.SIGTERM
+"""The exit reported for a run stopped before it started: what stopping it would give."""
 
 log = logging.getLogger("hai.agent")
 
@@ -91,6 +96,9 @@ class Agent:
         self._failures: list[str] = []
         self._next_health = 0.0
         self._registered = False
+        self._never_started: set[int] = set()
+        """Runs told to stop before this agent started them: reported as exited, or the
+        scheduler would wait for their exit (and hold their nodes) forever."""
 
     def step(self) -> None:
         """One heartbeat and reconcile. Raises Unavailable/HaiTimeoutError if the server
@@ -109,6 +117,7 @@ class Agent:
             self.client.call("Register", **asdict(self.info))
             self._registered = True
         reports = [self._report(run_id) for run_id in self.executor.run_ids()]
+        reports += [RunReport(run_id, NEVER_STARTED) for run_id in sorted(self._never_started)]
         try:
             reply = self.client.call(
                 "Heartbeat",
@@ -135,9 +144,12 @@ class Agent:
                     self.executor.forget(run_id)
                 else:
                     self.executor.stop(run_id, self.config.kill_grace_s)
+        self._never_started &= set(wanted)  # the scheduler took the report: done with it
         for a in assignments:
             known = a.run_id in self.executor.run_ids()
-            if not known and a.desired != DESIRED_STOP:
+            if not known and a.desired == DESIRED_STOP:
+                self._never_started.add(a.run_id)
+            elif not known and a.run_id not in self._never_started:
                 self.executor.start(self._launch(a))
                 log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
             if a.run_id not in self.executor.run_ids():

@@ -1,0 +1,76 @@
+"""The agent against a real server (in this process), stepped by hand so that the order of
+its heartbeats and the scheduler's passes is the test's to choose."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hai.agent import NEVER_STARTED, Agent
+from hai.config import load_config
+from hai.executor import LocalExecutor
+from hai.rpc import ApiClient
+from hai.server import Server
+
+
+@pytest.fixture
+def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[tuple[ApiClient, Agent]]:
+    port = free_port()
+    config = load_config(
+        env={},
+        overrides={
+            "server": {"port": port},
+            "scheduler": {"pass_interval_s": 0.1, "node_lease_s": 60},
+            "agent": {"health_interval_s": 3600},
+            "policy": {"min_run_s": 0},
+        },
+    )
+    state = tmp_path / "hai"
+    server = Server(config, state)
+    server.start()
+    token = (state / "token").read_text().strip()
+    client, agent_client = (
+        ApiClient(f"127.0.0.1:{port}", token),
+        ApiClient(f"127.0.0.1:{port}", token),
+    )
+    executor = LocalExecutor()
+    agent = Agent("node-0", agent_client, executor, state, config.agent, gpus=1)
+    try:
+        yield client, agent
+    finally:
+        executor.shutdown()
+        agent_client.close()
+        client.close()
+        server.stop()
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_run_stopped_before_its_agent_started_it_ends(
+    platform: tuple[ApiClient, Agent], tmp_path: Path
+) -> None:
+    client, agent = platform
+    agent.step()  # registers the node
+    spec = {"name": "never", "entrypoint": f"touch {tmp_path / 'ran'}", "nodes": 1}
+    job_id = client.call("Submit", spec=spec)["id"]
+    describe = lambda: client.call("Describe", job_id=job_id)  # noqa: E731
+    _wait("the run to be placed", lambda: describe()["job"]["state"] == "running")
+    # Stopped between the scheduler's pass and the agent's next heartbeat.
+    client.call("Stop", job_id=job_id)
+    agent.step()  # told to stop a run it never started: it starts nothing
+    assert agent.executor.run_ids() == []
+    agent.step()  # and reports it as ended
+    detail = describe()
+    assert detail["job"]["state"] == "stopped"
+    assert detail["runs"][0]["exit_code"] == NEVER_STARTED
+    agent.step()
+    assert not (tmp_path / "ran").exists()
