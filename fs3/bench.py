@@ -12,8 +12,8 @@ Its reads come from the fs3 servers, as the fsspec client's do: the mount's page
 dropped before each read (warm = the servers' caches warm), and the 4 KiB random reads use
 O_DIRECT. Its 4 parallel readers of one file share the mount's page cache, so each byte
 crosses FUSE once, where the fsspec client's readers fetch it 4 times. Below the table, the
-FUSE ceiling: the same reads of a file that a pyfuse3 mount serves
-from memory (:mod:`fs3.fuse.ceiling`), what FUSE alone costs here.
+FUSE ceiling: the same reads of a file that a pyfuse3 mount serves from memory
+(:mod:`fs3.fuse.ceiling`), what FUSE alone costs here.
 
 Then two more tables: warm reads on the client's zero-copy local path (descriptors passed
 by the targets on this machine) against the same client over TCP and the local disk

@@ -6,7 +6,7 @@ costs is FUSE's own share: a kernel round trip per 1 MiB request and two copies,
 mount's page cache and out to the reader. The fs3 mount adds to it the chunk transfers, the
 CRC checks and its read-ahead bookkeeping.
 
-``python -m fs3.fuse.ceiling MOUNTPOINT SIZE_MIB PARENT_PID`` serves until unmounted or
+``python -m fs3.fuse.ceiling MOUNTPOINT SIZE_BYTES PARENT_PID`` serves until unmounted or
 until the process ``PARENT_PID`` is gone; :func:`memory_mount` runs it for a ``with`` block.
 """
 

@@ -4,9 +4,9 @@ Each heartbeat reports every run this node has (exit code once all its ranks are
 whether the job acknowledged a suspend) and gets back every run the node should have.
 :meth:`Agent.reconcile` closes the gap: start new runs, pass on suspend requests, stop
 runs marked stop or no longer assigned (one marked stop before it started is reported as
-ended, never started), forget runs the scheduler no longer lists. If the
-server is unreachable the agent keeps its ranks running and retries, so a scheduler
-restart loses nothing.
+ended, never started), forget runs the scheduler no longer lists. If the server is
+unreachable the agent keeps its ranks running and retries, so a scheduler restart loses
+nothing.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Agent:
             self.client.call("Register", **asdict(self.info))
             self._registered = True
         reports = [self._report(run_id) for run_id in self.executor.run_ids()]
-        reports += [RunReport(run_id, NEVER_STARTED) for run_id in sorted(self._never_started)]
+        reports += [RunReport(run_id, NEVER_STARTED) for run_id in self._never_started]
         try:
             reply = self.client.call(
                 "Heartbeat",
@@ -149,7 +149,7 @@ class Agent:
             known = a.run_id in self.executor.run_ids()
             if not known and a.desired == DESIRED_STOP:
                 self._never_started.add(a.run_id)
-            elif not known and a.run_id not in self._never_started:
+            elif not known:
                 self.executor.start(self._launch(a))
                 log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
             if a.run_id not in self.executor.run_ids():

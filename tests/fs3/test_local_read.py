@@ -259,14 +259,21 @@ def test_forked_child_reads_on_connections_of_its_own(cluster: LocalCluster, loc
     fs.rm("/lr/fork")
 
 
+def _committed_chunk(root: Path, cid: ChunkId, data: bytes) -> tuple[LocalChunkEngine, int]:
+    """An engine under ``root`` holding ``data`` as version 1 of ``cid``, and a descriptor
+    of its chunk file as a target passes one to a local client."""
+    engine = LocalChunkEngine(root, fsync=False)
+    engine.write(cid, 1, data, 0, True)
+    engine.commit(cid, 1)
+    fd = engine.open_committed(cid)
+    assert fd is not None
+    return engine, fd
+
+
 def test_a_passed_descriptor_keeps_reading_its_version(tmp_path: Path) -> None:
-    engine = LocalChunkEngine(tmp_path, fsync=False)
     cid = ChunkId(1, 7, 0)
     v1 = os.urandom(3 * BLOCK_SIZE + 5)
-    engine.write(cid, 1, v1, 0, True)
-    engine.commit(cid, 1)
-    held = engine.open_committed(cid)
-    assert held is not None
+    engine, held = _committed_chunk(tmp_path, cid, v1)
     try:
         engine.write(cid, 2, b"x" * 100, 0, False)  # staged beside it...
         assert bytes(read_chunk_file(held, 0, len(v1), "v1")) == v1
@@ -289,13 +296,9 @@ def test_a_passed_descriptor_keeps_reading_its_version(tmp_path: Path) -> None:
 def test_a_chunk_file_cut_short_fails_its_check_and_a_whole_one_is_read_once(
     tmp_path: Path,
 ) -> None:
-    engine = LocalChunkEngine(tmp_path, fsync=False)
     cid = ChunkId(1, 8, 0)
     data = os.urandom(3 * BLOCK_SIZE + 5)
-    engine.write(cid, 1, data, 0, True)
-    engine.commit(cid, 1)
-    fd = engine.open_committed(cid)
-    assert fd is not None
+    _, fd = _committed_chunk(tmp_path, cid, data)
     try:
         whole = read_chunk_file(fd, 0, len(data), "whole")
         # One copy: the page cache's bytes land in one bytes object, which the view covers.

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hai.store import SqlStore, StateStore, sqlite_url
+
+from .waiting import wait_for
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -80,15 +81,7 @@ class LocalCluster:
         self.client.close()
         down(self.state_dir)
 
-    @staticmethod
-    def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    wait_for = staticmethod(wait_for)
 
     @staticmethod
     def train_spec(name: str, priority: int, steps: int, **kw: object) -> dict:

@@ -3,7 +3,6 @@ its heartbeats and the scheduler's passes is the test's to choose."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from hai.config import load_config
 from hai.executor import LocalExecutor
 from hai.rpc import ApiClient
 from hai.server import Server
+
+from .waiting import wait_for
 
 
 @pytest.fixture
@@ -47,14 +48,6 @@ def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[tuple[Api
         server.stop()
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_run_stopped_before_its_agent_started_it_ends(
     platform: tuple[ApiClient, Agent], tmp_path: Path
 ) -> None:
@@ -63,7 +56,7 @@ def test_a_run_stopped_before_its_agent_started_it_ends(
     spec = {"name": "never", "entrypoint": f"touch {tmp_path / 'ran'}", "nodes": 1}
     job_id = client.call("Submit", spec=spec)["id"]
     describe = lambda: client.call("Describe", job_id=job_id)  # noqa: E731
-    _wait("the run to be placed", lambda: describe()["job"]["state"] == "running")
+    wait_for("the run to be placed", lambda: describe()["job"]["state"] == "running")
     # Stopped between the scheduler's pass and the agent's next heartbeat.
     client.call("Stop", job_id=job_id)
     agent.step()  # told to stop a run it never started: it starts nothing

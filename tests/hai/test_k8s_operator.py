@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import pytest
 from hai.errors import SpecError
 from hai.k8s import haijob
 from hai.k8s.names import ENV_NAMESPACE, ENV_OWNER, GROUP, LABEL_JOB, PLURAL, VERSION
+
+from .waiting import wait_for
 
 HAIJOB = {
     "apiVersion": f"{GROUP}/{VERSION}",
@@ -152,17 +153,6 @@ print("checkpointed", flush=True)
 client.go_suspend()
 time.sleep(60)
 """
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
-    """Polls ``check`` until it returns something true (generous: CI runs on 2 busy cores)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class Platform:

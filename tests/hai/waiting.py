@@ -1,0 +1,18 @@
+"""Polling for the platform tests: wait until something holds, or fail saying what."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
+    """Polls ``check`` until it returns something true and returns that (generous: CI runs
+    on 2 busy cores); raises AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
