@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -135,6 +136,27 @@ def run_retrying(
             on_retry()
             # Random pauses stop two rivals from colliding again in lock step.
             time.sleep(pause * random.random())
+            pause = min(pause * 2, 0.1)
+
+
+def enter_wal_mode(conn: Any, timeout_s: float = 30.0) -> None:
+    """Puts the SQLite database behind ``conn`` (a connection or cursor) in WAL mode.
+
+    Switching a fresh file to WAL takes an exclusive lock and SQLite answers "database is
+    locked" at once, without its busy handler, when another process is switching the same
+    file; two servers started together on one new database hit that. Retried until
+    ``timeout_s``; a database already in WAL answers at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause * (1 + random.random()))
             pause = min(pause * 2, 0.1)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fs3.db import LEASE_TABLE, SQLITE, take_lease
+from fs3.db import LEASE_TABLE, SQLITE, enter_wal_mode, take_lease
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
 from fs3.types import Inode, Layout, Quota
 
@@ -76,13 +76,16 @@ class SqliteMetaStore(MetaStore):
         self._all: dict[threading.Thread, sqlite3.Connection] = {}
         self._all_lock = threading.Lock()
         conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        have = {row[1] for row in conn.execute("PRAGMA table_info(inodes)")}
-        for column, (sql_type, _) in ADDED_COLUMNS.items():
-            if column not in have:
-                conn.execute(f"ALTER TABLE inodes ADD COLUMN {column} {sql_type}")
+        enter_wal_mode(conn)
+        # Under the write lock: servers opening one database together create or upgrade it
+        # once. Statement by statement, since executescript would commit first.
         with self.transaction() as txn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(inodes)")}
+            for column, (sql_type, _) in ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE inodes ADD COLUMN {column} {sql_type}")
             if txn.get_inode(1) is None:
                 txn.put_inode(root_inode(time.time()))
                 conn.execute("INSERT OR IGNORE INTO counters VALUES ('inode', 2)")

@@ -32,6 +32,7 @@ from fs3.db import (
     Lease,
     check_lease,
     connect_postgres,
+    enter_wal_mode,
     is_postgres,
     postgres_error,
     redact,
@@ -153,7 +154,7 @@ class SqlMgmtdStore(MgmtdStore):
             return connect_postgres(self.db)
         conn = sqlite3.connect(self.db, isolation_level=None, timeout=30.0,
                                check_same_thread=False)  # fmt: skip
-        conn.execute("PRAGMA journal_mode=WAL")
+        enter_wal_mode(conn)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 

@@ -1,13 +1,14 @@
 """The state store's tables and the versioned migrations that build them.
 
 The database records its schema version in ``hai_schema_version``; :func:`migrate` applies
-every step above it, in order, each in its own transaction, so a store made by an older
+every step above it, in order, in one transaction, so a store made by an older
 release upgrades in place. Steps are never edited once released: a change is a new step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
@@ -152,22 +153,56 @@ LATEST = MIGRATIONS[-1][0]
 def schema_version(engine: sa.Engine) -> int:
     """The version the database is at; 0 for an empty database."""
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table(_version.name):
-            return 0
-        return conn.execute(sa.select(sa.func.max(_version.c.version))).scalar() or 0
+        return _version_in(conn)
+
+
+def _version_in(conn: sa.Connection) -> int:
+    if not sa.inspect(conn).has_table(_version.name):
+        return 0
+    return conn.execute(sa.select(sa.func.max(_version.c.version))).scalar() or 0
+
+
+_MIGRATION_LOCK = 0x4A1_5C7E
+"""PostgreSQL advisory lock key that serialises servers migrating one database."""
+
+
+@contextmanager
+def _locked_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that holds the database's migration lock from its first statement, so
+    servers starting together on a new database migrate it once: the others wait, then find
+    it current. Python's sqlite3 runs DDL outside any transaction and defers locks, so on
+    SQLite we issue ``BEGIN IMMEDIATE`` ourselves (SQLite's DDL is transactional)."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+            yield conn
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
 
 
 def migrate(engine: sa.Engine, target: int = LATEST) -> int:
-    """Applies the migration steps between the database's version and ``target``.
+    """Applies the migration steps between the database's version and ``target``, all in
+    one transaction under the migration lock.
 
-    Returns the version reached. Safe to run on every start: a current database is untouched.
+    Returns the version reached. Safe to run on every start, also from several processes at
+    once: a current database is untouched.
     """
-    current = schema_version(engine)
-    for version, _, step in MIGRATIONS:
-        if current < version <= target:
-            with engine.begin() as conn:
+    with _locked_transaction(engine) as conn:
+        current = _version_in(conn)
+        for version, _, step in MIGRATIONS:
+            if current < version <= target:
                 _version.create(conn, checkfirst=True)
                 step(conn)
                 conn.execute(sa.insert(_version).values(version=version))
-            current = version
+                current = version
     return current

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fs3.db import enter_wal_mode
 from hai.errors import NotFoundError, StateError
 from hai.records import Event, Job, Node, Quota, Run, User
 from hai.store import schema
@@ -26,7 +27,7 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     # WAL lets `hai` readers run beside the server; busy_timeout waits out short locks
     # instead of failing.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    enter_wal_mode(cursor)
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
