@@ -108,6 +108,10 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
             prefix=GROUP, key="last-handled-configuration"
         )
         settings.posting.level = logging.WARNING
+        # A HaiJob deleted while its refresh timer is in a server call keeps its finalizer
+        # until the timer exits, and kopf looks again only after this: at its default 60 s
+        # a delete waited a minute for a call that ended in milliseconds.
+        settings.background.cancellation_polling = config.poll_interval_s
 
     if config.api_url:
 
