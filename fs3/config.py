@@ -49,6 +49,12 @@ class ClientConfig:
     """Chunk transfers in flight per open file."""
     readahead_chunks: int = 4
     """Chunks fetched ahead once reads look sequential."""
+    read_threads: int = 0
+    """Threads that fetch chunks for reads; 0: one per CPU this process may run on (at
+    least 2, at most ``2 * parallel``). Every byte read is copied and CRC-checked here, so
+    threads beyond the cores only queue for them: on 2 cores, 16 threads read a warm file
+    at 4.6-5.0 GB/s where 2 read it at 6.6-7.5, and 4 readers at 2.2 where 2 threads
+    gave 8.0 (local reads; over loopback TCP 1.8 vs 2.1)."""
     local_reads: bool = True
     """Read replicas on this machine through descriptors their targets pass over a Unix
     socket (no socket copy of the bytes); anything wrong with that path falls back to TCP."""
@@ -60,6 +66,16 @@ class ClientConfig:
             )
         if self.parallel < 1:
             raise ConfigError(f"client.parallel must be >= 1, got {self.parallel}")
+        if self.read_threads < 0:
+            raise ConfigError(f"client.read_threads must be >= 0, got {self.read_threads}")
+
+    def read_pool_size(self) -> int:
+        """``read_threads``, or for 0 the CPUs this process may run on within [2, 2 * parallel]."""
+        if self.read_threads:
+            return self.read_threads
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = len(affinity(0)) if affinity else os.cpu_count() or 2
+        return max(2, min(cpus, 2 * self.parallel))
 
 
 @dataclass

@@ -62,7 +62,8 @@ class FS3FileSystem(AbstractFileSystem):
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
         self.chunks = ChunkIO(self.mgmtd, self.pool, t, self.config.client.local_reads)
         self.meta = MetaClient(self.chunks, self.pool)
-        self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")
+        self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")  # writes
+        self.read_executor = ThreadPoolExecutor(self.config.client.read_pool_size(), "fs3-read")
 
     # -- paths -------------------------------------------------------------------------
     @classmethod
@@ -379,14 +380,14 @@ class FS3File(AbstractBufferedFile):
         for index in range(start // cs, (end - 1) // cs + 1):
             lo, hi = max(start, index * cs), min(end, (index + 1) * cs)
             parts.append(
-                self.fs.executor.submit(self._chunk, index, lo - index * cs, hi - index * cs)
+                self.fs.read_executor.submit(self._chunk, index, lo - index * cs, hi - index * cs)
             )
         return b"".join(p.result() for p in parts)  # type: ignore[misc]
 
     def _whole_chunk(self, index: int) -> Future[memoryview]:
         if index not in self._ahead:
             end = min(self.chunk_size, self.size - index * self.chunk_size)
-            self._ahead[index] = self.fs.executor.submit(self._chunk, index, 0, end)
+            self._ahead[index] = self.fs.read_executor.submit(self._chunk, index, 0, end)
         return self._ahead[index]
 
     def read(self, length: int = -1) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+import threading
 
 import fsspec
 import pyarrow as pa
@@ -15,6 +16,8 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+
+from .conftest import SMALL_CHUNK
 
 
 def test_partitioned_parquet_round_trip(fs3fs: FS3FileSystem) -> None:
@@ -27,6 +30,34 @@ def test_partitioned_parquet_round_trip(fs3fs: FS3FileSystem) -> None:
     pq.write_table(table, "/pq/one.parquet", filesystem=pafs)
     assert pq.read_table("/pq/one.parquet", filesystem=pafs).equals(table)
     fs3fs.rm("/pq", recursive=True)
+
+
+def test_reads_run_on_the_read_pool_writes_on_their_own(
+    fs3fs: FS3FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytes(range(256)) * (SMALL_CHUNK * 12 // 256)
+    writers: set[str] = set()
+    readers: set[str] = set()
+    write, read = fs3fs.chunks.write, fs3fs.chunks.read
+
+    def recording(names: set[str], call):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            names.add(threading.current_thread().name)
+            return call(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(fs3fs.chunks, "write", recording(writers, write))
+    monkeypatch.setattr(fs3fs.chunks, "read", recording(readers, read))
+    fs3fs.pipe_file("/pools/f", data)
+    with fs3fs.open("/pools/f", "rb") as f:  # sequential: read ahead
+        assert b"".join(iter(lambda: f.read(SMALL_CHUNK), b"")) == data
+        f.seek(SMALL_CHUNK // 2)  # a range across two chunks
+        assert f.read(SMALL_CHUNK) == data[SMALL_CHUNK // 2 : SMALL_CHUNK * 3 // 2]
+    assert writers and all(name.startswith("fs3-io") for name in writers), writers
+    assert readers and all(name.startswith("fs3-read") for name in readers), readers
+    assert len(readers) <= fs3fs.config.client.read_pool_size()
+    fs3fs.rm("/pools", recursive=True)
 
 
 def test_errors_are_builtins_with_paths(fs3fs: FS3FileSystem) -> None:

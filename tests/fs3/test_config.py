@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from fs3.config import load_config
+from fs3.config import ClientConfig, load_config
 from fs3.errors import ConfigError, DirectoryNotEmpty, NotFound, Unavailable, error_from_kind
 from fs3.paths import normalize
 
@@ -67,3 +68,15 @@ def test_local_reads_and_socket_mode_are_settings(tmp_path: Path) -> None:
     path.write_text("storage: {fsync: 'no'}\n")
     with pytest.raises(ConfigError, match="storage.fsync must be bool .*got 'no'"):
         load_config(path)
+
+
+def test_reads_get_a_thread_per_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    def client(**values: object) -> ClientConfig:
+        return load_config(env={}, overrides={"client": values}).client
+
+    for cpus, parallel, threads in [(2, 8, 2), (1, 8, 2), (64, 8, 16), (6, 2, 4)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert client(parallel=parallel).read_pool_size() == threads, (cpus, parallel)
+    assert client(read_threads=5).read_pool_size() == 5
+    with pytest.raises(ConfigError, match="client.read_threads must be >= 0, got -1"):
+        client(read_threads=-1)
