@@ -166,7 +166,7 @@ _MOUNT = MountOptions()  # the mount's defaults, shown in --help
 @click.option("--threads", type=int, default=_MOUNT.threads, show_default=True,
               help="fs3 calls at once, each in a worker thread.")  # fmt: skip
 @click.option("--io-threads", type=int, default=_MOUNT.io_threads, show_default=True,
-              help="Chunk transfers at once, all open files together.")  # fmt: skip
+              help="Chunk writes at once, all open files together.")  # fmt: skip
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @click.option("--parent-pid", type=int, hidden=True, help="Unmount once this process is gone.")

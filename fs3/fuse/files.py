@@ -53,7 +53,10 @@ class OpenFile:
         self.handles = 0
         self.orphan: str | None = None
         """Where the file went when it was unlinked while open (removed at release)."""
-        self._executor = executor
+        self._executor = executor  # write-behind
+        # Reads on the client's pool, one thread per CPU: every byte is copied and CRC-checked
+        # here, and 32 threads reading on 2 cores served 1.1 GB/s where 2 served 1.4.
+        self._reads = fs.read_executor
         self._guard = LengthGuard(fs.meta, inode.id, f"inode {inode.id}", inode.length)
         self._cs = inode.layout.chunk_size
         self._parallel = fs.config.client.parallel
@@ -253,7 +256,7 @@ class OpenFile:
                 for index in range(first, min(last + 1 + self._ahead, chunks_total)):
                     if index not in self._cache:
                         length = min(cs, self.size - index * cs)
-                        self._cache[index] = self._executor.submit(self._chunk, index, 0, length)
+                        self._cache[index] = self._reads.submit(self._chunk, index, 0, length)
                     self._cache.move_to_end(index)
                 wanted = [(i, self._cache[i]) for i in range(first, last + 1)]
                 while len(self._cache) > (self._ahead + 2) * max(1, self.handles):
@@ -267,7 +270,7 @@ class OpenFile:
                      for i in range(first, last + 1)]  # fmt: skip
             if len(spans) == 1:
                 return self._chunk(*spans[0])
-            futures = [self._executor.submit(self._chunk, *span) for span in spans]
+            futures = [self._reads.submit(self._chunk, *span) for span in spans]
             return b"".join(f.result() for f in futures)
         parts = []
         for index, future in wanted:

@@ -33,7 +33,8 @@ class MountOptions:
     """Blocking fs3 calls (meta RPCs, chunk waits) running at once, each in a worker thread
     so that one slow chunk never stalls the other requests."""
     io_threads: int = 32
-    """Chunk transfers in flight for all open files together (read-ahead and write-behind)."""
+    """Chunk writes in flight for all open files together (write-behind); reads run on the
+    client's read pool (``client.read_threads``)."""
     allow_other: bool = False
     """Let users other than the one who mounted use the mount (FUSE ``allow_other``)."""
     debug: bool = False

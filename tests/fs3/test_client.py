@@ -6,6 +6,7 @@ import errno
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import fsspec
 import pyarrow as pa
@@ -16,6 +17,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+from fs3.fuse.files import Cursor, OpenFile
 
 from .conftest import SMALL_CHUNK
 
@@ -54,6 +56,14 @@ def test_reads_run_on_the_read_pool_writes_on_their_own(
         assert b"".join(iter(lambda: f.read(SMALL_CHUNK), b"")) == data
         f.seek(SMALL_CHUNK // 2)  # a range across two chunks
         assert f.read(SMALL_CHUNK) == data[SMALL_CHUNK // 2 : SMALL_CHUNK * 3 // 2]
+    # The FUSE mount's files read on the same pool (their writes on the mount's own).
+    opened = OpenFile(fs3fs, fs3fs.meta.stat("/pools/f"), ThreadPoolExecutor(1, "mount-io"))
+    cursor = Cursor()
+    for offset in range(0, len(data), SMALL_CHUNK):  # sequential: read ahead
+        assert (
+            bytes(opened.read(cursor, offset, SMALL_CHUNK)) == data[offset : offset + SMALL_CHUNK]
+        )
+    assert bytes(opened.read(cursor, 10, SMALL_CHUNK * 2)) == data[10 : 10 + SMALL_CHUNK * 2]
     assert writers and all(name.startswith("fs3-io") for name in writers), writers
     assert readers and all(name.startswith("fs3-read") for name in readers), readers
     assert len(readers) <= fs3fs.config.client.read_pool_size()
