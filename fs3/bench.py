@@ -2,7 +2,7 @@
 
 One run starts local clusters of 3 targets at replication 3 and 1 (fsync on, as in
 production) and measures sequential write/read of one file (cold cache, then warm: the
-median of 3 reads), 4 parallel readers, 4 KiB random reads, and create+stat+unlink of small
+median of 5 reads), 4 parallel readers, 4 KiB random reads, and create+stat+unlink of small
 files. The same work on the local disk is the roofline; the same chunks moved by gRPC
 unary calls show what the framed TCP path buys. Ratios are printed beside the figures.
 
@@ -55,10 +55,11 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def _median_mb_s(
-    size: int, read: Callable[[], None], before: Callable[[], None] | None = None, rounds: int = 3
+    size: int, read: Callable[[], None], before: Callable[[], None] | None = None, rounds: int = 5
 ) -> float:
     """MB/s of the median of ``rounds`` timed calls of ``read`` (``size`` bytes each), each
-    after ``before``: one warm read on this shared machine varies by a third."""
+    after ``before``: one warm read on this shared machine varies by a third, and the first
+    after a cold read is slower still (the kernel moves each page to its active list)."""
     speeds = []
     for _ in range(rounds):
         if before is not None:
@@ -240,7 +241,7 @@ def bench_mount(
                            random_flags=os.O_DIRECT)  # fmt: skip
 
 
-def bench_fuse_ceiling(work: Path, size: int, rounds: int = 3) -> float:
+def bench_fuse_ceiling(work: Path, size: int, rounds: int = 5) -> float:
     """MB/s of sequential reads of a ``size``-byte file that a pyfuse3 mount serves from
     memory (:mod:`fs3.fuse.ceiling`), page cache dropped before each; the median round."""
     from fs3.fuse.ceiling import memory_mount
