@@ -13,7 +13,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -106,6 +106,16 @@ def postgres_error(err: Exception, url: str) -> Exception:
     return err
 
 
+def _retry_pauses(retry_s: float) -> Iterator[float]:
+    """Seconds to sleep before each retry until ``retry_s`` has passed: randomised, so two
+    rivals do not collide again in lock step, and doubling from 1 ms to at most 100 ms."""
+    deadline = time.monotonic() + retry_s
+    pause = 0.001
+    while time.monotonic() + pause <= deadline:
+        yield pause * random.random()
+        pause = min(pause * 2, 0.1)
+
+
 def run_retrying(
     transaction: Callable[[], AbstractContextManager[Any]],
     fn: Callable[[Any], T],
@@ -121,22 +131,20 @@ def run_retrying(
         Unavailable: conflicts kept coming for ``retry_s`` seconds.
         whatever ``fn`` raises, after the transaction was rolled back.
     """
-    deadline = time.monotonic() + retry_s
-    pause = 0.001
+    pauses = _retry_pauses(retry_s)
     while True:
         try:
             with transaction() as txn:
                 return fn(txn)
         except TxnConflict as err:
-            if time.monotonic() + pause > deadline:
+            pause = next(pauses, None)
+            if pause is None:
                 raise Unavailable(
                     f"metadata transaction kept conflicting for {retry_s:g}s (a hot spot: many "
                     f"writers on one directory or file); last: {err}"
                 ) from None
             on_retry()
-            # Random pauses stop two rivals from colliding again in lock step.
-            time.sleep(pause * random.random())
-            pause = min(pause * 2, 0.1)
+            time.sleep(pause)
 
 
 def enter_wal_mode(conn: Any, timeout_s: float = 30.0) -> None:
@@ -147,17 +155,16 @@ def enter_wal_mode(conn: Any, timeout_s: float = 30.0) -> None:
     file; two servers started together on one new database hit that. Retried until
     ``timeout_s``; a database already in WAL answers at once.
     """
-    deadline = time.monotonic() + timeout_s
-    pause = 0.001
+    pauses = _retry_pauses(timeout_s)
     while True:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() + pause > deadline:
+            pause = next(pauses, None)
+            if "locked" not in str(err) or pause is None:
                 raise
-            time.sleep(pause * (1 + random.random()))
-            pause = min(pause * 2, 0.1)
+            time.sleep(pause)
 
 
 # -- leases --------------------------------------------------------------------------------

@@ -18,19 +18,19 @@ from fs3.db import LEASE_TABLE, SQLITE, enter_wal_mode, take_lease
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
 from fs3.types import Inode, Layout, Quota
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS inodes (
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS inodes (
     id INTEGER PRIMARY KEY, kind TEXT, mode INTEGER, length INTEGER, mtime REAL, ctime REAL,
     parent INTEGER, chunk_size INTEGER, chains TEXT, seed INTEGER, target TEXT,
     atime REAL NOT NULL DEFAULT 0, q_max_bytes INTEGER, q_max_inodes INTEGER,
-    q_used_bytes INTEGER, q_used_inodes INTEGER);
-CREATE TABLE IF NOT EXISTS dentries (
-    parent INTEGER, name TEXT, child INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS garbage (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, inode INTEGER, from_index INTEGER, chains TEXT);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
-"""
-_SCHEMA += LEASE_TABLE + ";\n"
+    q_used_bytes INTEGER, q_used_inodes INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS dentries (
+    parent INTEGER, name TEXT, child INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS garbage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, inode INTEGER, from_index INTEGER, chains TEXT)""",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER)",
+    LEASE_TABLE,
+]
 
 # The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres). The
 # quota columns are NULL on every inode but the directories that have a quota.
@@ -78,9 +78,9 @@ class SqliteMetaStore(MetaStore):
         conn = self._conn()
         enter_wal_mode(conn)
         # Under the write lock: servers opening one database together create or upgrade it
-        # once. Statement by statement, since executescript would commit first.
+        # once (statement by statement: executescript would commit first).
         with self.transaction() as txn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
+            for statement in _SCHEMA:
                 conn.execute(statement)
             have = {row[1] for row in conn.execute("PRAGMA table_info(inodes)")}
             for column, (sql_type, _) in ADDED_COLUMNS.items():
