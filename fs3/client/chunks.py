@@ -126,8 +126,18 @@ class ChunkIO:
         if length % cs:
             self.write(layout, inode, length // cs, length % cs, b"", True)
 
-    def read(self, layout: Layout, inode: int, index: int, offset: int, length: int) -> memoryview:
-        """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes)."""
+    def read(
+        self,
+        layout: Layout,
+        inode: int,
+        index: int,
+        offset: int,
+        length: int,
+        mapped: bool = False,
+    ) -> memoryview:
+        """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes).
+        With ``mapped``, a chunk on this machine may come as a locked mapping of its file
+        rather than a copy (:mod:`fs3.client.mapped`): for callers that only pass it on."""
         chain_id = layout.chain_of(index)
 
         def attempt(table: RoutingTable) -> memoryview:
@@ -139,7 +149,7 @@ class ChunkIO:
                 req = Request(READ, chain_id, table.version, inode, index, offset, length)
                 try:
                     local = self.local
-                    got = local.read(table, target, req) if local is not None else None
+                    got = local.read(table, target, req, mapped) if local is not None else None
                     if got is not None:
                         return memoryview(got)  # read from the page cache into it: no copy
                     _, crc, data = self.pool.request(self._address(table, target), req)

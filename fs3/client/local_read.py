@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from fs3.client.mapped import map_file
 from fs3.config import Timeouts
 from fs3.errors import ChecksumMismatch, Fs3Error, Unavailable
 from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, check_blocks, parse_header
@@ -114,11 +115,15 @@ class LocalReads:
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
 
-    def read(self, table: RoutingTable, target_id: int, req: Request) -> memoryview | bytes | None:
+    def read(
+        self, table: RoutingTable, target_id: int, req: Request, mapped: bool = False
+    ) -> memoryview | bytes | None:
         """Reads ``req`` (a READ) from ``target_id`` locally; None when that target is not on
         this machine or its local path failed, and the caller reads over TCP.
 
-        Returns up to ``req.length`` bytes (``b""`` for a hole), CRC-checked. Raises what a
+        Returns up to ``req.length`` bytes (``b""`` for a hole), CRC-checked, with ``mapped``
+        as a view of a locked mapping where the chunk file maps (see
+        :func:`read_chunk_file`). Raises what a
         TCP READ of the target would: ChunkBusy, StaleRouting, and ChecksumMismatch naming the
         target when the stored bytes fail their CRC32C.
         """
@@ -143,7 +148,7 @@ class LocalReads:
             return b""
         where = f"target {target_id}: chunk {(req.chain, req.inode, req.index)}"
         try:
-            data = read_chunk_file(fd, req.offset, req.length, where)
+            data = read_chunk_file(fd, req.offset, req.length, where, mapped)
         except ChecksumMismatch as err:
             with self._lock:
                 self.stats.checksum_failures += 1
@@ -326,19 +331,27 @@ def _request(
     return body, (fds[0] if fds else None)
 
 
-def read_chunk_file(fd: int, offset: int, length: int, where: str) -> memoryview | bytes:
+def read_chunk_file(
+    fd: int, offset: int, length: int, where: str, mapped: bool = False
+) -> memoryview | bytes:
     """Reads up to ``length`` bytes at ``offset`` of the chunk file open as ``fd`` and checks
     the blocks they lie in against the header's CRC32Cs.
 
     The bytes go straight from the page cache into one new ``bytes`` object, which holds
     whole blocks; the result is a view into it (a caller that wants ``bytes`` of a whole
-    chunk takes the view's ``obj``: no second copy). Raises ChecksumMismatch naming
-    ``where`` when the header or a block fails its check.
+    chunk takes the view's ``obj``: no second copy). With ``mapped``, they are not copied at
+    all where the file maps: the view is of a locked mapping (:mod:`fs3.client.mapped`), for
+    callers that only pass the bytes on. Raises ChecksumMismatch naming ``where`` when the
+    header or a block fails its check.
     """
     start = offset // BLOCK_SIZE * BLOCK_SIZE
     stop = -(-(offset + length) // BLOCK_SIZE) * BLOCK_SIZE
     header = os.pread(fd, HEADER_SIZE, 0)
-    data = os.pread(fd, stop - start, HEADER_SIZE + start) if len(header) == HEADER_SIZE else b""
+    data: bytes | memoryview | None = b""
+    if len(header) == HEADER_SIZE:
+        data = _map_blocks(fd, start, stop) if mapped else None
+        if data is None:
+            data = os.pread(fd, stop - start, HEADER_SIZE + start)
     _, size, crcs = parse_header(header, where)
     end = min(offset + length, size)
     if end <= offset:
@@ -349,3 +362,10 @@ def read_chunk_file(fd: int, offset: int, length: int, where: str) -> memoryview
     view = memoryview(data)[:wanted]
     check_blocks(view, start, len(data), size, crcs, where)
     return view[offset - start : end - start]
+
+
+def _map_blocks(fd: int, start: int, stop: int) -> memoryview | None:
+    """The chunk's bytes from ``start`` to ``stop`` (or the file's end) as a locked mapping;
+    None where they cannot be mapped, or there are none."""
+    in_file = min(stop - start, os.fstat(fd).st_size - HEADER_SIZE - start)
+    return map_file(fd, HEADER_SIZE + start, in_file)  # HEADER_SIZE is a multiple of pages

@@ -221,7 +221,9 @@ class OpenFile:
             self._cache.pop(index, None)
 
     def _chunk(self, index: int, start: int, end: int) -> bytes | memoryview:
-        data = self.fs.chunks.read(self.inode.layout, self.inode.id, index, start, end - start)
+        # Mapped: the reply to the kernel copies from the chunk file's pages themselves.
+        data = self.fs.chunks.read(self.inode.layout, self.inode.id, index, start, end - start,
+                                   mapped=True)  # fmt: skip
         if len(data) < end - start:  # holes and short chunks read as zeros
             return bytes(data) + bytes(end - start - len(data))
         return data

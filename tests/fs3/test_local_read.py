@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ import fs3.client.local_read as local_read
 from fs3.client import FS3FileSystem
 from fs3.client.chunks import read_order
 from fs3.client.local_read import LocalReads, LocalReadStats, read_chunk_file
+from fs3.client.mapped import is_mapped
 from fs3.cluster import LocalCluster
 from fs3.config import Timeouts
 from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error
@@ -124,7 +126,10 @@ def test_flipped_byte_found_locally_is_served_from_another_replica(cluster: Loca
     fs.rm("/lr/flip")
 
 
-def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
+def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster, mapped: bool) -> None:
+    """Mapped, each read's view is also held across the next: a later version, renamed over
+    the file it maps, must not show through it."""
     reader, writer = _fs(cluster), _fs(cluster, local=False)
     writer.pipe_file("/lr/race", bytes(2 * SMALL_CHUNK))
     inode = writer.meta.open("/lr/race")
@@ -142,9 +147,13 @@ def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster) -> No
             done.set()
 
     def read(index: int) -> None:
-        last = 0
+        last, held = 0, (memoryview(b""), b"")
         while not done.is_set() and not problems:
-            got = bytes(reader.chunks.read(inode.layout, inode.id, index, 0, SMALL_CHUNK))
+            view = reader.chunks.read(inode.layout, inode.id, index, 0, SMALL_CHUNK, mapped)
+            got = bytes(view)
+            if is_mapped(view) != mapped or bytes(held[0]) != held[1]:
+                problems.append((index, "mapped", is_mapped(view), "changed", held[1][:1]))
+            held = (view, got)
             values = set(got)
             if len(got) != SMALL_CHUNK or len(values) != 1:
                 problems.append((index, len(got), sorted(values)[:5]))
@@ -293,27 +302,95 @@ def test_a_passed_descriptor_keeps_reading_its_version(tmp_path: Path) -> None:
         os.close(held)
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
 def test_a_chunk_file_cut_short_fails_its_check_and_a_whole_one_is_read_once(
-    tmp_path: Path,
+    tmp_path: Path, mapped: bool
 ) -> None:
     cid = ChunkId(1, 8, 0)
     data = os.urandom(3 * BLOCK_SIZE + 5)
     _, fd = _committed_chunk(tmp_path, cid, data)
     try:
-        whole = read_chunk_file(fd, 0, len(data), "whole")
-        # One copy: the page cache's bytes land in one bytes object, which the view covers.
-        assert isinstance(whole, memoryview) and isinstance(whole.obj, bytes)
-        assert whole.obj == data
+        whole = read_chunk_file(fd, 0, len(data), "whole", mapped)
+        assert isinstance(whole, memoryview) and bytes(whole) == data
+        if mapped:  # no copy: the file's own pages
+            assert is_mapped(whole)
+        else:  # one copy: the page cache's bytes land in one bytes object the view covers
+            assert isinstance(whole.obj, bytes) and whole.obj == data
+        # Only what no committed chunk file ever does, cutting it in place, may take pages
+        # from under a mapping (SIGBUS if read): this test lets go of it first.
+        del whole
         # The file loses its tail (mid-block, then at a block boundary): a short block, or
         # a missing one, fails as a flipped byte does, never reads as a shorter chunk.
         for keep in (HEADER_SIZE + 2 * BLOCK_SIZE + 100, HEADER_SIZE + 2 * BLOCK_SIZE):
             os.truncate(tmp_path / str(cid.chain) / f"{cid.inode:016x}.{cid.index:08x}", keep)
             for offset, length in ((0, len(data)), (2 * BLOCK_SIZE + 200, 10)):
                 with pytest.raises(ChecksumMismatch, match="block 2 fails CRC32C"):
-                    read_chunk_file(fd, offset, length, "cut")
-            assert bytes(read_chunk_file(fd, 0, BLOCK_SIZE, "cut")) == data[:BLOCK_SIZE]
+                    read_chunk_file(fd, offset, length, "cut", mapped)
+            start = read_chunk_file(fd, 0, BLOCK_SIZE, "cut", mapped)
+            assert bytes(start) == data[:BLOCK_SIZE] and is_mapped(start) == mapped
+            del start
     finally:
         os.close(fd)
+
+
+def _mappings_of(path: Path) -> int:
+    """How many of this process's mappings show ``path`` (renamed over or not)."""
+    with open("/proc/self/maps") as maps:
+        return sum(str(path) in line for line in maps)
+
+
+def test_a_mapped_read_is_checked_and_unmapped_when_its_last_view_goes(tmp_path: Path) -> None:
+    cid = ChunkId(1, 9, 0)
+    data = os.urandom(3 * BLOCK_SIZE + 5)
+    engine, fd = _committed_chunk(tmp_path, cid, data)
+    path = tmp_path / str(cid.chain) / f"{cid.inode:016x}.{cid.index:08x}"
+    try:
+        part = read_chunk_file(fd, BLOCK_SIZE + 7, 100, "part", mapped=True)
+        assert is_mapped(part) and bytes(part) == data[BLOCK_SIZE + 7 : BLOCK_SIZE + 107]
+        assert _mappings_of(path) == 1
+        piece = part[10:20]
+        del part
+        assert _mappings_of(path) == 1 and bytes(piece) == data[BLOCK_SIZE + 17 : BLOCK_SIZE + 27]
+        del piece
+        assert _mappings_of(path) == 0
+        # A byte of block 1 flipped in place, as a disk would: the mapping shows it, and
+        # the block's check fails as it does for copied bytes.
+        with open(path, "r+b") as f:
+            f.seek(HEADER_SIZE + BLOCK_SIZE + 3)
+            f.write(bytes([data[BLOCK_SIZE + 3] ^ 1]))
+        for mapped in (True, False):
+            with pytest.raises(ChecksumMismatch, match="block 1 fails CRC32C"):
+                read_chunk_file(fd, 0, len(data), "flipped", mapped)
+        assert _mappings_of(path) == 0  # nothing stays mapped after a failed check
+    finally:
+        os.close(fd)
+        del engine
+
+
+def test_a_read_that_may_not_lock_memory_is_copied_instead(tmp_path: Path) -> None:
+    """A mapping is used only when it can be locked; an unprivileged process whose memlock
+    limit is 0 (a real limit, set in a child) reads the same bytes by copying."""
+    data = os.urandom(2 * BLOCK_SIZE)
+    _, fd = _committed_chunk(tmp_path, ChunkId(1, 10, 0), data)
+    child = os.fork()
+    if child == 0:
+        code = 3
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+            if os.geteuid() == 0:
+                os.setuid(65534)  # root locks memory whatever its limit (CAP_IPC_LOCK)
+            got = read_chunk_file(fd, 0, len(data), "limited", mapped=True)
+            code = 0 if bytes(got) == data and not is_mapped(got) else 1
+        except OSError:
+            code = 2  # could not drop root here
+        finally:
+            os._exit(code)
+    os.close(fd)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 2:
+        pytest.skip("this container does not let root become an unprivileged user")
+    assert code == 0, "the read was mapped despite the limit, or read other bytes"
 
 
 def test_missing_or_unreachable_socket_falls_back_to_tcp(cluster: LocalCluster) -> None:
