@@ -10,6 +10,7 @@ CRC register by x^(8n) modulo the polynomial, a linear map over GF(2) that depen
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 _POLY = 0x82F63B78  # Castagnoli, bit-reflected
@@ -52,3 +53,12 @@ def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
     t0, t1, t2, t3 = _shift_tables(length_b)
     shifted = t0[crc_a & 0xFF] ^ t1[(crc_a >> 8) & 0xFF] ^ t2[(crc_a >> 16) & 0xFF]
     return shifted ^ t3[crc_a >> 24] ^ crc_b
+
+
+def crc32c_concat(crcs: Iterable[int], length: int) -> int:
+    """CRC32C of parts of ``length`` bytes each, laid end to end, given their CRC32Cs."""
+    t0, t1, t2, t3 = _shift_tables(length)
+    out = 0  # the empty prefix: appending to it shifts nothing in
+    for crc in crcs:
+        out = t0[out & 0xFF] ^ t1[(out >> 8) & 0xFF] ^ t2[(out >> 16) & 0xFF] ^ t3[out >> 24] ^ crc
+    return out

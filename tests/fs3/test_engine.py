@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
-from fs3.storage.crc_combine import crc32c_combine
+from fs3.storage.crc_combine import crc32c_combine, crc32c_concat
 from fs3.storage.engine import ChunkEngine, MemoryChunkEngine, crc32c
 from fs3.storage.local import HEADER_SIZE, LocalChunkEngine
 from fs3.types import ChunkId, ChunkMeta
@@ -114,6 +114,30 @@ def test_read_checked_crc_covers_exactly_the_bytes_returned(engine: ChunkEngine)
 @given(st.binary(max_size=300), st.binary(max_size=70000))
 def test_crc32c_combine_equals_the_crc_of_the_concatenation(a: bytes, b: bytes) -> None:
     assert crc32c_combine(crc32c(a), crc32c(b), len(b)) == crc32c(a + b)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=64, max_size=64), max_size=9))
+def test_crc32c_concat_equals_the_crc_of_the_parts_end_to_end(parts: list[bytes]) -> None:
+    assert crc32c_concat([crc32c(p) for p in parts], 64) == crc32c(b"".join(parts))
+
+
+@pytest.mark.parametrize("block", [0, 1, 2, 3])
+def test_a_flipped_byte_names_its_block_whatever_the_range_read(tmp_path: Path, block: int) -> None:
+    """Whole blocks are checked in one pass, then block by block only where that fails."""
+    engine = LocalChunkEngine(tmp_path, fsync=False)
+    data = os.urandom(3 * 65536 + 777)  # three whole blocks and a short last one
+    engine.write(CID, 1, data, 0, True)
+    engine.commit(CID, 1)
+    position = HEADER_SIZE + block * 65536 + 300
+    with open(tmp_path / str(CID.chain) / f"{CID.inode:016x}.{CID.index:08x}", "r+b") as f:
+        f.seek(position)
+        f.write(bytes([data[position - HEADER_SIZE] ^ 4]))
+    for off, n in ((0, len(data)), (block * 65536 + 10, 20), (0, (block + 1) * 65536)):
+        with pytest.raises(ChecksumMismatch, match=f"block {block} fails CRC32C"):
+            engine.read(CID, off, n)
+    if block:  # the blocks before it still read
+        assert bytes(engine.read(CID, 0, block * 65536)) == data[: block * 65536]
 
 
 def test_local_detects_flipped_byte_and_survives_restart(tmp_path: Path) -> None:
