@@ -96,13 +96,18 @@ def bench_local(
     cold: Callable[[], None] | None = None,
     random_flags: int = 0,
 ) -> dict[str, float]:
-    """POSIX calls on ``work``: the local disk, or a mount. ``cold`` evicts caches before the
-    cold read (default: the file's own pages); ``random_flags`` are added for random reads."""
+    """POSIX calls on ``work``: the local disk, or a mount. Before each cold read the file's
+    own pages are evicted, and ``cold`` evicts the rest (a mount's servers' caches);
+    ``random_flags`` are added for random reads."""
     path = work / "local.bin"
     size = len(data)
     out: dict[str, float] = {}
-    evict = cold or (lambda: _drop_cache(path))
     mounted = cold is not None  # then every read comes from the servers, not the page cache
+
+    def evict() -> None:
+        if cold is not None:
+            cold()
+        _drop_cache(path)
 
     def write() -> None:
         with open(path, "wb") as f:
@@ -114,12 +119,8 @@ def bench_local(
     def read() -> None:
         _read_all(path)
 
-    def evict_all() -> None:  # a mount keeps the file's pages too
-        evict()
-        _drop_cache(path)
-
     out["seq write MB/s"] = size / _timed_write(write) / 1e6
-    out["cold read MB/s"] = _median_mb_s(size, read, evict_all, COLD_ROUNDS)
+    out["cold read MB/s"] = _median_mb_s(size, read, evict, COLD_ROUNDS)
     out["warm read MB/s"] = _median_mb_s(
         size, read, (lambda: _drop_cache(path)) if mounted else None
     )

@@ -50,9 +50,7 @@ def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
     """CRC32C of ``A + B`` given CRC32C(A), CRC32C(B) and ``len(B)``."""
     if length_b == 0:
         return crc_a
-    t0, t1, t2, t3 = _shift_tables(length_b)
-    shifted = t0[crc_a & 0xFF] ^ t1[(crc_a >> 8) & 0xFF] ^ t2[(crc_a >> 16) & 0xFF]
-    return shifted ^ t3[crc_a >> 24] ^ crc_b
+    return crc32c_concat((crc_a, crc_b), length_b)  # A's own length never enters the sum
 
 
 def crc32c_concat(crcs: Iterable[int], length: int) -> int:
