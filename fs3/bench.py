@@ -200,8 +200,10 @@ def bench_fs3(cluster: LocalCluster, data: bytes, files: int, seconds: float) ->
 def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
     """The same 4 MiB chunks through the storage servers' gRPC ChunkService (unary calls)."""
     table = fs.mgmtd.refresh()
-    stubs = {t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}"))
-             for t in table.targets.values()}  # fmt: skip
+    stubs = {
+        t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}"))
+        for t in table.targets.values()
+    }
     chains = sorted(table.chains)
     inode = 1 << 40  # far above meta's ids: these chunks belong to no file
     size = len(data)
@@ -209,15 +211,28 @@ def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
     def write(index: int) -> None:
         chain = table.chains[chains[index % len(chains)]]
         piece = data[index * CHUNK : (index + 1) * CHUNK]
-        req = pb.ChunkRequest(chain_id=chain.chain_id, inode=inode, index=index, offset=0,
-                              table_version=table.version, data=piece, truncate=True,
-                              crc=crc32c(piece))  # fmt: skip
+        req = pb.ChunkRequest(
+            chain_id=chain.chain_id,
+            inode=inode,
+            index=index,
+            offset=0,
+            table_version=table.version,
+            data=piece,
+            truncate=True,
+            crc=crc32c(piece),
+        )
         stubs[chain.writers()[0]].Write(req, timeout=60)
 
     def read(index: int) -> None:
         chain = table.chains[chains[index % len(chains)]]
-        req = pb.ChunkRequest(chain_id=chain.chain_id, inode=inode, index=index, offset=0,
-                              length=CHUNK, table_version=table.version)  # fmt: skip
+        req = pb.ChunkRequest(
+            chain_id=chain.chain_id,
+            inode=inode,
+            index=index,
+            offset=0,
+            length=CHUNK,
+            table_version=table.version,
+        )
         stubs[chain.readers()[index % len(chain.readers())]].Read(req, timeout=60)
 
     count = -(-size // CHUNK)
@@ -250,9 +265,14 @@ def bench_mount(
 
     with mount(work / "mnt", cluster.address, chunk_size=CHUNK) as mnt:
         (mnt / "fuse").mkdir()
-        return bench_local(mnt / "fuse", data, files, seconds,
-                           cold=lambda: _drop_cache(cluster.root),
-                           random_flags=os.O_DIRECT)  # fmt: skip
+        return bench_local(
+            mnt / "fuse",
+            data,
+            files,
+            seconds,
+            cold=lambda: _drop_cache(cluster.root),
+            random_flags=os.O_DIRECT,
+        )
 
 
 def bench_fuse_ceiling(work: Path, size: int, rounds: int = 5) -> float:
@@ -314,8 +334,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int) -> str:
     local, r3, r1 = results["local"], results["fs3 r3"], results["fs3 r1"]
-    rows = [f"fs3 bench: {size_mib} MiB file, {CHUNK // MiB} MiB chunks, 3 targets, "
-            f"{files} files for meta ops; fsync on everywhere", ""]  # fmt: skip
+    rows = [
+        f"fs3 bench: {size_mib} MiB file, {CHUNK // MiB} MiB chunks, 3 targets, "
+        f"{files} files for meta ops; fsync on everywhere",
+        "",
+    ]
     head = f"{'metric':<20}{'local':>10}{'fs3 r3':>10}{'fs3 r1':>10}{'gRPC r3':>10}{'gRPC r1':>10}"
     head += f"{'r3/local':>10}{'r1/local':>10}{'r1/gRPC':>10}"
     rows += [head, "-" * len(head)]
@@ -334,8 +357,11 @@ def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int
 def format_mount_table(results: dict[str, dict[str, float]]) -> str:
     local, r3, r1 = results["local"], results["fs3 r3"], results["fs3 r1"]
     f3, f1 = results["fuse r3"], results["fuse r1"]
-    rows = ["FUSE mount (fs3.mount) beside the fsspec client; reads from the fs3 servers "
-            "(page cache dropped), random reads O_DIRECT", ""]  # fmt: skip
+    rows = [
+        "FUSE mount (fs3.mount) beside the fsspec client; reads from the fs3 servers "
+        "(page cache dropped), random reads O_DIRECT",
+        "",
+    ]
     head = f"{'metric':<20}{'local':>10}{'fsspec r3':>10}{'FUSE r3':>10}{'fsspec r1':>10}"
     head += f"{'FUSE r1':>10}{'r3 F/fs':>10}{'r1 F/fs':>10}"
     rows += [head, "-" * len(head)]

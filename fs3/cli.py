@@ -45,35 +45,68 @@ def fs3() -> None:
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--targets", required=True, help="Comma-separated storage target ids.")
 @click.option("--replicas", type=int, default=3, show_default=True)
-@click.option("--db", default=None,
-              help="State shared by the cluster's mgmtd processes: a SQLite file or "
-                   "postgresql://USER@HOST:PORT/DB (default: STATE/mgmtd.db).")  # fmt: skip
-@click.option("--advertise", default=None,
-              help="HOST:PORT standbys send clients to (default: --host:--port).")  # fmt: skip
-@click.option("--targets-per-node", type=int, default=0, show_default=True,
-              help="Targets are listed node by node, this many each: plan the first chain "
-                   "table to spread recovery (0: one chain per target).")  # fmt: skip
-def mgmtd(config_path: str | None, host: str, port: int, state: str, targets: str,
-          replicas: int, db: str | None, advertise: str | None,
-          targets_per_node: int) -> None:  # fmt: skip
+@click.option(
+    "--db",
+    default=None,
+    help="State shared by the cluster's mgmtd processes: a SQLite file or "
+    "postgresql://USER@HOST:PORT/DB (default: STATE/mgmtd.db).",
+)
+@click.option(
+    "--advertise", default=None, help="HOST:PORT standbys send clients to (default: --host:--port)."
+)
+@click.option(
+    "--targets-per-node",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Targets are listed node by node, this many each: plan the first chain "
+    "table to spread recovery (0: one chain per target).",
+)
+def mgmtd(
+    config_path: str | None,
+    host: str,
+    port: int,
+    state: str,
+    targets: str,
+    replicas: int,
+    db: str | None,
+    advertise: str | None,
+    targets_per_node: int,
+) -> None:
     """Run the cluster manager (several share one --db: one primary, the rest standbys)."""
     from fs3.mgmtd.service import run_mgmtd
 
     config, stop = _serve("mgmtd", config_path)
     ids = [int(t) for t in targets.split(",") if t]
-    run_mgmtd(Path(state), ids, replicas, host, port, config.mgmtd, stop, db=db,
-              advertise=advertise, targets_per_node=targets_per_node)  # fmt: skip
+    run_mgmtd(
+        Path(state),
+        ids,
+        replicas,
+        host,
+        port,
+        config.mgmtd,
+        stop,
+        db=db,
+        advertise=advertise,
+        targets_per_node=targets_per_node,
+    )
 
 
 @fs3.command()
 @_config_option
 @_host_option
 @click.option("--port", type=int, required=True)
-@click.option("--db", required=True,
-              help="SQLite file, or postgresql://USER@HOST:PORT/DB to share with other meta "
-                   "servers.")  # fmt: skip
-@click.option("--mgmtd", "mgmtd_address", required=True,
-              help="mgmtd HOST:PORT; several comma-separated for fail-over.")  # fmt: skip
+@click.option(
+    "--db",
+    required=True,
+    help="SQLite file, or postgresql://USER@HOST:PORT/DB to share with other meta servers.",
+)
+@click.option(
+    "--mgmtd",
+    "mgmtd_address",
+    required=True,
+    help="mgmtd HOST:PORT; several comma-separated for fail-over.",
+)
 def meta(config_path: str | None, host: str, port: int, db: str, mgmtd_address: str) -> None:
     """Run the metadata service (several may serve one PostgreSQL database at once)."""
     from fs3.meta.service import run_meta
@@ -90,8 +123,15 @@ def meta(config_path: str | None, host: str, port: int, db: str, mgmtd_address: 
 @click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
 @click.option("--port", type=int, required=True, help="Data-path TCP port.")
 @click.option("--grpc-port", type=int, required=True, help="gRPC chunk port (benchmarks).")
-def storage(config_path: str | None, host: str, target_id: int, root: str, mgmtd_address: str,
-            port: int, grpc_port: int) -> None:  # fmt: skip
+def storage(
+    config_path: str | None,
+    host: str,
+    target_id: int,
+    root: str,
+    mgmtd_address: str,
+    port: int,
+    grpc_port: int,
+) -> None:
     """Run one storage target."""
     from fs3.storage.server import run_storage
 
@@ -103,20 +143,26 @@ def storage(config_path: str | None, host: str, target_id: int, root: str, mgmtd
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--targets", type=int, default=3, show_default=True)
 @click.option("--replicas", type=int, default=3, show_default=True)
-@click.option("--mgmtds", type=int, default=1, show_default=True,
-              help="mgmtd processes: one primary, the others standbys.")  # fmt: skip
-@click.option("--metas", type=int, default=1, show_default=True,
-              help="Meta servers sharing the namespace.")  # fmt: skip
+@click.option(
+    "--mgmtds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="mgmtd processes: one primary, the others standbys.",
+)
+@click.option(
+    "--metas", type=int, default=1, show_default=True, help="Meta servers sharing the namespace."
+)
 @click.option("--detach", is_flag=True, help="Return once ready; stop later with `down`.")
-def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int,
-       detach: bool) -> None:  # fmt: skip
+def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, detach: bool) -> None:
     """Start a local cluster under DIRECTORY and print its address."""
     from fs3.cluster import LocalCluster
 
     if mgmtds < 1 or metas < 1:
         raise click.BadParameter(f"--mgmtds ({mgmtds}) and --metas ({metas}) must be >= 1")
-    cluster = LocalCluster(Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds,
-                           metas=metas)  # fmt: skip
+    cluster = LocalCluster(
+        Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds, metas=metas
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -155,26 +201,68 @@ _MOUNT = MountOptions()  # the mount's defaults, shown in --help
 @click.option("-d", "--background", is_flag=True, help="Return once mounted.")
 @click.option("--log", "log_file", help="Log file of a --background mount.")
 @click.option("--chunk-size", type=int, help="Chunk size of new files, bytes.")
-@click.option("--attr-timeout", type=float, default=_MOUNT.attr_timeout, show_default=True,
-              help="Seconds the kernel caches attributes.")  # fmt: skip
-@click.option("--entry-timeout", type=float, default=_MOUNT.entry_timeout, show_default=True,
-              help="Seconds the kernel caches name lookups.")  # fmt: skip
-@click.option("--readahead-kib", type=int, default=_MOUNT.readahead_kib, show_default=True,
-              help="Kernel read-ahead.")  # fmt: skip
-@click.option("--max-background", type=int, default=_MOUNT.max_background, show_default=True,
-              help="Kernel read-ahead requests in flight.")  # fmt: skip
-@click.option("--threads", type=int, default=_MOUNT.threads, show_default=True,
-              help="fs3 calls at once, each in a worker thread.")  # fmt: skip
-@click.option("--io-threads", type=int, default=_MOUNT.io_threads, show_default=True,
-              help="Chunk writes at once, all open files together.")  # fmt: skip
+@click.option(
+    "--attr-timeout",
+    type=float,
+    default=_MOUNT.attr_timeout,
+    show_default=True,
+    help="Seconds the kernel caches attributes.",
+)
+@click.option(
+    "--entry-timeout",
+    type=float,
+    default=_MOUNT.entry_timeout,
+    show_default=True,
+    help="Seconds the kernel caches name lookups.",
+)
+@click.option(
+    "--readahead-kib",
+    type=int,
+    default=_MOUNT.readahead_kib,
+    show_default=True,
+    help="Kernel read-ahead.",
+)
+@click.option(
+    "--max-background",
+    type=int,
+    default=_MOUNT.max_background,
+    show_default=True,
+    help="Kernel read-ahead requests in flight.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=_MOUNT.threads,
+    show_default=True,
+    help="fs3 calls at once, each in a worker thread.",
+)
+@click.option(
+    "--io-threads",
+    type=int,
+    default=_MOUNT.io_threads,
+    show_default=True,
+    help="Chunk writes at once, all open files together.",
+)
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @click.option("--parent-pid", type=int, hidden=True, help="Unmount once this process is gone.")
-def mount(mountpoint: str, address: str | None, config_path: str | None, background: bool,
-          log_file: str | None, chunk_size: int | None, attr_timeout: float,
-          entry_timeout: float, readahead_kib: int, max_background: int, threads: int,
-          io_threads: int, allow_other: bool, debug: bool,
-          parent_pid: int | None) -> None:  # fmt: skip
+def mount(
+    mountpoint: str,
+    address: str | None,
+    config_path: str | None,
+    background: bool,
+    log_file: str | None,
+    chunk_size: int | None,
+    attr_timeout: float,
+    entry_timeout: float,
+    readahead_kib: int,
+    max_background: int,
+    threads: int,
+    io_threads: int,
+    allow_other: bool,
+    debug: bool,
+    parent_pid: int | None,
+) -> None:
     """Mount an fs3 cluster at MOUNTPOINT (FUSE). Runs in the foreground until Ctrl-C,
     SIGTERM or `hai fs3 umount MOUNTPOINT`; --background returns once it is mounted."""
     import sys
@@ -184,8 +272,16 @@ def mount(mountpoint: str, address: str | None, config_path: str | None, backgro
     from fs3.fuse.process import mount_command, start_mount, wait_mounted
 
     try:
-        options = MountOptions(attr_timeout, entry_timeout, readahead_kib, max_background,
-                               threads, io_threads, allow_other, debug)  # fmt: skip
+        options = MountOptions(
+            attr_timeout,
+            entry_timeout,
+            readahead_kib,
+            max_background,
+            threads,
+            io_threads,
+            allow_other,
+            debug,
+        )
         if background:
             log = Path(log_file or Path(tempfile.gettempdir()) / f"fs3-mount-{os.getpid()}.log")
             command = mount_command(mountpoint, address, config_path, chunk_size, options)

@@ -15,9 +15,11 @@ from fs3.config import load_config
 from fs3.mgmtd.client import MgmtdClient
 from fs3.types import SYNCING, RoutingTable, TargetStats, capacity
 
-address_option = click.option("--address", default=None,
-                              help="mgmtd HOST:PORT[,...] (default: DIRECTORY/address, "
-                                   "$FS3_CLUSTER, the config file).")  # fmt: skip
+address_option = click.option(
+    "--address",
+    default=None,
+    help="mgmtd HOST:PORT[,...] (default: DIRECTORY/address, $FS3_CLUSTER, the config file).",
+)
 directory_argument = click.argument("directory", type=click.Path(file_okay=False), required=False)
 
 
@@ -84,17 +86,28 @@ def _member(v: ClusterView, chain_id: int, target_id: int, state: str) -> str:
 def _print_targets(v: ClusterView) -> None:
     from rich.table import Table
 
-    targets = Table("target", "address", "alive", "chains", "chunks", "used", "free", "size",
-                    title="targets")  # fmt: skip
+    targets = Table(
+        "target", "address", "alive", "chains", "chunks", "used", "free", "size", title="targets"
+    )
     for t in sorted(v.table.targets.values(), key=lambda t: t.target_id):
         s = v.stats.get(t.target_id)
-        chains = " ".join(f"{c.chain_id}:{c.state_of(t.target_id)}"
-                          for c in sorted(v.table.chains.values(), key=lambda c: c.chain_id)
-                          if any(m.target_id == t.target_id for m in c.members))  # fmt: skip
-        numbers = ([str(s.chunks), human(s.used_bytes), human(s.free_bytes), human(s.total_bytes)]
-                   if s else ["-"] * 4)  # fmt: skip
-        targets.add_row(str(t.target_id), f"{t.host}:{t.data_port}", "yes" if t.alive else "NO",
-                        chains, *numbers)  # fmt: skip
+        chains = " ".join(
+            f"{c.chain_id}:{c.state_of(t.target_id)}"
+            for c in sorted(v.table.chains.values(), key=lambda c: c.chain_id)
+            if any(m.target_id == t.target_id for m in c.members)
+        )
+        numbers = (
+            [str(s.chunks), human(s.used_bytes), human(s.free_bytes), human(s.total_bytes)]
+            if s
+            else ["-"] * 4
+        )
+        targets.add_row(
+            str(t.target_id),
+            f"{t.host}:{t.data_port}",
+            "yes" if t.alive else "NO",
+            chains,
+            *numbers,
+        )
     _console().print(targets)
 
 
@@ -149,8 +162,9 @@ def chains(ctx: click.Context, address: str | None, config_path: str | None) -> 
 @click.option("--replicas", type=int, default=3, show_default=True, help="Targets per chain.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Local search seed.")
 @click.option("--no-table", is_flag=True, help="Print only the balance figures.")
-def chains_plan(nodes: int, targets_per_node: int, replicas: int, seed: int,
-                no_table: bool) -> None:  # fmt: skip
+def chains_plan(
+    nodes: int, targets_per_node: int, replicas: int, seed: int, no_table: bool
+) -> None:
     """Print a chain table that spreads recovery reads evenly (a BIBD where one is found)."""
     from fs3.errors import ConfigError
     from fs3.mgmtd.placement import format_plan, plan_chains
@@ -178,8 +192,9 @@ def df(directory: str | None, address: str | None, config_path: str | None) -> N
     def row(name: str, total: int, free: int, ids: str) -> None:
         used = total - free
         pct = f"{100 * used / total:.0f}%" if total else "-"
-        click.echo(f"{name:<44} {human(total):>10} {human(used):>10} {human(free):>10} "
-                   f"{pct:>5}  {ids}")  # fmt: skip
+        click.echo(
+            f"{name:<44} {human(total):>10} {human(used):>10} {human(free):>10} {pct:>5}  {ids}"
+        )
 
     for fsid, members in sorted(by_fs.items()):
         ids = ",".join(str(s.target_id) for s in sorted(members, key=lambda s: s.target_id))
@@ -189,8 +204,10 @@ def df(directory: str | None, address: str | None, config_path: str | None) -> N
     chunk_bytes = sum(s.used_bytes for s in v.stats.values())
     chunks = sum(s.chunks for s in v.stats.values())
     replicas = max((len(c.members) for c in v.table.chains.values()), default=1)
-    click.echo(f"chunks: {chunks} holding {chunk_bytes} bytes ({human(chunk_bytes)}), about "
-               f"{human(chunk_bytes / replicas)} of data at {replicas} replicas")  # fmt: skip
+    click.echo(
+        f"chunks: {chunks} holding {chunk_bytes} bytes ({human(chunk_bytes)}), about "
+        f"{human(chunk_bytes / replicas)} of data at {replicas} replicas"
+    )
     missing = sorted(set(v.table.targets) - set(v.stats))
     if missing:
         click.echo(f"no report yet from targets {', '.join(map(str, missing))}", err=True)
@@ -200,15 +217,23 @@ def df(directory: str | None, address: str | None, config_path: str | None) -> N
 @directory_argument
 @address_option
 @config_option
-@click.option("--sample", type=click.FloatRange(0, 1, min_open=True), default=1.0,
-              show_default=True,
-              help="Share of chunks whose replicas are checksummed (0.1: one in ten); every "
-                   "chunk is still listed and compared.")  # fmt: skip
-@click.option("--repair", is_flag=True,
-              help="Rewrite bad replicas from verified ones of the same version and delete "
-                   "orphan chunks: the repairs that cannot undo a client's work.")  # fmt: skip
-def fsck_command(directory: str | None, address: str | None, config_path: str | None,
-                 sample: float, repair: bool) -> None:  # fmt: skip
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Share of chunks whose replicas are checksummed (0.1: one in ten); every "
+    "chunk is still listed and compared.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rewrite bad replicas from verified ones of the same version and delete "
+    "orphan chunks: the repairs that cannot undo a client's work.",
+)
+def fsck_command(
+    directory: str | None, address: str | None, config_path: str | None, sample: float, repair: bool
+) -> None:
     """Check that namespace and targets agree: checksums of every replica (or --sample),
     missing replicas, version disagreements, orphan chunks. Exit status 1 when it found an
     error (repaired ones too: run it again to confirm), 0 when clean."""

@@ -116,8 +116,9 @@ class _Fs3:
         return posixpath.basename(self.fs._strip_protocol(path).rstrip("/"))
 
 
-def _copy(src: _Local | _Fs3, sources: tuple[str, ...], dst: _Local | _Fs3, target: str,
-          recursive: bool) -> tuple[int, int]:  # fmt: skip
+def _copy(
+    src: _Local | _Fs3, sources: tuple[str, ...], dst: _Local | _Fs3, target: str, recursive: bool
+) -> tuple[int, int]:
     """Copies ``sources`` to ``target`` as cp(1) does; returns (files, bytes) copied.
 
     A source directory needs ``recursive``; the target is a directory to copy into when it
@@ -198,16 +199,22 @@ def stat(paths: tuple[str, ...], address: str | None, config_path: str | None) -
             inode = fs.meta.stat(fs._strip_protocol(path))
         kind_bits = {"file": stat_module.S_IFREG, "directory": stat_module.S_IFDIR}
         mode = stat_module.filemode(kind_bits.get(inode.kind, stat_module.S_IFLNK) | inode.mode)
-        lines = [("path", fs._strip_protocol(path)), ("type", inode.kind),
-                 ("size", f"{inode.length} ({human(inode.length)})"),
-                 ("mode", f"{inode.mode:04o} ({mode})"), ("inode", str(inode.id)),
-                 ("modified", _when(inode.mtime)), ("accessed", _when(inode.atime or inode.mtime)),
-                 ("changed", _when(inode.ctime))]  # fmt: skip
+        lines = [
+            ("path", fs._strip_protocol(path)),
+            ("type", inode.kind),
+            ("size", f"{inode.length} ({human(inode.length)})"),
+            ("mode", f"{inode.mode:04o} ({mode})"),
+            ("inode", str(inode.id)),
+            ("modified", _when(inode.mtime)),
+            ("accessed", _when(inode.atime or inode.mtime)),
+            ("changed", _when(inode.ctime)),
+        ]
         lay = inode.layout
         if lay.chains:
             chains = ",".join(map(str, lay.chains))
-            lines.append(("layout", f"{lay.chunk_size}-byte chunks over chains {chains} "
-                                    f"(seed {lay.seed})"))  # fmt: skip
+            lines.append(
+                ("layout", f"{lay.chunk_size}-byte chunks over chains {chains} (seed {lay.seed})")
+            )
         if inode.target and inode.kind == "symlink":
             lines.append(("target", inode.target))
         if inode.quota is not None:
@@ -223,8 +230,9 @@ def stat(paths: tuple[str, ...], address: str | None, config_path: str | None) -
 @click.option("-h", "--human", "human_sizes", is_flag=True, help="Sizes in KiB/MiB/GiB.")
 @address_option
 @config_option
-def du(paths: tuple[str, ...], human_sizes: bool, address: str | None,
-       config_path: str | None) -> None:  # fmt: skip
+def du(
+    paths: tuple[str, ...], human_sizes: bool, address: str | None, config_path: str | None
+) -> None:
     """Bytes (file lengths), files and directories below each PATH."""
     fs = open_fs(address, config_path, *paths)
     for path in paths:
@@ -256,8 +264,15 @@ def cat(paths: tuple[str, ...], address: str | None, config_path: str | None) ->
     out.flush()
 
 
-def _transfer(src: str, dst: str, sources: tuple[str, ...], target: str, recursive: bool,
-              address: str | None, config_path: str | None) -> None:  # fmt: skip
+def _transfer(
+    src: str,
+    dst: str,
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     fs = open_fs(address, config_path, *sources, target)
     sides: dict[str, _Local | _Fs3] = {"local": _Local(), "fs3": _Fs3(fs)}
     if sides[src].name == "fs3":
@@ -277,8 +292,13 @@ _recursive = click.option("-r", "-R", "--recursive", is_flag=True, help="Copy di
 @_recursive
 @address_option
 @config_option
-def put(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
-        config_path: str | None) -> None:  # fmt: skip
+def put(
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     """Copy local files (directories with -r) to TARGET in fs3."""
     _transfer("local", "fs3", sources, target, recursive, address, config_path)
 
@@ -289,8 +309,13 @@ def put(sources: tuple[str, ...], target: str, recursive: bool, address: str | N
 @_recursive
 @address_option
 @config_option
-def get(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
-        config_path: str | None) -> None:  # fmt: skip
+def get(
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     """Copy fs3 files (directories with -r) to TARGET on this machine."""
     _transfer("fs3", "local", sources, target, recursive, address, config_path)
 
@@ -301,8 +326,13 @@ def get(sources: tuple[str, ...], target: str, recursive: bool, address: str | N
 @_recursive
 @address_option
 @config_option
-def cp(sources: tuple[str, ...], target: str, recursive: bool, address: str | None,
-       config_path: str | None) -> None:  # fmt: skip
+def cp(
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     """Copy files (directories with -r) within fs3."""
     _transfer("fs3", "fs3", sources, target, recursive, address, config_path)
 
@@ -312,8 +342,7 @@ def cp(sources: tuple[str, ...], target: str, recursive: bool, address: str | No
 @click.argument("target")
 @address_option
 @config_option
-def mv(sources: tuple[str, ...], target: str, address: str | None,
-       config_path: str | None) -> None:  # fmt: skip
+def mv(sources: tuple[str, ...], target: str, address: str | None, config_path: str | None) -> None:
     """Move (rename) files and directories within fs3; each move is one atomic rename."""
     fs = open_fs(address, config_path, *sources, target)
     side = _Fs3(fs)
@@ -331,13 +360,21 @@ def mv(sources: tuple[str, ...], target: str, address: str | None,
 @click.command("rm")
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-r", "-R", "--recursive", is_flag=True, help="Remove directories and their trees.")
-@click.option("--expire", default=None, metavar="DURATION",
-              help="Move to the trash instead, restorable for DURATION (30m, 12h, 1d, 1w), "
-                   "then deleted.")  # fmt: skip
+@click.option(
+    "--expire",
+    default=None,
+    metavar="DURATION",
+    help="Move to the trash instead, restorable for DURATION (30m, 12h, 1d, 1w), then deleted.",
+)
 @address_option
 @config_option
-def rm(paths: tuple[str, ...], recursive: bool, expire: str | None, address: str | None,
-       config_path: str | None) -> None:  # fmt: skip
+def rm(
+    paths: tuple[str, ...],
+    recursive: bool,
+    expire: str | None,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     """Remove files (directories with -r), or move them to the trash with --expire."""
     seconds = parse_duration(expire) if expire is not None else None
     fs = open_fs(address, config_path, *paths)
@@ -352,8 +389,11 @@ def rm(paths: tuple[str, ...], recursive: bool, expire: str | None, address: str
                 entry = fs.trash(stripped, seconds)
             until = _when(entry.expires)
             restore = f"hai fs3 trash restore {entry.name}"
-            click.echo(f"{stripped}: in the trash as {entry.name} until {until}; "
-                       f"`{restore}` brings it back", err=True)  # fmt: skip
+            click.echo(
+                f"{stripped}: in the trash as {entry.name} until {until}; "
+                f"`{restore}` brings it back",
+                err=True,
+            )
             continue
         if not is_dir:
             with one_line_errors(path):
@@ -379,8 +419,12 @@ def _quota_line(q: Any) -> str:
             return f"{what} {used} ({fmt(used)}), no limit"
         return f"{what} {used} of {limit} ({fmt(used)} of {fmt(limit)}, {100 * used / limit:.0f}%)"
 
-    return "; ".join((part(q.used_bytes, q.max_bytes, "bytes", human),
-                      part(q.used_inodes, q.max_inodes, "inodes", str)))  # fmt: skip
+    return "; ".join(
+        (
+            part(q.used_bytes, q.max_bytes, "bytes", human),
+            part(q.used_inodes, q.max_inodes, "inodes", str),
+        )
+    )
 
 
 @click.group("quota")
@@ -390,14 +434,29 @@ def quota() -> None:
 
 @quota.command("set")
 @click.argument("path")
-@click.option("--bytes", "max_bytes", default=None, metavar="SIZE",
-              help="Limit of the file bytes below PATH (512M, 10G, 1T; 0 removes it).")  # fmt: skip
-@click.option("--inodes", "max_inodes", type=int, default=None,
-              help="Limit of files, directories, symlinks below PATH (0 removes it).")  # fmt: skip
+@click.option(
+    "--bytes",
+    "max_bytes",
+    default=None,
+    metavar="SIZE",
+    help="Limit of the file bytes below PATH (512M, 10G, 1T; 0 removes it).",
+)
+@click.option(
+    "--inodes",
+    "max_inodes",
+    type=int,
+    default=None,
+    help="Limit of files, directories, symlinks below PATH (0 removes it).",
+)
 @address_option
 @config_option
-def quota_set(path: str, max_bytes: str | None, max_inodes: int | None, address: str | None,
-              config_path: str | None) -> None:  # fmt: skip
+def quota_set(
+    path: str,
+    max_bytes: str | None,
+    max_inodes: int | None,
+    address: str | None,
+    config_path: str | None,
+) -> None:
     """Set (or change) the quota of directory PATH; limits not given stay as they were."""
     if max_bytes is None and max_inodes is None:
         raise click.UsageError("give --bytes and/or --inodes")
@@ -448,8 +507,9 @@ def trash_ls(address: str | None, config_path: str | None) -> None:
 @click.option("--to", "to", default=None, help="Restore here instead of the original path.")
 @address_option
 @config_option
-def trash_restore(names: tuple[str, ...], to: str | None, address: str | None,
-                  config_path: str | None) -> None:  # fmt: skip
+def trash_restore(
+    names: tuple[str, ...], to: str | None, address: str | None, config_path: str | None
+) -> None:
     """Move trash entries NAME (see `trash ls`) back where they were."""
     if to and len(names) > 1:
         raise click.UsageError("--to takes one entry")

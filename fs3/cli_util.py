@@ -14,13 +14,17 @@ import click
 from fs3.errors import Fs3Error
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="fs3 YAML config file (default: $FS3_CONFIG or ~/.config/fs3/config.yaml).",
-)  # fmt: skip
+)
 address_option = click.option(
-    "--address", default=None,
+    "--address",
+    default=None,
     help="mgmtd HOST:PORT[,HOST:PORT] (default: from an fs3:// URL, $FS3_CLUSTER, the config).",
-)  # fmt: skip
+)
 
 
 def open_fs(address: str | None, config_path: str | None, *urls: str) -> Any:
@@ -85,9 +89,9 @@ def human(n: float) -> str:
 
 
 @contextmanager
-def progress(description: str, total: float | None, unit_bytes: bool = True) -> Iterator[
-    Callable[[float], None]
-]:  # fmt: skip
+def progress(
+    description: str, total: float | None, unit_bytes: bool = True
+) -> Iterator[Callable[[float], None]]:
     """Yields ``advance(n)``; on a terminal (stderr) a rich progress bar shows it, elsewhere
     nothing does."""
     if not sys.stderr.isatty():
@@ -105,8 +109,11 @@ def progress(description: str, total: float | None, unit_bytes: bool = True) -> 
     )
 
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
-    columns += ([DownloadColumn(binary_units=True), TransferSpeedColumn()] if unit_bytes
-                else [MofNCompleteColumn()])  # fmt: skip
+    columns += (
+        [DownloadColumn(binary_units=True), TransferSpeedColumn()]
+        if unit_bytes
+        else [MofNCompleteColumn()]
+    )
     columns.append(TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)

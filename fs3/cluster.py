@@ -93,33 +93,71 @@ class LocalCluster:
         return f"{self.host}:{self.ports[name]}"
 
     def names(self) -> list[str]:
-        return (self._numbered("mgmtd", self.mgmtds) + self._numbered("meta", self.metas)
-                + [f"storage-{i}" for i in range(1, self.targets + 1)])  # fmt: skip
+        return (
+            self._numbered("mgmtd", self.mgmtds)
+            + self._numbered("meta", self.metas)
+            + [f"storage-{i}" for i in range(1, self.targets + 1)]
+        )
 
     def _command(self, name: str) -> list[str]:
-        base = [sys.executable, "-m", "fs3", name.split("-")[0], "--host", self.host,
-                "--config", str(self.root / "config.yaml")]  # fmt: skip
+        base = [
+            sys.executable,
+            "-m",
+            "fs3",
+            name.split("-")[0],
+            "--host",
+            self.host,
+            "--config",
+            str(self.root / "config.yaml"),
+        ]
         if name.startswith("mgmtd"):
             ids = ",".join(str(i) for i in range(1, self.targets + 1))
-            return base + ["--port", str(self.ports[name]), "--state", str(self.root / "mgmtd"),
-                           "--db", self.mgmtd_db or str(self.root / "mgmtd.db"),
-                           "--targets", ids, "--replicas", str(self.replicas)]  # fmt: skip
+            return base + [
+                "--port",
+                str(self.ports[name]),
+                "--state",
+                str(self.root / "mgmtd"),
+                "--db",
+                self.mgmtd_db or str(self.root / "mgmtd.db"),
+                "--targets",
+                ids,
+                "--replicas",
+                str(self.replicas),
+            ]
         if name.startswith("meta"):
-            return base + ["--port", str(self.ports[name]),
-                           "--db", self.meta_db or str(self.root / "meta.db"),
-                           "--mgmtd", self.address]  # fmt: skip
+            return base + [
+                "--port",
+                str(self.ports[name]),
+                "--db",
+                self.meta_db or str(self.root / "meta.db"),
+                "--mgmtd",
+                self.address,
+            ]
         index = int(name.split("-")[1])
         data_port, grpc_port = self.ports[name]
-        return base + ["--id", str(index), "--root", str(self.root / name), "--mgmtd", self.address,
-                       "--port", str(data_port), "--grpc-port", str(grpc_port)]  # fmt: skip
+        return base + [
+            "--id",
+            str(index),
+            "--root",
+            str(self.root / name),
+            "--mgmtd",
+            self.address,
+            "--port",
+            str(data_port),
+            "--grpc-port",
+            str(grpc_port),
+        ]
 
     def start_process(self, name: str) -> None:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.procs[name] = subprocess.Popen(
-            self._command(name), stdout=log, stderr=subprocess.STDOUT, env=env,
+            self._command(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
-        )  # fmt: skip
+        )
         log.close()
         self._save_pids()
 
@@ -147,8 +185,10 @@ class LocalCluster:
             while time.monotonic() < deadline:
                 for name, proc in self.procs.items():
                     if proc.poll() is not None:
-                        raise Fs3Error(f"fs3 {name} exited with {proc.returncode}; see "
-                                       f"{self.root / (name + '.log')}")  # fmt: skip
+                        raise Fs3Error(
+                            f"fs3 {name} exited with {proc.returncode}; see "
+                            f"{self.root / (name + '.log')}"
+                        )
                 try:
                     table = client.refresh()
                     problem = _not_ready(table, self.targets)

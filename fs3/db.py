@@ -70,8 +70,9 @@ class Dialect:
 
 
 SQLITE = Dialect("sqlite", "?", "((julianday('now') - 2440587.5) * 86400.0)", "")
-POSTGRES = Dialect("postgresql", "%s", "extract(epoch from clock_timestamp())::float8",
-                   " FOR UPDATE")  # fmt: skip
+POSTGRES = Dialect(
+    "postgresql", "%s", "extract(epoch from clock_timestamp())::float8", " FOR UPDATE"
+)
 
 
 def connect_postgres(url: str, **settings: Any) -> Any:
@@ -195,14 +196,22 @@ def take_lease(
     two candidates never both win.
     """
     q = dialect.sql
-    cur.execute(q("INSERT INTO leases VALUES (?, '', '', 0) ON CONFLICT (name) DO NOTHING"),
-                (name,))  # fmt: skip
-    cur.execute(q(f"SELECT holder, address, expires, {dialect.now} FROM leases WHERE name=?"
-                  f"{dialect.for_update}"), (name,))  # fmt: skip
+    cur.execute(
+        q("INSERT INTO leases VALUES (?, '', '', 0) ON CONFLICT (name) DO NOTHING"), (name,)
+    )
+    cur.execute(
+        q(
+            f"SELECT holder, address, expires, {dialect.now} FROM leases WHERE name=?"
+            f"{dialect.for_update}"
+        ),
+        (name,),
+    )
     current, current_address, expires, now = cur.fetchone()
     if current == holder or expires <= now:
-        cur.execute(q("UPDATE leases SET holder=?, address=?, expires=? WHERE name=?"),
-                    (holder, address, now + ttl_s, name))  # fmt: skip
+        cur.execute(
+            q("UPDATE leases SET holder=?, address=?, expires=? WHERE name=?"),
+            (holder, address, now + ttl_s, name),
+        )
         if current != holder:
             log.info("lease %s: %s takes over from %s", name, holder, current or "nobody")
         return Lease(name, holder, address, ttl_s)
@@ -213,8 +222,13 @@ def check_lease(cur: Any, dialect: Dialect, name: str, holder: str) -> Lease:
     """Within the caller's transaction: the lease ``name``, locked until the transaction
     ends, so a write made after ``holder`` saw it current cannot race a takeover."""
     q = dialect.sql
-    cur.execute(q(f"SELECT holder, address, expires - {dialect.now} FROM leases WHERE name=?"
-                  f"{dialect.for_update}"), (name,))  # fmt: skip
+    cur.execute(
+        q(
+            f"SELECT holder, address, expires - {dialect.now} FROM leases WHERE name=?"
+            f"{dialect.for_update}"
+        ),
+        (name,),
+    )
     row = cur.fetchone()
     return Lease(name, *row) if row else Lease(name, "", "", 0.0)
 
@@ -222,5 +236,6 @@ def check_lease(cur: Any, dialect: Dialect, name: str, holder: str) -> Lease:
 def release_lease(cur: Any, dialect: Dialect, name: str, holder: str) -> None:
     """Within the caller's transaction: gives lease ``name`` up if ``holder`` has it, so a
     standby need not wait for it to run out."""
-    cur.execute(dialect.sql("UPDATE leases SET expires=0 WHERE name=? AND holder=?"),
-                (name, holder))  # fmt: skip
+    cur.execute(
+        dialect.sql("UPDATE leases SET expires=0 WHERE name=? AND holder=?"), (name, holder)
+    )

@@ -89,10 +89,12 @@ class FsckReport:
         return [f for f in self.findings if f.error]
 
     def summary(self) -> str:
-        return (f"{self.files} files, {self.directories} directories, {self.chunks} chunks, "
-                f"{self.replicas} replicas ({self.verified} checksummed): "
-                f"{len(self.errors)} errors, {len(self.findings) - len(self.errors)} warnings, "
-                f"{len(self.repaired)} repaired")  # fmt: skip
+        return (
+            f"{self.files} files, {self.directories} directories, {self.chunks} chunks, "
+            f"{self.replicas} replicas ({self.verified} checksummed): "
+            f"{len(self.errors)} errors, {len(self.findings) - len(self.errors)} warnings, "
+            f"{len(self.repaired)} repaired"
+        )
 
 
 def _address(table: RoutingTable, target_id: int) -> str:
@@ -145,10 +147,14 @@ def _replicas(
         for chain_id, member in members:
             advance(1)
             if member.state != SERVING:
-                report.findings.append(Finding(
-                    "unchecked", f"target {member.target_id}",
-                    f"{member.state} in chain {chain_id}: its replicas there are not checked",
-                    error=False))  # fmt: skip
+                report.findings.append(
+                    Finding(
+                        "unchecked",
+                        f"target {member.target_id}",
+                        f"{member.state} in chain {chain_id}: its replicas there are not checked",
+                        error=False,
+                    )
+                )
                 continue
             address = _address(table, member.target_id)
             _, _, raw = fs.pool.request(address, Request(DUMP, chain_id))
@@ -199,17 +205,27 @@ def _expected(
             serving = chain.readers() if chain else ()
             where = f"chunk {index} (chain {cid.chain}, inode {ino})"
             if not have:
-                report.findings.append(Finding(
-                    "hole", path, f"{where}: on no replica (a hole if the file was written "
-                    "sparse, else lost)", error=False))  # fmt: skip
+                report.findings.append(
+                    Finding(
+                        "hole",
+                        path,
+                        f"{where}: on no replica (a hole if the file was written "
+                        "sparse, else lost)",
+                        error=False,
+                    )
+                )
                 continue
             report.replicas += len(have)
             missing = [t for t in serving if t not in have]
             if missing:
-                report.findings.append(Finding(
-                    "missing replica", path,
-                    f"{where}: not on target {_ids(missing)}, on target {_ids(sorted(have))}; "
-                    "restart the target after its lease ran out to have it resynced"))  # fmt: skip
+                report.findings.append(
+                    Finding(
+                        "missing replica",
+                        path,
+                        f"{where}: not on target {_ids(missing)}, on target {_ids(sorted(have))}; "
+                        "restart the target after its lease ran out to have it resynced",
+                    )
+                )
     report.chunks = len(expected)
     return expected
 
@@ -244,20 +260,30 @@ def _unowned(
             if lay.chunk_size and cid.index < -(-inode.length // lay.chunk_size):
                 continue  # a file that grew while fsck walked
             where = files[cid.inode][0] if cid.inode in files else f"inode {cid.inode}"
-            report.findings.append(Finding(
-                "past end", where, f"chunk {cid.index} (chain {cid.chain}) on target "
-                f"{_ids(targets)} lies past the file's {inode.length} bytes (a writer in "
-                "flight, or one that failed)", error=False))  # fmt: skip
+            report.findings.append(
+                Finding(
+                    "past end",
+                    where,
+                    f"chunk {cid.index} (chain {cid.chain}) on target "
+                    f"{_ids(targets)} lies past the file's {inode.length} bytes (a writer in "
+                    "flight, or one that failed)",
+                    error=False,
+                )
+            )
             continue
-        report.findings.append(Finding(
-            "orphan", f"inode {cid.inode}", f"chunk {cid.index} on chain {cid.chain} (target "
-            f"{_ids(targets)}): no file has this inode"))  # fmt: skip
+        report.findings.append(
+            Finding(
+                "orphan",
+                f"inode {cid.inode}",
+                f"chunk {cid.index} on chain {cid.chain} (target "
+                f"{_ids(targets)}): no file has this inode",
+            )
+        )
         if repair:
             for t in targets:
                 req = Request(REMOVE, cid.chain, 0, cid.inode, cid.index, length=cid.index + 1)
                 fs.pool.request(_address(table, t), req)
-            report.repaired.append(f"orphan chunk {tuple(cid)} deleted from target "
-                                   f"{_ids(targets)}")  # fmt: skip
+            report.repaired.append(f"orphan chunk {tuple(cid)} deleted from target {_ids(targets)}")
 
 
 def _verify(
@@ -279,8 +305,10 @@ def _verify(
         return version, crc, json.loads(bytes(body))
 
     results: dict[tuple[ChunkId, int], tuple[int, int, dict[str, Any]]] = {}
-    with progress("verifying replicas", len(jobs)) as advance, \
-            ThreadPoolExecutor(_VERIFY_THREADS, "fs3-fsck") as pool:  # fmt: skip
+    with (
+        progress("verifying replicas", len(jobs)) as advance,
+        ThreadPoolExecutor(_VERIFY_THREADS, "fs3-fsck") as pool,
+    ):
         for job, result in zip(jobs, pool.map(check, jobs), strict=True):
             results[job] = result
             advance(1)
@@ -290,8 +318,9 @@ def _verify(
         path = expected[cid]
         where = f"chunk {cid.index} (chain {cid.chain}, inode {cid.inode})"
         if any(r[2].get("pending") for r in got.values()):
-            report.findings.append(Finding("busy", path, f"{where}: a write is in flight; "
-                                           "not compared", error=False))  # fmt: skip
+            report.findings.append(
+                Finding("busy", path, f"{where}: a write is in flight; not compared", error=False)
+            )
             continue
         good = {t: r for t, r in got.items() if r[2]["state"] == "ok"}
         for t, r in got.items():
@@ -333,12 +362,24 @@ def _repair(
         got_version, _, data = fs.pool.request(_address(table, source), read)
         if got_version != version or len(data) != length:
             raise Fs3Error(f"target {source} changed meanwhile (now v{got_version})")
-        fix = Request(REPAIR, cid.chain, 0, cid.inode, cid.index, crc=crc32c(data),
-                      version=version, truncate=True)  # fmt: skip
+        fix = Request(
+            REPAIR,
+            cid.chain,
+            0,
+            cid.inode,
+            cid.index,
+            crc=crc32c(data),
+            version=version,
+            truncate=True,
+        )
         fs.pool.request(_address(table, target), fix, data)
     except Fs3Error as err:
-        report.findings.append(Finding("bad replica", path, f"chunk {cid.index} on target "
-                                       f"{target} not repaired: {err}"))  # fmt: skip
+        report.findings.append(
+            Finding(
+                "bad replica", path, f"chunk {cid.index} on target {target} not repaired: {err}"
+            )
+        )
         return
-    report.repaired.append(f"{path}: chunk {cid.index} on target {target} rewritten from "
-                           f"target {source}")  # fmt: skip
+    report.repaired.append(
+        f"{path}: chunk {cid.index} on target {target} rewritten from target {source}"
+    )

@@ -178,11 +178,13 @@ def _measure(
 
 def format_table(results: dict[str, dict[str, list[float]]], size_mib: int, rounds: int) -> str:
     """Median over rounds, and the range, per metric and cluster."""
-    rows = [f"fs3 local reads: {size_mib} MiB file warm, {CHUNK // MiB} MiB reads, 3 targets, "
-            f"{rounds} rounds; median [min-max]",
-            "local: descriptors passed over the targets' Unix sockets; tcp: the same client "
-            "with local reads off; disk: the same bytes in a local file (the roofline)",
-            ""]  # fmt: skip
+    rows = [
+        f"fs3 local reads: {size_mib} MiB file warm, {CHUNK // MiB} MiB reads, 3 targets, "
+        f"{rounds} rounds; median [min-max]",
+        "local: descriptors passed over the targets' Unix sockets; tcp: the same client "
+        "with local reads off; disk: the same bytes in a local file (the roofline)",
+        "",
+    ]
     names = list(results)
     head = f"{'metric':<18}" + "".join(f"{n:>24}" for n in names)
     rows += [head, "-" * len(head)]

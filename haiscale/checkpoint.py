@@ -95,8 +95,10 @@ def _flatten(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
             return {"__tuple__": items} if isinstance(value, tuple) else items
         if isinstance(value, _SCALARS):
             return value
-        raise TypeError(f"checkpoint value at {where!r} is a {type(value).__name__}; use tensors, "
-                        "dicts, lists, tuples, str, int, float, bool or None")  # fmt: skip
+        raise TypeError(
+            f"checkpoint value at {where!r} is a {type(value).__name__}; use tensors, "
+            "dicts, lists, tuples, str, int, float, bool or None"
+        )
 
     return encode(state, ()), tensors
 
@@ -125,11 +127,16 @@ def _index(tensors: dict[str, torch.Tensor]) -> tuple[bytes, dict[str, dict], in
     for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
         t = tensors[name]
         if t.dtype not in _DTYPE_NAMES:
-            raise TypeError(f"checkpoint tensor {name!r} has dtype {t.dtype}; "
-                            f"supported: {', '.join(map(str, _DTYPE_NAMES))}")  # fmt: skip
+            raise TypeError(
+                f"checkpoint tensor {name!r} has dtype {t.dtype}; "
+                f"supported: {', '.join(map(str, _DTYPE_NAMES))}"
+            )
         size = t.numel() * t.element_size()
-        index[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                       "data_offsets": [offset, offset + size]}  # fmt: skip
+        index[name] = {
+            "dtype": _DTYPE_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     header = json.dumps(index, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
@@ -240,8 +247,10 @@ class CheckpointStore:
         path = self.shard(step, rank, "safetensors")
         data_start, index = _parse_header(lambda lo, hi: self.fs.cat_file(path, lo, hi))
         if name not in index:
-            raise KeyError(f"no tensor {name!r} in checkpoint step {step} under {self.url}; "
-                           f"it has {', '.join(sorted(index)) or 'none'}")  # fmt: skip
+            raise KeyError(
+                f"no tensor {name!r} in checkpoint step {step} under {self.url}; "
+                f"it has {', '.join(sorted(index)) or 'none'}"
+            )
         start, end = index[name]["data_offsets"]
         blob = bytearray(self.fs.cat_file(path, data_start + start, data_start + end))
         return _view(_bytes(blob), {**index[name], "data_offsets": [0, end - start]})

@@ -82,9 +82,14 @@ class ChunkIO:
         return f"{info.host}:{info.data_port}"
 
     def write(
-        self, layout: Layout, inode: int, index: int, offset: int, data: bytes | memoryview,
+        self,
+        layout: Layout,
+        inode: int,
+        index: int,
+        offset: int,
+        data: bytes | memoryview,
         truncate: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Writes ``data`` at ``offset`` within chunk ``index``; returns once every replica
         of its chain has it. With ``truncate`` the chunk ends after ``data``."""
         chain_id = layout.chain_of(index)
@@ -94,8 +99,9 @@ class ChunkIO:
             writers = table.chains[chain_id].writers()
             if not writers:
                 raise Unavailable(f"chain {chain_id} has no live member")
-            req = Request(WRITE, chain_id, table.version, inode, index, offset, crc=crc,
-                          truncate=truncate)  # fmt: skip
+            req = Request(
+                WRITE, chain_id, table.version, inode, index, offset, crc=crc, truncate=truncate
+            )
             self.pool.request(self._address(table, writers[0]), req, data)
 
         self.retry(f"writing chunk {index} of inode {inode} on chain {chain_id}", attempt)
@@ -157,8 +163,14 @@ class ChunkIO:
                         raise ChecksumMismatch(f"target {target}: chunk corrupted in transit")
                     return data  # the receive buffer itself: no copy
                 except ChecksumMismatch as err:
-                    log.warning("bad replica: target %d, chain %d, inode %d chunk %d: %s",
-                                target, chain_id, inode, index, err)  # fmt: skip
+                    log.warning(
+                        "bad replica: target %d, chain %d, inode %d chunk %d: %s",
+                        target,
+                        chain_id,
+                        inode,
+                        index,
+                        err,
+                    )
                     with self._lock:
                         self.bad_replicas.append((target, chain_id, inode, index))
                     errors.append(err)
@@ -167,8 +179,10 @@ class ChunkIO:
                         raise
                     errors.append(err)
             if all(isinstance(e, ChecksumMismatch) for e in errors):
-                raise DataLost(f"every replica of chunk {index} of inode {inode} on chain "
-                               f"{chain_id} fails its checksum: {errors}")  # fmt: skip
+                raise DataLost(
+                    f"every replica of chunk {index} of inode {inode} on chain "
+                    f"{chain_id} fails its checksum: {errors}"
+                )
             raise next((e for e in errors if isinstance(e, StaleRouting)), errors[-1])
 
         return self.retry(f"reading chunk {index} of inode {inode} on chain {chain_id}", attempt)

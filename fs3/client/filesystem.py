@@ -89,9 +89,16 @@ class FS3FileSystem(AbstractFileSystem):
     # -- metadata ----------------------------------------------------------------------
     def _info(self, path: str, inode: Inode) -> dict[str, Any]:
         kind = {FILE: "file", DIRECTORY: "directory"}.get(inode.kind, "link")
-        info = {"name": path, "size": inode.length if inode.kind == FILE else 0, "type": kind,
-                "mode": inode.mode, "mtime": inode.mtime, "ctime": inode.ctime,
-                "atime": inode.atime or inode.mtime, "inode": inode.id}  # fmt: skip
+        info = {
+            "name": path,
+            "size": inode.length if inode.kind == FILE else 0,
+            "type": kind,
+            "mode": inode.mode,
+            "mtime": inode.mtime,
+            "ctime": inode.ctime,
+            "atime": inode.atime or inode.mtime,
+            "inode": inode.id,
+        }
         if inode.target:
             info["destination"] = inode.target
         return info
@@ -146,8 +153,9 @@ class FS3FileSystem(AbstractFileSystem):
         """Atomically moves ``path1`` to ``path2`` (replacing a file there)."""
         self.meta.rename(self._strip_protocol(path1), self._strip_protocol(path2))
 
-    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None,
-           **kwargs: Any) -> None:  # fmt: skip
+    def mv(
+        self, path1: Any, path2: Any, recursive: bool = False, maxdepth: Any = None, **kwargs: Any
+    ) -> None:
         if isinstance(path1, str) and isinstance(path2, str) and not any(c in path1 for c in "*?["):
             self.rename(path1, path2)
         else:
@@ -218,8 +226,9 @@ class FS3FileSystem(AbstractFileSystem):
             if atime is None and mtime is None:
                 return
         now = time.time()
-        self.meta.set_attr(path, atime=now if atime is None else atime,
-                           mtime=now if mtime is None else mtime)  # fmt: skip
+        self.meta.set_attr(
+            path, atime=now if atime is None else atime, mtime=now if mtime is None else mtime
+        )
 
     def chmod(self, path: str, mode: int) -> None:
         """Sets the permission bits (``mode & 0o7777``) of ``path``; every client and
@@ -252,8 +261,15 @@ class FS3FileSystem(AbstractFileSystem):
         with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
             shutil.copyfileobj(src, dst, self.config.client.chunk_size)
 
-    def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
-              cache_options: Any = None, **kwargs: Any) -> FS3File:  # fmt: skip
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        **kwargs: Any,
+    ) -> FS3File:
         path = self._strip_protocol(path)
         if mode == "rb":
             inode = self.meta.open(path)
@@ -289,8 +305,9 @@ class FS3File(AbstractBufferedFile):
         self.inode = inode
         self.layout = inode.layout
         self.chunk_size = inode.layout.chunk_size
-        super().__init__(fs, path, mode, block_size=self.chunk_size, size=inode.length,
-                         cache_type="none")  # fmt: skip
+        super().__init__(
+            fs, path, mode, block_size=self.chunk_size, size=inode.length, cache_type="none"
+        )
         self._inflight: list[Future[None]] = []
         self._ahead: dict[int, Future[bytearray]] = {}
         self._next_sequential = 0

@@ -221,8 +221,13 @@ class LocalReads:
 
     def _fail(self, local: _Local, err: Exception) -> None:
         """Sends this read and the target's next ones for RECHECK_S over TCP."""
-        log.debug("target %d: local reads through %s failed, reading over TCP for %gs: %s",
-                  local.target_id, local.path, RECHECK_S, err)  # fmt: skip
+        log.debug(
+            "target %d: local reads through %s failed, reading over TCP for %gs: %s",
+            local.target_id,
+            local.path,
+            RECHECK_S,
+            err,
+        )
         with self._lock:
             self.stats.fallbacks += 1
             probe = self._probes.get(local.target_id)

@@ -46,8 +46,9 @@ class MetaClient:
         self, path: str, exclusive: bool, chunk_size: int, stripe: int, mode: int = 0
     ) -> Inode:
         """``mode`` 0 means the meta default (0o644)."""
-        req = pb.CreateRequest(path=path, exclusive=exclusive, chunk_size=chunk_size,
-                               stripe=stripe, mode=mode)  # fmt: skip
+        req = pb.CreateRequest(
+            path=path, exclusive=exclusive, chunk_size=chunk_size, stripe=stripe, mode=mode
+        )
         return inode_from_pb(self._rpc("Create", req))
 
     def listdir(self, path: str) -> list[DirEntry]:
@@ -83,18 +84,28 @@ class MetaClient:
         mtime: float | None = None,
     ) -> Inode:
         """Sets mode and/or times of the entry at ``path``; None keeps a value."""
-        req = pb.SetAttrRequest(path=path, set_mode=mode is not None, mode=mode or 0,
-                                set_atime=atime is not None, atime=atime or 0.0,
-                                set_mtime=mtime is not None, mtime=mtime or 0.0)  # fmt: skip
+        req = pb.SetAttrRequest(
+            path=path,
+            set_mode=mode is not None,
+            mode=mode or 0,
+            set_atime=atime is not None,
+            atime=atime or 0.0,
+            set_mtime=mtime is not None,
+            mtime=mtime or 0.0,
+        )
         return inode_from_pb(self._rpc("SetAttr", req))
 
     def set_quota(
         self, path: str, max_bytes: int | None = None, max_inodes: int | None = None
     ) -> Inode:
         """Sets the limits of directory ``path``'s quota; None keeps one, 0 removes it."""
-        req = pb.SetQuotaRequest(path=path, set_bytes=max_bytes is not None,
-                                 max_bytes=max_bytes or 0, set_inodes=max_inodes is not None,
-                                 max_inodes=max_inodes or 0)  # fmt: skip
+        req = pb.SetQuotaRequest(
+            path=path,
+            set_bytes=max_bytes is not None,
+            max_bytes=max_bytes or 0,
+            set_inodes=max_inodes is not None,
+            max_inodes=max_inodes or 0,
+        )
         return inode_from_pb(self._rpc("SetQuota", req))
 
     def length_limit(self, inode_id: int) -> int | None:

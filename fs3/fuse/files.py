@@ -151,8 +151,9 @@ class OpenFile:
             wait(earlier)
         whole = within == 0 and len(piece) == self._cs  # replaces the chunk: no read of it
         layout, ino = self.inode.layout, self.inode.id
-        future = self._executor.submit(self.fs.chunks.write, layout, ino, index, within, piece,
-                                       whole)  # fmt: skip
+        future = self._executor.submit(
+            self.fs.chunks.write, layout, ino, index, within, piece, whole
+        )
         self._inflight.append((index, future))
         while self._inflight and (
             len(self._inflight) > self._parallel or self._inflight[0][1].done()
@@ -222,8 +223,9 @@ class OpenFile:
 
     def _chunk(self, index: int, start: int, end: int) -> bytes | memoryview:
         # Mapped: the reply to the kernel copies from the chunk file's pages themselves.
-        data = self.fs.chunks.read(self.inode.layout, self.inode.id, index, start, end - start,
-                                   mapped=True)  # fmt: skip
+        data = self.fs.chunks.read(
+            self.inode.layout, self.inode.id, index, start, end - start, mapped=True
+        )
         if len(data) < end - start:  # holes and short chunks read as zeros
             return bytes(data) + bytes(end - start - len(data))
         return data
@@ -268,8 +270,10 @@ class OpenFile:
         finally:
             self._lock.release()
         if not wanted:  # random access: just the bytes asked for, chunks in parallel
-            spans = [(i, max(offset, i * cs) - i * cs, min(end, (i + 1) * cs) - i * cs)
-                     for i in range(first, last + 1)]  # fmt: skip
+            spans = [
+                (i, max(offset, i * cs) - i * cs, min(end, (i + 1) * cs) - i * cs)
+                for i in range(first, last + 1)
+            ]
             if len(spans) == 1:
                 return self._chunk(*spans[0])
             futures = [self._reads.submit(self._chunk, *span) for span in spans]

@@ -238,8 +238,9 @@ class Fs3Operations(pyfuse3.Operations):
                 current = await self._stat_known(inode)
                 if current.kind != FILE:
                     raise _fuse_error(errno.EISDIR if current.is_dir else errno.EINVAL)
-                new = await self._blocking(set_file_length, self.fs, current, current.length,
-                                           attr.st_size)  # fmt: skip
+                new = await self._blocking(
+                    set_file_length, self.fs, current, current.length, attr.st_size
+                )
                 self.table.update(new)
         if fields.update_mode or fields.update_mtime or fields.update_atime:
             await self._set_attr(
@@ -263,8 +264,9 @@ class Fs3Operations(pyfuse3.Operations):
             raise _fuse_error(errno.ESTALE)
         self.table.update(new)
         if opened is not None:
-            opened.inode = dataclasses.replace(opened.inode, mode=new.mode, mtime=new.mtime,
-                                               atime=new.atime, ctime=new.ctime)  # fmt: skip
+            opened.inode = dataclasses.replace(
+                opened.inode, mode=new.mode, mtime=new.mtime, atime=new.atime, ctime=new.ctime
+            )
         return new
 
     @_handler
@@ -313,8 +315,9 @@ class Fs3Operations(pyfuse3.Operations):
             self._dirs[fh] = (ino, entries)
         for index in range(start_id, len(entries)):
             entry = entries[index]
-            if not pyfuse3.readdir_reply(token, entry.name.encode(), self._attr(entry.inode),
-                                         index + 1):  # fmt: skip
+            if not pyfuse3.readdir_reply(
+                token, entry.name.encode(), self._attr(entry.inode), index + 1
+            ):
                 break
             self.table.remember(ino, entry.name, entry.inode)
 

@@ -113,8 +113,9 @@ def start_mount(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Starts a mount process in a session of its own (so a Ctrl-C meant for the caller does
     not unmount under it), its output going to ``log_path``."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -125,9 +126,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def wait_mounted(
-    mountpoint: str | os.PathLike[str], proc: subprocess.Popen[bytes], log_path: Path,
+    mountpoint: str | os.PathLike[str],
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
     timeout: float,
-) -> None:  # fmt: skip
+) -> None:
     """Returns once the mount answers (listed as fs3 in mountinfo and its root stats).
 
     Raises:
@@ -137,21 +140,25 @@ def wait_mounted(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise Fs3Error(f"fs3 mount at {mountpoint} failed (exit {proc.returncode}); "
-                           f"log {log_path}:\n{_tail(log_path)}")  # fmt: skip
+            raise Fs3Error(
+                f"fs3 mount at {mountpoint} failed (exit {proc.returncode}); "
+                f"log {log_path}:\n{_tail(log_path)}"
+            )
         if is_mounted(mountpoint):
             os.stat(mountpoint)  # answered by the mount process itself
             return
         time.sleep(0.05)
     stop_mount(proc, mountpoint)
-    raise Fs3TimeoutError(f"fs3 mount at {mountpoint} not up within {timeout:g}s; "
-                          f"log {log_path}:\n{_tail(log_path)}")  # fmt: skip
+    raise Fs3TimeoutError(
+        f"fs3 mount at {mountpoint} not up within {timeout:g}s; log {log_path}:\n{_tail(log_path)}"
+    )
 
 
 def stop_mount(
-    proc: subprocess.Popen[bytes], mountpoint: str | os.PathLike[str],
+    proc: subprocess.Popen[bytes],
+    mountpoint: str | os.PathLike[str],
     timeout: float = _STOP_TIMEOUT_S,
-) -> None:  # fmt: skip
+) -> None:
     """Asks the mount process to unmount and exit; kills it past ``timeout`` and then
     detaches whatever mount it left."""
     if proc.poll() is None:

@@ -129,8 +129,9 @@ def _tune_kernel(mountpoint: Path, options: MountOptions) -> None:
     if not (connections / minor).exists() and os.geteuid() == 0:
         # systemd mounts fusectl at boot; containers often lack it. Mount it for the two
         # writes only, so the machine is left as it was.
-        done = subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)],
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(connections)], capture_output=True, text=True
+        )
         mounted_here = done.returncode == 0
     try:
         knobs = connections / minor

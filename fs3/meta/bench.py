@@ -119,8 +119,9 @@ def bench_cluster(root: Path, meta_db: str, files: int, threads: int) -> dict[st
     from fs3.client import FS3FileSystem
     from fs3.cluster import LocalCluster
 
-    cluster = LocalCluster(root, targets=1, replicas=1, meta_db=meta_db,
-                           settings={"storage": {"fsync": False}})  # fmt: skip
+    cluster = LocalCluster(
+        root, targets=1, replicas=1, meta_db=meta_db, settings={"storage": {"fsync": False}}
+    )
     out: dict[str, float] = {}
     try:
         cluster.start()
@@ -169,16 +170,36 @@ def temporary_postgres() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run = dict(preexec_fn=demote, check=True, capture_output=True, timeout=120)
-    subprocess.run([f"{bindir}/initdb", "-D", str(data / "db"), "-U", "fs3", "--auth=trust",
-                    "-E", "UTF8"], **run)  # fmt: skip
+    subprocess.run(
+        [f"{bindir}/initdb", "-D", str(data / "db"), "-U", "fs3", "--auth=trust", "-E", "UTF8"],
+        **run,
+    )
     options = f"-p {port} -h 127.0.0.1 -k {data} -c synchronous_commit=off"
-    subprocess.run([f"{bindir}/pg_ctl", "-D", str(data / "db"), "-o", options, "-l",
-                    str(data / "log"), "-w", "-t", "60", "start"], **run)  # fmt: skip
+    subprocess.run(
+        [
+            f"{bindir}/pg_ctl",
+            "-D",
+            str(data / "db"),
+            "-o",
+            options,
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        **run,
+    )
     try:
         yield f"postgresql://fs3@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([f"{bindir}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "-w", "stop"],
-                       preexec_fn=demote, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [f"{bindir}/pg_ctl", "-D", str(data / "db"), "-m", "fast", "-w", "stop"],
+            preexec_fn=demote,
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -253,9 +274,11 @@ def format_meta_table(results: dict[str, dict[str, float]]) -> str:
     """The results of :func:`bench_meta_stores` as a table, PostgreSQL beside SQLite."""
     sqlite, pg = results["sqlite"], results.get("postgresql", {})
     retried = results.get("postgresql retries", {})
-    rows = ["fs3 meta bench: create + stat + rename + unlink per file, ops/s "
-            "(SQLite WAL synchronous=NORMAL; PostgreSQL SERIALIZABLE, synchronous_commit=off)",
-            ""]  # fmt: skip
+    rows = [
+        "fs3 meta bench: create + stat + rename + unlink per file, ops/s "
+        "(SQLite WAL synchronous=NORMAL; PostgreSQL SERIALIZABLE, synchronous_commit=off)",
+        "",
+    ]
     head = f"{'workload':<44}{'SQLite':>8}{'PostgreSQL':>12}{'PG/SQLite':>11}{'PG retries':>12}"
     rows += [head, "-" * len(head)]
     for key, value in sqlite.items():
@@ -278,11 +301,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads of the threaded rows")
     parser.add_argument("--postgres", default=None, help="postgresql:// URL of a server to use")
     parser.add_argument("--cluster", action="store_true", help="also through a meta server")
-    parser.add_argument("--existing", type=int, default=20_000,
-                        help="files already in the namespace for the second round")  # fmt: skip
+    parser.add_argument(
+        "--existing",
+        type=int,
+        default=20_000,
+        help="files already in the namespace for the second round",
+    )
     args = parser.parse_args(argv)
-    results = bench_meta_stores(args.files, args.threads, args.postgres, args.cluster,
-                                args.existing)  # fmt: skip
+    results = bench_meta_stores(
+        args.files, args.threads, args.postgres, args.cluster, args.existing
+    )
     print(format_meta_table(results))
 
 

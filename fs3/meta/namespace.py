@@ -114,8 +114,11 @@ class Namespace:
                     if inode.is_dir:
                         raise IsADirectory("is a directory", path)
                     return inode
-                path = normalize(inode.target if inode.target.startswith("/")
-                                 else split(path)[0] + "/" + inode.target)  # fmt: skip
+                path = normalize(
+                    inode.target
+                    if inode.target.startswith("/")
+                    else split(path)[0] + "/" + inode.target
+                )
             raise InvalidArgument("too many levels of symbolic links", path)
 
         return self.store.run(op)
@@ -396,9 +399,12 @@ class Namespace:
             if not inode.is_dir:
                 raise NotADirectory("quotas are set on directories", path)
             old = inode.quota or Quota()
-            new = quota.new_quota(txn, inode,
-                                  old.max_bytes if max_bytes is None else max_bytes,
-                                  old.max_inodes if max_inodes is None else max_inodes)  # fmt: skip
+            new = quota.new_quota(
+                txn,
+                inode,
+                old.max_bytes if max_bytes is None else max_bytes,
+                old.max_inodes if max_inodes is None else max_inodes,
+            )
             inode = dataclasses.replace(inode, quota=new)
             txn.put_inode(inode)
             return inode
@@ -428,8 +434,9 @@ class Namespace:
             pending: dict[int, int] = {}
             for _, item in txn.garbage(1 << 30):
                 if item.inode in wanted:
-                    pending[item.inode] = min(pending.get(item.inode, item.from_index),
-                                              item.from_index)  # fmt: skip
+                    pending[item.inode] = min(
+                        pending.get(item.inode, item.from_index), item.from_index
+                    )
             return found, pending
 
         return self.store.run(op)

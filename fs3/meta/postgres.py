@@ -87,8 +87,10 @@ class PostgresMetaStore(MetaStore):
                 for column, (_, pg_type) in ADDED_COLUMNS.items():
                     if column not in have:
                         cur.execute(f"ALTER TABLE inodes ADD COLUMN {column} {pg_type}")
-                cur.execute(_PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
-                            inode_to_row(root_inode(_now(cur))))  # fmt: skip
+                cur.execute(
+                    _PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
+                    inode_to_row(root_inode(_now(cur))),
+                )
         except Exception as err:
             conn.close()
             raise postgres_error(err, url) from None
@@ -255,8 +257,11 @@ class _PgTxn(MetaTxn):
         return out
 
     def link(self, parent: int, name: str, child: int) -> None:
-        self._x("INSERT INTO dentries VALUES (%s,%s,%s) ON CONFLICT (parent, name) "
-                "DO UPDATE SET child=EXCLUDED.child", (parent, name, child))  # fmt: skip
+        self._x(
+            "INSERT INTO dentries VALUES (%s,%s,%s) ON CONFLICT (parent, name) "
+            "DO UPDATE SET child=EXCLUDED.child",
+            (parent, name, child),
+        )
         self._entries[(parent, name)] = child
 
     def unlink(self, parent: int, name: str) -> None:

@@ -77,13 +77,21 @@ class MetaServicer:
         return pb.LinkTarget(target=self.ns.readlink(r.path))
 
     def SetAttr(self, r: pb.SetAttrRequest) -> pb.Inode:
-        return inode_to_pb(self.ns.set_attr(r.path, r.mode if r.set_mode else None,
-                                            r.atime if r.set_atime else None,
-                                            r.mtime if r.set_mtime else None))  # fmt: skip
+        return inode_to_pb(
+            self.ns.set_attr(
+                r.path,
+                r.mode if r.set_mode else None,
+                r.atime if r.set_atime else None,
+                r.mtime if r.set_mtime else None,
+            )
+        )
 
     def SetQuota(self, r: pb.SetQuotaRequest) -> pb.Inode:
-        return inode_to_pb(self.ns.set_quota(r.path, r.max_bytes if r.set_bytes else None,
-                                             r.max_inodes if r.set_inodes else None))  # fmt: skip
+        return inode_to_pb(
+            self.ns.set_quota(
+                r.path, r.max_bytes if r.set_bytes else None, r.max_inodes if r.set_inodes else None
+            )
+        )
 
     def GetLengthLimit(self, r: pb.InodeRequest) -> pb.LengthLimit:
         limit = self.ns.length_limit(r.inode_id)

@@ -34,18 +34,25 @@ _SCHEMA = [
 
 # The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres). The
 # quota columns are NULL on every inode but the directories that have a quota.
-COLUMNS = ("id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target, "
-           "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes")  # fmt: skip
-ADDED_COLUMNS = {"atime": ("REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
-                 **{c: ("INTEGER", "BIGINT") for c in
-                    ("q_max_bytes", "q_max_inodes", "q_used_bytes", "q_used_inodes")}}  # fmt: skip
+COLUMNS = (
+    "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target, "
+    "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes"
+)
+ADDED_COLUMNS = {
+    "atime": ("REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+    **{
+        c: ("INTEGER", "BIGINT")
+        for c in ("q_max_bytes", "q_max_inodes", "q_used_bytes", "q_used_inodes")
+    },
+}
 """Columns later than the first schema, with their SQLite and PostgreSQL types: a store
 created before them gets them added when it is opened."""
 
 
 _PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
-_PUT_INODE = (f"INSERT OR REPLACE INTO inodes ({COLUMNS}) "
-              f"VALUES ({','.join('?' * len(COLUMNS.split(', ')))})")  # fmt: skip
+_PUT_INODE = (
+    f"INSERT OR REPLACE INTO inodes ({COLUMNS}) VALUES ({','.join('?' * len(COLUMNS.split(', ')))})"
+)
 
 
 def inode_to_row(inode: Inode) -> tuple:
@@ -53,9 +60,21 @@ def inode_to_row(inode: Inode) -> tuple:
     chains = ",".join(map(str, lay.chains))
     q = inode.quota
     quota = (None,) * 4 if q is None else (q.max_bytes, q.max_inodes, q.used_bytes, q.used_inodes)
-    return (inode.id, inode.kind, inode.mode, inode.length, inode.mtime, inode.ctime,
-            inode.parent, lay.chunk_size, chains, lay.seed, inode.target, inode.atime,
-            *quota)  # fmt: skip
+    return (
+        inode.id,
+        inode.kind,
+        inode.mode,
+        inode.length,
+        inode.mtime,
+        inode.ctime,
+        inode.parent,
+        lay.chunk_size,
+        chains,
+        lay.seed,
+        inode.target,
+        inode.atime,
+        *quota,
+    )
 
 
 def row_to_inode(row: tuple) -> Inode:
@@ -63,8 +82,19 @@ def row_to_inode(row: tuple) -> Inode:
     atime, max_bytes, max_inodes, used_bytes, used_inodes = row[11:16]
     chain_ids = tuple(int(c) for c in chains.split(",")) if chains else ()
     quota = None if max_bytes is None else Quota(max_bytes, max_inodes, used_bytes, used_inodes)
-    return Inode(id_, kind, mode, length, mtime, ctime, parent,
-                 Layout(chunk_size, chain_ids, seed), target, atime, quota)  # fmt: skip
+    return Inode(
+        id_,
+        kind,
+        mode,
+        length,
+        mtime,
+        ctime,
+        parent,
+        Layout(chunk_size, chain_ids, seed),
+        target,
+        atime,
+        quota,
+    )
 
 
 class SqliteMetaStore(MetaStore):

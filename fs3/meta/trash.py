@@ -88,8 +88,7 @@ class Trash:
             now = ns._clock()
             holder_name = f"{_stamp(now + expire_s)}-{moving.id}"
             holder_path = f"{TRASH}/{holder_name}"
-            holder = ns._make(txn, folder, holder_name, DIRECTORY, 0o700, holder_path,
-                              target=path)  # fmt: skip
+            holder = ns._make(txn, folder, holder_name, DIRECTORY, 0o700, holder_path, target=path)
             txn.unlink(sparent.id, name)
             txn.link(holder.id, name, moving.id)
             moved = dataclasses.replace(moving, parent=holder.id, ctime=now)
@@ -160,8 +159,11 @@ class Trash:
 
         def expired(txn: MetaTxn) -> list[tuple[str, int]]:
             folder = self._folder(txn)
-            return [(name, holder.id) for name, holder in (txn.entries(folder.id) if folder else ())
-                    if (expiry_of(name) or math.inf) <= now]  # fmt: skip
+            return [
+                (name, holder.id)
+                for name, holder in (txn.entries(folder.id) if folder else ())
+                if (expiry_of(name) or math.inf) <= now
+            ]
 
         deleted = 0
         for name, holder_id in self.ns.store.run(expired):

@@ -75,9 +75,12 @@ class MgmtdClient:
         fresh: bool = False,
         boot: str = "",
     ) -> RoutingTable:
-        req = pb.HeartbeatRequest(target=target_to_pb(target),
-                                  stats=stats_to_pb(stats) if stats else None, fresh=fresh,
-                                  boot=boot)  # fmt: skip
+        req = pb.HeartbeatRequest(
+            target=target_to_pb(target),
+            stats=stats_to_pb(stats) if stats else None,
+            fresh=fresh,
+            boot=boot,
+        )
         return self._keep(self._call("Heartbeat", req, "heartbeat"))
 
     def stats(self) -> list[TargetStats]:

@@ -134,9 +134,14 @@ class Mgmtd:
                 changed = True
             for cid, chain in chains.items():
                 # Every member alive and fresh: nothing of the chain is left to wait for.
-                if (any(m.target_id == tid for m in chain.members) and not chain.readers()
-                        and all(m.state == SYNCING and targets.get(m.target_id, target).alive
-                                for m in chain.members)):  # fmt: skip
+                if (
+                    any(m.target_id == tid for m in chain.members)
+                    and not chain.readers()
+                    and all(
+                        m.state == SYNCING and targets.get(m.target_id, target).alive
+                        for m in chain.members
+                    )
+                ):
                     chains[cid] = _set_state(chain, chain.members[0].target_id, SERVING)
                     changed = True
             if changed:
@@ -153,20 +158,25 @@ class Mgmtd:
         (never the last one: clients keep trying it); call it about every heartbeat period."""
         with self._lock:
             now = self._clock()
-            lapsed = [m for m in self._table.meta_addresses
-                      if now - self._meta_seen.get(m, 0.0) > self._config.lease_s]  # fmt: skip
+            lapsed = [
+                m
+                for m in self._table.meta_addresses
+                if now - self._meta_seen.get(m, 0.0) > self._config.lease_s
+            ]
             if lapsed and len(lapsed) == len(self._table.meta_addresses):
                 lapsed.remove(max(lapsed, key=lambda m: self._meta_seen.get(m, 0.0)))
             if lapsed:
-                self._publish_metas(tuple(m for m in self._table.meta_addresses
-                                          if m not in lapsed))  # fmt: skip
+                self._publish_metas(tuple(m for m in self._table.meta_addresses if m not in lapsed))
             expired = {
-                t for t, info in self._table.targets.items()
+                t
+                for t, info in self._table.targets.items()
                 if info.alive and now - self._last_seen.get(t, 0.0) > self._config.lease_s
-            }  # fmt: skip
+            }
             if expired:
-                targets = {t: dataclasses.replace(i, alive=i.alive and t not in expired)
-                           for t, i in self._table.targets.items()}  # fmt: skip
+                targets = {
+                    t: dataclasses.replace(i, alive=i.alive and t not in expired)
+                    for t, i in self._table.targets.items()
+                }
                 chains = dict(self._table.chains)
                 for cid, chain in chains.items():
                     for t in expired:
@@ -196,9 +206,14 @@ class Mgmtd:
 
     def _publish_metas(self, metas: tuple[str, ...]) -> None:
         t = self._table
-        self._commit(dataclasses.replace(t, version=t.version + 1,
-                                         meta_address=metas[0] if metas else "",
-                                         meta_addresses=metas))  # fmt: skip
+        self._commit(
+            dataclasses.replace(
+                t,
+                version=t.version + 1,
+                meta_address=metas[0] if metas else "",
+                meta_addresses=metas,
+            )
+        )
 
     def _publish(self, targets: dict[int, TargetInfo], chains: dict[int, Chain]) -> None:
         t = self._table

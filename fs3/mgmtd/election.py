@@ -113,17 +113,27 @@ class MgmtdNode:
             if primary and self._core is None:
                 holder = self.elector.holder
                 try:
-                    self._core = Mgmtd(self._chains, self._config, stored=self.store.load(),
-                                       save=lambda t: self.store.save(holder, t),
-                                       clock=self._clock)  # fmt: skip
+                    self._core = Mgmtd(
+                        self._chains,
+                        self._config,
+                        stored=self.store.load(),
+                        save=lambda t: self.store.save(holder, t),
+                        clock=self._clock,
+                    )
                 except Fs3Error as err:
                     log.warning("mgmtd %s: could not take over: %s", self.address, err)
                     return
-                log.info("mgmtd %s is the primary, chain table version %d", self.address,
-                         self._core.routing().version)  # fmt: skip
+                log.info(
+                    "mgmtd %s is the primary, chain table version %d",
+                    self.address,
+                    self._core.routing().version,
+                )
             elif not primary and self._core is not None:
-                log.warning("mgmtd %s is a standby now (lease held by %s)", self.address,
-                            self.elector.lease.holder or "nobody")  # fmt: skip
+                log.warning(
+                    "mgmtd %s is a standby now (lease held by %s)",
+                    self.address,
+                    self.elector.lease.holder or "nobody",
+                )
                 self._core = None
             core = self._core
         if core is not None:

@@ -91,8 +91,7 @@ class ChainPlan:
         for n in range(self.nodes):
             loads = [shared[n][m] for m in range(self.nodes) if m != n] or [0]
             chains = sum(1 for members in self.chains if any(x == n for x, _ in members))
-            out.append(NodeBalance(n + 1, chains, min(loads), max(loads),
-                                   statistics.pstdev(loads)))  # fmt: skip
+            out.append(NodeBalance(n + 1, chains, min(loads), max(loads), statistics.pstdev(loads)))
         return out
 
     @property
@@ -182,8 +181,9 @@ def _prime_factors(x: int) -> list[int]:
 
 def _affine_plane(p: int) -> list[Block]:
     """Lines of the p x p grid over Z_p (node x*p + y): p+1 slopes of p lines each."""
-    lines = [tuple(sorted(x * p + (m * x + c) % p for x in range(p)))
-             for m in range(p) for c in range(p)]  # fmt: skip
+    lines = [
+        tuple(sorted(x * p + (m * x + c) % p for x in range(p))) for m in range(p) for c in range(p)
+    ]
     return lines + [tuple(c * p + y for y in range(p)) for c in range(p)]
 
 
@@ -330,9 +330,13 @@ def _order_heads(blocks: list[Block], n: int, t: int, r: int) -> list[Block]:
 
 
 def _move_head(
-    members: list[list[int]], head: list[int], count: list[int], start: int, bound: int,
+    members: list[list[int]],
+    head: list[int],
+    count: list[int],
+    start: int,
+    bound: int,
     shed: bool,
-) -> bool:  # fmt: skip
+) -> bool:
     """One alternating path from ``start``: when ``shed``, hands one of its heads on along
     chains until a node below ``bound`` takes it; otherwise takes one, from a node above
     ``bound``. Returns whether a path was found."""
@@ -368,9 +372,13 @@ def _move_head(
 
 
 def _apply_path(
-    came: dict[int, tuple[int, int]], head: list[int], count: list[int], start: int, end: int,
+    came: dict[int, tuple[int, int]],
+    head: list[int],
+    count: list[int],
+    start: int,
+    end: int,
     shed: bool,
-) -> None:  # fmt: skip
+) -> None:
     y = end
     while y != start:
         x, c = came[y]

@@ -64,8 +64,9 @@ class MgmtdServicer(pbg.MgmtdServicer):
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
         stats = stats_from_pb(request.stats) if request.HasField("stats") else None
-        table = self._core().heartbeat(target_from_pb(request.target), stats, request.fresh,
-                                       request.boot)  # fmt: skip
+        table = self._core().heartbeat(
+            target_from_pb(request.target), stats, request.fresh, request.boot
+        )
         return self._reply(table, context)
 
     @servicer_method
@@ -151,9 +152,14 @@ def run_mgmtd(
 
     node.step()  # the first campaign before serving: a lone mgmtd answers at once
     server = serve(register, host, port)
-    log.info("mgmtd serving on %s (%s), state in %s, %d targets, %d replicas", address,
-             node.info()["role"], redact(str(db or state_dir / "mgmtd.db")), len(targets),
-             replicas)  # fmt: skip
+    log.info(
+        "mgmtd serving on %s (%s), state in %s, %d targets, %d replicas",
+        address,
+        node.info()["role"],
+        redact(str(db or state_dir / "mgmtd.db")),
+        len(targets),
+        replicas,
+    )
     try:
         while not stop.wait(config.heartbeat_s):
             node.step()

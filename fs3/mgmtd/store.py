@@ -49,8 +49,10 @@ def not_primary(holder: str, lease: Lease) -> Unavailable:
     """The error a non-primary gives: retryable, its ``path`` the primary's address (the
     mgmtd client goes there next) or None when no primary is known."""
     where = f"the primary is at {lease.address}" if lease.remaining_s > 0 else "no primary yet"
-    return Unavailable(f"mgmtd {holder} is not the primary; {where}",
-                       lease.address if lease.remaining_s > 0 else None)  # fmt: skip
+    return Unavailable(
+        f"mgmtd {holder} is not the primary; {where}",
+        lease.address if lease.remaining_s > 0 else None,
+    )
 
 
 class MgmtdStore(ABC):
@@ -152,8 +154,7 @@ class SqlMgmtdStore(MgmtdStore):
     def _connect(self) -> Any:
         if self._pg:
             return connect_postgres(self.db)
-        conn = sqlite3.connect(self.db, isolation_level=None, timeout=30.0,
-                               check_same_thread=False)  # fmt: skip
+        conn = sqlite3.connect(self.db, isolation_level=None, timeout=30.0, check_same_thread=False)
         enter_wal_mode(conn)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
@@ -219,9 +220,13 @@ class SqlMgmtdStore(MgmtdStore):
             lease = check_lease(cur, self._dialect, PRIMARY_LEASE, holder)
             if lease.holder != holder or lease.remaining_s <= 0:
                 raise not_primary(holder, lease)
-            cur.execute(q("INSERT INTO mgmtd_state VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE "
-                          "SET version=excluded.version, routing=excluded.routing"),
-                        (table.version, table_to_json(table)))  # fmt: skip
+            cur.execute(
+                q(
+                    "INSERT INTO mgmtd_state VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE "
+                    "SET version=excluded.version, routing=excluded.routing"
+                ),
+                (table.version, table_to_json(table)),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -239,13 +244,16 @@ def open_mgmtd_store(db: str | os.PathLike[str]) -> MgmtdStore:
 
 
 def table_to_json(t: RoutingTable) -> str:
-    return json.dumps({
-        "version": t.version,
-        "meta_addresses": list(t.meta_addresses),
-        "targets": [dataclasses.asdict(i) for i in t.targets.values()],
-        "chains": {str(c): [[m.target_id, m.state] for m in ch.members]
-                   for c, ch in t.chains.items()},
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "version": t.version,
+            "meta_addresses": list(t.meta_addresses),
+            "targets": [dataclasses.asdict(i) for i in t.targets.values()],
+            "chains": {
+                str(c): [[m.target_id, m.state] for m in ch.members] for c, ch in t.chains.items()
+            },
+        }
+    )
 
 
 def table_from_json(text: str) -> RoutingTable:

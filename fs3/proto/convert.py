@@ -19,8 +19,13 @@ from fs3.types import (
 
 
 def target_to_pb(t: TargetInfo) -> pb.Target:
-    return pb.Target(target_id=t.target_id, host=t.host, data_port=t.data_port,
-                     grpc_port=t.grpc_port, alive=t.alive)  # fmt: skip
+    return pb.Target(
+        target_id=t.target_id,
+        host=t.host,
+        data_port=t.data_port,
+        grpc_port=t.grpc_port,
+        alive=t.alive,
+    )
 
 
 def target_from_pb(m: pb.Target) -> TargetInfo:
@@ -37,7 +42,7 @@ def routing_to_pb(r: RoutingTable) -> pb.RoutingTable:
                 members=[pb.Member(target_id=m.target_id, state=m.state) for m in c.members],
             )
             for c in r.chains.values()
-        ],  # fmt: skip
+        ],
         meta_address=r.meta_address,
     )
 
@@ -69,9 +74,19 @@ def inode_to_pb(i: Inode) -> pb.Inode:
             used_inodes=q.used_inodes,
         )
     )
-    return pb.Inode(id=i.id, kind=i.kind, mode=i.mode, length=i.length, mtime=i.mtime,
-                    ctime=i.ctime, parent=i.parent, layout=lay, target=i.target, atime=i.atime,
-                    quota=quota)  # fmt: skip
+    return pb.Inode(
+        id=i.id,
+        kind=i.kind,
+        mode=i.mode,
+        length=i.length,
+        mtime=i.mtime,
+        ctime=i.ctime,
+        parent=i.parent,
+        layout=lay,
+        target=i.target,
+        atime=i.atime,
+        quota=quota,
+    )
 
 
 def inode_from_pb(m: pb.Inode) -> Inode:
@@ -80,8 +95,9 @@ def inode_from_pb(m: pb.Inode) -> Inode:
     quota = None
     if m.HasField("quota"):
         quota = Quota(q.max_bytes, q.max_inodes, q.used_bytes, q.used_inodes)
-    return Inode(m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target,
-                 m.atime, quota)  # fmt: skip
+    return Inode(
+        m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target, m.atime, quota
+    )
 
 
 def entry_to_pb(e: DirEntry) -> pb.DirEntry:
@@ -93,8 +109,9 @@ def entry_from_pb(m: pb.DirEntry) -> DirEntry:
 
 
 def trash_to_pb(e: TrashEntry) -> pb.TrashEntry:
-    return pb.TrashEntry(name=e.name, path=e.path, deleted=e.deleted, expires=e.expires,
-                         inode=inode_to_pb(e.inode))  # fmt: skip
+    return pb.TrashEntry(
+        name=e.name, path=e.path, deleted=e.deleted, expires=e.expires, inode=inode_to_pb(e.inode)
+    )
 
 
 def trash_from_pb(m: pb.TrashEntry) -> TrashEntry:
@@ -103,14 +120,23 @@ def trash_from_pb(m: pb.TrashEntry) -> TrashEntry:
 
 def stats_to_pb(t: TargetStats) -> pb.TargetStats:
     return pb.TargetStats(
-        target_id=t.target_id, total_bytes=t.total_bytes, free_bytes=t.free_bytes,
-        used_bytes=t.used_bytes, chunks=t.chunks, fsid=t.fsid,
-        resyncs=[pb.ResyncProgress(chain_id=r.chain_id, target_id=r.target_id, done=r.done,
-                                   total=r.total) for r in t.resyncs],
-    )  # fmt: skip
+        target_id=t.target_id,
+        total_bytes=t.total_bytes,
+        free_bytes=t.free_bytes,
+        used_bytes=t.used_bytes,
+        chunks=t.chunks,
+        fsid=t.fsid,
+        resyncs=[
+            pb.ResyncProgress(
+                chain_id=r.chain_id, target_id=r.target_id, done=r.done, total=r.total
+            )
+            for r in t.resyncs
+        ],
+    )
 
 
 def stats_from_pb(m: pb.TargetStats) -> TargetStats:
     resyncs = tuple(ResyncProgress(r.chain_id, r.target_id, r.done, r.total) for r in m.resyncs)
-    return TargetStats(m.target_id, m.total_bytes, m.free_bytes, m.used_bytes, m.chunks, m.fsid,
-                       resyncs)  # fmt: skip
+    return TargetStats(
+        m.target_id, m.total_bytes, m.free_bytes, m.used_bytes, m.chunks, m.fsid, resyncs
+    )

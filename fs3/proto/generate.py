@@ -17,9 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def main() -> int:
     # Generating from the repository root makes the imports read ``from fs3.proto import ...``.
     return protoc.main(
-        ["protoc", f"-I{ROOT}", f"--python_out={ROOT}", f"--pyi_out={ROOT}",
-         f"--grpc_python_out={ROOT}", str(ROOT / "fs3" / "proto" / "fs3.proto")]
-    )  # fmt: skip
+        [
+            "protoc",
+            f"-I{ROOT}",
+            f"--python_out={ROOT}",
+            f"--pyi_out={ROOT}",
+            f"--grpc_python_out={ROOT}",
+            str(ROOT / "fs3" / "proto" / "fs3.proto"),
+        ]
+    )
 
 
 if __name__ == "__main__":

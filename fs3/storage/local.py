@@ -209,8 +209,10 @@ class LocalChunkEngine(ChunkEngine):
     ) -> None:
         committed, _ = self.stat(cid)
         if cid in self._damaged and not (truncate and offset == 0):
-            raise ChecksumMismatch(f"chunk {tuple(cid)} had a damaged header at start: only "
-                                   "a whole new content can replace it")  # fmt: skip
+            raise ChecksumMismatch(
+                f"chunk {tuple(cid)} had a damaged header at start: only "
+                "a whole new content can replace it"
+            )
         if committed is not None and version <= committed.version:
             raise InvalidArgument(
                 f"chunk {tuple(cid)} version {version} <= committed {committed.version}"
@@ -258,8 +260,11 @@ class LocalChunkEngine(ChunkEngine):
                 for k in (*self._committed, *self._pending)
                 if k.chain == chain and k.inode == inode and from_index <= k.index < end
             }
-            doomed |= {k for k in self._damaged if k.chain == chain and k.inode == inode
-                       and from_index <= k.index < end}  # fmt: skip
+            doomed |= {
+                k
+                for k in self._damaged
+                if k.chain == chain and k.inode == inode and from_index <= k.index < end
+            }
             for k in doomed:
                 self._damaged.discard(k)
                 gone = self._committed.pop(k, None)

@@ -116,8 +116,12 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
 
     def info(self) -> bytes:
         """The LOCAL_INFO payload for this target."""
-        info = {"socket": str(self.path), "machine": machine_id(), "token": self.token,
-                "target": self.target.target_id}  # fmt: skip
+        info = {
+            "socket": str(self.path),
+            "machine": machine_id(),
+            "token": self.token,
+            "target": self.target.target_id,
+        }
         return json.dumps(info).encode()
 
     def answer(self, req: Request, payload: memoryview) -> tuple[bytes, bytes, int | None]:
@@ -132,16 +136,21 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
             if fd is None and self.target.engine.stat(cid)[0] is not None:
                 # Committed but its file is gone (deleted by hand, a disk error): a bad
                 # replica, not a hole; the client reads another one.
-                raise ChecksumMismatch(f"target {self.target.target_id}: chunk {tuple(cid)} "
-                                       "file is missing")  # fmt: skip
+                raise ChecksumMismatch(
+                    f"target {self.target.target_id}: chunk {tuple(cid)} file is missing"
+                )
             return RESPONSE.pack(0, 0, int(fd is not None), version), b"", fd
         if req.op == LOCAL_HELLO:
             token = self.token.encode()
             return RESPONSE.pack(0, len(token), 0, 0), token, None
         if req.op == LOCAL_BAD:
-            log.error("target %d: chunk %s at offset %d fails CRC32C on a local client: %s",
-                      self.target.target_id, (req.chain, req.inode, req.index), req.offset,
-                      bytes(payload).decode(errors="replace"))  # fmt: skip
+            log.error(
+                "target %d: chunk %s at offset %d fails CRC32C on a local client: %s",
+                self.target.target_id,
+                (req.chain, req.inode, req.index),
+                req.offset,
+                bytes(payload).decode(errors="replace"),
+            )
             return RESPONSE.pack(0, 0, 0, 0), b"", None
         raise Fs3Error(f"unknown local-read op {req.op}")
 
@@ -200,8 +209,9 @@ def start_local_reads(
     try:
         server = LocalReadServer(path, target, mode)
     except OSError as err:
-        log.warning("target %d: no local reads, cannot listen on %s: %s",
-                    target.target_id, path, err)  # fmt: skip
+        log.warning(
+            "target %d: no local reads, cannot listen on %s: %s", target.target_id, path, err
+        )
         return None
     threading.Thread(target=server.serve_forever, daemon=True, name="local-reads").start()
     log.info("target %d: local reads on %s", target.target_id, path)

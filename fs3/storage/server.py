@@ -94,16 +94,31 @@ class ChunkServicer(pbg.ChunkServiceServicer):
 
     @servicer_method
     def Read(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:
-        req = Request(READ, request.chain_id, request.table_version, request.inode,
-                      request.index, request.offset, request.length)  # fmt: skip
+        req = Request(
+            READ,
+            request.chain_id,
+            request.table_version,
+            request.inode,
+            request.index,
+            request.offset,
+            request.length,
+        )
         version, data, crc = self.target.read(req)
         return pb.ChunkReply(data=bytes(data), crc=crc, version=version)
 
     @servicer_method
     def Write(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:
-        req = Request(WRITE, request.chain_id, request.table_version, request.inode,
-                      request.index, request.offset, len(request.data), request.crc,
-                      truncate=request.truncate)  # fmt: skip
+        req = Request(
+            WRITE,
+            request.chain_id,
+            request.table_version,
+            request.inode,
+            request.index,
+            request.offset,
+            len(request.data),
+            request.crc,
+            truncate=request.truncate,
+        )
         version, crc = self.target.write(req, memoryview(request.data))
         return pb.ChunkReply(crc=crc, version=version)
 
@@ -113,8 +128,15 @@ def target_stats(target: StorageTarget, root: Path, fsid: str) -> TargetStats:
     the resyncs running."""
     vfs = os.statvfs(root)
     chunks, used = target.engine.usage()
-    return TargetStats(target.target_id, vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize,
-                       used, chunks, fsid, target.resync_progress())  # fmt: skip
+    return TargetStats(
+        target.target_id,
+        vfs.f_blocks * vfs.f_frsize,
+        vfs.f_bavail * vfs.f_frsize,
+        used,
+        chunks,
+        fsid,
+        target.resync_progress(),
+    )
 
 
 MARKER = "target.json"
@@ -132,8 +154,10 @@ def folder_is_fresh(root: Path, target_id: int, engine: LocalChunkEngine) -> boo
     if marker.exists():
         owner = json.loads(marker.read_text()).get("target_id")
         if owner != target_id:
-            raise ConfigError(f"{root} holds the chunks of target {owner}, not of target "
-                              f"{target_id}; start it with --id {owner}")  # fmt: skip
+            raise ConfigError(
+                f"{root} holds the chunks of target {owner}, not of target "
+                f"{target_id}; start it with --id {owner}"
+            )
         return False
     return engine.usage()[0] == 0
 
@@ -145,8 +169,11 @@ def mark_folder(root: Path, target_id: int) -> None:
 
 
 def serving_everywhere(table: RoutingTable, target_id: int) -> bool:
-    return all(c.state_of(target_id) == SERVING for c in table.chains.values()
-               if any(m.target_id == target_id for m in c.members))  # fmt: skip
+    return all(
+        c.state_of(target_id) == SERVING
+        for c in table.chains.values()
+        if any(m.target_id == target_id for m in c.members)
+    )
 
 
 def run_storage(
@@ -172,13 +199,20 @@ def run_storage(
     dispatch = functools.partial(_dispatch, target, local_info)
     data = FrameServer((host, data_port), _payload_size, dispatch)
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
-    grpc_server = serve(lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
-                        host, grpc_port)  # fmt: skip
+    grpc_server = serve(
+        lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s), host, grpc_port
+    )
     me = TargetInfo(target_id, host, data.server_address[1], grpc_port)
     dev = os.stat(root).st_dev
     fsid = f"{socket.gethostname()}:{os.major(dev)}:{os.minor(dev)}"  # host:device of the folder
-    log.info("storage target %d on %s:%d (data) under %s%s", target_id, host, data_port, root,
-             " (empty: to be rebuilt from its chains)" if fresh else "")  # fmt: skip
+    log.info(
+        "storage target %d on %s:%d (data) under %s%s",
+        target_id,
+        host,
+        data_port,
+        root,
+        " (empty: to be rebuilt from its chains)" if fresh else "",
+    )
     try:
         while True:
             try:

@@ -111,8 +111,16 @@ class StorageTarget:
         writers = chain.writers()
         me = writers.index(self.target_id)
         if me + 1 < len(writers):
-            fwd = Request(REPLICATE, cid.chain, table.version, cid.inode, cid.index,
-                          crc=crc, version=version, truncate=True)  # fmt: skip
+            fwd = Request(
+                REPLICATE,
+                cid.chain,
+                table.version,
+                cid.inode,
+                cid.index,
+                crc=crc,
+                version=version,
+                truncate=True,
+            )
             self.pool.request(self._address(table, writers[me + 1]), fwd, content)
         self.engine.commit(cid, version)
         return crc
@@ -166,8 +174,9 @@ class StorageTarget:
         try:
             data, crc = self.engine.read_checked(cid, 0, committed.length)
             if len(data) != committed.length:
-                raise ChecksumMismatch(f"chunk {tuple(cid)} holds {len(data)} bytes, "
-                                       f"{committed.length} committed")  # fmt: skip
+                raise ChecksumMismatch(
+                    f"chunk {tuple(cid)} holds {len(data)} bytes, {committed.length} committed"
+                )
             if committed.length == 0 and self._file_missing(cid):
                 raise ChecksumMismatch(f"chunk {tuple(cid)} file is missing")
         except ChecksumMismatch as err:
@@ -203,8 +212,10 @@ class StorageTarget:
                 raise ChunkBusy(f"chunk {tuple(cid)} has a write in flight; not repaired")
             if committed is None or committed.version != req.version:
                 have = committed.version if committed else "none"
-                raise InvalidArgument(f"chunk {tuple(cid)} is at version {have} now, not "
-                                      f"{req.version}: changed since checked")  # fmt: skip
+                raise InvalidArgument(
+                    f"chunk {tuple(cid)} is at version {have} now, not "
+                    f"{req.version}: changed since checked"
+                )
             self.engine.replace(cid, req.version, data)
             log.warning("target %d: chunk %s repaired by fsck", self.target_id, tuple(cid))
 
@@ -234,9 +245,11 @@ class StorageTarget:
                     continue
                 self._syncing.add(chain.chain_id)
             threading.Thread(
-                target=self._resync, args=(table, chain.chain_id, successor), daemon=True,
+                target=self._resync,
+                args=(table, chain.chain_id, successor),
+                daemon=True,
                 name=f"resync-{chain.chain_id}-{successor}",
-            ).start()  # fmt: skip
+            ).start()
 
     def _resync(self, table: RoutingTable, chain_id: int, successor: int) -> None:
         address = self._address(table, successor)
@@ -252,8 +265,9 @@ class StorageTarget:
             for done, cid in enumerate(todo):
                 if done % 16 == 0:
                     with self._syncing_lock:
-                        self._progress[chain_id] = ResyncProgress(chain_id, successor, done,
-                                                                  len(todo))  # fmt: skip
+                        self._progress[chain_id] = ResyncProgress(
+                            chain_id, successor, done, len(todo)
+                        )
                 with self.locks.hold(cid):
                     meta, _ = self.engine.stat(cid)
                     if meta is not None and remote.get(cid) == meta.version:
@@ -265,8 +279,16 @@ class StorageTarget:
                         self.pool.request(address, req)
                         continue
                     content = self.engine.read(cid, 0, meta.length)
-                    req = Request(SYNC, chain_id, 0, cid.inode, cid.index, crc=crc32c(content),
-                                  version=meta.version, truncate=True)  # fmt: skip
+                    req = Request(
+                        SYNC,
+                        chain_id,
+                        0,
+                        cid.inode,
+                        cid.index,
+                        crc=crc32c(content),
+                        version=meta.version,
+                        truncate=True,
+                    )
                     self.pool.request(address, req, content)
                     copied += 1
             self.mgmtd.sync_done(chain_id, successor)

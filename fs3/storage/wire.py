@@ -66,14 +66,25 @@ class Request:
     def pack(self, payload_len: int) -> bytes:
         length = payload_len if self.op in WITH_PAYLOAD else self.length
         flags = FLAG_TRUNCATE if self.truncate else 0
-        return REQUEST.pack(self.op, flags, self.chain, self.table_version, self.inode,
-                            self.index, self.offset, length, self.crc, self.version)  # fmt: skip
+        return REQUEST.pack(
+            self.op,
+            flags,
+            self.chain,
+            self.table_version,
+            self.inode,
+            self.index,
+            self.offset,
+            length,
+            self.crc,
+            self.version,
+        )
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray) -> Request:
         op, flags, chain, tv, inode, index, offset, length, crc, version = REQUEST.unpack(raw)
-        return cls(op, chain, tv, inode, index, offset, length, crc, version,
-                   bool(flags & FLAG_TRUNCATE))  # fmt: skip
+        return cls(
+            op, chain, tv, inode, index, offset, length, crc, version, bool(flags & FLAG_TRUNCATE)
+        )
 
 
 def recv_exact(sock: socket.socket, view: memoryview) -> None:

@@ -53,9 +53,11 @@ def attend_heads_first(
         bias = torch.full((seq, kv_len), float("-inf"), device=q.device, dtype=q.dtype)
         bias = bias.triu_(kv_len - seq + 1)
         scores = torch.baddbmm(
-            bias, q.reshape(b * h, seq, -1), k.reshape(b * h, kv_len, -1).transpose(1, 2),
+            bias,
+            q.reshape(b * h, seq, -1),
+            k.reshape(b * h, kv_len, -1).transpose(1, 2),
             alpha=scale,
-        )  # fmt: skip
+        )
         probs = scores.softmax(dim=-1, dtype=torch.float32)
         probs = probs if probs.dtype == v.dtype else probs.to(v.dtype)
         return torch.bmm(probs, v.reshape(b * h, kv_len, -1)).view(b, h, seq, -1)

@@ -115,8 +115,13 @@ def _fingerprint(config: DataConfig, paths: list[str]) -> str:
         fs, path = fsspec.core.url_to_fs(url)
         info = fs.info(path)
         infos.append([url] + [str(info.get(k)) for k in ("size", "mtime", "created", "ETag")])
-    what = {"files": infos, "column": config.column, "eos_token": config.eos_token,
-            "tokenizer": config.tokenizer, "format": 1}  # fmt: skip
+    what = {
+        "files": infos,
+        "column": config.column,
+        "eos_token": config.eos_token,
+        "tokenizer": config.tokenizer,
+        "format": 1,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 

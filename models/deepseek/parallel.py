@@ -285,8 +285,14 @@ def _apply_expert_parallel(model: DeepseekForCausalLM, ep: int, world: int) -> P
             layer.experts, ExpertParallel(layer.experts.num_experts, expert_group)
         )
     experts = [p for layer in layers for p in layer.experts.parameters()]
-    return Parallelized(model, model, world, expert_params=experts, expert_group=expert_group,
-                        replica_group=replica_group)  # fmt: skip
+    return Parallelized(
+        model,
+        model,
+        world,
+        expert_params=experts,
+        expert_group=expert_group,
+        replica_group=replica_group,
+    )
 
 
 def parallelize(model: DeepseekForCausalLM, *, parallel: str, ep: int, world: int) -> Parallelized:

@@ -188,8 +188,9 @@ def run(
     grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan = parallelize(model, parallel=config.parallel, ep=config.ep, world=world)
     optim = config.optim
-    optimizer = torch.optim.AdamW(plan.param_groups(optim.weight_decay), lr=optim.lr,
-                                  betas=optim.betas)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        plan.param_groups(optim.weight_decay), lr=optim.lr, betas=optim.betas
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, optim, config.steps) / optim.lr
     )
@@ -199,28 +200,44 @@ def run(
     try:
         start, resumed_from = 0, None
         if config.checkpoint_dir:
-            checkpoints = TrainCheckpoints(config.checkpoint_dir, keep=config.checkpoint_keep,
-                                           sharded=plan.sharded_checkpoint, metrics=metrics,
-                                           device=device)  # fmt: skip
+            checkpoints = TrainCheckpoints(
+                config.checkpoint_dir,
+                keep=config.checkpoint_keep,
+                sharded=plan.sharded_checkpoint,
+                metrics=metrics,
+                device=device,
+            )
             found = checkpoints.resume(plan, optimizer, scheduler)
             if found is not None:
                 start, resumed_from = found, checkpoints.url_of(found)
                 log.info("resumed from %s at step %d", resumed_from, start)
         backend = dist.get_backend() if world > 1 else "none"
-        metrics.write("start", time=time.time(), step=start, resumed_from=resumed_from,
-                      restart_count=int(os.environ.get("HAI_RESTART_COUNT", 0)), world=world,
-                      parallel=config.parallel if world > 1 else "none", backend=backend,
-                      ep=config.ep)  # fmt: skip
+        metrics.write(
+            "start",
+            time=time.time(),
+            step=start,
+            resumed_from=resumed_from,
+            restart_count=int(os.environ.get("HAI_RESTART_COUNT", 0)),
+            world=world,
+            parallel=config.parallel if world > 1 else "none",
+            backend=backend,
+            ep=config.ep,
+        )
         if world > 1:
             bandwidth = allreduce_bandwidth(grad_numel, device)
             metrics.write("allreduce", **bandwidth)
             if rank == 0:
-                log.info("all-reduce of %.1f MB over %s on %d ranks: %.3f GB/s",
-                         bandwidth["bytes"] / 2**20, backend, world,
-                         bandwidth["algbw_gbps"])  # fmt: skip
+                log.info(
+                    "all-reduce of %.1f MB over %s on %d ranks: %.3f GB/s",
+                    bandwidth["bytes"] / 2**20,
+                    backend,
+                    world,
+                    bandwidth["algbw_gbps"],
+                )
         progress = _progress(config.steps, start) if rank == 0 else None
-        job = _Job(config, plan, optimizer, scheduler, batches, checkpoints, metrics, rank,
-                   world, device)  # fmt: skip
+        job = _Job(
+            config, plan, optimizer, scheduler, batches, checkpoints, metrics, rank, world, device
+        )
         result = _train(job, start, progress, should_suspend, acknowledge_suspend)
         metrics.write("end", time=time.time(), step=result.step, reason=result.reason)
         return result
@@ -273,12 +290,20 @@ def _train(
         losses.append(loss_value)
         done = step + 1
         imbalance = (
-            (loads.amax(1) / loads.mean(1).clamp(min=1)).mean().item() if loads is not None
+            (loads.amax(1) / loads.mean(1).clamp(min=1)).mean().item()
+            if loads is not None
             else None
-        )  # fmt: skip
-        job.metrics.write("step", time=time.time(), step=done, loss=loss_value,
-                          ce_loss=ce_value, lr=lr, expert_imbalance=imbalance,
-                          tokens_per_s=tokens_per_step / (time.perf_counter() - began))  # fmt: skip
+        )
+        job.metrics.write(
+            "step",
+            time=time.time(),
+            step=done,
+            loss=loss_value,
+            ce_loss=ce_value,
+            lr=lr,
+            expert_imbalance=imbalance,
+            tokens_per_s=tokens_per_step / (time.perf_counter() - began),
+        )
         if rank == 0 and (done % config.log_every == 0 or done == end):
             elapsed, clock = time.perf_counter() - clock, time.perf_counter()
             steps_logged = done % config.log_every or config.log_every
@@ -294,8 +319,9 @@ def _train(
         if progress is not None:
             progress[0].update(progress[1], completed=done)
         if job.checkpoints and (done % config.checkpoint_every == 0 or done == end or suspend):
-            job.checkpoints.save(done, plan, job.optimizer, job.scheduler,
-                                 dataclasses.asdict(config))  # fmt: skip
+            job.checkpoints.save(
+                done, plan, job.optimizer, job.scheduler, dataclasses.asdict(config)
+            )
         if suspend and done < end:
             _suspend(job, done, requested_at, acknowledge_suspend)
             return RunResult(losses, done, "suspended")
@@ -314,17 +340,24 @@ def _suspend(
     if job.checkpoints is not None:
         job.checkpoints.wait()
     elif job.rank == 0:
-        log.warning("suspending without a checkpoint (no checkpoint_dir): the next run "
-                    "starts again from step 0")  # fmt: skip
+        log.warning(
+            "suspending without a checkpoint (no checkpoint_dir): the next run "
+            "starts again from step 0"
+        )
     if acknowledge_suspend is not None:
         acknowledge_suspend()  # on every rank: the platform's acknowledgement is idempotent
     acknowledged_at = time.time()
-    job.metrics.write("suspend", step=step, requested_at=requested_at,
-                      acknowledged_at=acknowledged_at)  # fmt: skip
+    job.metrics.write(
+        "suspend", step=step, requested_at=requested_at, acknowledged_at=acknowledged_at
+    )
     if job.rank == 0:
         where = job.checkpoints.url_of(step) if job.checkpoints else "no checkpoint"
-        log.info("suspended after step %d (%s); acknowledged after %.2fs", step, where,
-                 acknowledged_at - requested_at)  # fmt: skip
+        log.info(
+            "suspended after step %d (%s); acknowledged after %.2fs",
+            step,
+            where,
+            acknowledged_at - requested_at,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
             init_process_group(config.backend)
         hooks = JobHooks.install()
-        run(config, should_suspend=hooks.should_suspend,
-            acknowledge_suspend=hooks.acknowledge_suspend)  # fmt: skip
+        run(
+            config,
+            should_suspend=hooks.should_suspend,
+            acknowledge_suspend=hooks.acknowledge_suspend,
+        )
     except DeepseekError as err:
         print(f"deepseek.train: {err}", file=sys.stderr)
         return 2

@@ -125,11 +125,18 @@ class TrainCheckpoints:
         try:
             if done.exception() is None:
                 write_s, url = time.perf_counter() - started, self.url_of(step)
-                self.metrics.write("checkpoint", step=step, bytes=nbytes, stall_s=stall,
-                                   write_s=write_s, url=url)  # fmt: skip
-                log.info("checkpoint step %d published to %s: %.1f MB, training blocked "
-                         "%.3fs, written in %.2fs", step, url, nbytes / 2**20, stall,
-                         write_s)  # fmt: skip
+                self.metrics.write(
+                    "checkpoint", step=step, bytes=nbytes, stall_s=stall, write_s=write_s, url=url
+                )
+                log.info(
+                    "checkpoint step %d published to %s: %.1f MB, training blocked "
+                    "%.3fs, written in %.2fs",
+                    step,
+                    url,
+                    nbytes / 2**20,
+                    stall,
+                    write_s,
+                )
         finally:
             self._reported.set()
 

@@ -61,9 +61,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[float]]:
 @pytest.fixture(scope="module", params=["hfreduce", "gloo"])
 def two_ranks(request, setup, tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp(f"two-ranks-{request.param}")
-    outcomes = run_ranks(train_workers.two_ranks, nodes=1, ranks_per_node=2,
-                         args=(setup[0], str(folder), request.param), timeout=150,
-                         start_method="spawn")  # fmt: skip
+    outcomes = run_ranks(
+        train_workers.two_ranks,
+        nodes=1,
+        ranks_per_node=2,
+        args=(setup[0], str(folder), request.param),
+        timeout=150,
+        start_method="spawn",
+    )
     return {"folder": folder, "ranks": [o.value for o in outcomes]}
 
 
@@ -122,8 +127,15 @@ def test_metrics_file_has_the_events_in_order(two_ranks) -> None:
     assert kinds.count("step") == STEPS and kinds.count("checkpoint") == 2
     start, allreduce, end = events[0], events[1], events[-1]
     backend = two_ranks["ranks"][0]["backend"]
-    assert start == {**start, "step": 0, "resumed_from": None, "restart_count": 0, "world": 2,
-                     "parallel": "ddp", "backend": backend}  # fmt: skip
+    assert start == {
+        **start,
+        "step": 0,
+        "resumed_from": None,
+        "restart_count": 0,
+        "world": 2,
+        "parallel": "ddp",
+        "backend": backend,
+    }
     assert allreduce["bytes"] > 0 and allreduce["seconds"] > 0 and allreduce["algbw_gbps"] > 0
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, STEPS + 1))
@@ -145,9 +157,14 @@ def test_metrics_file_has_the_events_in_order(two_ranks) -> None:
 
 def test_two_nodes_of_two_ranks_over_hfreduce(setup, tmp_path: Path) -> None:
     """The demo's layout; ep=2 there makes expert groups of 2 with a replica on each node."""
-    outcomes = run_ranks(train_workers.two_nodes, nodes=2, ranks_per_node=2,
-                         args=(setup[0], str(tmp_path)), timeout=150,
-                         start_method="spawn")  # fmt: skip
+    outcomes = run_ranks(
+        train_workers.two_nodes,
+        nodes=2,
+        ranks_per_node=2,
+        args=(setup[0], str(tmp_path)),
+        timeout=150,
+        start_method="spawn",
+    )
     for o in outcomes:
         _close(o.value["ddp"], setup[1])
         _close(o.value["ep"], setup[1])
@@ -157,13 +174,18 @@ def test_two_nodes_of_two_ranks_over_hfreduce(setup, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("parallel", "ep", "world", "message"),
     [
-        ("ddp", 3, 4, "ep=3 must divide both the world size (4 ranks) and the routed experts "
-                      "per MoE layer (8)"),
+        (
+            "ddp",
+            3,
+            4,
+            "ep=3 must divide both the world size (4 ranks) and the routed experts "
+            "per MoE layer (8)",
+        ),
         ("ddp", 4, 2, "ep=4 must divide both the world size (2 ranks)"),
         ("fsdp", 2, 2, "ep=2 with parallel=fsdp: expert parallelism runs under ddp only"),
         ("pp", 1, 2, "parallel=pp: DeepseekForCausalLM cannot be cut"),
     ],
-)  # fmt: skip
+)
 def test_layouts_that_do_not_fit_are_refused(parallel, ep, world, message) -> None:
     with pytest.raises(deepseek.ConfigError) as caught:
         check_degrees(parallel, ep, world, preset("v3-tiny"))

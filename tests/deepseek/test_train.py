@@ -82,8 +82,14 @@ def test_suspend_and_resume_reproduces_uninterrupted_curve(
 
 
 def test_checkpoint_keep_drops_older_checkpoints(corpus: str, tmp_path: Path) -> None:
-    config = _config(corpus, tmp_path, steps=4, checkpoint_every=1, checkpoint_keep=2,
-                     checkpoint_dir=str(tmp_path / "ck"))  # fmt: skip
+    config = _config(
+        corpus,
+        tmp_path,
+        steps=4,
+        checkpoint_every=1,
+        checkpoint_keep=2,
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
     run(config)
     assert CheckpointStore(str(tmp_path / "ck")).steps() == [3, 4]
 
@@ -163,9 +169,13 @@ def _entry_point(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=_environment(env), capture_output=True, text=True,
+        [sys.executable, *args],
+        cwd=cwd,
+        env=_environment(env),
+        capture_output=True,
+        text=True,
         timeout=170,
-    )  # fmt: skip
+    )
 
 
 def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -208,12 +218,22 @@ def test_command_line_suspends_with_a_checkpoint(corpus: str, tmp_path: Path, tr
     control.mkdir()
     metrics = tmp_path / "metrics.jsonl"
     env = {"HAI_CONTROL_DIR": str(control), "HAI_RESTART_COUNT": "1"}
-    args = ["-m", "deepseek.train", "train.yaml", "steps=100000", "checkpoint_every=100000",
-            f"checkpoint_dir={tmp_path}/ck", f"metrics_file={metrics}"]  # fmt: skip
+    args = [
+        "-m",
+        "deepseek.train",
+        "train.yaml",
+        "steps=100000",
+        "checkpoint_every=100000",
+        f"checkpoint_dir={tmp_path}/ck",
+        f"metrics_file={metrics}",
+    ]
     proc = subprocess.Popen(
-        [sys.executable, *args], cwd=tmp_path, text=True, stderr=subprocess.PIPE,
+        [sys.executable, *args],
+        cwd=tmp_path,
+        text=True,
+        stderr=subprocess.PIPE,
         env=_environment(env if trigger != "sigterm" else None),
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 120
         while not any(e["event"] == "step" for e in _events(metrics)):
@@ -244,8 +264,14 @@ def test_two_process_ddp_keeps_ranks_in_sync(corpus: str, tmp_path: Path) -> Non
     """torchrun, as a platform launches ranks: main() picks hfreduce on a CPU machine."""
     _config(corpus, tmp_path)
     args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    train = ["-m", "deepseek.train", "train.yaml", "steps=2", f"checkpoint_dir={tmp_path}/ck",
-             f"metrics_file={tmp_path}/metrics.jsonl"]  # fmt: skip
+    train = [
+        "-m",
+        "deepseek.train",
+        "train.yaml",
+        "steps=2",
+        f"checkpoint_dir={tmp_path}/ck",
+        f"metrics_file={tmp_path}/metrics.jsonl",
+    ]
     result = _entry_point([*args, *train], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     step, state = load_latest(f"{tmp_path}/ck")

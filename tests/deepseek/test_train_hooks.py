@@ -46,8 +46,14 @@ def test_under_hai_the_suspend_file_suspends_and_is_acknowledged(
 def test_deepseek_does_not_import_hai_outside_the_platform() -> None:
     code = "import sys, deepseek.train; print('hai' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "HAI_CONTROL_DIR"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -56,8 +62,11 @@ def test_metrics_log_appends_json_lines(tmp_path: Path) -> None:
     path.write_text('{"event": "earlier"}\n')
     metrics = MetricsLog(str(path))
     metrics.write("step", step=1, loss=2.5)
-    assert json.loads(path.read_text().splitlines()[-1]) == {"event": "step", "step": 1,
-                                                             "loss": 2.5}  # fmt: skip
+    assert json.loads(path.read_text().splitlines()[-1]) == {
+        "event": "step",
+        "step": 1,
+        "loss": 2.5,
+    }
     metrics.close()
     metrics.write("late")  # after close: nothing, no error
     MetricsLog(None).write("ignored")

@@ -35,8 +35,14 @@ def _suspend_and_resume(config_path: str, overrides: list[str], folder: str) -> 
 
     first = run(config, should_suspend=_suspend_on_rank1_at(3), acknowledge_suspend=acknowledge)
     second = run(config)
-    return {"first": first.losses, "reason": first.reason, "step": first.step,
-            "second": second.losses, "second_reason": second.reason, "acks": acks}  # fmt: skip
+    return {
+        "first": first.losses,
+        "reason": first.reason,
+        "step": first.step,
+        "second": second.losses,
+        "second_reason": second.reason,
+        "acks": acks,
+    }
 
 
 def two_ranks(config_path: str, folder: str, backend: str) -> dict:

@@ -14,8 +14,11 @@ from fs3.meta.namespace import Namespace
 from fs3.meta.store import MemoryMetaStore, MetaStore
 
 # Short leases so fault tests see reconfiguration within seconds; no fsync keeps 2-core CI fast.
-FAST = {"mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2, "primary_lease_s": 2.0},
-        "storage": {"fsync": False}, "timeouts": {"retry_s": 20.0}}  # fmt: skip
+FAST = {
+    "mgmtd": {"lease_s": 1.5, "heartbeat_s": 0.2, "primary_lease_s": 2.0},
+    "storage": {"fsync": False},
+    "timeouts": {"retry_s": 20.0},
+}
 SMALL_CHUNK = 256 * 1024
 
 

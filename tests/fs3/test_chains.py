@@ -72,14 +72,17 @@ def test_fano_plane() -> None:
     assert all((b.min, b.max, b.stddev) == (1, 1, 0.0) for b in plan.balance())
 
 
-@pytest.mark.parametrize(("nodes", "per_node", "replicas", "lam", "how"), [
-    (13, 4, 4, 1, "difference family"),  # projective plane of order 3
-    (9, 4, 3, 1, "affine plane"),
-    (15, 7, 3, 1, "short orbit"),  # Steiner triple system
-    (7, 6, 3, 2, "difference family"),
-    (11, 5, 5, 2, "difference family"),
-    (5, 6, 3, 3, "all 3-subsets"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("nodes", "per_node", "replicas", "lam", "how"),
+    [
+        (13, 4, 4, 1, "difference family"),  # projective plane of order 3
+        (9, 4, 3, 1, "affine plane"),
+        (15, 7, 3, 1, "short orbit"),  # Steiner triple system
+        (7, 6, 3, 2, "difference family"),
+        (11, 5, 5, 2, "difference family"),
+        (5, 6, 3, 3, "all 3-subsets"),
+    ],
+)
 def test_known_designs(nodes: int, per_node: int, replicas: int, lam: int, how: str) -> None:
     plan = plan_chains(nodes, per_node, replicas)
     assert plan.is_bibd and how in plan.method

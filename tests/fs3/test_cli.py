@@ -26,16 +26,28 @@ def test_hai_has_fs3_commands() -> None:
 
 def test_up_status_down(tmp_path: Path) -> None:
     fs3 = [sys.executable, "-m", "fs3"]
-    args = ["up", str(tmp_path), "--targets", "3", "--replicas", "2", "--mgmtds", "2",
-            "--metas", "2", "--detach"]  # fmt: skip
+    args = [
+        "up",
+        str(tmp_path),
+        "--targets",
+        "3",
+        "--replicas",
+        "2",
+        "--mgmtds",
+        "2",
+        "--metas",
+        "2",
+        "--detach",
+    ]
     up = subprocess.run(fs3 + args, capture_output=True, text=True, timeout=120)
     try:
         assert up.returncode == 0, up.stderr
         address = up.stdout.strip().splitlines()[-1]
         assert (tmp_path / "address").read_text().strip() == address
         assert len(address.split(",")) == 2
-        status = subprocess.run(fs3 + ["status", str(tmp_path)], capture_output=True, text=True,
-                                timeout=60)  # fmt: skip
+        status = subprocess.run(
+            fs3 + ["status", str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
         assert status.returncode == 0, status.stderr
         assert "serving" in status.stdout and "offline" not in status.stdout
         roles = status.stdout.splitlines()[0]
@@ -43,8 +55,9 @@ def test_up_status_down(tmp_path: Path) -> None:
         metas = status.stdout.splitlines()[1]
         assert metas.startswith("meta: ") and len(metas.split(",")) == 2, metas
     finally:
-        down = subprocess.run(fs3 + ["down", str(tmp_path)], capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+        down = subprocess.run(
+            fs3 + ["down", str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
     assert "stopped 7" in down.stdout
 
 
@@ -103,8 +116,13 @@ def test_put_get_cp_mv_cat_stat_du_rm(cluster: LocalCluster, tmp_path: Path) -> 
     assert put.exit_code == 0, put.output
     assert "copied 2 files, 600010 bytes" in put.output
     listing = _fs3("ls", "-R", a, "/cli")
-    assert listing.stdout.split() == ["/cli/src/", "/cli/src/a.bin", "/cli/src/empty/",
-                                      "/cli/src/sub/", "/cli/src/sub/b.txt"]  # fmt: skip
+    assert listing.stdout.split() == [
+        "/cli/src/",
+        "/cli/src/a.bin",
+        "/cli/src/empty/",
+        "/cli/src/sub/",
+        "/cli/src/sub/b.txt",
+    ]
     assert _fs3("cat", a, "/cli/src/sub/b.txt").stdout == "hello fs3\n"
     stat = _fs3("stat", a, f"fs3://{cluster.address}/cli/src/a.bin")
     assert stat.exit_code == 0 and "size: 600000 (585.9 KiB)" in stat.stdout
@@ -126,9 +144,12 @@ def test_put_get_cp_mv_cat_stat_du_rm(cluster: LocalCluster, tmp_path: Path) -> 
     assert _fs3("rm", "-r", a, "/cli/moved").exit_code == 0
     assert _fs3("rm", a, "/cli/src/sub/b.txt").exit_code == 0
     assert _fs3("ls", a, "/cli").stdout.split() == ["/cli/src/"]
-    for args, path in ((["cat", "/cli/nope"], "/cli/nope"), (["stat", "/cli/gone"], "/cli/gone"),
-                       (["get", "/cli/none", str(tmp_path)], "/cli/none"),
-                       (["mv", "/cli/x", "/cli/y"], "/cli/x")):  # fmt: skip
+    for args, path in (
+        (["cat", "/cli/nope"], "/cli/nope"),
+        (["stat", "/cli/gone"], "/cli/gone"),
+        (["get", "/cli/none", str(tmp_path)], "/cli/none"),
+        (["mv", "/cli/x", "/cli/y"], "/cli/x"),
+    ):
         failed = _fs3(*args, a)
         lines = failed.output.strip().splitlines()
         assert failed.exit_code == 1 and len(lines) == 1 and path in lines[0], failed.output

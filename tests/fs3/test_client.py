@@ -25,8 +25,14 @@ from .conftest import SMALL_CHUNK
 def test_partitioned_parquet_round_trip(fs3fs: FS3FileSystem) -> None:
     pafs = PyFileSystem(FSSpecHandler(fs3fs))
     table = pa.table({"part": [i % 3 for i in range(3000)], "x": list(range(3000))})
-    ds.write_dataset(table, "/pq/ds", filesystem=pafs, format="parquet",
-                     partitioning=["part"], partitioning_flavor="hive")  # fmt: skip
+    ds.write_dataset(
+        table,
+        "/pq/ds",
+        filesystem=pafs,
+        format="parquet",
+        partitioning=["part"],
+        partitioning_flavor="hive",
+    )
     back = ds.dataset("/pq/ds", filesystem=pafs, format="parquet", partitioning="hive").to_table()
     assert sorted(back.column("x").to_pylist()) == list(range(3000))
     pq.write_table(table, "/pq/one.parquet", filesystem=pafs)
@@ -105,8 +111,9 @@ def test_url_address_symlink_and_truncate(cluster: LocalCluster, fs3fs: FS3FileS
     fs3fs.rm("/u", recursive=True)
 
 
-def test_chmod_and_times_are_seen_by_other_clients(cluster: LocalCluster,
-                                                   fs3fs: FS3FileSystem) -> None:  # fmt: skip
+def test_chmod_and_times_are_seen_by_other_clients(
+    cluster: LocalCluster, fs3fs: FS3FileSystem
+) -> None:
     fs3fs.pipe_file("/attrs/f", b"x")
     fs3fs.chmod("/attrs/f", 0o600)
     fs3fs.utime("/attrs/f", atime=10.0, mtime=20.0)
@@ -139,8 +146,10 @@ def test_two_clients_create_and_rename_in_one_directory(
     cluster: LocalCluster, fs3fs: FS3FileSystem
 ) -> None:
     fs3fs.makedirs("/race", exist_ok=True)
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, cluster.address, name])
-             for name in ("a", "b")]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, cluster.address, name])
+        for name in ("a", "b")
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0
     names = sorted(fs3fs.ls("/race", detail=False))

@@ -102,8 +102,16 @@ def test_read_checked_crc_covers_exactly_the_bytes_returned(engine: ChunkEngine)
     data = os.urandom(3 * 65536 + 777)  # whole blocks and a short last one
     engine.write(CID, 1, data, 0, True)
     engine.commit(CID, 1)
-    ranges = [(0, len(data)), (0, 65536), (65536, 131072), (100, 5), (65530, 70000),
-              (len(data) - 10, 4096), (131072, 1 << 20), (1, len(data))]  # fmt: skip
+    ranges = [
+        (0, len(data)),
+        (0, 65536),
+        (65536, 131072),
+        (100, 5),
+        (65530, 70000),
+        (len(data) - 10, 4096),
+        (131072, 1 << 20),
+        (1, len(data)),
+    ]
     for off, n in ranges:
         got, crc = engine.read_checked(CID, off, n)
         assert bytes(got) == data[off : off + n]

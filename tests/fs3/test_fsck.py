@@ -55,12 +55,21 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     broken = _fsck(c)
     assert broken.exit_code == 1, broken.output
     lines = broken.output.splitlines()
-    assert any(line.startswith("ERROR bad replica: /data/f0: chunk 1") and "target 1" in line
-               and "CRC32C" in line for line in lines), broken.output  # fmt: skip
-    assert any(line.startswith("ERROR bad replica: /data/f1: chunk 0") and "target 3" in line
-               and "missing" in line for line in lines), broken.output  # fmt: skip
-    assert any(line.startswith("ERROR orphan: inode 999999: chunk 0 on chain 2")
-               for line in lines), broken.output  # fmt: skip
+    assert any(
+        line.startswith("ERROR bad replica: /data/f0: chunk 1")
+        and "target 1" in line
+        and "CRC32C" in line
+        for line in lines
+    ), broken.output
+    assert any(
+        line.startswith("ERROR bad replica: /data/f1: chunk 0")
+        and "target 3" in line
+        and "missing" in line
+        for line in lines
+    ), broken.output
+    assert any(
+        line.startswith("ERROR orphan: inode 999999: chunk 0 on chain 2") for line in lines
+    ), broken.output
     assert "3 errors" in lines[-1]
     for path, content in data.items():  # reads fail over past both bad replicas meanwhile
         assert fs.cat_file(path) == content
@@ -76,9 +85,11 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     content = data["/data/f0"][:SMALL_CHUNK]
     table = fs.mgmtd.refresh()
     info = table.targets[table.chains[chain].readers()[-1]]
-    fs.pool.request(f"{info.host}:{info.data_port}",
-                    Request(SYNC, chain, 0, f0.id, 0, crc=crc32c(content), version=77),
-                    content)  # fmt: skip
+    fs.pool.request(
+        f"{info.host}:{info.data_port}",
+        Request(SYNC, chain, 0, f0.id, 0, crc=crc32c(content), version=77),
+        content,
+    )
     disagree = _fsck(c, "--sample", "0.5")
     assert disagree.exit_code == 1
     assert "ERROR version disagreement: /data/f0: chunk 0" in disagree.output
@@ -90,8 +101,9 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     f2 = fs.meta.stat("/data/f2")
     chain2 = f2.layout.chain_of(2)
     victim = table.targets[table.chains[chain2].readers()[0]]
-    fs.pool.request(f"{victim.host}:{victim.data_port}",
-                    Request(REMOVE, chain2, 0, f2.id, 2, length=3))  # fmt: skip
+    fs.pool.request(
+        f"{victim.host}:{victim.data_port}", Request(REMOVE, chain2, 0, f2.id, 2, length=3)
+    )
     missing = _fsck(c, "--repair")
     assert missing.exit_code == 1
     assert f"ERROR missing replica: /data/f2: chunk 2 (chain {chain2}" in missing.output

@@ -68,8 +68,11 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
 
 def _mount_processes(point: Path) -> list[psutil.Process]:
     """Our descendants that are the mount process of ``point``."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if "mount" in p.cmdline() and str(point) in p.cmdline()]  # fmt: skip
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "mount" in p.cmdline() and str(point) in p.cmdline()
+    ]
 
 
 # -- POSIX behaviour ----------------------------------------------------------------------
@@ -273,16 +276,31 @@ def test_fio_verify_random_io(d: Path) -> None:
     if fio is None:
         pytest.skip("fio not installed (Debian: apt-get install fio)")
     for bs, io_size in (("4k", "2m"), ("1m", "32m")):
-        job = [fio, "--name=verify", f"--filename={d / ('fio-' + bs)}", "--size=32m",
-               f"--io_size={io_size}", f"--bs={bs}", "--rw=randwrite", "--verify=crc32c",
-               "--ioengine=psync", "--output-format=terse",
-               "--fallocate=truncate", "--verify_state_save=0"]  # fmt: skip
+        job = [
+            fio,
+            "--name=verify",
+            f"--filename={d / ('fio-' + bs)}",
+            "--size=32m",
+            f"--io_size={io_size}",
+            f"--bs={bs}",
+            "--rw=randwrite",
+            "--verify=crc32c",
+            "--ioengine=psync",
+            "--output-format=terse",
+            "--fallocate=truncate",
+            "--verify_state_save=0",
+        ]
         # FUSE has no fallocate: the file is laid out with ftruncate instead.
         done = subprocess.run(job, capture_output=True, text=True, timeout=120, cwd=d)
         assert done.returncode == 0, done.stdout + done.stderr
         # The same blocks again through O_DIRECT, past the page cache, to the chunks.
-        again = subprocess.run(job + ["--verify_only", "--direct=1"], capture_output=True,
-                               text=True, timeout=120, cwd=d)  # fmt: skip
+        again = subprocess.run(
+            job + ["--verify_only", "--direct=1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=d,
+        )
         assert again.returncode == 0, again.stdout + again.stderr
 
 
@@ -358,12 +376,17 @@ def test_mount_context_unmounts_when_the_body_raises(cluster: LocalCluster, tmp_
 
 def test_mount_goes_away_when_its_script_is_killed(cluster: LocalCluster, tmp_path: Path) -> None:
     point = tmp_path / "m"
-    script = ("import sys, time, fs3\n"
-              "with fs3.mount(sys.argv[1], sys.argv[2]):\n"
-              "    print('ready', flush=True)\n"
-              "    time.sleep(120)\n")  # fmt: skip
-    owner = subprocess.Popen([sys.executable, "-c", script, str(point), cluster.address],
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    script = (
+        "import sys, time, fs3\n"
+        "with fs3.mount(sys.argv[1], sys.argv[2]):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(point), cluster.address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
         (helper,) = _mount_processes(point)
@@ -382,30 +405,41 @@ def test_cli_mount_background_and_umount(cluster: LocalCluster, tmp_path: Path) 
     point = tmp_path / "m"
     point.mkdir()
     hai_fs3 = [sys.executable, "-m", "fs3"]
-    up = subprocess.run(hai_fs3 + ["mount", "-d", "--cluster", cluster.address, str(point),
-                                   "--log", str(tmp_path / "log")],
-                        capture_output=True, text=True, timeout=60)  # fmt: skip
+    up = subprocess.run(
+        hai_fs3
+        + ["mount", "-d", "--cluster", cluster.address, str(point), "--log", str(tmp_path / "log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert up.returncode == 0, up.stderr
     pid = int(up.stdout.split("pid ")[1].split(",")[0])
     assert is_mounted(point) and os.listdir(point)
-    busy = subprocess.run(hai_fs3 + ["mount", "--cluster", cluster.address, str(point)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    busy = subprocess.run(
+        hai_fs3 + ["mount", "--cluster", cluster.address, str(point)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert busy.returncode == 1 and "already an fs3 mount" in busy.stderr
-    down = subprocess.run(hai_fs3 + ["umount", str(point)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    down = subprocess.run(
+        hai_fs3 + ["umount", str(point)], capture_output=True, text=True, timeout=60
+    )
     assert down.returncode == 0, down.stderr
     psutil.Process(pid).wait(15)
     assert not is_mounted(point)
-    again = subprocess.run(hai_fs3 + ["umount", str(point)], capture_output=True, text=True,
-                           timeout=60)  # fmt: skip
+    again = subprocess.run(
+        hai_fs3 + ["umount", str(point)], capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 1 and "not an fs3 mount" in again.stderr
 
 
 def test_unreachable_cluster_fails_within_the_timeout(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     c: LocalCluster = make_cluster(replicas=1)
     config = tmp_path / "short.yaml"
-    config.write_text(yaml.safe_dump({"timeouts": {"rpc_s": 1.0, "connect_s": 0.5,
-                                                   "retry_s": 2.0}}))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump({"timeouts": {"rpc_s": 1.0, "connect_s": 0.5, "retry_s": 2.0}})
+    )
     with fs3.mount(tmp_path / "m", c.address, config_path=str(config)) as m:
         (m / "f").write_bytes(b"x" * 1000)
         fd = os.open(m / "f", os.O_RDONLY | os.O_DIRECT)

@@ -22,8 +22,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def _faults(mode: str) -> int:
     out = subprocess.run(
         [sys.executable, "-c", _FAULTS_OF_RECYCLED_BUFFERS, mode],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return int(out.stdout)
 
 

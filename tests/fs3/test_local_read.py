@@ -141,8 +141,9 @@ def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster, mappe
         try:
             for k in range(1, 31):  # whole chunks of one repeated byte, k, as version k
                 for index in (0, 1):
-                    writer.chunks.write(inode.layout, inode.id, index, 0,
-                                        bytes([k]) * SMALL_CHUNK, True)  # fmt: skip
+                    writer.chunks.write(
+                        inode.layout, inode.id, index, 0, bytes([k]) * SMALL_CHUNK, True
+                    )
         finally:
             done.set()
 

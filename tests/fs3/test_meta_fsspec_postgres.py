@@ -29,8 +29,11 @@ def cluster(
         cur.execute("DROP DATABASE IF EXISTS fs3_fsspec_suite")
         cur.execute("CREATE DATABASE fs3_fsspec_suite")
     admin.close()
-    c = LocalCluster(tmp_path_factory.mktemp("fs3-pg-cluster"), settings=FAST,
-                     meta_db=f"{postgres_server}/fs3_fsspec_suite")  # fmt: skip
+    c = LocalCluster(
+        tmp_path_factory.mktemp("fs3-pg-cluster"),
+        settings=FAST,
+        meta_db=f"{postgres_server}/fs3_fsspec_suite",
+    )
     try:
         c.start()
         yield c

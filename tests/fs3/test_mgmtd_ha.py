@@ -110,8 +110,11 @@ def two_sql_stores(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[MgmtdStore, MgmtdStore]]:
     """Two mgmtd processes' views of one database."""
-    db = str(tmp_path / "mgmtd.db") if request.param == "sqlite" else (
-        request.getfixturevalue("postgres_url"))  # fmt: skip
+    db = (
+        str(tmp_path / "mgmtd.db")
+        if request.param == "sqlite"
+        else (request.getfixturevalue("postgres_url"))
+    )
     a, b = SqlMgmtdStore(db), SqlMgmtdStore(db)
     yield a, b
     a.close()
@@ -146,8 +149,13 @@ def test_first_chain_table_uses_the_planner_for_nodes() -> None:
     node = {t: (t - 101) // 3 for t in targets}
     for members in chains.values():
         assert len({node[t] for t in members}) == 3
-    pairs = [frozenset((node[x], node[y])) for ms in chains.values() for x in ms for y in ms
-             if node[x] < node[y]]  # fmt: skip
+    pairs = [
+        frozenset((node[x], node[y]))
+        for ms in chains.values()
+        for x in ms
+        for y in ms
+        if node[x] < node[y]
+    ]
     assert len(pairs) == len(set(pairs)) == 21  # the Fano plane: each pair of nodes once
     assert first_chains([1, 2, 3], 2, targets_per_node=0) == {1: [1, 2], 2: [2, 3], 3: [3, 1]}
 

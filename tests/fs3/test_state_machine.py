@@ -103,8 +103,10 @@ class Fs3VsLocal(RuleBasedStateMachine):
     def same_tree(self) -> None:
         if not hasattr(self, "local"):
             return
-        want = {str(p.relative_to(self.local)): (p.read_bytes() if p.is_file() else None)
-                for p in self.local.rglob("*")}  # fmt: skip
+        want = {
+            str(p.relative_to(self.local)): (p.read_bytes() if p.is_file() else None)
+            for p in self.local.rglob("*")
+        }
         got = {}
         for path, info in self.fs.find(self.root, withdirs=True, detail=True).items():
             rel = path[len(self.root) + 1 :]
@@ -123,6 +125,10 @@ def test_fs3_matches_local_directory(cluster: LocalCluster) -> None:
     Fs3VsLocal.fs = FS3FileSystem(cluster.address, chunk_size=1024, skip_instance_cache=True)
     run_state_machine_as_test(
         Fs3VsLocal,
-        settings=settings(max_examples=15, stateful_step_count=15, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
-    )  # fmt: skip
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=15,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )

@@ -41,8 +41,14 @@ def _uninterrupted_losses(tmp_path: Path, fs3_address: str) -> dict[int, float]:
     config = train_config(OPTIONS, steps=OPTIONS.steps, metrics=metrics, checkpoints=False)
     path = tmp_path / "reference.yaml"
     path.write_text(yaml.safe_dump(config))
-    outcomes = run_ranks(_train_rank, nodes=2, ranks_per_node=2, args=(str(path),),
-                         env={"FS3_CLUSTER": fs3_address}, timeout=240)  # fmt: skip
+    outcomes = run_ranks(
+        _train_rank,
+        nodes=2,
+        ranks_per_node=2,
+        args=(str(path),),
+        env={"FS3_CLUSTER": fs3_address},
+        timeout=240,
+    )
     assert [o.value for o in outcomes] == [0, 0, 0, 0]
     tail = MetricsTail(metrics)
     tail.poll()

@@ -76,8 +76,12 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, ckpt=None)
 
 
 def state_of(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> dict:
-    return {"model": model.state_dict(), "optim": opt.state_dict(), "rng": torch.get_rng_state(),
-            "step": step}  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "optim": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "step": step,
+    }
 
 
 def restore(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> int:

@@ -31,15 +31,18 @@ def batch(rank: int, route: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return x, ids, torch.rand(TOKENS, CHOICES, generator=g)
 
 
-def moe_one_process(experts: nn.ModuleList, x: torch.Tensor, ids: torch.Tensor,
-                    w: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    rows = [sum(w[i, k] * experts[int(ids[i, k])](x[i]) for k in range(CHOICES))
-            for i in range(TOKENS)]  # fmt: skip
+def moe_one_process(
+    experts: nn.ModuleList, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    rows = [
+        sum(w[i, k] * experts[int(ids[i, k])](x[i]) for k in range(CHOICES)) for i in range(TOKENS)
+    ]
     return torch.stack(rows)
 
 
-def moe_expert_parallel(ep: ExpertParallel, experts: nn.ModuleList, x: torch.Tensor,
-                        ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def moe_expert_parallel(
+    ep: ExpertParallel, experts: nn.ModuleList, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
     received, counts, context = ep.dispatch(x, ids)
     chunks = received.split(counts.tolist())
     outputs = torch.cat([experts[ep.first_expert + j](c) for j, c in enumerate(chunks)])
@@ -51,8 +54,11 @@ def expert_parallel() -> dict:
     dist.init_process_group("gloo")
     ep = ExpertParallel(EXPERTS)
     experts = make_experts()
-    mine = [p for e in range(ep.first_expert, ep.first_expert + ep.local_experts)
-            for p in experts[e].parameters()]  # fmt: skip
+    mine = [
+        p
+        for e in range(ep.first_expert, ep.first_expert + ep.local_experts)
+        for p in experts[e].parameters()
+    ]
     out: dict = {"first_expert": ep.first_expert}
     for route in ROUTES:
         x, ids, w = batch(dist.get_rank(), route)

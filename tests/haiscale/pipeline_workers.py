@@ -31,9 +31,15 @@ CONFIGS = [
 def make_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-        nn.Linear(16, 4), nn.Tanh(),
-    )  # fmt: skip
+        nn.Linear(8, 16),
+        nn.Tanh(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 4),
+        nn.Tanh(),
+    )
 
 
 def make_data() -> tuple[torch.Tensor, torch.Tensor]:

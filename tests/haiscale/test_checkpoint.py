@@ -33,15 +33,25 @@ from checkpoint_workers import make_model, restore, state_of, train  # noqa: E40
 def _state() -> dict:
     g = torch.Generator().manual_seed(1)
     return {
-        "model": {"w": torch.randn(5, 7, generator=g), "t": torch.randn(4, 6, generator=g).t(),
-                  "half": torch.randn(3, generator=g).bfloat16(), "empty": torch.zeros(0, 3),
-                  "mask": torch.tensor([True, False]), "scalar": torch.tensor(7)},
+        "model": {
+            "w": torch.randn(5, 7, generator=g),
+            "t": torch.randn(4, 6, generator=g).t(),
+            "half": torch.randn(3, generator=g).bfloat16(),
+            "empty": torch.zeros(0, 3),
+            "mask": torch.tensor([True, False]),
+            "scalar": torch.tensor(7),
+        },
         # int keys, as optimisers use them
-        "optim": {"state": {0: {"step": torch.tensor(3.0)}},
-                  "param_groups": [{"lr": 0.1, "params": [0]}]},
+        "optim": {
+            "state": {0: {"step": torch.tensor(3.0)}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
         "rng": random.Random(5).getstate(),
-        "step": 12, "name": "run", "none": None, "nested": [1, (2.5, "x")],
-    }  # fmt: skip
+        "step": 12,
+        "name": "run",
+        "none": None,
+        "nested": [1, (2.5, "x")],
+    }
 
 
 def _assert_equal(got: object, want: object) -> None:
@@ -134,13 +144,16 @@ def test_keeps_the_newest_k_and_never_loads_a_tmp(tmp_path: Path) -> None:
     assert store.steps() == [3, 10]
     assert load(str(tmp_path), 3)["step"] == 3
     assert sorted(p.name for p in tmp_path.glob("step-*")) == [
-        "step-000000000003", "step-000000000010"]  # fmt: skip
+        "step-000000000003",
+        "step-000000000010",
+    ]
 
 
 def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     root = str(tmp_path / "ck")
-    job = subprocess.Popen([sys.executable, checkpoint_workers.__file__, root],
-                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    job = subprocess.Popen(
+        [sys.executable, checkpoint_workers.__file__, root], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert job.stdout.readline().strip() == "cut"
     finally:
@@ -163,8 +176,14 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
 
 
 def test_two_ranks_sharded_and_replicated(tmp_path: Path) -> None:
-    outcomes = run_ranks(checkpoint_workers.sharded_and_replicated, nodes=1, ranks_per_node=2,
-                         args=(str(tmp_path),), timeout=120, start_method="spawn")  # fmt: skip
+    outcomes = run_ranks(
+        checkpoint_workers.sharded_and_replicated,
+        nodes=1,
+        ranks_per_node=2,
+        args=(str(tmp_path),),
+        timeout=120,
+        start_method="spawn",
+    )
     for o in outcomes:
         step, state = o.value["sharded"]
         assert step == 3

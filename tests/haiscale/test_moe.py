@@ -20,8 +20,13 @@ WORLD = 2
 
 @pytest.fixture(scope="module")
 def outcomes() -> list:
-    return run_ranks(moe_workers.expert_parallel, nodes=1, ranks_per_node=WORLD, timeout=120,
-                     start_method="spawn")  # fmt: skip
+    return run_ranks(
+        moe_workers.expert_parallel,
+        nodes=1,
+        ranks_per_node=WORLD,
+        timeout=120,
+        start_method="spawn",
+    )
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -143,8 +143,10 @@ def test_orders_cover_every_pass_without_deadlock(size, micro):
         assert _runs_to_completion(orders, micro)
     # 1F1B keeps at most size - rank micro-batches in flight.
     for rank, order in enumerate(one_f_one_b):
-        live = [sum(op == "F" for op, _, _ in order[:i]) - sum(op == "B" for op, _, _ in order[:i])
-                for i in range(len(order))]  # fmt: skip
+        live = [
+            sum(op == "F" for op, _, _ in order[:i]) - sum(op == "B" for op, _, _ in order[:i])
+            for i in range(len(order))
+        ]
         assert max(live) <= min(size - rank, micro)
 
 
