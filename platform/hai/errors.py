@@ -45,6 +45,10 @@ class StateError(HaiError, RuntimeError):
     """The action does not fit the job's current state (resume a running job...)."""
 
 
+class SchemaError(HaiError, RuntimeError):
+    """The state database's schema is one this code cannot open: a newer release made it."""
+
+
 class Unavailable(HaiError, ConnectionError):
     """A server could not be reached; retrying later may work."""
 

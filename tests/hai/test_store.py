@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import sqlalchemy as sa
 
 from hai.errors import NotFoundError, StateError
 from hai.records import (
@@ -19,8 +16,8 @@ from hai.records import (
     Run,
     User,
 )
-from hai.store import SqlStore, StateStore, sqlite_url
-from hai.store.schema import LATEST, migrate, schema_version
+from hai.spec import JobSpec
+from hai.store import SqlStore, StateStore
 
 
 def _job(**kw: object) -> Job:
@@ -32,7 +29,7 @@ def _job(**kw: object) -> Job:
         priority=20,
         nodes=2,
         gpus_per_node=8,
-        spec={"name": "j", "entrypoint": "true"},
+        spec=JobSpec("j", "true"),
         created_at=1.0,
         queued_at=1.0,
     )
@@ -45,7 +42,7 @@ def test_jobs_roundtrip_and_filter(store: StateStore) -> None:
     b = store.add_job(_job(user="bob", state=RUNNING))
     assert b > a
     got = store.get_job(a)
-    assert got.spec == {"name": "j", "entrypoint": "true"} and got.user == "ann"
+    assert got.spec == JobSpec("j", "true") and got.user == "ann"
     assert [j.id for j in store.list_jobs(states=(RUNNING,))] == [b]
     assert [j.id for j in store.list_jobs(user="ann")] == [a]
     store.update_job(a, state=RUNNING, started_at=5.0, message="go")
@@ -122,16 +119,3 @@ def test_reopen_keeps_state(store_url: str) -> None:
     second = SqlStore(store_url)
     assert second.get_job(job).name == "j"
     second.close()
-
-
-def test_migrations_upgrade_in_place(state_dir: Path) -> None:
-    url = sqlite_url(state_dir)
-    engine = sa.create_engine(url)
-    assert migrate(engine, target=1) == 1
-    assert "ix_events_job_id" not in {i["name"] for i in sa.inspect(engine).get_indexes("events")}
-    store = SqlStore(url)  # opening upgrades to the latest version
-    assert schema_version(engine) == LATEST
-    assert "ix_events_job_id" in {i["name"] for i in sa.inspect(engine).get_indexes("events")}
-    assert migrate(engine) == LATEST  # idempotent
-    store.close()
-    engine.dispose()

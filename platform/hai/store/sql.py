@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from fs3.db import enter_wal_mode
 from hai.errors import NotFoundError, StateError
 from hai.records import Event, Job, Node, Quota, Run, User
+from hai.spec import spec_from_dict
 from hai.store import schema
 from hai.store.base import StateStore
+from hai.store.migrate import migrate
 
 
 def sqlite_url(state_dir: str | Path) -> str:
@@ -36,6 +38,8 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 def _from_row(cls: type, row: sa.Row) -> Any:
     data = dict(row._mapping)
     data.pop("token_hash", None)
+    if cls is Job:  # the spec column is JobSpec as JSON (dataclasses.asdict on the way in)
+        data["spec"] = spec_from_dict(data["spec"])
     return cls(**data)
 
 
@@ -50,7 +54,7 @@ class SqlStore(StateStore):
         self._engine = sa.create_engine(url, pool_pre_ping=True)
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
-        schema.migrate(self._engine)
+        migrate(self._engine)
         self._local = threading.local()
 
     def close(self) -> None:

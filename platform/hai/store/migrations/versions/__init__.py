@@ -1,0 +1,1 @@
+"""hai's state store revisions, oldest first; each is frozen once released."""
