@@ -9,19 +9,21 @@ progress bar when stderr is a terminal.
 from __future__ import annotations
 
 import datetime
-import os
 import posixpath
 import stat as stat_module
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from dataclasses import dataclass, field
+from typing import Any
 
 import click
+from fsspec.callbacks import Callback
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
 
 from fs3.cli_util import (
     address_option,
     config_option,
-    describe,
     human,
     one_line_errors,
     open_fs,
@@ -29,135 +31,143 @@ from fs3.cli_util import (
     parse_size,
     progress,
 )
-from fs3.errors import Fs3Error
 
-_BLOCK = 4 << 20  # bytes per read and write of a copy: one default chunk
+_BLOCK = 4 << 20  # bytes per read and write of `cat`: one default chunk
 
 
 def _when(seconds: float) -> str:
     return f"{datetime.datetime.fromtimestamp(seconds):%Y-%m-%d %H:%M:%S}"
 
 
-# -- the two ends of a copy -----------------------------------------------------------------
-class _Local:
-    """This machine's files."""
+# -- copies: cp(1)'s destinations, fsspec's transfers ----------------------------------------
+class _Bytes(Callback):
+    """Moves a progress bar by the bytes each file transfer reports; ``value`` is the total.
 
-    name = "local"
+    The bar's size is the whole copy's, set up front, so the sizes fsspec sets per file are
+    kept out of it."""
 
-    def kind(self, path: str) -> str | None:
-        if os.path.isdir(path):
-            return "directory"
-        return "file" if os.path.exists(path) else None
+    def __init__(self, advance: Callable[[float], None]) -> None:
+        super().__init__()
+        self._advance = advance
 
-    def walk(self, top: str) -> tuple[list[str], list[tuple[str, int]]]:
-        dirs, files = [], []
-        for folder, subdirs, names in os.walk(top):
-            rel = os.path.relpath(folder, top)
-            dirs += [os.path.normpath(os.path.join(rel, d)) for d in sorted(subdirs)]
-            for name in sorted(names):
-                full = os.path.join(folder, name)
-                files.append((os.path.normpath(os.path.join(rel, name)), os.path.getsize(full)))
-        return dirs, files
+    def relative_update(self, inc: int = 1) -> None:
+        super().relative_update(inc)
+        self._advance(inc)
 
-    def open(self, path: str, mode: str) -> BinaryIO:
-        if "w" in mode:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return open(path, mode)  # noqa: SIM115 - the caller closes it
-
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-
-    def join(self, base: str, rel: str) -> str:
-        return os.path.join(base, rel) if rel != "." else base
-
-    def basename(self, path: str) -> str:
-        return os.path.basename(os.path.normpath(path))
+    def absolute_update(self, value: int) -> None:
+        self._advance(value - self.value)
+        super().absolute_update(value)
 
 
-class _Fs3:
-    """Paths of the cluster ``fs`` serves."""
+class _Files(Callback):
+    """What ``put``/``get`` count files with: each file's transfer reports to ``bytes``."""
 
-    name = "fs3"
+    def __init__(self, bytes_callback: _Bytes) -> None:
+        super().__init__()
+        self.bytes = bytes_callback
 
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
+    def branched(self, path_1: str, path_2: str, **kwargs: Any) -> Callback:
+        return self.bytes
 
-    def kind(self, path: str) -> str | None:
+
+@dataclass
+class _Plan:
+    """Source and destination paths, pair by pair (directories before what they hold), for
+    fsspec's ``put``/``get``/``copy``, which copy list to list as given."""
+
+    sources: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    files: int = 0
+    nbytes: int = 0
+
+    def add(self, source: str, target: str, size: int | None) -> None:
+        """Adds a file of ``size`` bytes, or a directory (``size`` None)."""
+        self.sources.append(source)
+        self.targets.append(target)
+        if size is not None:
+            self.files += 1
+            self.nbytes += size
+
+
+def _info(fs: AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """fsspec's info on ``path``, None where nothing is. Raises click.ClickException."""
+    with one_line_errors(path):
         try:
-            kind = self.fs.info(path)["type"]
+            return fs.info(path)  # type: ignore[no-any-return]
         except FileNotFoundError:
             return None
-        return "directory" if kind == "directory" else "file"  # a symlink is read through
-
-    def walk(self, top: str) -> tuple[list[str], list[tuple[str, int]]]:
-        top = self.fs._strip_protocol(top).rstrip("/") or "/"
-        found = self.fs.find(top, withdirs=True, detail=True)
-        dirs, files = [], []
-        for name, info in sorted(found.items()):
-            if name.rstrip("/") == top:
-                continue
-            rel = posixpath.relpath(name, top)
-            if info["type"] == "directory":
-                dirs.append(rel)
-            else:
-                files.append((rel, info["size"]))
-        return dirs, files
-
-    def open(self, path: str, mode: str) -> BinaryIO:
-        return self.fs.open(path, mode)  # type: ignore[no-any-return]
-
-    def makedirs(self, path: str) -> None:
-        self.fs.makedirs(path, exist_ok=True)
-
-    def join(self, base: str, rel: str) -> str:
-        return posixpath.join(base, rel) if rel != "." else base
-
-    def basename(self, path: str) -> str:
-        return posixpath.basename(self.fs._strip_protocol(path).rstrip("/"))
 
 
-def _copy(
-    src: _Local | _Fs3, sources: tuple[str, ...], dst: _Local | _Fs3, target: str, recursive: bool
-) -> tuple[int, int]:
-    """Copies ``sources`` to ``target`` as cp(1) does; returns (files, bytes) copied.
+def _is_dir(info: dict[str, Any] | None) -> bool:
+    return info is not None and info["type"] == "directory"  # a symlink is read through
+
+
+def _plan(
+    src: AbstractFileSystem,
+    sources: tuple[str, ...],
+    dst: AbstractFileSystem,
+    target: str,
+    recursive: bool,
+) -> _Plan:
+    """What copying ``sources`` to ``target`` copies where, as cp(1) does it.
 
     A source directory needs ``recursive``; the target is a directory to copy into when it
     exists as one, ends with "/" or there are several sources, else the copy's own name.
+    Raises click.ClickException, one line naming the path.
     """
-    into = dst.kind(target) == "directory" or target.endswith("/")
+    into = target.endswith("/") or _is_dir(_info(dst, target))
     if len(sources) > 1 and not into:
         raise click.ClickException(f"{target}: not a directory (copying several sources)")
-    dirs: list[str] = []
-    files: list[tuple[str, str, int]] = []
+    target = dst._strip_protocol(target)
+    plan = _Plan()
     for source in sources:
-        kind = src.kind(source)
-        if kind is None:
+        top = src._strip_protocol(source).rstrip("/") or "/"
+        info = _info(src, top)
+        if info is None:
             raise click.ClickException(f"{source}: no such file or directory")
-        dest = dst.join(target, src.basename(source)) if into else target
-        if kind == "directory":
-            if not recursive:
-                raise click.ClickException(f"{source}: is a directory (use -r)")
-            sub_dirs, sub_files = src.walk(source)
-            dirs += [dest] + [dst.join(dest, d) for d in sub_dirs]
-            files += [(src.join(source, f), dst.join(dest, f), n) for f, n in sub_files]
-        else:
-            files.append((source, dest, 0))
-    total = sum(n for _, _, n in files)
-    done = 0
-    with progress(f"{src.name} -> {dst.name}", total or None) as advance:
-        for folder in dirs:
-            with one_line_errors(folder):
-                dst.makedirs(folder)
-        for source, dest, _ in files:
-            try:
-                with src.open(source, "rb") as fin, dst.open(dest, "wb") as fout:
-                    while block := fin.read(_BLOCK):
-                        fout.write(block)
-                        done += len(block)
-                        advance(len(block))
-            except (Fs3Error, OSError) as err:
-                raise click.ClickException(describe(err, source)) from None
-    return len(files), done
+        dest = posixpath.join(target, posixpath.basename(top)) if into else target
+        if not _is_dir(info):
+            plan.add(top, dest, info["size"])
+            continue
+        if not recursive:
+            raise click.ClickException(f"{source}: is a directory (use -r)")
+        plan.add(top, dest, None)
+        with one_line_errors(source):
+            found = src.find(top, withdirs=True, detail=True)
+        for name, entry in sorted(found.items()):
+            if name.rstrip("/") != top:
+                size = None if entry["type"] == "directory" else entry["size"]
+                plan.add(name, posixpath.join(dest, posixpath.relpath(name, top)), size)
+    return plan
+
+
+def _transfer(
+    direction: str,
+    sources: tuple[str, ...],
+    target: str,
+    recursive: bool,
+    address: str | None,
+    config_path: str | None,
+) -> None:
+    """Copies with fsspec's ``put`` (``direction`` "put": local to fs3), ``get`` (fs3 to
+    local) or ``copy`` (fs3 to fs3), each path as :func:`_plan` places it."""
+    fs = open_fs(address, config_path, *sources, target)
+    local = LocalFileSystem()
+    src, dst = {"put": (local, fs), "get": (fs, local), "cp": (fs, fs)}[direction]
+    plan = _plan(src, sources, dst, target, recursive)
+    ends = {"put": "local -> fs3", "get": "fs3 -> local", "cp": "fs3 -> fs3"}[direction]
+    with progress(ends, plan.nbytes or None) as advance:
+        copied = _Bytes(advance)
+        # The path a failure names is the one its error carries (one of many: fsspec copies
+        # the whole list); the target stands for the copy where an error names none.
+        with one_line_errors(target):
+            if direction == "put":
+                fs.put(plan.sources, plan.targets, callback=_Files(copied))
+            elif direction == "get":
+                fs.get(plan.sources, plan.targets, callback=_Files(copied))
+            else:
+                fs.copy(plan.sources, plan.targets, callback=copied)
+    click.echo(f"copied {plan.files} files, {copied.value} bytes ({human(copied.value)})", err=True)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -264,25 +274,6 @@ def cat(paths: tuple[str, ...], address: str | None, config_path: str | None) ->
     out.flush()
 
 
-def _transfer(
-    src: str,
-    dst: str,
-    sources: tuple[str, ...],
-    target: str,
-    recursive: bool,
-    address: str | None,
-    config_path: str | None,
-) -> None:
-    fs = open_fs(address, config_path, *sources, target)
-    sides: dict[str, _Local | _Fs3] = {"local": _Local(), "fs3": _Fs3(fs)}
-    if sides[src].name == "fs3":
-        sources = tuple(fs._strip_protocol(s) for s in sources)
-    if sides[dst].name == "fs3":
-        target = fs._strip_protocol(target) + ("/" if target.endswith("/") else "")
-    files, nbytes = _copy(sides[src], sources, sides[dst], target, recursive)
-    click.echo(f"copied {files} files, {nbytes} bytes ({human(nbytes)})", err=True)
-
-
 _recursive = click.option("-r", "-R", "--recursive", is_flag=True, help="Copy directories.")
 
 
@@ -300,7 +291,7 @@ def put(
     config_path: str | None,
 ) -> None:
     """Copy local files (directories with -r) to TARGET in fs3."""
-    _transfer("local", "fs3", sources, target, recursive, address, config_path)
+    _transfer("put", sources, target, recursive, address, config_path)
 
 
 @click.command("get")
@@ -317,7 +308,7 @@ def get(
     config_path: str | None,
 ) -> None:
     """Copy fs3 files (directories with -r) to TARGET on this machine."""
-    _transfer("fs3", "local", sources, target, recursive, address, config_path)
+    _transfer("get", sources, target, recursive, address, config_path)
 
 
 @click.command("cp")
@@ -334,7 +325,7 @@ def cp(
     config_path: str | None,
 ) -> None:
     """Copy files (directories with -r) within fs3."""
-    _transfer("fs3", "fs3", sources, target, recursive, address, config_path)
+    _transfer("cp", sources, target, recursive, address, config_path)
 
 
 @click.command("mv")
@@ -345,16 +336,14 @@ def cp(
 def mv(sources: tuple[str, ...], target: str, address: str | None, config_path: str | None) -> None:
     """Move (rename) files and directories within fs3; each move is one atomic rename."""
     fs = open_fs(address, config_path, *sources, target)
-    side = _Fs3(fs)
     target = fs._strip_protocol(target)
-    with one_line_errors(target):
-        into = side.kind(target) == "directory"
+    into = _is_dir(_info(fs, target))
     if len(sources) > 1 and not into:
         raise click.ClickException(f"{target}: not a directory (moving several sources)")
     for source in sources:
         with one_line_errors(source):
-            dest = posixpath.join(target, side.basename(source)) if into else target
-            fs.rename(source, dest)
+            name = posixpath.basename(fs._strip_protocol(source).rstrip("/"))
+            fs.rename(source, posixpath.join(target, name) if into else target)
 
 
 @click.command("rm")

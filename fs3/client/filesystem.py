@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from fs3.client.chunks import ChunkIO
@@ -253,13 +253,20 @@ class FS3FileSystem(AbstractFileSystem):
         with self.open(path, "xb" if mode == "create" else "wb", **kwargs) as f:
             f.write(value)
 
-    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+    def cp_file(
+        self, path1: str, path2: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
+    ) -> None:
+        """Copies file ``path1`` to ``path2`` (a directory: makes directory ``path2``),
+        telling ``callback`` each block's bytes (``relative_update``; ``copy`` hands one
+        callback to every file, so it counts the whole copy). Raises FileNotFoundError."""
         path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
         with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
-            shutil.copyfileobj(src, dst, self.config.client.chunk_size)
+            while block := src.read(self.config.client.chunk_size):
+                dst.write(block)
+                callback.relative_update(len(block))
 
     def _open(
         self,

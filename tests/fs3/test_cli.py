@@ -129,7 +129,17 @@ def test_put_get_cp_mv_cat_stat_du_rm(cluster: LocalCluster, tmp_path: Path) -> 
     assert "type: file" in stat.stdout and "mode: 0644 (-rw-r--r--)" in stat.stdout
     du = _fs3("du", a, "/cli")
     assert du.stdout.split("\t")[:3] == ["600010", "2 files", "3 dirs"]
-    assert _fs3("cp", "-r", a, "/cli/src", "/cli/copy").exit_code == 0
+    copy = _fs3("cp", "-r", a, "/cli/src", "/cli/copy")
+    assert copy.exit_code == 0 and "copied 2 files, 600010 bytes" in copy.output, copy.output
+    assert _fs3("ls", a, "/cli/copy").stdout.split() == [
+        "/cli/copy/a.bin",
+        "/cli/copy/empty/",
+        "/cli/copy/sub/",
+    ]
+    not_r = _fs3("get", a, "/cli/copy", str(tmp_path))
+    assert not_r.exit_code == 1 and "/cli/copy: is a directory (use -r)" in not_r.output
+    two = _fs3("cp", a, "/cli/src/a.bin", "/cli/src/sub/b.txt", "/cli/src/a.bin")
+    assert two.exit_code == 1 and "/cli/src/a.bin: not a directory" in two.output
     assert _fs3("mv", a, "/cli/copy", "/cli/moved").exit_code == 0
     back = tmp_path / "back"
     get = _fs3("get", "-r", a, "/cli/moved", str(back))
