@@ -43,7 +43,7 @@ from fs3.meta.bench import bench_meta_stores, format_meta_table
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.rpc import channel
-from fs3.storage.engine import crc32c
+from fs3.wire.checksum import crc32c
 
 MiB = 1 << 20
 CHUNK = 4 * MiB

@@ -103,7 +103,7 @@ def _print_targets(v: ClusterView) -> None:
         )
         targets.add_row(
             str(t.target_id),
-            f"{t.host}:{t.data_port}",
+            t.data_address,
             "yes" if t.alive else "NO",
             chains,
             *numbers,

@@ -2,8 +2,8 @@
 
 Callers catch builtins (``FileNotFoundError``, ``TimeoutError``) without importing fs3; the
 client retries exactly the types marked ``retryable`` and gives up on the others. Errors cross
-process boundaries by name (:func:`error_from_kind`); gRPC status codes are mapped in
-:mod:`fs3.rpc` and data-path codes in :mod:`fs3.storage.wire`, both from this one list.
+process boundaries by name (:func:`error_from_kind`) over gRPC, whose status codes are
+mapped in :mod:`fs3.rpc`, and by number over the framed wire (:mod:`fs3.wire.codes`).
 """
 
 from __future__ import annotations

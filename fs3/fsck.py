@@ -44,9 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fs3.errors import Fs3Error
-from fs3.storage.engine import crc32c
-from fs3.storage.wire import DUMP, DUMP_ENTRY, READ, REMOVE, REPAIR, VERIFY, Request
 from fs3.types import DIRECTORY, FILE, SERVING, ChunkId, Inode, RoutingTable
+from fs3.wire.checksum import crc32c
+from fs3.wire.framing import DUMP_ENTRY, Request
+from fs3.wire.ops import DUMP, READ, REMOVE, REPAIR, VERIFY
 
 Progress = Callable[[str, float | None], AbstractContextManager[Callable[[float], None]]]
 _VERIFY_THREADS = 8  # requests in flight: targets verify in parallel, one per connection
@@ -98,8 +99,7 @@ class FsckReport:
 
 
 def _address(table: RoutingTable, target_id: int) -> str:
-    info = table.targets[target_id]
-    return f"{info.host}:{info.data_port}"
+    return table.targets[target_id].data_address
 
 
 def fsck(

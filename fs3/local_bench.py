@@ -28,7 +28,8 @@ import psutil
 from fs3.client import FS3FileSystem
 from fs3.client.local_read import LocalReads
 from fs3.cluster import LocalCluster
-from fs3.storage.wire import LOCAL_OPEN, Request
+from fs3.wire.framing import Request
+from fs3.wire.ops import LOCAL_OPEN
 
 MiB = 1 << 20
 CHUNK = 4 * MiB  # as fs3.bench: the default chunk size, and the size of each read call

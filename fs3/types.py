@@ -122,6 +122,12 @@ class TargetInfo:
     grpc_port: int = 0
     alive: bool = False
 
+    @property
+    def data_address(self) -> str:
+        """``HOST:PORT`` of the target's framed data port, an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.data_port}"
+
 
 @dataclass(frozen=True)
 class ResyncProgress:

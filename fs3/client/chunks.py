@@ -29,9 +29,11 @@ from fs3.errors import (
     Unavailable,
 )
 from fs3.mgmtd.client import MgmtdClient
-from fs3.storage.engine import crc32c
-from fs3.storage.wire import READ, REMOVE, WRITE, ConnectionPool, Request
 from fs3.types import Layout, RoutingTable
+from fs3.wire.checksum import crc32c
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import Request
+from fs3.wire.ops import READ, REMOVE, WRITE
 
 log = logging.getLogger("fs3.client")
 T = TypeVar("T")
@@ -78,8 +80,7 @@ class ChunkIO:
 
     @staticmethod
     def _address(table: RoutingTable, target_id: int) -> str:
-        info = table.targets[target_id]
-        return f"{info.host}:{info.data_port}"
+        return table.targets[target_id].data_address
 
     def write(
         self,

@@ -24,8 +24,8 @@ from fs3.config import load_config
 from fs3.errors import AlreadyExists, InvalidArgument, QuotaExceeded
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
-from fs3.storage.wire import ConnectionPool
 from fs3.types import DIRECTORY, FILE, Inode, Quota, TrashEntry
+from fs3.wire.client import ConnectionPool
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
 _ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")

@@ -32,20 +32,13 @@ from dataclasses import dataclass, field
 from fs3.client.mapped import map_file
 from fs3.config import Timeouts
 from fs3.errors import ChecksumMismatch, Fs3Error, Unavailable
-from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, check_blocks, parse_header
+from fs3.storage.local import HEADER_SIZE, parse_header
 from fs3.storage.local_read import machine_id
-from fs3.storage.wire import (
-    LOCAL_BAD,
-    LOCAL_HELLO,
-    LOCAL_INFO,
-    LOCAL_OPEN,
-    RESPONSE,
-    ConnectionPool,
-    Request,
-    raise_error,
-    recv_exact,
-)
 from fs3.types import RoutingTable
+from fs3.wire.checksum import BLOCK_SIZE, check_blocks
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import RESPONSE, Request, raise_error, recv_exact
+from fs3.wire.ops import LOCAL_BAD, LOCAL_HELLO, LOCAL_INFO, LOCAL_OPEN
 
 log = logging.getLogger("fs3.client")
 
@@ -175,7 +168,7 @@ class LocalReads:
         info = table.targets.get(target_id)
         if info is None:
             return None
-        address = f"{info.host}:{info.data_port}"
+        address = info.data_address
         probe = self._probes.get(target_id)
         if probe is not None and probe.address == address:
             if probe.local is not None or time.monotonic() < probe.recheck_at:

@@ -6,11 +6,12 @@ from typing import Any
 
 from fs3.client.chunks import ChunkIO
 from fs3.errors import Unavailable
-from fs3.meta.protocol import METHODS
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb
-from fs3.storage.wire import ConnectionPool, Request
 from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import Request
+from fs3.wire.ops import METHODS
 
 
 class MetaClient:

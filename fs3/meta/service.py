@@ -1,4 +1,4 @@
-"""The meta process: a framed-TCP shell over :class:`Namespace` (see :mod:`fs3.meta.protocol`),
+"""The meta process: a framed-TCP shell over :class:`Namespace` (ops in :mod:`fs3.wire.ops`),
 and the chunk garbage collector.
 
 Meta keeps nothing of its own between requests: inodes, entries, inode ids and the garbage
@@ -19,12 +19,14 @@ from fs3.db import redact
 from fs3.errors import Fs3Error
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
-from fs3.meta.protocol import BY_OP
 from fs3.meta.trash import Trash
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb
-from fs3.storage.wire import REMOVE, RESPONSE, ConnectionPool, FrameServer, Reply, Request
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import RESPONSE, Reply, Request
+from fs3.wire.ops import BY_OP, REMOVE
+from fs3.wire.server import FrameServer
 
 log = logging.getLogger("fs3.meta")
 
@@ -135,9 +137,8 @@ def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> 
             for chain_id in item.chains:
                 chain = table.chains.get(chain_id)
                 for member in chain.writers() if chain else ():
-                    info = table.targets[member]
                     req = Request(REMOVE, chain_id, 0, item.inode, item.from_index)
-                    pool.request(f"{info.host}:{info.data_port}", req)
+                    pool.request(table.targets[member].data_address, req)
         except Fs3Error as err:
             log.info("garbage %d (inode %d) kept for later: %s", gid, item.inode, err)
             continue

@@ -270,7 +270,9 @@ class Mgmtd:
 
 
 class MetaStub:
-    """Missing associated documentation comment in .proto file."""
+    """On the framed wire each method has the number fs3/wire/ops.py gives it in META_OPS;
+    a method added here needs one there (fs3.wire.ops refuses to import without it).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -376,7 +378,9 @@ class MetaStub:
 
 
 class MetaServicer:
-    """Missing associated documentation comment in .proto file."""
+    """On the framed wire each method has the number fs3/wire/ops.py gives it in META_OPS;
+    a method added here needs one there (fs3.wire.ops refuses to import without it).
+    """
 
     def Stat(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -451,8 +455,7 @@ class MetaServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAttr(self, request, context):
-        """Methods are numbered by position on the framed wire (fs3.meta.protocol): append only.
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -600,7 +603,9 @@ def add_MetaServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Meta:
-    """Missing associated documentation comment in .proto file."""
+    """On the framed wire each method has the number fs3/wire/ops.py gives it in META_OPS;
+    a method added here needs one there (fs3.wire.ops refuses to import without it).
+    """
 
     @staticmethod
     def Stat(request,

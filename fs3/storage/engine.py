@@ -11,15 +11,9 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 
-import crc32c as _crc32c
-
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
 from fs3.types import ChunkId, ChunkMeta
-
-
-def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC32C (Castagnoli) in hardware where the CPU has it; takes any buffer, no copy."""
-    return _crc32c.crc32c(data)
+from fs3.wire.checksum import crc32c
 
 
 def patch(base: bytes | memoryview, offset: int, data: bytes | memoryview, truncate: bool) -> bytes:

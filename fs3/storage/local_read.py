@@ -15,7 +15,7 @@ opened it, whatever is written meanwhile, so a client never sees two versions mi
 is linearised at the target's check, as a TCP READ is; the client opens a descriptor per
 read and closes it after, so no descriptor outlives the read it was checked for.
 
-Protocol, in the frames of :mod:`fs3.storage.wire` (REQUEST header, RESPONSE header):
+Protocol, in the frames of :mod:`fs3.wire.framing` (REQUEST header, RESPONSE header):
 
 - TCP ``LOCAL_INFO``: the payload is JSON ``{"socket", "machine", "token", "target"}``, or
   empty when this target serves no local reads. A client uses the socket only when
@@ -46,19 +46,9 @@ from pathlib import Path
 from fs3.errors import ChecksumMismatch, Fs3Error
 from fs3.storage.engine import ChunkEngine
 from fs3.storage.target import StorageTarget
-from fs3.storage.wire import (
-    LOCAL_BAD,
-    LOCAL_HELLO,
-    LOCAL_OPEN,
-    READ,
-    REQUEST,
-    RESPONSE,
-    Request,
-    error_frame,
-    recv_exact,
-    send_frame,
-)
 from fs3.types import ChunkId
+from fs3.wire.framing import REQUEST, RESPONSE, Request, error_frame, recv_exact, send_frame
+from fs3.wire.ops import LOCAL_BAD, LOCAL_HELLO, LOCAL_OPEN, READ
 
 log = logging.getLogger("fs3.storage")
 

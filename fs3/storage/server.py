@@ -30,24 +30,22 @@ from fs3.rpc import serve, servicer_method
 from fs3.storage.local import LocalChunkEngine
 from fs3.storage.local_read import start_local_reads
 from fs3.storage.target import StorageTarget
-from fs3.storage.wire import (
+from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import RESPONSE, Reply, Request
+from fs3.wire.ops import (
     DUMP,
     LOCAL_INFO,
     READ,
     REMOVE,
     REPAIR,
     REPLICATE,
-    RESPONSE,
     SYNC,
     VERIFY,
     WITH_PAYLOAD,
     WRITE,
-    ConnectionPool,
-    FrameServer,
-    Reply,
-    Request,
 )
-from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats
+from fs3.wire.server import FrameServer
 
 log = logging.getLogger("fs3.storage")
 

@@ -16,10 +16,13 @@ import threading
 
 from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error, InvalidArgument, StaleRouting
 from fs3.mgmtd.client import MgmtdClient
-from fs3.storage.engine import ChunkEngine, crc32c, patch
+from fs3.storage.engine import ChunkEngine, patch
 from fs3.storage.locks import ChunkLocks
-from fs3.storage.wire import DUMP, DUMP_ENTRY, REMOVE, REPLICATE, SYNC, ConnectionPool, Request
 from fs3.types import SERVING, Chain, ChunkId, ResyncProgress, RoutingTable
+from fs3.wire.checksum import crc32c
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import DUMP_ENTRY, Request
+from fs3.wire.ops import DUMP, REMOVE, REPLICATE, SYNC
 
 log = logging.getLogger("fs3.storage")
 
@@ -65,8 +68,7 @@ class StorageTarget:
         return table, chain
 
     def _address(self, table: RoutingTable, target_id: int) -> str:
-        info = table.targets[target_id]
-        return f"{info.host}:{info.data_port}"
+        return table.targets[target_id].data_address
 
     def write(self, req: Request, data: memoryview) -> tuple[int, int]:
         """A client write at the head: returns (new version, CRC32C of the full chunk)."""

@@ -1,5 +1,11 @@
-"""CRC32C of a concatenation from the CRCs of its parts, without reading the bytes again.
+"""CRC32C, the one checksum of fs3's data: of chunk bytes on disk and on the wire.
 
+Chunk files keep one CRC32C per 64 KiB block (``BLOCK_SIZE``), so a small random read
+verifies a block instead of the whole chunk; :func:`check_blocks` is the one rule that both
+the storage engine and a client reading a chunk file through a passed descriptor apply.
+It lives here, below both, so that the client need not import the storage server's modules.
+
+CRC32C of a concatenation comes from the CRCs of its parts without reading the bytes again.
 A chunk read verifies each 64 KiB block against its stored CRC, and the reply carries the
 CRC of the whole range for the client to check. Combining the block CRCs saves a second
 pass over the data (a sixth of the server's work on a warm read). The arithmetic is the
@@ -13,7 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
+import crc32c as _crc32c
+
+from fs3.errors import ChecksumMismatch
+
+BLOCK_SIZE = 64 * 1024
+"""Bytes per stored CRC32C: small enough that a 4 KiB random read verifies little extra."""
 _POLY = 0x82F63B78  # Castagnoli, bit-reflected
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """CRC32C (Castagnoli) in hardware where the CPU has it; takes any buffer, no copy."""
+    return _crc32c.crc32c(data)
 
 
 def _apply(matrix: list[int], vector: int) -> int:
@@ -60,3 +77,35 @@ def crc32c_concat(crcs: Iterable[int], length: int) -> int:
     for crc in crcs:
         out = t0[out & 0xFF] ^ t1[(out >> 8) & 0xFF] ^ t2[(out >> 16) & 0xFF] ^ t3[out >> 24] ^ crc
     return out
+
+
+def check_blocks(
+    view: memoryview,
+    start: int,
+    got: int,
+    size: int,
+    crcs: tuple[int, ...],
+    where: str,
+    path: str | None = None,
+) -> None:
+    """Verifies the blocks that ``view`` holds against their stored CRCs.
+
+    ``view`` holds the chunk's bytes from ``start`` (a block boundary) on, of which ``got``
+    were read; it must cover whole blocks up to its end or the chunk's ``size``. Raises
+    ChecksumMismatch naming ``where`` and the block (``path`` as its path) when one is
+    short or fails its CRC32C.
+    """
+    first = start // BLOCK_SIZE
+    # The whole blocks first, in one pass against their CRCs combined: one call instead of
+    # one per 64 KiB block, 0.17 vs 0.24 ms of CPU per 4 MiB chunk here, and the GIL given
+    # up once instead of 64 times. Block by block only where that fails, to name the
+    # block, and for a short last block.
+    whole, checked = min(len(view), got) // BLOCK_SIZE, 0
+    if whole > 1:
+        combined = crc32c_concat(crcs[first : first + whole], BLOCK_SIZE)
+        checked = whole if crc32c(view[: whole * BLOCK_SIZE]) == combined else 0
+    for block in range(first + checked, first + -(-len(view) // BLOCK_SIZE)):
+        lo = block * BLOCK_SIZE - start
+        piece = view[lo : min(lo + BLOCK_SIZE, got)]
+        if len(piece) != min(BLOCK_SIZE, size - block * BLOCK_SIZE) or crc32c(piece) != crcs[block]:
+            raise ChecksumMismatch(f"{where} block {block} fails CRC32C", path)

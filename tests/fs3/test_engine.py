@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
-from fs3.storage.crc_combine import crc32c_combine, crc32c_concat
-from fs3.storage.engine import ChunkEngine, MemoryChunkEngine, crc32c
+from fs3.storage.engine import ChunkEngine, MemoryChunkEngine
 from fs3.storage.local import HEADER_SIZE, LocalChunkEngine
 from fs3.types import ChunkId, ChunkMeta
+from fs3.wire.checksum import crc32c, crc32c_combine, crc32c_concat
 
 CID = ChunkId(1, 42, 0)
 

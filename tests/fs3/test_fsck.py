@@ -12,10 +12,11 @@ from click.testing import CliRunner, Result
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.fsck import fsck
-from fs3.storage.engine import crc32c
 from fs3.storage.local import HEADER_SIZE
-from fs3.storage.wire import REMOVE, SYNC, Request
 from fs3.types import Layout
+from fs3.wire.checksum import crc32c
+from fs3.wire.framing import Request
+from fs3.wire.ops import REMOVE, SYNC
 from hai.cli import main
 
 from .conftest import SMALL_CHUNK
@@ -86,7 +87,7 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     table = fs.mgmtd.refresh()
     info = table.targets[table.chains[chain].readers()[-1]]
     fs.pool.request(
-        f"{info.host}:{info.data_port}",
+        info.data_address,
         Request(SYNC, chain, 0, f0.id, 0, crc=crc32c(content), version=77),
         content,
     )
@@ -101,9 +102,7 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     f2 = fs.meta.stat("/data/f2")
     chain2 = f2.layout.chain_of(2)
     victim = table.targets[table.chains[chain2].readers()[0]]
-    fs.pool.request(
-        f"{victim.host}:{victim.data_port}", Request(REMOVE, chain2, 0, f2.id, 2, length=3)
-    )
+    fs.pool.request(victim.data_address, Request(REMOVE, chain2, 0, f2.id, 2, length=3))
     missing = _fsck(c, "--repair")
     assert missing.exit_code == 1
     assert f"ERROR missing replica: /data/f2: chunk 2 (chain {chain2}" in missing.output

@@ -28,10 +28,14 @@ from fs3.cluster import LocalCluster
 from fs3.config import Timeouts
 from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error
 from fs3.local_bench import RATIOS, format_table, measure, medians
-from fs3.storage.local import BLOCK_SIZE, HEADER_SIZE, LocalChunkEngine
+from fs3.storage.local import HEADER_SIZE, LocalChunkEngine
 from fs3.storage.local_read import socket_path
-from fs3.storage.wire import READ, ConnectionPool, FrameServer, Request
 from fs3.types import ChunkId, RoutingTable, TargetInfo
+from fs3.wire.checksum import BLOCK_SIZE
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import Request
+from fs3.wire.ops import READ
+from fs3.wire.server import FrameServer
 
 from .conftest import SMALL_CHUNK
 

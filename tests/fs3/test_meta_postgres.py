@@ -14,10 +14,11 @@ from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
-from fs3.meta.protocol import METHODS
 from fs3.meta.store import ROOT_ID, MetaStore, MetaTxn
 from fs3.proto import fs3_pb2 as pb
-from fs3.storage.wire import ConnectionPool, Request
+from fs3.wire.client import ConnectionPool
+from fs3.wire.framing import Request
+from fs3.wire.ops import METHODS
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

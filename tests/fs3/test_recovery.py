@@ -18,7 +18,6 @@ from fs3.config import MgmtdConfig
 from fs3.mgmtd.core import Mgmtd
 from fs3.storage.engine import MemoryChunkEngine
 from fs3.storage.target import StorageTarget
-from fs3.storage.wire import DUMP, SYNC, Request
 from fs3.types import (
     Chain,
     ChainMember,
@@ -29,6 +28,8 @@ from fs3.types import (
     TargetStats,
     capacity,
 )
+from fs3.wire.framing import Request
+from fs3.wire.ops import DUMP, SYNC
 
 
 def test_stats_ride_heartbeats_without_a_new_table_version() -> None:

@@ -1,0 +1,5 @@
+"""fs3's framed TCP protocol and its contracts: frames (:mod:`.framing`), servers and
+clients of them (:mod:`.server`, :mod:`.client`), message ids (:mod:`.ops`), error codes
+(:mod:`.codes`) and the CRC32C that guards chunk bytes (:mod:`.checksum`). Storage, meta
+and the client all import it; it imports none of them.
+"""

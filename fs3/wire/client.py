@@ -1,0 +1,117 @@
+"""The client side of fs3's framed protocol (:mod:`fs3.wire.framing`): pooled connections,
+several per server, which is where a client's parallelism comes from."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import numpy
+
+from fs3.errors import Fs3Error, Unavailable
+from fs3.wire.framing import RESPONSE, Request, raise_error, recv_exact, send_frame
+
+
+def _uninitialised(size: int) -> memoryview:
+    """A writable buffer for a payload that will overwrite all of it: zero-filling a fresh
+    4 MiB bytearray per chunk cost 7% of a warm sequential read."""
+    return memoryview(numpy.empty(size, dtype=numpy.uint8))
+
+
+class Connection:
+    """One client socket to a server's framed port (storage data path or meta)."""
+
+    def __init__(self, address: str, connect_timeout: float, io_timeout: float) -> None:
+        self.address = address
+        host, port = address.rsplit(":", 1)
+        host = host.removeprefix("[").removesuffix("]")  # an IPv6 host (TargetInfo.data_address)
+        try:
+            self.sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+        except OSError as err:
+            raise Unavailable(f"cannot connect to {address}: {err}") from None
+        self.sock.settimeout(io_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._header = bytearray(RESPONSE.size)
+
+    def request(
+        self, req: Request, payload: bytes | memoryview = b""
+    ) -> tuple[int, int, memoryview]:
+        """Sends one request; returns (version, crc, payload). Raises the server's error, or
+        Unavailable when the connection breaks or times out (then this object is unusable)."""
+        try:
+            send_frame(self.sock, req.pack(len(payload)), payload)
+            recv_exact(self.sock, memoryview(self._header))
+            status, length, crc, version = RESPONSE.unpack(self._header)
+            body = _uninitialised(length)
+            recv_exact(self.sock, body)
+        except (OSError, ConnectionError) as err:
+            self.close()
+            kind = "timed out" if isinstance(err, TimeoutError) else "failed"
+            raise Unavailable(f"server {self.address} {kind}: {err}") from None
+        if status:
+            raise_error(status, body, f"server {self.address}")
+        return version, crc, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ConnectionPool:
+    """Idle connections per address, so many chunk transfers can run at once."""
+
+    def __init__(self, connect_timeout: float, io_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._idle: dict[str, list[Connection]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def request(
+        self, address: str, req: Request, payload: bytes | memoryview = b""
+    ) -> tuple[int, int, memoryview]:
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._lock:
+            idle = self._idle.setdefault(address, [])
+            conn = idle.pop() if idle else None
+        if conn is None:
+            conn = Connection(address, self._connect_timeout, self._io_timeout)
+        try:
+            result = conn.request(req, payload)
+        except Unavailable:
+            # The server went away (a restart, most likely): the other idle connections to
+            # it are as dead, and each would cost a failed attempt of its own.
+            self._drop(address)
+            raise
+        except Fs3Error:
+            self._release(conn)
+            raise
+        self._release(conn)
+        return result
+
+    def _release(self, conn: Connection) -> None:
+        with self._lock:
+            self._idle.setdefault(conn.address, []).append(conn)
+
+    def _drop(self, address: str) -> None:
+        with self._lock:
+            conns = self._idle.pop(address, [])
+        for conn in conns:
+            conn.close()
+
+    def _after_fork(self) -> None:
+        """A forked child (a DataLoader worker) must not share its parent's connections: a
+        reply meant for one process would reach the other, as valid data of another chunk.
+        Closing the child's copies leaves the parent's open. Only the forking thread lives
+        on in the child, so a lock another thread held at the fork is made anew."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.close()
+            self._idle.clear()
