@@ -18,6 +18,7 @@ import click
 
 from fs3 import cli_admin, cli_files
 from fs3.cli_util import config_option as _config_option
+from fs3.cli_util import mgmtd_address_option
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
 
@@ -196,7 +197,7 @@ _MOUNT = MountOptions()  # the mount's defaults, shown in --help
 
 @fs3.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--cluster", "address", help="mgmtd HOST:PORT (default: $FS3_CLUSTER, config).")
+@mgmtd_address_option("$FS3_CLUSTER, the config")
 @_config_option
 @click.option("-d", "--background", is_flag=True, help="Return once mounted.")
 @click.option("--log", "log_file", help="Log file of a --background mount.")

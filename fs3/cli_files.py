@@ -2,18 +2,19 @@
 
 Each parses its arguments and drives :class:`fs3.FS3FileSystem`; a failure is one line
 naming the path (exit status 1). PATH is ``fs3://[HOST:PORT]/folder`` or ``/folder``; the
-cluster comes from ``--address``, the URL, ``$FS3_CLUSTER`` or the config file. Copies show a
-progress bar when stderr is a terminal.
+cluster comes from ``--address``, the URL, ``$FS3_CLUSTER`` or the config file. Copies are
+fsspec's ``put``/``get``/``copy`` over the paths cp(1) would write, with a progress bar when
+stderr is a terminal; the commands that read print JSON with ``--json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import posixpath
 import stat as stat_module
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -24,7 +25,9 @@ from fsspec.spec import AbstractFileSystem
 from fs3.cli_util import (
     address_option,
     config_option,
+    echo_json,
     human,
+    json_option,
     one_line_errors,
     open_fs,
     parse_duration,
@@ -70,13 +73,13 @@ class _Files(Callback):
         return self.bytes
 
 
-@dataclass
+@dataclasses.dataclass
 class _Plan:
     """Source and destination paths, pair by pair (directories before what they hold), for
     fsspec's ``put``/``get``/``copy``, which copy list to list as given."""
 
-    sources: list[str] = field(default_factory=list)
-    targets: list[str] = field(default_factory=list)
+    sources: list[str] = dataclasses.field(default_factory=list)
+    targets: list[str] = dataclasses.field(default_factory=list)
     files: int = 0
     nbytes: int = 0
 
@@ -177,10 +180,19 @@ def _transfer(
 @click.option("-l", "--long", "long_format", is_flag=True, help="Sizes and modification times.")
 @click.option("-R", "--recursive", is_flag=True, help="List every file below PATH.")
 @config_option
+@json_option
 def ls(
-    path: str, address: str | None, long_format: bool, recursive: bool, config_path: str | None
+    path: str,
+    address: str | None,
+    long_format: bool,
+    recursive: bool,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
-    """List a folder of an fs3 cluster (PATH: fs3://[HOST:PORT]/folder or /folder)."""
+    """List a folder of an fs3 cluster (PATH: fs3://[HOST:PORT]/folder or /folder).
+
+    With --json, each entry's fsspec info: name, type, size, mode, mtime, ctime, ...
+    """
     with one_line_errors(path):
         fs = open_fs(address, config_path, path)
         stripped = fs._strip_protocol(path)
@@ -189,7 +201,11 @@ def ls(
             entries = [e for name, e in found.items() if name != stripped.rstrip("/")]
         else:
             entries = fs.ls(stripped, detail=True)
-    for entry in sorted(entries, key=lambda e: e["name"]):
+    entries = sorted(entries, key=lambda e: e["name"])
+    if as_json:
+        echo_json(entries)
+        return
+    for entry in entries:
         name = entry["name"] + ("/" if entry["type"] == "directory" else "")
         if long_format:
             click.echo(f"{entry['size']:>12} {_when(entry.get('mtime') or 0)} {name}")
@@ -201,16 +217,27 @@ def ls(
 @click.argument("paths", nargs=-1, required=True)
 @address_option
 @config_option
-def stat(paths: tuple[str, ...], address: str | None, config_path: str | None) -> None:
-    """Show everything meta knows of each PATH: kind, size, mode, times, layout, quota."""
+@json_option
+def stat(
+    paths: tuple[str, ...], address: str | None, config_path: str | None, as_json: bool
+) -> None:
+    """Show everything meta knows of each PATH: kind, size, mode, times, layout, quota.
+
+    With --json, a list of each PATH's inode (fs3.types.Inode's fields) with its "path".
+    """
     fs = open_fs(address, config_path, *paths)
+    inodes = []
     for path in paths:
         with one_line_errors(path):
-            inode = fs.meta.stat(fs._strip_protocol(path))
+            inodes.append((fs._strip_protocol(path), fs.meta.stat(fs._strip_protocol(path))))
+    if as_json:
+        echo_json([{"path": path, **dataclasses.asdict(inode)} for path, inode in inodes])
+        return
+    for path, inode in inodes:
         kind_bits = {"file": stat_module.S_IFREG, "directory": stat_module.S_IFDIR}
         mode = stat_module.filemode(kind_bits.get(inode.kind, stat_module.S_IFLNK) | inode.mode)
         lines = [
-            ("path", fs._strip_protocol(path)),
+            ("path", path),
             ("type", inode.kind),
             ("size", f"{inode.length} ({human(inode.length)})"),
             ("mode", f"{inode.mode:04o} ({mode})"),
@@ -240,11 +267,20 @@ def stat(paths: tuple[str, ...], address: str | None, config_path: str | None) -
 @click.option("-h", "--human", "human_sizes", is_flag=True, help="Sizes in KiB/MiB/GiB.")
 @address_option
 @config_option
+@json_option
 def du(
-    paths: tuple[str, ...], human_sizes: bool, address: str | None, config_path: str | None
+    paths: tuple[str, ...],
+    human_sizes: bool,
+    address: str | None,
+    config_path: str | None,
+    as_json: bool,
 ) -> None:
-    """Bytes (file lengths), files and directories below each PATH."""
+    """Bytes (file lengths), files and directories below each PATH.
+
+    With --json, a list of {"path", "bytes", "files", "dirs"}.
+    """
     fs = open_fs(address, config_path, *paths)
+    usage = []
     for path in paths:
         with one_line_errors(path):
             stripped = fs._strip_protocol(path)
@@ -255,8 +291,13 @@ def du(
         size = sum(e["size"] for e in found.values() if e["type"] == "file")
         nfiles = sum(e["type"] != "directory" for e in found.values())
         ndirs = sum(e["type"] == "directory" and n != stripped for n, e in found.items())
-        shown = human(size) if human_sizes else str(size)
-        click.echo(f"{shown}\t{nfiles} files\t{ndirs} dirs\t{stripped}")
+        usage.append({"path": stripped, "bytes": size, "files": nfiles, "dirs": ndirs})
+    if as_json:
+        echo_json(usage)
+        return
+    for u in usage:
+        shown = human(u["bytes"]) if human_sizes else str(u["bytes"])
+        click.echo(f"{shown}\t{u['files']} files\t{u['dirs']} dirs\t{u['path']}")
 
 
 @click.command("cat")
@@ -416,6 +457,10 @@ def _quota_line(q: Any) -> str:
     )
 
 
+def _quota_report(path: str, q: Any) -> str:
+    return f"{path}: {_quota_line(q)}" if q else f"{path}: no quota"
+
+
 @click.group("quota")
 def quota() -> None:
     """Directory quotas: bytes and inodes below a directory (EDQUOT past a limit)."""
@@ -454,21 +499,32 @@ def quota_set(
     with one_line_errors(path):
         q = fs.set_quota(path, limit, max_inodes)
     stripped = fs._strip_protocol(path)
-    click.echo(f"{stripped}: {_quota_line(q)}" if q else f"{stripped}: no quota")
+    click.echo(_quota_report(stripped, q))
 
 
 @quota.command("show")
 @click.argument("paths", nargs=-1, required=True)
 @address_option
 @config_option
-def quota_show(paths: tuple[str, ...], address: str | None, config_path: str | None) -> None:
-    """Show the limits and usage of each directory PATH."""
+@json_option
+def quota_show(
+    paths: tuple[str, ...], address: str | None, config_path: str | None, as_json: bool
+) -> None:
+    """Show the limits and usage of each directory PATH.
+
+    With --json, a list of {"path", "quota"}: max_bytes, max_inodes, used_bytes,
+    used_inodes (a limit of 0 is none), or null where PATH has no quota.
+    """
     fs = open_fs(address, config_path, *paths)
+    quotas = []
     for path in paths:
         with one_line_errors(path):
-            q = fs.quota(path)
-        stripped = fs._strip_protocol(path)
-        click.echo(f"{stripped}: {_quota_line(q)}" if q else f"{stripped}: no quota")
+            quotas.append({"path": fs._strip_protocol(path), "quota": fs.quota(path)})
+    if as_json:
+        echo_json(quotas)
+        return
+    for q in quotas:
+        click.echo(_quota_report(q["path"], q["quota"]))
 
 
 @click.group("trash")
@@ -479,11 +535,19 @@ def trash() -> None:
 @trash.command("ls")
 @address_option
 @config_option
-def trash_ls(address: str | None, config_path: str | None) -> None:
-    """List the trash, soonest to expire first."""
+@json_option
+def trash_ls(address: str | None, config_path: str | None, as_json: bool) -> None:
+    """List the trash, soonest to expire first.
+
+    With --json, a list of its entries: name, path, deleted, expires (seconds since the
+    epoch) and the top inode.
+    """
     fs = open_fs(address, config_path)
     with one_line_errors("trash"):
         entries = fs.trash_list()
+    if as_json:
+        echo_json(entries)
+        return
     for e in entries:
         size = f"{e.inode.length}" if e.inode.kind == "file" else "dir"
         click.echo(f"{e.name}  {_when(e.deleted)}  {_when(e.expires)}  {size:>10}  {e.path}")

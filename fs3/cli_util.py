@@ -1,17 +1,21 @@
-"""What the ``hai fs3`` commands share: options, opening the cluster, one-line errors, sizes
-and durations on the command line, and progress bars on a terminal."""
+"""What the ``hai fs3`` commands share: options, opening the cluster, one-line errors, JSON
+output, sizes and durations on the command line, and progress bars on a terminal."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from fs3.errors import Fs3Error
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
     "--config",
@@ -20,11 +24,56 @@ config_option = click.option(
     default=None,
     help="fs3 YAML config file (default: $FS3_CONFIG or ~/.config/fs3/config.yaml).",
 )
-address_option = click.option(
-    "--address",
-    default=None,
-    help="mgmtd HOST:PORT[,HOST:PORT] (default: from an fs3:// URL, $FS3_CLUSTER, the config).",
+
+
+class AliasedOption(click.Option):
+    """An option that still answers to old spellings (``aliases``), which ``--help`` leaves
+    out: scripts written against the old name keep working, new users see one name."""
+
+    def __init__(self, *args: Any, aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.aliases = aliases
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        spellings = self.opts
+        self.opts = [o for o in spellings if o not in self.aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = spellings
+
+
+def mgmtd_address_option(fallback: str) -> Callable[[F], F]:
+    """``--address HOST:PORT[,HOST:PORT]``: the cluster's mgmtd, the one name every ``hai
+    fs3`` command that talks to a cluster gives it (``--cluster``, the mount's old name, is
+    a hidden alias). ``fallback`` says where the address comes from when it is not given."""
+    return click.option(
+        "--address",
+        "--cluster",
+        "address",
+        cls=AliasedOption,
+        aliases=("--cluster",),
+        default=None,
+        help=f"mgmtd HOST:PORT[,HOST:PORT] (default: {fallback}).",
+    )
+
+
+address_option = mgmtd_address_option("from an fs3:// URL, $FS3_CLUSTER, the config")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
 )
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def echo_json(data: Any) -> None:
+    """Prints ``data`` as indented JSON on stdout: what ``--json`` prints. Dataclasses
+    become objects with their field names (tuples become lists)."""
+    click.echo(json.dumps(data, indent=2, default=_plain))
 
 
 def open_fs(address: str | None, config_path: str | None, *urls: str) -> Any:

@@ -92,7 +92,7 @@ def mount_command(
     """The ``python -m fs3 mount ...`` command line that mounts in the foreground."""
     command = [sys.executable, "-m", "fs3", "mount", str(mountpoint)]
     if cluster:
-        command += ["--cluster", cluster]
+        command += ["--address", cluster]
     if config_path:
         command += ["--config", str(config_path)]
     if chunk_size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -81,6 +82,27 @@ def test_status_targets_chains_df(cluster: LocalCluster, fs3fs: FS3FileSystem) -
     assert human(disk.total) in total_row and total_row.split()[-1] == "3"
     chunks = next(line for line in df.stdout.splitlines() if line.startswith("chunks:"))
     assert int(chunks.split()[3]) >= 3 * 300_000  # three replicas of the file at least
+
+    # --json prints the same figures, whole.
+    st = json.loads(_fs3("status", "--json", str(cluster.root)).stdout)
+    assert [m["role"] for m in st["mgmtds"]] == ["primary"]
+    assert st["metas"] == [cluster.meta_address()] and st["version"] >= 1
+    assert len(st["targets"]) == 3 and len(st["chains"]) == 3
+    rows = json.loads(_fs3("targets", "--json", a).stdout)
+    assert [r["target_id"] for r in rows] == [1, 2, 3]
+    assert all(r["alive"] and r["address"].startswith("127.0.0.1:") for r in rows)
+    assert all(len(r["chains"]) == 3 and r["total_bytes"] == disk.total for r in rows)
+    chain_json = json.loads(_fs3("chains", "--json", a).stdout)
+    members = [m for c in chain_json for m in c["members"]]
+    assert len(members) == 9 and {(m["state"], m["resync"]) for m in members} == {("serving", None)}
+    usage = json.loads(_fs3("df", "--json", a).stdout)
+    assert usage["total_bytes"] == disk.total and usage["missing"] == []
+    assert sorted(t for f in usage["filesystems"] for t in f["targets"]) == [1, 2, 3]
+    assert usage["chunk_bytes"] >= 3 * 300_000 and usage["replicas"] == 3
+    check = _fs3("fsck", "--json", a)
+    report = json.loads(check.stdout)
+    assert report["files"] >= 1 and report["chunks"] >= 1, check.stdout
+    assert check.exit_code == (1 if any(f["error"] for f in report["findings"]) else 0)
     fs3fs.rm("/df-test", recursive=True)
 
 
@@ -98,6 +120,15 @@ def test_ls_lists_files_with_sizes(cluster, fs3fs) -> None:  # type: ignore[no-u
     assert sizes == {"/ls-test/a/": 0, "/ls-test/a/one.bin": 1000, "/ls-test/two.bin": 10}
     missing = runner.invoke(main, ["fs3", "ls", "--address", cluster_address, "/nope"])
     assert missing.exit_code == 1 and "/nope" in missing.output
+    # --cluster, the mount's old name for the address, still works on every command.
+    old = runner.invoke(main, ["fs3", "ls", "--json", "--cluster", cluster_address, "/ls-test"])
+    assert old.exit_code == 0, old.output
+    entries = json.loads(old.stdout)
+    assert [(e["name"], e["type"], e["size"]) for e in entries] == [
+        ("/ls-test/a", "directory", 0),
+        ("/ls-test/two.bin", "file", 10),
+    ]
+    assert "--cluster" not in runner.invoke(main, ["fs3", "ls", "--help"]).output
 
 
 def _fs3(*args: str) -> Result:
@@ -129,6 +160,12 @@ def test_put_get_cp_mv_cat_stat_du_rm(cluster: LocalCluster, tmp_path: Path) -> 
     assert "type: file" in stat.stdout and "mode: 0644 (-rw-r--r--)" in stat.stdout
     du = _fs3("du", a, "/cli")
     assert du.stdout.split("\t")[:3] == ["600010", "2 files", "3 dirs"]
+    assert json.loads(_fs3("du", "--json", a, "/cli").stdout) == [
+        {"path": "/cli", "bytes": 600010, "files": 2, "dirs": 3}
+    ]
+    (inode,) = json.loads(_fs3("stat", "--json", a, "/cli/src/a.bin").stdout)
+    assert (inode["path"], inode["kind"], inode["length"]) == ("/cli/src/a.bin", "file", 600000)
+    assert inode["mode"] == 0o644 and len(inode["layout"]["chains"]) >= 1
     copy = _fs3("cp", "-r", a, "/cli/src", "/cli/copy")
     assert copy.exit_code == 0 and "copied 2 files, 600010 bytes" in copy.output, copy.output
     assert _fs3("ls", a, "/cli/copy").stdout.split() == [
@@ -178,8 +215,15 @@ def test_quota_and_trash_commands(cluster: LocalCluster) -> None:
     removed = _fs3("rm", "-r", "--expire", "1d", a, "/cliq/run")
     assert removed.exit_code == 0 and "in the trash as" in removed.output
     assert "bytes 0 of 1024" in _fs3("quota", "show", a, "/cliq").stdout
+    (shown,) = json.loads(_fs3("quota", "show", "--json", a, "/cliq").stdout)
+    assert shown["path"] == "/cliq" and shown["quota"]["used_bytes"] == 0
+    assert (shown["quota"]["max_bytes"], shown["quota"]["max_inodes"]) == (1024, 10)
     listed = _fs3("trash", "ls", a)
     name = next(line.split()[0] for line in listed.stdout.splitlines() if "/cliq/run" in line)
+    in_trash = json.loads(_fs3("trash", "ls", "--json", a).stdout)
+    entry = next(e for e in in_trash if e["name"] == name)
+    assert entry["path"] == "/cliq/run" and entry["inode"]["kind"] == "directory"
+    assert entry["expires"] > entry["deleted"]
     assert _fs3("trash", "restore", a, name).exit_code == 0
     assert fs.cat_file("/cliq/run/one") == b"x" * 1000
     again = _fs3("trash", "restore", a, name)
