@@ -7,7 +7,6 @@ file of a multi-rank run."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,8 +21,7 @@ from deepseek.train import load_train_config, run
 from haiscale.checkpoint import CheckpointStore
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import train_workers  # noqa: E402 (importable by spawned ranks through sys.path)
+from . import train_workers
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog.",

@@ -21,8 +21,7 @@ from hai.demo.scenario import CHECKPOINT_URL, train_config
 from hfreduce.arena import SHM_DIR, SHM_PREFIX
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-from demo_support import processes_under  # noqa: E402
+from .demo_support import processes_under
 
 # Long enough after the urgent job's submission (step 6) that the preemption lands midway
 # even where a step takes 0.1 s: the suspend travels a scheduling pass and a heartbeat.

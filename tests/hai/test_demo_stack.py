@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from hai.demo import DemoError, DemoStack, stop
 
-sys.path.insert(0, str(Path(__file__).parent))
-from demo_support import processes_under  # noqa: E402
+from .demo_support import processes_under
 
 
 def test_stack_starts_both_clusters_and_stops_everything(tmp_path: Path) -> None:

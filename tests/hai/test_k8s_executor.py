@@ -1,8 +1,8 @@
 """The Kubernetes executor: the Executor conformance suite against an emulated API, and its
 pure pieces (pod manifests, pod states as exit codes).
 
-The API server is kmock's in-memory emulator (hai.k8s.testing). It has no admission, no
-schema enforcement, no garbage collection and no kubelet: here FakeKubelet runs each
+The API server is kmock's in-memory emulator (k8s_emulator.py). It has no admission, no schema
+enforcement, no garbage collection and no kubelet: here FakeKubelet runs each
 pod's container command as a local process and patches the pod's phase and exit code,
 as a kubelet would. Images, resources and isolation are not exercised.
 
@@ -14,7 +14,6 @@ spawns none; pods are the kubelet's).
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import sys
 import time
 from collections.abc import Iterator
@@ -35,15 +34,11 @@ from hai.k8s.names import (
     POD_FINALIZER,
     master_address,
 )
-from hai.k8s.testing import FakeKubelet, KubernetesApi
+
+from . import test_executor as conformance
+from .k8s_emulator import FakeKubelet, KubernetesApi
 
 # The conformance suite lives in test_executor.py; its tests run here on our fixture.
-_spec = importlib.util.spec_from_file_location(
-    "hai_executor_conformance", Path(__file__).with_name("test_executor.py")
-)
-assert _spec is not None and _spec.loader is not None
-conformance = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(conformance)
 test_worst_rank_code_and_logs = conformance.test_worst_rank_code_and_logs
 test_suspend_seen_by_every_rank_then_ack_then_stop = (
     conformance.test_suspend_seen_by_every_rank_then_ack_then_stop

@@ -1,5 +1,5 @@
 """What `hai agent --kubernetes` and `hai server` (with the chart's token) set up, against
-kmock's in-memory API (hai.k8s.testing; no admission, garbage collection or kubelet)."""
+kmock's in-memory API (k8s_emulator.py; no admission, garbage collection or kubelet)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_the_agent_reads_its_nodes_gpus_and_pool_and_removes_orphaned_pods() -> 
     pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     from kubernetes import client
 
-    from hai.k8s.testing import KubernetesApi
+    from .k8s_emulator import KubernetesApi
 
     with KubernetesApi() as kube:
         core = client.CoreV1Api(kube.api_client())

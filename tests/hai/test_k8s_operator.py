@@ -2,7 +2,7 @@
 
 The integration test runs the real pieces in one process: a hai server (SQLite), two
 agents driving the Kubernetes executor, the operator under ``kopf.testing.KopfRunner``,
-all against kmock's in-memory Kubernetes API (hai.k8s.testing). What that API is not:
+all against kmock's in-memory Kubernetes API (k8s_emulator.py). What that API is not:
 it has no admission and no schema enforcement (the CRD's schema is checked with
 jsonschema in test_deploy.py), no garbage collection through ownerReferences (pods go
 because the job is stopped and the agents delete them), and no kubelet: FakeKubelet runs
@@ -262,7 +262,8 @@ def platform(
     pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
     from hai import agent
-    from hai.k8s.testing import FakeKubelet, KubernetesApi
+
+    from .k8s_emulator import FakeKubelet, KubernetesApi
 
     # Node health checks are not under test, and their CPU floor fails a node of a busy
     # 2-core CI machine, which then gets no work.
@@ -450,7 +451,8 @@ def test_an_invalid_haijob_is_marked_invalid_with_every_problem_and_not_submitte
 
     from hai.config import K8sConfig
     from hai.k8s.operator import make_registry
-    from hai.k8s.testing import KubernetesApi
+
+    from .k8s_emulator import KubernetesApi
 
     calls: list[str] = []
     with KubernetesApi() as kube:
@@ -493,7 +495,8 @@ def test_a_haijob_deleted_while_its_status_refresh_is_in_a_call_goes_within_seco
 
     from hai.config import K8sConfig
     from hai.k8s.operator import make_registry
-    from hai.k8s.testing import KubernetesApi
+
+    from .k8s_emulator import KubernetesApi
 
     job = {"id": 7, "state": "running"}
     slow, describing = threading.Event(), threading.Event()

@@ -25,9 +25,8 @@ from haiscale.checkpoint import (
 )
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import checkpoint_workers  # noqa: E402 (importable by spawned ranks through sys.path)
-from checkpoint_workers import make_model, restore, state_of, train  # noqa: E402
+from . import checkpoint_workers
+from .checkpoint_workers import make_model, restore, state_of, train
 
 
 def _state() -> dict:

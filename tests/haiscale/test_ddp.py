@@ -3,17 +3,13 @@ hfreduce, with several uneven buckets, gradient accumulation and unused paramete
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import ddp_workers  # noqa: E402 (importable by spawned ranks through sys.path)
-from ddp_workers import TinyNet, train_reference  # noqa: E402
+from . import ddp_workers
+from .ddp_workers import TinyNet, train_reference
 
 # Small chunks: the tiny buckets still span several pipeline steps of hfreduce.
 ENV = {"HFREDUCE_CHUNK_BYTES": "4096"}

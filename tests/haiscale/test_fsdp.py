@@ -4,16 +4,12 @@ holds about half the parameter, gradient and optimiser bytes, and bf16 compute t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fsdp_workers  # noqa: E402 (importable by spawned ranks through sys.path)
+from . import fsdp_workers
 
 WORLD = 2
 # (backend, wrap policy given as, backward prefetch)

@@ -3,17 +3,13 @@ outputs, token gradients and expert gradients, also when one rank receives nothi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import moe_workers  # noqa: E402 (importable by spawned ranks through sys.path)
-from moe_workers import ROUTES, batch, make_experts, moe_one_process  # noqa: E402
+from . import moe_workers
+from .moe_workers import ROUTES, batch, make_experts, moe_one_process
 
 WORLD = 2
 

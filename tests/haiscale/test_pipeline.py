@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,8 +10,7 @@ from haiscale.pipeline import GPipe, partition
 from haiscale.pipeline.orders import gpipe_order, interleaved_order, one_f_one_b_order
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import pipeline_workers as workers  # noqa: E402 (importable by spawned ranks through sys.path)
+from . import pipeline_workers as workers
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -13,8 +13,7 @@ import torch.distributed as dist
 import hfreduce  # noqa: F401 (registers the backend)
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import rank_workers  # noqa: E402 (importable by spawned ranks through sys.path)
+from . import rank_workers
 
 ENV = {"HFREDUCE_CHUNK_BYTES": "4096"}
 

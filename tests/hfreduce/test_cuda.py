@@ -5,16 +5,12 @@ Skipped without a GPU; two ranks may share one GPU, since no NCCL is involved.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from hfreduce.launch import run_ranks
 
-sys.path.insert(0, str(Path(__file__).parent))
-import rank_workers  # noqa: E402 (importable by spawned ranks through sys.path)
+from . import rank_workers
 
 CHUNK = 1 << 16
 ENV = {"HFREDUCE_CHUNK_BYTES": str(CHUNK)}

@@ -1,4 +1,4 @@
-"""An in-memory Kubernetes API for tests and offline development, and a stand-in kubelet.
+"""An in-memory Kubernetes API and a stand-in kubelet for the Kubernetes tests.
 
 No real API server runs on our machines (no Docker, no kube-apiserver package), so the
 operator and executor tests run against kmock's ``KubernetesEmulator`` (a test extra;
