@@ -87,3 +87,28 @@ def test_ls_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("hai.commands.jobs.call", lambda method, **body: rows)
     result = CliRunner().invoke(main, ["ls", "--json"])
     assert '"state": "running"' in result.output
+
+
+def test_server_forwards_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("hai.daemons.run_server", lambda config, state_dir: seen.update(locals()))
+    argv = ["server", "--state-dir", str(tmp_path), "--port", "7801", "--metrics-port", "9100"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert seen["state_dir"] == tmp_path
+    assert (seen["config"].server.port, seen["config"].server.metrics_port) == (7801, 9100)
+
+
+def test_agent_forwards_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hai.daemons import AgentOptions
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr("hai.daemons.run_agent", lambda config, options: seen.update(locals()))
+    argv = ["agent", "--name", "gpu-3", "--server", "h:7700", "--state-dir", str(tmp_path)]
+    argv += ["--gpus", "4", "--group", "a100", "--metrics-port", "9200", "--kubernetes"]
+    result = CliRunner().invoke(main, [*argv, "--address", "10.0.0.5"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == AgentOptions(
+        "gpu-3", "h:7700", tmp_path, 4, "a100", kubernetes=True, address="10.0.0.5"
+    )
+    assert seen["config"].agent.metrics_port == 9200

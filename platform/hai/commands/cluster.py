@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
 from pathlib import Path
 
 import click
@@ -58,17 +55,6 @@ def down(state_dir: str | None) -> None:
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "no cluster running there")
 
 
-def _serve_until_signal(start, stop) -> None:  # type: ignore[no-untyped-def]
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    start()
-    try:
-        done.wait()
-    finally:
-        stop()
-
-
 @click.command()
 @click.option("--state-dir", default=None)
 @click.option("--port", type=int, default=None)
@@ -78,22 +64,13 @@ def server(
     state_dir: str | None, port: int | None, metrics_port: int | None, config_path: str | None
 ) -> None:
     """Run the scheduler and API server in the foreground."""
-    from hai.server import Server
+    from hai.daemons import run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     given = {"port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
-    folder = Path(state_dir or config.server.state_dir).expanduser()
-    admin_token = os.environ.get("HAI_ADMIN_TOKEN")
-    if admin_token:  # the Helm chart's token Secret (docs/kubernetes.md)
-        from hai.k8s.kube import bootstrap_admin
-        from hai.store import sqlite_url
-
-        folder.mkdir(parents=True, exist_ok=True)
-        bootstrap_admin(config.server.database_url or sqlite_url(folder), admin_token)
-    srv = Server(config, folder)
-    _serve_until_signal(srv.start, srv.stop)
+    run_server(config, Path(state_dir or config.server.state_dir).expanduser())
 
 
 @click.command()
@@ -123,47 +100,14 @@ def agent(
     node_address: str | None,
 ) -> None:
     """Run a node agent in the foreground."""
-    from hai.agent import Agent
-    from hai.executor import Executor, LocalExecutor
-    from hai.rpc import ApiClient
-    from hai.server import TOKEN_FILE
+    from hai.daemons import AgentOptions, run_agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = {"agent": {"metrics_port": metrics_port}} if metrics_port is not None else {}
     config = load_config(config_path, overrides=overrides)
     folder = Path(state_dir or state_dir_default()).expanduser()
-    token = os.environ.get("HAI_TOKEN") or (folder / TOKEN_FILE).read_text().strip()
-    client = ApiClient(address, token, config.agent.rpc_timeout_s)
-    executor: Executor
-    if on_kubernetes:
-        from hai.k8s.kube import kubernetes_executor
-
-        # GPUs belong to the device plugin, not to this pod: nothing to probe here.
-        executor, found = kubernetes_executor(config.k8s, name, client)
-        gpus, group, virtual = found.gpus if gpus is None else gpus, group or found.group, True
-    else:
-        import torch
-
-        executor, virtual = LocalExecutor(), not torch.cuda.is_available()
-        gpus = (gpus or 0) if virtual else torch.cuda.device_count()
-    node = Agent(
-        name,
-        client,
-        executor,
-        folder,
-        config.agent,
-        group or "default",
-        gpus,
-        virtual_gpus=virtual,
-    )
-    if node_address:
-        node.info.address = node_address
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if config.agent.metrics_port:
-        node.metrics.serve(config.agent.metrics_port, config.agent.metrics_host)
-    node.run(stop)
+    options = AgentOptions(name, address, folder, gpus, group, on_kubernetes, node_address)
+    run_agent(config, options)
 
 
 @click.command()
