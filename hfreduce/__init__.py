@@ -12,6 +12,7 @@ from hfreduce.communicator import Communicator, Work
 from hfreduce.config import HfreduceConfig, load_config
 from hfreduce.errors import (
     CollectiveTimeoutError,
+    ConfigError,
     HfreduceError,
     MismatchError,
     NotInitializedError,
@@ -23,6 +24,7 @@ from hfreduce.kernels import ReduceOp
 __all__ = [
     "CollectiveTimeoutError",
     "Communicator",
+    "ConfigError",
     "HfreduceConfig",
     "HfreduceError",
     "MismatchError",

@@ -11,6 +11,10 @@ class HfreduceError(RuntimeError):
     """Root of every hfreduce error."""
 
 
+class ConfigError(HfreduceError, ValueError):
+    """A setting (an ``HFREDUCE_*`` variable or an argument) is invalid; the message names it."""
+
+
 class NotInitializedError(HfreduceError):
     """An hfreduce call was made before :func:`hfreduce.init`."""
 
