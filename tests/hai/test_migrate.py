@@ -140,7 +140,7 @@ def test_a_database_from_before_alembic_upgrades_with_its_rows(
     store = SqlStore(store_url)
     assert store.list_users() == [User("ann", "admin")]
     [job] = store.list_jobs()
-    assert isinstance(job, Job) and job.spec == {"name": "j", "entrypoint": "true"}
+    assert isinstance(job, Job) and (job.name, job.user, job.gpus_per_node) == ("j", "ann", 8)
     [run] = store.list_runs(job_id=job.id)
     assert isinstance(run, Run) and run.nodes == ["n0", "n1"] and run.acked is True
     assert store.get_node("n0") == Node(
@@ -158,6 +158,9 @@ def test_a_database_from_before_alembic_upgrades_with_its_rows(
     assert schema_revision(engine) == head()
     assert not sa.inspect(engine).has_table("hai_schema_version")  # Alembic's is the record
     assert _differences(engine) == []
+    with engine.connect() as conn:
+        spec = conn.execute(sa.select(schema.jobs.c.spec)).scalars().first()
+    assert spec == {"name": "j", "entrypoint": "true"}
     engine.dispose()
 
 
