@@ -10,15 +10,15 @@ operation's cost. Queries are written with ``?`` placeholders; :class:`Dialect` 
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fs3.errors import Fs3Error, Unavailable
+from fs3.retry import Backoff, retry
 
 log = logging.getLogger("fs3.db")
 T = TypeVar("T")
@@ -107,14 +107,9 @@ def postgres_error(err: Exception, url: str) -> Exception:
     return err
 
 
-def _retry_pauses(retry_s: float) -> Iterator[float]:
-    """Seconds to sleep before each retry until ``retry_s`` has passed: randomised, so two
-    rivals do not collide again in lock step, and doubling from 1 ms to at most 100 ms."""
-    deadline = time.monotonic() + retry_s
-    pause = 0.001
-    while time.monotonic() + pause <= deadline:
-        yield pause * random.random()
-        pause = min(pause * 2, 0.1)
+CONFLICT_BACKOFF = Backoff(first_s=0.001, max_s=0.1)
+"""Pauses between conflict retries and WAL-switch retries: a rival's transaction or switch
+takes milliseconds, so the first retry comes within 1 ms and none waits over 100 ms."""
 
 
 def run_retrying(
@@ -122,9 +117,11 @@ def run_retrying(
     fn: Callable[[Any], T],
     on_retry: Callable[[], None] = lambda: None,
     retry_s: float = CONFLICT_RETRY_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Runs ``fn(txn)`` in ``transaction()``; when it (or its commit) loses a conflict, runs
-    it again from the start after a short randomised pause.
+    it again from the start after a short randomised pause (:data:`CONFLICT_BACKOFF`),
+    calling ``on_retry()`` before each pause.
 
     ``fn`` must have no effects outside the transaction, since it may run several times.
 
@@ -132,40 +129,43 @@ def run_retrying(
         Unavailable: conflicts kept coming for ``retry_s`` seconds.
         whatever ``fn`` raises, after the transaction was rolled back.
     """
-    pauses = _retry_pauses(retry_s)
-    while True:
-        try:
-            with transaction() as txn:
-                return fn(txn)
-        except TxnConflict as err:
-            pause = next(pauses, None)
-            if pause is None:
-                raise Unavailable(
-                    f"metadata transaction kept conflicting for {retry_s:g}s (a hot spot: many "
-                    f"writers on one directory or file); last: {err}"
-                ) from None
-            on_retry()
-            time.sleep(pause)
+
+    def attempt(_: int) -> T:
+        with transaction() as txn:
+            return fn(txn)
+
+    return retry(
+        attempt,
+        budget_s=retry_s,
+        backoff=CONFLICT_BACKOFF,
+        retryable=lambda err: isinstance(err, TxnConflict),
+        give_up=lambda err: Unavailable(
+            f"metadata transaction kept conflicting for {retry_s:g}s (a hot spot: many "
+            f"writers on one directory or file); last: {err}"
+        ),
+        before_pause=lambda _: on_retry(),
+        sleep=sleep,
+    )
 
 
-def enter_wal_mode(conn: Any, timeout_s: float = 30.0) -> None:
+def enter_wal_mode(
+    conn: Any, timeout_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Puts the SQLite database behind ``conn`` (a connection or cursor) in WAL mode.
 
     Switching a fresh file to WAL takes an exclusive lock and SQLite answers "database is
     locked" at once, without its busy handler, when another process is switching the same
     file; two servers started together on one new database hit that. Retried until
-    ``timeout_s``; a database already in WAL answers at once.
+    ``timeout_s``, when the last "locked" error is raised; a database already in WAL answers
+    at once.
     """
-    pauses = _retry_pauses(timeout_s)
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as err:
-            pause = next(pauses, None)
-            if "locked" not in str(err) or pause is None:
-                raise
-            time.sleep(pause)
+    retry(
+        lambda _: conn.execute("PRAGMA journal_mode=WAL"),
+        budget_s=timeout_s,
+        backoff=CONFLICT_BACKOFF,
+        retryable=lambda err: isinstance(err, sqlite3.OperationalError) and "locked" in str(err),
+        sleep=sleep,
+    )
 
 
 # -- leases --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -166,3 +167,24 @@ def postgres_url(postgres_server: str, request: pytest.FixtureRequest) -> Iterat
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     yield f"{postgres_server}/{name}"
+
+
+class PauseRecorder:
+    """A ``sleep`` for the retry policies (``fs3.retry``) that records each pause and takes
+    it: retries in tests run on budgets of a fraction of a second."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self.on_pause: Callable[[int], None] = lambda count: None
+        """Called with the number of pauses so far, before each is taken."""
+
+    def __call__(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.on_pause(len(self.pauses))
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def pauses() -> PauseRecorder:
+    """Pass as ``sleep=`` to a retry loop; ``.pauses`` holds what it slept."""
+    return PauseRecorder()

@@ -29,6 +29,7 @@ from fs3.errors import (
     Unavailable,
 )
 from fs3.mgmtd.client import MgmtdClient
+from fs3.retry import Backoff, retry
 from fs3.types import Layout, RoutingTable
 from fs3.wire.checksum import crc32c
 from fs3.wire.client import ConnectionPool
@@ -37,6 +38,11 @@ from fs3.wire.ops import READ, REMOVE, WRITE
 
 log = logging.getLogger("fs3.client")
 T = TypeVar("T")
+
+RETRY_BACKOFF = Backoff(first_s=0.02, max_s=0.5)
+"""Pauses between a chunk operation's retries: a failed-over chain or a restarted server is
+back within tens of milliseconds to a few heartbeats, so the first retry comes within 20 ms
+and none waits over half a second."""
 
 
 class ChunkIO:
@@ -55,28 +61,40 @@ class ChunkIO:
         self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
         self._lock = threading.Lock()
 
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
+    """How :meth:`retry` pauses; tests put a recorder here."""
+
     def retry(self, what: str, attempt: Callable[[RoutingTable], T]) -> T:
-        """Runs ``attempt(table)`` until it succeeds, a permanent error, or ``retry_s``."""
-        deadline = time.monotonic() + self.timeouts.retry_s
-        delay = 0.02
+        """Runs ``attempt(table)`` until it succeeds or raises a permanent error, pausing
+        :data:`RETRY_BACKOFF` and refreshing the chain table before each retry.
+
+        Raises:
+            Fs3TimeoutError: retryable errors kept coming for ``timeouts.retry_s``; names
+                ``what`` and the last error.
+            Fs3Error: the first error that is not retryable.
+        """
         table = self.mgmtd.table()
-        while True:
-            try:
-                return attempt(table)
-            except Fs3Error as err:
-                if not err.retryable:
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise Fs3TimeoutError(
-                        f"{what}: no success within timeouts.retry_s={self.timeouts.retry_s:g}s; "
-                        f"last error: {err}"
-                    ) from err
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+
+        def refreshed(try_: int) -> T:
+            nonlocal table
+            if try_ > 1:
                 try:
                     table = self.mgmtd.refresh()
                 except Unavailable as mgmtd_err:
                     log.info("%s: mgmtd unreachable, keeping cached table: %s", what, mgmtd_err)
+            return attempt(table)
+
+        return retry(
+            refreshed,
+            budget_s=self.timeouts.retry_s,
+            backoff=RETRY_BACKOFF,
+            retryable=lambda err: isinstance(err, Fs3Error) and err.retryable,
+            give_up=lambda err: Fs3TimeoutError(
+                f"{what}: no success within timeouts.retry_s={self.timeouts.retry_s:g}s; "
+                f"last error: {err}"
+            ),
+            sleep=self.sleep,
+        )
 
     @staticmethod
     def _address(table: RoutingTable, target_id: int) -> str:

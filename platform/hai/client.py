@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +47,26 @@ def restart_count() -> int:
     return int(os.environ.get("HAI_RESTART_COUNT", "0"))
 
 
-def _call_server(method: str, **body: Any) -> Any:
-    from hai.rpc import ApiClient  # grpc only in processes that use whole-life state
+def _call_server(
+    method: str, body: dict[str, Any], sleep: Callable[[float], None] = time.sleep
+) -> Any:
+    """``method`` on the server with ``body``; while the server is away (a restart),
+    retried for :data:`SERVER_WAIT_S`, then its last error is raised."""
+    # grpc (and fs3) only in processes that use whole-life state
+    from fs3.retry import Backoff, retry
+    from hai.rpc import ApiClient
 
     api = ApiClient(_variable("HAI_SERVER"), _variable("HAI_RUN_TOKEN"))
-    deadline = time.monotonic() + SERVER_WAIT_S
     try:
-        while True:
-            try:
-                return api.call(method, **body)
-            except (Unavailable, HaiTimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
+        return retry(
+            lambda _: api.call(method, **body),
+            budget_s=SERVER_WAIT_S,
+            # A restarting server is back within a second or a few; the jitter keeps a
+            # job's ranks, which call together, from knocking together.
+            backoff=Backoff(first_s=0.1, max_s=1.0),
+            retryable=lambda err: isinstance(err, Unavailable | HaiTimeoutError),
+            sleep=sleep,
+        )
     finally:
         api.close()  # no channel (and its threads) left behind for a later fork
 
@@ -76,9 +84,9 @@ def set_whole_life_state(state: dict[str, Any]) -> None:
         json.dumps(state)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"whole-life state must be JSON: {err}") from None
-    _call_server("SetWholeLifeState", state=state)
+    _call_server("SetWholeLifeState", {"state": state})
 
 
 def get_whole_life_state() -> dict[str, Any]:
     """What :func:`set_whole_life_state` last stored in this chain, or an empty dict."""
-    return _call_server("GetWholeLifeState")
+    return _call_server("GetWholeLifeState", {})
