@@ -13,7 +13,6 @@ by their structure.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 import shutil
@@ -28,23 +27,16 @@ import yaml
 from hai.k8s import haijob
 from hai.k8s.fs3_metrics import Fs3Metrics
 from hai.metrics import AgentMetrics, SchedulerMetrics
+from tests.deploy.chart import CHART, DEPLOY, render
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-CHART = DEPLOY / "helm" / "hai"
 CRD = yaml.safe_load((CHART / "crds" / "haijobs.yaml").read_text())
 TEST_VALUES = yaml.safe_load((CHART / "ci" / "test-values.yaml").read_text())
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 """The oldest Kubernetes we document and the newest the validator knows."""
 MONITORING = {"ServiceMonitor", "PrometheusRule"}
-
-_spec = importlib.util.spec_from_file_location("hai_chart_render", DEPLOY / "render.py")
-assert _spec is not None and _spec.loader is not None
-render = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = render  # its dataclasses look their module up
-_spec.loader.exec_module(render)
 
 
 def rendered(*layers: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
