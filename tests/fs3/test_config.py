@@ -65,8 +65,8 @@ def test_local_reads_and_socket_mode_are_settings(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.client.local_reads is False and config.storage.local_socket_mode == 0o600
     assert load_config().client.local_reads is True
-    path.write_text("storage: {fsync: 'no'}\n")
-    with pytest.raises(ConfigError, match="storage.fsync must be bool .*got 'no'"):
+    path.write_text("storage: {fsync: 'maybe'}\n")
+    with pytest.raises(ConfigError, match=f"file {path}\\): storage.fsync: .*boolean.*got 'maybe'"):
         load_config(path)
 
 
@@ -78,5 +78,38 @@ def test_reads_get_a_thread_per_cpu_unless_set(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         assert client(parallel=parallel).read_pool_size() == threads, (cpus, parallel)
     assert client(read_threads=5).read_pool_size() == 5
-    with pytest.raises(ConfigError, match="client.read_threads must be >= 0, got -1"):
+    with pytest.raises(
+        ConfigError, match="client.read_threads: .* greater than or equal to 0, got -1"
+    ):
         client(read_threads=-1)
+
+
+def test_environment_strings_follow_the_one_coercion_rule(tmp_path: Path) -> None:
+    env = {
+        "FS3_STORAGE__FSYNC": "0",
+        "FS3_CLIENT__LOCAL_READS": "true",
+        "FS3_CLIENT__PARALLEL": "3",
+        "FS3_TIMEOUTS__RPC_S": "2",
+        "FS3_CLUSTER": "old:1",  # the address's older name, under FS3_CLIENT__ADDRESS
+        "FS3_CONFIG": str(tmp_path / "none.yaml"),  # the file's name, not a setting
+    }
+    config = load_config(env=env)
+    assert (config.storage.fsync, config.client.local_reads) == (False, True)
+    assert (config.client.parallel, config.timeouts.rpc_s) == (3, 2.0)
+    assert config.client.address == "old:1"
+    assert load_config(env={**env, "FS3_CLIENT__ADDRESS": "new:2"}).client.address == "new:2"
+    with pytest.raises(ConfigError, match=r"\(environment .*\): client.parallel: .*got 'many'"):
+        load_config(env={"FS3_CLIENT__PARALLEL": "many"})
+
+
+def test_unknown_key_in_the_file_names_it_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "fs3.yaml"
+    path.write_text("client: {chunk_sise: 65536}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert f"file {path}" in message and "client.chunk_sise: unknown setting" in message
+    assert "chunk_size" in message  # the known names, to pick the right one
+    path.write_text("client: [1, 2]\n")
+    with pytest.raises(ConfigError, match="client: .*got \\[1, 2\\]"):
+        load_config(path, env={})
