@@ -1,4 +1,4 @@
-"""Polling for the platform tests: wait until something holds, or fail saying what."""
+"""Waiting in tests: poll until something holds, or fail saying what (never a guessed sleep)."""
 
 from __future__ import annotations
 

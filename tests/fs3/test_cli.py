@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -16,6 +15,8 @@ from fs3.cli_util import human
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from hai.cli import main
+
+from ..waiting import wait_for
 
 
 def test_hai_has_fs3_commands() -> None:
@@ -65,7 +66,10 @@ def test_up_status_down(tmp_path: Path) -> None:
 def test_status_targets_chains_df(cluster: LocalCluster, fs3fs: FS3FileSystem) -> None:
     fs3fs.pipe_file("/df-test/f", b"x" * 300_000)
     a = f"--address={cluster.address}"
-    time.sleep(0.5)  # a heartbeat or two: the targets report the new chunks
+    wait_for(  # the targets report new chunks with their heartbeats
+        "df to count the file's three replicas",
+        lambda: json.loads(_fs3("df", "--json", a).stdout)["chunk_bytes"] >= 3 * 300_000,
+    )
     status = _fs3("status", str(cluster.root))
     assert status.exit_code == 0, status.output
     assert f"mgmtd: {cluster.mgmtd_address()} primary" in status.stdout

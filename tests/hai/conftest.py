@@ -12,7 +12,7 @@ import pytest
 
 from hai.store import SqlStore, StateStore, sqlite_url
 
-from .waiting import wait_for
+from ..waiting import wait_for
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

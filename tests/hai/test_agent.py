@@ -14,7 +14,7 @@ from hai.executor import LocalExecutor
 from hai.rpc import ApiClient
 from hai.server import Server
 
-from .waiting import wait_for
+from ..waiting import wait_for
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,14 @@ def test_top_suspend_resume_and_logs_follow(cluster) -> None:  # type: ignore[no
     env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
     argv = [str(HAI), "logs", str(job), "-f", "--rank", "1"]
     follow = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    printed: list[str] = []  # what -f printed so far, line by line
+
+    def read() -> None:
+        for line in follow.stdout:  # type: ignore[union-attr]
+            printed.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         top = hai(cluster, "top", "-n", "2", "--interval", "0.2")
         assert top.returncode == 0, top.stderr
@@ -63,15 +71,17 @@ def test_top_suspend_resume_and_logs_follow(cluster) -> None:  # type: ignore[no
         assert hai(cluster, "resume", str(job)).stdout.strip() == f"job {job}: queued"
         resumed = cluster.header(job, 1, 1)
         assert resumed["restart_count"] == 1 and resumed["resumed_from"] > 0
-        time.sleep(1.5)  # a poll or two into the resumed run
+        # The first run's header and suspend line, then the resumed run's header.
+        cluster.wait_for("hai logs -f to print the resumed run", lambda: len(printed) >= 3)
         assert follow.poll() is None  # still following: the job runs on
         assert hai(cluster, "stop", str(job)).returncode == 0
         # -f returns by itself once the job is over, having printed both runs in order.
-        out, _ = follow.communicate(timeout=60)
+        follow.wait(timeout=60)
+        reader.join(timeout=60)
     finally:
         follow.kill()
     assert follow.returncode == 0
-    lines = out.splitlines()
+    lines = [line.rstrip("\n") for line in printed]
     assert json.loads(lines[0]) == first and lines[1].startswith("suspending at step")
     assert json.loads(lines[2]) == resumed
     listed = json.loads(hai(cluster, "ls", "-a", "--json").stdout)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from hai.errors import ForbiddenError, SpecError
@@ -21,7 +19,8 @@ def test_preempted_job_checkpoints_and_resumes(cluster) -> None:  # type: ignore
     first = header(low, 0)
     assert first["world"] == 2 and first["restart_count"] == 0 and first["resumed_from"] == 0
     assert {header(low, 0, 1)["node"], first["node"]} == {"node-0", "node-1"}
-    time.sleep(1.0)
+    # Preempted past its first steps, it must resume past step 0.
+    wait_for("the low job to save step 5", lambda: "saved step 5" in log_lines(low, 0))
     high = client.call("Submit", spec=train_spec("high", 50, steps=3))["id"]
     wait_for("the high job to finish", lambda: job(high)["job"]["state"] == "succeeded")
     assert any(line.startswith("suspending at step") for line in log_lines(low, 0))

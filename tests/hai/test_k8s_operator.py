@@ -25,7 +25,7 @@ from hai.errors import SpecError
 from hai.k8s import haijob
 from hai.k8s.names import ENV_NAMESPACE, ENV_OWNER, GROUP, LABEL_JOB, PLURAL, VERSION
 
-from .waiting import wait_for
+from ..waiting import wait_for
 
 HAIJOB = {
     "apiVersion": f"{GROUP}/{VERSION}",

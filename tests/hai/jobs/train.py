@@ -39,4 +39,5 @@ for step in range(start, steps):
     time.sleep(step_s)
     if rank == 0 and step % 5 == 0:
         client.set_whole_life_state({"step": step})
+        print(f"saved step {step}", flush=True)  # what tests wait for before a preemption
 print("finished", flush=True)
