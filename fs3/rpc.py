@@ -1,21 +1,23 @@
-"""gRPC plumbing in one place: servers, channels, and the error <-> status mapping.
+"""gRPC plumbing in one place: servers, channels, and fs3's errors as gRPC statuses.
 
 Servicers wrap each method with :func:`servicer_method`, which turns an :class:`Fs3Error`
 into a status whose details carry the error's kind, message and path as JSON; :func:`call`
 turns such a status back into the same error type on the client side, and a dead or slow
-server into ``Unavailable`` or ``Fs3TimeoutError`` naming the address and the timeout.
+server into ``Unavailable`` or ``Fs3TimeoutError`` naming the address and the timeout
+(both through :mod:`fs3.wire.status`, which hai's servers and clients use too). Every server
+:func:`serve` starts also answers the standard ``grpc.health.v1.Health`` service on its own
+port, for Kubernetes' gRPC probes.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fs3.errors import (
     AlreadyExists,
@@ -35,36 +37,50 @@ from fs3.errors import (
     error_from_kind,
     error_message,
 )
-
-log = logging.getLogger("fs3.rpc")
+from fs3.wire.status import ErrorCodec
 
 # 64 MiB: above the largest chunk plus framing, for the comparison ChunkService.
-_MAX_MESSAGE = 64 << 20
-_OPTIONS = [
-    ("grpc.max_send_message_length", _MAX_MESSAGE),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-]
-SERVER_OPTIONS = [
+MAX_MESSAGE = 64 << 20
+_SERVER_OPTIONS = [
     # gRPC binds with SO_REUSEPORT by default: a second server on a port in use would start
     # and take a share of its calls (answering them UNIMPLEMENTED) instead of failing.
     ("grpc.so_reuseport", 0),
 ]
 
-_STATUS: dict[type[Fs3Error], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    NotADirectory: grpc.StatusCode.FAILED_PRECONDITION,
-    IsADirectory: grpc.StatusCode.FAILED_PRECONDITION,
-    DirectoryNotEmpty: grpc.StatusCode.FAILED_PRECONDITION,
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
-    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ChecksumMismatch: grpc.StatusCode.DATA_LOSS,
-    ChunkBusy: grpc.StatusCode.UNAVAILABLE,
-    StaleRouting: grpc.StatusCode.ABORTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Fs3TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+ERRORS = ErrorCodec(
+    root=Fs3Error,
+    statuses={
+        NotFound: grpc.StatusCode.NOT_FOUND,
+        AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+        NotADirectory: grpc.StatusCode.FAILED_PRECONDITION,
+        IsADirectory: grpc.StatusCode.FAILED_PRECONDITION,
+        DirectoryNotEmpty: grpc.StatusCode.FAILED_PRECONDITION,
+        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+        ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+        QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ChecksumMismatch: grpc.StatusCode.DATA_LOSS,
+        ChunkBusy: grpc.StatusCode.UNAVAILABLE,
+        StaleRouting: grpc.StatusCode.ABORTED,
+        Unavailable: grpc.StatusCode.UNAVAILABLE,
+        Fs3TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    },
+    fields=lambda err: {"message": error_message(err), "path": err.path},
+    rebuild=lambda info: error_from_kind(info["kind"], info["message"], info.get("path")),
+    unavailable=Unavailable,
+    timeout=Fs3TimeoutError,
+    timeout_hint=" (raise timeouts.rpc_s if the server is just slow)",
+)
+"""fs3's errors as gRPC statuses."""
+
+
+def _limits(max_message: int | None) -> list[tuple[str, int]]:
+    if max_message is None:
+        return []
+    return [
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.max_receive_message_length", max_message),
+    ]
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,17 +92,13 @@ def servicer_method(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except Fs3Error as err:
-            details = {"kind": type(err).__name__, "message": error_message(err), "path": err.path}
-            context.abort(_STATUS.get(type(err), grpc.StatusCode.UNKNOWN), json.dumps(details))
         except Exception as err:
-            log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {type(err).__name__}: {err}")
+            ERRORS.abort(context, err, fn.__name__)
 
     return wrapper  # type: ignore[return-value]
 
 
-def listens(server: grpc.Server, host: str, port: int) -> bool:
+def _listens(server: grpc.Server, host: str, port: int) -> bool:
     """Adds ``host:port`` to ``server``; False when it cannot bind it (in use: gRPC returns
     0 or, in newer releases, raises)."""
     try:
@@ -96,21 +108,39 @@ def listens(server: grpc.Server, host: str, port: int) -> bool:
 
 
 def serve(
-    register: Callable[[grpc.Server], None], host: str, port: int, workers: int = 16
+    register: Callable[[grpc.Server], None],
+    host: str,
+    port: int,
+    *,
+    services: Iterable[str],
+    workers: int = 16,
+    max_message: int | None = MAX_MESSAGE,
 ) -> grpc.Server:
-    """Starts a gRPC server on ``host:port``; ``register`` adds the servicers."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers), options=_OPTIONS + SERVER_OPTIONS
-    )
+    """Starts a gRPC server on ``host:port``; ``register`` adds the servicers.
+
+    The server also serves ``grpc.health.v1.Health``, answering SERVING for the whole
+    server (``""``) and for each of ``services`` (the full names ``register`` added, e.g.
+    ``fs3.Mgmtd``) once started. ``max_message`` bounds messages both ways (None: gRPC's
+    default, 4 MiB received).
+
+    Raises:
+        Unavailable: ``host:port`` cannot be bound (in use, or not this machine's address).
+    """
+    options = _SERVER_OPTIONS + _limits(max_message)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     register(server)
-    if not listens(server, host, port):
+    checks = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    if not _listens(server, host, port):
         raise Unavailable(f"cannot listen on {host}:{port}; is the port in use?")
     server.start()
+    for name in ("", *services):
+        checks.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server
 
 
 def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=_OPTIONS)
+    return grpc.insecure_channel(address, options=_limits(MAX_MESSAGE))
 
 
 def call(method: Callable[..., Any], request: Any, timeout: float, what: str, address: str) -> Any:
@@ -124,15 +154,4 @@ def call(method: Callable[..., Any], request: Any, timeout: float, what: str, ad
     try:
         return method(request, timeout=timeout)
     except grpc.RpcError as err:
-        code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not details.startswith("{"):
-            raise Fs3TimeoutError(
-                f"{what}: no answer from {address} within {timeout:g}s "
-                "(raise timeouts.rpc_s if the server is just slow)"
-            ) from None
-        if details.startswith("{"):
-            info = json.loads(details)
-            raise error_from_kind(info["kind"], info["message"], info.get("path")) from None
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise Unavailable(f"{what}: server {address} unavailable: {details}") from None
-        raise Fs3Error(f"{what} at {address} failed: {code.name}: {details}") from None
+        raise ERRORS.error(err, what, address, timeout) from None

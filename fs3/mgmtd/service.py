@@ -151,7 +151,8 @@ def run_mgmtd(
         server.add_generic_rpc_handlers((_admin_handler(servicer),))
 
     node.step()  # the first campaign before serving: a lone mgmtd answers at once
-    server = serve(register, host, port)
+    services = [pb.DESCRIPTOR.services_by_name["Mgmtd"].full_name, ADMIN_SERVICE]
+    server = serve(register, host, port, services=services)
     log.info(
         "mgmtd serving on %s (%s), state in %s, %d targets, %d replicas",
         address,

@@ -198,7 +198,10 @@ def run_storage(
     data = FrameServer((host, data_port), _payload_size, dispatch)
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
     grpc_server = serve(
-        lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s), host, grpc_port
+        lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
+        host,
+        grpc_port,
+        services=[pb.DESCRIPTOR.services_by_name["ChunkService"].full_name],
     )
     me = TargetInfo(target_id, host, data.server_address[1], grpc_port)
     dev = os.stat(root).st_dev

@@ -3,21 +3,23 @@
 Messages are the core's dataclasses as JSON (``json.dumps(dataclasses.asdict(...))``),
 carried by gRPC's generic handlers, so the wire format and the cores cannot drift apart
 and no generated code is needed. Errors travel as a JSON status detail naming the error
-type, and :meth:`ApiClient.call` raises the same :mod:`hai.errors` type on the client.
+type, and :meth:`ApiClient.call` raises the same :mod:`hai.errors` type on the client; the
+mapping is fs3's (:mod:`fs3.wire.status`) with hai's types. Servers also answer
+``grpc.health.v1.Health`` on their port (:func:`fs3.rpc.serve`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import grpc
 
-from fs3.rpc import SERVER_OPTIONS, listens
+import fs3.errors
+import fs3.rpc
+from fs3.wire.status import Details, ErrorCodec
 from hai.errors import (
     ERRORS_BY_NAME,
     AuthError,
@@ -32,21 +34,44 @@ from hai.errors import (
     Unavailable,
 )
 
-log = logging.getLogger("hai.rpc")
 SERVICE = "hai.Platform"
 TOKEN_HEADER = "x-hai-token"
 
-_STATUS: dict[type[HaiError], grpc.StatusCode] = {
-    SpecError: grpc.StatusCode.INVALID_ARGUMENT,
-    ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
-    QuotaError: grpc.StatusCode.FAILED_PRECONDITION,
-    StateError: grpc.StatusCode.FAILED_PRECONDITION,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    AuthError: grpc.StatusCode.UNAUTHENTICATED,
-    ForbiddenError: grpc.StatusCode.PERMISSION_DENIED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    HaiTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+
+def _fields(err: HaiError) -> Details:
+    if isinstance(err, SpecError):
+        return {"message": str(err), "problems": err.problems}
+    return {"message": str(err)}
+
+
+def _rebuild(info: Details) -> HaiError:
+    if info["kind"] == "SpecError":
+        return SpecError(info["problems"])
+    return ERRORS_BY_NAME.get(info["kind"], HaiError)(info["message"])
+
+
+ERRORS = ErrorCodec(
+    root=HaiError,
+    statuses={
+        SpecError: grpc.StatusCode.INVALID_ARGUMENT,
+        ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+        QuotaError: grpc.StatusCode.FAILED_PRECONDITION,
+        StateError: grpc.StatusCode.FAILED_PRECONDITION,
+        NotFoundError: grpc.StatusCode.NOT_FOUND,
+        AuthError: grpc.StatusCode.UNAUTHENTICATED,
+        ForbiddenError: grpc.StatusCode.PERMISSION_DENIED,
+        Unavailable: grpc.StatusCode.UNAVAILABLE,
+        HaiTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    },
+    fields=_fields,
+    rebuild=_rebuild,
+    unavailable=Unavailable,
+    timeout=HaiTimeoutError,
+    server="hai server",
+    unavailable_hint="; is it running? (`hai up` starts a local cluster)",
+    logger="hai.rpc",
+)
+"""hai's errors as gRPC statuses."""
 
 Handler = Callable[[dict[str, Any], str | None], Any]
 """Takes the request body and the caller's token; returns a dataclass, list or scalar."""
@@ -68,14 +93,8 @@ def _wrap(name: str, handler: Handler) -> grpc.RpcMethodHandler:
         token = dict(context.invocation_metadata()).get(TOKEN_HEADER)
         try:
             return handler(request, token)
-        except HaiError as err:
-            detail = {"kind": type(err).__name__, "message": str(err)}
-            if isinstance(err, SpecError):
-                detail["problems"] = err.problems
-            context.abort(_STATUS.get(type(err), grpc.StatusCode.UNKNOWN), json.dumps(detail))
         except Exception as err:
-            log.exception("%s failed", name)
-            context.abort(grpc.StatusCode.INTERNAL, f"{name}: {type(err).__name__}: {err}")
+            ERRORS.abort(context, err, name)
 
     return grpc.unary_unary_rpc_method_handler(
         call, request_deserializer=json.loads, response_serializer=to_json
@@ -83,28 +102,25 @@ def _wrap(name: str, handler: Handler) -> grpc.RpcMethodHandler:
 
 
 def serve(handlers: dict[str, Handler], host: str, port: int, workers: int = 8) -> grpc.Server:
-    """Starts a server for ``handlers`` (method name -> function) on ``host:port``."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+    """Starts a server for ``handlers`` (method name -> function) on ``host:port``.
+
+    Raises:
+        Unavailable: ``host:port`` cannot be bound (in use, or not this machine's address).
+    """
     generic = grpc.method_handlers_generic_handler(
         SERVICE, {name: _wrap(name, h) for name, h in handlers.items()}
     )
-    server.add_generic_rpc_handlers((generic,))
-    if not listens(server, host, port):
-        raise Unavailable(f"cannot listen on {host}:{port}; is the port in use?")
-    server.start()
-    return server
-
-
-def _our_error(details: str) -> dict[str, Any] | None:
-    """The error detail our servicer sent, or None for gRPC's own details (some of which
-    are JSON-like debug strings too, e.g. while the server is unreachable)."""
-    if not details.startswith("{"):
-        return None
     try:
-        info = json.loads(details)
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) and {"kind", "message"} <= info.keys() else None
+        return fs3.rpc.serve(
+            lambda server: server.add_generic_rpc_handlers((generic,)),
+            host,
+            port,
+            services=[SERVICE],
+            workers=workers,
+            max_message=None,  # gRPC's defaults: hai's messages are small JSON
+        )
+    except fs3.errors.Unavailable as err:
+        raise Unavailable(str(err)) from None
 
 
 class ApiClient:
@@ -135,19 +151,4 @@ class ApiClient:
         try:
             return stub(body, timeout=timeout, metadata=metadata)
         except grpc.RpcError as err:
-            code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
-            info = _our_error(details)
-            if info is not None:
-                if info["kind"] == "SpecError":
-                    raise SpecError(info["problems"]) from None
-                raise ERRORS_BY_NAME.get(info["kind"], HaiError)(info["message"]) from None
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise HaiTimeoutError(
-                    f"{method}: no answer from {self.address} within {timeout:g}s"
-                ) from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise Unavailable(
-                    f"{method}: hai server at {self.address} unavailable ({details}); "
-                    "is it running? (`hai up` starts a local cluster)"
-                ) from None
-            raise HaiError(f"{method} at {self.address} failed: {code.name}: {details}") from None
+            raise ERRORS.error(err, method, self.address, timeout) from None
