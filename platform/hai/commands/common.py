@@ -10,12 +10,17 @@ from typing import Any
 
 import click
 
-from hai.errors import HaiError
+from hai.config import load_config
+from hai.errors import ConfigError, HaiError
 from hai.rpc import ApiClient
 
 
 def state_dir_default() -> str:
-    return os.environ.get("HAI_STATE_DIR", "~/.hai")
+    """``server.state_dir`` as the environment sets it (HAI_SERVER__STATE_DIR or HAI_STATE_DIR)."""
+    try:
+        return load_config().server.state_dir
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def connect(state_dir: str | None = None) -> ApiClient:
