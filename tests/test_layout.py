@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -50,3 +51,27 @@ def test_packages_import_from_outside_repository(tmp_path: Path) -> None:
     files = [Path(line) for line in result.stdout.split()]
     for (name, folder), file in zip(PACKAGES.items(), files, strict=True):
         assert file.resolve().parent == folder, f"{name} imported from {file}, not {folder}"
+
+
+# Test-only modules: what the packages must never import (they ship without tests/).
+TEST_ONLY = {"tests", "kmock", "pytest", "hypothesis"}
+
+
+def _imported_roots(file: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_test_scaffolding_stays_out_of_the_packages() -> None:
+    offenders = [
+        f"{file.relative_to(REPO)} imports {', '.join(sorted(found))}"
+        for folder in PACKAGES.values()
+        for file in sorted(folder.rglob("*.py"))
+        if (found := _imported_roots(file) & TEST_ONLY)
+    ]
+    assert offenders == [], "test scaffolding belongs under tests/: " + "; ".join(offenders)
