@@ -2,8 +2,12 @@
 
 Each rank gets the environment torchrun or the platform would give it (RANK,
 WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) plus a distinct
-HFREDUCE_NODE_ID per virtual node, so the inter-node path runs over loopback. Used by
-the tests and the benchmark; every run has a deadline and kills what is left after it.
+HFREDUCE_NODE_ID per virtual node, so the inter-node path runs over loopback. Every run
+has a deadline and kills what is left after it.
+
+This is the benchmarks' launcher, not test scaffolding: ``python -m hfreduce.bench``,
+``hfreduce.model.calibrate`` and ``haiscale.bench`` start their ranks with it on a machine
+with no cluster, and the multi-process tests reuse it rather than keep a second one.
 """
 
 from __future__ import annotations
