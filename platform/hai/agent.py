@@ -27,9 +27,15 @@ from hai.errors import HaiTimeoutError, NotFoundError, Unavailable
 from hai.executor import Executor, Launch, RankLaunch
 from hai.health import run_checks
 from hai.metrics import AgentMetrics
-from hai.protocol import DESIRED_STOP, DESIRED_SUSPEND, Assignment, NodeInfo, RunReport
+from hai.protocol import (
+    DESIRED_STOP,
+    DESIRED_SUSPEND,
+    Assignment,
+    NodeInfo,
+    RunReport,
+    rank_log,
+)
 from hai.rpc import ApiClient
-from hai.service import log_path
 
 NEVER_STARTED = -signal.SIGTERM
 """The exit reported for a run stopped before it started: what stopping it would give."""
@@ -173,14 +179,23 @@ class Agent:
                     self.client.address,
                     self.executor.inherits_environment,
                 ),
-                log_path=log_path(
-                    self.state_dir, a.job_id, a.attempt, a.node_rank * a.ranks_per_node + local
+                log_path=rank_log(
+                    self.state_dir, a.log_dir, a.node_rank * a.ranks_per_node + local
                 ),
             )
             for local in range(a.ranks_per_node)
         ]
         return Launch(
-            a.run_id, control, ranks, a.job_id, a.attempt, self.name, a.node_rank, a.nodes
+            a.run_id,
+            control,
+            ranks,
+            a.job_id,
+            a.attempt,
+            self.name,
+            a.node_rank,
+            a.nodes,
+            image=a.image,
+            gpus=a.gpus_per_node,
         )
 
     def run(self, stop: threading.Event) -> None:

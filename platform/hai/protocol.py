@@ -8,10 +8,22 @@ scheduler restart or an agent restart converges on the next heartbeat.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DESIRED_RUN = "run"
 DESIRED_SUSPEND = "suspend"
 DESIRED_STOP = "stop"
+
+
+def run_log_dir(job_id: int, attempt: int) -> str:
+    """Where a run's rank logs go, relative to a state folder: the same place on the server
+    (which serves ``hai logs`` from it) and on each agent (whose ranks write there)."""
+    return f"logs/job-{job_id}/run-{attempt}"
+
+
+def rank_log(state_dir: Path, log_dir: str, rank: int) -> Path:
+    """Rank ``rank``'s log file in the run log folder ``log_dir`` under ``state_dir``."""
+    return state_dir / log_dir / f"rank-{rank}.log"
 
 
 @dataclass
@@ -61,6 +73,12 @@ class Assignment:
     kill_grace_s: float
     run_token: str
     """What the run's ranks show the server to read and write their chain's state."""
+    image: str | None
+    """The job's container image (None: the executor's default); only pods use it."""
+    gpus_per_node: int
+    """GPUs each node's share of the run asks for (0: none; one CPU rank runs)."""
+    log_dir: str
+    """The run's log folder, relative to the agent's state folder (:func:`rank_log`)."""
 
 
 @dataclass

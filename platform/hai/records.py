@@ -7,7 +7,8 @@ resume after a suspend, restart after a failure) a new :class:`Run` is added to 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from hai.spec import JobSpec
 
 # Job states.
 QUEUED = "queued"
@@ -66,7 +67,8 @@ class Job:
     """As requested (AUTO is -1); the level a run got is on the run."""
     nodes: int
     gpus_per_node: int
-    spec: dict[str, Any]
+    spec: JobSpec
+    """As submitted, with JobSpec's defaults: what the scheduler reads the job's rules from."""
     state: str = QUEUED
     created_at: float = 0.0
     queued_at: float = 0.0

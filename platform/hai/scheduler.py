@@ -31,6 +31,7 @@ from hai.protocol import (
     Heartbeat,
     HeartbeatReply,
     NodeInfo,
+    run_log_dir,
 )
 from hai.records import (
     AFTER_FAIL,
@@ -57,7 +58,6 @@ from hai.records import (
     Node,
     Run,
 )
-from hai.spec import JobSpec
 from hai.store import StateStore
 
 log = logging.getLogger("hai.scheduler")
@@ -199,7 +199,7 @@ class Scheduler:
                     self._node_exited(run, node.name, LOST, now, f"node {node.name} died")
         for run in self.store.live_runs():
             job = self.store.get_job(run.job_id)
-            limit = job.spec.get("max_run_time")
+            limit = job.spec.max_run_time
             if (
                 run.state == RUN_SUSPENDING
                 and run.suspend_deadline is not None
@@ -361,9 +361,7 @@ class Scheduler:
                 job.id, state=STOPPED, finished_at=now, exit_code=worst, message=run.reason
             )
             self.event("finish", f"job {job.id} stopped", job.id)
-        elif job.spec.get("restart_policy") == "on_failure" and job.restarts < int(
-            job.spec.get("max_restarts", 0)
-        ):
+        elif job.spec.restart_policy == "on_failure" and job.restarts < job.spec.max_restarts:
             self.store.update_job(
                 job.id,
                 state=QUEUED,
@@ -382,7 +380,7 @@ class Scheduler:
 
     def _assignment(self, run: Run, node: str) -> Assignment:
         job = self.store.get_job(run.job_id)
-        spec = JobSpec(**job.spec)
+        spec = job.spec
         desired = {RUN_RUNNING: DESIRED_RUN, RUN_SUSPENDING: DESIRED_SUSPEND}.get(
             run.state, DESIRED_STOP
         )
@@ -403,9 +401,12 @@ class Scheduler:
             master_port=_PORT_BASE + zlib.crc32(str(run.id).encode()) % _PORT_SPAN,
             kill_grace_s=self.config.scheduler.kill_grace_s,
             run_token=self.run_tokens.issue(run.id),
+            image=spec.image,
+            gpus_per_node=spec.gpus_per_node,
+            log_dir=run_log_dir(job.id, run.attempt),
         )
 
 
 def _grace_s(job: Job) -> float:
     """How long the job may take to checkpoint once asked to suspend (spec field)."""
-    return float(job.spec.get("suspend_grace_period", 5.0))
+    return job.spec.suspend_grace_period

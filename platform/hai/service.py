@@ -14,6 +14,7 @@ from typing import Any
 from hai.auth import create_user, require_admin, require_owner
 from hai.errors import ConfigError, QuotaError, StateError
 from hai.policy import quota_limit
+from hai.protocol import rank_log, run_log_dir
 from hai.records import (
     AFTER_HOLD,
     AFTER_STOP,
@@ -58,11 +59,6 @@ WHOLE_LIFE_STATE_LIMIT = 64 << 10
 """Bytes of JSON a chain may keep: a step, a checkpoint path, a data cursor; not a model."""
 
 
-def log_path(state_dir: Path, job_id: int, attempt: int, rank: int) -> Path:
-    """Where rank ``rank`` of run ``attempt`` of a job writes its output."""
-    return state_dir / "logs" / f"job-{job_id}" / f"run-{attempt}" / f"rank-{rank}.log"
-
-
 class Service:
     def __init__(self, scheduler: Scheduler, state_dir: Path) -> None:
         self.scheduler = scheduler
@@ -94,7 +90,7 @@ class Service:
                 spec.priority,
                 spec.nodes,
                 spec.gpus_per_node,
-                spec.to_dict(),
+                spec,
                 QUEUED,
                 now,
                 now,
@@ -178,7 +174,7 @@ class Service:
         if not runs:
             return LogChunk("", 0, job.state in FINISHED_STATES)
         attempt = runs[-1].attempt if attempt is None else attempt
-        path = log_path(self.state_dir, job_id, attempt, rank)
+        path = rank_log(self.state_dir, run_log_dir(job_id, attempt), rank)
         text = ""
         if path.exists():
             with path.open("rb") as f:

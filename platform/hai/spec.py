@@ -1,5 +1,12 @@
 """Job specs: what a user asks to run, parsed from YAML and checked field by field.
 
+:class:`JobSpec` is the one shape a job has from ``hai submit`` (or a HaiJob) to the
+scheduler's store and the assignments agents get: its defaults and rules live here and
+nowhere else, and the HaiJob CRD's schema is generated from it (:mod:`hai.k8s.crd`).
+
+It is a pydantic dataclass: validated on construction, and still a dataclass, so
+``dataclasses.asdict`` turns it into the JSON the store and the wire carry.
+
 Every bad field is reported, each on its own line naming the field, the value found and
 what is allowed, so one submission shows all that needs fixing.
 """
@@ -8,11 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails
 
 from hai.errors import SpecError
 
@@ -21,38 +38,10 @@ PRIORITY_LEVELS = (50, 40, 30, 20, 10)
 AUTO = -1
 """Priority AUTO: the highest level at which the owner still has quota for the job."""
 PRIORITY_NAMES = {"HIGHEST": 50, "VERY_HIGH": 40, "HIGH": 30, "ABOVE_NORMAL": 20, "NORMAL": 10}
-RESTART_POLICIES = ("never", "on_failure")
+RestartPolicy = Literal["never", "on_failure"]
+RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job: the command to run on each rank and the resources it needs."""
-
-    name: str
-    entrypoint: str
-    """The command each rank runs, e.g. ``python train.py``; split like a shell would."""
-    arguments: list[str] = field(default_factory=list)
-    environment: dict[str, str] = field(default_factory=dict)
-    image: str | None = None
-    """Container image; only the Kubernetes executor uses it."""
-    nodes: int = 1
-    gpus_per_node: int = 8
-    priority: int = AUTO
-    group: str = "default"
-    """The node pool the job runs in."""
-    max_run_time: float | None = None
-    """Seconds a single run may last before it is stopped; None means no limit."""
-    restart_policy: str = "never"
-    max_restarts: int = 3
-    suspend_grace_period: float = 5.0
-    """Seconds between the suspend request and the forced stop (HAI's default is 5 s)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_FIELDS = {f.name for f in dataclasses.fields(JobSpec)}
+_VARIABLE = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def parse_priority(value: Any) -> int:
@@ -69,37 +58,8 @@ def parse_priority(value: Any) -> int:
     raise ValueError(f"must be one of 50, 40, 30, 20, 10 or AUTO, got {value!r}")
 
 
-def _positive_int(value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _seconds(value: Any, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _string_list(value: Any) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, list):
-        raise ValueError(f"must be a list of strings, got {value!r}")
-    return [str(v) for v in value]
-
-
-def _environment(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a mapping of NAME: value, got {value!r}")
-    bad = [k for k in value if not isinstance(k, str) or not re.match(r"^[A-Za-z_]\w*$", k)]
-    if bad:
-        raise ValueError(f"has invalid variable names {bad!r}")
-    return {k: str(v) for k, v in value.items()}
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+def _name(value: str) -> str:
+    if not _NAME.match(value):
         raise ValueError(
             f"must be 1-63 letters, digits, '.', '_' or '-' starting with a letter or digit, "
             f"got {value!r}"
@@ -107,45 +67,106 @@ def _name(value: Any) -> str:
     return value
 
 
-def _entrypoint(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
+def _command(value: str) -> str:
+    if not value.strip():
         raise ValueError(f"must be a non-empty command, got {value!r}")
     return value
 
 
-def _restart_policy(value: Any) -> str:
-    if value not in RESTART_POLICIES:
-        raise ValueError(f"must be one of {', '.join(RESTART_POLICIES)}, got {value!r}")
-    return value
+# YAML reads `--lr 3` and `OMP_NUM_THREADS: 4` as numbers; a command line and an
+# environment hold strings, so scalars in those two places become the text YAML read.
+def _strings(value: Any) -> Any:
+    return [str(v) for v in value] if isinstance(value, list) else value
 
 
-def _optional_str(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"must be a string, got {value!r}")
-    return value
+def _environment(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    bad = [k for k in value if not isinstance(k, str) or not _VARIABLE.match(k)]
+    if bad:
+        raise ValueError(f"has invalid variable names {bad!r}")
+    return {k: str(v) for k, v in value.items()}
 
 
-def _group(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"must be a non-empty node pool name, got {value!r}")
-    return value
+# Counts and seconds are strict: YAML's `true` or `"2"` where a number belongs is a mistake
+# to report, not to coerce.
+Count = Annotated[int, Field(strict=True)]
+Seconds = Annotated[float, Field(strict=True, gt=0)]
+Priority = Annotated[
+    int,
+    BeforeValidator(parse_priority),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "enum": [*PRIORITY_LEVELS, AUTO]},
+                {"type": "string", "enum": [*PRIORITY_NAMES, "AUTO"]},
+            ]
+        }
+    ),
+]
 
 
-_CHECKS = {
-    "name": _name,
-    "entrypoint": _entrypoint,
-    "arguments": _string_list,
-    "environment": _environment,
-    "image": _optional_str,
-    "nodes": lambda v: _positive_int(v, 1),
-    "gpus_per_node": lambda v: _positive_int(v, 0),
-    "priority": parse_priority,
-    "group": _group,
-    "max_run_time": lambda v: _seconds(v, allow_none=True),
-    "restart_policy": _restart_policy,
-    "max_restarts": lambda v: _positive_int(v, 0),
-    "suspend_grace_period": lambda v: _seconds(v, allow_none=False),
-}
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", use_attribute_docstrings=True))
+class JobSpec:
+    """One job: the command to run on each rank and the resources it needs."""
+
+    name: Annotated[str, AfterValidator(_name)]
+    """The job's name: 1-63 letters, digits, '.', '_' or '-'."""
+    entrypoint: Annotated[str, Field(min_length=1), AfterValidator(_command)]
+    """The command each rank runs, e.g. "python train.py"; split like a shell would."""
+    arguments: Annotated[list[str], BeforeValidator(_strings)] = dataclasses.field(
+        default_factory=list
+    )
+    """Arguments after the entrypoint."""
+    environment: Annotated[dict[str, str], BeforeValidator(_environment)] = dataclasses.field(
+        default_factory=dict
+    )
+    """Extra environment variables of every rank."""
+    image: str | None = None
+    """Container image of the ranks (Kubernetes only); the executor's default when unset."""
+    nodes: Annotated[Count, Field(ge=1)] = 1
+    """Whole nodes the job runs on, all at once or not at all."""
+    gpus_per_node: Annotated[Count, Field(ge=0)] = 8
+    """GPUs per node, one rank each; 0 runs one CPU rank."""
+    priority: Priority = AUTO
+    """50 (HIGHEST), 40, 30, 20, 10 (NORMAL), a name, or AUTO (-1): the highest with quota."""
+    group: Annotated[str, Field(min_length=1)] = "default"
+    """The node pool the job runs in."""
+    max_run_time: Seconds | None = None
+    """Seconds one run may last before it is stopped; unset is no limit."""
+    restart_policy: RestartPolicy = "never"
+    """Whether a failed run is started again or fails the job."""
+    max_restarts: Annotated[Count, Field(ge=0)] = 3
+    """Restarts after failures that the restart policy allows."""
+    suspend_grace_period: Seconds = 5.0
+    """Seconds between a suspend request and the forced stop (HAI's default is 5 s)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as the store and ``Submit`` carry it (JSON types)."""
+        return dataclasses.asdict(self)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+_ADAPTER = TypeAdapter(JobSpec)
+
+
+def json_schema() -> dict[str, Any]:
+    """The spec's JSON Schema (what it accepts), as pydantic generates it."""
+    return _ADAPTER.json_schema()
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One line for one of pydantic's errors, in the form ``FIELD: what is wrong, got VALUE``."""
+    where = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: required field is missing"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{where}: unknown field (known: {', '.join(sorted(FIELDS))})"
+    if kind == "value_error":  # our own validators' messages name the value already
+        return f"{where}: {error['ctx']['error']}"
+    message = error["msg"]
+    return f"{where}: {message[0].lower()}{message[1:]}, got {error['input']!r}"
 
 
 def spec_from_dict(data: Any) -> JobSpec:
@@ -156,36 +177,33 @@ def spec_from_dict(data: Any) -> JobSpec:
     """
     if not isinstance(data, dict):
         raise SpecError([f"the spec must be a mapping of fields, got {type(data).__name__}"])
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    for key in data:
-        if key not in _FIELDS:
-            problems.append(f"{key}: unknown field (known: {', '.join(sorted(_FIELDS))})")
-    for key in ("name", "entrypoint"):
-        if key not in data:
-            problems.append(f"{key}: required field is missing")
-    for key, check in _CHECKS.items():
-        if key in data:
-            try:
-                values[key] = check(data[key])
-            except ValueError as err:
-                problems.append(f"{key}: {err}")
-    if problems:
-        raise SpecError(problems)
-    return JobSpec(**values)
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise SpecError([_problem(e) for e in err.errors()]) from None
 
 
-def load_spec(text: str, source: str = "<spec>") -> JobSpec:
-    """Parses YAML text into a spec; YAML syntax errors become a SpecError naming ``source``."""
+def load_spec(text: str, source: str | None = None) -> JobSpec:
+    """Parses YAML text into a spec.
+
+    Raises:
+        SpecError: the YAML is broken or a field is bad; each line starts with ``source``
+            (e.g. the file's name) when given.
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError([f"{source}: not valid YAML: {err}"]) from None
-    return spec_from_dict(data)
+        raise SpecError([f"{source or 'the spec'}: not valid YAML: {err}"]) from None
+    try:
+        return spec_from_dict(data)
+    except SpecError as err:
+        if source is None:
+            raise
+        raise SpecError([f"{source}: {line}" for line in err.problems]) from None
 
 
 def load_spec_file(path: str | Path) -> JobSpec:
-    """Reads and validates a spec file."""
+    """Reads and validates a spec file; every problem names the file and the field."""
     path = Path(path)
     try:
         text = path.read_text()

@@ -11,6 +11,7 @@ import pytest
 from hai.agent import NEVER_STARTED, Agent
 from hai.config import load_config
 from hai.executor import LocalExecutor
+from hai.protocol import DESIRED_RUN, Assignment, run_log_dir
 from hai.rpc import ApiClient
 from hai.server import Server
 
@@ -67,3 +68,42 @@ def test_a_run_stopped_before_its_agent_started_it_ends(
     assert detail["runs"][0]["exit_code"] == NEVER_STARTED
     agent.step()
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_launch_takes_image_gpus_and_log_folder_from_the_assignment(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    """Starting a run asks the server nothing: the client points at a port where no server
+    listens, and the launch still gets everything the assignment carries."""
+    config = load_config(env={})
+    client = ApiClient(f"127.0.0.1:{free_port()}", "t")
+    executor = LocalExecutor()
+    agent = Agent("node-1", client, executor, tmp_path, config.agent, gpus=2)
+    a = Assignment(
+        run_id=9,
+        job_id=4,
+        attempt=2,
+        desired=DESIRED_RUN,
+        argv=["true"],
+        environment={},
+        node_rank=1,
+        nodes=2,
+        ranks_per_node=2,
+        master_addr="127.0.0.1",
+        master_port=29500,
+        kill_grace_s=1.0,
+        run_token="9.x",
+        image="train:1",
+        gpus_per_node=2,
+        log_dir=run_log_dir(4, 2),
+    )
+    try:
+        agent.reconcile([a], [])
+        launch = executor.launch_of(9)
+        assert (launch.image, launch.gpus, launch.node_rank) == ("train:1", 2, 1)
+        assert [r.log_path for r in launch.ranks] == [
+            tmp_path / "logs" / "job-4" / "run-2" / f"rank-{rank}.log" for rank in (2, 3)
+        ]
+    finally:
+        executor.shutdown()
+        client.close()

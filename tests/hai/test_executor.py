@@ -194,7 +194,22 @@ def test_rank_environment_carries_the_run_token_not_the_agents(
 ) -> None:
     monkeypatch.setenv("HAI_TOKEN", "the-agent's-admin-token")
     a = Assignment(
-        7, 3, 1, "run", ["python"], {"LR": "0.1"}, 1, 2, 4, "10.0.0.1", 29500, 5.0, "7.ab"
+        7,
+        3,
+        1,
+        "run",
+        ["python"],
+        {"LR": "0.1"},
+        1,
+        2,
+        4,
+        "10.0.0.1",
+        29500,
+        5.0,
+        "7.ab",
+        None,
+        4,
+        "logs/job-3/run-1",
     )
     env = rank_environment(a, 2, "node-1", tmp_path, "10.0.0.9:7700")
     assert "HAI_TOKEN" not in env

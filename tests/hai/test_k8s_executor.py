@@ -95,7 +95,14 @@ def executor(kube: KubernetesApi, core) -> Iterator[KubernetesExecutor]:  # type
         ex.shutdown()
 
 
-def _launch(tmp_path: Path, run_id: int = 7, node_rank: int = 0, env: dict | None = None):
+def _launch(
+    tmp_path: Path,
+    run_id: int = 7,
+    node_rank: int = 0,
+    env: dict | None = None,
+    image: str | None = None,
+    gpus: int = 0,
+):
     base = {
         "WORLD_SIZE": "4",
         "MASTER_ADDR": "10.0.0.1",
@@ -112,15 +119,17 @@ def _launch(tmp_path: Path, run_id: int = 7, node_rank: int = 0, env: dict | Non
         )
         for r in range(2)
     ]
-    return Launch(run_id, tmp_path / "control", ranks, 3, 1, "gpu-1", node_rank, 2)
+    return Launch(
+        run_id, tmp_path / "control", ranks, 3, 1, "gpu-1", node_rank, 2, image=image, gpus=gpus
+    )
 
 
 def test_pod_manifest_pins_the_node_asks_for_gpus_and_carries_the_rank_contract(
     tmp_path: Path,
 ) -> None:
-    launch = _launch(tmp_path, env={ENV_NAMESPACE: "team-a", ENV_OWNER: "big/uid-1"})
-    spec = {"image": "train:1", "gpus_per_node": 8}
-    placement = pods.placement_for(launch, spec, K8sConfig())
+    owner = {ENV_NAMESPACE: "team-a", ENV_OWNER: "big/uid-1"}
+    launch = _launch(tmp_path, env=owner, image="train:1", gpus=8)
+    placement = pods.placement_for(launch, K8sConfig())
     pod = pods.pod_manifest(launch, placement, tmp_path / "control" / "launch.py")
     assert pod["metadata"]["name"] == "hai-j3-r7-n0"
     assert pod["metadata"]["namespace"] == "team-a"
@@ -163,7 +172,7 @@ def test_pod_manifest_pins_the_node_asks_for_gpus_and_carries_the_rank_contract(
 def test_a_job_submitted_without_a_haijob_runs_in_the_default_namespace_unowned(
     tmp_path: Path,
 ) -> None:
-    placement = pods.placement_for(_launch(tmp_path), None, K8sConfig(namespace="hai-jobs"))
+    placement = pods.placement_for(_launch(tmp_path), K8sConfig(namespace="hai-jobs"))
     pod = pods.pod_manifest(_launch(tmp_path), placement, tmp_path / "launch.py")
     assert pod["metadata"]["namespace"] == "hai-jobs"
     assert "ownerReferences" not in pod["metadata"]

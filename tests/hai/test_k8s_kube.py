@@ -40,7 +40,7 @@ def test_the_agent_reads_its_nodes_gpus_and_pool_and_removes_orphaned_pods() -> 
             "spec": {"containers": [{"name": "ranks", "image": "x"}]},
         }
         core.create_namespaced_pod("default", orphan, _preload_content=False)
-        executor, found = kubernetes_executor(K8sConfig(api_url=kube.url), "gpu-7", client=None)
+        executor, found = kubernetes_executor(K8sConfig(api_url=kube.url), "gpu-7")
         assert (found.gpus, found.group) == (8, "h800")
         assert executor.remove_orphans("gpu-7") == []  # removed already, at start
         pods = core.list_namespaced_pod("default", _preload_content=False)
@@ -79,7 +79,7 @@ def test_hai_agent_kubernetes_reports_the_nodes_gpus_pool_and_address(
     monkeypatch.setattr(
         kube,
         "kubernetes_executor",
-        lambda config, node, client: (executor, kube.NodeResources(8, "h800")),
+        lambda config, node: (executor, kube.NodeResources(8, "h800")),
     )
     monkeypatch.setattr(agent_module.Agent, "run", lambda self, stop: seen.update(a=self))
     monkeypatch.setattr(signal, "signal", lambda *a: None)

@@ -69,7 +69,7 @@ def test_every_bad_field_is_reported_under_its_haijob_name() -> None:
         haijob.job_spec(bad)
     assert sorted(err.value.problems) == [
         "spec.entrypoint: required field is missing",
-        "spec.gpusPerNode: must be an integer >= 0, got -1",
+        "spec.gpusPerNode: input should be greater than or equal to 0, got -1",
         "spec.priority: must be one of 50, 40, 30, 20, 10 or AUTO, got 7",
         "spec.restartPolicy: must be Never or OnFailure, got 'Always'",
         "spec.x: unknown field (known: arguments, entrypoint, environment, gpusPerNode, group, "
@@ -208,11 +208,7 @@ class Platform:
         from hai.rpc import ApiClient
 
         client = ApiClient(self.address, self.token)
-
-        def spec(job_id: int) -> dict:
-            return client.call("Describe", job_id=job_id)["job"]["spec"]
-
-        executor = KubernetesExecutor(self.core, self.config.k8s, spec)
+        executor = KubernetesExecutor(self.core, self.config.k8s)
         # Agents share the server's state folder, as on a cluster with a shared file system.
         agent = Agent(name, client, executor, self.state, self.config.agent, gpus=1)
         stop = threading.Event()
@@ -479,7 +475,7 @@ def test_an_invalid_haijob_is_marked_invalid_with_every_problem_and_not_submitte
             message = status()["message"]
     assert message == (
         "invalid job spec:\n  spec.environment: has invalid variable names ['1X']\n"
-        "  spec.nodes: must be an integer >= 1, got 0"
+        "  spec.nodes: input should be greater than or equal to 1, got 0"
     )
     assert calls == []  # nothing reached the scheduler
 

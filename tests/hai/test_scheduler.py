@@ -8,7 +8,15 @@ import pytest
 
 from hai.config import load_config
 from hai.errors import AuthError, ConfigError, ForbiddenError, NotFoundError, QuotaError, StateError
-from hai.protocol import DESIRED_RUN, DESIRED_STOP, DESIRED_SUSPEND, Heartbeat, NodeInfo, RunReport
+from hai.protocol import (
+    DESIRED_RUN,
+    DESIRED_STOP,
+    DESIRED_SUSPEND,
+    Heartbeat,
+    NodeInfo,
+    RunReport,
+    rank_log,
+)
 from hai.records import ROLE_ADMIN, Quota, User
 from hai.scheduler import Scheduler
 from hai.service import Service
@@ -167,6 +175,38 @@ def test_failure_restart_policy(world) -> None:  # type: ignore[no-untyped-def]
         for node in ("n0", "n1"):
             beat(sched, node, RunReport(run_id, exit_code=3))
         assert svc.describe(BOB, job.id).job.state == expected
+
+
+def test_a_stored_spec_without_max_restarts_restarts_as_often_as_jobspec_says(world) -> None:  # type: ignore[no-untyped-def]
+    """The spec's defaults live in JobSpec alone: a stored spec that omits a field (written
+    by hand or by an older release) gets JobSpec's default, here 3 restarts, not the
+    scheduler's own idea of it."""
+    sched, svc, clock = world
+    job = svc.submit(BOB, spec(restart_policy="on_failure", priority=10))
+    partial = {"name": "j", "entrypoint": "python train.py", "restart_policy": "on_failure"}
+    sched.store.update_job(job.id, spec=partial)
+    assert sched.store.get_job(job.id).spec.max_restarts == 3
+    for expected in ("queued", "queued", "queued", "failed"):
+        sched.tick()
+        (run_id,) = beat(sched, "n1") or beat(sched, "n0")
+        beat(sched, "n0", RunReport(run_id, exit_code=3))
+        beat(sched, "n1", RunReport(run_id, exit_code=3))
+        assert svc.describe(BOB, job.id).job.state == expected
+    assert svc.describe(BOB, job.id).job.restarts == 3
+
+
+def test_an_assignment_carries_what_the_agent_launches_with(world) -> None:  # type: ignore[no-untyped-def]
+    """Image, GPUs and the log folder come with the assignment (no agent asks the server),
+    and the server serves ``hai logs`` from the folder it named."""
+    sched, svc, clock = world
+    job = svc.submit(BOB, spec(image="train:1", gpus_per_node=4, priority=10))
+    sched.tick()
+    (a,) = (beat(sched, "n0") or beat(sched, "n1")).values()
+    assert (a.image, a.gpus_per_node, a.ranks_per_node) == ("train:1", 4, 4)
+    log = rank_log(svc.state_dir, a.log_dir, 3)
+    log.parent.mkdir(parents=True)
+    log.write_text("step 1\n")
+    assert svc.logs(BOB, job.id, 3, 0, None).text == "step 1\n"
 
 
 def test_permissions_and_quotas(world) -> None:  # type: ignore[no-untyped-def]

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hai.errors import SpecError
-from hai.spec import AUTO, load_spec, parse_priority, spec_from_dict
+from hai.spec import AUTO, load_spec, load_spec_file, parse_priority, spec_from_dict
 
 GOOD = """
 name: llama-pretrain
@@ -83,3 +85,21 @@ def test_priority_names(value: object, level: int) -> None:
 def test_bool_is_not_a_count() -> None:
     with pytest.raises(SpecError, match="nodes"):
         spec_from_dict({"name": "a", "entrypoint": "x", "nodes": True})
+
+
+def test_a_spec_files_problems_name_the_file_and_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: a\nentrypoint: python train.py\nnodes: 0\nmax_run_time: soon\n")
+    with pytest.raises(SpecError) as info:
+        load_spec_file(path)
+    assert info.value.problems == [
+        f"{path}: nodes: input should be greater than or equal to 1, got 0",
+        f"{path}: max_run_time: input should be a valid number, got 'soon'",
+    ]
+
+
+def test_arguments_and_environment_values_become_text_counts_do_not() -> None:
+    spec = load_spec("name: a\nentrypoint: x\narguments: [--lr, 3]\nenvironment: {N: 4}\n")
+    assert (spec.arguments, spec.environment) == (["--lr", "3"], {"N": "4"})
+    with pytest.raises(SpecError, match=r"gpus_per_node: .*, got '8'"):
+        spec_from_dict({"name": "a", "entrypoint": "x", "gpus_per_node": "8"})

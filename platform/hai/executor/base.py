@@ -40,6 +40,10 @@ class Launch:
     node_rank: int = 0
     nodes: int = 1
     """How many nodes the run spans; ``node_rank`` is this node's place among them."""
+    image: str | None = None
+    """The job's container image (None: the executor's default); local processes ignore it."""
+    gpus: int = 0
+    """GPUs this node's ranks ask for; the local executor leaves devices to the job."""
 
 
 class Executor(abc.ABC):

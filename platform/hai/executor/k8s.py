@@ -40,9 +40,6 @@ log = logging.getLogger("hai.executor.k8s")
 LAUNCHER = "launch.py"
 """The launcher's name in a run's control folder."""
 
-JobSpecLookup = Callable[[int], "dict[str, Any] | None"]
-"""Job id -> its spec (image, GPUs per node), e.g. through the server's Describe."""
-
 
 @dataclass
 class _PodRun:
@@ -64,14 +61,12 @@ class KubernetesExecutor(Executor):
         self,
         api: Any,
         config: K8sConfig,
-        job_spec: JobSpecLookup | None = None,
         clock: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
-        """``api`` is a ``kubernetes.client.CoreV1Api``; ``job_spec`` looks up a job's
-        spec (None: every job gets the config's image and no GPUs, as in the tests)."""
+        """``api`` is a ``kubernetes.client.CoreV1Api``; each launch brings its job's image
+        and GPUs (the assignment carries them), so nothing here asks the server."""
         self.api = api
         self.config = config
-        self._job_spec = job_spec
         self._clock = clock
         self._runs: dict[int, _PodRun] = {}
 
@@ -150,10 +145,7 @@ class KubernetesExecutor(Executor):
             folder.chmod(0o777)
         launcher = launch.control_dir / LAUNCHER
         shutil.copyfile(launcher_module.__file__, launcher)
-        spec = None
-        if self._job_spec is not None:
-            spec = self._job_spec(launch.job_id)
-        placement = placement_for(launch, spec, self.config)
+        placement = placement_for(launch, self.config)
         pod = pod_manifest(launch, placement, launcher)
         run = _PodRun(launch, placement.namespace, pod["metadata"]["name"])
         try:

@@ -55,27 +55,16 @@ def node_resources(core: Any, name: str, config: K8sConfig) -> NodeResources:
     )
 
 
-def kubernetes_executor(config: K8sConfig, node: str, client: Any) -> tuple[Any, NodeResources]:
+def kubernetes_executor(config: K8sConfig, node: str) -> tuple[Any, NodeResources]:
     """What ``hai agent --kubernetes`` runs: the executor for ``node`` (orphaned pods of a
-    previous agent removed) and the node's GPUs and pool. ``client`` is the agent's
-    :class:`~hai.rpc.ApiClient`; it looks up each job's spec (image, GPUs per node)."""
+    previous agent removed) and the node's GPUs and pool."""
     import logging
 
-    from hai.errors import NotFoundError
     from hai.executor.k8s import KubernetesExecutor
 
     log = logging.getLogger("hai.agent")
-
-    def job_spec(job_id: int) -> dict[str, Any] | None:
-        # An unreachable server raises: the agent retries the start on its next heartbeat.
-        try:
-            return client.call("Describe", job_id=job_id)["job"]["spec"]
-        except NotFoundError as err:
-            log.warning("job %d: no spec from the server (%s); using defaults", job_id, err)
-            return None
-
     core = core_api(config)
-    executor = KubernetesExecutor(core, config, job_spec)
+    executor = KubernetesExecutor(core, config)
     for name in executor.remove_orphans(node):
         log.info("%s: removed pod %s left by a previous agent", node, name)
     return executor, node_resources(core, node, config)

@@ -96,15 +96,14 @@ def owner_reference(value: str | None) -> dict[str, Any] | None:
     }
 
 
-def placement_for(launch: Launch, spec: dict[str, Any] | None, config: K8sConfig) -> Placement:
+def placement_for(launch: Launch, config: K8sConfig) -> Placement:
     """The pod's namespace and owner (from the variables the operator put in the job's
-    environment), image and GPUs (from the job spec; the config's image when it has none)."""
+    environment), image and GPUs (from the launch; the config's image when it has none)."""
     env = launch.ranks[0].env if launch.ranks else {}
-    spec = spec or {}
     return Placement(
         namespace=env.get(ENV_NAMESPACE) or config.namespace,
-        image=spec.get("image") or config.image,
-        gpus=int(spec.get("gpus_per_node", 0)),
+        image=launch.image or config.image,
+        gpus=launch.gpus,
         owner=owner_reference(env.get(ENV_OWNER)),
         python=config.python,
         host_network=config.host_network,
