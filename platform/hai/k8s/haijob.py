@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from hai.errors import SpecError
 from hai.k8s.names import ENV_NAMESPACE, ENV_OWNER
 from hai.records import (
@@ -28,23 +30,12 @@ from hai.records import (
     SUSPENDED,
     SUSPENDING,
 )
+from hai.spec import FIELDS as spec_fields
 from hai.spec import JobSpec, spec_from_dict
 
-# HaiJob spec field -> job spec field.
-FIELDS = {
-    "entrypoint": "entrypoint",
-    "arguments": "arguments",
-    "image": "image",
-    "nodes": "nodes",
-    "gpusPerNode": "gpus_per_node",
-    "priority": "priority",
-    "group": "group",
-    "environment": "environment",
-    "maxRunTime": "max_run_time",
-    "restartPolicy": "restart_policy",
-    "maxRestarts": "max_restarts",
-    "suspendGracePeriod": "suspend_grace_period",
-}
+FIELDS = {to_camel(name): name for name in spec_fields if name != "name"}
+"""HaiJob spec field -> job spec field: every JobSpec field in camelCase, as Kubernetes
+objects spell them, but the name (the HaiJob's own, from its metadata)."""
 RESTART_POLICIES = {"Never": "never", "OnFailure": "on_failure"}
 OPERATOR_FIELDS = ("suspend",)
 """HaiJob fields the operator acts on that are not part of the job spec."""
