@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from deepseek.errors import DataError
 
@@ -64,11 +64,12 @@ class HFTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
 
-@dataclass
-class DataConfig:
+class DataConfig(BaseModel):
     """Where the tokens come from and how they are batched."""
 
-    files: list[str] = field(default_factory=list)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    files: list[str] = Field(default_factory=list)
     """fsspec URLs or globs of parquet files, e.g. ["fs3://corpus/*.parquet"]."""
     column: str = "text"
     """A string column (tokenised) or a list-of-int column (token ids)."""
@@ -76,8 +77,8 @@ class DataConfig:
     """URL of a HF tokenizer.json; None means the byte-level tokenizer."""
     eos_token: str | None = None
     """With `tokenizer`: the end-of-text token (default: the last id)."""
-    seq_len: int = 64
-    batch_size: int = 8
+    seq_len: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
     """Sequences per step per rank."""
     cache_dir: str | None = None
     """Local folder for the tokenised stream (int32 ids, 4 bytes a token), reused across

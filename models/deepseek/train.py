@@ -36,7 +36,6 @@ Times are Unix seconds; every event has an "event" key:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -319,9 +318,7 @@ def _train(
         if progress is not None:
             progress[0].update(progress[1], completed=done)
         if job.checkpoints and (done % config.checkpoint_every == 0 or done == end or suspend):
-            job.checkpoints.save(
-                done, plan, job.optimizer, job.scheduler, dataclasses.asdict(config)
-            )
+            job.checkpoints.save(done, plan, job.optimizer, job.scheduler, config.model_dump())
         if suspend and done < end:
             _suspend(job, done, requested_at, acknowledge_suspend)
             return RunResult(losses, done, "suspended")

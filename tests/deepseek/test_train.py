@@ -144,11 +144,11 @@ def test_unknown_config_field_is_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("parallel=tp", "parallel='tp': choose one of ddp, fsdp"),
+        ("parallel=tp", "(overrides): parallel: choose one of ddp, fsdp, got 'tp'"),
         ("parallel=pp", "parallel=pp: DeepseekForCausalLM cannot be cut into haiscale.pipeline"),
-        ("backend=mpi", "backend='mpi': choose one of auto, hfreduce, gloo, nccl"),
-        ("ep=0", "ep=0: must be a positive integer"),
-        ("checkpoint_keep=0", "checkpoint_keep=0: keep at least 1"),
+        ("backend=mpi", "backend: choose one of auto, hfreduce, gloo, nccl, got 'mpi'"),
+        ("ep=0", "ep: Input should be greater than or equal to 1, got 0"),
+        ("checkpoint_keep=0", "checkpoint_keep: Input should be greater than or equal to 1, got 0"),
     ],
 )
 def test_bad_layout_values_are_one_clear_line(tmp_path: Path, override: str, message: str) -> None:
