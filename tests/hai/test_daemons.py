@@ -12,7 +12,7 @@ from pathlib import Path
 from hai.errors import HaiError
 from hai.rpc import ApiClient
 
-from .waiting import wait_for
+from ..waiting import wait_for
 
 HAI = Path(sys.executable).with_name("hai")
 
