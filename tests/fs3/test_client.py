@@ -19,6 +19,7 @@ from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.fuse.files import Cursor, OpenFile
 
+from ..waiting import wait_for
 from .conftest import SMALL_CHUNK
 
 
@@ -170,10 +171,6 @@ def _chunk_files(cluster: LocalCluster, inode: int) -> list[str]:
 def test_chunks_of_removed_and_truncated_files_are_reclaimed(
     cluster: LocalCluster, fs3fs: FS3FileSystem
 ) -> None:
-    import time
-
-    from .conftest import SMALL_CHUNK
-
     fs3fs.pipe_file("/reclaim/gone", b"g" * (4 * SMALL_CHUNK))
     fs3fs.pipe_file("/reclaim/shrunk", b"s" * (4 * SMALL_CHUNK))
     gone, shrunk = (fs3fs.info(f"/reclaim/{n}")["inode"] for n in ("gone", "shrunk"))
@@ -181,11 +178,9 @@ def test_chunks_of_removed_and_truncated_files_are_reclaimed(
     assert len(_chunk_files(cluster, gone)) == 4 * 3
     fs3fs.rm("/reclaim/gone")
     fs3fs.truncate("/reclaim/shrunk", SMALL_CHUNK + 10)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not _chunk_files(cluster, gone) and len(_chunk_files(cluster, shrunk)) == 2 * 3:
-            break
-        time.sleep(0.2)
-    assert _chunk_files(cluster, gone) == []
-    assert len(_chunk_files(cluster, shrunk)) == 2 * 3
+    wait_for(
+        "the removed file's chunks and the truncated file's tail to be reclaimed",
+        lambda: not _chunk_files(cluster, gone) and len(_chunk_files(cluster, shrunk)) == 2 * 3,
+        timeout=30,
+    )
     assert fs3fs.cat_file("/reclaim/shrunk") == b"s" * (SMALL_CHUNK + 10)

@@ -15,19 +15,18 @@ from fs3.client.chunks import read_order
 from fs3.cluster import LocalCluster
 from fs3.storage.local import HEADER_SIZE
 
+from ..waiting import wait_for
 from .conftest import SMALL_CHUNK
 
 MiB = 1 << 20
 
 
-def _wait_offline(fs: FS3FileSystem, target_ids: set[int], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        table = fs.mgmtd.refresh()
-        if all(not table.targets[t].alive for t in target_ids):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"targets {target_ids} still alive after {timeout}s")
+def _wait_offline(fs: FS3FileSystem, target_ids: set[int]) -> None:
+    wait_for(
+        f"mgmtd to declare targets {sorted(target_ids)} offline",
+        lambda: not any(fs.mgmtd.refresh().targets[t].alive for t in target_ids),
+        timeout=15,
+    )
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ expired, on every metadata store; and on a real cluster, expiry deleting the chu
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from fs3.client import FS3FileSystem
@@ -14,6 +12,7 @@ from fs3.meta.namespace import Namespace
 from fs3.meta.store import MetaStore
 from fs3.meta.trash import TRASH, Trash
 
+from ..waiting import wait_for
 from .conftest import SMALL_CHUNK
 
 
@@ -111,8 +110,9 @@ def test_expiry_deletes_the_chunks(cluster: LocalCluster, fs3fs: FS3FileSystem) 
     assert len(list(cluster.root.glob(f"storage-*/{chunk_files}"))) == 9  # 3 chunks x 3
     entry = fs3fs.trash("/trash-expiry", expire_s=0.5)
     assert fs3fs.cat_file(f"{TRASH}/{entry.name}/trash-expiry/big")[:1] == b"x"
-    deadline = time.monotonic() + 20
-    while list(cluster.root.glob(f"storage-*/{chunk_files}")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not list(cluster.root.glob(f"storage-*/{chunk_files}"))
+    wait_for(
+        "the expired entry's chunk files to go",
+        lambda: not list(cluster.root.glob(f"storage-*/{chunk_files}")),
+        timeout=20,
+    )
     assert entry.name not in [e.name for e in fs3fs.trash_list()]
