@@ -87,7 +87,7 @@ def run_agent(config: HaiConfig, options: AgentOptions) -> None:
         from hai.k8s.kube import kubernetes_executor
 
         # GPUs belong to the device plugin, not to this pod: nothing to probe here.
-        executor, found = kubernetes_executor(config.k8s, options.name, client)
+        executor, found = kubernetes_executor(config.k8s, options.name)
         gpus, group, virtual = found.gpus if gpus is None else gpus, group or found.group, True
     else:
         import torch
