@@ -108,12 +108,21 @@ def mgmtd(
     required=True,
     help="mgmtd HOST:PORT; several comma-separated for fail-over.",
 )
-def meta(config_path: str | None, host: str, port: int, db: str, mgmtd_address: str) -> None:
+@click.option(
+    "--grpc-port",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Port of the gRPC health service (grpc.health.v1) probes check; 0: none.",
+)
+def meta(
+    config_path: str | None, host: str, port: int, db: str, mgmtd_address: str, grpc_port: int
+) -> None:
     """Run the metadata service (several may serve one PostgreSQL database at once)."""
     from fs3.meta.service import run_meta
 
     config, stop = _serve("meta", config_path)
-    run_meta(db, mgmtd_address, host, port, config, stop)
+    run_meta(db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port)
 
 
 @fs3.command()

@@ -69,8 +69,11 @@ class LocalCluster:
             self.ports = json.loads(ports_file.read_text())
         else:
             names = self._numbered("mgmtd", self.mgmtds) + self._numbered("meta", self.metas)
-            free = iter(_free_ports(self.host, len(names) + 2 * self.targets))
+            metas = self._numbered("meta", self.metas)
+            free = iter(_free_ports(self.host, len(names) + len(metas) + 2 * self.targets))
             self.ports = {name: next(free) for name in names}
+            # Each meta server's gRPC health port, beside its framed port.
+            self.ports.update({f"{name}.grpc": next(free) for name in metas})
             for i in range(1, self.targets + 1):
                 self.ports[f"storage-{i}"] = [next(free), next(free)]
             ports_file.write_text(json.dumps(self.ports))
@@ -91,6 +94,10 @@ class LocalCluster:
 
     def meta_address(self, name: str = "meta") -> str:
         return f"{self.host}:{self.ports[name]}"
+
+    def meta_health_address(self, name: str = "meta") -> str:
+        """Where meta server ``name`` answers gRPC health checks."""
+        return f"{self.host}:{self.ports[name + '.grpc']}"
 
     def names(self) -> list[str]:
         return (
@@ -132,6 +139,9 @@ class LocalCluster:
                 self.meta_db or str(self.root / "meta.db"),
                 "--mgmtd",
                 self.address,
+                # A cluster.json written before meta had a health port has none.
+                "--grpc-port",
+                str(self.ports.get(f"{name}.grpc", 0)),
             ]
         index = int(name.split("-")[1])
         data_port, grpc_port = self.ports[name]

@@ -23,6 +23,7 @@ from fs3.meta.trash import Trash
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb
+from fs3.rpc import serve
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import BY_OP, REMOVE
@@ -158,9 +159,14 @@ def run_meta(
     port: int,
     config: Fs3Config,
     stop: threading.Event,
+    grpc_port: int = 0,
 ) -> None:
     """Serves the namespace in ``db`` (a SQLite file or a ``postgresql://`` URL) until
-    ``stop`` is set; ``mgmtd_address`` may list several mgmtd ``HOST:PORT``, comma-separated."""
+    ``stop`` is set; ``mgmtd_address`` may list several mgmtd ``HOST:PORT``, comma-separated.
+
+    Meta requests travel as frames on ``port``; ``grpc_port`` (0: none) serves only
+    ``grpc.health.v1``, SERVING once the frame server runs, for probes that speak gRPC.
+    """
     t = config.timeouts
     store = open_meta_store(db)
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
@@ -168,6 +174,7 @@ def run_meta(
     trash = Trash(ns)
     server = FrameServer((host, port), lambda req: req.length, MetaServicer(ns).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
+    health = serve(lambda _: None, host, grpc_port, services=["fs3.Meta"]) if grpc_port else None
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     address = f"{host}:{port}"
     me = f"{address}/{uuid.uuid4().hex[:8]}"  # a restarted server is a new lease holder
@@ -200,6 +207,8 @@ def run_meta(
                 break
     finally:
         gc.join(timeout=config.timeouts.rpc_s)
+        if health is not None:
+            health.stop(grace=None)
         server.shutdown()
         server.server_close()
         pool.close()

@@ -123,6 +123,9 @@ def test_every_fs3_grpc_server_answers_health_checks(cluster: LocalCluster) -> N
         storage = f"{info.host}:{info.grpc_port}"
         for service in ("", "fs3.ChunkService"):
             assert _health(storage, service) == SERVING, (storage, service)
+    meta = cluster.meta_health_address()
+    for service in ("", "fs3.Meta"):
+        assert _health(meta, service) == SERVING, service
     with pytest.raises(grpc.RpcError) as caught:
         _health(mgmtd, "fs3.NoSuchService")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
