@@ -18,7 +18,7 @@ import click
 
 from fs3 import cli_admin, cli_files
 from fs3.cli_util import config_option as _config_option
-from fs3.cli_util import mgmtd_address_option
+from fs3.cli_util import mgmtd_address_option, one_line_errors
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
 
@@ -79,18 +79,19 @@ def mgmtd(
 
     config, stop = _serve("mgmtd", config_path)
     ids = [int(t) for t in targets.split(",") if t]
-    run_mgmtd(
-        Path(state),
-        ids,
-        replicas,
-        host,
-        port,
-        config.mgmtd,
-        stop,
-        db=db,
-        advertise=advertise,
-        targets_per_node=targets_per_node,
-    )
+    with one_line_errors("fs3 mgmtd"):
+        run_mgmtd(
+            Path(state),
+            ids,
+            replicas,
+            host,
+            port,
+            config.mgmtd,
+            stop,
+            db=db,
+            advertise=advertise,
+            targets_per_node=targets_per_node,
+        )
 
 
 @fs3.command()
@@ -122,7 +123,8 @@ def meta(
     from fs3.meta.service import run_meta
 
     config, stop = _serve("meta", config_path)
-    run_meta(db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port)
+    with one_line_errors("fs3 meta"):
+        run_meta(db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port)
 
 
 @fs3.command()

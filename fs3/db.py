@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fs3.errors import Fs3Error, Unavailable
+from fs3.errors import ConfigError, Fs3Error, Unavailable
 from fs3.retry import Backoff, retry
 
 log = logging.getLogger("fs3.db")
@@ -79,12 +79,18 @@ def connect_postgres(url: str, **settings: Any) -> Any:
     """A psycopg 3 connection to ``url`` (not in autocommit mode).
 
     Raises:
+        ConfigError: psycopg, which fireflyer's ``postgres`` extra installs, is missing.
         Unavailable: the server cannot be reached or refused the login; names the URL.
     """
     try:
         import psycopg
-    except ImportError as err:  # pragma: no cover - psycopg is a dependency
-        raise Fs3Error("PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'") from err
+    except ModuleNotFoundError as err:
+        if err.name != "psycopg":
+            raise
+        raise ConfigError(
+            f"{redact(url)} needs psycopg 3, which fireflyer's postgres extra installs: "
+            "pip install 'fireflyer[postgres]'"
+        ) from None
     if url.startswith("postgresql+psycopg://"):
         url = "postgresql://" + url[len("postgresql+psycopg://") :]
     try:

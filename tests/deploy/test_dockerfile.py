@@ -1,5 +1,6 @@
 """deploy/Dockerfile's pip install lines, run here in a fresh virtual environment: the image
-installs the `fuse` extra, and pyfuse3 builds and imports from what the Dockerfile copies.
+installs the extras it runs (`fuse`, `k8s`, `postgres`), and pyfuse3 builds and imports from
+what the Dockerfile copies.
 
 No container engine runs on our machines, so the install runs outside one, from a folder
 holding only what the build stage COPYs. The environment sees this test's own
@@ -50,9 +51,21 @@ def pip_installs() -> list[list[str]]:
     return commands
 
 
-def test_the_image_installs_the_fuse_extra() -> None:
+IMAGE_EXTRAS = {"fuse", "k8s", "postgres"}
+"""What the image runs: ``hai fs3 mount`` (fuse), ``hai operator`` and ``hai agent
+--kubernetes`` (k8s; the chart runs both), fs3 meta/mgmtd and the hai server on a
+postgresql:// database (postgres)."""
+
+
+def test_the_image_installs_the_extras_it_runs() -> None:
     installs = pip_installs()
-    assert [".[fuse]"] in [[w for w in c if not w.startswith("-")] for c in installs], installs
+    extras = [
+        set(found.group(1).split(","))
+        for command in installs
+        for word in command
+        if (found := re.fullmatch(r"\.\[([\w,-]+)\]", word))
+    ]
+    assert any(IMAGE_EXTRAS <= installed for installed in extras), installs
 
 
 FUSE_EXTRA = ("pyfuse3", "trio")
@@ -104,7 +117,10 @@ def test_the_dockerfiles_pip_install_builds_and_imports_pyfuse3(tmp_path: Path) 
         assert result.returncode == 0, (
             f"pip install {shlex.join(args)}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         )
-    check = "import pyfuse3, trio, fs3.fuse; print(fs3.__file__); print(pyfuse3.__file__)"
+    check = (
+        "import kopf, kubernetes, psycopg, pyfuse3, trio, fs3.fuse; "
+        "print(fs3.__file__); print(pyfuse3.__file__)"
+    )
     # From tmp_path: run from the repository, `import fs3` would find its source folder.
     result = subprocess.run(
         [python, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120

@@ -70,7 +70,10 @@ def server(
     given = {"port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
-    run_server(config, Path(state_dir or config.server.state_dir).expanduser())
+    try:
+        run_server(config, Path(state_dir or config.server.state_dir).expanduser())
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @click.command()
@@ -107,7 +110,10 @@ def agent(
     config = load_config(config_path, overrides=overrides)
     folder = Path(state_dir or state_dir_default()).expanduser()
     options = AgentOptions(name, address, folder, gpus, group, on_kubernetes, node_address)
-    run_agent(config, options)
+    try:
+        run_agent(config, options)
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @click.command()

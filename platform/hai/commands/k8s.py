@@ -9,6 +9,7 @@ import click
 
 from hai.commands.common import connect
 from hai.config import load_config
+from hai.errors import HaiError
 from hai.rpc import ApiClient
 
 
@@ -35,19 +36,20 @@ def operator(
     """
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        from hai.k8s import operator as haijob_operator
-    except ModuleNotFoundError as err:
-        raise click.ClickException(
-            f"hai operator needs {err.name} (Python 3.11+): pip install 'kopf>=1.45,<2'"
-        ) from None
-    from hai.k8s.kube import core_api
+    from hai.k8s.kube import core_api, require_k8s
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(config_path)
+    try:
+        require_k8s("hai operator", "kubernetes", "kopf")
+        core = core_api(config.k8s)
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
+    from hai.k8s import operator as haijob_operator
+
     client = connect() if address is None else ApiClient(address, os.environ.get("HAI_TOKEN"))
     try:
-        haijob_operator.run(client.call, core_api(config.k8s), config.k8s, namespaces, liveness)
+        haijob_operator.run(client.call, core, config.k8s, namespaces, liveness)
     finally:
         client.close()
 

@@ -1,13 +1,40 @@
-"""Connecting to the Kubernetes API, and what an agent learns about its node from it."""
+"""Connecting to the Kubernetes API, and what an agent learns about its node from it.
+
+The kubernetes client and kopf come with the ``k8s`` extra (pyproject.toml): only
+``hai agent --kubernetes`` and ``hai operator`` use them, so they are imported inside the
+functions that need them, after :func:`require_k8s` has checked that they are there.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from hai.config import K8sConfig
 from hai.errors import ConfigError
+
+
+def require_k8s(command: str, *modules: str) -> None:
+    """Checks that ``modules`` (``kubernetes``, ``kopf``) can be imported before ``command``
+    uses them.
+
+    Raises:
+        ConfigError: one is missing; names it, ``command`` and the extra that installs it.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # broken inside the package: not a missing extra
+                raise
+            # kopf's marker in the extra skips it below Python 3.11.
+            needs = " (Python 3.11+)" if module == "kopf" else ""
+            raise ConfigError(
+                f"{command} needs {module}{needs}, which fireflyer's k8s extra installs: "
+                "pip install 'fireflyer[k8s]'"
+            ) from None
 
 
 def core_api(config: K8sConfig) -> Any:
@@ -57,11 +84,16 @@ def node_resources(core: Any, name: str, config: K8sConfig) -> NodeResources:
 
 def kubernetes_executor(config: K8sConfig, node: str) -> tuple[Any, NodeResources]:
     """What ``hai agent --kubernetes`` runs: the executor for ``node`` (orphaned pods of a
-    previous agent removed) and the node's GPUs and pool."""
+    previous agent removed) and the node's GPUs and pool.
+
+    Raises:
+        ConfigError: the kubernetes client is not installed, or no credentials are found.
+    """
     import logging
 
     from hai.executor.k8s import KubernetesExecutor
 
+    require_k8s("hai agent --kubernetes", "kubernetes")
     log = logging.getLogger("hai.agent")
     core = core_api(config)
     executor = KubernetesExecutor(core, config)

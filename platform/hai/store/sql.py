@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fs3.db import enter_wal_mode
-from hai.errors import NotFoundError, StateError
+from fs3.db import enter_wal_mode, redact
+from hai.errors import ConfigError, NotFoundError, StateError
 from hai.records import Event, Job, Node, Quota, Run, User
 from hai.spec import spec_from_dict
 from hai.store import schema
@@ -44,14 +44,26 @@ def _from_row(cls: type, row: sa.Row) -> Any:
 
 
 class SqlStore(StateStore):
-    """A :class:`StateStore` on any SQLAlchemy URL; the schema is migrated on open."""
+    """A :class:`StateStore` on any SQLAlchemy URL; the schema is migrated on open.
+
+    Raises:
+        ConfigError: the URL's database driver is not installed (psycopg for PostgreSQL:
+            fireflyer's ``postgres`` extra).
+    """
 
     def __init__(self, url: str) -> None:
+        given = url
         if url.startswith("postgresql://"):
-            # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+            # psycopg 3 is the postgres extra's driver; plain postgresql:// would ask for psycopg2.
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
         self.url = url
-        self._engine = sa.create_engine(url, pool_pre_ping=True)
+        try:
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as err:  # SQLAlchemy imports the URL's driver here
+            fix = "pip install 'fireflyer[postgres]'" if err.name == "psycopg" else "install it"
+            raise ConfigError(
+                f"the state store {redact(given)} needs the database driver {err.name}: {fix}"
+            ) from None
         if self._engine.dialect.name == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
         migrate(self._engine)
