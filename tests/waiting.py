@@ -6,13 +6,16 @@ import time
 from collections.abc import Callable
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0) -> object:
-    """Polls ``check`` until it returns something true and returns that (generous: CI runs
-    on 2 busy cores); raises AssertionError naming ``what`` after ``timeout`` seconds."""
+def wait_for(
+    what: str, check: Callable[[], object], timeout: float = 60.0, interval: float = 0.1
+) -> object:
+    """Polls ``check`` every ``interval`` seconds until it returns something true and returns
+    that (generous: CI runs on 2 busy cores); raises AssertionError naming ``what`` after
+    ``timeout`` seconds. A shorter ``interval`` suits a check that must see a brief state."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")

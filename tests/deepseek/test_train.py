@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +20,8 @@ import deepseek
 from deepseek.data import DataConfig, HFTokenizer, read_tokens
 from deepseek.train import TrainConfig, load_train_config, lr_at, run
 from haiscale.checkpoint import CheckpointStore, load_latest
+
+from ..waiting import wait_for
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog.",
@@ -234,12 +235,15 @@ def test_command_line_suspends_with_a_checkpoint(corpus: str, tmp_path: Path, tr
         stderr=subprocess.PIPE,
         env=_environment(env if trigger != "sigterm" else None),
     )
+
+    def stepped() -> bool:
+        if any(e["event"] == "step" for e in _events(metrics)):
+            return True
+        assert proc.poll() is None, proc.communicate()[1]  # it died before its first step
+        return False
+
     try:
-        deadline = time.monotonic() + 120
-        while not any(e["event"] == "step" for e in _events(metrics)):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "no training step within 120s"
-            time.sleep(0.1)
+        wait_for("the first training step", stepped, timeout=120)
         if trigger == "sigterm":
             proc.send_signal(signal.SIGTERM)
         else:

@@ -13,7 +13,6 @@ import random
 import resource
 import socket
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from fs3.wire.framing import Request
 from fs3.wire.ops import READ
 from fs3.wire.server import FrameServer
 
+from ..waiting import wait_for
 from .conftest import SMALL_CHUNK
 
 
@@ -123,9 +123,11 @@ def test_flipped_byte_found_locally_is_served_from_another_replica(cluster: Loca
     assert stats.checksum_failures >= 2 * 3 and stats.reads > 0
     # The target hears of it and logs it, as it logs a mismatch a TCP read finds.
     log = cluster.root / f"storage-{bad[0][0]}.log"
-    deadline = time.monotonic() + 10
-    while "on a local client" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(
+        f"{log.name} to log the mismatch a local client found",
+        lambda: "on a local client" in log.read_text(),
+        timeout=10,
+    )
     assert f"chunk ({bad[0][1]}, {inode.id}, 0)" in log.read_text()
     fs.rm("/lr/flip")
 
@@ -261,13 +263,17 @@ def test_forked_child_reads_on_connections_of_its_own(cluster: LocalCluster, loc
     try:
         assert check(50)
     finally:
-        deadline = time.monotonic() + 60
-        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
+        try:
+            _, status = wait_for(
+                "the forked reader to exit",
+                lambda: (reaped := os.waitpid(child, os.WNOHANG))[0] == child and reaped,
+                timeout=60,
+            )
+        except AssertionError:
             os.kill(child, 9)
             os.waitpid(child, 0)
-    assert done[0] == child and os.waitstatus_to_exitcode(done[1]) == 0
+            raise
+    assert os.waitstatus_to_exitcode(status) == 0
     if local:
         assert _stats(fs).reads == before + 50 * chunks and _stats(fs).fallbacks == 0
     fs.rm("/lr/fork")
@@ -490,13 +496,14 @@ def test_restarted_target_is_read_locally_again(make_cluster, monkeypatch) -> No
     # The pooled connection to the old process is dead: those reads go over TCP (retried
     # until the new process listens; mgmtd may still hold the old one's lease)...
     assert fs.cat_file("/restart") == data
+
     # ...and soon (RECHECK_S, or 1 s after a probe the new process did not answer yet) the
     # new process's socket is found and used.
-    deadline = time.monotonic() + 10
-    while _stats(fs).by_target[1] == before[1] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def read_locally() -> bool:
         assert fs.cat_file("/restart") == data
-    assert _stats(fs).by_target[1] > before[1]
+        return _stats(fs).by_target[1] > before[1]
+
+    wait_for("reads from target 1 to take its new process's local path", read_locally, 10)
 
 
 def test_local_bench_measures_both_paths(cluster: LocalCluster) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -30,6 +29,8 @@ from fs3.types import (
 )
 from fs3.wire.framing import Request
 from fs3.wire.ops import DUMP, SYNC
+
+from ..waiting import wait_for
 
 
 def test_stats_ride_heartbeats_without_a_new_table_version() -> None:
@@ -182,33 +183,32 @@ def test_a_wiped_target_is_rebuilt_before_it_serves(make_cluster) -> None:  # ty
     reader = threading.Thread(target=read)
     reader.start()
     seen: set[str] = set()
+
+    def rebuilt() -> bool:
+        v = view(c.address, None)
+        states = {ch.state_of(2) for ch in v.table.chains.values()}
+        seen.update(states, {"progress" for s in v.stats.values() if s.resyncs})
+        return states == {"serving"} and "syncing" in seen
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            v = view(c.address, None)
-            states = {ch.state_of(2) for ch in v.table.chains.values()}
-            seen |= states
-            seen |= {"progress" for s in v.stats.values() if s.resyncs}
-            if states == {"serving"} and "syncing" in seen:
-                break
-            time.sleep(0.02)
+        # Every 20 ms: the syncing state, which must be seen, may last well under a second.
+        wait_for("target 2 to sync and then serve in every chain", rebuilt, 60, interval=0.02)
     finally:
         stop.set()
         reader.join(60)
-    assert "syncing" in seen and not bad and reads[0] > 0, (seen, bad)
+    assert not bad and reads[0] > 0, (seen, bad)
     marker = c.root / "storage-2" / "target.json"
-    deadline = time.monotonic() + 30  # written at the heartbeat that finds it serving
-    while not marker.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    # Written at the heartbeat that finds it serving.
+    wait_for(f"target 2 to write {marker}", marker.exists, timeout=30)
 
     # Target 2 alone now: every chunk from it, each checked against its CRC32C.
     c.kill("storage-1")
     c.kill("storage-3")
-    deadline = time.monotonic() + 15
-    while any(fs.mgmtd.refresh().targets[t].alive for t in (1, 3)):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(
+        "mgmtd to count targets 1 and 3 dead",
+        lambda: not any(fs.mgmtd.refresh().targets[t].alive for t in (1, 3)),
+        timeout=15,
+    )
     for path, data in files.items():
         assert fs.cat_file(path) == data
     assert fs.chunks.bad_replicas == []
