@@ -8,9 +8,12 @@ writers closed (or fsynced) before it opened the file.
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,7 +24,7 @@ from fs3.client.chunks import ChunkIO
 from fs3.client.meta import MetaClient
 from fs3.client.quota import LengthGuard
 from fs3.config import load_config
-from fs3.errors import AlreadyExists, InvalidArgument, QuotaExceeded
+from fs3.errors import AlreadyExists, Fs3Error, InvalidArgument, QuotaExceeded
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
 from fs3.types import DIRECTORY, FILE, Inode, Quota, TrashEntry
@@ -29,6 +32,23 @@ from fs3.wire.client import ConnectionPool
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
 _ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")
+
+
+@contextmanager
+def _no_new_file_on_failure(
+    path: Any, exists: Callable[[Any], bool], remove: Callable[[Any], None]
+) -> Iterator[None]:
+    """Removes ``path`` when the block fails and ``path`` did not exist before it, so a copy
+    refused midway (a quota, a lost chunk) leaves no new empty or partial file behind; a
+    file that was there before stays as the failure left it. The block's error propagates."""
+    existed = exists(path)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with suppress(Fs3Error, OSError):  # the copy's own error is the one to report
+                remove(path)
+        raise
 
 
 class FS3FileSystem(AbstractFileSystem):
@@ -258,15 +278,49 @@ class FS3FileSystem(AbstractFileSystem):
     ) -> None:
         """Copies file ``path1`` to ``path2`` (a directory: makes directory ``path2``),
         telling ``callback`` each block's bytes (``relative_update``; ``copy`` hands one
-        callback to every file, so it counts the whole copy). Raises FileNotFoundError."""
+        callback to every file, so it counts the whole copy). A copy that fails leaves no
+        new file at ``path2``. Raises FileNotFoundError."""
         path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
-        with self.open(path1, "rb") as src, self.open(path2, "wb") as dst:
+        with (
+            _no_new_file_on_failure(path2, self.exists, self.rm_file),
+            self.open(path1, "rb") as src,
+            self.open(path2, "wb") as dst,
+        ):
             while block := src.read(self.config.client.chunk_size):
                 dst.write(block)
                 callback.relative_update(len(block))
+
+    def put_file(
+        self,
+        lpath: Any,
+        rpath: str,
+        callback: Callback = DEFAULT_CALLBACK,
+        mode: str = "overwrite",
+        **kwargs: Any,
+    ) -> None:
+        """fsspec's ``put_file`` (local ``lpath`` to ``rpath``); a copy that fails (e.g.
+        QuotaExceeded midway) leaves no new file at ``rpath``."""
+        rpath = self._strip_protocol(rpath)
+        with _no_new_file_on_failure(rpath, self.exists, self.rm_file):
+            super().put_file(lpath, rpath, callback=callback, mode=mode, **kwargs)
+
+    def get_file(
+        self,
+        rpath: str,
+        lpath: Any = None,
+        callback: Callback = DEFAULT_CALLBACK,
+        outfile: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """fsspec's ``get_file`` (``rpath`` to local ``lpath``); a copy that fails (e.g. a
+        chunk no replica can serve) leaves no new file at ``lpath``."""
+        if outfile is not None or not isinstance(lpath, str | os.PathLike):  # not a path
+            return super().get_file(rpath, lpath, callback=callback, outfile=outfile, **kwargs)
+        with _no_new_file_on_failure(lpath, os.path.lexists, os.remove):
+            return super().get_file(rpath, lpath, callback=callback, **kwargs)
 
     def _open(
         self,

@@ -216,6 +216,7 @@ def test_quota_and_trash_commands(cluster: LocalCluster) -> None:
     assert "bytes 1000 of 1024" in set_.stdout and "inodes 2 of 10" in set_.stdout
     full = _fs3("put", a, __file__, "/cliq/more.py")
     assert full.exit_code == 1 and "/cliq/more.py" in full.output and "quota" in full.output
+    assert not fs.exists("/cliq/more.py")  # the refused copy left no empty file behind
     removed = _fs3("rm", "-r", "--expire", "1d", a, "/cliq/run")
     assert removed.exit_code == 0 and "in the trash as" in removed.output
     assert "bytes 0 of 1024" in _fs3("quota", "show", a, "/cliq").stdout

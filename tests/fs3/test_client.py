@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -166,6 +168,31 @@ def _chunk_files(cluster: LocalCluster, inode: int) -> list[str]:
         for target in range(1, cluster.targets + 1)
         for p in (cluster.root / f"storage-{target}").rglob(f"{inode:016x}.*")
     )
+
+
+def test_a_get_that_fails_leaves_no_new_local_file(
+    cluster: LocalCluster, fs3fs: FS3FileSystem, tmp_path: Path
+) -> None:
+    fs3fs.pipe_file("/lost/f", os.urandom(3 * SMALL_CHUNK))
+    inode = fs3fs.info("/lost/f")["inode"]
+    # Chunk 1 fails its checksum on every replica: no replica can serve it.
+    replicas = list(cluster.root.glob(f"storage-*/*/{inode:016x}.{1:08x}"))
+    assert len(replicas) == 3
+    for replica in replicas:
+        with open(replica, "r+b") as f:
+            f.seek(-5, os.SEEK_END)
+            byte = f.read(1)[0]
+            f.seek(-5, os.SEEK_END)
+            f.write(bytes([byte ^ 0x10]))
+    with pytest.raises(OSError) as info:
+        fs3fs.get_file("/lost/f", str(tmp_path / "new"))
+    assert info.value.errno == errno.EIO
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").write_bytes(b"there before")
+    with pytest.raises(OSError):
+        fs3fs.get_file("/lost/f", str(tmp_path / "old"))
+    assert (tmp_path / "old").exists()  # not this copy's to remove
+    fs3fs.rm("/lost", recursive=True)
 
 
 def test_chunks_of_removed_and_truncated_files_are_reclaimed(

@@ -5,8 +5,10 @@ mount's EDQUOT is in test_fuse.py)."""
 from __future__ import annotations
 
 import errno
+import os
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +172,28 @@ def check_quota_on_cluster(fs: FS3FileSystem, base: str) -> None:
 
 def test_edquot_through_the_client(fs3fs: FS3FileSystem) -> None:
     check_quota_on_cluster(fs3fs, "/quota-client")
+
+
+def test_a_copy_refused_by_a_quota_leaves_no_new_file(fs3fs: FS3FileSystem, tmp_path: Path) -> None:
+    base = "/quota-copy"
+    fs3fs.mkdir(base)
+    fs3fs.set_quota(base, max_bytes=2 * SMALL_CHUNK)
+    fs3fs.pipe_file(f"{base}/kept", b"k" * 100)
+    data = os.urandom(4 * SMALL_CHUNK)
+    (tmp_path / "big").write_bytes(data)
+    fs3fs.pipe_file("/quota-copy-source", data)
+    copies = {
+        "put": lambda to: fs3fs.put_file(str(tmp_path / "big"), to),
+        "cp": lambda to: fs3fs.cp_file("/quota-copy-source", to),
+    }
+    for how, copy in copies.items():
+        with pytest.raises(OSError) as info:
+            copy(f"{base}/new")
+        assert info.value.errno == errno.EDQUOT, how
+        assert not fs3fs.exists(f"{base}/new"), how
+        q = fs3fs.quota(base)
+        assert q is not None and (q.used_bytes, q.used_inodes) == (100, 1), (how, q)
+    with pytest.raises(OSError):
+        copies["put"](f"{base}/kept")
+    assert fs3fs.exists(f"{base}/kept")  # there before: not this copy's to remove
+    fs3fs.rm([base, "/quota-copy-source"], recursive=True)
