@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from hai.commands.common import call, json_option, show, state_dir_default
+from hai.commands.common import call, json_option, log_to_stderr, show, state_dir_default
 from hai.config import load_config
 from hai.errors import HaiError
 
@@ -66,7 +65,7 @@ def server(
     """Run the scheduler and API server in the foreground."""
     from hai.daemons import run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log_to_stderr()
     given = {"port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
@@ -105,7 +104,7 @@ def agent(
     """Run a node agent in the foreground."""
     from hai.daemons import AgentOptions, run_agent
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log_to_stderr()
     overrides = {"agent": {"metrics_port": metrics_port}} if metrics_port is not None else {}
     config = load_config(config_path, overrides=overrides)
     folder = Path(state_dir or state_dir_default()).expanduser()

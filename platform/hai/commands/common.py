@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ import click
 from hai.config import load_config
 from hai.errors import ConfigError, HaiError
 from hai.rpc import ApiClient
+
+
+def log_to_stderr() -> None:
+    """INFO logging to stderr for the long-running commands (server, agent, operator)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Alembic logs each plugin and migration step at INFO as the server opens its store;
+    # its warnings still show.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def state_dir_default() -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
 
-from hai.commands.common import connect
+from hai.commands.common import connect, log_to_stderr
 from hai.config import load_config
 from hai.errors import HaiError
 from hai.rpc import ApiClient
@@ -38,7 +37,7 @@ def operator(
         return
     from hai.k8s.kube import core_api, require_k8s
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log_to_stderr()
     config = load_config(config_path)
     try:
         require_k8s("hai operator", "kubernetes", "kopf")
@@ -63,5 +62,5 @@ def fs3_exporter(mgmtd: str, port: int, host: str, interval: float) -> None:
     """Serve fs3's targets and chain states as Prometheus metrics (a mgmtd sidecar)."""
     from hai.k8s.fs3_metrics import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log_to_stderr()
     serve(mgmtd, port, host, interval)
