@@ -14,11 +14,16 @@ class HaiError(Exception):
 
 
 class SpecError(HaiError, ValueError):
-    """A job spec is invalid; ``problems`` holds one line per bad field."""
+    """A job spec is invalid; ``problems`` holds one line per bad field.
+
+    One problem reads as one line; several as a heading and one indented line each."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
-        super().__init__("invalid job spec:\n  " + "\n  ".join(self.problems))
+        if len(self.problems) == 1:
+            super().__init__(f"invalid job spec: {self.problems[0]}")
+        else:
+            super().__init__("invalid job spec:\n  " + "\n  ".join(self.problems))
 
 
 class ConfigError(HaiError, ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -68,7 +69,16 @@ def _name(value: str) -> str:
 
 
 def _command(value: str) -> str:
-    if not value.strip():
+    """Splits the command as the scheduler will for each rank, so a broken one is refused at
+    submit instead of failing every heartbeat of the node it lands on."""
+    try:
+        words = shlex.split(value)
+    except ValueError as err:  # shlex's "No closing quotation" / "No escaped character"
+        raise ValueError(
+            f"cannot be split like a shell command ({str(err).lower()}), got {value!r}; "
+            f"close the quote or escape it"
+        ) from None
+    if not words or not words[0]:
         raise ValueError(f"must be a non-empty command, got {value!r}")
     return value
 
@@ -89,9 +99,17 @@ def _environment(value: Any) -> Any:
 
 
 # Counts and seconds are strict: YAML's `true` or `"2"` where a number belongs is a mistake
-# to report, not to coerce.
+# to report, not to coerce. Each has an upper bound, so a typo like 10**30 is one line here
+# and never overflows the store's 64-bit INTEGER (an internal error) or schedules forever.
+MAX_NODES = 100_000
+"""More nodes than any one cluster has (DeepSeek's Fire-Flyer 2 has about 1,250)."""
+MAX_GPUS_PER_NODE = 1024
+"""More GPUs than any one machine holds (8 is usual; 16-way boards exist)."""
+MAX_RESTARTS = 1_000_000
+MAX_SECONDS = 10.0**9
+"""About 31 years: longer than any run, and finite (YAML's `.inf` is refused)."""
 Count = Annotated[int, Field(strict=True)]
-Seconds = Annotated[float, Field(strict=True, gt=0)]
+Seconds = Annotated[float, Field(strict=True, gt=0, le=MAX_SECONDS)]
 Priority = Annotated[
     int,
     BeforeValidator(parse_priority),
@@ -124,9 +142,9 @@ class JobSpec:
     """Extra environment variables of every rank."""
     image: str | None = None
     """Container image of the ranks (Kubernetes only); the executor's default when unset."""
-    nodes: Annotated[Count, Field(ge=1)] = 1
+    nodes: Annotated[Count, Field(ge=1, le=MAX_NODES)] = 1
     """Whole nodes the job runs on, all at once or not at all."""
-    gpus_per_node: Annotated[Count, Field(ge=0)] = 8
+    gpus_per_node: Annotated[Count, Field(ge=0, le=MAX_GPUS_PER_NODE)] = 8
     """GPUs per node, one rank each; 0 runs one CPU rank."""
     priority: Priority = AUTO
     """50 (HIGHEST), 40, 30, 20, 10 (NORMAL), a name, or AUTO (-1): the highest with quota."""
@@ -136,7 +154,7 @@ class JobSpec:
     """Seconds one run may last before it is stopped; unset is no limit."""
     restart_policy: RestartPolicy = "never"
     """Whether a failed run is started again or fails the job."""
-    max_restarts: Annotated[Count, Field(ge=0)] = 3
+    max_restarts: Annotated[Count, Field(ge=0, le=MAX_RESTARTS)] = 3
     """Restarts after failures that the restart policy allows."""
     suspend_grace_period: Seconds = 5.0
     """Seconds between a suspend request and the forced stop (HAI's default is 5 s)."""
@@ -206,7 +224,11 @@ def load_spec_file(path: str | Path) -> JobSpec:
     """Reads and validates a spec file; every problem names the file and the field."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError([f"{path}: cannot read the spec file: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            [f"{path}: not UTF-8 text (byte {err.start}); save the spec file as UTF-8"]
+        ) from None
     return load_spec(text, str(path))

@@ -103,3 +103,47 @@ def test_arguments_and_environment_values_become_text_counts_do_not() -> None:
     assert (spec.arguments, spec.environment) == (["--lr", "3"], {"N": "4"})
     with pytest.raises(SpecError, match=r"gpus_per_node: .*, got '8'"):
         spec_from_dict({"name": "a", "entrypoint": "x", "gpus_per_node": "8"})
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "problem"),
+    [
+        ('python -c "print(1)', "entrypoint: cannot be split like a shell command (no closing"),
+        ("python x\\", "entrypoint: cannot be split like a shell command (no escaped"),
+        ("''", "entrypoint: must be a non-empty command"),
+    ],
+)
+def test_an_entrypoint_a_shell_cannot_split_is_refused_in_one_line(
+    entrypoint: str, problem: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict({"name": "a", "entrypoint": entrypoint})
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(problem)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("nodes", 10**30),
+        ("gpus_per_node", 2**63),
+        ("max_restarts", 10**19),
+        ("max_run_time", float("inf")),
+        ("suspend_grace_period", 1e300),
+    ],
+)
+def test_huge_numbers_are_refused_naming_the_field(field: str, value: object) -> None:
+    """The store's integers are 64-bit: a bound here keeps 10**30 from an internal error."""
+    with pytest.raises(SpecError) as info:
+        spec_from_dict({"name": "a", "entrypoint": "x", field: value})
+    [problem] = info.value.problems
+    assert problem.startswith(f"{field}: input should be less than or equal to ")
+    assert problem.endswith(f", got {value!r}")
+
+
+def test_a_spec_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"name: a\nentrypoint: caf\xe9\n")
+    with pytest.raises(SpecError) as info:
+        load_spec_file(path)
+    assert info.value.problems == [f"{path}: not UTF-8 text (byte 23); save the spec file as UTF-8"]
