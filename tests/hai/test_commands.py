@@ -72,7 +72,7 @@ def test_submit_reports_every_bad_field(calls: list, tmp_path: Path) -> None:
         (
             ["quota", "ann", "50", "4"],
             "SetQuota",
-            {"user": "ann", "priority": "50", "nodes": 4, "group": "default"},
+            {"user": "ann", "priority": 50, "nodes": 4, "group": "default"},
         ),
     ],
 )
@@ -112,3 +112,26 @@ def test_agent_forwards_its_options(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         "gpu-3", "h:7700", tmp_path, 4, "a100", kubernetes=True, address="10.0.0.5"
     )
     assert seen["config"].agent.metrics_port == 9200
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["run", "--nodes", "-1", "--", "true"], "'-n' / '--nodes': -1 is not in the range"),
+        (["run", "-g", "5000", "--", "true"], "'-g' / '--gpus': 5000 is not in the range"),
+        (["up", "--port", "99999"], "'--port': 99999 is not in the range 1<=x<=65535"),
+        (["server", "--port", "99999"], "'--port': 99999 is not in the range 0<=x<=65535"),
+        (["agent", "--name", "n", "--server", "s:1", "--metrics-port", "70000"], "70000"),
+        (["quota", "ann", "45", "4"], "'PRIORITY': must be one of 50, 40, 30, 20, 10"),
+        (["quota", "ann", "AUTO", "4"], "got 'AUTO'"),
+        (["logs", str(10**30)], "'JOB_ID': 1000000000000000000000000000000 is not in the range"),
+        (["logs", "1", "-r", "-1"], "'-r' / '--rank': -1 is not in the range"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_before_any_call(
+    calls: list, argv: list[str], problem: str
+) -> None:
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2 and calls == []
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert problem in error

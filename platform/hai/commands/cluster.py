@@ -6,18 +6,30 @@ from pathlib import Path
 
 import click
 
-from hai.commands.common import call, json_option, log_to_stderr, show, state_dir_default
+from hai.commands.common import (
+    GPUS,
+    METRICS_PORT,
+    NODES,
+    PORT,
+    SERVER_PORT,
+    call,
+    json_option,
+    log_to_stderr,
+    show,
+    state_dir_default,
+)
 from hai.config import load_config
 from hai.errors import HaiError
+from hai.spec import AUTO, MAX_NODES, parse_priority
 
 
 @click.command()
-@click.option("--nodes", default=2, show_default=True)
-@click.option("--gpus-per-node", default=8, show_default=True)
-@click.option("--port", default=7700, show_default=True)
+@click.option("--nodes", type=NODES, default=2, show_default=True)
+@click.option("--gpus-per-node", type=GPUS, default=8, show_default=True)
+@click.option("--port", type=PORT, default=7700, show_default=True)
 @click.option(
     "--metrics-port",
-    type=int,
+    type=METRICS_PORT,
     default=0,
     help="Serve Prometheus metrics: the server on this port, agent i on port + 1 + i.",
 )
@@ -56,8 +68,8 @@ def down(state_dir: str | None) -> None:
 
 @click.command()
 @click.option("--state-dir", default=None)
-@click.option("--port", type=int, default=None)
-@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0: off).")
+@click.option("--port", type=SERVER_PORT, default=None)
+@click.option("--metrics-port", type=METRICS_PORT, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None, help="YAML config file.")
 def server(
     state_dir: str | None, port: int | None, metrics_port: int | None, config_path: str | None
@@ -79,9 +91,9 @@ def server(
 @click.option("--name", required=True)
 @click.option("--server", "address", required=True, help="host:port of the hai server.")
 @click.option("--state-dir", default=None)
-@click.option("--gpus", type=int, default=None, help="GPUs to report [default: 0, or as found].")
+@click.option("--gpus", type=GPUS, default=None, help="GPUs to report [default: 0, or as found].")
 @click.option("--group", default=None, help="Node pool [default: default, or the node label].")
-@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0: off).")
+@click.option("--metrics-port", type=METRICS_PORT, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None)
 @click.option(
     "--kubernetes",
@@ -130,13 +142,27 @@ def drain(node: str, undo: bool) -> None:
     click.echo(f"{node}: {call('Drain', node=node, drained=not undo)['state']}")
 
 
+def _quota_level(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A quota's priority: a level or its name; AUTO picks a level per job, so has no quota."""
+    try:
+        level = parse_priority(value)
+    except ValueError:
+        level = AUTO
+    if level == AUTO:
+        raise click.BadParameter(
+            f"must be one of 50, 40, 30, 20, 10 or HIGHEST, VERY_HIGH, HIGH, ABOVE_NORMAL, "
+            f"NORMAL, got {value!r}"
+        )
+    return level
+
+
 @click.command()
 @click.argument("user")
-@click.argument("priority")
-@click.argument("nodes", type=int)
+@click.argument("priority", callback=_quota_level)
+@click.argument("nodes", type=click.IntRange(0, MAX_NODES))
 @click.option("--group", default="default", show_default=True)
-def quota(user: str, priority: str, nodes: int, group: str) -> None:
-    """Set USER's node quota at PRIORITY in a group (admin)."""
+def quota(user: str, priority: int, nodes: int, group: str) -> None:
+    """Set USER's node quota at PRIORITY (50..10 or a name) in a group (admin)."""
     call("SetQuota", user=user, priority=priority, nodes=nodes, group=group)
     click.echo(f"{user} may use {nodes} nodes at priority {priority} in {group}")
 

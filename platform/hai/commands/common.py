@@ -14,6 +14,7 @@ import click
 from hai.config import load_config
 from hai.errors import ConfigError, HaiError
 from hai.rpc import ApiClient
+from hai.spec import MAX_GPUS_PER_NODE, MAX_NODES
 
 
 def log_to_stderr() -> None:
@@ -77,3 +78,15 @@ def show(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bo
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+# Ranges of the numbers commands take, so `--port 99999` or `--nodes -1` is click's one-line
+# usage error before anything starts (an out-of-range port was bound modulo 65536).
+PORT = click.IntRange(1, 65535)
+SERVER_PORT = click.IntRange(0, 65535)
+"""A port a server binds; 0 lets the system pick a free one."""
+METRICS_PORT = click.IntRange(0, 65535)
+"""A Prometheus port; 0 serves none."""
+NODES = click.IntRange(1, MAX_NODES)
+GPUS = click.IntRange(0, MAX_GPUS_PER_NODE)
+ID = click.IntRange(0, 2**63 - 1)
+"""A job id or rank: what the store's 64-bit INTEGER holds."""

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import click
 
+from hai.commands.common import GPUS, NODES, PORT
+
 DEFAULT_DIR = "hai-demo"
 
 
 @click.command()
 @click.option("--steps", default=120, show_default=True, help="Steps of the training job.")
-@click.option("--nodes", default=2, show_default=True, help="Virtual nodes.")
-@click.option("--gpus-per-node", default=2, show_default=True, help="Ranks per node.")
-@click.option("--port", type=int, default=None, help="Platform server port (default: a free one).")
+@click.option("--nodes", type=NODES, default=2, show_default=True, help="Virtual nodes.")
+@click.option("--gpus-per-node", type=GPUS, default=2, show_default=True, help="Ranks per node.")
+@click.option("--port", type=PORT, default=None, help="Platform server port (default: a free one).")
 @click.option("--keep", is_flag=True, help="Leave the clusters running for hai ls/logs/fs3 ls.")
 @click.option("--down", "down_only", is_flag=True, help="Stop the clusters a --keep demo left.")
 @click.argument("state_dir", default=DEFAULT_DIR, required=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hai.commands.common import call, json_option, show
+from hai.commands.common import GPUS, ID, NODES, call, json_option, show
 from hai.errors import SpecError
 from hai.spec import load_spec_file, parse_priority, spec_from_dict
 
@@ -36,8 +36,10 @@ def submit(spec_file: str, as_json: bool) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("-n", "--nodes", default=1, show_default=True)
-@click.option("-g", "--gpus", "gpus_per_node", default=8, show_default=True, help="Per node.")
+@click.option("-n", "--nodes", type=NODES, default=1, show_default=True)
+@click.option(
+    "-g", "--gpus", "gpus_per_node", type=GPUS, default=8, show_default=True, help="Per node."
+)
 @click.option("-p", "--priority", default="AUTO", show_default=True)
 @click.option("--group", default="default", show_default=True)
 @click.option("--name", default=None, help="Defaults to the command's first word.")
@@ -91,7 +93,7 @@ def ls(all_states: bool, mine: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @json_option
 def status(job_id: int, as_json: bool) -> None:
     """One job's state."""
@@ -99,7 +101,7 @@ def status(job_id: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ID)
 @json_option
 def describe(job_id: int, as_json: bool) -> None:
     """A job's spec, runs (its chain) and events."""
@@ -118,8 +120,8 @@ def describe(job_id: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
-@click.option("-r", "--rank", default=0, show_default=True)
+@click.argument("job_id", type=ID)
+@click.option("-r", "--rank", type=ID, default=0, show_default=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job finishes.")
 def logs(job_id: int, rank: int, follow: bool) -> None:
     """Print a rank's log of the job's latest run; with -f, of every run from then on."""
@@ -135,7 +137,7 @@ def logs(job_id: int, rank: int, follow: bool) -> None:
 
 def _action(method: str, verb: str) -> click.Command:
     @click.command(method.lower(), help=f"{verb.capitalize()} a job (yours, unless admin).")
-    @click.argument("job_id", type=int)
+    @click.argument("job_id", type=ID)
     def command(job_id: int) -> None:
         job = call(method, job_id=job_id)
         click.echo(f"job {job_id}: {job['state']}")

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from hai.commands.common import connect, log_to_stderr
+from hai.commands.common import PORT, connect, log_to_stderr
 from hai.config import load_config
 from hai.errors import HaiError
 from hai.rpc import ApiClient
@@ -55,7 +55,7 @@ def operator(
 
 @operator.command("fs3-exporter")
 @click.option("--mgmtd", required=True, help="mgmtd HOST:PORT.")
-@click.option("--port", default=9402, show_default=True, help="Prometheus port.")
+@click.option("--port", type=PORT, default=9402, show_default=True, help="Prometheus port.")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--interval", default=15.0, show_default=True, help="Seconds between reads.")
 def fs3_exporter(mgmtd: str, port: int, host: str, interval: float) -> None:
