@@ -25,6 +25,7 @@ import psutil
 from hai.config import AgentConfig
 from hai.errors import HaiTimeoutError, NotFoundError, Unavailable
 from hai.executor import Executor, Launch, RankLaunch
+from hai.files import open_private, private_dir
 from hai.health import run_checks
 from hai.metrics import AgentMetrics
 from hai.protocol import (
@@ -156,7 +157,7 @@ class Agent:
             if not known and a.desired == DESIRED_STOP:
                 self._never_started.add(a.run_id)
             elif not known:
-                self.executor.start(self._launch(a))
+                self.executor.start(_private(self._launch(a)))
                 log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
             if a.run_id not in self.executor.run_ids():
                 continue
@@ -213,3 +214,13 @@ class Agent:
                 stop.wait(self.config.heartbeat_s)
         finally:
             self.executor.shutdown()
+
+
+def _private(launch: Launch) -> Launch:
+    """Makes ``launch``'s control folder and rank logs owner-only before any executor opens
+    them (they append to what is there): logs may hold what a job printed of its secrets."""
+    private_dir(launch.control_dir)
+    for rank in launch.ranks:
+        private_dir(rank.log_path.parent)
+        open_private(rank.log_path).close()
+    return launch

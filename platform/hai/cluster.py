@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
-from hai.files import replace_text
+from hai.files import open_private, private_dir, replace_text
 from hai.rpc import ApiClient
 from hai.server import TOKEN_FILE
 
@@ -36,8 +36,8 @@ class ClusterInfo:
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    private_dir(log.parent)
+    with open_private(log) as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hai", *args],
             stdout=out,
@@ -79,10 +79,10 @@ def up(
 
     Raises:
         HaiError: a cluster already runs in ``state_dir``.
+        ConfigError: ``state_dir`` is not a folder this account can keep private.
         HaiTimeoutError: the server or an agent did not come up in time.
     """
-    state_dir = state_dir.expanduser().resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = private_dir(state_dir.expanduser().resolve())
     if (state_dir / CLUSTER_FILE).exists():
         raise HaiError(f"a cluster already runs in {state_dir}; `hai down {state_dir}` first")
     env = {**os.environ, **(env or {})}

@@ -19,7 +19,7 @@ import grpc
 from hai import rpc
 from hai.auth import authenticate, create_user
 from hai.config import HaiConfig
-from hai.files import replace_text
+from hai.files import private_dir, replace_text
 from hai.metrics import SchedulerMetrics
 from hai.protocol import Heartbeat, NodeInfo, RunReport
 from hai.records import ROLE_ADMIN, Quota
@@ -87,16 +87,14 @@ def ensure_admin(store: SqlStore, state_dir: Path) -> None:
         return
     name = os.environ.get("USER") or "admin"
     token = create_user(store, name, ROLE_ADMIN)
-    path = state_dir / TOKEN_FILE
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    replace_text(state_dir / TOKEN_FILE, token + "\n")  # 0600: it makes its reader an admin
 
 
 class Server:
     """A running scheduler: store, pass loop, gRPC endpoint and metrics."""
 
     def __init__(self, config: HaiConfig, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         self.config = config
         self.state_dir = state_dir
         self.store = SqlStore(config.server.database_url or sqlite_url(state_dir))

@@ -65,7 +65,7 @@ class Executor(abc.ABC):
     def request_suspend(self, run_id: int) -> None:
         """Makes ``receive_suspend_command()`` true for every rank (idempotent): the run's
         control folder is where its ranks look, whatever runs them."""
-        (self.launch_of(run_id).control_dir / SUSPEND_FILE).touch()
+        (self.launch_of(run_id).control_dir / SUSPEND_FILE).touch(mode=0o600)
 
     def acked(self, run_id: int) -> bool:
         """Whether any rank called ``go_suspend()``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,24 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _make_private(database: str | None) -> None:
+    """Creates the SQLite file 0600, or tightens one that exists, with its -wal and -shm.
+
+    The database holds the run-token secret and every user's token hashes. SQLite creates
+    -wal and -shm with the mode of the database file itself, so a database file made
+    private here (rather than by sqlite, through the umask) keeps them private too.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite's own error names the missing folder
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # empty: SQLite makes it new
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            os.chmod(name, 0o600)
+
+
 def _from_row(cls: type, row: sa.Row) -> Any:
     data = dict(row._mapping)
     data.pop("token_hash", None)
@@ -65,6 +84,7 @@ class SqlStore(StateStore):
                 f"the state store {redact(given)} needs the database driver {err.name}: {fix}"
             ) from None
         if self._engine.dialect.name == "sqlite":
+            _make_private(self._engine.url.database)
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
         migrate(self._engine)
         self._local = threading.local()
