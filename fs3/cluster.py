@@ -5,6 +5,13 @@ Used by ``hai fs3 up`` for development and by the tests. Everything lives under 
 process, the metadata database and one chunk folder per target. Optionally several mgmtd
 processes (one primary, standbys) and several meta servers share their stores, which may be
 PostgreSQL databases instead of the SQLite files in the folder.
+
+The folder holds every file's metadata and bytes, so it is the owner's alone: created (or
+tightened to) 0700, its own files written 0600, and the services started with umask 077 so
+that their databases, chunks and logs are private too. (fs3 checks no credentials: anyone
+who reaches its ports reads through them; these modes keep the files themselves out of
+other accounts' reach. A target's local-read socket keeps storage.local_socket_mode, but
+inside the folder only the owner reaches it; other accounts' clients read over TCP.)
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,11 +29,41 @@ from pathlib import Path
 
 import yaml
 
-from fs3.errors import Fs3Error, Fs3TimeoutError
+from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
 from fs3.mgmtd.client import MgmtdClient
 from fs3.types import SERVING, RoutingTable
 
 _STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is ample
+_PRIVATE_UMASK = 0o077  # what the services create: no group or other bits
+
+
+def _private_root(root: Path) -> None:
+    """Creates ``root`` 0700, or tightens an existing looser folder of ours.
+
+    Raises ConfigError for a file, or a loose folder that is shared (sticky, like /tmp) or
+    another account's, which is not ours to close.
+    """
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = root.stat()
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{root} is a file, not a folder: give a folder path") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{root} is a file, not a folder: give a folder path")
+    if info.st_mode & 0o077:
+        if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
+            raise ConfigError(
+                f"{root} is open to other accounts (mode {stat.S_IMODE(info.st_mode):o}) and "
+                "shared or not ours to tighten: use a folder of your own"
+            )
+        os.chmod(root, 0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older release may be looser
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _free_ports(host: str, count: int) -> list[int]:
@@ -63,7 +101,7 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _private_root(self.root)
         ports_file = self.root / "cluster.json"
         if ports_file.exists():
             self.ports = json.loads(ports_file.read_text())
@@ -76,8 +114,8 @@ class LocalCluster:
             self.ports.update({f"{name}.grpc": next(free) for name in metas})
             for i in range(1, self.targets + 1):
                 self.ports[f"storage-{i}"] = [next(free), next(free)]
-            ports_file.write_text(json.dumps(self.ports))
-        (self.root / "config.yaml").write_text(yaml.safe_dump(self.settings))
+            _write_private(ports_file, json.dumps(self.ports))
+        _write_private(self.root / "config.yaml", yaml.safe_dump(self.settings))
 
     @staticmethod
     def _numbered(kind: str, count: int) -> list[str]:
@@ -159,7 +197,9 @@ class LocalCluster:
         ]
 
     def start_process(self, name: str) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        fd = os.open(self.root / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        log = os.fdopen(fd, "ab")  # the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.procs[name] = subprocess.Popen(
             self._command(name),
@@ -167,13 +207,14 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C in the terminal reaches `up`, which stops us in order
+            umask=_PRIVATE_UMASK,
         )
         log.close()
         self._save_pids()
 
     def _save_pids(self) -> None:
         pids = {n: p.pid for n, p in self.procs.items() if p.poll() is None}
-        (self.root / "pids.json").write_text(json.dumps(pids))
+        _write_private(self.root / "pids.json", json.dumps(pids))
 
     def start(self, timeout: float = 60.0) -> None:
         """Starts every process and waits until the cluster serves.
@@ -183,7 +224,7 @@ class LocalCluster:
         for name in self.names():
             self.start_process(name)
         self.wait_ready(timeout)
-        (self.root / "address").write_text(self.address + "\n")
+        _write_private(self.root / "address", self.address + "\n")
 
     def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
         """Waits until a primary mgmtd answers, every meta server is registered and every
