@@ -157,7 +157,10 @@ class Agent:
             if not known and a.desired == DESIRED_STOP:
                 self._never_started.add(a.run_id)
             elif not known:
-                self.executor.start(_private(self._launch(a)))
+                launch = self._launch(a)
+                if self.executor.private_run_folders:
+                    _private(launch)
+                self.executor.start(launch)
                 log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
             if a.run_id not in self.executor.run_ids():
                 continue
@@ -216,11 +219,10 @@ class Agent:
             self.executor.shutdown()
 
 
-def _private(launch: Launch) -> Launch:
+def _private(launch: Launch) -> None:
     """Makes ``launch``'s control folder and rank logs owner-only before any executor opens
     them (they append to what is there): logs may hold what a job printed of its secrets."""
     private_dir(launch.control_dir)
     for rank in launch.ranks:
         private_dir(rank.log_path.parent)
         open_private(rank.log_path).close()
-    return launch

@@ -50,6 +50,10 @@ class Executor(abc.ABC):
     inherits_environment = True
     """Whether ranks start with the agent's own environment under the platform's variables
     (local processes), or only with the platform's (a container brings its own)."""
+    private_run_folders = True
+    """Whether the agent makes each run's control folder and rank logs owner-only (0700,
+    0600) before ``start``: where the agent's own process writes the logs. A container
+    that may run as any user opens its folders itself (Kubernetes)."""
 
     @abc.abstractmethod
     def start(self, launch: Launch) -> None:

@@ -56,6 +56,7 @@ def _utcnow() -> datetime.datetime:
 
 class KubernetesExecutor(Executor):
     inherits_environment = False
+    private_run_folders = False  # the pod's user, whoever it is, writes ack and logs there
 
     def __init__(
         self,
