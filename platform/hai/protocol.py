@@ -44,6 +44,9 @@ class RunReport:
     """Worst exit code of this node's ranks once all have exited; None while any runs."""
     acked: bool = False
     """The job called ``hai.client.go_suspend()``."""
+    reason: str = ""
+    """Why the run failed on this node when the agent knows better than the exit code
+    (e.g. its ranks could not be started: the log folder could not be made)."""
 
 
 @dataclass

@@ -162,7 +162,7 @@ class Scheduler:
                         self._stop_run(run, run.after_stop, "checkpoint acknowledged", now)
                 if report.exit_code is not None:
                     self._node_exited(
-                        self.store.get_run(run.id), node.name, report.exit_code, now, ""
+                        self.store.get_run(run.id), node.name, report.exit_code, now, report.reason
                     )
             return HeartbeatReply(
                 [self._assignment(r, node.name) for r in self._runs_on(node.name)]
@@ -322,7 +322,7 @@ class Scheduler:
         self.store.update_run(run.id, node_exits=exits)
         run = self.store.get_run(run.id)
         if code != 0 and run.state == RUN_RUNNING:
-            why = reason or f"rank on {node} exited with {code}"
+            why = reason or f"rank on {node} exited with {code}{_EXIT_MEANINGS.get(code, '')}"
             after = AFTER_REQUEUE if code == LOST else AFTER_FAIL
             self._stop_run(run, after, why, now)
         elif code != 0 and code == LOST and run.state == RUN_SUSPENDING:
@@ -405,6 +405,14 @@ class Scheduler:
             gpus_per_node=spec.gpus_per_node,
             log_dir=run_log_dir(job.id, run.attempt),
         )
+
+
+# The shell's codes, which the executors use for a rank whose command could not be started
+# (hai.executor.die_with_parent, the local executor): the node is fine, the job is not.
+_EXIT_MEANINGS = {
+    126: " (its command could not be executed; see the rank's log)",
+    127: " (its command was not found or could not be started; see the rank's log)",
+}
 
 
 def _grace_s(job: Job) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hai.auth import create_user, require_admin, require_owner
-from hai.errors import ConfigError, QuotaError, StateError
+from hai.errors import ConfigError, NotFoundError, QuotaError, SpecError, StateError
 from hai.policy import quota_limit
 from hai.protocol import rank_log, run_log_dir
 from hai.records import (
@@ -66,8 +66,23 @@ class Service:
         self.state_dir = state_dir
 
     def submit(self, user: User, spec: JobSpec) -> Job:
-        """Queues a job. Raises QuotaError when its priority has no quota at all."""
+        """Queues a job.
+
+        Raises:
+            SpecError: it asks for more GPUs per node than the largest registered node of
+                its group has (see :meth:`_largest_node`).
+            QuotaError: its priority has no quota at all.
+        """
         store = self.store
+        largest = self._largest_node(spec.group)
+        if largest is not None and spec.gpus_per_node > largest:
+            raise SpecError(
+                [
+                    f"gpus_per_node: {spec.gpus_per_node} is more than the largest node of "
+                    f"group {spec.group!r} has ({largest}); ask for at most {largest} "
+                    f"per node and more nodes instead"
+                ]
+            )
         if spec.priority != AUTO:
             limit = self._limit(user.name, spec.group, spec.priority)
             if limit is not None and spec.nodes > limit:
@@ -99,7 +114,21 @@ class Service:
             self.scheduler.event(
                 "submit", f"{user.name} submitted job {job.id} ({spec.name})", job.id
             )
+            if largest is None:
+                self.scheduler.event(
+                    "submit",
+                    f"job {job.id}: no node of group {spec.group!r} is registered yet; it "
+                    f"waits for nodes with {spec.gpus_per_node} GPUs",
+                    job.id,
+                )
         return job
+
+    def _largest_node(self, group: str) -> int | None:
+        """The most GPUs of any node registered in ``group`` (dead or drained ones too: they
+        may come back), or None while the group has none: then a job is accepted and waits,
+        as agents may register after jobs are queued (a cluster starting up)."""
+        gpus = [n.gpus for n in self.store.list_nodes() if n.group == group]
+        return max(gpus) if gpus else None
 
     def _limit(self, user: str, group: str, level: int) -> int | None:
         quotas = {(q.user, q.group, q.priority): q.nodes for q in self.store.list_quotas()}
@@ -170,6 +199,12 @@ class Service:
         a suspended and resumed job's whole output in order.
         """
         job = self.store.get_job(job_id)
+        ranks = job.nodes * max(job.gpus_per_node, 1)
+        if not 0 <= rank < ranks:
+            raise NotFoundError(
+                f"job {job_id} has no rank {rank}: its ranks are 0-{ranks - 1} "
+                f"({job.nodes} nodes x {max(job.gpus_per_node, 1)})"
+            )
         runs = self.store.list_runs(job_id=job_id)
         if not runs:
             return LogChunk("", 0, job.state in FINISHED_STATES)

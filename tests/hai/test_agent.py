@@ -54,7 +54,12 @@ def test_a_run_stopped_before_its_agent_started_it_ends(
 ) -> None:
     client, agent = platform
     agent.step()  # registers the node
-    spec = {"name": "never", "entrypoint": f"touch {tmp_path / 'ran'}", "nodes": 1}
+    spec = {
+        "name": "never",
+        "entrypoint": f"touch {tmp_path / 'ran'}",
+        "nodes": 1,
+        "gpus_per_node": 1,
+    }
     job_id = client.call("Submit", spec=spec)["id"]
     describe = lambda: client.call("Describe", job_id=job_id)  # noqa: E731
     wait_for("the run to be placed", lambda: describe()["job"]["state"] == "running")

@@ -128,6 +128,13 @@ def logs(job_id: int, rank: int, follow: bool) -> None:
     offset, attempt = 0, None
     while True:
         chunk = call("Logs", job_id=job_id, rank=rank, offset=offset, attempt=attempt)
+        if chunk["attempt"] is None and (chunk["finished"] or not follow):
+            # Printing nothing with status 0 read as "it ran and said nothing".
+            raise click.ClickException(
+                f"job {job_id} never ran, so it has no log"
+                if chunk["finished"]
+                else f"job {job_id} has not started yet; `hai logs -f {job_id}` waits for it"
+            )
         click.echo(chunk["text"], nl=False)
         offset, attempt = chunk["offset"], chunk["attempt"]
         if not follow or chunk["finished"]:
