@@ -21,6 +21,8 @@ from hai.errors import ConfigError, StateError
 from hai.executor import Executor, Launch, LocalExecutor, RankLaunch
 from hai.protocol import Assignment
 
+from ..waiting import wait_for
+
 JOB = """
 import os, sys, time
 from hai import client
@@ -129,14 +131,16 @@ def test_ranks_die_with_their_agent(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    rank = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
-    deadline = time.monotonic() + 10  # the rank execs `sleep` once its death signal is armed
-    while rank.name() != "sleep":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    supervisor = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
+    # The supervisor forks the rank, which execs `sleep` once its death signal is armed.
+    rank = wait_for(
+        "the rank to exec sleep",
+        lambda: next((c for c in supervisor.children() if c.name() == "sleep"), None),
+    )
     agent.kill()
     agent.wait()
-    rank.wait(timeout=10)  # raises psutil.TimeoutExpired if the rank outlived its agent
+    for p in (supervisor, rank):  # raises psutil.TimeoutExpired if one outlived its agent
+        p.wait(timeout=10)  # type: ignore[attr-defined]
 
 
 def test_ranks_start_while_grpc_is_busy(executor: Executor, tmp_path: Path) -> None:

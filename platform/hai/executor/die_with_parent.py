@@ -1,33 +1,86 @@
-"""Runs a command that the kernel kills when the process that started it dies.
+"""Runs a rank as the leader's child in a process group of its own, which dies whole.
 
 Usage: python -S die_with_parent.py PARENT_PID COMMAND [ARG...]
 
-The agent starts every rank through this script instead of arming the death signal in a
-``preexec_fn``: a ``preexec_fn`` makes Python fork() instead of vfork(), and fork() runs
-gRPC's fork handlers in the child, which can restart gRPC's poller there and abort the
-child when its file descriptors are closed before exec (grpc/grpc#43055, seen here as
-ranks dying with SIGABRT before they ran a line). Only the standard library is used, so
-the script starts in milliseconds.
+This script is the rank's supervisor. It starts a new session (so the session and process
+group ids are its pid, the pid the agent knows), forks, and the child execs COMMAND; every
+process the rank forks stays in that group unless it leaves it on purpose. So:
+
+- the agent stops a rank by signalling the group (``os.killpg``): SIGTERM reaches the rank
+  and its children alike, and SIGKILL at the end of the grace period ends the supervisor
+  too. The supervisor ignores SIGTERM: the rank decides how to take it;
+- the supervisor exits as the rank did (its code, or the same signal), and the agent kills
+  what is left of the group before it reaps the supervisor (whose pid, unreaped, cannot be
+  reused as another group's id);
+- if the agent dies, even by SIGKILL, the kernel sends the supervisor SIGHUP (its death
+  signal, armed with ``prctl(PR_SET_PDEATHSIG)``) and the supervisor SIGKILLs the whole
+  group, itself included. The rank also gets SIGKILL if the supervisor alone dies.
+
+The agent starts every rank through this script instead of a ``preexec_fn``: a
+``preexec_fn`` makes Python fork() instead of vfork(), and fork() runs gRPC's fork handlers
+in the child, which can restart gRPC's poller there and abort the child when its file
+descriptors are closed before exec (grpc/grpc#43055, seen here as ranks dying with SIGABRT
+before they ran a line). This process has no gRPC, so its own fork() is safe. Only the
+standard library is used, so the script starts in milliseconds.
 """
 
 import ctypes
 import os
+import resource
 import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_AGENT_GONE = signal.SIGHUP
+"""The supervisor's death signal: catchable (unlike SIGKILL), so that it can end the group."""
 
 
-def main() -> None:
-    parent, argv = int(sys.argv[1]), sys.argv[2:]
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        sys.exit(f"hai: the agent (pid {parent}) exited before {argv[0]!r} started")
+def _end_group(signum: int, frame: object) -> None:
+    os.killpg(0, signal.SIGKILL)
+
+
+def _run_rank(libc: ctypes.CDLL, supervisor: int, argv: list[str]) -> None:
+    # Python ignores SIGPIPE and SIGXFSZ at start, and ignored signals stay ignored
+    # across exec; the rank gets the defaults, as subprocess's restore_signals gives.
+    for sig in (signal.SIGTERM, _AGENT_GONE, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor:
+        os._exit(128 + signal.SIGKILL)
     try:
         os.execvp(argv[0], argv)
     except OSError as err:
         sys.stderr.write(f"hai: cannot start {argv[0]!r}: {err}\n")
-        sys.exit(127)
+        sys.stderr.flush()
+    os._exit(127)
+
+
+def _exit_as(status: int) -> None:
+    """Ends this process the way the rank ended (``status`` from waitpid)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the rank dumped core, if any
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # reached only if the signal does not end a process
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def main() -> None:
+    parent, argv = int(sys.argv[1]), sys.argv[2:]
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(_AGENT_GONE, _end_group)
+    libc.prctl(_PR_SET_PDEATHSIG, _AGENT_GONE)
+    if os.getppid() != parent:
+        sys.exit(f"hai: the agent (pid {parent}) exited before {argv[0]!r} started")
+    supervisor = os.getpid()
+    child = os.fork()
+    if child == 0:
+        _run_rank(libc, supervisor, argv)
+    _, status = os.waitpid(child, 0)
+    _exit_as(status)
 
 
 if __name__ == "__main__":

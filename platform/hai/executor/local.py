@@ -1,4 +1,11 @@
-"""The local executor: each rank is a child process of the agent on this machine."""
+"""The local executor: each rank is a child process of the agent on this machine.
+
+Each rank runs in a process group of its own, led by a small supervisor
+(``die_with_parent.py``) whose pid is the group's id: stop, the grace-period kill and
+shutdown signal the whole group, and what is left of it when the rank exits is killed
+before the supervisor is reaped, so nothing a rank forked outlives its run. (A process
+that leaves the group on purpose, with setsid or setpgid, escapes it.)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,8 @@ from hai.errors import StateError
 from hai.executor.base import Executor, Launch, worst_exit
 
 # Ranks must not outlive their agent: a killed agent's jobs are requeued elsewhere, and
-# survivors would run the same chain twice. The script arms the kernel's death signal.
+# survivors would run the same chain twice. The script arms the kernel's death signal and
+# kills the rank's whole group when it fires.
 _GUARD = str(Path(__file__).with_name("die_with_parent.py"))
 
 
@@ -65,7 +73,7 @@ class LocalExecutor(Executor):
         run = self._runs[run_id]
         if run.kill_at is not None and time.monotonic() >= run.kill_at:
             self._signal(run, signal.SIGKILL)
-        codes = [p.poll() for p in run.procs]
+        codes = [_reap(p) for p in run.procs]
         if any(c is None for c in codes):
             return None
         return worst_exit([c for c in codes if c is not None])
@@ -84,9 +92,30 @@ class LocalExecutor(Executor):
 
     @staticmethod
     def _signal(run: _Run, sig: int) -> None:
+        # Unreaped (returncode None) is enough: while its supervisor is not reaped, the
+        # group's id cannot belong to anyone else, even if the supervisor has exited.
         for p in run.procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, sig)
-                except ProcessLookupError:
-                    pass
+            if p.returncode is None:
+                _signal_group(p.pid, sig)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the group is gone (or, for a rank that never started, never was)
+
+
+def _reap(p: subprocess.Popen) -> int | None:
+    """The exit code of a rank's supervisor, or None while it runs; once it has exited,
+    SIGKILLs what is left of its group, then reaps it (not before: see _signal)."""
+    if p.returncode is not None:
+        return p.returncode
+    try:
+        exited = os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped behind our back; poll() says how it ended
+        exited = True
+    if exited is None:
+        return None
+    _signal_group(p.pid, signal.SIGKILL)
+    return p.wait()

@@ -1,0 +1,197 @@
+"""Whole process trees: stopping a rank ends every process it forked, however it ends.
+
+Each test runs a real rank that forks a child which ignores SIGTERM and sleeps (the way a
+data loader worker or a shell pipeline outlives a careless stop), then ends the run one
+way (stop, the grace-period kill, the rank exiting, the agent's shutdown, the agent killed
+by SIGKILL, `hai stop` on a real cluster) and checks by pid that no process of it is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hai.executor import Launch, LocalExecutor, RankLaunch
+
+from ..waiting import wait_for
+
+# argv[1]: "stop" (the rank takes SIGTERM), "stubborn" (it ignores it too) or "exit"
+# (it exits 0 at once, leaving its child behind). The rank prints its pid and its child's
+# once the child ignores SIGTERM, which the child says through a pipe.
+TREE = """
+import os, signal, sys, time
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.write(w, b"x")
+    time.sleep(600)
+    os._exit(0)
+os.read(r, 1)
+if sys.argv[1] == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("tree", os.getpid(), child, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)
+time.sleep(600)
+"""
+
+HAI = Path(sys.executable).with_name("hai")
+
+
+@pytest.fixture
+def executor() -> Iterator[LocalExecutor]:
+    ex = LocalExecutor()
+    yield ex
+    ex.shutdown()
+
+
+def _tree_launch(tmp_path: Path, run_id: int, mode: str) -> Launch:
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    log = tmp_path / f"rank-{run_id}.log"
+    return Launch(
+        run_id,
+        tmp_path / f"c{run_id}",
+        [RankLaunch(0, [sys.executable, str(script), mode], {}, log)],
+    )
+
+
+def _tree(log: Path) -> list[psutil.Process]:
+    """The rank and its child, once the rank printed their pids (both alive then)."""
+
+    def line() -> str | None:
+        text = log.read_text() if log.exists() else ""
+        return next((s for s in text.splitlines() if s.startswith("tree ")), None)
+
+    found = wait_for(f"the rank to print its tree in {log}", line)
+    procs = [psutil.Process(int(pid)) for pid in str(found).split()[1:]]
+    assert all(p.is_running() for p in procs)
+    return procs
+
+
+def _gone(p: psutil.Process) -> bool:
+    """Whether ``p`` has ended (a zombie waiting for its parent's wait counts as ended;
+    is_running compares start times, so a reused pid does not count as ``p``)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _all_gone(procs: list[psutil.Process]) -> None:
+    wait_for(
+        f"processes {[p.pid for p in procs]} to end",
+        lambda: all(_gone(p) for p in procs),
+    )
+
+
+def _exit_code(executor: LocalExecutor, run_id: int) -> int:
+    code = wait_for(
+        f"run {run_id} to exit",
+        lambda: (c := executor.exit_code(run_id)) is not None and (c,),
+    )
+    return code[0]  # type: ignore[index]
+
+
+def test_stop_ends_the_child_that_ignores_sigterm(executor: LocalExecutor, tmp_path: Path) -> None:
+    launch = _tree_launch(tmp_path, 1, "stop")
+    executor.start(launch)
+    procs = _tree(launch.ranks[0].log_path)
+    executor.stop(1, grace_s=600.0)  # the rank takes SIGTERM; no SIGKILL comes from grace
+    assert _exit_code(executor, 1) == -signal.SIGTERM
+    _all_gone(procs)
+
+
+def test_grace_period_kill_ends_the_whole_tree(executor: LocalExecutor, tmp_path: Path) -> None:
+    launch = _tree_launch(tmp_path, 2, "stubborn")
+    executor.start(launch)
+    procs = _tree(launch.ranks[0].log_path)
+    executor.stop(2, grace_s=0.5)
+    assert _exit_code(executor, 2) == -signal.SIGKILL
+    _all_gone(procs)
+
+
+def test_a_rank_that_exits_leaves_no_child_behind(executor: LocalExecutor, tmp_path: Path) -> None:
+    launch = _tree_launch(tmp_path, 3, "exit")
+    executor.start(launch)
+    procs = _tree(launch.ranks[0].log_path)
+    assert _exit_code(executor, 3) == 0
+    _all_gone(procs)
+
+
+def test_shutdown_ends_the_whole_tree(tmp_path: Path) -> None:
+    ex = LocalExecutor()
+    launch = _tree_launch(tmp_path, 4, "stubborn")
+    ex.start(launch)
+    procs = _tree(launch.ranks[0].log_path)
+    ex.shutdown()
+    _all_gone(procs)
+
+
+AGENT = """
+import sys, time
+from pathlib import Path
+from hai.executor import Launch, LocalExecutor, RankLaunch
+ex = LocalExecutor()
+argv = [sys.executable, sys.argv[1], "stubborn"]
+ex.start(Launch(1, Path(sys.argv[2]), [RankLaunch(0, argv, {}, Path(sys.argv[3]))]))
+print(ex._runs[1].procs[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_tree_dies_with_its_agent(tmp_path: Path) -> None:
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    log = tmp_path / "r.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(script), str(tmp_path / "c"), str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        supervisor = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
+        procs = [supervisor, *_tree(log)]
+        assert procs[1].ppid() == supervisor.pid
+        assert {os.getpgid(p.pid) for p in procs} == {supervisor.pid}  # a group of its own
+        agent.kill()
+        agent.wait()
+        _all_gone(procs)
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+@pytest.mark.slow
+def test_hai_stop_on_a_cluster_ends_the_whole_tree(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    spec = {
+        "name": "tree",
+        "entrypoint": sys.executable,
+        "arguments": [str(script), "stubborn"],
+        "nodes": 1,
+        "gpus_per_node": 1,
+    }
+    job = cluster.client.call("Submit", spec=spec)["id"]
+    log = cluster.state_dir / "logs" / f"job-{job}" / "run-0" / "rank-0.log"
+    procs = _tree(log)
+    env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
+    env.pop("HAI_SERVER", None)
+    stop = subprocess.run(
+        [str(HAI), "stop", str(job)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert stop.returncode == 0, stop.stderr
+    _all_gone(procs)  # both ignore SIGTERM: the agent's grace-period SIGKILL ends them
+    cluster.wait_for(
+        f"job {job} to be stopped",
+        lambda: cluster.describe(job)["job"]["state"] == "stopped",
+    )
