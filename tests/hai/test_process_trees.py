@@ -23,8 +23,8 @@ from hai.executor import Launch, LocalExecutor, RankLaunch
 from ..waiting import wait_for
 
 # argv[1]: "stop" (the rank takes SIGTERM), "stubborn" (it ignores it too) or "exit"
-# (it exits 0 at once, leaving its child behind). The rank prints its pid and its child's
-# once the child ignores SIGTERM, which the child says through a pipe.
+# (it exits 0 once the file argv[2] exists, leaving its child behind). The rank prints its
+# pid and its child's once the child ignores SIGTERM, which the child says through a pipe.
 TREE = """
 import os, signal, sys, time
 r, w = os.pipe()
@@ -39,6 +39,8 @@ if sys.argv[1] == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("tree", os.getpid(), child, flush=True)
 if sys.argv[1] == "exit":
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
     sys.exit(0)
 time.sleep(600)
 """
@@ -53,14 +55,14 @@ def executor() -> Iterator[LocalExecutor]:
     ex.shutdown()
 
 
-def _tree_launch(tmp_path: Path, run_id: int, mode: str) -> Launch:
+def _tree_launch(tmp_path: Path, run_id: int, mode: str, *args: str) -> Launch:
     script = tmp_path / "tree.py"
     script.write_text(TREE)
     log = tmp_path / f"rank-{run_id}.log"
     return Launch(
         run_id,
         tmp_path / f"c{run_id}",
-        [RankLaunch(0, [sys.executable, str(script), mode], {}, log)],
+        [RankLaunch(0, [sys.executable, str(script), mode, *args], {}, log)],
     )
 
 
@@ -120,9 +122,11 @@ def test_grace_period_kill_ends_the_whole_tree(executor: LocalExecutor, tmp_path
 
 
 def test_a_rank_that_exits_leaves_no_child_behind(executor: LocalExecutor, tmp_path: Path) -> None:
-    launch = _tree_launch(tmp_path, 3, "exit")
+    go = tmp_path / "go"
+    launch = _tree_launch(tmp_path, 3, "exit", str(go))
     executor.start(launch)
     procs = _tree(launch.ranks[0].log_path)
+    go.touch()
     assert _exit_code(executor, 3) == 0
     _all_gone(procs)
 
@@ -170,8 +174,8 @@ def test_the_tree_dies_with_its_agent(tmp_path: Path) -> None:
         agent.wait()
 
 
-@pytest.mark.slow
-def test_hai_stop_on_a_cluster_ends_the_whole_tree(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _cluster_tree(cluster, tmp_path: Path) -> tuple[int, list[psutil.Process]]:  # type: ignore[no-untyped-def]
+    """Submits a one-node job whose rank and child both ignore SIGTERM: (job id, tree)."""
     script = tmp_path / "tree.py"
     script.write_text(TREE)
     spec = {
@@ -182,8 +186,26 @@ def test_hai_stop_on_a_cluster_ends_the_whole_tree(cluster, tmp_path: Path) -> N
         "gpus_per_node": 1,
     }
     job = cluster.client.call("Submit", spec=spec)["id"]
-    log = cluster.state_dir / "logs" / f"job-{job}" / "run-0" / "rank-0.log"
-    procs = _tree(log)
+    return job, _tree(cluster.state_dir / "logs" / f"job-{job}" / "run-0" / "rank-0.log")
+
+
+def _node_of(cluster, job: int) -> str:  # type: ignore[no-untyped-def]
+    return next(r for r in cluster.describe(job)["runs"] if r["state"] != "done")["nodes"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "stop"])
+def test_the_tree_ends_with_its_agent_on_a_cluster(cluster, tmp_path: Path, sig: int) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL: the agent crashes; SIGTERM: it stops, as `hai down` asks."""
+    job, procs = _cluster_tree(cluster, tmp_path)
+    agent = psutil.Process(cluster.info.pids[_node_of(cluster, job)])
+    agent.send_signal(sig)
+    _all_gone([agent, *procs])
+
+
+@pytest.mark.slow
+def test_hai_stop_on_a_cluster_ends_the_whole_tree(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job, procs = _cluster_tree(cluster, tmp_path)
     env = {**os.environ, "HAI_STATE_DIR": str(cluster.state_dir)}
     env.pop("HAI_SERVER", None)
     stop = subprocess.run(
