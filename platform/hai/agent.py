@@ -40,6 +40,9 @@ from hai.rpc import ApiClient
 
 NEVER_STARTED = -signal.SIGTERM
 """The exit reported for a run stopped before it started: what stopping it would give."""
+CANNOT_START = 127
+"""The exit reported for a run whose ranks could not be started here: the shell's code for a
+command it could not run, as the local executor's ranks give for a missing command."""
 
 log = logging.getLogger("hai.agent")
 
@@ -106,6 +109,9 @@ class Agent:
         self._never_started: set[int] = set()
         """Runs told to stop before this agent started them: reported as exited, or the
         scheduler would wait for their exit (and hold their nodes) forever."""
+        self._cannot_start: dict[int, str] = {}
+        """Runs whose launch failed on this node, with why: reported as exited with
+        :data:`CANNOT_START`, so the run fails with the reason and the node stays alive."""
 
     def step(self) -> None:
         """One heartbeat and reconcile. Raises Unavailable/HaiTimeoutError if the server
@@ -125,6 +131,10 @@ class Agent:
             self._registered = True
         reports = [self._report(run_id) for run_id in self.executor.run_ids()]
         reports += [RunReport(run_id, NEVER_STARTED) for run_id in self._never_started]
+        reports += [
+            RunReport(run_id, CANNOT_START, reason=why)
+            for run_id, why in self._cannot_start.items()
+        ]
         try:
             reply = self.client.call(
                 "Heartbeat",
@@ -152,22 +162,36 @@ class Agent:
                 else:
                     self.executor.stop(run_id, self.config.kill_grace_s)
         self._never_started &= set(wanted)  # the scheduler took the report: done with it
+        self._cannot_start = {r: why for r, why in self._cannot_start.items() if r in wanted}
         for a in assignments:
             known = a.run_id in self.executor.run_ids()
+            if a.run_id in self._cannot_start:
+                continue
             if not known and a.desired == DESIRED_STOP:
                 self._never_started.add(a.run_id)
             elif not known:
-                launch = self._launch(a)
-                if self.executor.private_run_folders:
-                    _private(launch)
-                self.executor.start(launch)
-                log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
+                self._start(a)
             if a.run_id not in self.executor.run_ids():
                 continue
             if a.desired == DESIRED_SUSPEND:
                 self.executor.request_suspend(a.run_id)
             elif a.desired == DESIRED_STOP:
                 self.executor.stop(a.run_id, a.kill_grace_s)
+
+    def _start(self, a: Assignment) -> None:
+        """Starts the run's ranks here; a failure fails that run (reported on the next
+        heartbeat with the reason), never the heartbeat loop or the node."""
+        try:
+            launch = self._launch(a)
+            if self.executor.private_run_folders:
+                _private(launch)
+            self.executor.start(launch)
+        except Exception as err:  # an OSError, an executor's refusal or bug: all end the run
+            why = f"cannot start run {a.run_id} of job {a.job_id} on {self.name}: {err}"
+            log.warning("%s", why)
+            self._cannot_start[a.run_id] = why
+            return
+        log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
 
     def _launch(self, a: Assignment) -> Launch:
         control = self.state_dir / "runs" / str(a.run_id) / self.name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hai.agent import NEVER_STARTED, Agent
+from hai.agent import CANNOT_START, NEVER_STARTED, Agent
 from hai.config import load_config
 from hai.executor import LocalExecutor
 from hai.protocol import DESIRED_RUN, Assignment, run_log_dir
@@ -73,6 +73,41 @@ def test_a_run_stopped_before_its_agent_started_it_ends(
     assert detail["runs"][0]["exit_code"] == NEVER_STARTED
     agent.step()
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_run_that_cannot_start_fails_with_the_reason_and_the_node_takes_the_next(
+    platform: tuple[ApiClient, Agent],
+) -> None:
+    """A launch failure (here: the run's log folder cannot be made, as a file has its name)
+    fails that run with why, and the heartbeats go on: the node is not the problem."""
+    client, agent = platform
+    agent.step()  # registers the node
+    spec = {"name": "blocked", "entrypoint": "true", "nodes": 1, "gpus_per_node": 1}
+    job_id = client.call("Submit", spec=spec)["id"]
+    describe = lambda job: client.call("Describe", job_id=job)  # noqa: E731
+    wait_for("the run to be placed", lambda: describe(job_id)["job"]["state"] == "running")
+    blocker = agent.state_dir / run_log_dir(job_id, 0)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    agent.step()  # the launch fails: no exception, nothing started
+    assert agent.executor.run_ids() == []
+    agent.step()  # reports the run as failed, with the reason
+    detail = describe(job_id)
+    assert (detail["job"]["state"], detail["job"]["exit_code"]) == ("failed", CANNOT_START)
+    reason = f"cannot start run {detail['runs'][0]['id']} of job {job_id} on node-0: "
+    assert detail["runs"][0]["reason"].startswith(reason)
+    assert detail["job"]["message"].startswith(reason)
+    assert any(reason in e["message"] for e in detail["events"])
+    agent.step()
+    assert agent._cannot_start == {}  # the scheduler took the report
+    following = client.call("Submit", spec={**spec, "name": "next"})["id"]
+
+    def succeeded() -> bool:
+        agent.step()
+        return describe(following)["job"]["state"] == "succeeded"
+
+    wait_for("the next job to succeed on the same node", succeeded)
+    assert [n["state"] for n in client.call("Nodes")] == ["ready"]
 
 
 def test_a_launch_takes_image_gpus_and_log_folder_from_the_assignment(
