@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
-from hai.files import open_private, private_dir, replace_text
+from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
 from hai.rpc import ApiClient
 from hai.server import TOKEN_FILE
 
@@ -82,7 +82,7 @@ def up(
         ConfigError: ``state_dir`` is not a folder this account can keep private.
         HaiTimeoutError: the server or an agent did not come up in time.
     """
-    state_dir = private_dir(state_dir.expanduser().resolve())
+    state_dir = private_dir(state_dir.expanduser().resolve(), STATE_ENTRIES)
     if (state_dir / CLUSTER_FILE).exists():
         raise HaiError(f"a cluster already runs in {state_dir}; `hai down {state_dir}` first")
     env = {**os.environ, **(env or {})}

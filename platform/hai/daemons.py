@@ -34,11 +34,11 @@ def run_server(config: HaiConfig, state_dir: Path) -> None:
 
     admin_token = os.environ.get("HAI_ADMIN_TOKEN")
     if admin_token:
-        from hai.files import private_dir
+        from hai.files import STATE_ENTRIES, private_dir
         from hai.k8s.kube import bootstrap_admin
         from hai.store import sqlite_url
 
-        private_dir(state_dir)
+        private_dir(state_dir, STATE_ENTRIES)
         bootstrap_admin(config.server.database_url or sqlite_url(state_dir), admin_token)
     server = Server(config, state_dir)
     stop = _stop_on_signals()
@@ -77,11 +77,11 @@ def run_agent(config: HaiConfig, options: AgentOptions) -> None:
     neither ``HAI_TOKEN`` nor the state folder's token file gives it a credential."""
     from hai.agent import Agent
     from hai.executor import Executor, LocalExecutor
-    from hai.files import private_dir
+    from hai.files import STATE_ENTRIES, private_dir
     from hai.rpc import ApiClient
     from hai.server import TOKEN_FILE
 
-    private_dir(options.state_dir)  # ranks' logs and control files live there
+    private_dir(options.state_dir, STATE_ENTRIES)  # ranks' logs and control files live there
     token = os.environ.get("HAI_TOKEN") or (options.state_dir / TOKEN_FILE).read_text().strip()
     client = ApiClient(options.server, token, config.agent.rpc_timeout_s)
     executor: Executor

@@ -8,6 +8,7 @@ is tightened when a process starts on it.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import stat
@@ -20,17 +21,21 @@ log = logging.getLogger("hai.files")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+STATE_ENTRIES = ("token", "hai.db*", "*.json", "logs", "runs", ".*")
+"""Names hai itself puts in a state folder (``.*``: files being replaced)."""
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
     """Makes ``path`` a folder only its owner can enter (0700) and returns it.
 
     Missing folders on the way are created 0700 too. An existing ``path`` that group or
-    others may use is tightened, with a warning.
+    others may use is tightened, with a warning, when it is ours and, with ``only``
+    (glob patterns), holds nothing else: a loose folder of other files (a home, /etc) is
+    the user's to close, not ours.
 
     Raises:
         ConfigError: ``path`` is a file or cannot be created, or a loose folder that is
-            shared (sticky, like /tmp) or another account's, so not ours to tighten.
+            shared (sticky, like /tmp), another account's or holds other files.
     """
     missing = []
     here = path
@@ -50,16 +55,31 @@ def private_dir(path: Path) -> Path:
         ) from None
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{path} is a file, not a folder: give a folder path")
-    loose = info.st_mode & 0o077
-    if loose:
-        if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
-            raise ConfigError(
-                f"{path} is open to other accounts (mode {stat.S_IMODE(info.st_mode):o}) and "
-                "shared or not ours to tighten: use a folder of your own"
-            )
+    if info.st_mode & 0o077:
+        _refuse_to_tighten(path, info, only)
         log.warning("%s was mode %o; tightened to 700", path, stat.S_IMODE(info.st_mode))
         os.chmod(path, PRIVATE_DIR)
     return path
+
+
+def _refuse_to_tighten(path: Path, info: os.stat_result, only: tuple[str, ...] | None) -> None:
+    if info.st_mode & stat.S_ISVTX:
+        why = "is shared (sticky, like /tmp)"
+    elif info.st_uid != os.getuid():
+        why = f"belongs to uid {info.st_uid}"
+    else:
+        other = [
+            e.name
+            for e in (path.iterdir() if only is not None else ())
+            if not any(fnmatch.fnmatchcase(e.name, pattern) for pattern in only or ())
+        ]
+        if not other:
+            return
+        why = f"holds {sorted(other)[0]!r}, which hai did not put there"
+    raise ConfigError(
+        f"{path} is open to other accounts (mode {stat.S_IMODE(info.st_mode):o}) and {why}: "
+        "use a new folder, or chmod 700 it yourself"
+    )
 
 
 def open_private(path: Path) -> BinaryIO:

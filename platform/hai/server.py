@@ -19,7 +19,7 @@ import grpc
 from hai import rpc
 from hai.auth import authenticate, create_user
 from hai.config import HaiConfig
-from hai.files import private_dir, replace_text
+from hai.files import STATE_ENTRIES, private_dir, replace_text
 from hai.metrics import SchedulerMetrics
 from hai.protocol import Heartbeat, NodeInfo, RunReport
 from hai.records import ROLE_ADMIN, Quota
@@ -94,7 +94,7 @@ class Server:
     """A running scheduler: store, pass loop, gRPC endpoint and metrics."""
 
     def __init__(self, config: HaiConfig, state_dir: Path) -> None:
-        private_dir(state_dir)
+        private_dir(state_dir, STATE_ENTRIES)
         self.config = config
         self.state_dir = state_dir
         self.store = SqlStore(config.server.database_url or sqlite_url(state_dir))

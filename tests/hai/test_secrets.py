@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hai.errors import ConfigError
-from hai.files import private_dir, replace_text
+from hai.files import STATE_ENTRIES, private_dir, replace_text
 from hai.store import SqlStore, sqlite_url
 
 from .conftest import LocalCluster
@@ -126,6 +126,24 @@ def test_private_dir_refuses_a_file_and_a_shared_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="open to other accounts"):
         private_dir(shared)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+def test_loose_folder_of_other_files_is_left_to_its_owner(tmp_path: Path) -> None:
+    """``hai up ~`` or ``hai up /etc`` must not close a folder hai did not make."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match="holds 'notes.txt', which hai did not put there"):
+        private_dir(home, STATE_ENTRIES)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+    old_state = tmp_path / "old"
+    old_state.mkdir()
+    old_state.chmod(0o755)
+    for name in ("token", "hai.db", "cluster.json", "logs"):
+        (old_state / name).touch()
+    private_dir(old_state, STATE_ENTRIES)  # a state folder from before: tightened
+    assert stat.S_IMODE(old_state.stat().st_mode) == 0o700
 
 
 def test_files_and_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
