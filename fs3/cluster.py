@@ -16,6 +16,7 @@ inside the folder only the owner reaches it; other accounts' clients read over T
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
@@ -37,11 +38,16 @@ _STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is
 _PRIVATE_UMASK = 0o077  # what the services create: no group or other bits
 
 
+_OURS = ("cluster.json", "config.yaml", "pids.json", "address", "mgmtd*", "meta*", "storage-*")
+"""What a local cluster puts in its folder, besides logs (``*.log``) and files being written."""
+
+
 def _private_root(root: Path) -> None:
     """Creates ``root`` 0700, or tightens an existing looser folder of ours.
 
-    Raises ConfigError for a file, or a loose folder that is shared (sticky, like /tmp) or
-    another account's, which is not ours to close.
+    Raises ConfigError for a file, or a loose folder that is shared (sticky, like /tmp),
+    another account's, or holds files a cluster did not put there (a home, /etc): those are
+    their owner's to close.
     """
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -50,13 +56,26 @@ def _private_root(root: Path) -> None:
         raise ConfigError(f"{root} is a file, not a folder: give a folder path") from None
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{root} is a file, not a folder: give a folder path")
-    if info.st_mode & 0o077:
-        if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
-            raise ConfigError(
-                f"{root} is open to other accounts (mode {stat.S_IMODE(info.st_mode):o}) and "
-                "shared or not ours to tighten: use a folder of your own"
-            )
+    if not info.st_mode & 0o077:
+        return
+    other = sorted(
+        e.name
+        for e in root.iterdir()
+        if not any(fnmatch.fnmatchcase(e.name, p) for p in (*_OURS, "*.log", ".*"))
+    )
+    if info.st_mode & stat.S_ISVTX:
+        why = "is shared (sticky, like /tmp)"
+    elif info.st_uid != os.getuid():
+        why = f"belongs to uid {info.st_uid}"
+    elif other:
+        why = f"holds {other[0]!r}, which fs3 did not put there"
+    else:
         os.chmod(root, 0o700)
+        return
+    raise ConfigError(
+        f"{root} is open to other accounts (mode {stat.S_IMODE(info.st_mode):o}) and {why}: "
+        "use a new folder, or chmod 700 it yourself"
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -52,6 +52,13 @@ def test_looser_folder_is_tightened_and_a_shared_one_refused(tmp_path: Path) -> 
     shared.chmod(0o1777)
     with pytest.raises(ConfigError, match="open to other accounts"):
         LocalCluster(shared)
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "notes.txt").write_text("")
+    with pytest.raises(ConfigError, match="holds 'notes.txt', which fs3 did not put there"):
+        LocalCluster(home)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         LocalCluster(tmp_path / "file")
