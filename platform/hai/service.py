@@ -34,7 +34,7 @@ from hai.records import (
     User,
 )
 from hai.scheduler import Scheduler
-from hai.spec import AUTO, PRIORITY_LEVELS, JobSpec
+from hai.spec import AUTO, MAX_NODES, PRIORITY_LEVELS, JobSpec
 
 
 @dataclass
@@ -234,7 +234,20 @@ class Service:
         return self.store.get_node(name)
 
     def set_quota(self, user: User, quota: Quota) -> Quota:
+        """Sets a user's node quota at one level in one group.
+
+        Raises:
+            ConfigError: the level is not one of :data:`PRIORITY_LEVELS` (AUTO picks a level
+                per job, so has no quota) or the node count is out of 0..MAX_NODES.
+        """
         require_admin(user, "setting quotas")
+        if quota.priority not in PRIORITY_LEVELS:
+            raise ConfigError(
+                f"a quota's priority must be one of {', '.join(map(str, PRIORITY_LEVELS))} "
+                f"(or its name), got {quota.priority!r}"
+            )
+        if not 0 <= quota.nodes <= MAX_NODES:
+            raise ConfigError(f"a quota's nodes must be 0-{MAX_NODES}, got {quota.nodes}")
         self.store.set_quota(quota)
         return quota
 

@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import ErrorDetails
 
-from hai.errors import SpecError
+from hai.errors import ConfigError, SpecError
 
 # HAI-Platform's levels (conf/flags/implement.py): 50 highest ... 10 NORMAL.
 PRIORITY_LEVELS = (50, 40, 30, 20, 10)
@@ -46,7 +46,12 @@ _VARIABLE = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def parse_priority(value: Any) -> int:
-    """Turns ``50``, ``"50"``, ``"HIGH"`` or ``"AUTO"`` into a level; raises ValueError."""
+    """Turns ``50``, ``"50"``, ``"HIGH"`` or ``"AUTO"`` into a level.
+
+    Raises:
+        ConfigError: anything else (a ValueError, so a spec's field reports it, and one line
+            where a server parses a request's priority).
+    """
     if isinstance(value, str):
         upper = value.strip().upper()
         if upper == "AUTO":
@@ -56,7 +61,7 @@ def parse_priority(value: Any) -> int:
         value = int(upper) if upper.lstrip("-").isdigit() else value
     if isinstance(value, int) and not isinstance(value, bool) and value in (*PRIORITY_LEVELS, AUTO):
         return value
-    raise ValueError(f"must be one of 50, 40, 30, 20, 10 or AUTO, got {value!r}")
+    raise ConfigError(f"must be one of 50, 40, 30, 20, 10 or AUTO, got {value!r}")
 
 
 def _name(value: str) -> str:

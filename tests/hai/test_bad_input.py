@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hai.errors import SpecError
+from hai.errors import ConfigError, SpecError
 from hai.records import NODE_READY
 
 HAI = Path(sys.executable).with_name("hai")
@@ -70,7 +70,8 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_running(cluster, tmp_pat
             [
                 "submit",
                 write(
-                    tmp_path / "huge.yaml", (spec.format("/bin/true") + "nodes: 1" + "0" * 30).encode()
+                    tmp_path / "huge.yaml",
+                    (spec.format("/bin/true") + "nodes: 1" + "0" * 30).encode(),
                 ),
             ],
             "nodes: input should be less than or equal to 100000",
@@ -101,6 +102,15 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_running(cluster, tmp_pat
     cluster.client.call("Stop", job_id=queued)
     line = one_error_line(hai(state, "logs", str(queued)))
     assert f"job {queued} never ran, so it has no log" in line
+    # The same checks hold for a client that calls the API without the CLI.
+    for body, problem in [
+        ({"priority": "45", "nodes": 1}, "must be one of 50, 40, 30, 20, 10 or AUTO, got 45"),
+        ({"priority": "AUTO", "nodes": 1}, "a quota's priority must be one of 50, 40, 30"),
+        ({"priority": 50, "nodes": 10**30}, "a quota's nodes must be 0-100000, got 1000000"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            cluster.client.call("SetQuota", user="bob", **body)
+        assert problem in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_missing_command_fails_its_run_and_the_node_takes_the_next_job(cluster) -> None:  # type: ignore[no-untyped-def]
