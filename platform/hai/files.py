@@ -59,7 +59,24 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
         _refuse_to_tighten(path, info, only)
         log.warning("%s was mode %o; tightened to 700", path, stat.S_IMODE(info.st_mode))
         os.chmod(path, PRIVATE_DIR)
+        if only is not None:  # a state folder from before: its old logs and database too
+            tighten_below(path)
     return path
+
+
+def tighten_below(root: Path) -> None:
+    """Takes group and other bits off every folder and file of ours under ``root``
+    (symbolic links are left alone, and not followed)."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            try:
+                info = entry.lstat()
+                if info.st_mode & 0o077 and info.st_uid == os.getuid():
+                    if not stat.S_ISLNK(info.st_mode):
+                        os.chmod(entry, stat.S_IMODE(info.st_mode) & ~0o077)
+            except FileNotFoundError:
+                pass  # removed or replaced while we walk
 
 
 def _refuse_to_tighten(path: Path, info: os.stat_result, only: tuple[str, ...] | None) -> None:

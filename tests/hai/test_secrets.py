@@ -140,10 +140,15 @@ def test_loose_folder_of_other_files_is_left_to_its_owner(tmp_path: Path) -> Non
     old_state = tmp_path / "old"
     old_state.mkdir()
     old_state.chmod(0o755)
-    for name in ("token", "hai.db", "cluster.json", "logs"):
-        (old_state / name).touch()
-    private_dir(old_state, STATE_ENTRIES)  # a state folder from before: tightened
+    for name in ("token", "hai.db", "cluster.json"):
+        (old_state / name).touch(mode=0o644)
+    old_log = old_state / "logs" / "job-1" / "run-0" / "rank-0.log"
+    old_log.parent.mkdir(parents=True)
+    old_log.touch(mode=0o644)
+    private_dir(old_state, STATE_ENTRIES)  # a state folder from before: tightened, all of it
     assert stat.S_IMODE(old_state.stat().st_mode) == 0o700
+    assert _loose(old_state) == []
+    assert stat.S_IMODE(old_log.stat().st_mode) == 0o600
 
 
 def test_files_and_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
