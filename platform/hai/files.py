@@ -48,7 +48,8 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
             os.chmod(folder, PRIVATE_DIR)  # mkdir's mode passes through the umask
         info = path.stat()
     except (NotADirectoryError, FileExistsError):
-        raise ConfigError(f"{path} is a file, not a folder: give a folder path") from None
+        # ``here``: the first part of ``path`` that exists, the file in the way.
+        raise ConfigError(f"{here} is a file, not a folder: give a folder path") from None
     except PermissionError as err:
         raise ConfigError(
             f"cannot create {err.filename or path}: permission denied; give a folder you may write"

@@ -9,6 +9,7 @@ may carry a group or other permission bit.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -118,7 +119,9 @@ def test_private_dir_refuses_a_file_and_a_shared_folder(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         private_dir(tmp_path / "f")
-    with pytest.raises(ConfigError, match="is a file, not a folder"):
+    with pytest.raises(
+        ConfigError, match="^" + re.escape(f"{tmp_path / 'f'} is a file, not a folder")
+    ):
         private_dir(tmp_path / "f" / "below")
     shared = tmp_path / "shared"
     shared.mkdir()
