@@ -198,6 +198,8 @@ class Service:
         at the start of that run, so a follower passing back ``offset`` and ``attempt`` reads
         a suspended and resumed job's whole output in order.
         """
+        if not 0 <= offset < 2**63:
+            raise ConfigError(f"a log offset must be 0 or more (and below 2**63), got {offset}")
         job = self.store.get_job(job_id)
         ranks = job.nodes * max(job.gpus_per_node, 1)
         if not 0 <= rank < ranks:

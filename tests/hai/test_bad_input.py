@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hai.errors import ConfigError, SpecError
+from hai.errors import ConfigError, NotFoundError, SpecError
 from hai.records import NODE_READY
 
 HAI = Path(sys.executable).with_name("hai")
@@ -103,6 +103,10 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_running(cluster, tmp_pat
     line = one_error_line(hai(state, "logs", str(queued)))
     assert f"job {queued} never ran, so it has no log" in line
     # The same checks hold for a client that calls the API without the CLI.
+    with pytest.raises(NotFoundError, match=f"no job {10**30}"):
+        cluster.client.call("Describe", job_id=10**30)
+    with pytest.raises(ConfigError, match="a log offset must be 0 or more"):
+        cluster.client.call("Logs", job_id=done, rank=0, offset=10**30)
     for body, problem in [
         ({"priority": "45", "nodes": 1}, "must be one of 50, 40, 30, 20, 10 or AUTO, got 45"),
         ({"priority": "AUTO", "nodes": 1}, "a quota's priority must be one of 50, 40, 30"),

@@ -47,8 +47,9 @@ def test_jobs_roundtrip_and_filter(store: StateStore) -> None:
     assert [j.id for j in store.list_jobs(user="ann")] == [a]
     store.update_job(a, state=RUNNING, started_at=5.0, message="go")
     assert store.get_job(a).started_at == 5.0
-    with pytest.raises(NotFoundError):
-        store.get_job(999)
+    for missing in (999, 2**63, -(10**30)):  # beyond a 64-bit INTEGER: still not found
+        with pytest.raises(NotFoundError, match=f"no job {missing}"):
+            store.get_job(missing)
     with pytest.raises(NotFoundError):
         store.update_job(999, state=RUNNING)
 

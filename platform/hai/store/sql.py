@@ -129,6 +129,9 @@ class SqlStore(StateStore):
                 raise NotFoundError(f"no {what} {key!r}")
 
     def _get(self, table: sa.Table, cls: type, key_col: sa.Column, key: Any, what: str) -> Any:
+        # No row has an id beyond a 64-bit INTEGER; SQLite would raise OverflowError for one.
+        if isinstance(key, int) and not -(2**63) <= key < 2**63:
+            raise NotFoundError(f"no {what} {key!r}; `hai ls` lists jobs, `hai nodes` nodes")
         with self._conn() as conn:
             row = conn.execute(sa.select(table).where(key_col == key)).first()
         if row is None:
