@@ -18,24 +18,28 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hai.executor import Launch, LocalExecutor, RankLaunch
+from hai.executor import Launch, LocalExecutor, RankLaunch, cgroups
 
 from ..waiting import wait_for
 
-# argv[1]: "stop" (the rank takes SIGTERM), "stubborn" (it ignores it too) or "exit"
-# (it exits 0 once the file argv[2] exists, leaving its child behind). The rank prints its
-# pid and its child's once the child ignores SIGTERM, which the child says through a pipe.
+# argv[1]: "stop" (the rank takes SIGTERM), "stubborn" (it ignores it too), "exit"
+# (it exits 0 once the file argv[2] exists, leaving its child behind) or "escape" (its
+# child leaves the rank's process group and session with setsid; the rank ignores
+# SIGTERM). The rank prints its pid and its child's once the child ignores SIGTERM, which
+# the child says through a pipe.
 TREE = """
 import os, signal, sys, time
 r, w = os.pipe()
 child = os.fork()
 if child == 0:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.argv[1] == "escape":
+        os.setsid()
     os.write(w, b"x")
     time.sleep(600)
     os._exit(0)
 os.read(r, 1)
-if sys.argv[1] == "stubborn":
+if sys.argv[1] in ("stubborn", "escape"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("tree", os.getpid(), child, flush=True)
 if sys.argv[1] == "exit":
@@ -131,6 +135,24 @@ def test_a_rank_that_exits_leaves_no_child_behind(executor: LocalExecutor, tmp_p
     _all_gone(procs)
 
 
+def test_a_child_that_leaves_the_group_is_ended_by_the_cgroup(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    if executor.cgroup_root is None:
+        pytest.skip("this machine lets the agent make no cgroup v2 (process groups only)")
+    launch = _tree_launch(tmp_path, 5, "escape")
+    executor.start(launch)
+    procs = _tree(launch.ranks[0].log_path)
+    assert os.getpgid(procs[1].pid) != os.getpgid(procs[0].pid)  # it left the group
+    executor.stop(5, grace_s=0.5)
+    assert _exit_code(executor, 5) == -signal.SIGKILL
+    _all_gone(procs)
+    cgroup = executor._runs[5].cgroups[0]
+    assert cgroup is not None
+    executor.forget(5)
+    wait_for(f"{cgroup} to be removed", lambda: (executor.forget(5), not cgroup.exists())[1])
+
+
 def test_shutdown_ends_the_whole_tree(tmp_path: Path) -> None:
     ex = LocalExecutor()
     launch = _tree_launch(tmp_path, 4, "stubborn")
@@ -145,7 +167,7 @@ import sys, time
 from pathlib import Path
 from hai.executor import Launch, LocalExecutor, RankLaunch
 ex = LocalExecutor()
-argv = [sys.executable, sys.argv[1], "stubborn"]
+argv = [sys.executable, sys.argv[1], sys.argv[4] if len(sys.argv) > 4 else "stubborn"]
 ex.start(Launch(1, Path(sys.argv[2]), [RankLaunch(0, argv, {}, Path(sys.argv[3]))]))
 print(ex._runs[1].procs[0].pid, flush=True)
 time.sleep(600)
@@ -191,6 +213,37 @@ def _cluster_tree(cluster, tmp_path: Path) -> tuple[int, list[psutil.Process]]: 
 
 def _node_of(cluster, job: int) -> str:  # type: ignore[no-untyped-def]
     return next(r for r in cluster.describe(job)["runs"] if r["state"] != "done")["nodes"][0]
+
+
+def test_a_new_agent_ends_what_a_dead_agent_and_supervisor_left(tmp_path: Path) -> None:
+    """The agent and the rank's supervisor die together (both SIGKILLed, as a machine's OOM
+    killer may do), so no one kills the rank's group; the next agent's executor does."""
+    if cgroups.own_cgroup() is None:
+        pytest.skip("this machine lets the agent make no cgroup v2 (process groups only)")
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    log = tmp_path / "r.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(script), str(tmp_path / "c"), str(log), "escape"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        supervisor = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
+        rank, child = _tree(log)
+        supervisor.kill()  # first, so that its death signal does not fire
+        agent.kill()
+        agent.wait()
+        _all_gone([supervisor, rank])  # the rank's own death signal ends it
+        assert child.is_running()  # it left the group: only the cgroup still holds it
+        LocalExecutor().shutdown()
+        _all_gone([child])
+    finally:
+        agent.kill()
+        agent.wait()
+        if child is not None and child.is_running():
+            child.kill()
 
 
 @pytest.mark.slow

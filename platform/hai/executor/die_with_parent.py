@@ -1,6 +1,6 @@
 """Runs a rank as the leader's child in a process group of its own, which dies whole.
 
-Usage: python -S die_with_parent.py PARENT_PID COMMAND [ARG...]
+Usage: python -S die_with_parent.py PARENT_PID CGROUP COMMAND [ARG...]
 
 This script is the rank's supervisor. It starts a new session (so the session and process
 group ids are its pid, the pid the agent knows), forks, and the child execs COMMAND; every
@@ -14,7 +14,11 @@ process the rank forks stays in that group unless it leaves it on purpose. So:
   reused as another group's id);
 - if the agent dies, even by SIGKILL, the kernel sends the supervisor SIGHUP (its death
   signal, armed with ``prctl(PR_SET_PDEATHSIG)``) and the supervisor SIGKILLs the whole
-  group, itself included. The rank also gets SIGKILL if the supervisor alone dies.
+  group, itself included. The rank also gets SIGKILL if the supervisor alone dies;
+- CGROUP, unless it is ``-``, is a cgroup v2 folder (see ``cgroups.py``) the supervisor
+  joins before it forks, which holds even processes that leave the group; the agent kills
+  it with the group, and so does the supervisor when the agent dies. Where joining is
+  refused, the rank runs with its process group only.
 
 The agent starts every rank through this script instead of a ``preexec_fn``: a
 ``preexec_fn`` makes Python fork() instead of vfork(), and fork() runs gRPC's fork handlers
@@ -29,14 +33,35 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 _AGENT_GONE = signal.SIGHUP
 """The supervisor's death signal: catchable (unlike SIGKILL), so that it can end the group."""
 
 
-def _end_group(signum: int, frame: object) -> None:
-    os.killpg(0, signal.SIGKILL)
+def _join(cgroup: str) -> str | None:
+    if cgroup == "-":
+        return None
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+    except OSError:
+        return None
+    return cgroup
+
+
+def _ender(cgroup: str | None) -> Callable[[int, object], None]:
+    def end(signum: int, frame: object) -> None:
+        if cgroup is not None:
+            try:
+                with open(os.path.join(cgroup, "cgroup.kill"), "w") as kill:
+                    kill.write("1")
+            except OSError:
+                pass
+        os.killpg(0, signal.SIGKILL)
+
+    return end
 
 
 def _run_rank(libc: ctypes.CDLL, supervisor: int, argv: list[str]) -> None:
@@ -67,11 +92,12 @@ def _exit_as(status: int) -> None:
 
 
 def main() -> None:
-    parent, argv = int(sys.argv[1]), sys.argv[2:]
+    parent, cgroup, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     os.setsid()
+    joined = _join(cgroup)
     libc = ctypes.CDLL(None, use_errno=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(_AGENT_GONE, _end_group)
+    signal.signal(_AGENT_GONE, _ender(joined))
     libc.prctl(_PR_SET_PDEATHSIG, _AGENT_GONE)
     if os.getppid() != parent:
         sys.exit(f"hai: the agent (pid {parent}) exited before {argv[0]!r} started")

@@ -3,8 +3,9 @@
 Each rank runs in a process group of its own, led by a small supervisor
 (``die_with_parent.py``) whose pid is the group's id: stop, the grace-period kill and
 shutdown signal the whole group, and what is left of it when the rank exits is killed
-before the supervisor is reaped, so nothing a rank forked outlives its run. (A process
-that leaves the group on purpose, with setsid or setpgid, escapes it.)
+before the supervisor is reaped, so nothing a rank forked outlives its run. Where the
+machine lets the agent make cgroups (``cgroups.py``), each rank also has one, which holds
+the processes that leave the group on purpose (setsid, setpgid); it is killed with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hai.errors import StateError
+from hai.executor import cgroups
 from hai.executor.base import Executor, Launch, worst_exit
 
 # Ranks must not outlive their agent: a killed agent's jobs are requeued elsewhere, and
@@ -30,25 +32,42 @@ _GUARD = str(Path(__file__).with_name("die_with_parent.py"))
 class _Run:
     launch: Launch
     procs: list[subprocess.Popen]
+    cgroups: list[Path | None]
+    """Each rank's cgroup, None where it has none."""
     kill_at: float | None = None
 
 
 class LocalExecutor(Executor):
-    def __init__(self) -> None:
+    def __init__(self, *, use_cgroups: bool = True) -> None:
+        """``use_cgroups``: give each rank a cgroup where this process may make them."""
         self._runs: dict[int, _Run] = {}
+        own = cgroups.own_cgroup() if use_cgroups else None
+        self.cgroup_root = None if own is None else cgroups.agent_cgroup(own)
+        """Where ranks' cgroups are made; None: ranks have process groups only."""
+        self._to_remove: list[Path] = []
+        """Cgroups killed but not yet empty (removed at a later call)."""
 
     def start(self, launch: Launch) -> None:
         if launch.run_id in self._runs:
             raise StateError(f"run {launch.run_id} already started on this node")
         launch.control_dir.mkdir(parents=True, exist_ok=True)
-        procs = []
+        procs, groups = [], []
         for rank in launch.ranks:
             rank.log_path.parent.mkdir(parents=True, exist_ok=True)
+            cgroup = self._cgroup(launch.run_id, rank.rank)
+            groups.append(cgroup)
             with rank.log_path.open("ab") as log:
                 try:
                     procs.append(
                         subprocess.Popen(
-                            [sys.executable, "-S", _GUARD, str(os.getpid()), *rank.argv],
+                            [
+                                sys.executable,
+                                "-S",
+                                _GUARD,
+                                str(os.getpid()),
+                                str(cgroup or "-"),
+                                *rank.argv,
+                            ],
                             env=rank.env,
                             stdout=log,
                             stderr=subprocess.STDOUT,
@@ -58,7 +77,12 @@ class LocalExecutor(Executor):
                 except OSError as err:
                     log.write(f"hai: cannot start {rank.argv[0]!r}: {err}\n".encode())
                     procs.append(subprocess.Popen(["false"]))
-        self._runs[launch.run_id] = _Run(launch, procs)
+        self._runs[launch.run_id] = _Run(launch, procs, groups)
+
+    def _cgroup(self, run_id: int, rank: int) -> Path | None:
+        if self.cgroup_root is None:
+            return None
+        return cgroups.make(self.cgroup_root, f"run-{run_id}-rank-{rank}")
 
     def launch_of(self, run_id: int) -> Launch:
         return self._runs[run_id].launch
@@ -73,7 +97,8 @@ class LocalExecutor(Executor):
         run = self._runs[run_id]
         if run.kill_at is not None and time.monotonic() >= run.kill_at:
             self._signal(run, signal.SIGKILL)
-        codes = [_reap(p) for p in run.procs]
+        codes = [_reap(p, cg) for p, cg in zip(run.procs, run.cgroups, strict=True)]
+        self._remove_cgroups()
         if any(c is None for c in codes):
             return None
         return worst_exit([c for c in codes if c is not None])
@@ -82,21 +107,34 @@ class LocalExecutor(Executor):
         return list(self._runs)
 
     def forget(self, run_id: int) -> None:
-        self._runs.pop(run_id, None)
+        run = self._runs.pop(run_id, None)
+        if run is not None:
+            self._to_remove += [cg for cg in run.cgroups if cg is not None]
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        self._to_remove = [cg for cg in self._to_remove if not cgroups.remove(cg)]
 
     def shutdown(self) -> None:
         for run in self._runs.values():
             self._signal(run, signal.SIGKILL)
             for p in run.procs:
                 p.wait(timeout=10)
+        if self.cgroup_root is not None:
+            # The killed processes leave their cgroups within moments; same bound as above.
+            deadline = time.monotonic() + 10
+            while not cgroups.remove_tree(self.cgroup_root) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     @staticmethod
     def _signal(run: _Run, sig: int) -> None:
         # Unreaped (returncode None) is enough: while its supervisor is not reaped, the
         # group's id cannot belong to anyone else, even if the supervisor has exited.
-        for p in run.procs:
+        for p, cg in zip(run.procs, run.cgroups, strict=True):
             if p.returncode is None:
                 _signal_group(p.pid, sig)
+            if cg is not None and sig == signal.SIGKILL:
+                cgroups.kill(cg)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -106,7 +144,7 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass  # the group is gone (or, for a rank that never started, never was)
 
 
-def _reap(p: subprocess.Popen) -> int | None:
+def _reap(p: subprocess.Popen, cgroup: Path | None) -> int | None:
     """The exit code of a rank's supervisor, or None while it runs; once it has exited,
     SIGKILLs what is left of its group, then reaps it (not before: see _signal)."""
     if p.returncode is not None:
@@ -118,4 +156,6 @@ def _reap(p: subprocess.Popen) -> int | None:
     if exited is None:
         return None
     _signal_group(p.pid, signal.SIGKILL)
+    if cgroup is not None:
+        cgroups.kill(cgroup)
     return p.wait()
