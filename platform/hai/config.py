@@ -86,6 +86,9 @@ class AgentConfig(BaseModel):
     """Every call to the server gives up after this long."""
     kill_grace_s: float = 5.0
     """Between SIGTERM and SIGKILL for a run the scheduler no longer lists."""
+    cgroups: bool = True
+    """Give each local rank a cgroup v2 of its own where the machine allows it, so that
+    processes leaving the rank's process group are stopped with it (hai.executor.cgroups)."""
     health_interval_s: float = 300.0
     min_free_disk_bytes: int = 1 << 30
     metrics_port: int = 0

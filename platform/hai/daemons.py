@@ -95,7 +95,8 @@ def run_agent(config: HaiConfig, options: AgentOptions) -> None:
     else:
         import torch
 
-        executor, virtual = LocalExecutor(), not torch.cuda.is_available()
+        executor = LocalExecutor(use_cgroups=config.agent.cgroups)
+        virtual = not torch.cuda.is_available()
         gpus = (gpus or 0) if virtual else torch.cuda.device_count()
     node = Agent(
         options.name,

@@ -153,6 +153,20 @@ def test_a_child_that_leaves_the_group_is_ended_by_the_cgroup(
     wait_for(f"{cgroup} to be removed", lambda: (executor.forget(5), not cgroup.exists())[1])
 
 
+def test_without_cgroups_the_process_group_still_ends_the_tree(tmp_path: Path) -> None:
+    ex = LocalExecutor(use_cgroups=False)  # HAI_AGENT__CGROUPS=false
+    assert ex.cgroup_root is None
+    try:
+        launch = _tree_launch(tmp_path, 6, "stubborn")
+        ex.start(launch)
+        procs = _tree(launch.ranks[0].log_path)
+        ex.stop(6, grace_s=0.5)
+        assert _exit_code(ex, 6) == -signal.SIGKILL
+        _all_gone(procs)
+    finally:
+        ex.shutdown()
+
+
 def test_shutdown_ends_the_whole_tree(tmp_path: Path) -> None:
     ex = LocalExecutor()
     launch = _tree_launch(tmp_path, 4, "stubborn")
