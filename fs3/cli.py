@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from fs3 import cli_admin, cli_files
+from fs3.cli_util import PORT, mgmtd_address_option, one_line_errors
 from fs3.cli_util import config_option as _config_option
-from fs3.cli_util import mgmtd_address_option, one_line_errors
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
 
@@ -42,7 +42,7 @@ def fs3() -> None:
 @fs3.command()
 @_config_option
 @_host_option
-@click.option("--port", type=int, required=True)
+@click.option("--port", type=PORT, required=True)
 @click.option("--state", type=click.Path(file_okay=False), required=True)
 @click.option("--targets", required=True, help="Comma-separated storage target ids.")
 @click.option("--replicas", type=int, default=3, show_default=True)
@@ -97,7 +97,7 @@ def mgmtd(
 @fs3.command()
 @_config_option
 @_host_option
-@click.option("--port", type=int, required=True)
+@click.option("--port", type=PORT, required=True)
 @click.option(
     "--db",
     required=True,
@@ -111,7 +111,7 @@ def mgmtd(
 )
 @click.option(
     "--grpc-port",
-    type=int,
+    type=PORT,
     default=0,
     show_default=True,
     help="Port of the gRPC health service (grpc.health.v1) probes check; 0: none.",
@@ -133,8 +133,8 @@ def meta(
 @click.option("--id", "target_id", type=int, required=True)
 @click.option("--root", type=click.Path(file_okay=False), required=True)
 @click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
-@click.option("--port", type=int, required=True, help="Data-path TCP port.")
-@click.option("--grpc-port", type=int, required=True, help="gRPC chunk port (benchmarks).")
+@click.option("--port", type=PORT, required=True, help="Data-path TCP port.")
+@click.option("--grpc-port", type=PORT, required=True, help="gRPC chunk port (benchmarks).")
 def storage(
     config_path: str | None,
     host: str,

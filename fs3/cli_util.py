@@ -17,6 +17,10 @@ from fs3.errors import Fs3Error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+PORT = click.IntRange(0, 65535)
+"""A port a service binds (0: the system picks a free one): click refuses 99999 in one line,
+which the socket layer would otherwise bind modulo 65536 or fail on with a traceback."""
+
 config_option = click.option(
     "--config",
     "config_path",

@@ -83,6 +83,10 @@ def test_every_bad_input_is_one_line_and_leaves_nothing_running(cluster, tmp_pat
             "gpus_per_node: 2 is more than the largest node of group 'default' has (1)",
         ),
         (["up", "--port", "99999", str(tmp_path / "up")], "99999 is not in the range 1<=x<=65535"),
+        (
+            ["fs3", "meta", "--port", "70000", "--db", "x", "--mgmtd", "127.0.0.1:1"],
+            "70000 is not in the range 0<=x<=65535",
+        ),
         (["quota", "bob", "45", "1"], "must be one of 50, 40, 30, 20, 10"),
         (["quota", "bob", "HIGH", str(2**64)], "is not in the range 0<=x<=100000"),
         (["logs", str(done), "--rank", "5"], f"job {done} has no rank 5: its ranks are 0-0"),
