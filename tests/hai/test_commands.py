@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,14 @@ def test_run_builds_the_spec(calls: list) -> None:
     assert (spec["entrypoint"], spec["arguments"]) == ("python", ["train.py", "--lr", "3"])
     assert (spec["nodes"], spec["gpus_per_node"], spec["priority"]) == (2, 4, 40)
     assert spec["environment"] == {"A": "1"}
+
+
+def test_run_keeps_a_command_word_with_spaces_or_quotes_whole(calls: list) -> None:
+    result = CliRunner().invoke(main, ["run", "--name", "r", "--", "/opt/my tools/run's", "-x"])
+    assert result.exit_code == 0, result.output
+    spec = calls[0][1]["spec"]
+    assert shlex.split(spec["entrypoint"]) == ["/opt/my tools/run's"]
+    assert spec["arguments"] == ["-x"]
 
 
 def test_submit_reports_every_bad_field(calls: list, tmp_path: Path) -> None:

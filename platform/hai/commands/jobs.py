@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def run(
                     else command[0]
                 ).stem
                 or "job",
-                "entrypoint": command[0],
+                # The entrypoint is split like a shell command; the word given stays one.
+                "entrypoint": shlex.quote(command[0]),
                 "arguments": list(command[1:]),
                 "environment": dict(e.split("=", 1) for e in env),
                 "nodes": nodes,
