@@ -23,23 +23,25 @@ from hai.executor import Launch, LocalExecutor, RankLaunch, cgroups
 from ..waiting import wait_for
 
 # argv[1]: "stop" (the rank takes SIGTERM), "stubborn" (it ignores it too), "exit"
-# (it exits 0 once the file argv[2] exists, leaving its child behind) or "escape" (its
+# (it exits 0 once the file argv[2] exists, leaving its child behind), "escape" (its
 # child leaves the rank's process group and session with setsid; the rank ignores
-# SIGTERM). The rank prints its pid and its child's once the child ignores SIGTERM, which
-# the child says through a pipe.
+# SIGTERM) or "escape-soft" (the same, but the child takes SIGTERM). The child ignores
+# SIGTERM in every other mode. The rank prints its pid and its child's once the child is
+# set up, which the child says through a pipe.
 TREE = """
 import os, signal, sys, time
 r, w = os.pipe()
 child = os.fork()
 if child == 0:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.argv[1] == "escape":
+    if sys.argv[1] != "escape-soft":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.argv[1].startswith("escape"):
         os.setsid()
     os.write(w, b"x")
     time.sleep(600)
     os._exit(0)
 os.read(r, 1)
-if sys.argv[1] in ("stubborn", "escape"):
+if sys.argv[1] in ("stubborn", "escape", "escape-soft"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("tree", os.getpid(), child, flush=True)
 if sys.argv[1] == "exit":
@@ -227,6 +229,19 @@ def _cluster_tree(cluster, tmp_path: Path) -> tuple[int, list[psutil.Process]]: 
 
 def _node_of(cluster, job: int) -> str:  # type: ignore[no-untyped-def]
     return next(r for r in cluster.describe(job)["runs"] if r["state"] != "done")["nodes"][0]
+
+
+def test_stop_sends_sigterm_to_a_child_that_left_the_group(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    if executor.cgroup_root is None:
+        pytest.skip("this machine lets the agent make no cgroup v2 (process groups only)")
+    launch = _tree_launch(tmp_path, 7, "escape-soft")
+    executor.start(launch)
+    rank, child = _tree(launch.ranks[0].log_path)
+    executor.stop(7, grace_s=600.0)  # SIGTERM only, for as long as the test runs
+    _all_gone([child])
+    assert rank.is_running() and executor.exit_code(7) is None  # it ignores SIGTERM
 
 
 def test_a_new_agent_ends_what_a_dead_agent_and_supervisor_left(tmp_path: Path) -> None:

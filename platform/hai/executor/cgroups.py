@@ -93,6 +93,19 @@ def kill(path: Path) -> None:
                 os.kill(int(pid), signal.SIGKILL)
 
 
+def signal_strays(path: Path, sig: int, pgid: int) -> None:
+    """Sends ``sig`` to the processes of the cgroup outside the process group ``pgid``: the
+    ones that left it (those in it got ``sig`` from killpg, and must not get it twice)."""
+    try:
+        pids = (path / "cgroup.procs").read_text().split()
+    except OSError:
+        return
+    for pid in map(int, pids):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) != pgid:
+                os.kill(pid, sig)
+
+
 def remove(path: Path) -> bool:
     """Removes the cgroup once it is empty; False while processes are still in it."""
     try:

@@ -135,6 +135,8 @@ class LocalExecutor(Executor):
                 _signal_group(p.pid, sig)
             if cg is not None and sig == signal.SIGKILL:
                 cgroups.kill(cg)
+            elif cg is not None:
+                cgroups.signal_strays(cg, sig, p.pid)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
