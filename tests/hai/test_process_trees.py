@@ -9,9 +9,11 @@ by SIGKILL, `hai stop` on a real cluster) and checks by pid that no process of i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,7 @@ time.sleep(600)
 """
 
 HAI = Path(sys.executable).with_name("hai")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture
@@ -167,6 +170,29 @@ def test_without_cgroups_the_process_group_still_ends_the_tree(tmp_path: Path) -
         _all_gone(procs)
     finally:
         ex.shutdown()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 65534 with setpriv needs root")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_a_rank_of_another_account_is_ended_whole(executor: LocalExecutor) -> None:
+    """The rank runs as uid 65534 (setpriv clears its death signal as it changes uid); its
+    supervisor, the agent's account, still ends its tree."""
+    folder = Path(tempfile.mkdtemp())  # pytest's tmp_path is the agent's alone (0700)
+    try:
+        folder.chmod(0o755)
+        script = folder / "tree.py"
+        script.write_text(TREE)
+        script.chmod(0o644)
+        argv = [*NOBODY, sys.executable, str(script), "stubborn"]
+        log = folder / "rank.log"
+        executor.start(Launch(8, folder / "c8", [RankLaunch(0, argv, {}, log)]))
+        procs = _tree(log)
+        assert {p.uids().real for p in procs} == {65534}
+        executor.stop(8, grace_s=0.5)
+        assert _exit_code(executor, 8) == -signal.SIGKILL
+        _all_gone(procs)
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_shutdown_ends_the_whole_tree(tmp_path: Path) -> None:
