@@ -139,8 +139,18 @@ def test_ranks_die_with_their_agent(tmp_path: Path) -> None:
     )
     agent.kill()
     agent.wait()
-    for p in (supervisor, rank):  # raises psutil.TimeoutExpired if one outlived its agent
-        p.wait(timeout=10)  # type: ignore[attr-defined]
+    wait_for(
+        "the rank and its supervisor to die with their agent",
+        lambda: all(_ended(p) for p in (supervisor, rank)),  # type: ignore[arg-type]
+    )
+
+
+def _ended(p: psutil.Process) -> bool:
+    """Whether ``p`` has exited (a zombie that its new parent has yet to reap has)."""
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_ranks_start_while_grpc_is_busy(executor: Executor, tmp_path: Path) -> None:
