@@ -94,6 +94,17 @@ def _strings(value: Any) -> Any:
     return [str(v) for v in value] if isinstance(value, list) else value
 
 
+def _no_nul(value: Any) -> Any:
+    """A NUL can be in YAML text but in no argv or environment: exec refuses it on the node."""
+    texts = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    )
+    bad = [text for text in texts if "\x00" in text]
+    if bad:
+        raise ValueError(f"holds a NUL character, which no command line can carry, got {bad[0]!r}")
+    return value
+
+
 def _environment(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
@@ -135,15 +146,17 @@ class JobSpec:
 
     name: Annotated[str, AfterValidator(_name)]
     """The job's name: 1-63 letters, digits, '.', '_' or '-'."""
-    entrypoint: Annotated[str, Field(min_length=1), AfterValidator(_command)]
+    entrypoint: Annotated[
+        str, Field(min_length=1), AfterValidator(_command), AfterValidator(_no_nul)
+    ]
     """The command each rank runs, e.g. "python train.py"; split like a shell would."""
-    arguments: Annotated[list[str], BeforeValidator(_strings)] = dataclasses.field(
-        default_factory=list
+    arguments: Annotated[list[str], BeforeValidator(_strings), AfterValidator(_no_nul)] = (
+        dataclasses.field(default_factory=list)
     )
     """Arguments after the entrypoint."""
-    environment: Annotated[dict[str, str], BeforeValidator(_environment)] = dataclasses.field(
-        default_factory=dict
-    )
+    environment: Annotated[
+        dict[str, str], BeforeValidator(_environment), AfterValidator(_no_nul)
+    ] = dataclasses.field(default_factory=dict)
     """Extra environment variables of every rank."""
     image: str | None = None
     """Container image of the ranks (Kubernetes only); the executor's default when unset."""

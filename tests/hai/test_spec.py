@@ -147,3 +147,18 @@ def test_a_spec_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec_file(path)
     assert info.value.problems == [f"{path}: not UTF-8 text (byte 23); save the spec file as UTF-8"]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"entrypoint": "python\x00x"},
+        {"arguments": ["--a", "b\x00"]},
+        {"environment": {"A": "1\x00"}},
+    ],
+)
+def test_a_nul_character_is_refused_at_submit_not_by_exec_on_the_node(field: dict) -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict({"name": "a", "entrypoint": "x", **field})
+    [problem] = info.value.problems
+    assert problem.startswith(f"{next(iter(field))}: holds a NUL character")
