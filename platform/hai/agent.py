@@ -228,6 +228,9 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         """Heartbeats until ``stop`` is set, then kills the ranks it still has."""
+        left = self.executor.end_leftovers(self.state_dir / "runs", self.name)
+        if left:
+            log.warning("ended %d processes that ranks of a dead agent of %s left", left, self.name)
         try:
             while not stop.is_set():
                 try:

@@ -204,13 +204,16 @@ def test_shutdown_ends_the_whole_tree(tmp_path: Path) -> None:
     _all_gone(procs)
 
 
+# argv: the tree script, the control folder, the log, the mode ("stubborn" if not given),
+# "no-cgroups" to run without them.
 AGENT = """
 import sys, time
 from pathlib import Path
 from hai.executor import Launch, LocalExecutor, RankLaunch
-ex = LocalExecutor()
+ex = LocalExecutor(use_cgroups=sys.argv[5:] != ["no-cgroups"])
 argv = [sys.executable, sys.argv[1], sys.argv[4] if len(sys.argv) > 4 else "stubborn"]
-ex.start(Launch(1, Path(sys.argv[2]), [RankLaunch(0, argv, {}, Path(sys.argv[3]))]))
+env = {"HAI_CONTROL_DIR": sys.argv[2]}  # as the agent's rank_environment sets it
+ex.start(Launch(1, Path(sys.argv[2]), [RankLaunch(0, argv, env, Path(sys.argv[3]))]))
 print(ex._runs[1].procs[0].pid, flush=True)
 time.sleep(600)
 """
@@ -293,6 +296,39 @@ def test_a_new_agent_ends_what_a_dead_agent_and_supervisor_left(tmp_path: Path) 
         _all_gone([supervisor, rank])  # the rank's own death signal ends it
         assert child.is_running()  # it left the group: only the cgroup still holds it
         LocalExecutor().shutdown()
+        _all_gone([child])
+    finally:
+        agent.kill()
+        agent.wait()
+        if child is not None and child.is_running():
+            child.kill()
+
+
+def test_a_new_agent_ends_what_a_dead_agent_left_without_cgroups(tmp_path: Path) -> None:
+    """As above, on a machine without cgroups: the child stays in the rank's group, which
+    no one is left to kill; the next agent finds it by its HAI_CONTROL_DIR."""
+    script = tmp_path / "tree.py"
+    script.write_text(TREE)
+    log = tmp_path / "r.log"
+    control = tmp_path / "runs" / "1" / "node-0"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(script), str(control), str(log), "stubborn"]
+        + ["no-cgroups"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        supervisor = psutil.Process(int(agent.stdout.readline()))  # type: ignore[union-attr]
+        rank, child = _tree(log)
+        supervisor.kill()
+        agent.kill()
+        agent.wait()
+        _all_gone([supervisor, rank])
+        assert child.is_running()
+        ex = LocalExecutor(use_cgroups=False)
+        assert ex.end_leftovers(tmp_path / "runs", "node-1") == 0  # another node's
+        assert ex.end_leftovers(tmp_path / "runs", "node-0") == 1
         _all_gone([child])
     finally:
         agent.kill()

@@ -95,6 +95,13 @@ class Executor(abc.ABC):
     def forget(self, run_id: int) -> None:
         """Drops an exited run's bookkeeping (its logs stay)."""
 
+    def end_leftovers(self, control_root: Path, node: str) -> int:
+        """Kills what ranks of ``node`` started by an agent that died left running (their
+        runs' control folders are ``control_root/RUN/node``); returns how many processes.
+        Called once when an agent starts. Nothing by default: what a container ran dies
+        with it."""
+        return 0
+
     @abc.abstractmethod
     def shutdown(self) -> None:
         """Kills every rank still running; used when the agent exits."""

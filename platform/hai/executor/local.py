@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from hai.errors import StateError
 from hai.executor import cgroups
 from hai.executor.base import Executor, Launch, worst_exit
@@ -115,6 +117,23 @@ class LocalExecutor(Executor):
     def _remove_cgroups(self) -> None:
         self._to_remove = [cg for cg in self._to_remove if not cgroups.remove(cg)]
 
+    def end_leftovers(self, control_root: Path, node: str) -> int:
+        """Finds them by the HAI_CONTROL_DIR of their environment, which every process a
+        rank starts inherits: this ends what a rank left when its supervisor died with its
+        agent, even where there are no cgroups (those are swept when the executor starts)."""
+        ended = 0
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid == os.getpid():
+                    continue
+                control = proc.environ().get("HAI_CONTROL_DIR")
+                if control and _is_control_of(Path(control), control_root, node):
+                    proc.send_signal(signal.SIGKILL)
+                    ended += 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # gone, or another account's process that no rank of ours runs as
+        return ended
+
     def shutdown(self) -> None:
         for run in self._runs.values():
             self._signal(run, signal.SIGKILL)
@@ -137,6 +156,11 @@ class LocalExecutor(Executor):
                 cgroups.kill(cg)
             elif cg is not None:
                 cgroups.signal_strays(cg, sig, p.pid)
+
+
+def _is_control_of(control: Path, control_root: Path, node: str) -> bool:
+    # Resolved: the agent that started the rank may have spelled its state folder otherwise.
+    return control.name == node and control.parent.parent.resolve() == control_root.resolve()
 
 
 def _signal_group(pgid: int, sig: int) -> None:
