@@ -45,6 +45,19 @@ def require_owner(user: User, owner: str, action: str, job_id: int) -> None:
         )
 
 
+def may_read(user: User, owner: str) -> bool:
+    """Whether ``user`` may read a job's spec, events and output: its owner and admins."""
+    return user.role == ROLE_ADMIN or user.name == owner
+
+
+def require_reader(user: User, owner: str, job_id: int, what: str) -> None:
+    """Raises ForbiddenError unless :func:`may_read`; ``what`` names what was asked for."""
+    if not may_read(user, owner):
+        raise ForbiddenError(
+            f"job {job_id} belongs to {owner}; only its owner or an admin may read its {what}"
+        )
+
+
 class RunTokens:
     """Tokens a run's ranks call the server with: ``RUN_ID.MAC``, the MAC keyed by a secret
     kept in the store. Nothing per run is stored, so the scheduler can hand a run's token

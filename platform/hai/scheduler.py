@@ -393,7 +393,7 @@ class Scheduler:
             attempt=run.attempt,
             desired=desired,
             argv=[*shlex.split(spec.entrypoint), *spec.arguments],
-            environment=dict(spec.environment),
+            environment={**spec.environment, **spec.secret_environment},
             node_rank=run.nodes.index(node),
             nodes=len(run.nodes),
             ranks_per_node=max(spec.gpus_per_node, 1),

@@ -7,11 +7,11 @@ user and dataclasses, and returns dataclasses.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hai.auth import create_user, require_admin, require_owner
+from hai.auth import create_user, may_read, require_admin, require_owner, require_reader
 from hai.errors import ConfigError, NotFoundError, QuotaError, SpecError, StateError
 from hai.policy import quota_limit
 from hai.protocol import rank_log, run_log_dir
@@ -59,7 +59,20 @@ WHOLE_LIFE_STATE_LIMIT = 64 << 10
 """Bytes of JSON a chain may keep: a step, a checkpoint path, a data cursor; not a model."""
 
 
+def shown(user: User, job: Job) -> Job:
+    """A job as ``user`` may see it: its owner and admins get its spec with secret values
+    masked (:meth:`JobSpec.redacted`); anyone else only that it exists (id, user, state,
+    nodes...), without the spec's arguments, environment or command (``spec`` is None)."""
+    if not may_read(user, job.user):
+        return replace(job, spec=None)  # type: ignore[arg-type]
+    return replace(job, spec=job.spec.redacted())
+
+
 class Service:
+    """Every method returning a :class:`Job` returns it through :func:`shown`: secret
+    environment values stay in the store (later runs need them) and never leave it but
+    in the assignments of the run's own agents."""
+
     def __init__(self, scheduler: Scheduler, state_dir: Path) -> None:
         self.scheduler = scheduler
         self.store = scheduler.store
@@ -121,7 +134,7 @@ class Service:
                     f"waits for nodes with {spec.gpus_per_node} GPUs",
                     job.id,
                 )
-        return job
+        return shown(user, job)
 
     def _largest_node(self, group: str) -> int | None:
         """The most GPUs of any node registered in ``group`` (dead or drained ones too: they
@@ -136,11 +149,20 @@ class Service:
 
     def list_jobs(self, user: User, everyone: bool = True, all_states: bool = False) -> list[Job]:
         jobs = self.store.list_jobs(user=None if everyone else user.name)
-        return jobs if all_states else [j for j in jobs if j.state not in FINISHED_STATES]
+        if not all_states:
+            jobs = [j for j in jobs if j.state not in FINISHED_STATES]
+        return [shown(user, j) for j in jobs]
 
     def describe(self, user: User, job_id: int) -> JobDetail:
+        """A job with its runs and events, for its owner or an admin.
+
+        Raises:
+            ForbiddenError: ``user`` is neither.
+        """
+        job = self.store.get_job(job_id)
+        require_reader(user, job.user, job_id, "spec, runs and events")
         return JobDetail(
-            self.store.get_job(job_id),
+            shown(user, job),
             self.store.list_runs(job_id=job_id),
             self.store.list_events(job_id=job_id),
         )
@@ -166,7 +188,7 @@ class Service:
                     message=f"stopped by {user.name}",
                 )
                 self.scheduler.event("finish", f"job {job_id} stopped by {user.name}", job_id)
-        return self.store.get_job(job_id)
+        return shown(user, self.store.get_job(job_id))
 
     def suspend(self, user: User, job_id: int) -> Job:
         """Asks a running job to checkpoint and holds it until :meth:`resume`."""
@@ -179,7 +201,7 @@ class Service:
             raise StateError(f"job {job_id} is {job.state}; only queued or running jobs suspend")
         else:
             self.scheduler.suspend_run(run, AFTER_HOLD, f"suspended by {user.name}")
-        return self.store.get_job(job_id)
+        return shown(user, self.store.get_job(job_id))
 
     def resume(self, user: User, job_id: int) -> Job:
         job = self.store.get_job(job_id)
@@ -187,7 +209,7 @@ class Service:
         if job.state != SUSPENDED:
             raise StateError(f"job {job_id} is {job.state}; only suspended jobs resume")
         self.store.update_job(job_id, state=QUEUED, message=f"resumed by {user.name}")
-        return self.store.get_job(job_id)
+        return shown(user, self.store.get_job(job_id))
 
     def logs(
         self, user: User, job_id: int, rank: int, offset: int, attempt: int | None
@@ -197,10 +219,14 @@ class Service:
         Once a run's log is read to its end and the chain has a later run, the chunk points
         at the start of that run, so a follower passing back ``offset`` and ``attempt`` reads
         a suspended and resumed job's whole output in order.
+
+        Raises:
+            ForbiddenError: ``user`` is neither the job's owner nor an admin.
         """
         if not 0 <= offset < 2**63:
             raise ConfigError(f"a log offset must be 0 or more (and below 2**63), got {offset}")
         job = self.store.get_job(job_id)
+        require_reader(user, job.user, job_id, "logs")
         ranks = job.nodes * max(job.gpus_per_node, 1)
         if not 0 <= rank < ranks:
             raise NotFoundError(

@@ -105,6 +105,14 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+def _no_nul_secret(value: dict[str, str]) -> dict[str, str]:
+    """As :func:`_no_nul`, naming the variable and never its value."""
+    bad = [name for name, text in value.items() if "\x00" in text]
+    if bad:
+        raise ValueError(f"{bad[0]} holds a NUL character, which no environment can carry")
+    return value
+
+
 def _environment(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
@@ -158,6 +166,10 @@ class JobSpec:
         dict[str, str], BeforeValidator(_environment), AfterValidator(_no_nul)
     ] = dataclasses.field(default_factory=dict)
     """Extra environment variables of every rank."""
+    secret_environment: Annotated[
+        dict[str, str], BeforeValidator(_environment), AfterValidator(_no_nul_secret)
+    ] = dataclasses.field(default_factory=dict)
+    """Environment variables of every rank whose values no API, log or event ever shows."""
     image: str | None = None
     """Container image of the ranks (Kubernetes only); the executor's default when unset."""
     nodes: Annotated[Count, Field(ge=1, le=MAX_NODES)] = 1
@@ -177,11 +189,29 @@ class JobSpec:
     suspend_grace_period: Seconds = 5.0
     """Seconds between a suspend request and the forced stop (HAI's default is 5 s)."""
 
+    def __post_init__(self) -> None:
+        both = sorted(set(self.environment) & set(self.secret_environment))
+        if both:
+            raise ValueError(
+                f"environment and secret_environment both set {', '.join(both)}; "
+                f"keep each variable in one of them"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, as the store and ``Submit`` carry it (JSON types)."""
         return dataclasses.asdict(self)
 
+    def redacted(self) -> JobSpec:
+        """This spec as the platform shows it: each secret value replaced by ``***``."""
+        if not self.secret_environment:
+            return self
+        return dataclasses.replace(
+            self, secret_environment={name: SECRET_MASK for name in self.secret_environment}
+        )
 
+
+SECRET_MASK = "***"
+"""What is shown in place of a secret environment value."""
 FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 _ADAPTER = TypeAdapter(JobSpec)
 
@@ -195,6 +225,8 @@ def _problem(error: ErrorDetails) -> str:
     """One line for one of pydantic's errors, in the form ``FIELD: what is wrong, got VALUE``."""
     where = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
+    if not where and kind == "value_error":  # a rule across fields (JobSpec.__post_init__)
+        return str(error["ctx"]["error"])
     if kind == "missing":
         return f"{where}: required field is missing"
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):

@@ -73,8 +73,8 @@ def test_every_bad_field_is_reported_under_its_haijob_name() -> None:
         "spec.priority: must be one of 50, 40, 30, 20, 10 or AUTO, got 7",
         "spec.restartPolicy: must be Never or OnFailure, got 'Always'",
         "spec.x: unknown field (known: arguments, entrypoint, environment, gpusPerNode, group, "
-        "image, maxRestarts, maxRunTime, nodes, priority, restartPolicy, suspend, "
-        "suspendGracePeriod)",
+        "image, maxRestarts, maxRunTime, nodes, priority, restartPolicy, secretEnvironment, "
+        "suspend, suspendGracePeriod)",
     ]
 
 

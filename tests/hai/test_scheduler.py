@@ -70,7 +70,7 @@ def test_preempt_suspend_ack_requeue_resume(world) -> None:  # type: ignore[no-u
     high = svc.submit(ANN, spec(nodes=2, priority=50))
     sched.tick()
     assert beat(sched, "n0")[run_id].desired == DESIRED_SUSPEND
-    assert svc.describe(ANN, low.id).job.state == "suspending"
+    assert svc.describe(BOB, low.id).job.state == "suspending"
     # rank 0's node acknowledges; both nodes are told to stop, then report their exits.
     assert beat(sched, "n0", RunReport(run_id, acked=True))[run_id].desired == DESIRED_STOP
     beat(sched, "n0", RunReport(run_id, exit_code=-15, acked=True))

@@ -46,6 +46,7 @@ BOUNDS: dict[str, dict[str, Any]] = {
     "image": {"maxLength": 1024},
     "group": {"maxLength": 63},
     "environment": {"maxProperties": 256, "additionalProperties": {"maxLength": 32768}},
+    "secret_environment": {"maxProperties": 256, "additionalProperties": {"maxLength": 32768}},
 }
 """Sizes the API server needs to cost :data:`FIXED` (job spec field -> schema additions)."""
 
