@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from hai.rpc import ApiClient
 from hai.spec import spec_from_dict
 
 SECRET = "hunter2-owner-reads-7f3a"
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # The rank prints only whether its variable hashes to what the test expects.
 CHECK = (
     "import hashlib, os, sys; "
@@ -45,6 +48,19 @@ def _files_holding(root: Path, text: str) -> list[str]:
     """Every file under ``root`` whose bytes contain ``text``."""
     return sorted(
         str(p) for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()
+    )
+
+
+def _hai_as_nobody(address: str, token: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`hai ARGV` run by a second, unprivileged account (uid 65534) with ``token``."""
+    env = {**os.environ, "HAI_SERVER": address, "HAI_TOKEN": token, "HAI_STATE_DIR": "/nonexistent"}
+    return subprocess.run(
+        [*NOBODY, sys.executable, "-m", "hai", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
     )
 
 
@@ -98,6 +114,17 @@ def test_only_owner_and_admin_read_a_job_and_no_api_shows_a_secret(cluster) -> N
         assert seen[job_id]["state"] == "succeeded"
         assert seen[job_id]["nodes"] == 1
         assert seen[job_id]["spec"] is None  # no arguments, environment or command
+
+        # The same through the CLI, run by another account: one line, a non-zero exit.
+        refused = _hai_as_nobody(admin.address, bob.token, "logs", str(job_id))
+        assert refused.returncode != 0
+        assert refused.stderr.strip().splitlines() == [
+            f"Error: job {job_id} belongs to ann; only its owner or an admin may read its logs"
+        ]
+        listed = _hai_as_nobody(admin.address, bob.token, "ls", "--json", "--all")
+        assert listed.returncode == 0, listed.stderr
+        answers.append(listed.stdout)
+        assert "VISIBLE" not in listed.stdout and CHECK not in listed.stdout
 
         as_admin = admin.call("Describe", job_id=job_id)
         answers += [as_admin, admin.call("Logs", job_id=job_id), admin.call("List", all=True)]
