@@ -114,3 +114,13 @@ settings = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+node_credentials = sa.Table(
+    "node_credentials",
+    metadata,
+    # No foreign key to nodes: a credential is issued (`hai nodes add`) before its agent
+    # first registers the node.
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("issued_at", sa.Float, nullable=False),
+)
