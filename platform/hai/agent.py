@@ -44,6 +44,9 @@ CANNOT_START = 127
 """The exit reported for a run whose ranks could not be started here: the shell's code for a
 command it could not run, as the local executor's ranks give for a missing command."""
 
+RUN_TOKEN = "HAI_RUN_TOKEN"
+"""The variable that gives a rank its run token (:mod:`hai.client` reads it); a secret."""
+
 log = logging.getLogger("hai.agent")
 
 
@@ -63,6 +66,7 @@ def rank_environment(
     return {
         **inherited,
         **a.environment,
+        **a.secret_environment,
         "RANK": str(a.node_rank * a.ranks_per_node + local_rank),
         "WORLD_SIZE": str(world),
         "LOCAL_RANK": str(local_rank),
@@ -76,7 +80,7 @@ def rank_environment(
         "HAI_RESTART_COUNT": str(a.attempt),
         "HAI_CONTROL_DIR": str(state_dir / "runs" / str(a.run_id) / node),
         "HAI_SERVER": server,
-        "HAI_RUN_TOKEN": a.run_token,
+        RUN_TOKEN: a.run_token,
     }
 
 
@@ -224,6 +228,7 @@ class Agent:
             a.nodes,
             image=a.image,
             gpus=a.gpus_per_node,
+            secret_names=frozenset([*a.secret_environment, RUN_TOKEN]),
         )
 
     def run(self, stop: threading.Event) -> None:

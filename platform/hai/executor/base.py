@@ -44,6 +44,9 @@ class Launch:
     """The job's container image (None: the executor's default); local processes ignore it."""
     gpus: int = 0
     """GPUs this node's ranks ask for; the local executor leaves devices to the job."""
+    secret_names: frozenset[str] = frozenset()
+    """Variables of the ranks' ``env`` whose values are secret (the run token, the spec's
+    ``secret_environment``): an executor keeps them out of objects others may read."""
 
 
 class Executor(abc.ABC):
