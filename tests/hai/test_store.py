@@ -120,3 +120,36 @@ def test_reopen_keeps_state(store_url: str) -> None:
     second = SqlStore(store_url)
     assert second.get_job(job).name == "j"
     second.close()
+
+
+def test_user_tokens_rotate_and_users_go(store: StateStore) -> None:
+    store.add_user(User("ann", "admin"), "old")
+    store.set_user_token_hash("ann", "new")
+    assert store.user_by_token_hash("old") is None
+    assert store.user_by_token_hash("new") == User("ann", "admin")
+    store.remove_user("ann")
+    assert store.list_users() == [] and store.user_by_token_hash("new") is None
+    for missing in (lambda: store.remove_user("ann"), lambda: store.set_user_token_hash("x", "h")):
+        with pytest.raises(NotFoundError):
+            missing()
+
+
+def test_node_credentials_replace_and_revoke(store: StateStore) -> None:
+    assert store.set_node_credential("n1", "first", 1.0) is False
+    assert store.set_node_credential("n2", "other", 1.0) is False
+    assert store.node_by_credential_hash("first") == "n1"
+    assert store.set_node_credential("n1", "second", 2.0) is True  # re-issued
+    assert store.node_by_credential_hash("first") is None
+    assert store.node_by_credential_hash("second") == "n1"
+    assert store.remove_node_credential("n1") is True
+    assert store.remove_node_credential("n1") is False
+    assert store.node_by_credential_hash("second") is None
+    assert store.node_by_credential_hash("other") == "n2"
+
+
+def test_nodes_are_removed(store: StateStore) -> None:
+    store.put_node(Node(name="a"))
+    store.remove_node("a")
+    assert store.list_nodes() == []
+    with pytest.raises(NotFoundError):
+        store.remove_node("a")

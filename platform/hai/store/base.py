@@ -38,6 +38,29 @@ class StateStore(abc.ABC):
     def list_users(self) -> list[User]:
         """All users, by name."""
 
+    @abc.abstractmethod
+    def set_user_token_hash(self, name: str, token_hash: str) -> None:
+        """Gives the user a new token; the old one stops matching at once. Raises
+        NotFoundError for an unknown name."""
+
+    @abc.abstractmethod
+    def remove_user(self, name: str) -> None:
+        """Removes the user (their jobs stay). Raises NotFoundError for an unknown name."""
+
+    # node credentials
+    @abc.abstractmethod
+    def set_node_credential(self, node: str, token_hash: str, issued_at: float) -> bool:
+        """Binds the token to ``node``, replacing the node's earlier one; returns whether
+        there was one (it no longer matches)."""
+
+    @abc.abstractmethod
+    def node_by_credential_hash(self, token_hash: str) -> str | None:
+        """The node the credential is bound to, or None."""
+
+    @abc.abstractmethod
+    def remove_node_credential(self, node: str) -> bool:
+        """Revokes the node's credential; returns whether it had one."""
+
     # jobs
     @abc.abstractmethod
     def add_job(self, job: Job) -> int:
@@ -92,6 +115,10 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def update_node(self, name: str, **fields: Any) -> None:
         """Sets the given fields. Raises NotFoundError for an unknown name."""
+
+    @abc.abstractmethod
+    def remove_node(self, name: str) -> None:
+        """Forgets the node. Raises NotFoundError for an unknown name."""
 
     # events
     @abc.abstractmethod

@@ -128,6 +128,11 @@ class SqlStore(StateStore):
             if result.rowcount == 0:
                 raise NotFoundError(f"no {what} {key!r}")
 
+    def _delete(self, table: sa.Table, key_col: sa.Column, key: Any, what: str) -> None:
+        with self._conn() as conn:
+            if conn.execute(sa.delete(table).where(key_col == key)).rowcount == 0:
+                raise NotFoundError(f"no {what} {key!r}")
+
     def _get(self, table: sa.Table, cls: type, key_col: sa.Column, key: Any, what: str) -> Any:
         # No row has an id beyond a 64-bit INTEGER; SQLite would raise OverflowError for one.
         if isinstance(key, int) and not -(2**63) <= key < 2**63:
@@ -161,6 +166,34 @@ class SqlStore(StateStore):
 
     def list_users(self) -> list[User]:
         return self._select(sa.select(schema.users).order_by(schema.users.c.name), User)
+
+    def set_user_token_hash(self, name: str, token_hash: str) -> None:
+        self._update(schema.users, schema.users.c.name, name, "user", {"token_hash": token_hash})
+
+    def remove_user(self, name: str) -> None:
+        self._delete(schema.users, schema.users.c.name, name, "user")
+
+    # node credentials
+    def set_node_credential(self, node: str, token_hash: str, issued_at: float) -> bool:
+        table = schema.node_credentials
+        with self.transaction(), self._conn() as conn:
+            replaced = conn.execute(sa.delete(table).where(table.c.node == node)).rowcount > 0
+            conn.execute(
+                sa.insert(table).values(node=node, token_hash=token_hash, issued_at=issued_at)
+            )
+        return replaced
+
+    def node_by_credential_hash(self, token_hash: str) -> str | None:
+        table = schema.node_credentials
+        with self._conn() as conn:
+            return conn.execute(
+                sa.select(table.c.node).where(table.c.token_hash == token_hash)
+            ).scalar_one_or_none()
+
+    def remove_node_credential(self, node: str) -> bool:
+        table = schema.node_credentials
+        with self._conn() as conn:
+            return conn.execute(sa.delete(table).where(table.c.node == node)).rowcount > 0
 
     # jobs
     def add_job(self, job: Job) -> int:
@@ -216,6 +249,9 @@ class SqlStore(StateStore):
 
     def update_node(self, name: str, **fields: Any) -> None:
         self._update(schema.nodes, schema.nodes.c.name, name, "node", fields)
+
+    def remove_node(self, name: str) -> None:
+        self._delete(schema.nodes, schema.nodes.c.name, name, "node")
 
     # events
     def add_event(self, event: Event) -> None:
