@@ -14,6 +14,8 @@ the tests therefore do not show:
 * no kubelet and no scheduler: pods never run by themselves. :class:`FakeKubelet` runs a
   pod's container command as a local process (no image, no isolation, no resources,
   host folders are the local paths) and writes its phase and exit code into the status.
+  It resolves ``env[].valueFrom.secretKeyRef`` from the Secret as a kubelet does, and
+  holds a pod whose Secret or key is missing in ``CreateContainerConfigError``.
 
 The emulator here adds what our code reads and kmock 0.8 does not keep: ``uid`` and
 ``creationTimestamp`` on create, ``deletionGracePeriodSeconds`` on a graceful delete.
@@ -22,6 +24,7 @@ The emulator here adds what our code reads and kmock 0.8 does not keep: ``uid`` 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import os
@@ -38,6 +41,7 @@ from hai.k8s.names import GROUP, KIND, PLURAL, VERSION
 RESOURCES = {
     "v1/pods": ("Pod", True, {"status"}),
     "v1/services": ("Service", True, set()),
+    "v1/secrets": ("Secret", True, set()),
     "v1/namespaces": ("Namespace", False, set()),
     "v1/nodes": ("Node", False, set()),
     "v1/events": ("Event", True, set()),
@@ -227,7 +231,10 @@ class FakeKubelet:
             if container is None:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
-                self._running[key] = container = self._start(pod)
+                container = self._start(pod)
+                if container is None:  # waiting for a Secret: tried again on the next sync
+                    continue
+                self._running[key] = container
             if container.reported:
                 continue
             code = container.proc.poll()
@@ -247,9 +254,36 @@ class FakeKubelet:
         for key in set(self._running) - seen:  # deleted outright (no finalizer)
             self._kill(self._running.pop(key))
 
-    def _start(self, pod: dict[str, Any]) -> _Container:
+    def _secret_value(self, namespace: str, ref: dict[str, str]) -> str | None:
+        """A ``secretKeyRef``'s value, or None when the Secret or its key is missing."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            reply = self.core.read_namespaced_secret(ref["name"], namespace, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        data = json.loads(reply.data).get("data") or {}
+        return base64.b64decode(data[ref["key"]]).decode() if ref["key"] in data else None
+
+    def _start(self, pod: dict[str, Any]) -> _Container | None:
         c = pod["spec"]["containers"][0]
-        env = {e["name"]: e.get("value", "") for e in c.get("env") or []}
+        env = {}
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                env[e["name"]] = e.get("value", "")
+                continue
+            value = self._secret_value(pod["metadata"]["namespace"], ref)
+            if value is None:
+                why = f"secret {ref['name']!r} or its key {ref['key']!r} not found"
+                waiting = {"reason": "CreateContainerConfigError", "message": why}
+                state = {**_STATUS, "name": c["name"], "ready": False}
+                state["state"] = {"waiting": waiting}
+                self._patch_status(pod, {"phase": "Pending", "containerStatuses": [state]})
+                return None
+            env[e["name"]] = value
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
         proc = subprocess.Popen(
             [*c.get("command", []), *c.get("args", [])],

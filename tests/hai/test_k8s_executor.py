@@ -4,7 +4,9 @@ pure pieces (pod manifests, pod states as exit codes).
 The API server is kmock's in-memory emulator (k8s_emulator.py). It has no admission, no schema
 enforcement, no garbage collection and no kubelet: here FakeKubelet runs each
 pod's container command as a local process and patches the pod's phase and exit code,
-as a kubelet would. Images, resources and isolation are not exercised.
+as a kubelet would, resolving ``secretKeyRef`` variables from the emulated Secrets as a
+kubelet does. Images, resources and isolation are not exercised; neither is the garbage
+collector that deletes a run's Secret with its pod (its owner reference is checked).
 
 Of the suite, the tests that take the ``executor`` fixture run here, except the gRPC
 fork regression, which is about how the local executor spawns processes (this executor
@@ -102,6 +104,7 @@ def _launch(
     env: dict | None = None,
     image: str | None = None,
     gpus: int = 0,
+    secrets: dict | None = None,
 ):
     base = {
         "WORLD_SIZE": "4",
@@ -109,6 +112,7 @@ def _launch(
         "MASTER_PORT": "29511",
         "NODE_RANK": str(node_rank),
         **(env or {}),
+        **(secrets or {}),
     }
     ranks = [
         RankLaunch(
@@ -120,7 +124,17 @@ def _launch(
         for r in range(2)
     ]
     return Launch(
-        run_id, tmp_path / "control", ranks, 3, 1, "gpu-1", node_rank, 2, image=image, gpus=gpus
+        run_id,
+        tmp_path / "control",
+        ranks,
+        3,
+        1,
+        "gpu-1",
+        node_rank,
+        2,
+        image=image,
+        gpus=gpus,
+        secret_names=frozenset(secrets or {}),
     )
 
 
@@ -301,3 +315,93 @@ def test_a_refused_pod_fails_its_ranks_with_a_line_in_the_log(tmp_path: Path) ->
         "Kubernetes refused pod hai-j3-r60-n0: 403 Forbidden"
         in (tmp_path / "logs" / "rank-0.log").read_text()
     )
+
+
+RUN_TOKEN = "7.run-token-mac"
+PASSWORD = "hunter2-db-password"
+SECRETS = {"HAI_RUN_TOKEN": RUN_TOKEN, "DB_PASSWORD": PASSWORD}
+
+
+def test_secret_variables_leave_the_pod_spec_for_a_secret_labelled_as_the_pod(
+    tmp_path: Path,
+) -> None:
+    import base64
+    import json
+
+    launch = _launch(tmp_path, env={"VISIBLE": "plain"}, secrets=SECRETS)
+    placement = pods.placement_for(launch, K8sConfig(namespace="jobs"))
+    pod = pods.pod_manifest(launch, placement, tmp_path / "launch.py")
+    text = json.dumps(pod)
+    assert RUN_TOKEN not in text and PASSWORD not in text  # nor in HAI_LAUNCH
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["VISIBLE"] == {"name": "VISIBLE", "value": "plain"}
+    for name in SECRETS:
+        ref = {"name": "hai-j3-r7-n0-env", "key": name}
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": ref}}
+    secret = pods.secret_manifest(launch, placement)
+    assert secret["metadata"]["name"] == "hai-j3-r7-n0-env"
+    assert secret["metadata"]["namespace"] == "jobs"
+    assert secret["metadata"]["labels"] == pod["metadata"]["labels"]
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == SECRETS
+
+
+def _read_secret(core, name: str) -> dict:  # type: ignore[no-untyped-def]
+    """The Secret as JSON, or {} when it is gone."""
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return json.loads(core.read_namespaced_secret(name, "jobs", _preload_content=False).data)
+    except ApiException as err:
+        if err.status == 404:
+            return {}
+        raise
+
+
+SHOW = "import os; print(os.environ['DB_PASSWORD'], os.environ['HAI_RUN_TOKEN'], flush=True)"
+
+
+def test_ranks_see_their_secrets_through_a_secret_owned_by_the_pod_and_gone_with_the_run(
+    executor: KubernetesExecutor,
+    core,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    launch = _launch(tmp_path, run_id=70, env={"HAI_MASTER_WAIT_S": "0"}, secrets=SECRETS)
+    launch.node = NODE
+    for rank in launch.ranks:
+        rank.argv = [sys.executable, "-c", SHOW]
+    executor.start(launch)
+    assert conformance.wait_exit(executor, 70) == 0
+    # The kubelet resolved both from the Secret: the ranks got the values.
+    assert (tmp_path / "logs" / "rank-0.log").read_text() == f"{PASSWORD} {RUN_TOKEN}\n"
+    pod = _read(core, "hai-j3-r70-n0")
+    assert RUN_TOKEN not in str(pod) and PASSWORD not in str(pod)
+    secret = _read_secret(core, "hai-j3-r70-n0-env")
+    assert sorted(secret["data"]) == ["DB_PASSWORD", "HAI_RUN_TOKEN"]
+    # Owned by the pod, which exists for every job (a HaiJob only for some).
+    assert secret["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "hai-j3-r70-n0", "uid": pod["metadata"]["uid"]}
+    ]
+    executor.forget(70)
+    assert _read_secret(core, "hai-j3-r70-n0-env") == {}
+
+
+def test_a_pod_whose_secret_is_missing_cannot_start_its_ranks(
+    kube: KubernetesApi,
+    core,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The emulated kubelet holds a pod whose Secret is gone, as a real one does; after the
+    start timeout the executor fails the run's ranks."""
+    ex = KubernetesExecutor(
+        core, K8sConfig(namespace="jobs", python=sys.executable, start_timeout_s=0.01)
+    )
+    launch = _launch(tmp_path, run_id=80, secrets=SECRETS)
+    launch.node = NODE
+    ex.start(launch)
+    core.delete_namespaced_secret("hai-j3-r80-n0-env", "jobs")
+    with FakeKubelet(kube, nodes={NODE}):
+        assert conformance.wait_exit(ex, 80) == pods.CANNOT_START
+    assert "CreateContainerConfigError" in (tmp_path / "logs" / "rank-0.log").read_text()
+    ex.forget(80)

@@ -207,7 +207,7 @@ class Platform:
         from hai.executor.k8s import KubernetesExecutor
         from hai.rpc import ApiClient
 
-        client = ApiClient(self.address, self.token)
+        client = ApiClient(self.address, self.client.call("AddNode", name=name)["token"])
         executor = KubernetesExecutor(self.core, self.config.k8s)
         # Agents share the server's state folder, as on a cluster with a shared file system.
         agent = Agent(name, client, executor, self.state, self.config.agent, gpus=1)
@@ -339,7 +339,7 @@ def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_
         second = platform.haijob("llm")["status"]["runId"]
         wait_for("Running", lambda: platform.phase("llm") == "Running")
         pods = wait_for("the new pods", lambda: platform.running_pods(job_id, second))
-        env = {e["name"]: e["value"] for e in pods[0]["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
         assert env["HAI_RESTART_COUNT"] == "1"
 
         # A pod evicted from its node: the job is requeued (not failed) onto new pods.

@@ -9,6 +9,10 @@ the run's control folder, a host folder the agent and the pod share: the agent w
 
 Pods carry :data:`~hai.k8s.names.POD_FINALIZER`, so a deleted pod stays readable until
 this executor has recorded how its ranks ended; it then drops the finalizer.
+
+The run's token and the job's secret variables go into a Secret per pod, created before
+the pod and then owned by it: the garbage collector deletes it with the pod, and
+:meth:`forget` deletes it too. The executor never reads a Secret back.
 """
 
 from __future__ import annotations
@@ -26,12 +30,23 @@ from hai.config import K8sConfig
 from hai.errors import StateError, Unavailable
 from hai.executor.base import Executor, Launch
 from hai.k8s import launch as launcher_module
-from hai.k8s.names import LABEL_MANAGED, LABEL_NODE, MANAGER, POD_FINALIZER, label_value
+from hai.k8s.names import (
+    LABEL_MANAGED,
+    LABEL_NODE,
+    MANAGER,
+    POD_FINALIZER,
+    label_value,
+    secret_name,
+    service_name,
+)
 from hai.k8s.pods import (
     CANNOT_START,
     placement_for,
     pod_manifest,
     pod_outcome,
+    secret_manifest,
+    secret_owner_patch,
+    secret_values,
     service_manifest,
     without_finalizer_patch,
 )
@@ -133,6 +148,13 @@ class KubernetesExecutor(Executor):
                     raise
                 pod = None
 
+    def _delete_secret(self, namespace: str, pod: str) -> None:
+        """Deletes the Secret of ``pod`` now rather than when the garbage collector gets to
+        it (and one that an agent which died right after creating the pod left unowned)."""
+        self._call(
+            "delete a Secret", self.api.delete_namespaced_secret, secret_name(pod), namespace
+        )
+
     # ---- the Executor interface -----------------------------------------------------------
     def start(self, launch: Launch) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -154,7 +176,17 @@ class KubernetesExecutor(Executor):
                 self._create(
                     self.api.create_namespaced_service, service_manifest(launch, placement)
                 )
-            self._create(self.api.create_namespaced_pod, pod)
+            if secret_values(launch):
+                self._create(self.api.create_namespaced_secret, secret_manifest(launch, placement))
+            created = self._create(self.api.create_namespaced_pod, pod) or self._read_pod(run)
+            if secret_values(launch) and created is not None:
+                self._call(
+                    "give a Secret its owner",
+                    self.api.patch_namespaced_secret,
+                    secret_name(run.name),
+                    run.namespace,
+                    secret_owner_patch(created),
+                )
         except ApiException as err:
             # Refused (quota, admission, a missing namespace): the ranks cannot start, which
             # the restart policy handles like any command that cannot start.
@@ -165,18 +197,20 @@ class KubernetesExecutor(Executor):
         self._runs[launch.run_id] = run
         log.info("run %d: pod %s/%s on %s", launch.run_id, run.namespace, run.name, launch.node)
 
-    def _create(self, fn: Callable[..., Any], body: dict[str, Any]) -> None:
-        """Creates ``body``; one that exists already is taken as ours (the same run's pod
-        or Service, made by this node's agent before it restarted)."""
+    def _create(self, fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any] | None:
+        """Creates ``body`` and returns it as the API stored it; None when it exists already,
+        which is taken as ours (the same run's pod, Secret or Service, made by this node's
+        agent before it restarted)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self._call(
+            return self._call(
                 f"create {body['metadata']['name']}", fn, body["metadata"]["namespace"], body
             )
         except ApiException as err:
             if err.status != 409:
                 raise
+            return None
 
     def launch_of(self, run_id: int) -> Launch:
         return self._runs[run_id].launch
@@ -218,9 +252,8 @@ class KubernetesExecutor(Executor):
         if not run.deleting:
             self._delete_pod(run, 0)
         self._release(run.namespace, run.name)
+        self._delete_secret(run.namespace, run.name)
         if run.launch.node_rank == 0:
-            from hai.k8s.names import service_name
-
             self._call(
                 "delete a service",
                 self.api.delete_namespaced_service,
@@ -257,6 +290,7 @@ class KubernetesExecutor(Executor):
                 continue
             self._call("delete a pod", self.api.delete_namespaced_pod, name, namespace)
             self._release(namespace, name)
+            self._delete_secret(namespace, name)
             removed.append(name)
         return removed
 

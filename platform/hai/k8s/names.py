@@ -37,6 +37,11 @@ def pod_name(job_id: int, run_id: int, node_rank: int) -> str:
     return f"hai-j{job_id}-r{run_id}-n{node_rank}"
 
 
+def secret_name(pod: str) -> str:
+    """The Secret with the secret variables of the pod named ``pod``."""
+    return f"{pod}-env"
+
+
 def service_name(run_id: int) -> str:
     """The run's headless Service; pod ``n<K>`` of the run is ``n<K>.<service>``."""
     return f"hai-r{run_id}"

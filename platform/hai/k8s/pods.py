@@ -10,11 +10,14 @@ starts the node's ranks with the platform's environment (``HAI_LAUNCH``) and exi
 the worst rank's code. The run's headless Service gives node rank 0's pod a DNS name,
 which becomes ``MASTER_ADDR``. The control folder (``suspend``/``suspend_ack``) and the
 rank logs are host folders the node's agent and the pod share: that is how a suspend
-request reaches the job and its acknowledgement comes back (docs/kubernetes.md).
+request reaches the job and its acknowledgement comes back (docs/kubernetes.md). The
+run's token and secret variables are in a Secret per pod, never in the pod's spec, which
+anyone who may read pods in the namespace sees.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from hai.k8s.names import (
     master_address,
     pod_hostname,
     pod_name,
+    secret_name,
     service_name,
 )
 
@@ -127,9 +131,10 @@ def launch_plan(launch: Launch, namespace: str) -> tuple[dict[str, str], list[di
     Shared variables become the container's environment, so ``kubectl describe pod`` shows
     the run's contract (WORLD_SIZE, NODE_RANK, HAI_RESTART_COUNT...); the per-rank rest
     (RANK, LOCAL_RANK) travels in ``HAI_LAUNCH``. ``MASTER_ADDR`` becomes node rank 0's
-    pod name in the run's headless Service.
+    pod name in the run's headless Service. Secret variables (``launch.secret_names``) are
+    in neither: they come from the pod's Secret (:func:`secret_manifest`).
     """
-    envs = [dict(r.env) for r in launch.ranks]
+    envs = [{k: v for k, v in r.env.items() if k not in launch.secret_names} for r in launch.ranks]
     for env in envs:
         if "MASTER_ADDR" in env:
             env["MASTER_ADDR"] = master_address(launch.run_id, namespace)
@@ -145,6 +150,42 @@ def launch_plan(launch: Launch, namespace: str) -> tuple[dict[str, str], list[di
         for r, env in zip(launch.ranks, envs, strict=True)
     ]
     return common, ranks
+
+
+def secret_values(launch: Launch) -> dict[str, str]:
+    """The values of the launch's secret variables (the same for every rank: the run's)."""
+    env = launch.ranks[0].env if launch.ranks else {}
+    return {k: env[k] for k in sorted(launch.secret_names) if k in env}
+
+
+def secret_manifest(launch: Launch, placement: Placement) -> dict[str, Any]:
+    """The Secret holding the secret variables of ``launch``'s pod, labelled as the pod is.
+
+    It has no owner yet: the pod, its owner, does not exist until after it (see
+    :func:`secret_owner_patch`).
+    """
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in secret_values(launch).items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "immutable": True,  # a run's values never change; kubelets need not watch it
+        "metadata": {
+            "name": secret_name(pod_name(launch.job_id, launch.run_id, launch.node_rank)),
+            "namespace": placement.namespace,
+            "labels": {**labels(launch), **placement.extra_labels},
+        },
+        "data": data,
+    }
+
+
+def secret_owner_patch(pod: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch making ``pod`` (as the API returned it, with its uid) its Secret's
+    owner: the pod always exists, whoever submitted the job, so the garbage collector
+    deletes the Secret with it."""
+    meta = pod["metadata"]
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+    return {"metadata": {"ownerReferences": [owner]}}
 
 
 def _host_folder(name: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -170,7 +211,12 @@ def pod_manifest(launch: Launch, placement: Placement, launcher: Path) -> dict[s
     # NCCL and hfreduce stage through /dev/shm; a container's default is 64 MiB.
     volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
-    env = [{"name": k, "value": v} for k, v in sorted(common.items())]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(common.items())]
+    secret = secret_name(pod_name(launch.job_id, launch.run_id, launch.node_rank))
+    env += [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}}
+        for k in secret_values(launch)
+    ]
     env.append({"name": "HAI_LAUNCH", "value": json.dumps(ranks, separators=(",", ":"))})
     container: dict[str, Any] = {
         "name": CONTAINER,
