@@ -73,11 +73,17 @@ def _name(value: str) -> str:
     return value
 
 
+_PLAIN_COMMAND = re.compile(r"[!#-&(-\[\]-~ \t\r\n]*")
+"""ASCII with no quote, backslash or whitespace other than shlex's: ``str.split`` cuts such a
+command into the same words as ``shlex.split``, several times faster (every stored job's
+spec is checked again when the store reads it)."""
+
+
 def _command(value: str) -> str:
     """Splits the command as the scheduler will for each rank, so a broken one is refused at
     submit instead of failing every heartbeat of the node it lands on."""
     try:
-        words = shlex.split(value)
+        words = value.split() if _PLAIN_COMMAND.fullmatch(value) else shlex.split(value)
     except ValueError as err:  # shlex's "No closing quotation" / "No escaped character"
         raise ValueError(
             f"cannot be split like a shell command ({str(err).lower()}), got {value!r}; "

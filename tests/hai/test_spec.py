@@ -162,3 +162,24 @@ def test_a_nul_character_is_refused_at_submit_not_by_exec_on_the_node(field: dic
         spec_from_dict({"name": "a", "entrypoint": "x", **field})
     [problem] = info.value.problems
     assert problem.startswith(f"{next(iter(field))}: holds a NUL character")
+
+
+def test_plain_commands_take_the_fast_split_and_it_agrees_with_shlex() -> None:
+    """The fast path (str.split) may only take commands shlex splits the same way: every
+    short string over the characters around its edges (quotes, backslash, the whitespace
+    str.split knows and shlex does not, non-ASCII) either agrees or goes to shlex."""
+    import itertools
+    import shlex
+
+    from hai.spec import _PLAIN_COMMAND
+
+    alphabet = "a -'\"\\\t\n\x0b\x0c\x1c\x85\xa0é#!~"
+    taken = 0
+    for n in range(4):
+        for chars in itertools.product(alphabet, repeat=n):
+            text = "".join(chars)
+            if _PLAIN_COMMAND.fullmatch(text):
+                taken += 1
+                assert text.split() == shlex.split(text), repr(text)
+    assert taken > 100  # the fast path is really taken, not only refused
+    assert not _PLAIN_COMMAND.fullmatch("python 'x y'")
