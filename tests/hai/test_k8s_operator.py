@@ -6,12 +6,15 @@ all against kmock's in-memory Kubernetes API (k8s_emulator.py). What that API is
 it has no admission and no schema enforcement (the CRD's schema is checked with
 jsonschema in test_deploy.py), no garbage collection through ownerReferences (pods go
 because the job is stopped and the agents delete them), and no kubelet: FakeKubelet runs
-each pod's command as a local process and patches the pod's phase and exit code. A second
+each pod's command as a local process (resolving ``secretKeyRef`` variables from the
+emulated Secrets, as a kubelet does) and patches the pod's phase and exit code. A second
 test submits with the ``hai`` CLI instead of a HaiJob and reads the job's log with it.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sys
 import threading
@@ -61,6 +64,24 @@ def test_a_haijob_becomes_the_job_spec_hai_submit_would_send() -> None:
     assert spec.suspend_grace_period == 30 and spec.image == "fireflyer:1"
     # Where its pods go: the HaiJob's namespace, owned by the HaiJob.
     assert spec.environment == {"SEED": "1", ENV_NAMESPACE: "team-a", ENV_OWNER: "train-7b/u-1"}
+
+
+def test_secret_variables_are_named_by_reference_and_never_held_in_the_haijob() -> None:
+    ref = {"secretKeyRef": {"name": "db", "key": "password"}}
+    with_ref = {**HAIJOB, "spec": {**HAIJOB["spec"], "secretEnvironment": {"DB_PASSWORD": ref}}}
+    assert haijob.secret_refs(with_ref) == {"DB_PASSWORD": ("db", "password")}
+    # The operator fills the value in from the Secret; the spec only names the variable.
+    assert haijob.job_spec(with_ref).secret_environment == {"DB_PASSWORD": ""}
+    by_value = {**HAIJOB, "spec": {**HAIJOB["spec"], "secretEnvironment": {"DB_PASSWORD": "pw1"}}}
+    with pytest.raises(SpecError) as err:
+        haijob.job_spec(by_value)
+    assert err.value.problems == [
+        "spec.secretEnvironment.DB_PASSWORD: must be {secretKeyRef: {name: SECRET, key: KEY}}, "
+        "naming a Secret in the HaiJob's namespace (values are never put in a HaiJob)"
+    ]
+    both = {**with_ref, "spec": {**with_ref["spec"], "environment": {"DB_PASSWORD": "x"}}}
+    with pytest.raises(SpecError, match="both set DB_PASSWORD"):
+        haijob.job_spec(both)
 
 
 def test_every_bad_field_is_reported_under_its_haijob_name() -> None:
@@ -143,11 +164,13 @@ def test_status_mirrors_the_scheduler_and_keeps_transition_times() -> None:
 
 # ---- the whole life of a HaiJob -------------------------------------------------------------
 
+PASSWORD = "pw-from-a-secret"
 JOB = """
-import os, sys, time
+import hashlib, os, sys, time
 from hai import client
 print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"],
       "restart", os.environ["HAI_RESTART_COUNT"], "master", os.environ["MASTER_ADDR"], flush=True)
+print("password", hashlib.sha256(os.environ["DB_PASSWORD"].encode()).hexdigest(), flush=True)
 while not client.receive_suspend_command():
     time.sleep(0.05)
 print("checkpointed", flush=True)
@@ -236,6 +259,10 @@ class Platform:
         items = json.loads(reply.data)
         return [p for p in items["items"] if p["metadata"]["labels"].get(LABEL_JOB) == str(job_id)]
 
+    def secret(self, name: str, namespace: str = "default") -> dict:
+        reply = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        return json.loads(reply.data)
+
     def running_pods(self, job_id: int, run_id: int) -> list[dict]:
         pods = [
             p
@@ -292,8 +319,14 @@ def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_
             "suspendGracePeriod": 20,
             # No DNS for the run's Service here: ranks need not wait for MASTER_ADDR.
             "environment": {"HAI_MASTER_WAIT_S": "0"},
+            "secretEnvironment": {"DB_PASSWORD": {"secretKeyRef": {"name": "db", "key": "pw"}}},
         },
     }
+    platform.core.create_namespaced_secret(
+        "default",
+        {"metadata": {"name": "db"}, "data": {"pw": base64.b64encode(PASSWORD.encode()).decode()}},
+        _preload_content=False,
+    )
     registry = make_registry(platform.client.call, platform.core, platform.config.k8s)
     args = ["run", "--standalone", "--namespace", "default"]
     with KopfRunner(args, registry=registry, timeout=30) as runner:
@@ -323,6 +356,16 @@ def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_
         assert log0.read_text().split("\n")[0] == (
             f"rank 0 of 2 restart 0 master n0.hai-r{first}.default.svc"
         )
+        # The ranks got the value; neither the HaiJob, nor its pods, nor the server's
+        # answers hold it or the run's token (which is in the pod's own Secret).
+        digest = hashlib.sha256(PASSWORD.encode()).hexdigest()
+        wait_for("rank 0's second line", lambda: f"password {digest}" in log0.read_text())
+        secret = platform.secret(f"hai-j{job_id}-r{first}-n0-env")
+        token = base64.b64decode(secret["data"]["HAI_RUN_TOKEN"]).decode()
+        shown = json.dumps([platform.haijob("llm"), pods])
+        assert PASSWORD not in shown and token not in shown
+        described = platform.client.call("Describe", job_id=job_id)["job"]["spec"]
+        assert described["secret_environment"] == {"DB_PASSWORD": "***"}
 
         # Suspend: the request reaches the job, it checkpoints, its pods go.
         platform.patch_spec("llm", suspend=True)
@@ -378,7 +421,10 @@ def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
 
     script = tmp_path / "hello.py"
     script.write_text(
-        "import os, time\nprint('hello from rank', os.environ['RANK'], flush=True)\ntime.sleep(2)\n"
+        "import hashlib, os, time\n"
+        "key = hashlib.sha256(os.environ['API_KEY'].encode()).hexdigest()[:8]\n"
+        "print('hello from rank', os.environ['RANK'], 'key', key, flush=True)\n"
+        "time.sleep(2)\n"
     )
     spec = tmp_path / "job.yaml"
     job = {
@@ -389,6 +435,7 @@ def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
         "nodes": 1,
         "gpus_per_node": 1,
         "environment": {"HAI_MASTER_WAIT_S": "0"},
+        "secret_environment": {"API_KEY": PASSWORD},
     }
     spec.write_text(yaml.safe_dump(job))
     monkeypatch.setenv("HAI_SERVER", platform.address)
@@ -402,11 +449,52 @@ def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
     container = pod["spec"]["containers"][0]
     assert container["image"] == "train:2"
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # The secret value is in the pod's Secret, owned by the pod, not in its spec.
+    assert PASSWORD not in json.dumps(pod)
+    name = pod["metadata"]["name"]
+    secret = lambda: platform.secret(f"{name}-env", "hai-jobs")  # noqa: E731
+    # Given its owner once the pod exists: the garbage collector deletes it with the pod.
+    owners = wait_for("the Secret's owner", lambda: secret()["metadata"].get("ownerReferences"))
+    assert [o["uid"] for o in owners] == [pod["metadata"]["uid"]]
+    assert base64.b64decode(secret()["data"]["API_KEY"]).decode() == PASSWORD
     state = lambda: platform.client.call("Describe", job_id=job_id)["job"]["state"]  # noqa: E731
     wait_for("the job to succeed", lambda: state() == "succeeded")
     wait_for("its pod to go", lambda: platform.pods(job_id, "hai-jobs") == [])
+    secrets = json.loads(
+        platform.core.list_namespaced_secret("hai-jobs", _preload_content=False).data
+    )
+    assert secrets["items"] == []  # deleted with the run
     logs = CliRunner().invoke(main, ["logs", str(job_id)])
-    assert logs.output == "hello from rank 0\n"
+    key = hashlib.sha256(PASSWORD.encode()).hexdigest()[:8]
+    assert logs.output == f"hello from rank 0 key {key}\n"
+
+
+def test_the_operator_waits_for_a_missing_secret_and_refuses_one_that_is_not_text() -> None:
+    pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
+    pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
+    import kopf
+    from kubernetes import client
+
+    from hai.k8s.operator import with_secret_values
+
+    from .k8s_emulator import KubernetesApi
+
+    ref = {"secretKeyRef": {"name": "db", "key": "pw"}}
+    body = {**HAIJOB, "spec": {**HAIJOB["spec"], "secretEnvironment": {"DB_PASSWORD": ref}}}
+    with KubernetesApi(namespaces=("team-a",)) as kube:
+        core = client.CoreV1Api(kube.api_client())
+        spec = haijob.job_spec(body)
+        with pytest.raises(kopf.TemporaryError, match="waiting for key 'pw' of Secret team-a/db"):
+            with_secret_values(core, "team-a", spec, body)
+        secret = {"metadata": {"name": "db"}, "data": {"pw": base64.b64encode(b"pw1").decode()}}
+        core.create_namespaced_secret("team-a", secret, _preload_content=False)
+        assert with_secret_values(core, "team-a", spec, body).secret_environment == {
+            "DB_PASSWORD": "pw1"
+        }
+        binary = {"data": {"pw": base64.b64encode(b"\xff\xfe").decode()}}
+        core.patch_namespaced_secret("db", "team-a", binary, _preload_content=False)
+        with pytest.raises(SpecError, match="DB_PASSWORD: Secret db key pw is not UTF-8 text"):
+            with_secret_values(core, "team-a", spec, body)
 
 
 def test_hai_operator_forwards_its_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from hai.k8s.haijob import FIELDS, INVALID, PENDING, PHASES, RESTART_POLICIES
+from hai.k8s.haijob import FIELDS, INVALID, PENDING, PHASES, RESTART_POLICIES, SECRET_ENVIRONMENT
 from hai.k8s.names import GROUP, KIND, PLURAL, VERSION
 from hai.spec import json_schema
 
@@ -46,9 +46,29 @@ BOUNDS: dict[str, dict[str, Any]] = {
     "image": {"maxLength": 1024},
     "group": {"maxLength": 63},
     "environment": {"maxProperties": 256, "additionalProperties": {"maxLength": 32768}},
-    "secret_environment": {"maxProperties": 256, "additionalProperties": {"maxLength": 32768}},
 }
 """Sizes the API server needs to cost :data:`FIXED` (job spec field -> schema additions)."""
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 253}
+SECRET_REFERENCES: dict[str, Any] = {
+    "type": "object",
+    "description": "Environment variables of every rank whose values are in Secrets of the "
+    "HaiJob's namespace, never in the HaiJob: VAR: {secretKeyRef: {name, key}}.",
+    "maxProperties": 256,
+    "additionalProperties": {
+        "type": "object",
+        "required": ["secretKeyRef"],
+        "properties": {
+            "secretKeyRef": {
+                "type": "object",
+                "required": ["name", "key"],
+                "properties": {"name": _NAME, "key": _NAME},
+            }
+        },
+    },
+}
+"""The HaiJob's ``secretEnvironment``: references, not the job spec's values (see
+:data:`hai.k8s.haijob.SECRET_ENVIRONMENT`)."""
 
 OPERATOR_PROPERTIES: dict[str, dict[str, Any]] = {
     "suspend": {
@@ -119,6 +139,8 @@ def spec_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for camel, name in FIELDS.items():
         field = _bounded(structural(job["properties"][name]), BOUNDS.get(name, {}))
+        if camel == SECRET_ENVIRONMENT:
+            field = SECRET_REFERENCES
         if name == "restart_policy":
             field["enum"] = [policies[p] for p in field["enum"]]
             field["default"] = policies[field["default"]]

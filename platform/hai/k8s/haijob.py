@@ -6,6 +6,8 @@ tested without an API server:
 
 * :func:`job_spec`: a HaiJob's ``spec`` becomes a :class:`~hai.spec.JobSpec`, checked by
   the same code as ``hai submit`` (every bad field reported, named as in the HaiJob);
+* :func:`secret_refs`: its secret variables, which a HaiJob names by reference to
+  Secrets and never holds (anyone who may read HaiJobs would see them);
 * :func:`haijob_status`: a job's record, runs and events become ``status``;
 * :func:`suspend_action`: a change of ``spec.suspend`` becomes Suspend or Resume;
 * :func:`status_changes`: only what changed is patched.
@@ -39,6 +41,10 @@ objects spell them, but the name (the HaiJob's own, from its metadata)."""
 RESTART_POLICIES = {"Never": "never", "OnFailure": "on_failure"}
 OPERATOR_FIELDS = ("suspend",)
 """HaiJob fields the operator acts on that are not part of the job spec."""
+SECRET_ENVIRONMENT = "secretEnvironment"
+"""The HaiJob field that names the job's secret variables, each as a pod's
+``env[].valueFrom`` does: ``{VAR: {secretKeyRef: {name: SECRET, key: KEY}}}``, a Secret in
+the HaiJob's namespace."""
 
 PHASES = {
     QUEUED: "Queued",
@@ -61,9 +67,40 @@ def job_name(name: str) -> str:
     return name[:63]
 
 
+def secret_refs(haijob: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The HaiJob's secret variables: name -> (Secret, key), from :data:`SECRET_ENVIRONMENT`.
+
+    Raises:
+        SpecError: one line per entry that is not ``{secretKeyRef: {name, key}}``.
+    """
+    value = (haijob.get("spec") or {}).get(SECRET_ENVIRONMENT) or {}
+    where = f"spec.{SECRET_ENVIRONMENT}"
+    if not isinstance(value, dict):
+        raise SpecError([f"{where}: must map each variable to {{secretKeyRef: {{name, key}}}}"])
+    refs, problems = {}, []
+    for name, source in value.items():
+        ref = source.get("secretKeyRef") if isinstance(source, dict) else None
+        if not isinstance(ref, dict) or not all(
+            isinstance(ref.get(k), str) and ref[k] for k in ("name", "key")
+        ):
+            # Never echo the entry: a value put here by mistake is a secret.
+            problems.append(
+                f"{where}.{name}: must be {{secretKeyRef: {{name: SECRET, key: KEY}}}}, "
+                "naming a Secret in the HaiJob's namespace (values are never put in a HaiJob)"
+            )
+            continue
+        refs[name] = (ref["name"], ref["key"])
+    if problems:
+        raise SpecError(problems)
+    return refs
+
+
 def job_spec(haijob: dict[str, Any]) -> JobSpec:
     """The job a HaiJob asks for, with the variables that tell the Kubernetes executor where
     its pods go (:data:`~hai.k8s.names.ENV_NAMESPACE`, :data:`~hai.k8s.names.ENV_OWNER`).
+
+    Its ``secret_environment`` names the HaiJob's secret variables with empty values: the
+    operator reads them from the Secrets that :func:`secret_refs` names.
 
     Raises:
         SpecError: one line per bad, missing or unknown field, named ``spec.FIELD``.
@@ -75,8 +112,12 @@ def job_spec(haijob: dict[str, Any]) -> JobSpec:
     back = {v: k for k, v in FIELDS.items()}
     problems: list[str] = []
     data: dict[str, Any] = {"name": job_name(str(meta.get("name", "")))}
+    try:
+        data["secret_environment"] = dict.fromkeys(secret_refs(haijob), "")
+    except SpecError as err:
+        problems.extend(err.problems)
     for key, value in spec.items():
-        if key in OPERATOR_FIELDS:
+        if key in OPERATOR_FIELDS or key == SECRET_ENVIRONMENT:
             continue
         if key not in FIELDS:
             known = ", ".join(sorted([*FIELDS, *OPERATOR_FIELDS]))

@@ -6,10 +6,16 @@ nodes create its pods (:mod:`hai.executor.k8s`). The operator then keeps the Hai
 status current from the scheduler's record, turns changes of ``spec.suspend`` into
 Suspend and Resume, and on deletion stops the job and keeps its finalizer until the job's
 pods are gone. Each handler is a few lines over :mod:`hai.k8s.haijob`'s pure functions.
+
+A HaiJob's secret variables name Secrets in its namespace; the operator reads their values
+once, at submission, and sends them to the server as the job's ``secret_environment``
+(kept there as ``hai submit``'s are, shown by no API, given to the run's pods through a
+Secret of their own). It reads no other Secret and never writes a value into a HaiJob.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import logging
@@ -26,13 +32,19 @@ from hai.k8s.haijob import (
     find_job,
     haijob_status,
     job_spec,
+    secret_refs,
     status_changes,
     suspend_action,
 )
 from hai.k8s.names import GROUP, HAIJOB_FINALIZER, LABEL_JOB, PLURAL, VERSION
 from hai.k8s.pods import is_stuck, without_finalizer_patch
+from hai.spec import JobSpec, spec_from_dict
 
 log = logging.getLogger("hai.k8s.operator")
+
+SECRET_WAIT_S = 10.0
+"""How often a HaiJob whose Secret is missing looks again (kopf's default, 60 s, would
+hold a job a minute after its Secret was created)."""
 
 PlatformCall = Callable[..., Any]
 """``ApiClient.call``: a method name and its body, answered by the hai server."""
@@ -48,6 +60,40 @@ def _platform(call: PlatformCall, method: str, **body: Any) -> Any:
         return call(method, **body)
     except (Unavailable, HaiTimeoutError) as err:
         raise kopf.TemporaryError(str(err), delay=2) from None
+
+
+def with_secret_values(core: Any, namespace: str, spec: JobSpec, haijob: dict[str, Any]) -> JobSpec:
+    """``spec`` with the values of the HaiJob's secret variables, read from ``namespace``.
+
+    Raises:
+        kopf.TemporaryError: a Secret or key is missing (it may be created after the
+            HaiJob, as a pod waits for its Secrets); retried.
+        SpecError: a value is not UTF-8 text or holds a NUL.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    values = {}
+    for variable, (name, key) in secret_refs(haijob).items():
+        try:
+            reply = core.read_namespaced_secret(name, namespace, _preload_content=False)
+            data = json.loads(reply.data).get("data") or {}
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            data = {}
+        if key not in data:
+            raise kopf.TemporaryError(
+                f"waiting for key {key!r} of Secret {namespace}/{name} "
+                f"(spec.secretEnvironment.{variable})",
+                delay=SECRET_WAIT_S,
+            )
+        try:
+            values[variable] = base64.b64decode(data[key]).decode()
+        except UnicodeDecodeError:
+            raise SpecError(
+                [f"spec.secretEnvironment.{variable}: Secret {name} key {key} is not UTF-8 text"]
+            ) from None
+    return spec_from_dict({**spec.to_dict(), "secret_environment": values}) if values else spec
 
 
 class JobPods:
@@ -122,7 +168,7 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
     @kopf.on.create(*resource, **retry)
     def create(body: Any, meta: Any, spec: Any, patch: kopf.Patch, **_: Any) -> None:
         try:
-            wanted = job_spec(dict(body))
+            wanted = with_secret_values(core, meta["namespace"], job_spec(dict(body)), dict(body))
         except SpecError as err:
             patch.status.update(phase=INVALID, message=str(err))
             raise kopf.PermanentError(str(err)) from None
