@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hai.credentials import prepare_agents
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
 from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
 from hai.rpc import ApiClient
@@ -97,6 +98,8 @@ def up(
     client = ApiClient(address, None, timeout_s=2.0)
     try:
         _wait_for("the server did not answer", lambda: _token(state_dir, client), timeout_s)
+        names = [f"node-{i}" for i in range(nodes)]
+        agent_env = prepare_agents(client, state_dir, names, env)  # their credentials, no token
         for i in range(nodes):
             name = f"node-{i}"
             info.pids[name] = _spawn(
@@ -113,7 +116,7 @@ def up(
                     *_metrics_args(info.metrics_ports.get(name)),
                 ],
                 state_dir / "logs" / f"{name}.log",
-                env,
+                agent_env,
             )
         replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
         _wait_for(

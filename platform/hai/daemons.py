@@ -58,8 +58,8 @@ class AgentOptions:
     server: str
     """``host:port`` of the hai server."""
     state_dir: Path
-    """Where ranks' logs and control folders live; its token file is the agent's
-    credential unless ``HAI_TOKEN`` is set."""
+    """Where ranks' logs and control folders live, and the node's credential
+    (:func:`hai.credentials.agent_client`)."""
     gpus: int | None = None
     """GPUs to report; None: the node's (Kubernetes), those torch finds, or 0 virtual ones."""
     group: str | None = None
@@ -73,17 +73,21 @@ class AgentOptions:
 def run_agent(config: HaiConfig, options: AgentOptions) -> None:
     """Runs a node agent until a signal: registers with the server, heartbeats, starts and
     stops ranks (local processes, or pods with ``options.kubernetes``), and serves its
-    metrics when ``config.agent.metrics_port`` is set. Raises FileNotFoundError when
-    neither ``HAI_TOKEN`` nor the state folder's token file gives it a credential."""
+    metrics when ``config.agent.metrics_port`` is set. It calls with its node's credential,
+    enrolling first when it has only an admin's token (:func:`hai.credentials.agent_client`).
+
+    Raises:
+        ConfigError: it has neither a node credential nor an admin's token to enrol with.
+    """
     from hai.agent import Agent
+    from hai.credentials import agent_client
     from hai.executor import Executor, LocalExecutor
     from hai.files import STATE_ENTRIES, private_dir
-    from hai.rpc import ApiClient
-    from hai.server import TOKEN_FILE
 
     private_dir(options.state_dir, STATE_ENTRIES)  # ranks' logs and control files live there
-    token = os.environ.get("HAI_TOKEN") or (options.state_dir / TOKEN_FILE).read_text().strip()
-    client = ApiClient(options.server, token, config.agent.rpc_timeout_s)
+    client = agent_client(
+        options.server, options.name, options.state_dir, config.agent.rpc_timeout_s
+    )
     executor: Executor
     gpus, group = options.gpus, options.group
     if options.kubernetes:

@@ -21,7 +21,7 @@ log = logging.getLogger("hai.files")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
-STATE_ENTRIES = ("token", "hai.db*", "*.json", "logs", "runs", ".*")
+STATE_ENTRIES = ("token", "hai.db*", "*.json", "logs", "runs", "nodes", ".*")
 """Names hai itself puts in a state folder (``.*``: files being replaced)."""
 
 

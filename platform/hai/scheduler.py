@@ -112,8 +112,7 @@ class Scheduler:
             except NotFoundError:
                 old = None
             if old is not None and old.agent_id != info.agent_id:
-                for run in self._runs_on(info.name):
-                    self._node_exited(run, info.name, LOST, now, f"agent on {info.name} restarted")
+                self._node_lost(info.name, now, f"agent on {info.name} restarted")
             keep = old is not None and old.state not in (NODE_DEAD, NODE_UNHEALTHY)
             self.store.put_node(
                 Node(
@@ -195,8 +194,7 @@ class Scheduler:
                     message=f"no heartbeat for {now - node.heartbeat_at:.0f}s",
                 )
                 self.event("dead", f"{node.name}: no heartbeat within {lease:g}s", node=node.name)
-                for run in self._runs_on(node.name):
-                    self._node_exited(run, node.name, LOST, now, f"node {node.name} died")
+                self._node_lost(node.name, now, f"node {node.name} died")
         for run in self.store.live_runs():
             job = self.store.get_job(run.job_id)
             limit = job.spec.max_run_time
@@ -375,6 +373,21 @@ class Scheduler:
             )
             self.event("finish", f"job {job.id} failed: {run.reason}", job.id)
 
+    def remove_node(self, name: str, reason: str) -> list[int]:
+        """Forgets node ``name``; its live runs lose their ranks there as on a dead node.
+        Returns the ids of their jobs. Raises NotFoundError for an unknown node."""
+        with self.lock, self.store.transaction():
+            jobs = [run.job_id for run in self._runs_on(name)]
+            self._node_lost(name, self.clock(), reason)
+            self.store.remove_node(name)
+            self.event("node", f"{name} removed: {reason}", node=name)
+            return jobs
+
+    def _node_lost(self, node: str, now: float, reason: str) -> None:
+        """Ends every live run's part on ``node`` as lost (dead, restarted or removed)."""
+        for run in self._runs_on(node):
+            self._node_exited(run, node, LOST, now, reason)
+
     def _runs_on(self, node: str) -> list[Run]:
         return [r for r in self.store.list_runs(states=LIVE_RUN_STATES) if node in r.nodes]
 
@@ -386,7 +399,10 @@ class Scheduler:
         )
         if node in run.node_exits:
             desired = DESIRED_STOP
-        first = self.store.get_node(run.nodes[0])
+        try:
+            master = self.store.get_node(run.nodes[0]).address
+        except NotFoundError:  # removed (`hai nodes rm`): the run is stopping, no rendezvous
+            master = ""
         return Assignment(
             run_id=run.id,
             job_id=job.id,
@@ -398,7 +414,7 @@ class Scheduler:
             node_rank=run.nodes.index(node),
             nodes=len(run.nodes),
             ranks_per_node=max(spec.gpus_per_node, 1),
-            master_addr=first.address,
+            master_addr=master,
             master_port=_PORT_BASE + zlib.crc32(str(run.id).encode()) % _PORT_SPAN,
             kill_grace_s=self.config.scheduler.kill_grace_s,
             run_token=self.run_tokens.issue(run.id),

@@ -1,8 +1,11 @@
 """The scheduler/API server process: the gRPC servicer over :mod:`hai.service` and the pass loop.
 
-The servicer is a table of thin handlers: each authenticates, builds the core's arguments
-from the JSON body, calls one :class:`~hai.service.Service` or
-:class:`~hai.scheduler.Scheduler` method and returns its dataclass.
+The servicer is a table of thin handlers: each builds the core's arguments from the JSON
+body, calls one :class:`~hai.service.Service` or :class:`~hai.scheduler.Scheduler` method
+and returns its dataclass. Which kind of caller may call each method is part of the table
+(:data:`CALLERS`), and the token is checked for that kind before the handler runs: users
+with their token, nodes with the credential of the node the body names, runs with their
+run token.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from hai import rpc
-from hai.auth import authenticate, create_user
+from hai.auth import authenticate, authenticate_node, create_user
 from hai.config import HaiConfig
 from hai.files import STATE_ENTRIES, private_dir, replace_text
 from hai.metrics import SchedulerMetrics
@@ -33,52 +37,85 @@ TOKEN_FILE = "token"
 """The first admin's token, written once into the state folder (mode 0600)."""
 
 
+USER, NODE, RUN = "user", "node", "run"
+CALLERS: dict[str, str] = {
+    **dict.fromkeys(
+        "Submit List Describe Stop Suspend Resume Logs Nodes AddNode RemoveNode Drain "
+        "SetQuota AddUser Users RemoveUser RotateToken WhoAmI".split(),
+        USER,
+    ),
+    "Register": NODE,
+    "Heartbeat": NODE,
+    "GetWholeLifeState": RUN,
+    "SetWholeLifeState": RUN,
+}
+"""Every method and the one kind of caller that may call it (docs/services.md): users with
+their token (admin-only methods check the role in :mod:`hai.service`), nodes with the
+credential of the node the body names, runs with their own run token."""
+NODE_FIELD = {"Register": "name", "Heartbeat": "node"}
+"""The body field naming the node a node call acts as."""
+
+
 def handlers(svc: Service, sched: Scheduler) -> dict[str, rpc.Handler]:
+    """The servicer's methods. Each first checks the token for its kind of caller
+    (:data:`CALLERS`), then gets the caller: the :class:`User`, the node's name, or (for
+    the service to check against the run it names) the run token."""
     store = svc.store
 
-    def user(token: str | None):  # type: ignore[no-untyped-def]
-        return authenticate(store, token)
+    def caller(method: str, b: dict[str, Any], t: str | None) -> Any:
+        kind = CALLERS[method]
+        if kind == USER:
+            return authenticate(store, t)
+        if kind == NODE:
+            node = str(b.get(NODE_FIELD[method], ""))
+            authenticate_node(store, t, node)
+            return node
+        return t
 
-    def heartbeat(b: dict[str, Any], t: str | None) -> Any:
-        user(t)
-        runs = [RunReport(**r) for r in b.pop("runs")]
-        return sched.heartbeat(Heartbeat(runs=runs, **b))
-
-    def register(b: dict[str, Any], t: str | None) -> str:
-        user(t)
+    def register(b: dict[str, Any]) -> str:
         sched.register(NodeInfo(**b))
         return b["name"]  # gRPC needs a non-empty reply
 
-    return {
-        "Submit": lambda b, t: svc.submit(user(t), spec_from_dict(b["spec"])),
-        "List": lambda b, t: svc.list_jobs(user(t), b.get("everyone", True), b.get("all", False)),
-        "Describe": lambda b, t: svc.describe(user(t), int(b["job_id"])),
-        "Stop": lambda b, t: svc.stop(user(t), int(b["job_id"])),
-        "Suspend": lambda b, t: svc.suspend(user(t), int(b["job_id"])),
-        "Resume": lambda b, t: svc.resume(user(t), int(b["job_id"])),
-        "Logs": lambda b, t: svc.logs(
-            user(t),
-            int(b["job_id"]),
-            int(b.get("rank", 0)),
-            int(b.get("offset", 0)),
-            b.get("attempt"),
+    def heartbeat(b: dict[str, Any]) -> Any:
+        runs = [RunReport(**r) for r in b.pop("runs")]
+        return sched.heartbeat(Heartbeat(runs=runs, **b))
+
+    calls: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+        "Submit": lambda u, b: svc.submit(u, spec_from_dict(b["spec"])),
+        "List": lambda u, b: svc.list_jobs(u, b.get("everyone", True), b.get("all", False)),
+        "Describe": lambda u, b: svc.describe(u, int(b["job_id"])),
+        "Stop": lambda u, b: svc.stop(u, int(b["job_id"])),
+        "Suspend": lambda u, b: svc.suspend(u, int(b["job_id"])),
+        "Resume": lambda u, b: svc.resume(u, int(b["job_id"])),
+        "Logs": lambda u, b: svc.logs(
+            u, int(b["job_id"]), int(b.get("rank", 0)), int(b.get("offset", 0)), b.get("attempt")
         ),
-        "Nodes": lambda b, t: svc.nodes(user(t)),
-        "Drain": lambda b, t: svc.drain(user(t), b["node"], bool(b.get("drained", True))),
-        "SetQuota": lambda b, t: svc.set_quota(
-            user(t),
+        "Nodes": lambda u, b: svc.nodes(u),
+        "AddNode": lambda u, b: svc.add_node(u, b["name"]),
+        "RemoveNode": lambda u, b: svc.remove_node(u, b["name"]),
+        "Drain": lambda u, b: svc.drain(u, b["node"], bool(b.get("drained", True))),
+        "SetQuota": lambda u, b: svc.set_quota(
+            u,
             Quota(
                 b["user"], b.get("group", "default"), parse_priority(b["priority"]), int(b["nodes"])
             ),
         ),
-        "AddUser": lambda b, t: svc.add_user(user(t), b["name"], b.get("role", "user")),
-        "WhoAmI": lambda b, t: svc.whoami(user(t)),
-        "Register": register,
-        "Heartbeat": heartbeat,
-        # A run's ranks authenticate with their run token, not a user's.
-        "GetWholeLifeState": lambda b, t: svc.get_whole_life_state(t),
-        "SetWholeLifeState": lambda b, t: svc.set_whole_life_state(t, b["state"]),
+        "AddUser": lambda u, b: svc.add_user(u, b["name"], b.get("role", "user")),
+        "Users": lambda u, b: svc.list_users(u),
+        "RemoveUser": lambda u, b: svc.remove_user(u, b["name"]),
+        "RotateToken": lambda u, b: svc.rotate_token(u, b.get("name")),
+        "WhoAmI": lambda u, b: svc.whoami(u),
+        "Register": lambda node, b: register(b),
+        "Heartbeat": lambda node, b: heartbeat(b),
+        "GetWholeLifeState": lambda t, b: svc.get_whole_life_state(t),
+        "SetWholeLifeState": lambda t, b: svc.set_whole_life_state(t, b["state"]),
     }
+    assert calls.keys() == CALLERS.keys(), "every method names its kind of caller"
+
+    def checked(method: str, call: Callable[[Any, dict[str, Any]], Any]) -> rpc.Handler:
+        return lambda b, t: call(caller(method, b, t), b)
+
+    return {method: checked(method, call) for method, call in calls.items()}
 
 
 def ensure_admin(store: SqlStore, state_dir: Path) -> None:

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hai.auth import create_user, may_read, require_admin, require_owner, require_reader
+from hai.auth import (
+    create_user,
+    issue_node_credential,
+    may_read,
+    require_admin,
+    require_owner,
+    require_reader,
+    rotate_token,
+)
 from hai.errors import ConfigError, NotFoundError, QuotaError, SpecError, StateError
 from hai.policy import quota_limit
 from hai.protocol import rank_log, run_log_dir
@@ -23,6 +31,7 @@ from hai.records import (
     NODE_DRAINED,
     NODE_READY,
     QUEUED,
+    ROLE_ADMIN,
     RUNNING,
     STOPPED,
     SUSPENDED,
@@ -53,6 +62,35 @@ class LogChunk:
     """The job is over and its last run's log has been read to the end."""
     attempt: int | None = None
     """The run the next read should ask for; None until the job first ran."""
+
+
+@dataclass
+class NodeCredential:
+    """A node's new credential (shown once), as ``hai nodes add`` prints it."""
+
+    node: str
+    token: str
+    replaced: bool
+    """The node had a credential before; it no longer works."""
+
+
+@dataclass
+class UserToken:
+    """A user's new token (shown once)."""
+
+    name: str
+    token: str
+
+
+@dataclass
+class NodeRemoval:
+    node: str
+    registered: bool
+    """The node had registered (False: only a credential was issued for it)."""
+    revoked: bool
+    """It had a credential, now revoked."""
+    jobs: dict[int, str] = field(default_factory=dict)
+    """Job id -> its state after losing its run on the node, for each job that had one."""
 
 
 WHOLE_LIFE_STATE_LIMIT = 64 << 10
@@ -285,6 +323,61 @@ class Service:
 
     def whoami(self, user: User) -> User:
         return user
+
+    def list_users(self, user: User) -> list[User]:
+        require_admin(user, "listing users")
+        return self.store.list_users()
+
+    def remove_user(self, user: User, name: str) -> User:
+        """Removes a user (their jobs stay); returns who was removed.
+
+        Raises:
+            StateError: ``name`` is the last admin (no one could add users any more).
+        """
+        require_admin(user, "removing users")
+        with self.store.transaction():
+            users = {u.name: u for u in self.store.list_users()}
+            if name not in users:
+                raise NotFoundError(f"no user {name!r}; `hai users ls` lists them")
+            if [u.name for u in users.values() if u.role == ROLE_ADMIN] == [name]:
+                raise StateError(
+                    f"{name!r} is the last admin; add another (`hai users add NAME --admin`) first"
+                )
+            self.store.remove_user(name)
+        return users[name]
+
+    def rotate_token(self, user: User, name: str | None) -> UserToken:
+        """A new token for ``name`` (the caller when None), shown once; the old one stops
+        working at once. Users rotate their own; admins anyone's."""
+        name = name or user.name
+        if name != user.name:
+            require_admin(user, f"rotating {name!r}'s token")
+        return UserToken(name, rotate_token(self.store, name))
+
+    def add_node(self, user: User, name: str) -> NodeCredential:
+        """Issues node ``name``'s credential, replacing (revoking) any earlier one."""
+        require_admin(user, "adding nodes")
+        token, replaced = issue_node_credential(self.store, name, self.scheduler.clock())
+        return NodeCredential(name, token, replaced)
+
+    def remove_node(self, user: User, name: str) -> NodeRemoval:
+        """Revokes the node's credential and forgets the node; runs on it end as on a dead
+        node (:meth:`Scheduler.remove_node`).
+
+        Raises:
+            NotFoundError: there is neither such a node nor a credential for it.
+        """
+        require_admin(user, "removing nodes")
+        with self.scheduler.lock, self.store.transaction():
+            revoked = self.store.remove_node_credential(name)
+            registered = any(n.name == name for n in self.store.list_nodes())
+            if not registered and not revoked:
+                raise NotFoundError(f"no node {name!r}; `hai nodes` lists them")
+            jobs = []
+            if registered:
+                jobs = self.scheduler.remove_node(name, f"node {name} removed by {user.name}")
+            states = {job: self.store.get_job(job).state for job in jobs}
+            return NodeRemoval(name, registered, revoked, states)
 
     def _caller_run(self, run_token: str | None) -> Run:
         run = self.store.get_run(self.scheduler.run_tokens.run_id_of(run_token))

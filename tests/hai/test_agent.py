@@ -34,10 +34,9 @@ def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[tuple[Api
     server = Server(config, state)
     server.start()
     token = (state / "token").read_text().strip()
-    client, agent_client = (
-        ApiClient(f"127.0.0.1:{port}", token),
-        ApiClient(f"127.0.0.1:{port}", token),
-    )
+    client = ApiClient(f"127.0.0.1:{port}", token)
+    # The agent calls with its node's credential, as every agent must.
+    agent_client = ApiClient(client.address, client.call("AddNode", name="node-0")["token"])
     executor = LocalExecutor()
     agent = Agent("node-0", agent_client, executor, state, config.agent, gpus=1)
     try:

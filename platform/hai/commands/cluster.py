@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -127,11 +128,43 @@ def agent(
         raise click.ClickException(str(err)) from None
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @json_option
-def nodes(as_json: bool) -> None:
-    """List nodes and their state."""
-    show(call("Nodes"), ["name", "group", "state", "gpus", "cpus", "message"], "nodes", as_json)
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """List nodes and their state; add and rm give and take nodes' credentials."""
+    if ctx.invoked_subcommand is None:
+        columns = ["name", "group", "state", "gpus", "cpus", "message"]
+        show(call("Nodes"), columns, "nodes", as_json)
+
+
+@nodes.command("add")
+@click.argument("name")
+def add_node(name: str) -> None:
+    """Print a join token for node NAME (admin): its agent's credential, shown once."""
+    issued = call("AddNode", name=name)
+    click.echo(issued["token"])
+    if issued["replaced"]:
+        click.echo(f"{name}'s earlier credential is revoked: its agent needs this one", err=True)
+    click.echo(
+        f"on {name}: HAI_NODE_TOKEN=<the token> hai agent --name {name} --server HOST:PORT, "
+        f"or keep it (mode 0600) in STATE_DIR/nodes/{name}.token for `hai agent`",
+        err=True,
+    )
+
+
+@nodes.command("rm")
+@click.argument("name")
+def remove_node(name: str) -> None:
+    """Revoke node NAME's credential and remove it (admin); its runs end as on a dead node."""
+    gone = call("RemoveNode", name=name)
+    if not gone["registered"]:
+        click.echo(f"{name} never registered; its credential is revoked")
+        return
+    revoked = "its credential revoked" if gone["revoked"] else "it had no credential"
+    click.echo(f"{name} removed, {revoked}; an agent still running there is refused")
+    for job, state in gone["jobs"].items():
+        click.echo(f"job {job} lost its run on {name}, as when a node dies: now {state}")
 
 
 @click.command()
@@ -178,6 +211,41 @@ def users() -> None:
 def add_user(name: str, admin: bool) -> None:
     """Add a user and print their token (admin)."""
     click.echo(call("AddUser", name=name, role="admin" if admin else "user"))
+
+
+@users.command("ls")
+@json_option
+def list_users(as_json: bool) -> None:
+    """List users and their roles (admin)."""
+    show(call("Users"), ["name", "role"], "users", as_json)
+
+
+@users.command("rm")
+@click.argument("name")
+def remove_user(name: str) -> None:
+    """Remove user NAME (admin); their token stops working, their jobs stay."""
+    gone = call("RemoveUser", name=name)
+    click.echo(f"removed {gone['name']} ({gone['role']}); their token no longer works")
+
+
+@users.command("rotate")
+@click.argument("name", required=False)
+def rotate_token(name: str | None) -> None:
+    """Print a new token for NAME (yourself by default; admins may name anyone), shown once.
+
+    The old token stops working at once. Your own token, when it came from the state
+    folder's token file, is replaced there too."""
+    from hai.files import replace_text
+    from hai.server import TOKEN_FILE
+
+    new = call("RotateToken", name=name)
+    click.echo(new["token"])
+    held = Path(state_dir_default()).expanduser() / TOKEN_FILE
+    if name is None and "HAI_TOKEN" not in os.environ and held.exists():
+        replace_text(held, new["token"] + "\n")
+        click.echo(f"{new['name']}'s old token no longer works; {held} holds the new one", err=True)
+    else:
+        click.echo(f"{new['name']}'s old token no longer works", err=True)
 
 
 @click.command()
