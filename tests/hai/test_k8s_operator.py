@@ -322,16 +322,26 @@ def test_a_haijob_queues_runs_suspends_resumes_and_goes(platform: Platform, tmp_
             "secretEnvironment": {"DB_PASSWORD": {"secretKeyRef": {"name": "db", "key": "pw"}}},
         },
     }
-    platform.core.create_namespaced_secret(
-        "default",
-        {"metadata": {"name": "db"}, "data": {"pw": base64.b64encode(PASSWORD.encode()).decode()}},
-        _preload_content=False,
-    )
     registry = make_registry(platform.client.call, platform.core, platform.config.k8s)
     args = ["run", "--standalone", "--namespace", "default"]
     with KopfRunner(args, registry=registry, timeout=30) as runner:
         platform.custom.create_namespaced_custom_object(
             GROUP, VERSION, "default", PLURAL, body, _preload_content=False
+        )
+        # The Secret it names comes after it: the HaiJob waits for it, saying so.
+        wait_for(
+            "Pending on the Secret",
+            lambda: (
+                "waiting for key 'pw' of Secret default/db"
+                in (platform.haijob("llm").get("status") or {}).get("message", "")
+            ),
+        )
+        assert platform.phase("llm") == "Pending"
+        password = base64.b64encode(PASSWORD.encode()).decode()
+        platform.core.create_namespaced_secret(
+            "default",
+            {"metadata": {"name": "db"}, "data": {"pw": password}},
+            _preload_content=False,
         )
         # No node has registered yet: the scheduler holds the job in the queue.
         wait_for("Queued", lambda: platform.phase("llm") == "Queued")
@@ -485,16 +495,16 @@ def test_the_operator_waits_for_a_missing_secret_and_refuses_one_that_is_not_tex
         core = client.CoreV1Api(kube.api_client())
         spec = haijob.job_spec(body)
         with pytest.raises(kopf.TemporaryError, match="waiting for key 'pw' of Secret team-a/db"):
-            with_secret_values(core, "team-a", spec, body)
+            with_secret_values(core, "team-a", spec, body, 1.0)
         secret = {"metadata": {"name": "db"}, "data": {"pw": base64.b64encode(b"pw1").decode()}}
         core.create_namespaced_secret("team-a", secret, _preload_content=False)
-        assert with_secret_values(core, "team-a", spec, body).secret_environment == {
+        assert with_secret_values(core, "team-a", spec, body, 1.0).secret_environment == {
             "DB_PASSWORD": "pw1"
         }
         binary = {"data": {"pw": base64.b64encode(b"\xff\xfe").decode()}}
         core.patch_namespaced_secret("db", "team-a", binary, _preload_content=False)
         with pytest.raises(SpecError, match="DB_PASSWORD: Secret db key pw is not UTF-8 text"):
-            with_secret_values(core, "team-a", spec, body)
+            with_secret_values(core, "team-a", spec, body, 1.0)
 
 
 def test_hai_operator_forwards_its_options(monkeypatch: pytest.MonkeyPatch) -> None:

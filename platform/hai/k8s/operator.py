@@ -29,6 +29,7 @@ from hai.errors import HaiTimeoutError, NotFoundError, SpecError, StateError, Un
 from hai.k8s.haijob import (
     FINISHED_PHASES,
     INVALID,
+    PENDING,
     find_job,
     haijob_status,
     job_spec,
@@ -41,10 +42,6 @@ from hai.k8s.pods import is_stuck, without_finalizer_patch
 from hai.spec import JobSpec, spec_from_dict
 
 log = logging.getLogger("hai.k8s.operator")
-
-SECRET_WAIT_S = 10.0
-"""How often a HaiJob whose Secret is missing looks again (kopf's default, 60 s, would
-hold a job a minute after its Secret was created)."""
 
 PlatformCall = Callable[..., Any]
 """``ApiClient.call``: a method name and its body, answered by the hai server."""
@@ -62,12 +59,14 @@ def _platform(call: PlatformCall, method: str, **body: Any) -> Any:
         raise kopf.TemporaryError(str(err), delay=2) from None
 
 
-def with_secret_values(core: Any, namespace: str, spec: JobSpec, haijob: dict[str, Any]) -> JobSpec:
+def with_secret_values(
+    core: Any, namespace: str, spec: JobSpec, haijob: dict[str, Any], retry_s: float
+) -> JobSpec:
     """``spec`` with the values of the HaiJob's secret variables, read from ``namespace``.
 
     Raises:
         kopf.TemporaryError: a Secret or key is missing (it may be created after the
-            HaiJob, as a pod waits for its Secrets); retried.
+            HaiJob, as a pod waits for its Secrets); retried after ``retry_s``.
         SpecError: a value is not UTF-8 text or holds a NUL.
     """
     from kubernetes.client.exceptions import ApiException
@@ -85,7 +84,7 @@ def with_secret_values(core: Any, namespace: str, spec: JobSpec, haijob: dict[st
             raise kopf.TemporaryError(
                 f"waiting for key {key!r} of Secret {namespace}/{name} "
                 f"(spec.secretEnvironment.{variable})",
-                delay=SECRET_WAIT_S,
+                delay=retry_s,
             )
         try:
             values[variable] = base64.b64decode(data[key]).decode()
@@ -167,11 +166,18 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
 
     @kopf.on.create(*resource, **retry)
     def create(body: Any, meta: Any, spec: Any, patch: kopf.Patch, **_: Any) -> None:
+        haijob = dict(body)
         try:
-            wanted = with_secret_values(core, meta["namespace"], job_spec(dict(body)), dict(body))
+            wanted = job_spec(haijob)
+            wanted = with_secret_values(
+                core, meta["namespace"], wanted, haijob, config.poll_interval_s
+            )
         except SpecError as err:
             patch.status.update(phase=INVALID, message=str(err))
             raise kopf.PermanentError(str(err)) from None
+        except kopf.TemporaryError as err:  # a Secret it names is not there yet
+            patch.status.update(phase=PENDING, message=str(err))
+            raise
         existing = find_job(_platform(call, "List", everyone=True, all=True), meta["uid"])
         job = existing or _platform(call, "Submit", spec=wanted.to_dict())
         patch.metadata.setdefault("labels", {})[LABEL_JOB] = str(job["id"])
