@@ -267,13 +267,15 @@ def test_a_pod_evicted_from_its_node_reports_the_run_lost_and_is_released(
 
 def test_orphans_of_a_previous_agent_are_removed(core, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     first = KubernetesExecutor(core, K8sConfig(namespace="jobs", python=sys.executable))
-    launch = _launch(tmp_path, run_id=40)
+    launch = _launch(tmp_path, run_id=40, secrets=SECRETS)
     launch.node = "gpu-9"
     first.start(launch)
-    # The agent restarts: its new executor knows nothing of run 40 and removes its pod.
+    # The agent restarts: its new executor knows nothing of run 40 and removes its pod,
+    # and the pod's Secret with it.
     second = KubernetesExecutor(core, K8sConfig(namespace="jobs", python=sys.executable))
     assert second.remove_orphans("gpu-9") == ["hai-j3-r40-n0"]
     assert second.remove_orphans("gpu-9") == []
+    assert _read_secret(core, "hai-j3-r40-n0-env") == {}
 
 
 def test_a_run_starts_once_and_a_pod_left_by_a_restarted_agent_is_adopted(
