@@ -1,22 +1,26 @@
 """``hai up`` / ``hai down``: a whole local cluster (server + N agents) as background processes.
 
 Each process runs in its own session so it outlives the command that started it; pids go
-to ``cluster.json`` in the state folder and logs to ``logs/``. ``down`` sends SIGTERM, waits,
-then SIGKILLs what is left.
+to ``cluster.json`` in the state folder and logs to ``logs/``. ``down`` finds the server and
+agents of the state folder among the running processes (also ones started again by hand),
+sends SIGTERM, waits, then SIGKILLs what is left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hai.credentials import prepare_agents
+import psutil
+
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
 from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
 from hai.rpc import ApiClient
@@ -36,9 +40,40 @@ class ClusterInfo:
     """Process name -> its Prometheus port; empty when metrics are off."""
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
+class NotStopped(HaiError):
+    """``down`` stopped what it could (``stopped``); ``refused`` says, one line each, what not."""
+
+    def __init__(self, stopped: list[str], refused: list[str]) -> None:
+        super().__init__("; ".join(refused))
+        self.stopped = stopped
+        self.refused = refused
+
+
+@dataclass
+class _Started:
+    """A process ``up`` started, and where this start's output begins in its (appended) log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    offset: int
+
+    def cause(self) -> str:
+        """Why it stopped, from what it logged: its last ``Error:`` line, else its last line."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                lines = [line.strip() for line in f.read().decode(errors="replace").splitlines()]
+        except OSError:
+            return "no log"
+        errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+        said = [line for line in lines if line]
+        return errors[-1] if errors else said[-1] if said else "no output"
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str]) -> _Started:
     private_dir(log.parent)
     with open_private(log) as out:
+        offset = os.fstat(out.fileno()).st_size
         proc = subprocess.Popen(
             [sys.executable, "-m", "hai", *args],
             stdout=out,
@@ -47,12 +82,22 @@ def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
             start_new_session=True,
             env=env,
         )
-    return proc.pid
+    return _Started(proc, log, offset)
 
 
-def _wait_for(what: str, check, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(
+    what: str,
+    check: Callable[[], object],
+    timeout_s: float,
+    started: dict[str, _Started],
+) -> None:
+    """Polls ``check`` until it holds; fails at once when a process ``up`` started exits."""
     deadline = time.monotonic() + timeout_s
     while True:
+        for name, it in started.items():
+            if (code := it.proc.poll()) is not None:
+                why = it.cause()
+                raise HaiError(f"{name} exited at start (code {code}): {why} (log: {it.log})")
         try:
             if check():
                 return
@@ -79,13 +124,19 @@ def up(
     endpoints are listed in the state folder for Prometheus' file-based discovery.
 
     Raises:
-        HaiError: a cluster already runs in ``state_dir``.
+        HaiError: a cluster already runs in ``state_dir``, or the server or an agent
+            exited at start (the cause read from its log).
         ConfigError: ``state_dir`` is not a folder this account can keep private.
         HaiTimeoutError: the server or an agent did not come up in time.
+
+    A failed start stops every process it started and leaves no ``cluster.json``.
     """
     state_dir = private_dir(state_dir.expanduser().resolve(), STATE_ENTRIES)
-    if (state_dir / CLUSTER_FILE).exists():
-        raise HaiError(f"a cluster already runs in {state_dir}; `hai down {state_dir}` first")
+    if found := running(state_dir):
+        listed = ", ".join(_label(name, proc) for name, proc in found)
+        raise HaiError(
+            f"a cluster already runs in {state_dir} ({listed}); `hai down {state_dir}` stops it"
+        )
     env = {**os.environ, **(env or {})}
     address = f"127.0.0.1:{port}"
     info = ClusterInfo(address, str(state_dir))
@@ -93,16 +144,20 @@ def up(
         info.metrics_ports = {"server": metrics_port}
         info.metrics_ports.update({f"node-{i}": metrics_port + 1 + i for i in range(nodes)})
         _write_prometheus_targets(state_dir, info.metrics_ports)
-    info.pids["server"] = _start_server(state_dir, port, env, info.metrics_ports.get("server"))
-    replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
+    started: dict[str, _Started] = {}
+    logs = state_dir / "logs"
     client = ApiClient(address, None, timeout_s=2.0)
     try:
-        _wait_for("the server did not answer", lambda: _token(state_dir, client), timeout_s)
+        started["server"] = _start_server(state_dir, port, env, info.metrics_ports.get("server"))
+        info.pids["server"] = started["server"].proc.pid
+        replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
+        answers = functools.partial(_token, state_dir, client)
+        _wait_for("the server did not answer", answers, timeout_s, started)
         names = [f"node-{i}" for i in range(nodes)]
-        agent_env = prepare_agents(client, state_dir, names, env)  # their credentials, no token
+        since = time.time()  # the server's clock too: it runs on this machine
         for i in range(nodes):
             name = f"node-{i}"
-            info.pids[name] = _spawn(
+            started[name] = _spawn(
                 [
                     "agent",
                     "--name",
@@ -115,18 +170,35 @@ def up(
                     str(gpus_per_node),
                     *_metrics_args(info.metrics_ports.get(name)),
                 ],
-                state_dir / "logs" / f"{name}.log",
-                agent_env,
+                logs / f"{name}.log",
+                env,
             )
+            info.pids[name] = started[name].proc.pid
         replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
         _wait_for(
             f"{nodes} nodes did not register",
-            lambda: sum(n["state"] == "ready" for n in client.call("Nodes")) >= nodes,
+            lambda: _ready(client, names, since),
             timeout_s,
+            started,
         )
+    except BaseException:
+        # Nothing of a failed start may outlive it, nor a cluster.json block the next `up`.
+        alive = {name: it.proc.pid for name, it in started.items() if it.proc.poll() is None}
+        _stop([(name, psutil.Process(pid)) for name, pid in alive.items()], 10.0)
+        with contextlib.suppress(HaiError):  # the error that stopped the start says more
+            _forget(state_dir)
+        raise
     finally:
         client.close()
     return info
+
+
+def _ready(client: ApiClient, names: list[str], since: float) -> bool:
+    """Every node of ``names`` ready and heard from since ``since``: a node row left ready
+    by an earlier cluster in this folder is not its new agent."""
+    nodes = client.call("Nodes")
+    fresh = {n["name"] for n in nodes if n["state"] == "ready" and n["heartbeat_at"] >= since}
+    return fresh >= set(names)
 
 
 def _metrics_args(port: int | None) -> list[str]:
@@ -143,7 +215,7 @@ def _write_prometheus_targets(state_dir: Path, ports: dict[str, int]) -> None:
 
 def _start_server(
     state_dir: Path, port: int, env: dict[str, str], metrics_port: int | None = None
-) -> int:
+) -> subprocess.Popen[bytes]:
     args = ["server", "--state-dir", str(state_dir), "--port", str(port)]
     return _spawn([*args, *_metrics_args(metrics_port)], state_dir / "logs" / "server.log", env)
 
@@ -155,7 +227,7 @@ def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
     port = int(info.address.rsplit(":", 1)[1])
     info.pids["server"] = _start_server(
         Path(info.state_dir), port, {**os.environ, **(env or {})}, info.metrics_ports.get("server")
-    )
+    ).proc.pid
     replace_text(path, json.dumps(info.__dict__))
     return info.pids["server"]
 
@@ -167,41 +239,137 @@ def _token(state_dir: Path, client: ApiClient) -> bool:
 
 
 def down(state_dir: Path, timeout_s: float = 20.0) -> list[str]:
-    """Stops the cluster in ``state_dir``; returns the names of the processes stopped."""
-    path = state_dir.expanduser().resolve() / CLUSTER_FILE
-    if not path.exists():
-        return []
-    pids: dict[str, int] = json.loads(path.read_text())["pids"]
+    """Stops the server and agents running on ``state_dir`` (found by ``running``, so also
+    ones started again by hand) and returns them, as ``name (pid N)``.
+
+    Raises:
+        NotStopped: some could not be stopped (another account's, or one that outlived
+            SIGKILL); the rest were, and ``cluster.json`` stays.
+    """
+    state_dir = state_dir.expanduser().resolve()
     # Agents first, so they are not left heartbeating at a server that is gone.
-    order = sorted(pids, key=lambda name: name == "server")
-    for name in order:
-        _signal(pids[name], signal.SIGTERM)
+    found = sorted(running(state_dir), key=lambda item: item[0] == "server")
+    stopped, refused = _stop(found, timeout_s)
+    if refused:
+        raise NotStopped(stopped, refused)
+    _forget(state_dir)
+    return stopped
+
+
+def running(state_dir: Path) -> list[tuple[str, psutil.Process]]:
+    """The server and agents of ``state_dir`` now running, whoever started them and how.
+
+    A process counts when its command line is ``hai server|agent ...`` (also ``python -m
+    hai ...``) and its ``--state-dir`` (or, without one, ``HAI_SERVER__STATE_DIR`` or
+    ``HAI_STATE_DIR`` in its environment) is that folder, a relative path taken from its
+    working folder. Each comes with its name: ``server`` or the agent's ``--name``.
+    """
+    state_dir = state_dir.expanduser().resolve()
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        args = _hai_args(proc.info["cmdline"] or [])
+        if args[:1] not in (["server"], ["agent"]):
+            continue
+        try:
+            if _state_dir_of(proc, args) == state_dir and not _gone(proc):
+                found.append((_option(args, "--name") or args[0], proc))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # gone, or where it runs is hidden from this account
+    return found
+
+
+def _hai_args(cmdline: list[str]) -> list[str]:
+    """What follows ``hai`` in ``[python [-m]] hai ARGS``; empty for any other command."""
+    for i, arg in enumerate(cmdline[:4]):
+        if Path(arg).name == "hai":
+            return cmdline[i + 1 :]
+    return []
+
+
+def _option(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _state_dir_of(proc: psutil.Process, args: list[str]) -> Path:
+    value = _option(args, "--state-dir")
+    if value is None:  # as the component's own config reads it
+        env = proc.environ()
+        value = env.get("HAI_SERVER__STATE_DIR") or env.get("HAI_STATE_DIR") or "~/.hai"
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else Path(proc.cwd()) / path).resolve()
+
+
+def _label(name: str, proc: psutil.Process) -> str:
+    return f"{name} (pid {proc.pid})"
+
+
+def _stop(found: list[tuple[str, psutil.Process]], timeout_s: float) -> tuple[list[str], list[str]]:
+    """SIGTERM to each, SIGKILL to what is left after ``timeout_s``; returns what stopped
+    and, one line each, what could not be."""
+    stopped: list[str] = []
+    refused: list[str] = []
+    signalled = []
+    for name, proc in found:
+        try:
+            proc.terminate()
+            signalled.append((name, proc))
+        except psutil.NoSuchProcess:
+            stopped.append(_label(name, proc))
+        except psutil.AccessDenied:
+            refused.append(
+                f"could not stop {_label(name, proc)}: it runs as {_owner(proc)}, "
+                "and this account may not signal it"
+            )
+    left = _wait_gone(signalled, timeout_s)
+    for _, proc in left:
+        proc.kill()
+    left = _wait_gone(left, 5.0)
+    stopped += [_label(name, proc) for name, proc in signalled if (name, proc) not in left]
+    refused += [f"could not stop {_label(name, proc)}: it outlived SIGKILL" for name, proc in left]
+    return stopped, refused
+
+
+def _wait_gone(
+    procs: list[tuple[str, psutil.Process]], timeout_s: float
+) -> list[tuple[str, psutil.Process]]:
+    """Those of ``procs`` still running after up to ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    for name in order:
-        while _alive(pids[name]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _signal(pids[name], signal.SIGKILL)
-    path.unlink()
-    (state_dir.expanduser().resolve() / PROMETHEUS_TARGETS).unlink(missing_ok=True)
-    return order
+    left = [item for item in procs if not _gone(item[1])]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [item for item in left if not _gone(item[1])]
+    return left
 
 
-def _signal(pid: int, sig: int) -> None:
+def _gone(proc: psutil.Process) -> bool:
+    """Exited: reaped when it is our child, else a zombie (init here may never reap it)."""
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+        proc.wait(timeout=0)
+        return True
+    except psutil.TimeoutExpired:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
-def _alive(pid: int) -> bool:
+def _owner(proc: psutil.Process) -> str:
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        return proc.username()
+    except (KeyError, psutil.Error):
+        return "another account"
+
+
+def _forget(state_dir: Path) -> None:
+    """Removes the files of a cluster no longer running."""
+    for path in (state_dir / CLUSTER_FILE, state_dir / PROMETHEUS_TARGETS):
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # nothing to forget (no such folder, or a file given as one)
+        except OSError as err:
+            raise HaiError(f"cannot remove {path}: {err.strerror}") from None

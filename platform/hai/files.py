@@ -39,10 +39,10 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
     """
     missing = []
     here = path
-    while not here.exists() and here != here.parent:
-        missing.append(here)
-        here = here.parent
     try:
+        while not here.exists() and here != here.parent:
+            missing.append(here)
+            here = here.parent
         for folder in reversed(missing):
             folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
             os.chmod(folder, PRIVATE_DIR)  # mkdir's mode passes through the umask
@@ -51,11 +51,11 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
         # ``here``: the first part of ``path`` that exists, the file in the way.
         raise ConfigError(f"{here} is a file, not a folder: give a folder path") from None
     except PermissionError as err:
-        raise ConfigError(
-            f"cannot create {err.filename or path}: permission denied; give a folder you may write"
-        ) from None
+        raise _not_ours(Path(err.filename or path)) from None
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{path} is a file, not a folder: give a folder path")
+    if not os.access(path, os.W_OK | os.X_OK):  # another account's private folder
+        raise _not_ours(path)
     if info.st_mode & 0o077:
         _refuse_to_tighten(path, info, only)
         log.warning("%s was mode %o; tightened to 700", path, stat.S_IMODE(info.st_mode))
@@ -63,6 +63,10 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
         if only is not None:  # a state folder from before: its old logs and database too
             tighten_below(path)
     return path
+
+
+def _not_ours(path: Path) -> ConfigError:
+    return ConfigError(f"cannot use {path}: permission denied; give a folder you may write")
 
 
 def tighten_below(root: Path) -> None:

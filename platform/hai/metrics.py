@@ -12,6 +12,7 @@ import psutil
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
 
+from hai.errors import Unavailable
 from hai.records import JOB_STATES, NODE_STATES, QUEUED, RUNNING, Job, Node
 from hai.spec import AUTO, PRIORITY_LEVELS
 
@@ -23,7 +24,11 @@ class _Endpoint:
         self.registry = CollectorRegistry()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        """Raises Unavailable when ``host:port`` cannot be bound (in use, not this host's)."""
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as err:
+            raise Unavailable(f"cannot serve metrics on {host}:{port}: {err.strerror}") from None
 
 
 class SchedulerMetrics(_Endpoint):

@@ -60,11 +60,22 @@ def up(nodes: int, gpus_per_node: int, port: int, metrics_port: int, state_dir: 
 @click.command()
 @click.argument("state_dir", required=False)
 def down(state_dir: str | None) -> None:
-    """Stop the local cluster started by `hai up`."""
+    """Stop the server and agents running on the state folder, however they were started."""
+    from hai.cluster import NotStopped
     from hai.cluster import down as stop
 
-    stopped = stop(Path(state_dir or state_dir_default()))
-    click.echo(f"stopped {', '.join(stopped)}" if stopped else "no cluster running there")
+    folder = Path(state_dir or state_dir_default()).expanduser().resolve()
+    try:
+        stopped = stop(folder)
+    except NotStopped as err:
+        if err.stopped:
+            click.echo(f"stopped {', '.join(err.stopped)}")
+        for line in err.refused:
+            click.echo(f"Error: {line}", err=True)
+        raise click.exceptions.Exit(1) from None
+    except HaiError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"stopped {', '.join(stopped)}" if stopped else f"no cluster running in {folder}")
 
 
 @click.command()
