@@ -21,6 +21,7 @@ from hai.auth import (
     rotate_token,
 )
 from hai.errors import ConfigError, NotFoundError, QuotaError, SpecError, StateError
+from hai.k8s.names import OPERATOR_ENVIRONMENT
 from hai.policy import quota_limit
 from hai.protocol import rank_log, run_log_dir
 from hai.records import (
@@ -123,7 +124,14 @@ class Service:
             SpecError: it asks for more GPUs per node than the largest registered node of
                 its group has (see :meth:`_largest_node`).
             QuotaError: its priority has no quota at all.
+            ForbiddenError: a user who is not an admin sets a variable that places the job's
+                pods on Kubernetes (only the operator does).
         """
+        placing = sorted(
+            (spec.environment.keys() | spec.secret_environment.keys()) & set(OPERATOR_ENVIRONMENT)
+        )
+        if placing:
+            require_admin(user, f"setting {', '.join(placing)} (where a job's pods go)")
         store = self.store
         largest = self._largest_node(spec.group)
         if largest is not None and spec.gpus_per_node > largest:

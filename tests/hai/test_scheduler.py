@@ -269,3 +269,16 @@ def test_above_normal_run_ages_into_a_normal_victim(world) -> None:  # type: ign
         beat(sched, "n0")
         sched.tick()
         assert beat(sched, "n0")[run_id].desired == desired, f"after {minutes} minutes"
+
+
+@pytest.mark.parametrize("where", ["environment", "secret_environment"])
+@pytest.mark.parametrize("name", ["HAI_K8S_NAMESPACE", "HAI_K8S_OWNER"])
+def test_only_admins_say_where_a_jobs_pods_go(world, where: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The operator (an admin) sets these for a HaiJob's pods; a user setting them would put
+    pods in another namespace or under another user's HaiJob."""
+    _, svc, _ = world
+    placed = spec(**{where: {name: "kube-system"}})
+    with pytest.raises(ForbiddenError, match=f"setting {name} .* needs the admin role; 'ann'"):
+        svc.submit(ANN, placed)
+    assert svc.list_jobs(ADMIN, all_states=True) == []
+    assert svc.submit(ADMIN, placed).state == "queued"

@@ -28,6 +28,8 @@ ENV_NAMESPACE = "HAI_K8S_NAMESPACE"
 """Set by the operator in the jobs it submits: the namespace of their HaiJob."""
 ENV_OWNER = "HAI_K8S_OWNER"
 """Set by the operator: ``NAME/UID`` of the HaiJob, for the pods' owner references."""
+OPERATOR_ENVIRONMENT = (ENV_NAMESPACE, ENV_OWNER)
+"""Variables only admins (the operator) may put in a job: they place its pods."""
 CONTAINER = "ranks"
 """The one container of a job pod; it runs all of the node's ranks."""
 
