@@ -298,10 +298,15 @@ class SqlStore(StateStore):
     # settings
     def setting_once(self, name: str, value: str) -> str:
         table = schema.settings
+        query = sa.select(table.c.value).where(table.c.name == name)
+        with self._conn() as conn:
+            # Read first: once set, a setting costs no write (and no SQLite write lock).
+            if (stored := conn.execute(query).scalar_one_or_none()) is not None:
+                return stored
         try:
             with self._conn() as conn:
                 conn.execute(sa.insert(table).values(name=name, value=value))
         except sa.exc.IntegrityError:
             pass  # another writer was first: theirs stands
         with self._conn() as conn:
-            return conn.execute(sa.select(table.c.value).where(table.c.name == name)).scalar_one()
+            return conn.execute(query).scalar_one()
