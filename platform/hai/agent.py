@@ -11,8 +11,11 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,10 +25,11 @@ from pathlib import Path
 
 import psutil
 
+from hai.accounts import Account, RankAccounts
 from hai.config import AgentConfig
 from hai.errors import HaiTimeoutError, NotFoundError, Unavailable
 from hai.executor import Executor, Launch, RankLaunch
-from hai.files import open_private, private_dir
+from hai.files import open_private, private_dir, traversable_dir
 from hai.health import run_checks
 from hai.metrics import AgentMetrics
 from hai.protocol import (
@@ -54,15 +58,23 @@ def rank_environment(
     a: Assignment,
     local_rank: int,
     node: str,
-    state_dir: Path,
+    control: Path,
     server: str,
     inherit: bool = True,
+    account: Account | None = None,
 ) -> dict[str, str]:
     """The variables a rank starts with: torch.distributed's, the node's, and hai.client's,
-    over the agent's own environment when ``inherit`` (a container brings its own)."""
+    over the agent's own environment when ``inherit`` (a container brings its own).
+    ``control``: the run's control folder on this node; ``account``: the one the rank runs
+    as (None: the agent's), whose HOME, USER and LOGNAME it gets."""
     world = a.nodes * a.ranks_per_node
     # The agent's own token stays with the agent: a job acts through its run token only.
     inherited = {k: v for k, v in os.environ.items() if k != "HAI_TOKEN"} if inherit else {}
+    if account is not None:
+        # An account without a home of its own (nobody's is /nonexistent) gets the control
+        # folder, the one folder of the node it may write, so tools that keep caches work.
+        home = account.home if account.home and os.path.isdir(account.home) else str(control)
+        inherited |= {"HOME": home, "USER": account.name, "LOGNAME": account.name}
     return {
         **inherited,
         **a.environment,
@@ -78,7 +90,7 @@ def rank_environment(
         "HAI_JOB_ID": str(a.job_id),
         "HAI_RUN_ID": str(a.run_id),
         "HAI_RESTART_COUNT": str(a.attempt),
-        "HAI_CONTROL_DIR": str(state_dir / "runs" / str(a.run_id) / node),
+        "HAI_CONTROL_DIR": str(control),
         "HAI_SERVER": server,
         RUN_TOKEN: a.run_token,
     }
@@ -116,6 +128,25 @@ class Agent:
         self._cannot_start: dict[int, str] = {}
         """Runs whose launch failed on this node, with why: reported as exited with
         :data:`CANNOT_START`, so the run fails with the reason and the node stays alive."""
+        self.accounts = (
+            RankAccounts(config.run_as, config.run_as_fallback)
+            if executor.switches_accounts
+            else None
+        )
+        """Who each run's ranks run as; None: the executor's own way (a pod's user)."""
+        self.control_root = self._control_root()
+        """Where each run's control folder is made (``RUN/NODE`` below it)."""
+
+    def _control_root(self) -> Path:
+        if self.accounts is None or not self.accounts.switches:
+            return self.state_dir / "runs"
+        # Ranks of other accounts cannot enter the 0700 state folder, nor (on real nodes)
+        # root's home around it: their control folders live in a folder they may pass
+        # through but not list (0711), one per state folder (a machine may run several
+        # clusters), in which each run's folder is 0711 too and each control folder the
+        # rank's own (0700). So a rank reaches its own folder by name and nothing else.
+        key = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
+        return traversable_dir(traversable_dir(Path(self.config.run_dir)) / key)
 
     def step(self) -> None:
         """One heartbeat and reconcile. Raises Unavailable/HaiTimeoutError if the server
@@ -162,7 +193,7 @@ class Agent:
         for run_id in self.executor.run_ids():
             if run_id not in wanted:
                 if run_id in exited:
-                    self.executor.forget(run_id)
+                    self._forget(run_id)
                 else:
                     self.executor.stop(run_id, self.config.kill_grace_s)
         self._never_started &= set(wanted)  # the scheduler took the report: done with it
@@ -197,8 +228,17 @@ class Agent:
             return
         log.info("%s: started run %d of job %d", self.name, a.run_id, a.job_id)
 
+    def _forget(self, run_id: int) -> None:
+        """Drops an exited run, and its control folder (its logs stay)."""
+        control = self.executor.launch_of(run_id).control_dir
+        self.executor.forget(run_id)
+        shutil.rmtree(control, ignore_errors=True)  # fd-based: safe from links ranks left
+        with contextlib.suppress(OSError):  # the run's other nodes may still use theirs
+            control.parent.rmdir()
+
     def _launch(self, a: Assignment) -> Launch:
-        control = self.state_dir / "runs" / str(a.run_id) / self.name
+        control = self.control_root / str(a.run_id) / self.name
+        account = None if self.accounts is None else self.accounts.for_user(a.user)
         ranks = [
             RankLaunch(
                 rank=a.node_rank * a.ranks_per_node + local,
@@ -207,9 +247,10 @@ class Agent:
                     a,
                     local,
                     self.name,
-                    self.state_dir,
+                    control,
                     self.client.address,
                     self.executor.inherits_environment,
+                    account,
                 ),
                 log_path=rank_log(
                     self.state_dir, a.log_dir, a.node_rank * a.ranks_per_node + local
@@ -228,12 +269,13 @@ class Agent:
             a.nodes,
             image=a.image,
             gpus=a.gpus_per_node,
+            account=account,
             secret_names=frozenset([*a.secret_environment, RUN_TOKEN]),
         )
 
     def run(self, stop: threading.Event) -> None:
         """Heartbeats until ``stop`` is set, then kills the ranks it still has."""
-        left = self.executor.end_leftovers(self.state_dir / "runs", self.name)
+        left = self.executor.end_leftovers(self.control_root, self.name)
         if left:
             log.warning("ended %d processes that ranks of a dead agent of %s left", left, self.name)
         try:
@@ -249,12 +291,21 @@ class Agent:
                 stop.wait(self.config.heartbeat_s)
         finally:
             self.executor.shutdown()
+            if self.accounts is not None and self.accounts.switches:
+                with contextlib.suppress(OSError):  # the machine's other agents may use it
+                    self.control_root.rmdir()
 
 
 def _private(launch: Launch) -> None:
     """Makes ``launch``'s control folder and rank logs owner-only before any executor opens
-    them (they append to what is there): logs may hold what a job printed of its secrets."""
+    them (they append to what is there): logs may hold what a job printed of its secrets.
+    A rank of another account gets its control folder (it writes its acknowledgement
+    there); its logs stay the agent's, which writes what the rank prints."""
+    if launch.account is not None:
+        traversable_dir(launch.control_dir.parent)  # the run's folder, shared by its nodes
     private_dir(launch.control_dir)
+    if launch.account is not None:
+        os.chown(launch.control_dir, launch.account.uid, launch.account.gid)
     for rank in launch.ranks:
         private_dir(rank.log_path.parent)
         open_private(rank.log_path).close()

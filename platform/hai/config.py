@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from fs3.settings import Environment, Settings, layered, read_yaml
+from hai.accounts import AGENT, ROOT_NAMES, SUBMITTER
 from hai.errors import ConfigError
 
 _GROUP = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -95,6 +96,26 @@ class AgentConfig(BaseModel):
     """Prometheus endpoint of the node; 0 turns it off."""
     metrics_host: str = "127.0.0.1"
     """Address the endpoint listens on: 0.0.0.0 lets a Prometheus on another host scrape."""
+    run_as: str = Field("submitter", min_length=1)
+    """Which account local ranks run as when the agent is root (hai.accounts): ``submitter``
+    (the local account named like the job's user, unless it is root, else
+    ``run_as_fallback``), an account name or numeric uid for every job, or ``agent`` (the
+    agent's own account: single-user machines only). An agent that is not root runs ranks
+    as itself."""
+    run_as_fallback: str = Field("nobody", min_length=1)
+    """The account of jobs whose user has no local account (``run_as: submitter``)."""
+    run_dir: str = "/run/hai"
+    """Where a root agent that runs ranks as other accounts makes their control folders
+    (0711, one folder per state folder): the state folder is 0700, out of ranks' reach."""
+
+    @field_validator("run_as", "run_as_fallback")
+    @classmethod
+    def _never_root(cls, value: str, info: ValidationInfo) -> str:
+        if value in ROOT_NAMES:
+            raise ValueError(f"{value!r} is root: ranks never run as root")
+        if info.field_name == "run_as_fallback" and value in (SUBMITTER, AGENT):
+            raise ValueError(f"{value!r} is a run_as mode: give an account name or uid")
+        return value
 
 
 class K8sConfig(BaseModel):

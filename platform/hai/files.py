@@ -21,6 +21,7 @@ log = logging.getLogger("hai.files")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+TRAVERSABLE_DIR = 0o711
 STATE_ENTRIES = ("token", "hai.db*", "*.json", "logs", "runs", "nodes", ".*")
 """Names hai itself puts in a state folder (``.*``: files being replaced)."""
 
@@ -62,6 +63,28 @@ def private_dir(path: Path, only: tuple[str, ...] | None = None) -> Path:
         os.chmod(path, PRIVATE_DIR)
         if only is not None:  # a state folder from before: its old logs and database too
             tighten_below(path)
+    return path
+
+
+def traversable_dir(path: Path) -> Path:
+    """Makes ``path`` a folder of ours that other accounts may pass through but not list
+    (0711), and returns it: the way to the control folders of ranks that run as other
+    accounts, which reach theirs by name only. Its parent must exist.
+
+    Raises:
+        ConfigError: ``path`` is a link, a file or another account's folder (someone made
+            it first: whoever owns it could swap what is inside), or cannot be created.
+    """
+    try:
+        path.mkdir(mode=TRAVERSABLE_DIR, exist_ok=True)
+        info = path.lstat()
+    except OSError as err:
+        raise ConfigError(f"cannot create folder {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is not a folder (a link or a file): remove it")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{path} belongs to uid {info.st_uid}, not to us: remove it")
+    os.chmod(path, TRAVERSABLE_DIR)  # mkdir's mode passes through the umask
     return path
 
 

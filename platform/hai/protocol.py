@@ -82,6 +82,9 @@ class Assignment:
     """GPUs each node's share of the run asks for (0: none; one CPU rank runs)."""
     log_dir: str
     """The run's log folder, relative to the agent's state folder (:func:`rank_log`)."""
+    user: str = ""
+    """The job's user: whose local account its ranks may run as (``agent.run_as``). Empty
+    from a server older than the field: the fallback account."""
     secret_environment: dict[str, str] = field(default_factory=dict)
     """The spec's ``secret_environment``, apart from ``environment`` so that an executor
     can keep these values out of what others may read (a pod's spec); empty from an

@@ -421,6 +421,7 @@ class Scheduler:
             image=spec.image,
             gpus_per_node=spec.gpus_per_node,
             log_dir=run_log_dir(job.id, run.attempt),
+            user=job.user,
         )
 
 

@@ -41,6 +41,10 @@ FAST = {
     "HAI_AGENT__KILL_GRACE_S": "1",
     "HAI_AGENT__HEALTH_INTERVAL_S": "3600",
     "HAI_POLICY__MIN_RUN_S": "0",
+    # Single-user clusters: these ranks run this test's Python (on CI it lives in root's
+    # 0700 home) and use pytest's 0700 folders. test_run_as.py runs the default
+    # (``submitter``: another account) and shows what it keeps ranks from.
+    "HAI_AGENT__RUN_AS": "agent",
 }
 
 

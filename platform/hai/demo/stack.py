@@ -43,6 +43,9 @@ PLATFORM_SETTINGS = {
     # The health probes (memory bandwidth, a GEMM) have their own tests; on 2 cores they
     # would slow the training the demo is about.
     "HAI_AGENT__HEALTH_INTERVAL_S": "3600",
+    # The demo's ranks run the demo's own Python (often in its user's home) and write their
+    # metrics into its folder: one user's machine, so they run as the demo's own account.
+    "HAI_AGENT__RUN_AS": "agent",
 }
 
 

@@ -13,9 +13,12 @@ and where ``hai.client.go_suspend()`` leaves a ``suspend_ack`` file.
 from __future__ import annotations
 
 import abc
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hai.accounts import Account
 from hai.client import ACK_FILE, SUSPEND_FILE
 
 
@@ -44,6 +47,8 @@ class Launch:
     """The job's container image (None: the executor's default); local processes ignore it."""
     gpus: int = 0
     """GPUs this node's ranks ask for; the local executor leaves devices to the job."""
+    account: Account | None = None
+    """The account the ranks run as (:mod:`hai.accounts`); None: the agent's own."""
     secret_names: frozenset[str] = frozenset()
     """Variables of the ranks' ``env`` whose values are secret (the run token, the spec's
     ``secret_environment``): an executor keeps them out of objects others may read."""
@@ -57,6 +62,9 @@ class Executor(abc.ABC):
     """Whether the agent makes each run's control folder and rank logs owner-only (0700,
     0600) before ``start``: where the agent's own process writes the logs. A container
     that may run as any user opens its folders itself (Kubernetes)."""
+    switches_accounts = False
+    """Whether ranks run as :attr:`Launch.account` (local processes of a root agent); a
+    container runs as its image's user."""
 
     @abc.abstractmethod
     def start(self, launch: Launch) -> None:
@@ -72,7 +80,16 @@ class Executor(abc.ABC):
     def request_suspend(self, run_id: int) -> None:
         """Makes ``receive_suspend_command()`` true for every rank (idempotent): the run's
         control folder is where its ranks look, whatever runs them."""
-        (self.launch_of(run_id).control_dir / SUSPEND_FILE).touch(mode=0o600)
+        # The rank's account owns the folder: O_NOFOLLOW, or a link it put there would
+        # make the agent create (as root) whatever file the link names.
+        path = self.launch_of(run_id).control_dir / SUSPEND_FILE
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        except OSError as err:
+            # A link or folder the rank put there: it refused the request, and its suspend
+            # grace period runs out as for any rank that never acknowledges.
+            if err.errno not in (errno.ELOOP, errno.EISDIR):
+                raise
 
     def acked(self, run_id: int) -> bool:
         """Whether any rank called ``go_suspend()``."""

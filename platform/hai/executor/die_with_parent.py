@@ -1,6 +1,6 @@
 """Runs a rank as the leader's child in a process group of its own, which dies whole.
 
-Usage: python -S die_with_parent.py PARENT_PID CGROUP COMMAND [ARG...]
+Usage: python -S die_with_parent.py PARENT_PID CGROUP ACCOUNT COMMAND [ARG...]
 
 This script is the rank's supervisor. It starts a new session (so the session and process
 group ids are its pid, the pid the agent knows), forks, and the child execs COMMAND; every
@@ -18,7 +18,12 @@ process the rank forks stays in that group unless it leaves it on purpose. So:
 - CGROUP, unless it is ``-``, is a cgroup v2 folder (see ``cgroups.py``) the supervisor
   joins before it forks, which holds even processes that leave the group; the agent kills
   it with the group, and so does the supervisor when the agent dies. Where joining is
-  refused, the rank runs with its process group only.
+  refused, the rank runs with its process group only;
+- ACCOUNT, unless it is ``-``, is ``UID:GID:GROUP,GROUP...``: the rank (not the
+  supervisor) takes these credentials before it execs COMMAND. The supervisor keeps the
+  agent's, so that it can join the cgroup, keep its death signal and end the group, and the
+  rank cannot signal it. The kernel clears a death signal when credentials change, so the
+  rank arms its own only after the switch, then checks that its supervisor still lives.
 
 The agent starts every rank through this script instead of a ``preexec_fn``: a
 ``preexec_fn`` makes Python fork() instead of vfork(), and fork() runs gRPC's fork handlers
@@ -33,6 +38,7 @@ import os
 import resource
 import signal
 import sys
+import warnings  # noqa: F401  os.execvp imports it, after the switch: see _run_rank
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -64,11 +70,29 @@ def _ender(cgroup: str | None) -> Callable[[int, object], None]:
     return end
 
 
-def _run_rank(libc: ctypes.CDLL, supervisor: int, argv: list[str]) -> None:
+def _switch(account: str) -> None:
+    """Takes the rank's credentials: groups first, then group, then user (after setuid
+    this process may no longer change the other two)."""
+    uid, gid, groups = account.split(":")
+    os.setgroups([int(g) for g in groups.split(",") if g])
+    os.setgid(int(gid))
+    os.setuid(int(uid))
+
+
+def _run_rank(libc: ctypes.CDLL, supervisor: int, account: str, argv: list[str]) -> None:
     # Python ignores SIGPIPE and SIGXFSZ at start, and ignored signals stay ignored
     # across exec; the rank gets the defaults, as subprocess's restore_signals gives.
     for sig in (signal.SIGTERM, _AGENT_GONE, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    # From here on the rank's account may not read this interpreter's standard library
+    # (one in root's home): nothing may import after the switch, hence the imports above.
+    if account != "-":
+        try:
+            _switch(account)
+        except OSError as err:
+            sys.stderr.write(f"hai: cannot run as account {account}: {err}\n")
+            sys.stderr.flush()
+            os._exit(127)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != supervisor:
         os._exit(128 + signal.SIGKILL)
@@ -92,7 +116,7 @@ def _exit_as(status: int) -> None:
 
 
 def main() -> None:
-    parent, cgroup, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    parent, cgroup, account, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
     os.setsid()
     joined = _join(cgroup)
     libc = ctypes.CDLL(None, use_errno=True)
@@ -104,7 +128,7 @@ def main() -> None:
     supervisor = os.getpid()
     child = os.fork()
     if child == 0:
-        _run_rank(libc, supervisor, argv)
+        _run_rank(libc, supervisor, account, argv)
     _, status = os.waitpid(child, 0)
     _exit_as(status)
 

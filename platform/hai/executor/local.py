@@ -6,6 +6,9 @@ shutdown signal the whole group, and what is left of it when the rank exits is k
 before the supervisor is reaped, so nothing a rank forked outlives its run. Where the
 machine lets the agent make cgroups (``cgroups.py``), each rank also has one, which holds
 the processes that leave the group on purpose (setsid, setpgid); it is killed with it.
+A rank with an account (:attr:`Launch.account`, a root agent's) takes it just before it
+execs its command; its supervisor stays the agent's, and so does its log, which the agent
+opens and the rank inherits as its output.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from hai.accounts import Account
 from hai.errors import StateError
 from hai.executor import cgroups
 from hai.executor.base import Executor, Launch, worst_exit
@@ -40,6 +44,8 @@ class _Run:
 
 
 class LocalExecutor(Executor):
+    switches_accounts = True
+
     def __init__(self, *, use_cgroups: bool = True) -> None:
         """``use_cgroups``: give each rank a cgroup where this process may make them."""
         self._runs: dict[int, _Run] = {}
@@ -68,6 +74,7 @@ class LocalExecutor(Executor):
                                 _GUARD,
                                 str(os.getpid()),
                                 str(cgroup or "-"),
+                                _account_argument(launch.account),
                                 *rank.argv,
                             ],
                             env=rank.env,
@@ -156,6 +163,13 @@ class LocalExecutor(Executor):
                 cgroups.kill(cg)
             elif cg is not None:
                 cgroups.signal_strays(cg, sig, p.pid)
+
+
+def _account_argument(account: Account | None) -> str:
+    """The supervisor's ACCOUNT argument: ``UID:GID:GROUPS`` or ``-`` (the agent's own)."""
+    if account is None:
+        return "-"
+    return f"{account.uid}:{account.gid}:{','.join(map(str, account.groups))}"
 
 
 def _is_control_of(control: Path, control_root: Path, node: str) -> bool:
