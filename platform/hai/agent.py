@@ -145,6 +145,7 @@ class Agent:
         # through but not list (0711), one per state folder (a machine may run several
         # clusters), in which each run's folder is 0711 too and each control folder the
         # rank's own (0700). So a rank reaches its own folder by name and nothing else.
+        # It stays when the agent stops: the cluster's other agents here may still use it.
         key = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:16]
         return traversable_dir(traversable_dir(Path(self.config.run_dir)) / key)
 
@@ -291,9 +292,6 @@ class Agent:
                 stop.wait(self.config.heartbeat_s)
         finally:
             self.executor.shutdown()
-            if self.accounts is not None and self.accounts.switches:
-                with contextlib.suppress(OSError):  # the machine's other agents may use it
-                    self.control_root.rmdir()
 
 
 def _private(launch: Launch) -> None:
