@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from hai.credentials import prepare_agents
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
 from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
 from hai.rpc import ApiClient
@@ -154,6 +155,7 @@ def up(
         answers = functools.partial(_token, state_dir, client)
         _wait_for("the server did not answer", answers, timeout_s, started)
         names = [f"node-{i}" for i in range(nodes)]
+        agent_env = prepare_agents(client, state_dir, names, env)  # their credentials, no token
         since = time.time()  # the server's clock too: it runs on this machine
         for i in range(nodes):
             name = f"node-{i}"
@@ -171,7 +173,7 @@ def up(
                     *_metrics_args(info.metrics_ports.get(name)),
                 ],
                 logs / f"{name}.log",
-                env,
+                agent_env,
             )
             info.pids[name] = started[name].proc.pid
         replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
