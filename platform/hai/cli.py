@@ -11,9 +11,21 @@ import click
 from fs3.cli import fs3 as fs3_commands
 from hai.commands import cluster_commands, demo, job_commands, operator
 from hai.doctor import collect_report, summary_rows
+from hai.errors import HaiError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Any platform error a command lets through (a bad setting, a refused call, a port in
+    use) ends it as click's one ``Error:`` line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except HaiError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fireflyer", prog_name="hai")
 def main() -> None:
     """HAI platform: run and inspect the Fire-Flyer stack."""

@@ -146,3 +146,21 @@ def test_an_entrypoint_a_shell_cannot_split_never_reaches_a_node(cluster) -> Non
         with pytest.raises(SpecError, match="entrypoint: cannot be split like a shell command"):
             cluster.client.call("Submit", spec={"name": "bad", "entrypoint": entrypoint})
     assert cluster.client.call("List", all=True) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "argv", "problem"),
+    [
+        ("HAI_AGENT__RUN_AS=root", ["agent", "--name", "n", "--server", "127.0.0.1:1"], "root"),
+        ("HAI_SERVER__PORT=abc", ["server"], "server.port: Input should be a valid integer"),
+        ("HAI_SERVER__PORT=abc", ["ls"], "server.port: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_setting_is_one_line_before_anything_starts(
+    tmp_path: Path, setting: str, argv: list[str], problem: str
+) -> None:
+    name, _, value = setting.partition("=")
+    env = {**os.environ, "HAI_STATE_DIR": str(tmp_path / "state"), name: value}
+    result = subprocess.run([str(HAI), *argv], capture_output=True, text=True, timeout=60, env=env)
+    assert problem in one_error_line(result)
+    assert not (tmp_path / "state").exists()

@@ -20,7 +20,6 @@ from hai.commands.common import (
     state_dir_default,
 )
 from hai.config import load_config
-from hai.errors import HaiError
 from hai.spec import AUTO, MAX_NODES, parse_priority
 
 
@@ -40,16 +39,13 @@ def up(nodes: int, gpus_per_node: int, port: int, metrics_port: int, state_dir: 
     from hai.cluster import PROMETHEUS_TARGETS
     from hai.cluster import up as start
 
-    try:
-        info = start(
-            Path(state_dir or state_dir_default()),
-            nodes,
-            gpus_per_node,
-            port,
-            metrics_port=metrics_port,
-        )
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
+    info = start(
+        Path(state_dir or state_dir_default()),
+        nodes,
+        gpus_per_node,
+        port,
+        metrics_port=metrics_port,
+    )
     click.echo(f"hai cluster up: server {info.address}, {nodes} nodes, state in {info.state_dir}")
     if info.metrics_ports:
         ports = ", ".join(f"{name} :{port}" for name, port in info.metrics_ports.items())
@@ -73,8 +69,6 @@ def down(state_dir: str | None) -> None:
         for line in err.refused:
             click.echo(f"Error: {line}", err=True)
         raise click.exceptions.Exit(1) from None
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
     click.echo(f"stopped {', '.join(stopped)}" if stopped else f"no cluster running in {folder}")
 
 
@@ -93,10 +87,7 @@ def server(
     given = {"port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
-    try:
-        run_server(config, Path(state_dir or config.server.state_dir).expanduser())
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
+    run_server(config, Path(state_dir or config.server.state_dir).expanduser())
 
 
 @click.command()
@@ -133,10 +124,7 @@ def agent(
     config = load_config(config_path, overrides=overrides)
     folder = Path(state_dir or state_dir_default()).expanduser()
     options = AgentOptions(name, address, folder, gpus, group, on_kubernetes, node_address)
-    try:
-        run_agent(config, options)
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
+    run_agent(config, options)
 
 
 @click.group(invoke_without_command=True)

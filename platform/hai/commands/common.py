@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from hai.config import load_config
-from hai.errors import ConfigError, HaiError
 from hai.rpc import ApiClient
 from hai.spec import MAX_GPUS_PER_NODE, MAX_NODES
 
@@ -27,10 +26,7 @@ def log_to_stderr() -> None:
 
 def state_dir_default() -> str:
     """``server.state_dir`` as the environment sets it (HAI_SERVER__STATE_DIR or HAI_STATE_DIR)."""
-    try:
-        return load_config().server.state_dir
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    return load_config().server.state_dir
 
 
 def connect(state_dir: str | None = None) -> ApiClient:
@@ -51,12 +47,10 @@ def connect(state_dir: str | None = None) -> ApiClient:
 
 
 def call(method: str, **body: Any) -> Any:
-    """Calls the server; a platform error becomes one line on stderr and exit status 1."""
+    """Calls the server (its errors reach ``hai``'s one-line handler)."""
     client = connect()
     try:
         return client.call(method, **body)
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
     finally:
         client.close()
 

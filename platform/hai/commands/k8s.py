@@ -8,7 +8,6 @@ import click
 
 from hai.commands.common import PORT, connect, log_to_stderr
 from hai.config import load_config
-from hai.errors import HaiError
 from hai.rpc import ApiClient
 
 
@@ -39,11 +38,8 @@ def operator(
 
     log_to_stderr()
     config = load_config(config_path)
-    try:
-        require_k8s("hai operator", "kubernetes", "kopf")
-        core = core_api(config.k8s)
-    except HaiError as err:
-        raise click.ClickException(str(err)) from None
+    require_k8s("hai operator", "kubernetes", "kopf")
+    core = core_api(config.k8s)
     from hai.k8s import operator as haijob_operator
 
     client = connect() if address is None else ApiClient(address, os.environ.get("HAI_TOKEN"))
