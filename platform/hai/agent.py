@@ -27,7 +27,7 @@ import psutil
 
 from hai.accounts import Account, RankAccounts
 from hai.config import AgentConfig
-from hai.errors import HaiTimeoutError, NotFoundError, Unavailable
+from hai.errors import AuthError, ForbiddenError, HaiTimeoutError, NotFoundError, Unavailable
 from hai.executor import Executor, Launch, RankLaunch
 from hai.files import open_private, private_dir, traversable_dir
 from hai.health import run_checks
@@ -285,6 +285,12 @@ class Agent:
                     self.step()
                 except (Unavailable, HaiTimeoutError) as err:
                     log.warning("%s: %s; retrying", self.name, err)
+                except (AuthError, ForbiddenError) as err:
+                    # The node was removed or its credential re-issued: the scheduler has
+                    # handed its runs elsewhere, so its ranks must not run on (finally: below).
+                    raise type(err)(
+                        f"{self.name}: refused by the server, ranks stopped: {err}"
+                    ) from None
                 except Exception:
                     # One bad answer, or an executor's bug, must not take the node's ranks
                     # down with the agent: log it with its traceback and try again.

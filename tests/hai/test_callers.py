@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hai.auth import RunTokens
@@ -82,6 +83,25 @@ def _sleeper() -> dict:
 def _beat(node: str, agent_id: str, run_id: int, exit_code: int = 0) -> dict:
     runs = [{"run_id": run_id, "exit_code": exit_code, "acked": False, "reason": ""}]
     return {"node": node, "agent_id": agent_id, "runs": runs, "health_failures": []}
+
+
+def _ended(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE  # nothing here may reap it
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _ranks_of(run_id: int) -> list[int]:
+    """Pids of live processes started for run ``run_id`` (by their HAI_RUN_ID)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("HAI_RUN_ID") == str(run_id) and not _ended(proc):
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 @pytest.mark.slow
@@ -170,7 +190,8 @@ def test_only_the_right_caller_can_act(cluster) -> None:  # type: ignore[no-unty
         removed = _hai(address, admin.token, "nodes", "rm", node)
         assert removed.returncode == 0, removed.stderr
         assert removed.stdout.splitlines() == [
-            f"{node} removed, its credential revoked; an agent still running there is refused",
+            f"{node} removed, its credential revoked; an agent still running there stops its "
+            "ranks and exits",
             f"job {job} lost its run on {node}, as when a node dies: now queued",
         ]
         mine = credential_file(cluster.state_dir, node).read_text().strip()
@@ -178,6 +199,12 @@ def test_only_the_right_caller_can_act(cluster) -> None:  # type: ignore[no-unty
             "AuthError: an unknown token may not act as a node"
         )
         assert node not in {n["name"] for n in admin.call("Nodes")}
+        # Its agent, refused, ends the removed run's ranks and exits: the job runs elsewhere.
+        agent = psutil.Process(cluster.info.pids[node])
+        cluster.wait_for(f"{node}'s agent to exit", lambda: _ended(agent))
+        assert _ranks_of(run["id"]) == []
+        log = (cluster.state_dir / "logs" / f"{node}.log").read_text()
+        assert f"{node}: refused by the server, ranks stopped: an unknown token" in log
     finally:
         ann.close()
 

@@ -161,7 +161,7 @@ def remove_node(name: str) -> None:
         click.echo(f"{name} never registered; its credential is revoked")
         return
     revoked = "its credential revoked" if gone["revoked"] else "it had no credential"
-    click.echo(f"{name} removed, {revoked}; an agent still running there is refused")
+    click.echo(f"{name} removed, {revoked}; an agent still running there stops its ranks and exits")
     for job, state in gone["jobs"].items():
         click.echo(f"job {job} lost its run on {name}, as when a node dies: now {state}")
 
