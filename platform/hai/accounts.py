@@ -65,10 +65,15 @@ class RankAccounts:
     with one line; a run whose account cannot be found later fails alone.
     """
 
-    def __init__(self, run_as: str, fallback: str, agent_uid: int | None = None) -> None:
-        """Raises ConfigError: a fixed account that does not exist or is root, or that
-        names another account than the agent's on an agent that is not root."""
-        self.run_as, self.fallback = run_as, fallback
+    def __init__(
+        self, run_as: str, fallback: str, agent_uid: int | None = None, min_uid: int = 1000
+    ) -> None:
+        """``min_uid``: the lowest uid a submitter's own account may have (below: system
+        accounts, which a hai user of the same name must not get).
+
+        Raises ConfigError: a fixed account that does not exist or is root, or that names
+        another account than the agent's on an agent that is not root."""
+        self.run_as, self.fallback, self.min_uid = run_as, fallback, min_uid
         self.agent_uid = os.geteuid() if agent_uid is None else agent_uid
         self.switches = self.agent_uid == 0 and run_as != AGENT
         """Whether ranks take another account than the agent's (root only can)."""
@@ -110,7 +115,7 @@ class RankAccounts:
             own = lookup(user) if user and not user.isdigit() else None  # names, not uids
         except KeyError:
             own = None
-        if own is not None and own.uid not in (0, self.agent_uid):
+        if own is not None and own.uid >= self.min_uid and own.uid != self.agent_uid:
             return own
         return self._fixed(self.fallback, "run_as_fallback")
 

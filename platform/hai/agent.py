@@ -129,7 +129,7 @@ class Agent:
         """Runs whose launch failed on this node, with why: reported as exited with
         :data:`CANNOT_START`, so the run fails with the reason and the node stays alive."""
         self.accounts = (
-            RankAccounts(config.run_as, config.run_as_fallback)
+            RankAccounts(config.run_as, config.run_as_fallback, min_uid=config.run_as_min_uid)
             if executor.switches_accounts
             else None
         )

@@ -104,6 +104,9 @@ class AgentConfig(BaseModel):
     as itself."""
     run_as_fallback: str = Field("nobody", min_length=1)
     """The account of jobs whose user has no local account (``run_as: submitter``)."""
+    run_as_min_uid: int = Field(1000, ge=1)
+    """The lowest uid a submitter's own account may have (``run_as: submitter``): a job of
+    a user named like a system account (daemon, postgres, ...) takes the fallback."""
     run_dir: str = "/run/hai"
     """Where a root agent that runs ranks as other accounts makes their control folders
     (0711, one folder per state folder): the state folder is 0700, out of ranks' reach."""

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_submitter_runs_as_own_account_else_fallback() -> None:
-    accounts = RankAccounts("submitter", "nobody", agent_uid=0)
+    accounts = RankAccounts("submitter", "nobody", agent_uid=0, min_uid=1)
     assert accounts.switches
     daemon = pwd.getpwnam("daemon")
     own = accounts.for_user("daemon")
@@ -56,6 +56,13 @@ def test_submitter_runs_as_own_account_else_fallback() -> None:
     for user in ("root", "no-such-user-hai", "", "1"):
         account = accounts.for_user(user)
         assert account is not None and account.uid == NOBODY, user
+
+
+def test_a_system_account_is_no_submitters_own() -> None:
+    """A hai user named like a system account (uid below run_as_min_uid) gets the
+    fallback: an admin naming a user 'daemon' or 'postgres' must not hand out its files."""
+    assert RankAccounts("submitter", "nobody", agent_uid=0).for_user("daemon") == lookup("nobody")
+    assert load_config(env={}).agent.run_as_min_uid == 1000
 
 
 def test_fixed_account_by_name_or_uid() -> None:
@@ -157,7 +164,11 @@ def open_cluster(free_port: Callable[[], int]) -> Iterator[LocalCluster]:
     parent = Path(tempfile.mkdtemp(prefix="hai-run-as-"))
     parent.chmod(0o755)
     cluster = LocalCluster(
-        parent / "state", free_port(), nodes=1, env={"HAI_AGENT__RUN_AS": "submitter"}
+        parent / "state",
+        free_port(),
+        nodes=1,
+        # daemon (a system account) stands for a user's own account in the test below.
+        env={"HAI_AGENT__RUN_AS": "submitter", "HAI_AGENT__RUN_AS_MIN_UID": "1"},
     )
     try:
         yield cluster
