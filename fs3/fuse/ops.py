@@ -233,7 +233,7 @@ class Fs3Operations(pyfuse3.Operations):
         if fields.update_size:
             opened = self._handles.get(fh) if fh is not None else self.files.get(inode)
             if opened is not None:
-                await self._blocking(opened.truncate, attr.st_size)
+                await self._truncate(opened, attr.st_size)
             else:
                 current = await self._stat_known(inode)
                 if current.kind != FILE:
@@ -502,7 +502,7 @@ class Fs3Operations(pyfuse3.Operations):
         fh = self._new_handle(opened)
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-                await self._blocking(opened.truncate, 0)
+                await self._truncate(opened, 0)
         except BaseException:
             await self._drop_handle(fh)
             raise
@@ -535,7 +535,7 @@ class Fs3Operations(pyfuse3.Operations):
         fh = self._new_handle(opened)
         try:
             if flags & os.O_TRUNC and opened.size:
-                await self._blocking(opened.truncate, 0)
+                await self._truncate(opened, 0)
         except BaseException:
             await self._drop_handle(fh)
             raise
@@ -573,6 +573,12 @@ class Fs3Operations(pyfuse3.Operations):
         opened = self._handles[fh]
         if not opened.idle():
             await self._commit_file(opened)
+
+    async def _truncate(self, opened: OpenFile, length: int) -> None:
+        # The table must learn the new length too: a getattr after the last release answers
+        # from it, and the kernel appends at the size it answers (issue 18: a stale length 4
+        # after ": > f" made "echo x >> f" write at offset 4).
+        self.table.update(await self._blocking(opened.truncate, length))
 
     async def _commit_file(self, opened: OpenFile) -> None:
         committed = await self._blocking(opened.commit)
