@@ -336,7 +336,13 @@ def fsck_command(
 ) -> None:
     """Check that namespace and targets agree: checksums of every replica (or --sample),
     missing replicas, version disagreements, orphan chunks. Exit status 1 when it found an
-    error (repaired ones too: run it again to confirm), 0 when clean.
+    error (repaired ones too: run it again to confirm), 0 when clean or only warnings.
+
+    \b
+    Errors: lost (no replica of a chunk can be read), unreadable (its chain has no
+    serving member), bad replica, missing replica, version disagreement, replica
+    mismatch, orphan. Warnings (every byte still reads): hole (never written: zeros),
+    past end, busy (a write in flight), unchecked (a member not serving).
 
     With --json, the report: counts of files, directories, chunks, replicas and verified
     replicas, the findings (kind, where, detail, error) and the repairs.

@@ -5,14 +5,15 @@ What :func:`fsck` compares:
 
 - every file's chunks (index 0 up to its length, each on the chain its layout names) with
   what each serving member of that chain holds (a DUMP of the chain): a chunk some members
-  hold and others lack is a *missing replica*; one that no member holds is reported as a
-  *hole* (a warning: a file written sparse has them, and a chunk lost on every replica looks
-  the same);
+  hold and others lack is a *missing replica*. One that no member lists is asked about on
+  each member (VERIFY): a member that had it and lost it (its file gone, see
+  :mod:`fs3.storage.local`) makes it *lost*, else it is a *hole* (a warning: never written,
+  as in a sparse file). A chunk on a chain with no serving member is *unreadable*;
 - each replica (or a sample of the chunks, all replicas of each) verified by its target
   against its stored block CRC32Cs (VERIFY): a *bad replica* fails them or lost its file;
   replicas of one chunk at different committed versions are a *version disagreement*, at one
   version with different bytes a *replica mismatch* (a chunk with a write in flight is left
-  out of both);
+  out of both); a chunk none of whose replicas passes is *lost*;
 - chunks no file owns (*orphans*): their inode does not exist and no deletion of it is
   queued. Candidates are confirmed with meta after the walk, so a file created or renamed
   while fsck runs is not mistaken for one;
@@ -61,8 +62,9 @@ def _no_progress(description: str, total: float | None) -> Iterator[Callable[[fl
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    """``bad replica``, ``missing replica``, ``version disagreement``, ``replica mismatch``,
-    ``orphan`` (errors); ``hole``, ``past end``, ``busy``, ``unchecked`` (warnings)."""
+    """``lost`` and ``unreadable`` (data no client can read), ``bad replica``, ``missing
+    replica``, ``version disagreement``, ``replica mismatch``, ``orphan`` (errors);
+    ``hole``, ``past end``, ``busy``, ``unchecked`` (warnings: every byte still reads)."""
     where: str
     """The file's path, or ``inode N`` for an orphan, or ``target N``."""
     detail: str
@@ -122,7 +124,8 @@ def fsck(
     table = fs.mgmtd.refresh()
     held = _replicas(fs, table, report, progress)
     files = _walk(fs, report, progress)
-    expected = _expected(files, table, held, report)
+    expected, holes = _expected(files, table, held, report)
+    _holes(fs, table, holes, expected, report)
     _unowned(fs, held, files, expected, report, repair, table)
     rng = random.Random(seed)
     # Replicas listed at different versions are verified whatever the sample: only VERIFY
@@ -189,10 +192,12 @@ def _expected(
     table: RoutingTable,
     held: dict[ChunkId, dict[int, int]],
     report: FsckReport,
-) -> dict[ChunkId, str]:
-    """chunk -> its file's path for every chunk the files' lengths call for; reports holes
-    and missing replicas."""
+) -> tuple[dict[ChunkId, str], list[ChunkId]]:
+    """chunk -> its file's path for every chunk the files' lengths call for, and the chunks
+    no serving member lists (holes, or lost: :func:`_holes` tells); reports missing
+    replicas and chunks of chains no member serves."""
     expected: dict[ChunkId, str] = {}
+    holes: list[ChunkId] = []
     for ino, (path, inode) in files.items():
         lay = inode.layout
         if not lay.chains:
@@ -204,16 +209,18 @@ def _expected(
             chain = table.chains.get(cid.chain)
             serving = chain.readers() if chain else ()
             where = f"chunk {index} (chain {cid.chain}, inode {ino})"
-            if not have:
+            if not serving:
                 report.findings.append(
                     Finding(
-                        "hole",
+                        "unreadable",
                         path,
-                        f"{where}: on no replica (a hole if the file was written "
-                        "sparse, else lost)",
-                        error=False,
+                        f"{where}: chain {cid.chain} has no serving member (its targets are "
+                        "offline or resyncing); restart them",
                     )
                 )
+                continue
+            if not have:
+                holes.append(cid)
                 continue
             report.replicas += len(have)
             missing = [t for t in serving if t not in have]
@@ -227,7 +234,43 @@ def _expected(
                     )
                 )
     report.chunks = len(expected)
-    return expected
+    return expected, holes
+
+
+def _holes(
+    fs: Any,
+    table: RoutingTable,
+    holes: list[ChunkId],
+    expected: dict[ChunkId, str],
+    report: FsckReport,
+) -> None:
+    """Asks every serving member about each chunk none lists: if one had it and lost it
+    (VERIFY's ``bad``) the chunk is lost, else it is a hole."""
+    jobs = [(cid, t) for cid in holes for t in table.chains[cid.chain].readers()]
+    with ThreadPoolExecutor(_VERIFY_THREADS, "fs3-fsck") as pool:
+        answers = list(pool.map(lambda job: _check(fs, table, job), jobs))
+    lost: dict[ChunkId, list[str]] = {}
+    for (cid, target), (_, _, body) in zip(jobs, answers, strict=True):
+        if body["state"] == "bad":
+            lost.setdefault(cid, []).append(f"target {target}: {body.get('error')}")
+    for cid in holes:
+        where = f"chunk {cid.index} (chain {cid.chain}, inode {cid.inode})"
+        if cid in lost:
+            detail = f"{where}: no replica can be read ({'; '.join(lost[cid])})"
+            report.findings.append(Finding("lost", expected[cid], detail))
+        else:
+            detail = f"{where}: never written (a sparse file's hole): reads as zeros"
+            report.findings.append(Finding("hole", expected[cid], detail, error=False))
+
+
+def _check(
+    fs: Any, table: RoutingTable, job: tuple[ChunkId, int]
+) -> tuple[int, int, dict[str, Any]]:
+    """One replica checked by its target (VERIFY): (version, CRC32C, report)."""
+    cid, target = job
+    req = Request(VERIFY, cid.chain, 0, cid.inode, cid.index)
+    version, crc, body = fs.pool.request(_address(table, target), req)
+    return version, crc, json.loads(bytes(body))
 
 
 def _ids(ids: list[int]) -> str:
@@ -297,19 +340,12 @@ def _verify(
     progress: Progress,
 ) -> None:
     jobs = [(cid, t) for cid in chosen for t in sorted(held[cid])]
-
-    def check(job: tuple[ChunkId, int]) -> tuple[int, int, dict[str, Any]]:
-        cid, target = job
-        req = Request(VERIFY, cid.chain, 0, cid.inode, cid.index)
-        version, crc, body = fs.pool.request(_address(table, target), req)
-        return version, crc, json.loads(bytes(body))
-
     results: dict[tuple[ChunkId, int], tuple[int, int, dict[str, Any]]] = {}
     with (
         progress("verifying replicas", len(jobs)) as advance,
         ThreadPoolExecutor(_VERIFY_THREADS, "fs3-fsck") as pool,
     ):
-        for job, result in zip(jobs, pool.map(check, jobs), strict=True):
+        for job, result in zip(jobs, pool.map(lambda j: _check(fs, table, j), jobs), strict=True):
             results[job] = result
             advance(1)
     report.verified = len(jobs)
@@ -331,6 +367,9 @@ def _verify(
                     _repair(fs, table, cid, t, r[0], good, report, path)
             elif r[2]["state"] == "absent":  # deleted since the DUMP: a file removed meanwhile
                 continue
+        if not good and any(r[2]["state"] == "bad" for r in got.values()):
+            detail = f"{where}: no replica can be read (each is a bad replica above)"
+            report.findings.append(Finding("lost", path, detail))
         versions = {r[0] for r in got.values() if r[2]["state"] != "absent"}
         if len(versions) > 1:
             detail = ", ".join(f"target {t} v{r[0]}" for t, r in got.items())

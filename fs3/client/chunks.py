@@ -27,6 +27,7 @@ from fs3.errors import (
     Fs3TimeoutError,
     StaleRouting,
     Unavailable,
+    error_message,
 )
 from fs3.mgmtd.client import MgmtdClient
 from fs3.retry import Backoff, retry
@@ -159,11 +160,20 @@ class ChunkIO:
         offset: int,
         length: int,
         mapped: bool = False,
+        path: str | None = None,
     ) -> memoryview:
-        """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes).
-        With ``mapped``, a chunk on this machine may come as a locked mapping of its file
-        rather than a copy (:mod:`fs3.client.mapped`): for callers that only pass it on."""
+        """Reads up to ``length`` bytes at ``offset`` in chunk ``index`` (short for holes:
+        chunks no replica ever held). With ``mapped``, a chunk on this machine may come as a
+        locked mapping of its file rather than a copy (:mod:`fs3.client.mapped`): for callers
+        that only pass it on. ``path`` (the file's) goes into the errors.
+
+        Raises:
+            DataLost: (``OSError`` EIO, with ``path``) no replica can serve the chunk:
+                each fails its checksums or lost its copy.
+            Fs3TimeoutError: no replica answered within ``timeouts.retry_s``.
+        """
         chain_id = layout.chain_of(index)
+        what = f"chunk {index} of {path or 'inode'} (inode {inode}, chain {chain_id})"
 
         def attempt(table: RoutingTable) -> memoryview:
             readers = read_order(table, chain_id, inode, index)
@@ -198,13 +208,11 @@ class ChunkIO:
                         raise
                     errors.append(err)
             if all(isinstance(e, ChecksumMismatch) for e in errors):
-                raise DataLost(
-                    f"every replica of chunk {index} of inode {inode} on chain "
-                    f"{chain_id} fails its checksum: {errors}"
-                )
+                detail = "; ".join(error_message(e) for e in errors)
+                raise DataLost(f"{what}: no replica can be read: {detail}", path)
             raise next((e for e in errors if isinstance(e, StaleRouting)), errors[-1])
 
-        return self.retry(f"reading chunk {index} of inode {inode} on chain {chain_id}", attempt)
+        return self.retry(f"reading {what}", attempt)
 
 
 def read_order(table: RoutingTable, chain_id: int, inode: int, index: int) -> list[int]:

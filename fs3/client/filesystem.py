@@ -447,7 +447,9 @@ class FS3File(AbstractBufferedFile):
 
     # -- reading -----------------------------------------------------------------------
     def _chunk(self, index: int, start: int, end: int) -> memoryview:
-        data = self.fs.chunks.read(self.layout, self.inode.id, index, start, end - start)
+        data = self.fs.chunks.read(
+            self.layout, self.inode.id, index, start, end - start, path=self.path
+        )
         if len(data) < end - start:  # holes and short chunks read as zeros
             return memoryview(bytes(data) + bytes(end - start - len(data)))
         return data

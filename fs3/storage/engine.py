@@ -37,7 +37,8 @@ class ChunkEngine(ABC):
         """Returns up to ``length`` committed bytes from ``offset`` (short at chunk end).
 
         An absent chunk reads as ``b""`` (a hole). Raises ``ChecksumMismatch`` when the stored
-        bytes do not match their CRC32C; never returns unverified data. The result may be a
+        bytes do not match their CRC32C, or the chunk is :meth:`lost`; never returns
+        unverified data. The result may be a
         view of a buffer the engine reuses for this thread's next read: use it (send it,
         copy it) before reading again.
         """
@@ -48,6 +49,13 @@ class ChunkEngine(ABC):
         """:meth:`read`, with the CRC32C of what it returns."""
         data = self.read(cid, offset, length)
         return data, crc32c(data)
+
+    def lost(self, cid: ChunkId) -> bool:
+        """Whether the chunk was committed here but nothing of it can be read now (its stored
+        copy vanished or is damaged beyond indexing): ``stat`` shows no committed version,
+        yet it is no hole, and writes must not patch it as if it were all zeros. Engines
+        whose chunks cannot vanish alone (the memory one) never have lost chunks."""
+        return False
 
     @abstractmethod
     def write(

@@ -9,10 +9,20 @@ A committed file is never written again, only replaced or unlinked: a client on 
 may hold a descriptor of it (:meth:`LocalChunkEngine.open_committed`, passed over the
 target's Unix socket by :mod:`fs3.storage.local_read`) and must keep reading that one
 version. Anything that rewrote a committed file in place would break that.
+
+A log beside the chain folders (:data:`LOG_NAME`) records which chunks exist: a record when a
+chunk is first committed, one before chunks are removed. At start, a chunk the log lists
+whose file is gone (deleted by hand, lost to a disk error) is *lost*, not a hole: it reads
+as a bad replica, so a chunk lost on every replica is an error, never zeros. Records follow
+the commit's rename and precede the unlink (synced first), so a crash can only drop an
+added record, which makes a later loss of that chunk look like a hole as it did before the
+log; it never makes a hole look lost. A missing log (a target older than it) means the
+files are all a target knows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -28,6 +38,13 @@ _MAGIC = b"FS3C"
 _FIXED = struct.Struct("<4sQQI")  # magic, version, length, block count
 # 4096-byte header, 20 fixed bytes, 4 bytes per block: 1019 blocks of 64 KiB = 63 MiB max.
 MAX_BLOCKS = (HEADER_SIZE - _FIXED.size) // 4
+
+LOG_NAME = "chunks.log"
+_RECORD = struct.Struct("<cIQQQ")  # kind, chain, inode, first index, end index (exclusive)
+_ADDED, _REMOVED = b"+", b"-"
+_NO_END = 1 << 62  # the end index of a removal up to the last chunk
+
+log = logging.getLogger("fs3.storage")
 
 
 def _header(version: int, content: bytes) -> bytes:
@@ -67,9 +84,14 @@ class LocalChunkEngine(ChunkEngine):
         self._committed: dict[ChunkId, ChunkMeta] = {}
         self._pending: dict[ChunkId, tuple[int, int]] = {}  # version, length
         self._bytes = 0  # summed lengths of the committed chunks
-        self._damaged: set[ChunkId] = set()  # files whose header failed at start: not holes
+        # Chunks that existed here but cannot be read: a header that failed at start, or a
+        # file the log lists that is gone (lost). Not holes: reads of them fail.
+        self._damaged: set[ChunkId] = set()
         self._buffers = threading.local()
         self._scan()
+        self._log_fd = -1
+        self._log_records = 0
+        self._rewrite_log()
 
     def _path(self, cid: ChunkId) -> Path:
         return self.root / str(cid.chain) / f"{cid.inode:016x}.{cid.index:08x}"
@@ -95,6 +117,66 @@ class LocalChunkEngine(ChunkEngine):
                         continue
                 self._committed[cid] = ChunkMeta(version, length)
                 self._bytes += length
+        lost = self._recorded() - self._committed.keys() - self._damaged
+        if lost:
+            log.error(
+                "%s: %d chunks the log lists have no file (lost): they read as bad replicas, "
+                "e.g. %s",
+                self.root,
+                len(lost),
+                tuple(min(lost)),
+            )
+        self._damaged |= lost
+
+    def _recorded(self) -> set[ChunkId]:
+        """The chunks the log says exist; a torn last record (a crash mid-append) is dropped."""
+        try:
+            raw = (self.root / LOG_NAME).read_bytes()
+        except FileNotFoundError:
+            return set()
+        files: dict[tuple[int, int], set[int]] = {}
+        for off in range(0, len(raw) - _RECORD.size + 1, _RECORD.size):
+            kind, chain, inode, first, end = _RECORD.unpack_from(raw, off)
+            indexes = files.setdefault((chain, inode), set())
+            if kind == _ADDED:
+                indexes.add(first)
+            else:
+                indexes -= {i for i in indexes if first <= i < end}
+        return {ChunkId(c, ino, i) for (c, ino), indexes in files.items() for i in indexes}
+
+    def _rewrite_log(self) -> None:
+        """Replaces the log by one record per chunk known now (committed or damaged), which
+        compacts it, and opens it for appending. Called at start and, under the lock, when
+        removals made it long."""
+        known = sorted({*self._committed, *self._damaged})
+        path = self.root / LOG_NAME
+        fresh = path.with_name(LOG_NAME + ".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"".join(_RECORD.pack(_ADDED, *c, c.index + 1) for c in known))
+            if self._fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, path)
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+        self._log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._log_records = len(known)
+
+    def _append_log(self, record: bytes, sync: bool) -> None:
+        """Appends one record; the caller holds the lock."""
+        os.write(self._log_fd, record)
+        if sync and self._fsync:
+            os.fdatasync(self._log_fd)
+        self._log_records += 1
+        known = len(self._committed) + len(self._damaged)
+        if self._log_records > 2 * known + 65536:  # mostly removed chunks: compact
+            self._rewrite_log()
+
+    def lost(self, cid: ChunkId) -> bool:
+        with self._lock:
+            return cid in self._damaged
 
     def stat(self, cid: ChunkId) -> tuple[ChunkMeta | None, int | None]:
         with self._lock:
@@ -167,6 +249,9 @@ class LocalChunkEngine(ChunkEngine):
         try:
             return os.open(self._path(cid), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            with self._lock:
+                if cid in self._committed or cid in self._damaged:
+                    raise ChecksumMismatch(f"chunk {tuple(cid)} file is missing") from None
             return None
 
     def write(
@@ -206,8 +291,10 @@ class LocalChunkEngine(ChunkEngine):
             if pending is not None and pending[0] == version:
                 os.replace(path.with_name(path.name + ".p"), path)
                 del self._pending[cid]
-                self._damaged.discard(cid)
                 old = self._committed.get(cid)
+                if old is None and cid not in self._damaged:  # new here: the log learns it
+                    self._append_log(_RECORD.pack(_ADDED, *cid, cid.index + 1), sync=False)
+                self._damaged.discard(cid)
                 self._bytes += pending[1] - (old.length if old else 0)
                 self._committed[cid] = ChunkMeta(*pending)
             meta = self._committed.get(cid)
@@ -218,7 +305,7 @@ class LocalChunkEngine(ChunkEngine):
     def remove(
         self, chain: int, inode: int, from_index: int = 0, to_index: int | None = None
     ) -> int:
-        end = to_index if to_index is not None else 1 << 62
+        end = to_index if to_index is not None else _NO_END
         with self._lock:
             doomed = {
                 k
@@ -230,6 +317,9 @@ class LocalChunkEngine(ChunkEngine):
                 for k in self._damaged
                 if k.chain == chain and k.inode == inode and from_index <= k.index < end
             }
+            if doomed:  # recorded (and synced) before any file goes: see the module doc
+                record = _RECORD.pack(_REMOVED, chain, inode, from_index, end)
+                self._append_log(record, sync=True)
             for k in doomed:
                 self._damaged.discard(k)
                 gone = self._committed.pop(k, None)

@@ -14,7 +14,14 @@ import logging
 import os
 import threading
 
-from fs3.errors import ChecksumMismatch, ChunkBusy, Fs3Error, InvalidArgument, StaleRouting
+from fs3.errors import (
+    ChecksumMismatch,
+    ChunkBusy,
+    DataLost,
+    Fs3Error,
+    InvalidArgument,
+    StaleRouting,
+)
 from fs3.mgmtd.client import MgmtdClient
 from fs3.storage.engine import ChunkEngine, patch
 from fs3.storage.locks import ChunkLocks
@@ -82,7 +89,15 @@ class StorageTarget:
         with self.locks.hold(cid):
             committed, pending = self.engine.stat(cid)
             version = max(committed.version if committed else 0, pending or 0) + 1
-            if req.truncate and req.offset == 0:
+            whole = req.truncate and req.offset == 0
+            if committed is None and not whole and self.engine.lost(cid):
+                # Patching a lost chunk as if it were a hole would make its zeros the
+                # chain's content, over the replicas that may still hold it.
+                raise DataLost(
+                    f"chunk {tuple(cid)} is lost on target {self.target_id} (the chain "
+                    "head): a partial write would fill the rest with zeros; run hai fs3 fsck"
+                )
+            if whole:
                 content: bytes | memoryview = data
             else:
                 base = self.engine.read(cid, 0, committed.length) if committed else b""
@@ -172,6 +187,10 @@ class StorageTarget:
         committed, pending = self.engine.stat(cid)
         report: dict[str, object] = {"state": "absent", "pending": pending is not None}
         if committed is None:
+            if self.engine.lost(cid):
+                report.update(
+                    state="bad", error=f"chunk {tuple(cid)} is lost: file gone or header damaged"
+                )
             return 0, 0, report
         try:
             data, crc = self.engine.read_checked(cid, 0, committed.length)
@@ -275,6 +294,8 @@ class StorageTarget:
                     if meta is not None and remote.get(cid) == meta.version:
                         continue
                     if meta is None:
+                        if self.engine.lost(cid):
+                            continue  # lost here, not deleted: the successor's copy stays
                         req = Request(
                             REMOVE, chain_id, 0, cid.inode, cid.index, length=cid.index + 1
                         )
