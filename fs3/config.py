@@ -109,6 +109,22 @@ class StorageConfig(BaseModel):
     through it (the target's user and group by default). In YAML write 0660 (octal)."""
 
 
+class LimitsConfig(BaseModel):
+    """Bounds on what one message may make a server allocate, checked on the header before
+    any of the body is read: a frame over them closes its connection (logged with the peer)."""
+
+    model_config = _GROUP
+
+    chunk_bytes: int = Field(MAX_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
+    """Largest chunk a storage target handles: a data-path frame's payload, and the
+    ``offset + length`` a read or write reaches within a chunk, may not exceed it. The
+    default is the largest ``client.chunk_size``; lower it only below every file's chunk."""
+    meta_request_bytes: int = Field(64 * MiB, gt=0)
+    """Largest request a meta server accepts. Paths are at most 4 KiB; the biggest request
+    is fsck's list of inode ids (about 5 bytes each), so 64 MiB, gRPC's bound in fs3.rpc,
+    checks some ten million inodes at once."""
+
+
 class Fs3Config(Settings):
     """The whole fs3 configuration; build it with :func:`load_config`."""
 
@@ -119,6 +135,7 @@ class Fs3Config(Settings):
     client: ClientConfig = Field(default_factory=ClientConfig)
     mgmtd: MgmtdConfig = Field(default_factory=MgmtdConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 

@@ -37,7 +37,7 @@ from fs3.storage.local_read import machine_id
 from fs3.types import RoutingTable
 from fs3.wire.checksum import BLOCK_SIZE, check_blocks
 from fs3.wire.client import ConnectionPool
-from fs3.wire.framing import RESPONSE, Request, raise_error, recv_exact
+from fs3.wire.framing import LOCAL_MESSAGE_MAX, RESPONSE, Request, raise_error, recv_exact
 from fs3.wire.ops import LOCAL_BAD, LOCAL_HELLO, LOCAL_INFO, LOCAL_OPEN
 
 log = logging.getLogger("fs3.client")
@@ -316,6 +316,8 @@ def _request(
         if len(head) < RESPONSE.size:
             recv_exact(sock, memoryview(header)[len(head) :])
         status, length, has_fd, _ = RESPONSE.unpack(header)
+        if length > LOCAL_MESSAGE_MAX:
+            raise OSError(f"a local-socket reply of {length} bytes, over {LOCAL_MESSAGE_MAX}")
         body = bytearray(length)
         recv_exact(sock, memoryview(body))
         if status:

@@ -9,14 +9,17 @@ collector through a lease row in that database, and any of them may answer any c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import uuid
 
+from google.protobuf.message import DecodeError
+
 from fs3.config import Fs3Config
 from fs3.db import redact
-from fs3.errors import Fs3Error
+from fs3.errors import Fs3Error, InvalidArgument
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.trash import Trash
@@ -120,9 +123,23 @@ class MetaServicer:
         method = BY_OP.get(req.op)
         if method is None:
             raise Fs3Error(f"unknown meta op {req.op}")
-        reply = getattr(self, method.name)(method.request.FromString(bytes(payload)))
+        try:
+            request = method.request.FromString(bytes(payload))
+        except DecodeError:
+            raise InvalidArgument(f"meta {method.name} request is not its message") from None
+        reply = getattr(self, method.name)(request)
         body = reply.SerializeToString()
         return RESPONSE.pack(0, len(body), 0, 0), body
+
+
+def request_size(limit: int, req: Request) -> int:
+    """A meta frame's payload size; above ``limit`` (``limits.meta_request_bytes``) the
+    frame is refused before its payload is allocated and its connection closed."""
+    if req.length > limit:
+        raise InvalidArgument(
+            f"meta request of {req.length} bytes exceeds limits.meta_request_bytes ({limit})"
+        )
+    return req.length
 
 
 def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> int:
@@ -172,7 +189,8 @@ def run_meta(
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
     trash = Trash(ns)
-    server = FrameServer((host, port), lambda req: req.length, MetaServicer(ns).dispatch)
+    size = functools.partial(request_size, config.limits.meta_request_bytes)
+    server = FrameServer((host, port), size, MetaServicer(ns).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
     health = serve(lambda _: None, host, grpc_port, services=["fs3.Meta"]) if grpc_port else None
     pool = ConnectionPool(t.connect_s, t.rpc_s)

@@ -39,6 +39,7 @@ import os
 import secrets
 import socket
 import socketserver
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -47,7 +48,15 @@ from fs3.errors import ChecksumMismatch, Fs3Error
 from fs3.storage.engine import ChunkEngine
 from fs3.storage.target import StorageTarget
 from fs3.types import ChunkId
-from fs3.wire.framing import REQUEST, RESPONSE, Request, error_frame, recv_exact, send_frame
+from fs3.wire.framing import (
+    LOCAL_MESSAGE_MAX,
+    REQUEST,
+    RESPONSE,
+    Request,
+    error_frame,
+    recv_exact,
+    send_frame,
+)
 from fs3.wire.ops import LOCAL_BAD, LOCAL_HELLO, LOCAL_OPEN, READ
 
 log = logging.getLogger("fs3.storage")
@@ -57,7 +66,7 @@ SOCKET_NAME = "local.sock"
 ``storage.local_socket_mode`` (the target's user and group, as for the chunk files
 themselves); a client refused there reads over TCP."""
 _MAX_UNIX_PATH = 107  # Linux's sun_path is 108 bytes, the last one the terminating NUL
-_MAX_PAYLOAD = 64 * 1024  # LOCAL_BAD messages; anything bigger is not from our client
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid of the connecting process
 
 
 def machine_id() -> str | None:
@@ -159,9 +168,22 @@ class _LocalHandler(socketserver.BaseRequestHandler):
             try:
                 recv_exact(sock, memoryview(header))
                 req = Request.unpack(header)
-                payload = memoryview(bytearray(req.length if req.op == LOCAL_BAD else 0))
-                if len(payload) > _MAX_PAYLOAD:
+                size = req.length if req.op == LOCAL_BAD else 0
+                if size > LOCAL_MESSAGE_MAX:  # checked before allocating: the length is the peer's
+                    pid, uid, _ = _PEERCRED.unpack(
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                    )
+                    log.warning(
+                        "target %d: closing local-read connection of pid %d (uid %d): "
+                        "a message of %d bytes, over %d",
+                        self.server.target.target_id,
+                        pid,
+                        uid,
+                        size,
+                        LOCAL_MESSAGE_MAX,
+                    )
                     return
+                payload = memoryview(bytearray(size))
                 recv_exact(sock, payload)
             except OSError:  # the client went away (ConnectionError is an OSError too)
                 return

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 
 from fs3.config import Fs3Config
-from fs3.errors import ConfigError, Fs3Error
+from fs3.errors import ConfigError, Fs3Error, InvalidArgument
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
@@ -50,7 +50,23 @@ from fs3.wire.server import FrameServer
 log = logging.getLogger("fs3.storage")
 
 
-def _payload_size(req: Request) -> int:
+def check_bounds(req: Request, chunk_bytes: int) -> None:
+    """Refuses a data-path request that reaches past ``chunk_bytes`` (``limits.chunk_bytes``)
+    within its chunk: a WRITE at offset 4 GiB would otherwise build 4 GiB of zeros, and a
+    frame announcing a 4 GiB payload would have it allocated.
+
+    Raises:
+        InvalidArgument: naming the request's offset and length and the limit.
+    """
+    if req.op in (READ, *WITH_PAYLOAD) and req.offset + req.length > chunk_bytes:
+        raise InvalidArgument(
+            f"data-path op {req.op} reaches byte {req.offset + req.length} of a chunk "
+            f"(offset {req.offset}, length {req.length}), over limits.chunk_bytes ({chunk_bytes})"
+        )
+
+
+def _payload_size(chunk_bytes: int, req: Request) -> int:
+    check_bounds(req, chunk_bytes)
     return req.length if req.op in WITH_PAYLOAD else 0
 
 
@@ -87,8 +103,9 @@ def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: m
 class ChunkServicer(pbg.ChunkServiceServicer):
     """The same reads and writes over gRPC unary calls, only for fs3.bench to compare."""
 
-    def __init__(self, target: StorageTarget) -> None:
+    def __init__(self, target: StorageTarget, chunk_bytes: int) -> None:
         self.target = target
+        self.chunk_bytes = chunk_bytes
 
     @servicer_method
     def Read(self, request: pb.ChunkRequest, context: grpc.ServicerContext) -> pb.ChunkReply:
@@ -101,6 +118,7 @@ class ChunkServicer(pbg.ChunkServiceServicer):
             request.offset,
             request.length,
         )
+        check_bounds(req, self.chunk_bytes)
         version, data, crc = self.target.read(req)
         return pb.ChunkReply(data=bytes(data), crc=crc, version=version)
 
@@ -117,6 +135,7 @@ class ChunkServicer(pbg.ChunkServiceServicer):
             request.crc,
             truncate=request.truncate,
         )
+        check_bounds(req, self.chunk_bytes)
         version, crc = self.target.write(req, memoryview(request.data))
         return pb.ChunkReply(crc=crc, version=version)
 
@@ -195,10 +214,11 @@ def run_storage(
     local = start_local_reads(root, target, config.storage.local_socket_mode)
     local_info = local.info() if local else b""
     dispatch = functools.partial(_dispatch, target, local_info)
-    data = FrameServer((host, data_port), _payload_size, dispatch)
+    chunk_bytes = config.limits.chunk_bytes
+    data = FrameServer((host, data_port), functools.partial(_payload_size, chunk_bytes), dispatch)
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
     grpc_server = serve(
-        lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target), s),
+        lambda s: pbg.add_ChunkServiceServicer_to_server(ChunkServicer(target, chunk_bytes), s),
         host,
         grpc_port,
         services=[pb.DESCRIPTOR.services_by_name["ChunkService"].full_name],

@@ -17,6 +17,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import numpy
+
 from fs3.errors import Fs3Error, error_message
 from fs3.wire.codes import error_code, error_type
 from fs3.wire.ops import WITH_PAYLOAD
@@ -28,6 +30,9 @@ RESPONSE = struct.Struct("!BxxxIIQ")
 DUMP_ENTRY = struct.Struct("!QIQQ")  # inode, index, version, length
 
 FLAG_TRUNCATE = 1
+LOCAL_MESSAGE_MAX = 64 * 1024
+"""Largest payload either side of a local-read Unix socket sends (a token, an error, a
+client's CRC report: all short): each side refuses a bigger length before allocating."""
 
 
 Reply = tuple[bytes, bytes | memoryview]  # response header, payload
@@ -68,6 +73,14 @@ class Request:
         return cls(
             op, chain, tv, inode, index, offset, length, crc, version, bool(flags & FLAG_TRUNCATE)
         )
+
+
+def uninitialised(size: int) -> memoryview:
+    """A writable buffer for a payload that will overwrite all of it. Unlike ``bytearray``,
+    nothing is zero-filled: that cost 7% of a warm sequential read per fresh 4 MiB chunk,
+    and pages are only touched (resident) as bytes arrive, so a peer that announces a
+    large body and sends none costs address space, not memory."""
+    return memoryview(numpy.empty(size, dtype=numpy.uint8))
 
 
 def recv_exact(sock: socket.socket, view: memoryview) -> None:

@@ -3,22 +3,33 @@ connection, each request answered before the next is read, so a reply needs no i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import socketserver
 from collections.abc import Callable
 
 from fs3.errors import Fs3Error, Unavailable
-from fs3.wire.framing import REQUEST, Reply, Request, error_frame, recv_exact, send_frame
+from fs3.wire.framing import (
+    REQUEST,
+    Reply,
+    Request,
+    error_frame,
+    recv_exact,
+    send_frame,
+    uninitialised,
+)
 
 log = logging.getLogger("fs3.wire")
 
 
 class FrameServer(socketserver.ThreadingTCPServer):
     """Serves framed requests, one thread per connection, answering each before reading the
-    next. ``payload_size(req)`` says how many payload bytes follow a request header;
-    ``dispatch(req, payload)`` returns the reply (header, payload), and its Fs3Errors go
-    back as error frames. Run ``serve_forever`` in a thread of its own."""
+    next. ``payload_size(req)`` says how many payload bytes follow a request header, or
+    raises Fs3Error for a header over the server's bounds: that connection then gets the
+    error frame and is closed, with one log line naming the peer, before anything is
+    allocated. ``dispatch(req, payload)`` returns the reply (header, payload), and its
+    Fs3Errors go back as error frames. Run ``serve_forever`` in a thread of its own."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -45,16 +56,23 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         header = bytearray(REQUEST.size)
-        buffer = bytearray(0)  # grows to the largest payload seen, then is reused
+        buffer = uninitialised(0)  # grows to the largest payload seen, then is reused
         while True:
             try:
                 recv_exact(sock, memoryview(header))
             except (ConnectionError, OSError):
                 return
             req = Request.unpack(header)
-            size = self.server.payload_size(req)
+            try:
+                size = self.server.payload_size(req)
+            except Fs3Error as err:
+                host, port = self.client_address[:2]
+                log.warning("closing connection from %s:%d: %s", host, port, err.strerror)
+                with contextlib.suppress(OSError):  # the reason, if the peer still listens
+                    send_frame(sock, *error_frame(err))
+                return
             if len(buffer) < size:
-                buffer = bytearray(size)
+                buffer = uninitialised(size)
             payload = memoryview(buffer)[:size]
             try:
                 recv_exact(sock, payload)
