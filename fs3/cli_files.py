@@ -14,6 +14,7 @@ import datetime
 import posixpath
 import stat as stat_module
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,31 @@ from fs3.cli_util import (
 )
 
 _BLOCK = 4 << 20  # bytes per read and write of `cat`: one default chunk
+_C_ESCAPES = {
+    "\\": "\\\\",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\v": "\\v",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def escape_name(name: str) -> str:
+    """``name`` as GNU ``ls -b`` prints it: C escapes, other control characters (and line
+    or paragraph separators) as octal bytes, backslash doubled, so every entry is one line
+    and no name can pass for another or drive the terminal."""
+    out = []
+    for c in name:
+        if c in _C_ESCAPES:
+            out.append(_C_ESCAPES[c])
+        elif unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            out.append("".join(f"\\{b:03o}" for b in c.encode()))
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _when(seconds: float) -> str:
@@ -206,7 +232,7 @@ def ls(
         echo_json(entries)
         return
     for entry in entries:
-        name = entry["name"] + ("/" if entry["type"] == "directory" else "")
+        name = escape_name(entry["name"]) + ("/" if entry["type"] == "directory" else "")
         if long_format:
             click.echo(f"{entry['size']:>12} {_when(entry.get('mtime') or 0)} {name}")
         else:
@@ -297,7 +323,7 @@ def du(
         return
     for u in usage:
         shown = human(u["bytes"]) if human_sizes else str(u["bytes"])
-        click.echo(f"{shown}\t{u['files']} files\t{u['dirs']} dirs\t{u['path']}")
+        click.echo(f"{shown}\t{u['files']} files\t{u['dirs']} dirs\t{escape_name(u['path'])}")
 
 
 @click.command("cat")
@@ -550,7 +576,9 @@ def trash_ls(address: str | None, config_path: str | None, as_json: bool) -> Non
         return
     for e in entries:
         size = f"{e.inode.length}" if e.inode.kind == "file" else "dir"
-        click.echo(f"{e.name}  {_when(e.deleted)}  {_when(e.expires)}  {size:>10}  {e.path}")
+        click.echo(
+            f"{e.name}  {_when(e.deleted)}  {_when(e.expires)}  {size:>10}  {escape_name(e.path)}"
+        )
     if not entries:
         click.echo("the trash is empty", err=True)
 

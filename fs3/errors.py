@@ -64,6 +64,13 @@ class InvalidArgument(_PathOSError):
     errno_code = _errno.EINVAL
 
 
+class NameTooLong(_PathOSError):
+    """A path component over 255 bytes or a path over 4096 (UTF-8), POSIX's NAME_MAX and
+    PATH_MAX on Linux (ENAMETOOLONG)."""
+
+    errno_code = _errno.ENAMETOOLONG
+
+
 class QuotaExceeded(_PathOSError):
     """A directory quota (bytes or inodes) would be passed; the message names the directory
     and its limit. Deleting below that directory, or a larger quota, makes room."""
@@ -126,6 +133,7 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     ConfigError,
     DataLost,
     QuotaExceeded,
+    NameTooLong,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}
 

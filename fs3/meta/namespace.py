@@ -26,7 +26,7 @@ from fs3.errors import (
 )
 from fs3.meta import quota
 from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn
-from fs3.paths import components, normalize, split
+from fs3.paths import check_length, components, normalize, split
 from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout, Quota
 
 _MAX_SYMLINK_HOPS = 8  # like Linux's 40, but fs3 symlinks are rare; a loop fails fast
@@ -361,8 +361,10 @@ class Namespace:
         return self.store.run(op)
 
     def symlink(self, path: str, target: str) -> Inode:
-        """Creates a symlink at ``path`` pointing to ``target``. Raises AlreadyExists."""
+        """Creates a symlink at ``path`` pointing to ``target``. Raises AlreadyExists,
+        InvalidArgument or NameTooLong (a target with NUL or over PATH_MAX, as POSIX says)."""
         path = normalize(path)
+        check_length(target)
 
         def op(txn: MetaTxn) -> Inode:
             parent, name = self._parent(txn, path)

@@ -19,6 +19,7 @@ from fs3.errors import (
     Fs3TimeoutError,
     InvalidArgument,
     IsADirectory,
+    NameTooLong,
     NotADirectory,
     NotFound,
     QuotaExceeded,
@@ -45,6 +46,7 @@ ERROR_CODES: dict[type[Fs3Error], int] = {
     ConfigError: 13,
     DataLost: 14,
     QuotaExceeded: 15,
+    NameTooLong: 18,  # 16 and 17 are PermissionDenied and NotPermitted (issue 18)
 }
 _BY_CODE = {code: cls for cls, code in ERROR_CODES.items()}
 if len(_BY_CODE) != len(ERROR_CODES) or OK in _BY_CODE:

@@ -8,12 +8,14 @@ whose limits are lowered to 1 MiB, so a server that allocated what a header anno
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +38,7 @@ from fs3.wire.ops import (
     WITH_PAYLOAD,
     WRITE,
 )
+from hai.cli import main
 
 from ..waiting import wait_for
 from .conftest import FAST, SMALL_CHUNK
@@ -291,3 +294,62 @@ def test_fuzzed_local_read_frames(bounded: LocalCluster, other: FS3FileSystem) -
 
     run()
     assert _rss(bounded, "storage-1") - before < RSS_GROWTH
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+def test_name_limits_through_fsspec(fs3fs: FS3FileSystem) -> None:
+    longest = "n" * 251 + "é" * 2  # 255 bytes of UTF-8, 253 characters
+    fs3fs.mkdir("/names")
+    fs3fs.pipe_file(f"/names/{longest}", b"ok")
+    assert fs3fs.cat_file(f"/names/{longest}") == b"ok"
+    for bad, code in [
+        ("n" * 254 + "é", errno.ENAMETOOLONG),  # 256 bytes, 255 characters
+        ("/".join(["d" * 200] * 21), errno.ENAMETOOLONG),  # every name fits, the path not
+        ("a\x00b", errno.EINVAL),
+    ]:
+        with pytest.raises(OSError) as caught:
+            fs3fs.pipe_file(f"/names/{bad}", b"no")
+        assert caught.value.errno == code, caught.value
+    # Meta checks on its own: a client that skips the check is refused the same way.
+    for name, message in [
+        ("x" * 256, "name of 256 bytes exceeds 255"),
+        ("x" * 100_000, "path of 100007 bytes exceeds 4096"),
+    ]:
+        with pytest.raises(OSError) as caught:
+            fs3fs.meta.mkdir(f"/names/{name}", parents=True)
+        assert caught.value.errno == errno.ENAMETOOLONG
+        assert message in str(caught.value) and len(str(caught.value)) < 300
+    with pytest.raises(OSError) as caught:
+        fs3fs.meta.symlink("/names/link", "/t" * 3000)
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert fs3fs.ls("/names", detail=False) == [f"/names/{longest}"]
+
+
+def test_cli_refuses_a_long_name_in_one_line(cluster: LocalCluster, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    put = CliRunner().invoke(
+        main, ["fs3", "put", f"--address={cluster.address}", str(src), "/" + "y" * 300]
+    )
+    assert put.exit_code == 1
+    assert "name of 300 bytes exceeds 255" in put.output
+    assert len(put.output.strip().splitlines()) == 1 and "Traceback" not in put.output
+
+
+def test_ls_escapes_control_characters(cluster: LocalCluster, fs3fs: FS3FileSystem) -> None:
+    names = {
+        "two\nlines": "two\\nlines",
+        "esc\x1b[31mred": "esc\\033[31mred",
+        "back\\slash": "back\\\\slash",
+        "tab\there": "tab\\there",
+        "plain é": "plain é",
+    }
+    for name in names:
+        fs3fs.pipe_file(f"/escaped/{name}", b"")
+    out = CliRunner().invoke(main, ["fs3", "ls", f"--address={cluster.address}", "/escaped"])
+    assert out.exit_code == 0, out.output
+    assert sorted(out.stdout.splitlines()) == sorted(f"/escaped/{v}" for v in names.values())
+    long = CliRunner().invoke(main, ["fs3", "ls", "-l", f"--address={cluster.address}", "/escaped"])
+    assert len(long.stdout.splitlines()) == len(names)

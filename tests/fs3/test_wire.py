@@ -64,6 +64,7 @@ CODES = {
     "ConfigError": 13,
     "DataLost": 14,
     "QuotaExceeded": 15,
+    "NameTooLong": 18,
 }
 
 
