@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
@@ -21,6 +22,9 @@ from hypothesis import strategies as st
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+from fs3.proto import fs3_pb2 as pb
+from fs3.proto import fs3_pb2_grpc as pbg
+from fs3.rpc import channel
 from fs3.wire.framing import LOCAL_MESSAGE_MAX, REQUEST, RESPONSE, Request
 from fs3.wire.ops import (
     DUMP,
@@ -152,6 +156,16 @@ def test_an_oversized_meta_request_is_refused(bounded: LocalCluster, other: FS3F
         message = _refusal(_exchange(sock, header, half_close=False))
     assert "limits.meta_request_bytes (1048576)" in message
     _still_serves(other, bounded, 3)
+
+
+def test_the_grpc_chunk_service_checks_the_same_bounds(bounded: LocalCluster) -> None:
+    stub = pbg.ChunkServiceStub(channel(f"127.0.0.1:{bounded.ports['storage-1'][1]}"))
+    far = pb.ChunkRequest(chain_id=1, table_version=1, offset=2**32 - 1, data=b"x")
+    for call in (stub.Read, stub.Write):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(far, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "limits.chunk_bytes" in caught.value.details()
 
 
 def _local_socket(c: LocalCluster) -> str:
