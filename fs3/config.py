@@ -44,6 +44,9 @@ class ClientConfig(BaseModel):
 
     address: str = ""
     """mgmtd address ``host:port`` (the "cluster address" ``hai fs3 up`` prints)."""
+    token: str = ""
+    """This client's fs3 token (``FS3_TOKEN``; an admin gives one with ``hai fs3 users
+    add``). Empty: the admin token a local cluster of this account left for its address."""
     chunk_size: int = Field(4 * MiB, gt=0, le=MAX_CHUNK_SIZE)
     """Chunk size of new files; 4 MiB keeps one chunk one efficient TCP transfer."""
     stripe: int = 0
@@ -149,7 +152,7 @@ def load_config(
     Args:
         path: YAML file; defaults to ``$FS3_CONFIG`` or ``~/.config/fs3/config.yaml`` if present.
         env: environment to read (``os.environ`` by default): ``FS3_<GROUP>__<FIELD>``, and
-            ``FS3_CLUSTER`` for ``client.address``.
+            ``FS3_CLUSTER`` for ``client.address``, ``FS3_TOKEN`` for ``client.token``.
         overrides: nested mapping such as ``{"client": {"address": "127.0.0.1:7000"}}``.
 
     Raises:
@@ -163,7 +166,11 @@ def load_config(
         (f"file {file}", from_file),
         (
             "environment FS3_<GROUP>__<FIELD>",
-            Environment(Fs3Config, environ, {"FS3_CLUSTER": "FS3_CLIENT__ADDRESS"})(),
+            Environment(
+                Fs3Config,
+                environ,
+                {"FS3_CLUSTER": "FS3_CLIENT__ADDRESS", "FS3_TOKEN": "FS3_CLIENT__TOKEN"},
+            )(),
         ),
         ("overrides", overrides or {}),
     ]

@@ -78,6 +78,18 @@ class QuotaExceeded(_PathOSError):
     errno_code = _errno.EDQUOT
 
 
+class PermissionDenied(_PathOSError, PermissionError):
+    """The caller lacks a read, write or search permission the file's modes require (EACCES)."""
+
+    errno_code = _errno.EACCES
+
+
+class NotPermitted(_PathOSError, PermissionError):
+    """Only the owner (or an admin) may do this, or the token is not valid (EPERM)."""
+
+    errno_code = _errno.EPERM
+
+
 class ChecksumMismatch(_PathOSError):
     """A replica's stored bytes do not match their CRC32C; another replica may hold good ones."""
 
@@ -134,6 +146,8 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     DataLost,
     QuotaExceeded,
     NameTooLong,
+    PermissionDenied,
+    NotPermitted,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}
 

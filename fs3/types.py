@@ -88,6 +88,10 @@ class Inode:
     ``noatime`` mount); 0 means "same as mtime"."""
     quota: Quota | None = None
     """Set on a directory that has a quota."""
+    uid: int = 0
+    """Owner; new inodes get their creator's (:mod:`fs3.meta.permissions`)."""
+    gid: int = 0
+    """Group: the creator's, or the directory's when it is set-gid."""
 
     @property
     def is_dir(self) -> bool:
@@ -211,3 +215,20 @@ class RoutingTable:
     chains: dict[int, Chain] = field(default_factory=dict)
     meta_address: str = ""
     meta_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class User:
+    """An fs3 account (:mod:`fs3.meta.users`): the identity its token stands for in meta's
+    permission checks. Only the SHA-256 of the token is kept."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    """Supplementary groups, beside ``gid``."""
+    admin: bool = False
+    """Passes every permission check and manages users (POSIX's root)."""
+    mount: bool = False
+    """May act for any uid/gid (a FUSE mount serving its host's processes)."""
+    token_hash: str = ""

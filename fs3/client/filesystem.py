@@ -1,7 +1,9 @@
 """``fs3.FS3FileSystem``: the fsspec filesystem for ``fs3://`` URLs.
 
 The cluster address comes from the URL (``fs3://HOST:PORT/path``), the ``address``
-argument, ``FS3_CLUSTER`` or the config file. Files are close-to-open: a reader sees what
+argument, ``FS3_CLUSTER`` or the config file; the token from the ``token`` argument,
+``FS3_TOKEN``, the config file, else the admin token a local cluster of this account left
+for that address (:func:`local_token_file`). Files are close-to-open: a reader sees what
 writers closed (or fsynced) before it opened the file.
 """
 
@@ -15,13 +17,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from fs3.client.chunks import ChunkIO
-from fs3.client.meta import MetaClient
+from fs3.client.meta import WRITE, MetaClient
 from fs3.client.quota import LengthGuard
 from fs3.config import load_config
 from fs3.errors import AlreadyExists, Fs3Error, InvalidArgument, QuotaExceeded
@@ -32,6 +35,19 @@ from fs3.wire.client import ConnectionPool
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
 _ADDRESS = re.compile(r"^[\w.\-\[\]:]+:\d+(,[\w.\-\[\]:]+:\d+)*$")
+
+
+def local_token_file(address: str) -> Path:
+    """Where ``hai fs3 up`` leaves its admin token for this account's clients of the
+    cluster at ``address`` (0600 in a 0700 folder), so they need no FS3_TOKEN."""
+    return Path.home() / ".config" / "fs3" / "tokens" / re.sub(r"[^\w.-]", "_", address)
+
+
+def _local_token(address: str) -> str:
+    try:
+        return local_token_file(address).read_text().strip()
+    except OSError:  # none, or another account's home (a process that changed uid)
+        return ""
 
 
 @contextmanager
@@ -58,6 +74,7 @@ class FS3FileSystem(AbstractFileSystem):
         address: mgmtd ``HOST:PORT``; overrides URL, ``FS3_CLUSTER`` and the config file.
         config_path: fs3 YAML config file.
         chunk_size: chunk size for new files (default from config, 4 MiB).
+        token: who calls (default ``FS3_TOKEN``, the config, a local cluster's admin token).
     """
 
     protocol = "fs3"
@@ -68,12 +85,15 @@ class FS3FileSystem(AbstractFileSystem):
         address: str | None = None,
         config_path: str | None = None,
         chunk_size: int | None = None,
+        token: str | None = None,
         **storage_options: Any,
     ) -> None:
         super().__init__(**storage_options)
         client: dict[str, Any] = {}
         if address:
             client["address"] = address
+        if token:
+            client["token"] = token
         if chunk_size:
             client["chunk_size"] = chunk_size
         self.config = load_config(config_path, overrides={"client": client})
@@ -81,7 +101,8 @@ class FS3FileSystem(AbstractFileSystem):
         self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s)
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
         self.chunks = ChunkIO(self.mgmtd, self.pool, t, self.config.client.local_reads)
-        self.meta = MetaClient(self.chunks, self.pool)
+        c = self.config.client
+        self.meta = MetaClient(self.chunks, self.pool, c.token or _local_token(c.address))
         self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")  # writes
         self.read_executor = ThreadPoolExecutor(self.config.client.read_pool_size(), "fs3-read")
 
@@ -118,6 +139,8 @@ class FS3FileSystem(AbstractFileSystem):
             "ctime": inode.ctime,
             "atime": inode.atime or inode.mtime,
             "inode": inode.id,
+            "uid": inode.uid,
+            "gid": inode.gid,
         }
         if inode.target:
             info["destination"] = inode.target
@@ -191,7 +214,7 @@ class FS3FileSystem(AbstractFileSystem):
     def truncate(self, path: str, length: int) -> None:
         """Sets the file's length; bytes past the old end read as zeros."""
         path = self._strip_protocol(path)
-        inode = self.meta.open(path)
+        inode = self.meta.open(path, WRITE)  # checked before the chunks are cut
         if length != inode.length:
             # Past the shorter length every byte must read as zeros, also chunks a failed
             # writer left past the old end.
@@ -338,7 +361,7 @@ class FS3FileSystem(AbstractFileSystem):
             inode = self._create(path, exclusive=mode == "xb")
         elif mode == "ab":
             try:
-                inode = self.meta.open(path)
+                inode = self.meta.open(path, WRITE)
             except FileNotFoundError:
                 inode = self._create(path, exclusive=False)
         else:

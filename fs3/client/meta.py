@@ -1,27 +1,72 @@
-"""Client of the meta service; finds it through mgmtd and retries while it restarts."""
+"""Client of the meta service; finds it through mgmtd and retries while it restarts.
+
+Every request carries the client's token (:mod:`fs3.meta.users`); a FUSE mount whose token
+may act for others says, per request, which process it serves (:meth:`MetaClient.acting_for`).
+"""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from fs3.client.chunks import ChunkIO
 from fs3.errors import Unavailable
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb
-from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry
+from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb, user_from_pb, user_to_pb
+from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry, User
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import Request
 from fs3.wire.ops import METHODS
 
+_CALLER_LEN = struct.Struct("!H")  # fs3.meta.service.CALLER_LEN
+READ, WRITE = 4, 2  # open access, as fs3.meta.permissions spells them
+_ACTING: ContextVar[pb.Caller | None] = ContextVar("fs3_meta_acting", default=None)
+
+
+def _prefix(caller: pb.Caller) -> bytes:
+    raw = caller.SerializeToString()
+    return _CALLER_LEN.pack(len(raw)) + raw
+
 
 class MetaClient:
-    def __init__(self, chunks: ChunkIO, pool: ConnectionPool) -> None:
+    """Meta's methods. ``token`` says who calls (empty: meta refuses every request)."""
+
+    def __init__(self, chunks: ChunkIO, pool: ConnectionPool, token: str = "") -> None:
         self._chunks = chunks
         self._pool = pool
+        self._token = token
+        self._own = _prefix(pb.Caller(token=token))
+
+    @contextmanager
+    def acting_for(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Iterator[None]:
+        """The block's requests (in this thread or task, and threads it starts with a copy
+        of its context, as trio's do) act for ``uid``/``gid``/``groups``: meta accepts it
+        from a mount user's or an admin's token only."""
+        caller = pb.Caller(token=self._token, act=True, uid=uid, gid=gid, groups=list(groups))
+        reset = _ACTING.set(caller)
+        try:
+            yield
+        finally:
+            _ACTING.reset(reset)
+
+    @contextmanager
+    def as_self(self) -> Iterator[None]:
+        """The block's requests act for this client's own token again (a mount's own
+        bookkeeping inside a request it serves for a process)."""
+        reset = _ACTING.set(None)
+        try:
+            yield
+        finally:
+            _ACTING.reset(reset)
 
     def _rpc(self, name: str, request: Any) -> Any:
         method = METHODS[name]
-        payload = request.SerializeToString()
+        acting = _ACTING.get()
+        prefix = self._own if acting is None else _prefix(acting)
+        payload = prefix + request.SerializeToString()
         req = Request(method.op, length=len(payload))
 
         def attempt(table: RoutingTable) -> Any:
@@ -35,8 +80,10 @@ class MetaClient:
     def stat(self, path: str) -> Inode:
         return inode_from_pb(self._rpc("Stat", pb.PathRequest(path=path)))
 
-    def open(self, path: str) -> Inode:
-        return inode_from_pb(self._rpc("Open", pb.PathRequest(path=path)))
+    def open(self, path: str, access: int = READ) -> Inode:
+        """The file at ``path`` (symlinks followed), checked for ``access``: READ and/or
+        WRITE. Raises PermissionError (fs3.errors.PermissionDenied) without it."""
+        return inode_from_pb(self._rpc("Open", pb.PathRequest(path=path, access=access)))
 
     def mkdir(self, path: str, parents: bool, mode: int = 0) -> Inode:
         """``mode`` 0 means the meta default (0o755)."""
@@ -132,3 +179,25 @@ class MetaClient:
         reply = self._rpc("GetInodeStatus", pb.InodesRequest(inode_ids=inode_ids))
         found = {m.id: inode_from_pb(m) for m in reply.found}
         return found, dict(zip(reply.pending, reply.pending_from, strict=True))
+
+    def chown(self, path: str, uid: int = -1, gid: int = -1) -> Inode:
+        """Sets owner and/or group (-1 keeps one), by POSIX's rules."""
+        return inode_from_pb(self._rpc("Chown", pb.ChownRequest(path=path, uid=uid, gid=gid)))
+
+    def whoami(self) -> User:
+        """Who meta takes this client for (name empty when acting for a process)."""
+        return user_from_pb(self._rpc("WhoAmI", pb.Empty()))
+
+    def add_user(self, user: User) -> str:
+        """Adds ``user`` (admin only); returns its token, which only this reply carries."""
+        return self._rpc("AddUser", pb.AddUserRequest(user=user_to_pb(user))).token
+
+    def list_users(self) -> list[User]:
+        return [user_from_pb(u) for u in self._rpc("ListUsers", pb.Empty()).users]
+
+    def remove_user(self, name: str) -> None:
+        self._rpc("RemoveUser", pb.NameRequest(name=name))
+
+    def rotate_user(self, name: str) -> str:
+        """A new token for user ``name`` (admin only); the old one stops working."""
+        return self._rpc("RotateUser", pb.NameRequest(name=name)).token

@@ -23,6 +23,7 @@ Semantics beyond what fs3's meta offers directly:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -40,6 +41,7 @@ import pyfuse3
 import trio
 
 from fs3.client import FS3FileSystem
+from fs3.client.meta import READ, WRITE
 from fs3.errors import Fs3Error, Fs3TimeoutError, NotFound
 from fs3.fuse.files import Cursor, OpenFile, set_file_length
 from fs3.fuse.inodes import InodeTable
@@ -62,6 +64,7 @@ CAPACITY_TTL_S = 1.0
 """How long statfs reuses the capacity mgmtd reported: ``df`` and file managers call it in
 bursts, and targets report only every heartbeat anyway."""
 _KIND_BITS = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_ACCESS = {os.O_RDONLY: READ, os.O_WRONLY: WRITE}  # O_RDWR: both
 
 
 def errno_of(err: BaseException) -> int:
@@ -77,11 +80,25 @@ def errno_of(err: BaseException) -> int:
     return errno.EIO
 
 
+def groups_of(pid: int) -> list[int]:
+    """The supplementary groups of process ``pid`` (the kernel tells a FUSE server only the
+    uid, gid and pid of a request); none when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return [int(g) for g in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
 def _handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Fs3Operations, *args: Any) -> T:
         try:
-            return await fn(self, *args)
+            with self._acting(args):
+                return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
         except (Fs3Error, OSError) as err:
@@ -127,6 +144,29 @@ class Fs3Operations(pyfuse3.Operations):
         me = f"{socket.gethostname()}-{os.getpid()}"
         self._orphan_names = (f"{me}-{n}" for n in itertools.count())
         self.uid, self.gid = os.getuid(), os.getgid()
+        self._act = self._may_act()
+        self._opener: dict[int, pyfuse3.RequestContext] = {}  # file handle -> who opened it
+
+    def _may_act(self) -> bool:
+        """Whether this mount's token may act for the processes calling it (a mount user's
+        or an admin's): then meta checks each request as its process; else as the token's
+        own user, whoever calls."""
+        try:
+            with self.meta.acting_for(self.uid, self.gid):
+                self.meta.whoami()
+        except PermissionError:
+            return False
+        return True
+
+    def _acting(self, args: tuple) -> contextlib.AbstractContextManager[None]:
+        """Acts for the process a request came from: its context, or for a request on an
+        open file (no context given) the process that opened it."""
+        ctx = next((a for a in args if isinstance(a, pyfuse3.RequestContext)), None)
+        if ctx is None and args and isinstance(args[0], int):
+            ctx = self._opener.get(args[0])
+        if not self._act or ctx is None:
+            return contextlib.nullcontext()
+        return self.meta.acting_for(ctx.uid, ctx.gid, groups_of(ctx.pid))
 
     def init(self) -> None:
         self.initialised.set()  # the reply follows in the same step of the loop
@@ -151,7 +191,7 @@ class Fs3Operations(pyfuse3.Operations):
         elif inode.kind == SYMLINK:
             a.st_size = len(inode.target.encode())
         a.st_nlink = 0 if opened is not None and opened.orphan else 1
-        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_uid, a.st_gid = inode.uid, inode.gid
         a.st_blksize = BLKSIZE
         a.st_blocks = -(-a.st_size // 512)
         a.st_mtime_ns = round(inode.mtime * 1e9)
@@ -175,10 +215,15 @@ class Fs3Operations(pyfuse3.Operations):
             raise _fuse_error(errno.ENOENT)
         return text, self.table.child_path(parent, text)
 
-    async def _stat_known(self, ino: int) -> Inode:
-        """Fresh attributes of a known inode; ESTALE when its name now holds another."""
+    async def _stat_known(self, ino: int, access: int = 0) -> Inode:
+        """Fresh attributes of a known inode, checked for ``access`` (READ/WRITE, 0: none);
+        ESTALE when its name now holds another."""
+        path = self.table.path(ino)
         try:
-            inode = await self._blocking(self.meta.stat, self.table.path(ino))
+            if access:
+                inode = await self._blocking(self.meta.open, path, access)
+            else:
+                inode = await self._blocking(self.meta.stat, path)
         except NotFound:
             raise _fuse_error(errno.ESTALE) from None
         if inode.id != ino:
@@ -226,10 +271,12 @@ class Fs3Operations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        if (fields.update_uid and attr.st_uid != self.uid) or (
-            fields.update_gid and attr.st_gid != self.gid
-        ):
-            raise _fuse_error(errno.EPERM)  # fs3 has no owners; everything is the mounter's
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            self.table.update(
+                await self._blocking(self.meta.chown, self.table.path(inode), uid, gid)
+            )
         if fields.update_size:
             opened = self._handles.get(fh) if fh is not None else self.files.get(inode)
             if opened is not None:
@@ -303,6 +350,7 @@ class Fs3Operations(pyfuse3.Operations):
         self.table.path(inode)  # ESTALE for a directory that lost its place
         fh = next(self._next_fh)
         self._dirs[fh] = (inode, None)
+        self._opener[fh] = ctx  # readdir lists as this process
         return fh
 
     @_handler
@@ -323,6 +371,7 @@ class Fs3Operations(pyfuse3.Operations):
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+        self._opener.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         """Nothing to do: every namespace change is committed by meta before it returns."""
@@ -391,10 +440,13 @@ class Fs3Operations(pyfuse3.Operations):
         orphan = f"/{ORPHANS}/{next(self._orphan_names)}"
 
         def move() -> None:
+            # As the caller, who needs the right to delete ``path``; the folder is sticky
+            # and everyone's, like /tmp, and the mount's own.
             try:
                 self.meta.rename(path, orphan)
             except NotFound:
-                self.meta.mkdir(f"/{ORPHANS}", parents=True)
+                with self.meta.as_self():
+                    self.meta.mkdir(f"/{ORPHANS}", True, 0o1777)
                 self.meta.rename(path, orphan)
 
         await self._blocking(move)
@@ -402,7 +454,11 @@ class Fs3Operations(pyfuse3.Operations):
         if self._is_open(ino):
             self.files[ino].orphan = orphan
         else:  # released while it moved (the kernel sends release after close returns)
-            await self._blocking(self.meta.unlink, orphan)
+            await self._blocking(self._unlink_orphan, orphan)
+
+    def _unlink_orphan(self, orphan: str) -> None:
+        with self.meta.as_self():
+            self.meta.unlink(orphan)
 
     def _is_open(self, ino: int) -> bool:
         opened = self.files.get(ino)
@@ -457,14 +513,16 @@ class Fs3Operations(pyfuse3.Operations):
         return True
 
     # -- files -------------------------------------------------------------------------
-    def _new_handle(self, opened: OpenFile) -> int:
+    def _new_handle(self, opened: OpenFile, ctx: pyfuse3.RequestContext) -> int:
         fh = next(self._next_fh)
+        self._opener[fh] = ctx
         opened.handles += 1
         self._handles[fh] = opened
         self._cursors[fh] = Cursor()
         return fh
 
     async def _drop_handle(self, fh: int) -> None:
+        self._opener.pop(fh, None)
         opened = self._handles.pop(fh)
         del self._cursors[fh]
         self._flushed.discard(fh)
@@ -484,22 +542,25 @@ class Fs3Operations(pyfuse3.Operations):
                 del self.files[opened.inode.id]
                 opened.close()
                 if opened.orphan:
-                    await self._blocking(self.meta.unlink, opened.orphan)
+                    await self._blocking(self._unlink_orphan, opened.orphan)
 
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         keep_cache = True
         opened = self.files.get(inode)
+        access = _ACCESS.get(flags & os.O_ACCMODE, READ | WRITE)
         if opened is None:
             seen = self.table.node(inode).inode
-            fresh = await self._stat_known(inode)  # close-to-open: revalidate at every open
+            fresh = await self._stat_known(inode, access)  # close-to-open: revalidate
             if fresh.kind != FILE:
                 raise _fuse_error(errno.EISDIR if fresh.is_dir else errno.EINVAL)
             if (fresh.length, fresh.mtime) != (seen.length, seen.mtime):
                 keep_cache = False  # drops the kernel's pages of the file
                 await self._blocking(pyfuse3.invalidate_inode, inode, True)  # and its size
             opened = self.files[inode] = OpenFile(self.fs, fresh, self._executor)
-        fh = self._new_handle(opened)
+        else:
+            await self._blocking(self.meta.open, self.table.path(inode), access)
+        fh = self._new_handle(opened, ctx)
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 await self._truncate(opened, 0)
@@ -521,9 +582,8 @@ class Fs3Operations(pyfuse3.Operations):
             if flags & os.O_EXCL:
                 raise
             # Created by another client since the kernel looked: open that one.
-            inode = await self._blocking(self.meta.stat, path)
-            if inode.kind != FILE:
-                raise _fuse_error(errno.EISDIR) from None
+            access = _ACCESS.get(flags & os.O_ACCMODE, READ | WRITE)
+            inode = await self._blocking(self.meta.open, path, access)
         else:
             if not perm:  # meta reads mode 0 as its default
                 inode = await self._blocking(self.meta.set_attr, path, 0)
@@ -532,7 +592,7 @@ class Fs3Operations(pyfuse3.Operations):
         opened = self.files.get(inode.id)
         if opened is None:
             opened = self.files[inode.id] = OpenFile(self.fs, inode, self._executor)
-        fh = self._new_handle(opened)
+        fh = self._new_handle(opened, ctx)
         try:
             if flags & os.O_TRUNC and opened.size:
                 await self._truncate(opened, 0)

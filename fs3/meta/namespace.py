@@ -24,7 +24,8 @@ from fs3.errors import (
     NotADirectory,
     NotFound,
 )
-from fs3.meta import quota
+from fs3.meta import permissions, quota
+from fs3.meta.permissions import EXEC, READ, WRITE
 from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn
 from fs3.paths import check_length, components, normalize, split
 from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout, Quota
@@ -53,12 +54,14 @@ class Namespace:
 
     # -- resolution -------------------------------------------------------------------
     def _resolve(self, txn: MetaTxn, path: str) -> Inode:
+        caller = permissions.current()
         inode = txn.get_inode(ROOT_ID)
         assert inode is not None, "store lost its root inode"
         walked = ""
         for name in components(path):
             if not inode.is_dir:
                 raise NotADirectory("not a directory", walked or "/")
+            permissions.check(caller, inode, EXEC, walked or "/")
             walked += "/" + name
             found = txn.lookup_inode(inode.id, name)
             if found is None:
@@ -102,8 +105,9 @@ class Namespace:
         path = normalize(path)
         return self.store.run(lambda txn: self._resolve(txn, path))
 
-    def open(self, path: str) -> Inode:
-        """The file at ``path``, following symlinks. Raises NotFound, IsADirectory."""
+    def open(self, path: str, access: int = READ) -> Inode:
+        """The file at ``path``, following symlinks, for ``access`` (READ and/or WRITE).
+        Raises NotFound, IsADirectory, PermissionDenied."""
         start = normalize(path)
 
         def op(txn: MetaTxn) -> Inode:
@@ -113,6 +117,7 @@ class Namespace:
                 if inode.kind != SYMLINK:
                     if inode.is_dir:
                         raise IsADirectory("is a directory", path)
+                    permissions.check(permissions.current(), inode, access & (READ | WRITE), path)
                     return inode
                 path = normalize(
                     inode.target
@@ -137,6 +142,7 @@ class Namespace:
                     walked += "/" + name
                     if not inode.is_dir:
                         raise NotADirectory("not a directory", split(walked)[0])
+                    permissions.check(permissions.current(), inode, EXEC, split(walked)[0])
                     found = txn.lookup_inode(inode.id, name)
                     if found is None:
                         inode = self._make(txn, inode, name, DIRECTORY, mode, walked)
@@ -160,11 +166,23 @@ class Namespace:
         kind: str,
         mode: int,
         path: str,
+        replacing: Inode | None = None,
         **fields: object,
     ) -> Inode:
-        """Creates ``name`` in ``parent`` (at ``path``). Raises QuotaExceeded (inodes)."""
+        """Creates ``name`` in ``parent`` (at ``path``), owned by the caller, or in place of
+        file ``replacing`` (O_TRUNC: its owner and mode stay, and it needs write permission
+        rather than the directory's). Raises QuotaExceeded (inodes), PermissionDenied."""
+        caller = permissions.current()
+        if replacing is None:
+            permissions.check(caller, parent, WRITE | EXEC, path)
+            uid, gid, mode = permissions.new_owner(caller, parent, kind, mode)
+        else:
+            permissions.check(caller, replacing, WRITE, path)
+            uid, gid = replacing.uid, replacing.gid
+            mode = permissions.after_write(caller, replacing)
         quota.charge_dir(txn, parent.id, 0, 1, path)
         now = self._clock()
+        fields.update(uid=uid, gid=gid)
         inode = Inode(txn.new_inode_id(), kind, mode, 0, now, now, parent.id, **fields)  # type: ignore[arg-type]
         txn.put_inode(inode)
         txn.link(parent.id, name, inode.id)
@@ -193,8 +211,8 @@ class Namespace:
                     raise AlreadyExists("file exists", path)
                 if old.is_dir:
                     raise IsADirectory("is a directory", path)
-                self._discard(txn, old)
-            return self._make(txn, parent, name, FILE, mode, path, layout=layout)
+                self._discard(txn, old)  # before the new inode's charge: a full quota allows it
+            return self._make(txn, parent, name, FILE, mode, path, old, layout=layout)
 
         return self.store.run(op)
 
@@ -206,6 +224,7 @@ class Namespace:
             inode = self._resolve(txn, path)
             if not inode.is_dir:
                 raise NotADirectory("not a directory", path)
+            permissions.check(permissions.current(), inode, READ, path)
             return [DirEntry(name, child) for name, child in txn.entries(inode.id)]
 
         return self.store.run(op)
@@ -224,6 +243,11 @@ class Namespace:
             dparent, dname = self._parent(txn, dst)
             if src == dst:
                 return moving
+            caller = permissions.current()
+            permissions.check_delete(caller, sparent, moving, src)
+            permissions.check(caller, dparent, WRITE | EXEC, dst)
+            if moving.is_dir and dparent.id != sparent.id:
+                permissions.check(caller, moving, WRITE, src)  # its ".." changes
             ancestor = dparent
             while moving.is_dir:
                 if ancestor.id == moving.id:
@@ -241,6 +265,7 @@ class Namespace:
                     raise NotADirectory("not a directory", dst)
                 if old.is_dir and txn.children(old.id, limit=1):
                     raise DirectoryNotEmpty("directory not empty", dst)
+                permissions.check_delete(caller, dparent, old, dst)
                 self._discard(txn, old)
             txn.unlink(sparent.id, sname)
             txn.link(dparent.id, dname, moving.id)
@@ -265,6 +290,7 @@ class Namespace:
                 raise NotFound("no such file or directory", path)
             if inode.is_dir:
                 raise IsADirectory("is a directory", path)
+            permissions.check_delete(permissions.current(), parent, inode, path)
             txn.unlink(parent.id, name)
             self._discard(txn, inode)
             self._touch(txn, parent)
@@ -283,6 +309,7 @@ class Namespace:
                 raise NotADirectory("not a directory", path)
             if txn.children(inode.id, limit=1):
                 raise DirectoryNotEmpty("directory not empty", path)
+            permissions.check_delete(permissions.current(), parent, inode, path)
             txn.unlink(parent.id, name)
             self._discard(txn, inode)
             self._touch(txn, parent)
@@ -301,13 +328,16 @@ class Namespace:
             inode = self._resolve(txn, path)
             if inode.is_dir:
                 raise IsADirectory("is a directory", path)
+            caller = permissions.current()
+            permissions.check(caller, inode, WRITE, path)
             quota.charge_dir(txn, inode.parent, length - inode.length, 0, path)
             lay = inode.layout
             if length < inode.length and lay.chains:
                 first_gone = -(-length // lay.chunk_size)
                 txn.add_garbage(Garbage(inode.id, first_gone, lay.chains))
             now = self._clock()
-            inode = dataclasses.replace(inode, length=length, mtime=now, ctime=now)
+            mode = permissions.after_write(caller, inode)
+            inode = dataclasses.replace(inode, length=length, mtime=now, ctime=now, mode=mode)
             txn.put_inode(inode)
             return inode
 
@@ -322,9 +352,14 @@ class Namespace:
             inode = txn.get_inode(inode_id)
             if inode is None:
                 raise NotFound(f"file with inode {inode_id} was deleted while open")
+            caller = permissions.current()
+            # Its owner too: a file created 0444 is written through the handle that made it.
+            if not permissions.is_owner(caller, inode):
+                permissions.check(caller, inode, WRITE, f"inode {inode_id}")
             quota.charge_dir(txn, inode.parent, length - inode.length, 0, None)
             now = self._clock()
-            inode = dataclasses.replace(inode, length=length, mtime=now)
+            mode = permissions.after_write(caller, inode)
+            inode = dataclasses.replace(inode, length=length, mtime=now, mode=mode)
             txn.put_inode(inode)
             return inode
 
@@ -347,14 +382,36 @@ class Namespace:
 
         def op(txn: MetaTxn) -> Inode:
             inode = self._resolve(txn, path)
-            changes: dict[str, float | int] = {"ctime": self._clock()}
+            now = self._clock()
+            caller = permissions.current()
+            changes: dict[str, float | int] = {"ctime": now}
             if mode is not None:
-                changes["mode"] = mode
+                changes["mode"] = permissions.chmod_mode(caller, inode, mode, path)
+            if atime is not None or mtime is not None:
+                # The FUSE kernel sends "now" as a time: one within a second of meta's clock
+                # counts as "now", which a writer who is not the owner may set.
+                to_now = all(abs(t - now) < 1.0 for t in (atime, mtime) if t is not None)
+                permissions.check_utime(caller, inode, to_now, path)
             if atime is not None:
                 changes["atime"] = atime
             if mtime is not None:
                 changes["mtime"] = mtime
             inode = dataclasses.replace(inode, **changes)  # type: ignore[arg-type]
+            txn.put_inode(inode)
+            return inode
+
+        return self.store.run(op)
+
+    def chown(self, path: str, uid: int = -1, gid: int = -1) -> Inode:
+        """Sets the owner and/or group of the entry at ``path`` (-1 keeps one), by POSIX's
+        rules (:func:`fs3.meta.permissions.chown`); ctime becomes now. Raises NotFound,
+        NotPermitted."""
+        path = normalize(path)
+
+        def op(txn: MetaTxn) -> Inode:
+            inode = self._resolve(txn, path)
+            inode = permissions.chown(permissions.current(), inode, uid, gid, path)
+            inode = dataclasses.replace(inode, ctime=self._clock())
             txn.put_inode(inode)
             return inode
 
@@ -398,6 +455,7 @@ class Namespace:
 
         def op(txn: MetaTxn) -> Inode:
             inode = self._resolve(txn, path)
+            permissions.require_admin(permissions.current(), "setting a quota", path)
             if not inode.is_dir:
                 raise NotADirectory("quotas are set on directories", path)
             old = inode.quota or Quota()
@@ -430,6 +488,7 @@ class Namespace:
         """For fsck: the inodes among ``inode_ids`` that exist, and for each of them with
         chunks queued for deletion the first such chunk index (one transaction)."""
         wanted = set(inode_ids)
+        permissions.require_admin(permissions.current(), "fsck")
 
         def op(txn: MetaTxn) -> tuple[dict[int, Inode], dict[int, int]]:
             found = {i: inode for i in wanted if (inode := txn.get_inode(i)) is not None}

@@ -25,9 +25,18 @@ from typing import Any
 
 from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, redact, take_lease
 from fs3.errors import Unavailable
-from fs3.meta.sqlite import ADDED_COLUMNS, COLUMNS, inode_to_row, row_to_inode
+from fs3.meta.sqlite import (
+    ADDED_COLUMNS,
+    COLUMNS,
+    USER_COLUMNS,
+    USERS_TABLE,
+    inode_to_row,
+    row_to_inode,
+    row_to_user,
+    user_to_row,
+)
 from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn, root_inode
-from fs3.types import Inode
+from fs3.types import Inode, User
 
 # COLLATE "C": entries sort by code point, as Python's sorted() does for the other stores,
 # whatever locale the database was created with.
@@ -45,6 +54,7 @@ _SCHEMA = [
         chains TEXT NOT NULL)""",
     "CREATE SEQUENCE IF NOT EXISTS inode_ids START 2",
     LEASE_TABLE,
+    USERS_TABLE,
 ]
 _SCHEMA_LOCK = 0x0F53_3E7A  # pg_advisory_xact_lock key: servers starting at once take turns
 _UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:])
@@ -303,3 +313,29 @@ class _PgTxn(MetaTxn):
             return take_lease(self.cur, POSTGRES, name, holder, "", ttl_s).holder == holder
         except psycopg.Error as err:
             raise postgres_error(err, self.url) from None
+
+    def user(self, name: str) -> User | None:
+        row = self._x(f"SELECT {USER_COLUMNS} FROM users WHERE name=%s", (name,)).fetchone()
+        return row_to_user(row) if row else None
+
+    def user_by_token(self, token_hash: str) -> User | None:
+        row = self._x(
+            f"SELECT {USER_COLUMNS} FROM users WHERE token_hash=%s", (token_hash,)
+        ).fetchone()
+        return row_to_user(row) if row else None
+
+    def users(self) -> list[User]:
+        rows = self._x(f"SELECT {USER_COLUMNS} FROM users ORDER BY name").fetchall()
+        return [row_to_user(row) for row in rows]
+
+    def put_user(self, user: User) -> None:
+        self._x(
+            f"INSERT INTO users ({USER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (name) DO UPDATE SET uid=EXCLUDED.uid, gid=EXCLUDED.gid, "
+            "groups=EXCLUDED.groups, token_hash=EXCLUDED.token_hash, admin=EXCLUDED.admin, "
+            "mount=EXCLUDED.mount",
+            user_to_row(user),
+        )
+
+    def delete_user(self, name: str) -> None:
+        self._x("DELETE FROM users WHERE name=%s", (name,))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import struct
 import threading
+import time
 import uuid
 
 from google.protobuf.message import DecodeError
@@ -20,13 +22,16 @@ from google.protobuf.message import DecodeError
 from fs3.config import Fs3Config
 from fs3.db import redact
 from fs3.errors import Fs3Error, InvalidArgument
+from fs3.meta import users
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
+from fs3.meta.permissions import READ, Caller, acting, current, require_admin
 from fs3.meta.trash import Trash
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
-from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb
+from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb, user_from_pb, user_to_pb
 from fs3.rpc import serve
+from fs3.types import User
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import BY_OP, REMOVE
@@ -35,18 +40,52 @@ from fs3.wire.server import FrameServer
 log = logging.getLogger("fs3.meta")
 
 
+AUTH_CACHE_S = 2.0
+"""How long meta trusts a token it resolved without asking the store again: a removed user
+or a rotated token stops working on other meta servers within this time (at once on the
+server that changed it), and requests skip a store transaction each."""
+
+CALLER_LEN = struct.Struct("!H")
+"""A meta payload is this length, the :class:`fs3_pb2.Caller` message, then the request."""
+
+
 class MetaServicer:
-    """One method per ``Meta`` rpc of fs3.proto: request message in, reply message out."""
+    """One method per ``Meta`` rpc of fs3.proto: request message in, reply message out.
+    Each runs as the request's caller (:func:`fs3.meta.permissions.acting`)."""
 
     def __init__(self, ns: Namespace) -> None:
         self.ns = ns
         self.trash = Trash(ns)
+        self._tokens: dict[str, tuple[User, float]] = {}  # token -> user, until (monotonic)
+
+    def _user(self, token: str) -> User:
+        now = time.monotonic()
+        cached = self._tokens.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        user = users.authenticate(self.ns.store, token)
+        if len(self._tokens) > 10_000:  # tokens are few; a flood of bad ones is not cached
+            self._tokens.clear()
+        self._tokens[token] = (user, now + AUTH_CACHE_S)
+        return user
+
+    def _caller(self, raw: memoryview) -> tuple[Caller, memoryview]:
+        """The caller a payload names, and the request after it. Raises NotPermitted."""
+        if len(raw) < CALLER_LEN.size:
+            raise InvalidArgument("meta request without its caller")
+        (size,) = CALLER_LEN.unpack_from(raw)
+        try:
+            who = pb.Caller.FromString(bytes(raw[CALLER_LEN.size : CALLER_LEN.size + size]))
+        except DecodeError:
+            raise InvalidArgument("meta request's caller is not a Caller message") from None
+        caller = users.caller(self._user(who.token), who.act, who.uid, who.gid, who.groups)
+        return caller, raw[CALLER_LEN.size + size :]
 
     def Stat(self, r: pb.PathRequest) -> pb.Inode:
         return inode_to_pb(self.ns.stat(r.path))
 
     def Open(self, r: pb.PathRequest) -> pb.Inode:
-        return inode_to_pb(self.ns.open(r.path))
+        return inode_to_pb(self.ns.open(r.path, r.access or READ))
 
     def Mkdir(self, r: pb.MkdirRequest) -> pb.Inode:
         return inode_to_pb(self.ns.mkdir(r.path, r.parents, r.mode or 0o755))
@@ -112,6 +151,35 @@ class MetaServicer:
     def RestoreTrash(self, r: pb.RestoreRequest) -> pb.Inode:
         return inode_to_pb(self.trash.restore(r.name, r.to or None))
 
+    def Chown(self, r: pb.ChownRequest) -> pb.Inode:
+        return inode_to_pb(self.ns.chown(r.path, r.uid, r.gid))
+
+    def AddUser(self, r: pb.AddUserRequest) -> pb.UserToken:
+        require_admin(current(), "adding a user")
+        user = user_from_pb(r.user)
+        return pb.UserToken(user=r.user, token=users.add_user(self.ns.store, user))
+
+    def ListUsers(self, r: pb.Empty) -> pb.UserListing:
+        require_admin(current(), "listing users")
+        return pb.UserListing(users=[user_to_pb(u) for u in self.ns.store.run(lambda t: t.users())])
+
+    def RemoveUser(self, r: pb.NameRequest) -> pb.Empty:
+        require_admin(current(), "removing a user")
+        users.remove(self.ns.store, r.name)
+        self._tokens.clear()
+        return pb.Empty()
+
+    def RotateUser(self, r: pb.NameRequest) -> pb.UserToken:
+        require_admin(current(), "rotating a token")
+        token = users.rotate(self.ns.store, r.name)
+        self._tokens.clear()
+        user = self.ns.store.run(lambda t: t.user(r.name))
+        return pb.UserToken(user=user_to_pb(user), token=token)
+
+    def WhoAmI(self, r: pb.Empty) -> pb.UserInfo:
+        c = current()
+        return pb.UserInfo(uid=c.uid, gid=c.gid, groups=sorted(c.groups), admin=c.admin)
+
     def GetInodeStatus(self, r: pb.InodesRequest) -> pb.InodeStatus:
         found, pending = self.ns.inode_status(list(r.inode_ids))
         inodes = [inode_to_pb(i) for i in found.values()]
@@ -123,11 +191,13 @@ class MetaServicer:
         method = BY_OP.get(req.op)
         if method is None:
             raise Fs3Error(f"unknown meta op {req.op}")
+        caller, payload = self._caller(payload)
         try:
             request = method.request.FromString(bytes(payload))
         except DecodeError:
             raise InvalidArgument(f"meta {method.name} request is not its message") from None
-        reply = getattr(self, method.name)(request)
+        with acting(caller):
+            reply = getattr(self, method.name)(request)
         body = reply.SerializeToString()
         return RESPONSE.pack(0, len(body), 0, 0), body
 

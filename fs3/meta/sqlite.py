@@ -16,7 +16,13 @@ from contextlib import contextmanager
 
 from fs3.db import LEASE_TABLE, SQLITE, enter_wal_mode, take_lease
 from fs3.meta.store import Garbage, MetaStore, MetaTxn, root_inode
-from fs3.types import Inode, Layout, Quota
+from fs3.types import Inode, Layout, Quota, User
+
+# Shared with the PostgreSQL store: ``groups`` is comma-separated gids, like ``chains``.
+USERS_TABLE = """CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, uid BIGINT NOT NULL, gid BIGINT NOT NULL, groups TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE, admin BOOLEAN NOT NULL, mount BOOLEAN NOT NULL)"""
+USER_COLUMNS = "name, uid, gid, groups, token_hash, admin, mount"
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS inodes (
@@ -30,13 +36,14 @@ _SCHEMA = [
     id INTEGER PRIMARY KEY AUTOINCREMENT, inode INTEGER, from_index INTEGER, chains TEXT)""",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER)",
     LEASE_TABLE,
+    USERS_TABLE,
 ]
 
 # The columns of an inode row, shared with the PostgreSQL store (fs3.meta.postgres). The
 # quota columns are NULL on every inode but the directories that have a quota.
 COLUMNS = (
     "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target, "
-    "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes"
+    "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes, uid, gid"
 )
 ADDED_COLUMNS = {
     "atime": ("REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
@@ -44,6 +51,8 @@ ADDED_COLUMNS = {
         c: ("INTEGER", "BIGINT")
         for c in ("q_max_bytes", "q_max_inodes", "q_used_bytes", "q_used_inodes")
     },
+    # Inodes from before owners belong to root, as their files on the mount always did.
+    **{c: ("INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0") for c in ("uid", "gid")},
 }
 """Columns later than the first schema, with their SQLite and PostgreSQL types: a store
 created before them gets them added when it is opened."""
@@ -74,12 +83,14 @@ def inode_to_row(inode: Inode) -> tuple:
         inode.target,
         inode.atime,
         *quota,
+        inode.uid,
+        inode.gid,
     )
 
 
 def row_to_inode(row: tuple) -> Inode:
     id_, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target = row[:11]
-    atime, max_bytes, max_inodes, used_bytes, used_inodes = row[11:16]
+    atime, max_bytes, max_inodes, used_bytes, used_inodes, uid, gid = row[11:18]
     chain_ids = tuple(int(c) for c in chains.split(",")) if chains else ()
     quota = None if max_bytes is None else Quota(max_bytes, max_inodes, used_bytes, used_inodes)
     return Inode(
@@ -94,7 +105,20 @@ def row_to_inode(row: tuple) -> Inode:
         target,
         atime,
         quota,
+        uid,
+        gid,
     )
+
+
+def user_to_row(user: User) -> tuple:
+    groups = ",".join(map(str, user.groups))
+    return (user.name, user.uid, user.gid, groups, user.token_hash, user.admin, user.mount)
+
+
+def row_to_user(row: tuple) -> User:
+    name, uid, gid, groups, token_hash, admin, mount = row
+    gids = tuple(int(g) for g in groups.split(",") if g)
+    return User(name, uid, gid, gids, bool(admin), bool(mount), token_hash)
 
 
 class SqliteMetaStore(MetaStore):
@@ -247,3 +271,26 @@ class _SqliteTxn(MetaTxn):
 
     def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         return take_lease(self.c.cursor(), SQLITE, name, holder, "", ttl_s).holder == holder
+
+    def user(self, name: str) -> User | None:
+        row = self.c.execute(f"SELECT {USER_COLUMNS} FROM users WHERE name=?", (name,)).fetchone()
+        return row_to_user(row) if row else None
+
+    def user_by_token(self, token_hash: str) -> User | None:
+        row = self.c.execute(
+            f"SELECT {USER_COLUMNS} FROM users WHERE token_hash=?", (token_hash,)
+        ).fetchone()
+        return row_to_user(row) if row else None
+
+    def users(self) -> list[User]:
+        rows = self.c.execute(f"SELECT {USER_COLUMNS} FROM users ORDER BY name")
+        return [row_to_user(row) for row in rows]
+
+    def put_user(self, user: User) -> None:
+        self.c.execute(
+            f"INSERT OR REPLACE INTO users ({USER_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            user_to_row(user),
+        )
+
+    def delete_user(self, name: str) -> None:
+        self.c.execute("DELETE FROM users WHERE name=?", (name,))

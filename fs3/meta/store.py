@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fs3.db import run_retrying
-from fs3.types import DIRECTORY, Inode
+from fs3.types import DIRECTORY, Inode, User
 
 T = TypeVar("T")
 
@@ -124,6 +124,27 @@ class MetaTxn(ABC):
         store's clock, so servers on hosts whose clocks disagree still agree.
         """
 
+    # -- users (fs3.meta.users): kept with the namespace, so every meta server sees them --
+    @abstractmethod
+    def user(self, name: str) -> User | None:
+        """The user named ``name``, or None."""
+
+    @abstractmethod
+    def user_by_token(self, token_hash: str) -> User | None:
+        """The user whose token has SHA-256 ``token_hash``, or None."""
+
+    @abstractmethod
+    def users(self) -> list[User]:
+        """Every user, by name."""
+
+    @abstractmethod
+    def put_user(self, user: User) -> None:
+        """Inserts or replaces the user named ``user.name``."""
+
+    @abstractmethod
+    def delete_user(self, name: str) -> None:
+        """Removes the user; absent is not an error."""
+
 
 class MetaStore(ABC):
     """A transactional store holding the namespace; safe to use from many threads."""
@@ -168,17 +189,25 @@ class MemoryMetaStore(MetaStore):
         self._garbage: dict[int, Garbage] = {}
         self._next = [ROOT_ID + 1, 1]  # next inode id, next garbage id
         self._leases: dict[str, tuple[str, float]] = {}  # name -> holder, monotonic expiry
+        self._users: dict[str, User] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[MetaTxn]:
         with self._lock:
             saved = copy.deepcopy(
-                (self._inodes, self._dentries, self._garbage, self._next, self._leases)
+                (self._inodes, self._dentries, self._garbage, self._next, self._leases, self._users)
             )
             try:
                 yield _MemoryTxn(self)
             except BaseException:
-                self._inodes, self._dentries, self._garbage, self._next, self._leases = saved
+                (
+                    self._inodes,
+                    self._dentries,
+                    self._garbage,
+                    self._next,
+                    self._leases,
+                    self._users,
+                ) = saved
                 raise
 
     def close(self) -> None:
@@ -232,3 +261,18 @@ class _MemoryTxn(MetaTxn):
             self.s._leases[name] = (holder, now + ttl_s)
             return True
         return False
+
+    def user(self, name: str) -> User | None:
+        return self.s._users.get(name)
+
+    def user_by_token(self, token_hash: str) -> User | None:
+        return next((u for u in self.s._users.values() if u.token_hash == token_hash), None)
+
+    def users(self) -> list[User]:
+        return sorted(self.s._users.values(), key=lambda u: u.name)
+
+    def put_user(self, user: User) -> None:
+        self.s._users[user.name] = user
+
+    def delete_user(self, name: str) -> None:
+        self.s._users.pop(name, None)

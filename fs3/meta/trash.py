@@ -18,8 +18,8 @@ import dataclasses
 import datetime
 import math
 
-from fs3.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound
-from fs3.meta import quota
+from fs3.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound, NotPermitted
+from fs3.meta import permissions, quota
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import ROOT_ID, MetaTxn
 from fs3.paths import normalize
@@ -80,15 +80,24 @@ class Trash:
             moving = txn.lookup_inode(sparent.id, name)
             if moving is None:
                 raise NotFound("no such file or directory", path)
+            caller = permissions.current()
+            permissions.check_delete(caller, sparent, moving, path)
             folder = self._folder(txn)
             if folder is None:
                 root = txn.get_inode(ROOT_ID)
                 assert root is not None
-                folder = ns._make(txn, root, TRASH_NAME, DIRECTORY, 0o755, TRASH)
+                with permissions.acting(permissions.ROOT):  # the trash is no caller's own
+                    folder = ns._make(txn, root, TRASH_NAME, DIRECTORY, 0o755, TRASH)
             now = ns._clock()
             holder_name = f"{_stamp(now + expire_s)}-{moving.id}"
             holder_path = f"{TRASH}/{holder_name}"
-            holder = ns._make(txn, folder, holder_name, DIRECTORY, 0o700, holder_path, target=path)
+            with permissions.acting(permissions.ROOT):
+                holder = ns._make(
+                    txn, folder, holder_name, DIRECTORY, 0o700, holder_path, target=path
+                )
+            # The holder is the caller's: their trash is listed and restored by them alone.
+            holder = dataclasses.replace(holder, uid=caller.uid, gid=caller.gid)
+            txn.put_inode(holder)
             txn.unlink(sparent.id, name)
             txn.link(holder.id, name, moving.id)
             moved = dataclasses.replace(moving, parent=holder.id, ctime=now)
@@ -100,12 +109,16 @@ class Trash:
         return ns.store.run(op)
 
     def list(self) -> list[TrashEntry]:
-        """Every tree in the trash, soonest to expire first."""
+        """Every tree the caller put in the trash (an admin: everyone's), soonest to expire
+        first."""
+        caller = permissions.current()
 
         def op(txn: MetaTxn) -> list[TrashEntry]:
             folder = self._folder(txn)
             out = []
             for name, holder in txn.entries(folder.id) if folder else ():
+                if not permissions.is_owner(caller, holder):
+                    continue
                 expires = expiry_of(name)
                 content = txn.entries(holder.id) if holder.is_dir else []
                 if expires is None or not content:
@@ -133,10 +146,14 @@ class Trash:
                 raise NotFound("no such trash entry; see `hai fs3 trash ls`", f"{TRASH}/{name}")
             if expires <= ns._clock():
                 raise NotFound("trash entry expired and is being deleted", f"{TRASH}/{name}")
+            caller = permissions.current()
+            if not permissions.is_owner(caller, holder):
+                raise NotPermitted("another user's trash entry", f"{TRASH}/{name}")
             dst = normalize(to or holder.target)
             if _in_trash(dst) or dst == "/":
                 raise InvalidArgument("cannot restore into the trash or over the root", dst)
             dparent, dname = ns._parent(txn, dst)
+            permissions.check(caller, dparent, permissions.WRITE | permissions.EXEC, dst)
             if txn.lookup(dparent.id, dname) is not None:
                 raise AlreadyExists("file exists; restore elsewhere with --to", dst)
             cname, moving = content[0]

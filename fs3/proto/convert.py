@@ -15,6 +15,7 @@ from fs3.types import (
     TargetInfo,
     TargetStats,
     TrashEntry,
+    User,
 )
 
 
@@ -86,6 +87,8 @@ def inode_to_pb(i: Inode) -> pb.Inode:
         target=i.target,
         atime=i.atime,
         quota=quota,
+        uid=i.uid,
+        gid=i.gid,
     )
 
 
@@ -96,7 +99,19 @@ def inode_from_pb(m: pb.Inode) -> Inode:
     if m.HasField("quota"):
         quota = Quota(q.max_bytes, q.max_inodes, q.used_bytes, q.used_inodes)
     return Inode(
-        m.id, m.kind, m.mode, m.length, m.mtime, m.ctime, m.parent, lay, m.target, m.atime, quota
+        m.id,
+        m.kind,
+        m.mode,
+        m.length,
+        m.mtime,
+        m.ctime,
+        m.parent,
+        lay,
+        m.target,
+        m.atime,
+        quota,
+        m.uid,
+        m.gid,
     )
 
 
@@ -140,3 +155,13 @@ def stats_from_pb(m: pb.TargetStats) -> TargetStats:
     return TargetStats(
         m.target_id, m.total_bytes, m.free_bytes, m.used_bytes, m.chunks, m.fsid, resyncs
     )
+
+
+def user_to_pb(u: User) -> pb.UserInfo:
+    return pb.UserInfo(
+        name=u.name, uid=u.uid, gid=u.gid, groups=u.groups, admin=u.admin, mount=u.mount
+    )
+
+
+def user_from_pb(m: pb.UserInfo) -> User:
+    return User(m.name, m.uid, m.gid, tuple(m.groups), m.admin, m.mount)

@@ -137,7 +137,7 @@ class Quota(_message.Message):
     def __init__(self, max_bytes: _Optional[int] = ..., max_inodes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., used_inodes: _Optional[int] = ...) -> None: ...
 
 class Inode(_message.Message):
-    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota")
+    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota", "uid", "gid")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,8 @@ class Inode(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ATIME_FIELD_NUMBER: _ClassVar[int]
     QUOTA_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: str
     mode: int
@@ -160,7 +162,9 @@ class Inode(_message.Message):
     target: str
     atime: float
     quota: Quota
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ...) -> None: ...
+    uid: int
+    gid: int
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "inode")
@@ -171,10 +175,12 @@ class DirEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., inode: _Optional[_Union[Inode, _Mapping]] = ...) -> None: ...
 
 class PathRequest(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "access")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    access: int
+    def __init__(self, path: _Optional[str] = ..., access: _Optional[int] = ...) -> None: ...
 
 class MkdirRequest(_message.Message):
     __slots__ = ("path", "parents", "mode")
@@ -335,6 +341,72 @@ class Listing(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ...) -> None: ...
+
+class Caller(_message.Message):
+    __slots__ = ("token", "act", "uid", "gid", "groups")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACT_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    act: bool
+    uid: int
+    gid: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token: _Optional[str] = ..., act: _Optional[bool] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ChownRequest(_message.Message):
+    __slots__ = ("path", "uid", "gid")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    uid: int
+    gid: int
+    def __init__(self, path: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+
+class UserInfo(_message.Message):
+    __slots__ = ("name", "uid", "gid", "groups", "admin", "mount")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    uid: int
+    gid: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    admin: bool
+    mount: bool
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ..., admin: _Optional[bool] = ..., mount: _Optional[bool] = ...) -> None: ...
+
+class AddUserRequest(_message.Message):
+    __slots__ = ("user",)
+    USER_FIELD_NUMBER: _ClassVar[int]
+    user: UserInfo
+    def __init__(self, user: _Optional[_Union[UserInfo, _Mapping]] = ...) -> None: ...
+
+class NameRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UserToken(_message.Message):
+    __slots__ = ("user", "token")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    user: UserInfo
+    token: str
+    def __init__(self, user: _Optional[_Union[UserInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class UserListing(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[UserInfo]
+    def __init__(self, users: _Optional[_Iterable[_Union[UserInfo, _Mapping]]] = ...) -> None: ...
 
 class LinkTarget(_message.Message):
     __slots__ = ("target",)

@@ -5,7 +5,7 @@ import warnings
 
 from fs3.proto import fs3_pb2 as fs3_dot_proto_dot_fs3__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -375,6 +375,36 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.InodesRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.InodeStatus.FromString,
                 _registered_method=True)
+        self.Chown = channel.unary_unary(
+                '/fs3.Meta/Chown',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.ChownRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
+        self.AddUser = channel.unary_unary(
+                '/fs3.Meta/AddUser',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.AddUserRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.UserToken.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/fs3.Meta/ListUsers',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.UserListing.FromString,
+                _registered_method=True)
+        self.RemoveUser = channel.unary_unary(
+                '/fs3.Meta/RemoveUser',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.NameRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+                _registered_method=True)
+        self.RotateUser = channel.unary_unary(
+                '/fs3.Meta/RotateUser',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.NameRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.UserToken.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/fs3.Meta/WhoAmI',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.UserInfo.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -496,6 +526,42 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Chown(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -593,6 +659,36 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.GetInodeStatus,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.InodesRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.InodeStatus.SerializeToString,
+            ),
+            'Chown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chown,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.ChownRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
+            ),
+            'AddUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddUser,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.AddUserRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.UserToken.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.UserListing.SerializeToString,
+            ),
+            'RemoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUser,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.NameRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+            ),
+            'RotateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateUser,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.NameRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.UserToken.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.UserInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1110,6 +1206,168 @@ class Meta:
             '/fs3.Meta/GetInodeStatus',
             fs3_dot_proto_dot_fs3__pb2.InodesRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.InodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/Chown',
+            fs3_dot_proto_dot_fs3__pb2.ChownRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/AddUser',
+            fs3_dot_proto_dot_fs3__pb2.AddUserRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.UserToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/ListUsers',
+            fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.UserListing.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/RemoveUser',
+            fs3_dot_proto_dot_fs3__pb2.NameRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/RotateUser',
+            fs3_dot_proto_dot_fs3__pb2.NameRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.UserToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/WhoAmI',
+            fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.UserInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,8 @@ from fs3.errors import (
     NameTooLong,
     NotADirectory,
     NotFound,
+    NotPermitted,
+    PermissionDenied,
     QuotaExceeded,
     StaleRouting,
     Unavailable,
@@ -46,7 +48,9 @@ ERROR_CODES: dict[type[Fs3Error], int] = {
     ConfigError: 13,
     DataLost: 14,
     QuotaExceeded: 15,
-    NameTooLong: 18,  # 16 and 17 are PermissionDenied and NotPermitted (issue 18)
+    PermissionDenied: 16,
+    NotPermitted: 17,
+    NameTooLong: 18,
 }
 _BY_CODE = {code: cls for cls, code in ERROR_CODES.items()}
 if len(_BY_CODE) != len(ERROR_CODES) or OK in _BY_CODE:

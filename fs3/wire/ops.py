@@ -48,6 +48,12 @@ META_OPS: dict[str, int] = {
     "ListTrash": 17,
     "RestoreTrash": 18,
     "GetInodeStatus": 19,
+    "Chown": 20,
+    "AddUser": 21,
+    "ListUsers": 22,
+    "RemoveUser": 23,
+    "RotateUser": 24,
+    "WhoAmI": 25,
 }
 """The op of each method of fs3.proto's ``Meta`` service on the framed meta port."""
 

@@ -47,6 +47,12 @@ META_OPS = {
     "ListTrash": 17,
     "RestoreTrash": 18,
     "GetInodeStatus": 19,
+    "Chown": 20,
+    "AddUser": 21,
+    "ListUsers": 22,
+    "RemoveUser": 23,
+    "RotateUser": 24,
+    "WhoAmI": 25,
 }
 CODES = {
     "Fs3Error": 1,
@@ -64,6 +70,8 @@ CODES = {
     "ConfigError": 13,
     "DataLost": 14,
     "QuotaExceeded": 15,
+    "PermissionDenied": 16,
+    "NotPermitted": 17,
     "NameTooLong": 18,
 }
 
