@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from fs3 import cli_admin, cli_files, cli_users
-from fs3.cli_util import PORT, mgmtd_address_option, one_line_errors
+from fs3 import cli_admin, cli_files
+from fs3.cli_util import PORT, echo_stopped, mgmtd_address_option, one_line_errors
 from fs3.cli_util import config_option as _config_option
 from fs3.config import Fs3Config, load_config
 from fs3.fuse.options import MountOptions
@@ -172,14 +172,16 @@ def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, det
 
     if mgmtds < 1 or metas < 1:
         raise click.BadParameter(f"--mgmtds ({mgmtds}) and --metas ({metas}) must be >= 1")
-    cluster = LocalCluster(
-        Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds, metas=metas
-    )
+    with one_line_errors("fs3 up"):
+        cluster = LocalCluster(
+            Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds, metas=metas
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        cluster.start()
+        with one_line_errors("fs3 up"):
+            cluster.start()
         click.echo(cluster.address)
         if detach:
             return
@@ -194,13 +196,17 @@ def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, det
 
 
 @fs3.command()
-@click.argument("directory", type=click.Path(file_okay=False))
+# Not readable=True: another account's `down` still says what it may not stop.
+@click.argument("directory", type=click.Path(file_okay=False, readable=False))
 def down(directory: str) -> None:
-    """Stop the local cluster under DIRECTORY."""
-    from fs3.cluster import stop_cluster
+    """Stop the local cluster under DIRECTORY, also processes of it restarted by hand."""
+    from fs3.cluster import NotStopped, stop_cluster
 
-    count = stop_cluster(Path(directory))
-    click.echo(f"stopped {count} fs3 processes")
+    try:
+        stopped, refused = stop_cluster(Path(directory)), []
+    except NotStopped as err:
+        stopped, refused = err.stopped, err.refused
+    echo_stopped(stopped, refused, f"no fs3 cluster runs in {directory}")
 
 
 _MOUNT = MountOptions()  # the mount's defaults, shown in --help
@@ -325,5 +331,5 @@ def umount(mountpoint: str, lazy: bool) -> None:
         raise click.ClickException(str(err)) from None
 
 
-for _command in cli_files.COMMANDS + cli_admin.COMMANDS + cli_users.COMMANDS:
+for _command in cli_files.COMMANDS + cli_admin.COMMANDS:
     fs3.add_command(_command)

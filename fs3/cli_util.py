@@ -99,6 +99,17 @@ def describe(err: BaseException, what: str) -> str:
     return f"{what}: {message}" if what else message
 
 
+def echo_stopped(stopped: list[str], refused: list[str], nothing: str) -> None:
+    """What a ``down`` stopped (else ``nothing``) on stdout; what it could not stop, one
+    ``Error:`` line each on stderr, then exit status 1."""
+    if stopped or not refused:
+        click.echo(f"stopped {', '.join(stopped)}" if stopped else nothing)
+    for line in refused:
+        click.echo(f"Error: {line}", err=True)
+    if refused:
+        raise click.exceptions.Exit(1)
+
+
 @contextmanager
 def one_line_errors(what: str = "") -> Iterator[None]:
     """Turns an fs3 or OS error into ``click.ClickException`` (exit status 1) of one line

@@ -16,10 +16,10 @@ inside the folder only the owner reaches it; other accounts' clients read over T
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -28,29 +28,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
-from fs3.client.filesystem import local_token_file
 from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
-from fs3.meta import users
-from fs3.meta.backends import open_meta_store
 from fs3.mgmtd.client import MgmtdClient
+from fs3.processes import Found, gone, label, option, path_of, program_args, stop
 from fs3.types import SERVING, RoutingTable
 
 _STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is ample
 _PRIVATE_UMASK = 0o077  # what the services create: no group or other bits
 
 
-_OURS = (
-    "cluster.json",
-    "config.yaml",
-    "pids.json",
-    "address",
-    "token",
-    "mgmtd*",
-    "meta*",
-    "storage-*",
-)
+class AlreadyRunning(Fs3Error):
+    """A cluster's processes run on the folder: a second start would take over its files."""
+
+
+class NotStopped(Fs3Error):
+    """``down`` stopped what it could (``stopped``); ``refused`` says, one line each, what not."""
+
+    def __init__(self, stopped: list[str], refused: list[str]) -> None:
+        super().__init__("; ".join(refused))
+        self.stopped = stopped
+        self.refused = refused
+
+
+_OURS = ("cluster.json", "config.yaml", "pids.json", "address", "mgmtd*", "meta*", "storage-*")
 """What a local cluster puts in its folder, besides logs (``*.log``) and files being written."""
 
 
@@ -133,6 +136,14 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         _private_root(self.root)
+        # Before anything is written: a second start would replace the running targets'
+        # local-read sockets, drop their staged writes and lose their pids.
+        if found := running(self.root):
+            listed = ", ".join(label(name, proc) for name, proc in found)
+            raise AlreadyRunning(
+                f"an fs3 cluster already runs in {self.root} ({listed}); "
+                f"`hai fs3 down {self.root}` stops it"
+            )
         ports_file = self.root / "cluster.json"
         if ports_file.exists():
             self.ports = json.loads(ports_file.read_text())
@@ -252,32 +263,10 @@ class LocalCluster:
 
         Raises Fs3TimeoutError naming what was not ready, with the log folder.
         """
-        token = self._bootstrap_admin()
         for name in self.names():
             self.start_process(name)
         self.wait_ready(timeout)
         _write_private(self.root / "address", self.address + "\n")
-        local = local_token_file(self.address)
-        local.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(local, token + "\n")
-
-    def _bootstrap_admin(self) -> str:
-        """The admin token (:data:`fs3.meta.users.ADMIN`) kept in the folder's ``token``
-        file (0600), made anew with its user when the store knows no such admin."""
-        path = self.root / "token"
-        token = path.read_text().strip() if path.exists() else None
-        umask = os.umask(_PRIVATE_UMASK)  # this may create the store: as private as meta's
-        try:
-            store = open_meta_store(self.meta_db or self.root / "meta.db")
-            try:
-                new = users.bootstrap(store, token)
-            finally:
-                store.close()
-        finally:
-            os.umask(umask)
-        if new is not None:
-            _write_private(path, new + "\n")
-        return new or token or ""
 
     def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
         """Waits until a primary mgmtd answers, every meta server is registered and every
@@ -327,7 +316,6 @@ class LocalCluster:
                 proc.wait()
         self.procs.clear()
         (self.root / "pids.json").unlink(missing_ok=True)
-        local_token_file(self.address).unlink(missing_ok=True)
 
 
 def _not_ready(table: RoutingTable, targets: int) -> str:
@@ -343,31 +331,58 @@ def _not_ready(table: RoutingTable, targets: int) -> str:
     return ""
 
 
-def stop_cluster(root: Path) -> int:
-    """Stops the processes a cluster under ``root`` recorded; returns how many were running."""
-    pids_file = Path(root) / "pids.json"
-    if not pids_file.exists():
-        return 0
-    pids = list(json.loads(pids_file.read_text()).values())
-    running = []
-    for pid in pids:
+_KINDS = (["mgmtd"], ["meta"], ["storage"])
+_PATH_FLAGS = ("--config", "--root", "--db", "--state")
+"""The options through which every service of a local cluster names a path in its folder."""
+
+
+def running(root: Path) -> list[Found]:
+    """The mgmtd, meta and storage processes of the cluster in ``root`` now running,
+    whoever started them and how.
+
+    A process counts when its command line is ``fs3 mgmtd|meta|storage ...`` (``python -m
+    fs3 ...`` or ``hai fs3 ...``) and one of its ``--config``, ``--root``, ``--db`` or
+    ``--state`` names a path in ``root`` (a relative one taken from its working folder).
+    Each comes with its name in the cluster: ``storage-ID`` by its ``--id``, an mgmtd or
+    meta server's (``meta-2``) by its ``--port`` in ``cluster.json``, else its kind.
+    """
+    root = Path(root).expanduser().resolve()
+    try:
+        ports = json.loads((root / "cluster.json").read_text())
+    except (OSError, ValueError):
+        ports = {}  # not started yet, or another account's folder
+    names = {str(port): name for name, port in ports.items() if "." not in name}
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        args = program_args(proc.info["cmdline"] or [], "fs3")
+        if args[:1] not in _KINDS:
+            continue
+        values = [v for flag in _PATH_FLAGS if (v := option(args, flag)) and "://" not in v]
         try:
-            os.kill(pid, signal.SIGTERM)
-            running.append(pid)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + _STOP_GRACE_S
-    for pid in running:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    pids_file.unlink(missing_ok=True)
-    return len(running)
+            paths = [path_of(proc, v) for v in values]
+            if any(p == root or root in p.parents for p in paths) and not gone(proc):
+                target = option(args, "--id")
+                name = f"storage-{target}" if target else names.get(option(args, "--port") or "")
+                found.append((name or args[0], proc))
+        except psutil.Error:
+            continue  # gone, or where it runs is hidden from this account
+    return found
+
+
+def stop_cluster(root: Path, timeout_s: float = _STOP_GRACE_S) -> list[str]:
+    """Stops the processes of the cluster in ``root`` (found by ``running``, so also ones
+    restarted by hand): storage first so no write is cut between hops, mgmtd last. Returns
+    them, as ``name (pid N)``.
+
+    Raises:
+        NotStopped: some could not be stopped (another account's, or one that outlived
+            SIGKILL); the rest were, and ``pids.json`` stays.
+    """
+    order = {"storage": 0, "meta": 1, "mgmtd": 2}
+    found = sorted(running(root), key=lambda item: order[item[0].split("-")[0]])
+    stopped, refused = stop(found, timeout_s)
+    if refused:
+        raise NotStopped(stopped, refused)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no such cluster folder
+        (Path(root) / "pids.json").unlink()
+    return stopped

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from fs3.processes import gone, label, option, path_of, program_args, stop
 from hai.credentials import prepare_agents
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
 from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
@@ -134,7 +135,7 @@ def up(
     """
     state_dir = private_dir(state_dir.expanduser().resolve(), STATE_ENTRIES)
     if found := running(state_dir):
-        listed = ", ".join(_label(name, proc) for name, proc in found)
+        listed = ", ".join(label(name, proc) for name, proc in found)
         raise HaiError(
             f"a cluster already runs in {state_dir} ({listed}); `hai down {state_dir}` stops it"
         )
@@ -186,7 +187,7 @@ def up(
     except BaseException:
         # Nothing of a failed start may outlive it, nor a cluster.json block the next `up`.
         alive = {name: it.proc.pid for name, it in started.items() if it.proc.poll() is None}
-        _stop([(name, psutil.Process(pid)) for name, pid in alive.items()], 10.0)
+        stop([(name, psutil.Process(pid)) for name, pid in alive.items()], 10.0)
         with contextlib.suppress(HaiError):  # the error that stopped the start says more
             _forget(state_dir)
         raise
@@ -251,7 +252,7 @@ def down(state_dir: Path, timeout_s: float = 20.0) -> list[str]:
     state_dir = state_dir.expanduser().resolve()
     # Agents first, so they are not left heartbeating at a server that is gone.
     found = sorted(running(state_dir), key=lambda item: item[0] == "server")
-    stopped, refused = _stop(found, timeout_s)
+    stopped, refused = stop(found, timeout_s)
     if refused:
         raise NotStopped(stopped, refused)
     _forget(state_dir)
@@ -269,101 +270,23 @@ def running(state_dir: Path) -> list[tuple[str, psutil.Process]]:
     state_dir = state_dir.expanduser().resolve()
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        args = _hai_args(proc.info["cmdline"] or [])
+        args = program_args(proc.info["cmdline"] or [], "hai")
         if args[:1] not in (["server"], ["agent"]):
             continue
         try:
-            if _state_dir_of(proc, args) == state_dir and not _gone(proc):
-                found.append((_option(args, "--name") or args[0], proc))
+            if _state_dir_of(proc, args) == state_dir and not gone(proc):
+                found.append((option(args, "--name") or args[0], proc))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue  # gone, or where it runs is hidden from this account
     return found
 
 
-def _hai_args(cmdline: list[str]) -> list[str]:
-    """What follows ``hai`` in ``[python [-m]] hai ARGS``; empty for any other command."""
-    for i, arg in enumerate(cmdline[:4]):
-        if Path(arg).name == "hai":
-            return cmdline[i + 1 :]
-    return []
-
-
-def _option(args: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _state_dir_of(proc: psutil.Process, args: list[str]) -> Path:
-    value = _option(args, "--state-dir")
+    value = option(args, "--state-dir")
     if value is None:  # as the component's own config reads it
         env = proc.environ()
         value = env.get("HAI_SERVER__STATE_DIR") or env.get("HAI_STATE_DIR") or "~/.hai"
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else Path(proc.cwd()) / path).resolve()
-
-
-def _label(name: str, proc: psutil.Process) -> str:
-    return f"{name} (pid {proc.pid})"
-
-
-def _stop(found: list[tuple[str, psutil.Process]], timeout_s: float) -> tuple[list[str], list[str]]:
-    """SIGTERM to each, SIGKILL to what is left after ``timeout_s``; returns what stopped
-    and, one line each, what could not be."""
-    stopped: list[str] = []
-    refused: list[str] = []
-    signalled = []
-    for name, proc in found:
-        try:
-            proc.terminate()
-            signalled.append((name, proc))
-        except psutil.NoSuchProcess:
-            stopped.append(_label(name, proc))
-        except psutil.AccessDenied:
-            refused.append(
-                f"could not stop {_label(name, proc)}: it runs as {_owner(proc)}, "
-                "and this account may not signal it"
-            )
-    left = _wait_gone(signalled, timeout_s)
-    for _, proc in left:
-        proc.kill()
-    left = _wait_gone(left, 5.0)
-    stopped += [_label(name, proc) for name, proc in signalled if (name, proc) not in left]
-    refused += [f"could not stop {_label(name, proc)}: it outlived SIGKILL" for name, proc in left]
-    return stopped, refused
-
-
-def _wait_gone(
-    procs: list[tuple[str, psutil.Process]], timeout_s: float
-) -> list[tuple[str, psutil.Process]]:
-    """Those of ``procs`` still running after up to ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    left = [item for item in procs if not _gone(item[1])]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [item for item in left if not _gone(item[1])]
-    return left
-
-
-def _gone(proc: psutil.Process) -> bool:
-    """Exited: reaped when it is our child, else a zombie (init here may never reap it)."""
-    try:
-        proc.wait(timeout=0)
-        return True
-    except psutil.TimeoutExpired:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _owner(proc: psutil.Process) -> str:
-    try:
-        return proc.username()
-    except (KeyError, psutil.Error):
-        return "another account"
+    return path_of(proc, value)
 
 
 def _forget(state_dir: Path) -> None:

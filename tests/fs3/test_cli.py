@@ -60,7 +60,7 @@ def test_up_status_down(tmp_path: Path) -> None:
         down = subprocess.run(
             fs3 + ["down", str(tmp_path)], capture_output=True, text=True, timeout=60
         )
-    assert "stopped 7" in down.stdout
+    assert down.stdout.startswith("stopped ") and down.stdout.count("(pid ") == 7
 
 
 def test_status_targets_chains_df(cluster: LocalCluster, fs3fs: FS3FileSystem) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from click.testing import CliRunner
 
 from hai.cli import main
 from hai.cluster import CLUSTER_FILE
 
+from ..second_account import invoke_as_nobody
 from .conftest import FAST
 from .test_bad_input import one_error_line
 
@@ -137,33 +137,6 @@ def test_down_stops_a_server_restarted_by_hand(state: Path, free_port: Callable[
         log.close()
 
 
-def _down_as_nobody(state: Path) -> tuple[int, str, str]:
-    """`hai down STATE` run by a second account, uid 65534: exit code, stdout, stderr.
-
-    Forked, not started anew: this machine's Python may lie where uid 65534 cannot read it,
-    and what `down` runs is loaded already.
-    """
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            result = CliRunner().invoke(main, ["down", str(state)])
-            os.write(write, json.dumps([result.exit_code, result.stdout, result.stderr]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        said = pipe.read()
-    os.waitpid(pid, 0)
-    assert said, "the forked `hai down` as uid 65534 said nothing"
-    code, out, err = json.loads(said)
-    return code, out, err
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to uid 65534 needs root")
 def test_down_says_what_it_may_not_stop(free_port: Callable[[], int]) -> None:
     parent = Path(tempfile.mkdtemp(prefix="hai-down-"))
@@ -185,7 +158,7 @@ def test_down_says_what_it_may_not_stop(free_port: Callable[[], int]) -> None:
         start_new_session=True,
     )
     try:
-        code, out, err = _down_as_nobody(state)
+        code, out, err = invoke_as_nobody(main, ["down", str(state)])
         assert code == 1
         assert out == ""
         assert err.splitlines() == [

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from fs3.cli_util import echo_stopped
 from hai.commands.common import (
     GPUS,
     METRICS_PORT,
@@ -62,14 +63,10 @@ def down(state_dir: str | None) -> None:
 
     folder = Path(state_dir or state_dir_default()).expanduser().resolve()
     try:
-        stopped = stop(folder)
+        stopped, refused = stop(folder), []
     except NotStopped as err:
-        if err.stopped:
-            click.echo(f"stopped {', '.join(err.stopped)}")
-        for line in err.refused:
-            click.echo(f"Error: {line}", err=True)
-        raise click.exceptions.Exit(1) from None
-    click.echo(f"stopped {', '.join(stopped)}" if stopped else f"no cluster running in {folder}")
+        stopped, refused = err.stopped, err.refused
+    echo_stopped(stopped, refused, f"no cluster running in {folder}")
 
 
 @click.command()

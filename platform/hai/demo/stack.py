@@ -187,6 +187,6 @@ def stop(root: Path, fs3: LocalCluster | None = None) -> list[str]:
     if fs3 is not None and fs3.procs:
         stopped.append(f"{len(fs3.procs)} fs3 services")
         fs3.stop()
-    elif count := stop_cluster(root / "fs3"):
-        stopped.append(f"{count} fs3 services")
+    elif services := stop_cluster(root / "fs3"):
+        stopped.append(f"{len(services)} fs3 services")
     return stopped
