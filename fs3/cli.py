@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from fs3 import cli_admin, cli_files
+from fs3 import cli_admin, cli_files, cli_users
 from fs3.cli_util import PORT, echo_stopped, mgmtd_address_option, one_line_errors
 from fs3.cli_util import config_option as _config_option
 from fs3.config import Fs3Config, load_config
@@ -331,5 +331,5 @@ def umount(mountpoint: str, lazy: bool) -> None:
         raise click.ClickException(str(err)) from None
 
 
-for _command in cli_files.COMMANDS + cli_admin.COMMANDS:
+for _command in cli_files.COMMANDS + cli_admin.COMMANDS + cli_users.COMMANDS:
     fs3.add_command(_command)

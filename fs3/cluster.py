@@ -31,7 +31,10 @@ from pathlib import Path
 import psutil
 import yaml
 
+from fs3.client.filesystem import local_token_file
 from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
+from fs3.meta import users
+from fs3.meta.backends import open_meta_store
 from fs3.mgmtd.client import MgmtdClient
 from fs3.processes import Found, gone, label, option, path_of, program_args, stop
 from fs3.types import SERVING, RoutingTable
@@ -53,7 +56,16 @@ class NotStopped(Fs3Error):
         self.refused = refused
 
 
-_OURS = ("cluster.json", "config.yaml", "pids.json", "address", "mgmtd*", "meta*", "storage-*")
+_OURS = (
+    "cluster.json",
+    "config.yaml",
+    "pids.json",
+    "address",
+    "token",
+    "mgmtd*",
+    "meta*",
+    "storage-*",
+)
 """What a local cluster puts in its folder, besides logs (``*.log``) and files being written."""
 
 
@@ -263,10 +275,32 @@ class LocalCluster:
 
         Raises Fs3TimeoutError naming what was not ready, with the log folder.
         """
+        token = self._bootstrap_admin()
         for name in self.names():
             self.start_process(name)
         self.wait_ready(timeout)
         _write_private(self.root / "address", self.address + "\n")
+        local = local_token_file(self.address)
+        local.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_private(local, token + "\n")
+
+    def _bootstrap_admin(self) -> str:
+        """The admin token (:data:`fs3.meta.users.ADMIN`) kept in the folder's ``token``
+        file (0600), made anew with its user when the store knows no such admin."""
+        path = self.root / "token"
+        token = path.read_text().strip() if path.exists() else None
+        umask = os.umask(_PRIVATE_UMASK)  # this may create the store: as private as meta's
+        try:
+            store = open_meta_store(self.meta_db or self.root / "meta.db")
+            try:
+                new = users.bootstrap(store, token)
+            finally:
+                store.close()
+        finally:
+            os.umask(umask)
+        if new is not None:
+            _write_private(path, new + "\n")
+        return new or token or ""
 
     def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
         """Waits until a primary mgmtd answers, every meta server is registered and every
@@ -316,6 +350,7 @@ class LocalCluster:
                 proc.wait()
         self.procs.clear()
         (self.root / "pids.json").unlink(missing_ok=True)
+        local_token_file(self.address).unlink(missing_ok=True)
 
 
 def _not_ready(table: RoutingTable, targets: int) -> str:
