@@ -434,39 +434,25 @@ def rm(
     """Remove files (directories with -r), or move them to the trash with --expire."""
     seconds = parse_duration(expire) if expire is not None else None
     fs = open_fs(address, config_path, *paths)
-    for path in paths:
-        stripped = fs._strip_protocol(path)
+    stripped = [fs._strip_protocol(path) for path in paths]
+    for path in stripped:  # all checked first: a refused path leaves every path in place
         with one_line_errors(path):
-            is_dir = fs.info(stripped)["type"] == "directory"
+            is_dir = fs.info(path)["type"] == "directory"
         if is_dir and not recursive:
-            raise click.ClickException(f"{stripped}: is a directory (use -r)")
-        if seconds is not None:
-            with one_line_errors(path):
-                entry = fs.trash(stripped, seconds)
-            until = _when(entry.expires)
-            restore = f"hai fs3 trash restore {entry.name}"
-            click.echo(
-                f"{stripped}: in the trash as {entry.name} until {until}; "
-                f"`{restore}` brings it back",
-                err=True,
-            )
-            continue
-        if not is_dir:
-            with one_line_errors(path):
-                fs.rm_file(stripped)
-            continue
+            raise click.ClickException(f"{path}: is a directory (use -r)")
+    if seconds is None:
+        with one_line_errors():
+            fs.remove(stripped, recursive)  # a tree in one meta transaction, whole or not
+        return
+    for path in stripped:
         with one_line_errors(path):
-            found = fs.find(stripped, withdirs=True, detail=True)
-        # Deepest first, so every directory is empty when its turn comes.
-        order = sorted(found, key=lambda name: (-name.count("/"), name))
-        with progress(f"removing {stripped}", len(order), unit_bytes=False) as advance:
-            for name in order:
-                with one_line_errors(name):
-                    if found[name]["type"] == "directory":
-                        fs.rmdir(name)
-                    else:
-                        fs.rm_file(name)
-                advance(1)
+            entry = fs.trash(path, seconds)
+        until = _when(entry.expires)
+        restore = f"hai fs3 trash restore {entry.name}"
+        click.echo(
+            f"{path}: in the trash as {entry.name} until {until}; `{restore}` brings it back",
+            err=True,
+        )
 
 
 def _quota_line(q: Any) -> str:

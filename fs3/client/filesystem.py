@@ -27,7 +27,14 @@ from fs3.client.chunks import ChunkIO
 from fs3.client.meta import WRITE, MetaClient
 from fs3.client.quota import LengthGuard
 from fs3.config import load_config
-from fs3.errors import AlreadyExists, Fs3Error, InvalidArgument, QuotaExceeded
+from fs3.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    Fs3Error,
+    InvalidArgument,
+    QuotaExceeded,
+)
+from fs3.meta.trash import TRASH
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
 from fs3.types import DIRECTORY, FILE, Inode, Quota, TrashEntry
@@ -186,6 +193,46 @@ class FS3FileSystem(AbstractFileSystem):
         """Removes a file, or an empty directory (fsspec's ``rm`` passes both here)."""
         self._rm(path)
 
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        """Removes ``path`` (a path, a glob, or a list of them): see :meth:`remove`. With
+        ``maxdepth`` a recursive delete keeps what lies deeper, so it goes file by file as
+        fsspec's does."""
+        if maxdepth is not None:
+            super().rm(path, recursive=recursive, maxdepth=maxdepth)
+        else:
+            self.remove(self.expand_path(path), recursive)
+
+    def remove(self, paths: list[str], recursive: bool = False) -> None:
+        """Removes the files and directories ``paths`` (taken literally, no globs); a
+        directory with entries needs ``recursive``.
+
+        Every path is checked before anything goes, so a refused call removes nothing. A
+        directory tree leaves the namespace in one meta transaction (no client sees part
+        of it) and its inodes are deleted before this returns, its chunks soon after.
+
+        Raises FileNotFoundError, OSError (EINVAL: the root or the trash folder, ENOTEMPTY:
+        a directory with entries without ``recursive``).
+        """
+        paths = [self._strip_protocol(p) for p in paths]
+        if recursive:  # what is below another path goes with it
+            paths = [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
+        kinds = {}
+        for path in paths:
+            if path == "/":
+                raise InvalidArgument("refusing to remove the root", path)
+            if path == TRASH:
+                raise InvalidArgument("refusing to remove the trash; its entries may go", path)
+            kinds[path] = self.meta.stat(path).kind
+            if kinds[path] == DIRECTORY and not recursive:
+                entries = (f"{path}/{e.name}" for e in self.meta.listdir(path))
+                if any(entry not in paths for entry in entries):
+                    raise DirectoryNotEmpty("directory not empty (remove it recursively)", path)
+        for path in reversed(sorted(paths)):  # without recursive: a folder after its entries
+            if kinds[path] == DIRECTORY and recursive:
+                self.meta.trash(path, 0)  # expired at once: rm -r, see fs3.meta.trash
+            else:
+                self._rm(path)
+
     def created(self, path: str) -> datetime:
         return datetime.fromtimestamp(self.info(path)["ctime"], tz=timezone.utc)
 
@@ -233,7 +280,8 @@ class FS3FileSystem(AbstractFileSystem):
     def trash(self, path: str, expire_s: float) -> TrashEntry:
         """Moves the file or tree at ``path`` into the trash in one atomic rename; it can
         be restored (:meth:`restore`) for ``expire_s`` seconds, then it is deleted with its
-        chunks. Its bytes leave the quotas it was under. Raises FileNotFoundError."""
+        chunks. Its bytes leave the quotas it was under. ``expire_s`` 0 deletes it now, as
+        ``rm(path, recursive=True)`` does. Raises FileNotFoundError."""
         return self.meta.trash(self._strip_protocol(path), expire_s)
 
     def trash_list(self) -> list[TrashEntry]:

@@ -1,6 +1,7 @@
 """The trash: ``hai fs3 rm -r --expire 1d`` moves a tree into it in one rename; it can be
 restored until it expires, then meta's collector deletes it and the chunk collector its
-chunks.
+chunks. A plain ``rm -r`` goes the same way with an expiry of now, so a tree is deleted
+whole or not at all, and never seen half gone.
 
 Layout: ``/.fs3-trash/<expiry>-<id>/<name>``, one holder folder per deleted tree, named by
 when it expires (UTC, ``20260412T101500Z``, rounded up to the second) and the tree's inode
@@ -65,17 +66,24 @@ class Trash:
     def move(self, path: str, expire_s: float) -> TrashEntry:
         """Moves the file or tree at ``path`` into the trash for ``expire_s`` seconds.
 
-        Raises NotFound, InvalidArgument (the root, the trash itself, a bad expiry),
-        QuotaExceeded (a root quota with no inode left for the holder).
+        With ``expire_s`` 0 this is ``rm -r``: the tree leaves the namespace in this one
+        transaction (no client sees part of it, and nothing is refused halfway), in a holder
+        that is expired already, so no restore brings it back; its inodes are then deleted
+        in small transactions before this returns. Should meta stop halfway, the collector
+        finishes them.
+
+        Raises NotFound, InvalidArgument (the root, the trash itself, something in the
+        trash unless ``expire_s`` is 0, a bad expiry), QuotaExceeded (a root quota with no
+        inode left for the holder).
         """
         path = normalize(path)
-        if path == "/" or _in_trash(path):
+        if path in ("/", TRASH) or (expire_s and _in_trash(path)):
             raise InvalidArgument("cannot move the root or the trash into the trash", path)
-        if not expire_s > 0:
-            raise InvalidArgument(f"expiry must be > 0 seconds, got {expire_s}", path)
+        if not expire_s >= 0:
+            raise InvalidArgument(f"expiry must be >= 0 seconds, got {expire_s}", path)
         ns = self.ns
 
-        def op(txn: MetaTxn) -> TrashEntry:
+        def op(txn: MetaTxn) -> tuple[TrashEntry, int]:
             sparent, name = ns._parent(txn, path)
             moving = txn.lookup_inode(sparent.id, name)
             if moving is None:
@@ -89,7 +97,9 @@ class Trash:
                 with permissions.acting(permissions.ROOT):  # the trash is no caller's own
                     folder = ns._make(txn, root, TRASH_NAME, DIRECTORY, 0o755, TRASH)
             now = ns._clock()
-            holder_name = f"{_stamp(now + expire_s)}-{moving.id}"
+            # Rounded up, so it is kept at least that long; a deletion's, down: expired now.
+            expiry = _stamp(now + expire_s) if expire_s else _stamp(math.floor(now))
+            holder_name = f"{expiry}-{moving.id}"
             holder_path = f"{TRASH}/{holder_name}"
             with permissions.acting(permissions.ROOT):
                 holder = ns._make(
@@ -104,9 +114,13 @@ class Trash:
             txn.put_inode(moved)
             quota.move_charges(txn, moved, sparent.id, holder.id, path)
             ns._touch(txn, sparent)
-            return TrashEntry(holder_name, path, now, expiry_of(holder_name) or 0.0, moved)
+            expires = expiry_of(holder_name) or 0.0
+            return TrashEntry(holder_name, path, now, expires, moved), holder.id
 
-        return ns.store.run(op)
+        entry, holder_id = ns.store.run(op)
+        if not expire_s:
+            self._purge_holder(entry.name, holder_id, math.inf)
+        return entry
 
     def list(self) -> list[TrashEntry]:
         """Every tree the caller put in the trash (an admin: everyone's), soonest to expire
@@ -121,8 +135,8 @@ class Trash:
                     continue
                 expires = expiry_of(name)
                 content = txn.entries(holder.id) if holder.is_dir else []
-                if expires is None or not content:
-                    continue  # not ours, or a holder half purged
+                if expires is None or expires <= self.ns._clock() or not content:
+                    continue  # not ours, or expired: being deleted, no longer restorable
                 out.append(TrashEntry(name, holder.target, holder.ctime, expires, content[0][1]))
             return out
 
@@ -184,14 +198,21 @@ class Trash:
 
         deleted = 0
         for name, holder_id in self.ns.store.run(expired):
-            while deleted < budget:
-                batch = min(PURGE_BATCH, budget - deleted)
-                gone, finished = self.ns.store.run(
-                    lambda txn, n=name, h=holder_id, b=batch: self._delete_some(txn, n, h, b)
-                )
-                deleted += gone
-                if finished:
-                    break
+            deleted += self._purge_holder(name, holder_id, budget - deleted)
+        return deleted
+
+    def _purge_holder(self, name: str, holder_id: int, budget: float) -> int:
+        """Deletes holder ``name`` and its tree, ``PURGE_BATCH`` inodes a transaction, until
+        it is gone or about ``budget`` inodes went; returns how many went."""
+        deleted = 0
+        while deleted < budget:
+            batch = int(min(PURGE_BATCH, budget - deleted))
+            gone, finished = self.ns.store.run(
+                lambda txn, b=batch: self._delete_some(txn, name, holder_id, b)
+            )
+            deleted += gone
+            if finished:
+                break
         return deleted
 
     def _delete_some(

@@ -65,7 +65,7 @@ def test_move_list_restore(trash: Trash, clock: Clock) -> None:
     with pytest.raises(InvalidArgument):
         trash.move(TRASH, 60)
     with pytest.raises(InvalidArgument):
-        trash.move("/data", 0)
+        trash.move("/data", -1)
     with pytest.raises(NotFound):
         trash.move("/nope", 60)
 
