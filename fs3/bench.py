@@ -201,7 +201,7 @@ def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
     """The same 4 MiB chunks through the storage servers' gRPC ChunkService (unary calls)."""
     table = fs.mgmtd.refresh()
     stubs = {
-        t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}"))
+        t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}", fs.config.tls))
         for t in table.targets.values()
     }
     chains = sorted(table.chains)

@@ -25,13 +25,23 @@ from fs3.fuse.options import MountOptions
 _host_option = click.option("--host", default="127.0.0.1", show_default=True)
 
 
-def _serve(name: str, config_path: str | None) -> tuple[Fs3Config, threading.Event]:
-    """Loads config, sets up logging and makes SIGTERM/SIGINT set the returned stop event."""
+_tls_cert_option = click.option(
+    "--tls-cert", help="This server's TLS certificate, PEM (default: tls.cert_file)."
+)
+_tls_key_option = click.option("--tls-key", help="Its private key, PEM (default: tls.key_file).")
+
+
+def _serve(
+    name: str, config_path: str | None, tls_cert: str | None, tls_key: str | None
+) -> tuple[Fs3Config, threading.Event]:
+    """Loads config (``--tls-cert``/``--tls-key`` over the file's tls group), sets up logging
+    and makes SIGTERM/SIGINT set the returned stop event."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    return load_config(config_path), stop
+    tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key)) if v}
+    return load_config(config_path, overrides={"tls": tls}), stop
 
 
 @click.group("fs3", context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,6 +73,8 @@ def fs3() -> None:
     help="Targets are listed node by node, this many each: plan the first chain "
     "table to spread recovery (0: one chain per target).",
 )
+@_tls_cert_option
+@_tls_key_option
 def mgmtd(
     config_path: str | None,
     host: str,
@@ -73,11 +85,13 @@ def mgmtd(
     db: str | None,
     advertise: str | None,
     targets_per_node: int,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the cluster manager (several share one --db: one primary, the rest standbys)."""
     from fs3.mgmtd.service import run_mgmtd
 
-    config, stop = _serve("mgmtd", config_path)
+    config, stop = _serve("mgmtd", config_path, tls_cert, tls_key)
     ids = [int(t) for t in targets.split(",") if t]
     with one_line_errors("fs3 mgmtd"):
         run_mgmtd(
@@ -91,6 +105,7 @@ def mgmtd(
             db=db,
             advertise=advertise,
             targets_per_node=targets_per_node,
+            tls=config.tls,
         )
 
 
@@ -116,13 +131,22 @@ def mgmtd(
     show_default=True,
     help="Port of the gRPC health service (grpc.health.v1) probes check; 0: none.",
 )
+@_tls_cert_option
+@_tls_key_option
 def meta(
-    config_path: str | None, host: str, port: int, db: str, mgmtd_address: str, grpc_port: int
+    config_path: str | None,
+    host: str,
+    port: int,
+    db: str,
+    mgmtd_address: str,
+    grpc_port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the metadata service (several may serve one PostgreSQL database at once)."""
     from fs3.meta.service import run_meta
 
-    config, stop = _serve("meta", config_path)
+    config, stop = _serve("meta", config_path, tls_cert, tls_key)
     with one_line_errors("fs3 meta"):
         run_meta(db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port)
 
@@ -135,6 +159,8 @@ def meta(
 @click.option("--mgmtd", "mgmtd_address", required=True, help="mgmtd HOST:PORT.")
 @click.option("--port", type=PORT, required=True, help="Data-path TCP port.")
 @click.option("--grpc-port", type=PORT, required=True, help="gRPC chunk port (benchmarks).")
+@_tls_cert_option
+@_tls_key_option
 def storage(
     config_path: str | None,
     host: str,
@@ -143,11 +169,13 @@ def storage(
     mgmtd_address: str,
     port: int,
     grpc_port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run one storage target."""
     from fs3.storage.server import run_storage
 
-    config, stop = _serve(f"storage-{target_id}", config_path)
+    config, stop = _serve(f"storage-{target_id}", config_path, tls_cert, tls_key)
     run_storage(target_id, Path(root), mgmtd_address, host, port, grpc_port, config, stop)
 
 
@@ -166,7 +194,15 @@ def storage(
     "--metas", type=int, default=1, show_default=True, help="Meta servers sharing the namespace."
 )
 @click.option("--detach", is_flag=True, help="Return once ready; stop later with `down`.")
-def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, detach: bool) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="gRPC over TLS: a CA and certificates in DIRECTORY/tls; clients use "
+    "DIRECTORY/config.yaml (--config or FS3_CONFIG) to verify the servers.",
+)
+def up(
+    directory: str, targets: int, replicas: int, mgmtds: int, metas: int, detach: bool, tls: bool
+) -> None:
     """Start a local cluster under DIRECTORY and print its address."""
     from fs3.cluster import LocalCluster
 
@@ -174,7 +210,12 @@ def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, det
         raise click.BadParameter(f"--mgmtds ({mgmtds}) and --metas ({metas}) must be >= 1")
     with one_line_errors("fs3 up"):
         cluster = LocalCluster(
-            Path(directory), targets=targets, replicas=replicas, mgmtds=mgmtds, metas=metas
+            Path(directory),
+            targets=targets,
+            replicas=replicas,
+            mgmtds=mgmtds,
+            metas=metas,
+            tls=tls,
         )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,6 +224,9 @@ def up(directory: str, targets: int, replicas: int, mgmtds: int, metas: int, det
         with one_line_errors("fs3 up"):
             cluster.start()
         click.echo(cluster.address)
+        if tls:
+            config = Path(directory).resolve() / "config.yaml"
+            click.echo(f"TLS on: clients verify with FS3_CONFIG={config}", err=True)
         if detach:
             return
         click.echo(f"fs3 cluster up; Ctrl-C or `hai fs3 down {directory}` stops it", err=True)

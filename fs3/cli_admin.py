@@ -62,7 +62,8 @@ def view(address: str, config_path: str | None, roles: bool = False) -> ClusterV
     """Reads the chain table and the targets' stats (and every mgmtd's role). Raises
     click.ClickException, one line, when mgmtd cannot be reached."""
     with one_line_errors("fs3 cluster"):
-        client = MgmtdClient(address, load_config(config_path).timeouts.rpc_s)
+        config = load_config(config_path)
+        client = MgmtdClient(address, config.timeouts.rpc_s, config.tls)
         try:
             table = client.refresh()
             stats = {t.target_id: t for t in client.stats()}

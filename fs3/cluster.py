@@ -31,7 +31,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from fs3 import tls as certificates
 from fs3.client.filesystem import local_token_file
+from fs3.config import TlsConfig
 from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
 from fs3.meta import users
 from fs3.meta.backends import open_meta_store
@@ -65,6 +67,7 @@ _OURS = (
     "mgmtd*",
     "meta*",
     "storage-*",
+    "tls",
 )
 """What a local cluster puts in its folder, besides logs (``*.log``) and files being written."""
 
@@ -143,6 +146,8 @@ class LocalCluster:
     """Metadata store: a ``postgresql://`` URL; default the SQLite file ``meta.db``."""
     mgmtd_db: str = ""
     """mgmtd store: a ``postgresql://`` URL; default the SQLite file ``mgmtd.db``."""
+    tls: bool = False
+    """gRPC over TLS, with a CA and per-service certificates in ``tls/`` (:mod:`fs3.tls`)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,7 +174,24 @@ class LocalCluster:
             for i in range(1, self.targets + 1):
                 self.ports[f"storage-{i}"] = [next(free), next(free)]
             _write_private(ports_file, json.dumps(self.ports))
-        _write_private(self.root / "config.yaml", yaml.safe_dump(self.settings))
+        settings = {**self.settings, "tls": self._certify()} if self.tls else self.settings
+        _write_private(self.root / "config.yaml", yaml.safe_dump(settings))
+
+    def _certify(self) -> dict[str, object]:
+        """Keeps (or makes) the CA in ``tls/`` and issues each service a new certificate;
+        returns the config's tls group, which the services and every client need."""
+        folder = self.root / "tls"
+        ca = certificates.ensure_ca(folder)
+        for name in self.names():
+            certificates.issue(folder, name, [self.host])
+        return {"enabled": True, "ca_file": str(ca)}
+
+    @property
+    def tls_config(self) -> TlsConfig | None:
+        """What a client of this cluster needs to verify its servers (None: plaintext)."""
+        if not self.tls:
+            return None
+        return TlsConfig(enabled=True, ca_file=str(self.root / "tls" / certificates.CA_FILE))
 
     @staticmethod
     def _numbered(kind: str, count: int) -> list[str]:
@@ -209,6 +231,9 @@ class LocalCluster:
             "--config",
             str(self.root / "config.yaml"),
         ]
+        if self.tls:  # its own certificate; the config file all of them read has the CA
+            base += ["--tls-cert", str(self.root / "tls" / f"{name}.pem")]
+            base += ["--tls-key", str(self.root / "tls" / f"{name}.key")]
         if name.startswith("mgmtd"):
             ids = ",".join(str(i) for i in range(1, self.targets + 1))
             return base + [
@@ -305,7 +330,7 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
         """Waits until a primary mgmtd answers, every meta server is registered and every
         chain member is serving."""
-        client = MgmtdClient(self.address, 2.0)
+        client = MgmtdClient(self.address, 2.0, self.tls_config)
         deadline = time.monotonic() + timeout
         problem = "mgmtd not answering"
         try:

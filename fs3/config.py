@@ -128,6 +128,28 @@ class LimitsConfig(BaseModel):
     checks some ten million inodes at once."""
 
 
+class TlsConfig(BaseModel):
+    """TLS on fs3's gRPC ports (mgmtd, storage targets' chunk service, meta's health port);
+    the framed meta and storage data ports stay plain TCP."""
+
+    model_config = _GROUP
+
+    enabled: bool = False
+    """Serve and call gRPC over TLS; clients verify each server against ``ca_file``."""
+    ca_file: str = ""
+    """PEM certificate(s) of the CA that signed the servers' certificates."""
+    cert_file: str = ""
+    """A server's own PEM certificate (services only; their ``--tls-cert`` overrides it)."""
+    key_file: str = ""
+    """A server's private key for ``cert_file`` (PEM; keep it 0600)."""
+
+    @model_validator(mode="after")
+    def _ca_when_enabled(self) -> TlsConfig:
+        if self.enabled and not self.ca_file:
+            raise ValueError("tls.enabled needs tls.ca_file, the CA clients verify servers with")
+        return self
+
+
 class Fs3Config(Settings):
     """The whole fs3 configuration; build it with :func:`load_config`."""
 
@@ -140,6 +162,7 @@ class Fs3Config(Settings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
 
 
 def load_config(

@@ -105,7 +105,7 @@ class FS3FileSystem(AbstractFileSystem):
             client["chunk_size"] = chunk_size
         self.config = load_config(config_path, overrides={"client": client})
         t = self.config.timeouts
-        self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s)
+        self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s, self.config.tls)
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
         self.chunks = ChunkIO(self.mgmtd, self.pool, t, self.config.client.local_reads)
         c = self.config.client

@@ -256,13 +256,15 @@ def run_meta(
     """
     t = config.timeouts
     store = open_meta_store(db)
-    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
+    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
     trash = Trash(ns)
     size = functools.partial(request_size, config.limits.meta_request_bytes)
     server = FrameServer((host, port), size, MetaServicer(ns).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
-    health = serve(lambda _: None, host, grpc_port, services=["fs3.Meta"]) if grpc_port else None
+    health = None
+    if grpc_port:
+        health = serve(lambda _: None, host, grpc_port, services=["fs3.Meta"], tls=config.tls)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     address = f"{host}:{port}"
     me = f"{address}/{uuid.uuid4().hex[:8]}"  # a restarted server is a new lease holder

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from fs3.config import TlsConfig
 from fs3.errors import Fs3Error, Fs3TimeoutError, Unavailable
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
@@ -30,9 +31,10 @@ def split_addresses(address: str) -> list[str]:
 
 class MgmtdClient:
     """Talks to mgmtd at ``address`` (one or several, comma-separated) and caches the latest
-    routing table it returned."""
+    routing table it returned. With ``tls`` enabled every channel is TLS, verified against
+    its CA."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, tls: TlsConfig | None = None) -> None:
         addresses = split_addresses(address)
         if not addresses:
             raise Unavailable(
@@ -43,6 +45,7 @@ class MgmtdClient:
         self.addresses = addresses
         self._current = addresses[0]
         self._timeout = timeout
+        self._tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._table: RoutingTable | None = None
@@ -51,7 +54,7 @@ class MgmtdClient:
         with self._lock:
             ch = self._channels.get(address)
             if ch is None:
-                ch = self._channels[address] = channel(address)
+                ch = self._channels[address] = channel(address, self._tls)
             return ch
 
     def _keep(self, reply: pb.RoutingTable) -> RoutingTable:

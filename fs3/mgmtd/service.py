@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from fs3.config import MgmtdConfig
+from fs3.config import MgmtdConfig, TlsConfig
 from fs3.db import redact
 from fs3.mgmtd.core import Mgmtd, build_chains
 from fs3.mgmtd.election import MgmtdNode
@@ -130,6 +130,7 @@ def run_mgmtd(
     db: str | os.PathLike[str] | None = None,
     advertise: str | None = None,
     targets_per_node: int = 0,
+    tls: TlsConfig | None = None,
 ) -> None:
     """Serves mgmtd on ``host:port`` until ``stop`` is set.
 
@@ -139,6 +140,7 @@ def run_mgmtd(
             ``postgresql://`` URL (default ``state_dir/mgmtd.db``).
         advertise: ``HOST:PORT`` standbys send clients to (default ``host:port``).
         targets_per_node: plan the first chain table for nodes of this many targets.
+        tls: serve over TLS when enabled (:func:`fs3.rpc.serve`).
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     address = advertise or f"{host}:{port}"
@@ -152,7 +154,7 @@ def run_mgmtd(
 
     node.step()  # the first campaign before serving: a lone mgmtd answers at once
     services = [pb.DESCRIPTOR.services_by_name["Mgmtd"].full_name, ADMIN_SERVICE]
-    server = serve(register, host, port, services=services)
+    server = serve(register, host, port, services=services, tls=tls)
     log.info(
         "mgmtd serving on %s (%s), state in %s, %d targets, %d replicas",
         address,

@@ -208,7 +208,7 @@ def run_storage(
     engine = LocalChunkEngine(root, fsync=config.storage.fsync)
     fresh = folder_is_fresh(root, target_id, engine)
     boot = uuid.uuid4().hex
-    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s)
+    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
     target = StorageTarget(target_id, engine, mgmtd, pool)
     local = start_local_reads(root, target, config.storage.local_socket_mode)
@@ -222,6 +222,7 @@ def run_storage(
         host,
         grpc_port,
         services=[pb.DESCRIPTOR.services_by_name["ChunkService"].full_name],
+        tls=config.tls,
     )
     me = TargetInfo(target_id, host, data.server_address[1], grpc_port)
     dev = os.stat(root).st_dev
