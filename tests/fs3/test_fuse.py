@@ -67,12 +67,16 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
 
 
 def _mount_processes(point: Path) -> list[psutil.Process]:
-    """Our descendants that are the mount process of ``point``."""
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "mount" in p.cmdline() and str(point) in p.cmdline()
-    ]
+    """Our live descendants that are the mount process of ``point`` (zombies are skipped:
+    nothing on this machine may reap an orphan, and their command line cannot be read)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "mount" in p.cmdline() and str(point) in p.cmdline():
+                found.append(p)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 # -- POSIX behaviour ----------------------------------------------------------------------
