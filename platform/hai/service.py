@@ -142,15 +142,17 @@ class Service:
                     f"per node and more nodes instead"
                 ]
             )
+        quotas = {(q.user, q.group, q.priority): q.nodes for q in store.list_quotas()}
         if spec.priority != AUTO:
-            limit = self._limit(user.name, spec.group, spec.priority)
+            limit = self._limit(quotas, user.name, spec.group, spec.priority)
             if limit is not None and spec.nodes > limit:
                 raise QuotaError(
                     f"{user.name!r} may use {limit} nodes at priority {spec.priority} in group "
                     f"{spec.group!r}; the job asks for {spec.nodes} (use AUTO or a lower level)"
                 )
         elif all(
-            (lim := self._limit(user.name, spec.group, lvl)) is not None and spec.nodes > lim
+            (lim := self._limit(quotas, user.name, spec.group, lvl)) is not None
+            and spec.nodes > lim
             for lvl in PRIORITY_LEVELS
         ):
             raise QuotaError(f"{user.name!r} has no level with {spec.nodes} nodes of quota")
@@ -189,8 +191,9 @@ class Service:
         gpus = [n.gpus for n in self.store.list_nodes() if n.group == group]
         return max(gpus) if gpus else None
 
-    def _limit(self, user: str, group: str, level: int) -> int | None:
-        quotas = {(q.user, q.group, q.priority): q.nodes for q in self.store.list_quotas()}
+    def _limit(
+        self, quotas: dict[tuple[str, str, int], int], user: str, group: str, level: int
+    ) -> int | None:
         return quota_limit(quotas, self.scheduler.config.policy, user, group, level)
 
     def list_jobs(self, user: User, everyone: bool = True, all_states: bool = False) -> list[Job]:
