@@ -11,6 +11,9 @@ from typing import NamedTuple
 FILE = "file"
 DIRECTORY = "directory"
 SYMLINK = "symlink"
+FIFO = "fifo"
+SOCKET = "socket"
+"""Named pipes and sockets are entries only: their data never passes through fs3."""
 
 # Target states within one chain, as in 3FS's design notes (lastsrv/waiting folded away).
 SERVING = "serving"
@@ -92,6 +95,9 @@ class Inode:
     """Owner; new inodes get their creator's (:mod:`fs3.meta.permissions`)."""
     gid: int = 0
     """Group: the creator's, or the directory's when it is set-gid."""
+    nlink: int = 1
+    """Entries naming it (hard links); a directory's is 2 + its subdirectories, as POSIX
+    file systems count ``.`` and each child's ``..``."""
 
     @property
     def is_dir(self) -> bool:

@@ -37,7 +37,7 @@ from fs3.errors import (
 from fs3.meta.trash import TRASH
 from fs3.mgmtd.client import MgmtdClient
 from fs3.paths import normalize
-from fs3.types import DIRECTORY, FILE, Inode, Quota, TrashEntry
+from fs3.types import DIRECTORY, FILE, SYMLINK, Inode, Quota, TrashEntry
 from fs3.wire.client import ConnectionPool
 
 # One mgmtd HOST:PORT, or several separated by commas (a primary and its standbys).
@@ -136,7 +136,7 @@ class FS3FileSystem(AbstractFileSystem):
 
     # -- metadata ----------------------------------------------------------------------
     def _info(self, path: str, inode: Inode) -> dict[str, Any]:
-        kind = {FILE: "file", DIRECTORY: "directory"}.get(inode.kind, "link")
+        kind = {FILE: "file", DIRECTORY: "directory", SYMLINK: "link"}.get(inode.kind, "other")
         info = {
             "name": path,
             "size": inode.length if inode.kind == FILE else 0,
@@ -146,6 +146,7 @@ class FS3FileSystem(AbstractFileSystem):
             "ctime": inode.ctime,
             "atime": inode.atime or inode.mtime,
             "inode": inode.id,
+            "nlink": inode.nlink,
             "uid": inode.uid,
             "gid": inode.gid,
         }
@@ -250,6 +251,11 @@ class FS3FileSystem(AbstractFileSystem):
             self.rename(path1, path2)
         else:
             super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    def link(self, target: str, path: str) -> None:
+        """Makes ``path`` a further name (a hard link) of the file at ``target``; fsspec has
+        no such call, this one takes its arguments in ``symlink``'s order."""
+        self.meta.link(self._strip_protocol(target), self._strip_protocol(path))
 
     def symlink(self, target: str, path: str) -> None:
         """Creates a symlink at ``path`` pointing to ``target``."""

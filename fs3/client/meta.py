@@ -121,6 +121,14 @@ class MetaClient:
     def symlink(self, path: str, target: str) -> Inode:
         return inode_from_pb(self._rpc("Symlink", pb.SymlinkRequest(path=path, target=target)))
 
+    def link(self, src: str, dst: str) -> Inode:
+        """Makes ``dst`` a further name of the file at ``src`` (a hard link)."""
+        return inode_from_pb(self._rpc("Link", pb.LinkRequest(src=src, dst=dst)))
+
+    def mknod(self, path: str, kind: str, mode: int = 0o644) -> Inode:
+        """Creates a fifo or socket entry (``fs3.types.FIFO`` / ``SOCKET``)."""
+        return inode_from_pb(self._rpc("Mknod", pb.MknodRequest(path=path, kind=kind, mode=mode)))
+
     def readlink(self, path: str) -> str:
         return self._rpc("Readlink", pb.PathRequest(path=path)).target
 

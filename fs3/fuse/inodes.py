@@ -91,7 +91,8 @@ class InodeTable:
             node = self._nodes[inode.id] = Node(inode, parent, name)
         else:
             if not node.detached and (node.parent, node.name) != (parent, name):
-                self._names.pop((node.parent, node.name), None)
+                if inode.nlink < 2:  # a hard-linked file's other name is still its own
+                    self._names.pop((node.parent, node.name), None)
             node.inode, node.parent, node.name, node.detached = inode, parent, name, False
         self._names[(parent, name)] = inode.id
         node.lookups += lookups
@@ -110,12 +111,14 @@ class InodeTable:
         node = self._nodes.get(ino)
         return max(0.0, node.fresh_until - time.monotonic()) if node is not None else 0.0
 
-    def touched(self, ino: int) -> None:
-        """This mount changed directory ``ino``'s entries: meta set its times to now."""
+    def touched(self, ino: int, subdirs: int = 0) -> None:
+        """This mount changed directory ``ino``'s entries: meta set its times to now and
+        added ``subdirs`` to its link count."""
         node = self._nodes.get(ino)
         if node is not None:
             now = time.time()
-            node.inode = dataclasses.replace(node.inode, mtime=now, ctime=now)
+            nlink = node.inode.nlink + subdirs
+            node.inode = dataclasses.replace(node.inode, mtime=now, ctime=now, nlink=nlink)
 
     def moved(self, ino: int, parent: int, name: str) -> None:
         """``ino`` was renamed to ``name`` in ``parent``; whatever was there is detached."""
@@ -128,7 +131,21 @@ class InodeTable:
         if not node.detached:
             self._names.pop((node.parent, node.name), None)
         node.parent, node.name, node.detached = parent, name, False
+        node.inode = dataclasses.replace(node.inode, ctime=time.time())  # as meta's rename
         self._names[(parent, name)] = ino
+
+    def unlinked(self, parent: int, name: str) -> None:
+        """Name ``name`` in ``parent`` was removed: its file has one link fewer, and no path
+        when the table knew it by that name (the kernel looks up another name of a
+        hard-linked file again when it gets ESTALE)."""
+        ino = self._names.pop((parent, name), None)
+        node = self._nodes.get(ino) if ino is not None else None
+        if node is None:
+            return
+        nlink = max(node.inode.nlink - 1, 0)
+        node.inode = dataclasses.replace(node.inode, nlink=nlink, ctime=time.time())
+        if (node.parent, node.name) == (parent, name):
+            node.detached = True
 
     def detach(self, ino: int) -> None:
         """``ino`` lost its name (unlinked, or replaced by a rename)."""

@@ -47,7 +47,7 @@ from fs3.fuse.files import Cursor, OpenFile, set_file_length
 from fs3.fuse.inodes import InodeTable
 from fs3.fuse.options import MountOptions
 from fs3.meta.store import ROOT_ID
-from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, capacity
+from fs3.types import DIRECTORY, FIFO, FILE, SOCKET, SYMLINK, DirEntry, Inode, capacity
 
 log = logging.getLogger("fs3.fuse")
 T = TypeVar("T")
@@ -63,7 +63,15 @@ still open, and moving it to the orphans would cost two more meta calls."""
 CAPACITY_TTL_S = 1.0
 """How long statfs reuses the capacity mgmtd reported: ``df`` and file managers call it in
 bursts, and targets report only every heartbeat anyway."""
-_KIND_BITS = {FILE: stat.S_IFREG, DIRECTORY: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_KIND_BITS = {
+    FILE: stat.S_IFREG,
+    DIRECTORY: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    SOCKET: stat.S_IFSOCK,
+}
+_SPECIAL = {stat.S_IFIFO: FIFO, stat.S_IFSOCK: SOCKET}
+"""Special files kept as entries; the kernel serves their I/O on each host itself."""
 _ACCESS = {os.O_RDONLY: READ, os.O_WRONLY: WRITE}  # O_RDWR: both
 
 
@@ -190,7 +198,8 @@ class Fs3Operations(pyfuse3.Operations):
             a.st_size = opened.size if opened is not None else inode.length
         elif inode.kind == SYMLINK:
             a.st_size = len(inode.target.encode())
-        a.st_nlink = 0 if opened is not None and opened.orphan else 1
+        # An open file unlinked here lives on under its orphan name, which is no name of it.
+        a.st_nlink = max(inode.nlink - (1 if opened is not None and opened.orphan else 0), 0)
         a.st_uid, a.st_gid = inode.uid, inode.gid
         a.st_blksize = BLKSIZE
         a.st_blocks = -(-a.st_size // 512)
@@ -385,7 +394,7 @@ class Fs3Operations(pyfuse3.Operations):
         if not mode & 0o7777:  # meta reads mode 0 as its default
             inode = await self._blocking(self.meta.set_attr, path, 0)
         self.table.remember(parent_inode, text, inode)
-        self.table.touched(parent_inode)
+        self.table.touched(parent_inode, subdirs=1)
         return self._attr(inode)
 
     @_handler
@@ -393,7 +402,7 @@ class Fs3Operations(pyfuse3.Operations):
         text, path = self._child(parent_inode, name)
         await self._blocking(self.meta.rmdir, path)
         self._forget_name(parent_inode, text)
-        self.table.touched(parent_inode)
+        self.table.touched(parent_inode, subdirs=-1)
 
     @_handler
     async def symlink(
@@ -409,25 +418,49 @@ class Fs3Operations(pyfuse3.Operations):
         self.table.touched(parent_inode)
         return self._attr(inode)
 
+    @_handler
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _fuse_error(errno.EPERM)  # fs3 has no hard links (what FAT answers, too)
+        text, path = self._child(new_parent_inode, new_name)
+        opened = self.files.get(inode)
+        linked = await self._blocking(self.meta.link, self.table.path(inode), path)
+        if linked.id != inode:
+            raise _fuse_error(errno.ESTALE)  # its name now holds another file
+        self.table.remember(new_parent_inode, text, linked)
+        self.table.touched(new_parent_inode)
+        if opened is not None:
+            opened.inode = dataclasses.replace(opened.inode, nlink=linked.nlink, ctime=linked.ctime)
+        return self._attr(linked)
 
+    @_handler
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _fuse_error(errno.EPERM)  # no FIFOs, sockets or devices in fs3
+        kind = _SPECIAL.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise _fuse_error(errno.EPERM)  # device nodes: refused, as in a container
+        text, path = self._child(parent_inode, name)
+        perm = mode & 0o7777
+        inode = await self._blocking(self.meta.mknod, path, kind, perm)
+        if not perm:  # meta reads mode 0 as its default
+            inode = await self._blocking(self.meta.set_attr, path, 0)
+        self.table.remember(parent_inode, text, inode)
+        self.table.touched(parent_inode)
+        return self._attr(inode)
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         text, path = self._child(parent_inode, name)
         ino = self.table.child(parent_inode, text)
         if ino is not None and await self._still_open(ino):
-            await self._orphan(ino, path)
+            await self._orphan(ino, path, parent_inode, text)
         else:
             await self._blocking(self.meta.unlink, path)
-            self._forget_name(parent_inode, text)
+            self.table.unlinked(parent_inode, text)
+            opened = self.files.get(ino) if ino is not None else None
+            if opened is not None:  # another name of a file open here (a hard link)
+                opened.inode = dataclasses.replace(opened.inode, nlink=opened.inode.nlink - 1)
         self.table.touched(parent_inode)
 
     def _forget_name(self, parent: int, name: str) -> None:
@@ -435,8 +468,9 @@ class Fs3Operations(pyfuse3.Operations):
         if ino is not None:
             self.table.detach(ino)
 
-    async def _orphan(self, ino: int, path: str) -> None:
-        """Moves an open file out of the namespace; its last release deletes it."""
+    async def _orphan(self, ino: int, path: str, parent: int, name: str) -> None:
+        """Moves an open file's name ``name`` in ``parent`` (at ``path``) out of the
+        namespace; its last release deletes it (and the file, unless it has other names)."""
         orphan = f"/{ORPHANS}/{next(self._orphan_names)}"
 
         def move() -> None:
@@ -450,7 +484,7 @@ class Fs3Operations(pyfuse3.Operations):
                 self.meta.rename(path, orphan)
 
         await self._blocking(move)
-        self.table.detach(ino)
+        self.table.unlinked(parent, name)
         if self._is_open(ino):
             self.files[ino].orphan = orphan
         else:  # released while it moved (the kernel sends release after close returns)
@@ -465,8 +499,9 @@ class Fs3Operations(pyfuse3.Operations):
         return opened is not None and opened.handles > 0
 
     async def _still_open(self, ino: int) -> bool:
-        """Whether ``ino`` is open, after waiting a little for a release on its way."""
-        if not self._is_open(ino):
+        """Whether ``ino`` is open, after waiting a little for a release on its way, and
+        has no orphan name yet (which keeps it alive however many other names go)."""
+        if not self._is_open(ino) or self.files[ino].orphan:
             return False
         opened = self.files[ino]
         if all(fh in self._flushed for fh, f in self._handles.items() if f is opened):
@@ -498,10 +533,18 @@ class Fs3Operations(pyfuse3.Operations):
         if victim is not None and victim != moving and await self._still_open(victim):
             if moving is not None and self.table.is_dir(moving):
                 raise _fuse_error(errno.ENOTDIR)  # a directory cannot replace a file
-            await self._orphan(victim, dst)
+            await self._orphan(victim, dst, parent_inode_new, new_text)
         await self._blocking(self.meta.rename, src, dst)
-        self.table.touched(parent_inode_old)
-        self.table.touched(parent_inode_new)
+        # Directory link counts as meta keeps them: a moved directory's ".." changes parent,
+        # a replaced one's goes.
+        moved_dir = int(
+            moving is not None
+            and self.table.is_dir(moving)
+            and parent_inode_old != parent_inode_new
+        )
+        replaced_dir = int(victim is not None and victim != moving and self.table.is_dir(victim))
+        self.table.touched(parent_inode_old, subdirs=-moved_dir)
+        self.table.touched(parent_inode_new, subdirs=moved_dir - replaced_dir)
         if moving is not None:
             self.table.moved(moving, parent_inode_new, new_text)
 

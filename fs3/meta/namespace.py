@@ -23,12 +23,13 @@ from fs3.errors import (
     IsADirectory,
     NotADirectory,
     NotFound,
+    NotPermitted,
 )
 from fs3.meta import permissions, quota
 from fs3.meta.permissions import EXEC, READ, WRITE
 from fs3.meta.store import ROOT_ID, Garbage, MetaStore, MetaTxn
 from fs3.paths import check_length, components, normalize, split
-from fs3.types import DIRECTORY, FILE, SYMLINK, DirEntry, Inode, Layout, Quota
+from fs3.types import DIRECTORY, FIFO, FILE, SOCKET, SYMLINK, DirEntry, Inode, Layout, Quota
 
 _MAX_SYMLINK_HOPS = 8  # like Linux's 40, but fs3 symlinks are rare; a loop fails fast
 
@@ -78,18 +79,53 @@ class Namespace:
             raise NotADirectory("parent is not a directory", parent_path)
         return parent, name
 
-    def _touch(self, txn: MetaTxn, inode: Inode) -> None:
+    def _touch(self, txn: MetaTxn, inode: Inode, subdirs: int = 0) -> None:
+        """Sets directory ``inode``'s times to now (its entries changed) and adds ``subdirs``
+        to its link count (a directory came or went), in one write."""
         now = self._clock()
         fresh = txn.get_inode(inode.id) or inode  # this transaction may have charged it
-        txn.put_inode(dataclasses.replace(fresh, mtime=now, ctime=now))
+        txn.put_inode(dataclasses.replace(fresh, mtime=now, ctime=now, nlink=fresh.nlink + subdirs))
 
     def _discard(self, txn: MetaTxn, inode: Inode) -> None:
-        """Deletes an unlinked file, symlink or empty directory and releases what it used in
-        the quotas above it; a file's chunks go to the garbage queue."""
+        """Drops what an entry the caller removed held of ``inode``: one link of a file with
+        other names; otherwise the inode itself (a file, symlink, fifo, socket or empty
+        directory), releasing what it used in the quotas above it. A file's chunks go to
+        the garbage queue."""
+        inode = txn.get_inode(inode.id) or inode
+        if not inode.is_dir and inode.nlink > 1:
+            self._drop_link(txn, inode)
+            return
         txn.delete_inode(inode.id)
         quota.charge_dir(txn, inode.parent, -inode.length if inode.kind == FILE else 0, -1, None)
         if inode.kind == FILE and inode.layout.chains:
             txn.add_garbage(Garbage(inode.id, 0, inode.layout.chains))
+        parent = txn.get_inode(inode.parent) if inode.is_dir else None
+        if parent is not None and parent.id != inode.id:  # its ".." no longer names it
+            txn.put_inode(dataclasses.replace(parent, nlink=parent.nlink - 1))
+
+    def _drop_link(self, txn: MetaTxn, inode: Inode) -> None:
+        """One name of a hard-linked file went. Quotas count the file once, above its
+        ``parent`` (the directory of a name of it): when no name is left there, a remaining
+        name's directory takes the file over, even past its limit (a delete never fails)."""
+        parent = inode.parent
+        names = txn.names(inode.id)
+        if names and parent not in {p for p, _ in names}:
+            parent = names[0][0]
+            quota.move_charges(txn, inode, inode.parent, parent, None, check=False)
+        txn.put_inode(
+            dataclasses.replace(inode, nlink=inode.nlink - 1, parent=parent, ctime=self._clock())
+        )
+
+    def _moved(self, txn: MetaTxn, moving: Inode, src_dir: int, dst_dir: int, path: str) -> Inode:
+        """Records that an entry of ``moving`` went from ``src_dir`` to ``dst_dir`` (the
+        caller moved the entry): its parent, the quotas that count it, ctime. A hard-linked
+        file stays counted where it was unless this entry was in that directory."""
+        moving = txn.get_inode(moving.id) or moving
+        home = dst_dir if moving.parent == src_dir else moving.parent
+        moved = dataclasses.replace(moving, parent=home, ctime=self._clock())
+        txn.put_inode(moved)
+        quota.move_charges(txn, moved, moving.parent, home, path)
+        return moved
 
     def _new_layout(self, chunk_size: int, stripe: int) -> Layout:
         chains = sorted(self._chains())
@@ -184,9 +220,11 @@ class Namespace:
         now = self._clock()
         fields.update(uid=uid, gid=gid)
         inode = Inode(txn.new_inode_id(), kind, mode, 0, now, now, parent.id, **fields)  # type: ignore[arg-type]
+        if kind == DIRECTORY:  # "." and the parent's entry; the parent gains a ".."
+            inode = dataclasses.replace(inode, nlink=2)
         txn.put_inode(inode)
         txn.link(parent.id, name, inode.id)
-        self._touch(txn, parent)
+        self._touch(txn, parent, 1 if kind == DIRECTORY else 0)
         return inode
 
     def create(
@@ -211,6 +249,7 @@ class Namespace:
                     raise AlreadyExists("file exists", path)
                 if old.is_dir:
                     raise IsADirectory("is a directory", path)
+                txn.unlink(parent.id, name)  # a hard link's other names keep the old file
                 self._discard(txn, old)  # before the new inode's charge: a full quota allows it
             return self._make(txn, parent, name, FILE, mode, path, old, layout=layout)
 
@@ -258,6 +297,8 @@ class Namespace:
                 assert up is not None
                 ancestor = up
             old = txn.lookup_inode(dparent.id, dname)
+            if old is not None and old.id == moving.id:
+                return moving  # two names of one file: POSIX says rename does nothing
             if old is not None:
                 if old.is_dir and not moving.is_dir:
                     raise IsADirectory("is a directory", dst)
@@ -266,15 +307,15 @@ class Namespace:
                 if old.is_dir and txn.children(old.id, limit=1):
                     raise DirectoryNotEmpty("directory not empty", dst)
                 permissions.check_delete(caller, dparent, old, dst)
+                txn.unlink(dparent.id, dname)
                 self._discard(txn, old)
             txn.unlink(sparent.id, sname)
             txn.link(dparent.id, dname, moving.id)
-            moved = dataclasses.replace(moving, parent=dparent.id, ctime=self._clock())
-            txn.put_inode(moved)
-            quota.move_charges(txn, moved, sparent.id, dparent.id, dst)
-            self._touch(txn, sparent)
+            moved = self._moved(txn, moving, sparent.id, dparent.id, dst)
+            subdirs = 1 if moving.is_dir and dparent.id != sparent.id else 0
+            self._touch(txn, sparent, -subdirs)
             if dparent.id != sparent.id:
-                self._touch(txn, dparent)
+                self._touch(txn, dparent, subdirs)
             return moved
 
         return self.store.run(op)
@@ -359,7 +400,7 @@ class Namespace:
             quota.charge_dir(txn, inode.parent, length - inode.length, 0, None)
             now = self._clock()
             mode = permissions.after_write(caller, inode)
-            inode = dataclasses.replace(inode, length=length, mtime=now, mode=mode)
+            inode = dataclasses.replace(inode, length=length, mtime=now, ctime=now, mode=mode)
             txn.put_inode(inode)
             return inode
 
@@ -428,6 +469,51 @@ class Namespace:
             if txn.lookup(parent.id, name) is not None:
                 raise AlreadyExists("file exists", path)
             return self._make(txn, parent, name, SYMLINK, 0o777, path, target=target)
+
+        return self.store.run(op)
+
+    def link(self, src: str, dst: str) -> Inode:
+        """Gives the file at ``src`` (a symlink itself, as Linux's link(2)) the further name
+        ``dst``: a hard link. Both names are the same inode, which counts its names in
+        ``nlink`` and goes with the last of them; quotas count it once.
+
+        Raises NotFound, AlreadyExists, NotADirectory, NotPermitted (``src`` is a directory,
+        as POSIX allows).
+        """
+        src, dst = normalize(src), normalize(dst)
+
+        def op(txn: MetaTxn) -> Inode:
+            inode = self._resolve(txn, src)
+            dparent, dname = self._parent(txn, dst)
+            if txn.lookup(dparent.id, dname) is not None:
+                raise AlreadyExists("file exists", dst)
+            if inode.is_dir:
+                raise NotPermitted("hard links to directories are not allowed", src)
+            permissions.check(permissions.current(), dparent, WRITE | EXEC, dst)
+            inode = dataclasses.replace(inode, nlink=inode.nlink + 1, ctime=self._clock())
+            txn.put_inode(inode)
+            txn.link(dparent.id, dname, inode.id)
+            self._touch(txn, dparent)
+            return inode
+
+        return self.store.run(op)
+
+    def mknod(self, path: str, kind: str, mode: int = 0o644) -> Inode:
+        """Creates a named pipe (``FIFO``) or socket (``SOCKET``) entry at ``path``: the
+        name, owner, mode and times live in meta, the data never passes through fs3.
+
+        Raises AlreadyExists, NotFound (parent), NotADirectory, NotPermitted (any other
+        kind: device nodes are refused, as in an unprivileged container).
+        """
+        path = normalize(path)
+        if kind not in (FIFO, SOCKET):
+            raise NotPermitted(f"fs3 keeps only fifos and sockets as special files, not {kind}")
+
+        def op(txn: MetaTxn) -> Inode:
+            parent, name = self._parent(txn, path)
+            if txn.lookup(parent.id, name) is not None:
+                raise AlreadyExists("file exists", path)
+            return self._make(txn, parent, name, kind, mode, path)
 
         return self.store.run(op)
 

@@ -27,7 +27,9 @@ from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, reda
 from fs3.errors import Unavailable
 from fs3.meta.sqlite import (
     ADDED_COLUMNS,
+    BACKFILL,
     COLUMNS,
+    DENTRIES_BY_CHILD,
     USER_COLUMNS,
     USERS_TABLE,
     inode_to_row,
@@ -49,6 +51,7 @@ _SCHEMA = [
         q_max_inodes BIGINT, q_used_bytes BIGINT, q_used_inodes BIGINT)""",
     """CREATE TABLE IF NOT EXISTS dentries (
         parent BIGINT, name TEXT COLLATE "C", child BIGINT NOT NULL, PRIMARY KEY (parent, name))""",
+    DENTRIES_BY_CHILD,
     """CREATE TABLE IF NOT EXISTS garbage (
         id BIGSERIAL PRIMARY KEY, inode BIGINT NOT NULL, from_index BIGINT NOT NULL,
         chains TEXT NOT NULL)""",
@@ -97,6 +100,8 @@ class PostgresMetaStore(MetaStore):
                 for column, (_, pg_type) in ADDED_COLUMNS.items():
                     if column not in have:
                         cur.execute(f"ALTER TABLE inodes ADD COLUMN {column} {pg_type}")
+                        if column in BACKFILL:
+                            cur.execute(BACKFILL[column])
                 cur.execute(
                     _PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
                     inode_to_row(root_inode(_now(cur))),
@@ -284,6 +289,13 @@ class _PgTxn(MetaTxn):
             (parent, limit),
         ).fetchall()
         return [(name, child) for name, child in rows]
+
+    def names(self, child: int, limit: int | None = None) -> list[tuple[int, str]]:
+        rows = self._x(
+            "SELECT parent, name FROM dentries WHERE child=%s ORDER BY parent, name LIMIT %s",
+            (child, limit),
+        ).fetchall()
+        return [(parent, name) for parent, name in rows]
 
     def new_inode_id(self) -> int:
         return self._x("SELECT nextval('inode_ids')").fetchone()[0]

@@ -48,9 +48,16 @@ def path_of(txn: MetaTxn, inode: Inode) -> str:
     return "/" + "/".join(reversed(names))
 
 
-def charge(txn: MetaTxn, dirs: list[Inode], nbytes: int, ninodes: int, path: str | None) -> None:
+def charge(
+    txn: MetaTxn,
+    dirs: list[Inode],
+    nbytes: int,
+    ninodes: int,
+    path: str | None,
+    check: bool = True,
+) -> None:
     """Adds ``nbytes`` and ``ninodes`` (either may be negative) to the usage of ``dirs``
-    (from :func:`quota_dirs`).
+    (from :func:`quota_dirs`); without ``check`` even past a limit.
 
     Raises:
         QuotaExceeded: a growing count would pass a limit; ``path`` is the error's path and
@@ -60,13 +67,13 @@ def charge(txn: MetaTxn, dirs: list[Inode], nbytes: int, ninodes: int, path: str
         q = directory.quota
         assert q is not None
         used_bytes, used_inodes = q.used_bytes + nbytes, q.used_inodes + ninodes
-        if nbytes > 0 and q.max_bytes and used_bytes > q.max_bytes:
+        if check and nbytes > 0 and q.max_bytes and used_bytes > q.max_bytes:
             raise QuotaExceeded(
                 f"disk quota exceeded: {used_bytes} bytes would pass the limit of "
                 f"{q.max_bytes} bytes on {path_of(txn, directory)}",
                 path,
             )
-        if ninodes > 0 and q.max_inodes and used_inodes > q.max_inodes:
+        if check and ninodes > 0 and q.max_inodes and used_inodes > q.max_inodes:
             raise QuotaExceeded(
                 f"disk quota exceeded: {used_inodes} inodes would pass the limit of "
                 f"{q.max_inodes} inodes on {path_of(txn, directory)}",
@@ -113,9 +120,17 @@ def usage_of(txn: MetaTxn, inode: Inode) -> Usage:
     return nbytes, ninodes + 1
 
 
-def move_charges(txn: MetaTxn, moving: Inode, src_dir: int, dst_dir: int, path: str) -> None:
+def move_charges(
+    txn: MetaTxn,
+    moving: Inode,
+    src_dir: int,
+    dst_dir: int,
+    path: str | None,
+    check: bool = True,
+) -> None:
     """Moves the usage of ``moving`` from the quotas above ``src_dir`` to those above
-    ``dst_dir`` (a rename); quotas above both are left alone. Raises QuotaExceeded."""
+    ``dst_dir`` (a rename; without ``check`` even past a limit); quotas above both are
+    left alone. Raises QuotaExceeded."""
     if src_dir == dst_dir:
         return
     src, dst = quota_dirs(txn, src_dir), quota_dirs(txn, dst_dir)
@@ -126,7 +141,7 @@ def move_charges(txn: MetaTxn, moving: Inode, src_dir: int, dst_dir: int, path: 
         return
     nbytes, ninodes = usage_of(txn, moving)
     charge(txn, leaving, -nbytes, -ninodes, path)
-    charge(txn, arriving, nbytes, ninodes, path)
+    charge(txn, arriving, nbytes, ninodes, path, check)
 
 
 def new_quota(txn: MetaTxn, directory: Inode, max_bytes: int, max_inodes: int) -> Quota | None:

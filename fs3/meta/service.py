@@ -118,6 +118,12 @@ class MetaServicer:
     def Symlink(self, r: pb.SymlinkRequest) -> pb.Inode:
         return inode_to_pb(self.ns.symlink(r.path, r.target))
 
+    def Link(self, r: pb.LinkRequest) -> pb.Inode:
+        return inode_to_pb(self.ns.link(r.src, r.dst))
+
+    def Mknod(self, r: pb.MknodRequest) -> pb.Inode:
+        return inode_to_pb(self.ns.mknod(r.path, r.kind, r.mode or 0o644))
+
     def Readlink(self, r: pb.PathRequest) -> pb.LinkTarget:
         return pb.LinkTarget(target=self.ns.readlink(r.path))
 

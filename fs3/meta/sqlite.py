@@ -24,6 +24,9 @@ USERS_TABLE = """CREATE TABLE IF NOT EXISTS users (
     token_hash TEXT NOT NULL UNIQUE, admin BOOLEAN NOT NULL, mount BOOLEAN NOT NULL)"""
 USER_COLUMNS = "name, uid, gid, groups, token_hash, admin, mount"
 
+# The names of an inode, for unlinking one of several hard links (MetaTxn.names).
+DENTRIES_BY_CHILD = "CREATE INDEX IF NOT EXISTS dentries_child ON dentries (child)"
+
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS inodes (
     id INTEGER PRIMARY KEY, kind TEXT, mode INTEGER, length INTEGER, mtime REAL, ctime REAL,
@@ -32,6 +35,7 @@ _SCHEMA = [
     q_used_bytes INTEGER, q_used_inodes INTEGER)""",
     """CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER, name TEXT, child INTEGER, PRIMARY KEY (parent, name)) WITHOUT ROWID""",
+    DENTRIES_BY_CHILD,
     """CREATE TABLE IF NOT EXISTS garbage (
     id INTEGER PRIMARY KEY AUTOINCREMENT, inode INTEGER, from_index INTEGER, chains TEXT)""",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER)",
@@ -43,7 +47,7 @@ _SCHEMA = [
 # quota columns are NULL on every inode but the directories that have a quota.
 COLUMNS = (
     "id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target, "
-    "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes, uid, gid"
+    "atime, q_max_bytes, q_max_inodes, q_used_bytes, q_used_inodes, uid, gid, nlink"
 )
 ADDED_COLUMNS = {
     "atime": ("REAL NOT NULL DEFAULT 0", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
@@ -53,9 +57,19 @@ ADDED_COLUMNS = {
     },
     # Inodes from before owners belong to root, as their files on the mount always did.
     **{c: ("INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0") for c in ("uid", "gid")},
+    "nlink": ("INTEGER NOT NULL DEFAULT 1", "INTEGER NOT NULL DEFAULT 1"),
 }
 """Columns later than the first schema, with their SQLite and PostgreSQL types: a store
 created before them gets them added when it is opened."""
+
+BACKFILL = {
+    # Before hard links every file had one name; a directory counts its subdirectories.
+    "nlink": "UPDATE inodes SET nlink = 2 + (SELECT count(*) FROM dentries d JOIN inodes c "
+    "ON c.id = d.child WHERE d.parent = inodes.id AND c.kind = 'directory') "
+    "WHERE kind = 'directory'",
+}
+"""What an added column holds in the rows that existed before it, where its default is not
+right: run, in the same transaction, right after the column is added."""
 
 
 _PREFIXED = ", ".join(f"i.{c}" for c in COLUMNS.split(", "))
@@ -85,12 +99,13 @@ def inode_to_row(inode: Inode) -> tuple:
         *quota,
         inode.uid,
         inode.gid,
+        inode.nlink,
     )
 
 
 def row_to_inode(row: tuple) -> Inode:
     id_, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed, target = row[:11]
-    atime, max_bytes, max_inodes, used_bytes, used_inodes, uid, gid = row[11:18]
+    atime, max_bytes, max_inodes, used_bytes, used_inodes, uid, gid, nlink = row[11:19]
     chain_ids = tuple(int(c) for c in chains.split(",")) if chains else ()
     quota = None if max_bytes is None else Quota(max_bytes, max_inodes, used_bytes, used_inodes)
     return Inode(
@@ -107,6 +122,7 @@ def row_to_inode(row: tuple) -> Inode:
         quota,
         uid,
         gid,
+        nlink,
     )
 
 
@@ -140,6 +156,8 @@ class SqliteMetaStore(MetaStore):
             for column, (sql_type, _) in ADDED_COLUMNS.items():
                 if column not in have:
                     conn.execute(f"ALTER TABLE inodes ADD COLUMN {column} {sql_type}")
+                    if column in BACKFILL:
+                        conn.execute(BACKFILL[column])
             if txn.get_inode(1) is None:
                 txn.put_inode(root_inode(time.time()))
                 conn.execute("INSERT OR IGNORE INTO counters VALUES ('inode', 2)")
@@ -244,6 +262,13 @@ class _SqliteTxn(MetaTxn):
             (parent, -1 if limit is None else limit),
         )
         return [(name, child) for name, child in rows]
+
+    def names(self, child: int, limit: int | None = None) -> list[tuple[int, str]]:
+        rows = self.c.execute(
+            "SELECT parent, name FROM dentries WHERE child=? ORDER BY parent, name LIMIT ?",
+            (child, -1 if limit is None else limit),
+        )
+        return [(parent, name) for parent, name in rows]
 
     def new_inode_id(self) -> int:
         (value,) = self.c.execute(

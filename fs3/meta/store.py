@@ -37,7 +37,7 @@ class Garbage:
 
 
 def root_inode(now: float) -> Inode:
-    return Inode(ROOT_ID, DIRECTORY, 0o755, 0, now, now, ROOT_ID)
+    return Inode(ROOT_ID, DIRECTORY, 0o755, 0, now, now, ROOT_ID, nlink=2)
 
 
 class MetaTxn(ABC):
@@ -70,6 +70,11 @@ class MetaTxn(ABC):
     @abstractmethod
     def children(self, parent: int, limit: int | None = None) -> list[tuple[str, int]]:
         """Entries of ``parent`` sorted by name, at most ``limit`` of them."""
+
+    @abstractmethod
+    def names(self, child: int, limit: int | None = None) -> list[tuple[int, str]]:
+        """(parent, name) of the entries naming inode ``child``, sorted, at most ``limit``
+        (a file's hard links; backends index entries by child for it)."""
 
     def lookup_inode(self, parent: int, name: str) -> Inode | None:
         """The inode entry ``name`` of ``parent`` names, or None (also when that inode is
@@ -239,6 +244,15 @@ class _MemoryTxn(MetaTxn):
 
     def children(self, parent: int, limit: int | None = None) -> list[tuple[str, int]]:
         return sorted(self.s._dentries.get(parent, {}).items())[:limit]
+
+    def names(self, child: int, limit: int | None = None) -> list[tuple[int, str]]:
+        found = [
+            (parent, name)
+            for parent, entries in self.s._dentries.items()
+            for name, c in entries.items()
+            if c == child
+        ]
+        return sorted(found)[:limit]
 
     def new_inode_id(self) -> int:
         self.s._next[0] += 1

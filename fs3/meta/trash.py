@@ -20,7 +20,7 @@ import datetime
 import math
 
 from fs3.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound, NotPermitted
-from fs3.meta import permissions, quota
+from fs3.meta import permissions
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import ROOT_ID, MetaTxn
 from fs3.paths import normalize
@@ -110,10 +110,8 @@ class Trash:
             txn.put_inode(holder)
             txn.unlink(sparent.id, name)
             txn.link(holder.id, name, moving.id)
-            moved = dataclasses.replace(moving, parent=holder.id, ctime=now)
-            txn.put_inode(moved)
-            quota.move_charges(txn, moved, sparent.id, holder.id, path)
-            ns._touch(txn, sparent)
+            moved = ns._moved(txn, moving, sparent.id, holder.id, path)
+            ns._touch(txn, sparent, -1 if moving.is_dir else 0)
             expires = expiry_of(holder_name) or 0.0
             return TrashEntry(holder_name, path, now, expires, moved), holder.id
 
@@ -173,10 +171,8 @@ class Trash:
             cname, moving = content[0]
             txn.unlink(holder.id, cname)
             txn.link(dparent.id, dname, moving.id)
-            moved = dataclasses.replace(moving, parent=dparent.id, ctime=ns._clock())
-            txn.put_inode(moved)
-            quota.move_charges(txn, moved, holder.id, dparent.id, dst)
-            ns._touch(txn, dparent)
+            moved = ns._moved(txn, moving, holder.id, dparent.id, dst)
+            ns._touch(txn, dparent, 1 if moving.is_dir else 0)
             txn.unlink(folder.id, name)  # type: ignore[union-attr]
             ns._discard(txn, holder)
             return moved

@@ -89,6 +89,7 @@ def inode_to_pb(i: Inode) -> pb.Inode:
         quota=quota,
         uid=i.uid,
         gid=i.gid,
+        nlink=i.nlink,
     )
 
 
@@ -112,6 +113,7 @@ def inode_from_pb(m: pb.Inode) -> Inode:
         quota,
         m.uid,
         m.gid,
+        m.nlink or 1,  # a meta server from before link counts sends none
     )
 
 

@@ -137,7 +137,7 @@ class Quota(_message.Message):
     def __init__(self, max_bytes: _Optional[int] = ..., max_inodes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., used_inodes: _Optional[int] = ...) -> None: ...
 
 class Inode(_message.Message):
-    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota", "uid", "gid")
+    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota", "uid", "gid", "nlink")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class Inode(_message.Message):
     QUOTA_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    NLINK_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: str
     mode: int
@@ -164,7 +165,8 @@ class Inode(_message.Message):
     quota: Quota
     uid: int
     gid: int
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+    nlink: int
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., nlink: _Optional[int] = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "inode")
@@ -413,6 +415,24 @@ class LinkTarget(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     target: str
     def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("src", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: str
+    dst: str
+    def __init__(self, src: _Optional[str] = ..., dst: _Optional[str] = ...) -> None: ...
+
+class MknodRequest(_message.Message):
+    __slots__ = ("path", "kind", "mode")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    kind: str
+    mode: int
+    def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ...) -> None: ...
 
 class ChunkRequest(_message.Message):
     __slots__ = ("chain_id", "inode", "index", "offset", "length", "table_version", "data", "truncate", "crc")

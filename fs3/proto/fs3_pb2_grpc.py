@@ -405,6 +405,16 @@ class MetaStub:
                 request_serializer=fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.UserInfo.FromString,
                 _registered_method=True)
+        self.Link = channel.unary_unary(
+                '/fs3.Meta/Link',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.LinkRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
+        self.Mknod = channel.unary_unary(
+                '/fs3.Meta/Mknod',
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.MknodRequest.SerializeToString,
+                response_deserializer=fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -562,6 +572,18 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Link(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Mknod(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -689,6 +711,16 @@ def add_MetaServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=fs3_dot_proto_dot_fs3__pb2.Empty.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.UserInfo.SerializeToString,
+            ),
+            'Link': grpc.unary_unary_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.LinkRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
+            ),
+            'Mknod': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mknod,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.MknodRequest.FromString,
+                    response_serializer=fs3_dot_proto_dot_fs3__pb2.Inode.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1368,6 +1400,60 @@ class Meta:
             '/fs3.Meta/WhoAmI',
             fs3_dot_proto_dot_fs3__pb2.Empty.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.UserInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/Link',
+            fs3_dot_proto_dot_fs3__pb2.LinkRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mknod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs3.Meta/Mknod',
+            fs3_dot_proto_dot_fs3__pb2.MknodRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.Inode.FromString,
             options,
             channel_credentials,
             insecure,

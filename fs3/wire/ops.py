@@ -54,6 +54,8 @@ META_OPS: dict[str, int] = {
     "RemoveUser": 23,
     "RotateUser": 24,
     "WhoAmI": 25,
+    "Link": 30,
+    "Mknod": 31,
 }
 """The op of each method of fs3.proto's ``Meta`` service on the framed meta port."""
 

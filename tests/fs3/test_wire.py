@@ -53,6 +53,8 @@ META_OPS = {
     "RemoveUser": 23,
     "RotateUser": 24,
     "WhoAmI": 25,
+    "Link": 30,
+    "Mknod": 31,
 }
 CODES = {
     "Fs3Error": 1,
