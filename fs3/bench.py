@@ -16,6 +16,9 @@ crosses FUSE once, where the fsspec client's readers fetch it 4 times. Below the
 FUSE ceiling: the same reads of a file that a pyfuse3 mount serves from memory
 (:mod:`fs3.fuse.ceiling`), what FUSE alone costs here.
 
+A cluster at replication 3 with ``security.capabilities`` off runs the fsspec work again,
+printed beside the default (capabilities on): what signing and checking them costs.
+
 Then two more tables: warm reads on the client's zero-copy local path (descriptors passed
 by the targets on this machine) against the same client over TCP and the local disk
 (:mod:`fs3.local_bench`), and metadata operations on the SQLite store against PostgreSQL
@@ -35,9 +38,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fs3 import capabilities as caps
 from fs3 import local_bench
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
+from fs3.config import load_config
 from fs3.errors import Fs3Error
 from fs3.meta.bench import bench_meta_stores, format_meta_table
 from fs3.proto import fs3_pb2 as pb
@@ -192,20 +197,32 @@ def bench_fs3(cluster: LocalCluster, data: bytes, files: int, seconds: float) ->
             fs.meta.unlink(p)
 
     out["meta ops/s"] = 3 * files / _timed(meta_ops)
-    out.update(bench_grpc(fs, data))
+    out.update(bench_grpc(fs, data, _grpc_capability(cluster)))
     fs.rm("/bench.bin")
     return out
 
 
-def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
-    """The same 4 MiB chunks through the storage servers' gRPC ChunkService (unary calls)."""
+GRPC_INODE = 1 << 40
+"""The inode of bench_grpc's chunks: far above meta's ids, so they belong to no file."""
+
+
+def _grpc_capability(cluster: LocalCluster) -> bytes:
+    """A capability for :data:`GRPC_INODE`, signed with the cluster's secret as meta would
+    sign one (no file is opened for those chunks); empty with capabilities off."""
+    keys = caps.service_keys(load_config(cluster.root / "config.yaml").security)
+    return caps.issue(keys.capability, GRPC_INODE, caps.ALL_OPS, 3600) if keys else b""
+
+
+def bench_grpc(fs: FS3FileSystem, data: bytes, capability: bytes = b"") -> dict[str, float]:
+    """The same 4 MiB chunks through the storage servers' gRPC ChunkService (unary calls),
+    each carrying ``capability`` as the framed path's requests do."""
     table = fs.mgmtd.refresh()
     stubs = {
         t.target_id: pbg.ChunkServiceStub(channel(f"{t.host}:{t.grpc_port}", fs.config.tls))
         for t in table.targets.values()
     }
     chains = sorted(table.chains)
-    inode = 1 << 40  # far above meta's ids: these chunks belong to no file
+    inode = GRPC_INODE
     size = len(data)
 
     def write(index: int) -> None:
@@ -220,6 +237,7 @@ def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
             data=piece,
             truncate=True,
             crc=crc32c(piece),
+            capability=capability,
         )
         stubs[chain.writers()[0]].Write(req, timeout=60)
 
@@ -232,6 +250,7 @@ def bench_grpc(fs: FS3FileSystem, data: bytes) -> dict[str, float]:
             offset=0,
             length=CHUNK,
             table_version=table.version,
+            capability=capability,
         )
         stubs[chain.readers()[index % len(chain.readers())]].Read(req, timeout=60)
 
@@ -295,8 +314,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1 GiB)")
     parser.add_argument("--files", type=int, default=10_000, help="small files for meta ops")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of random reads")
+    parser.add_argument(
+        "--security-only",
+        action="store_true",
+        help="only the capabilities on-vs-off comparison (two clusters at replication 3)",
+    )
     args = parser.parse_args(argv)
     data = os.urandom(args.size_mib * MiB)
+    if args.security_only:
+        with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
+            results = {
+                name: _bench_r3(Path(tmp) / name, data, args, capabilities=name == "fs3 r3")
+                for name in ("fs3 r3", "fs3 r3 off")
+            }
+        print(format_security_table(results))
+        return
     results: dict[str, dict[str, float]] = {}
     no_fuse = fuse_missing()
     local_paths: dict[str, dict[str, list[float]]] = {}
@@ -320,7 +352,11 @@ def main(argv: list[str] | None = None) -> None:
                 cluster.stop()
         if no_fuse is None:
             results["fuse ceiling"] = {"warm read MB/s": bench_fuse_ceiling(work, len(data))}
+        # Issue 18: the same r3 work with capabilities and signed service calls off.
+        results["fs3 r3 off"] = _bench_r3(work / "r3-off", data, args, capabilities=False)
     print(format_table(results, args.size_mib, args.files))
+    print()
+    print(format_security_table(results))
     print()
     if no_fuse is None:
         print(format_mount_table(results))
@@ -351,6 +387,31 @@ def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int
         line += f"{r3[metric] / local[metric]:>9.2f}x{r1[metric] / local[metric]:>9.2f}x"
         line += f"{r1[metric] / g1:>9.2f}x" if g1 else f"{'-':>10}"
         rows.append(line)
+    return "\n".join(rows)
+
+
+def _bench_r3(
+    root: Path, data: bytes, args: argparse.Namespace, capabilities: bool
+) -> dict[str, float]:
+    """:func:`bench_fs3` on a fresh cluster at replication 3, ``security.capabilities`` set."""
+    settings = {"security": {"capabilities": capabilities}}
+    cluster = LocalCluster(root, targets=3, replicas=3, settings=settings)
+    try:
+        cluster.start()
+        return bench_fs3(cluster, data, args.files, args.seconds)
+    finally:
+        cluster.stop()
+
+
+def format_security_table(results: dict[str, dict[str, float]]) -> str:
+    """fs3 r3 with capabilities (the default) beside the same cluster with them off."""
+    on, off = results["fs3 r3"], results["fs3 r3 off"]
+    head = f"{'metric':<24}{'on':>10}{'off':>10}{'on/off':>10}"
+    rows = ["fs3 r3, security.capabilities on vs off", "", head, "-" * len(head)]
+    for metric in ("meta ops/s", "warm read MB/s", "seq write MB/s", "4K random reads/s"):
+        rows.append(
+            f"{metric:<24}{on[metric]:>10.0f}{off[metric]:>10.0f}{on[metric] / off[metric]:>9.2f}x"
+        )
     return "\n".join(rows)
 
 

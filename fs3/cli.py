@@ -106,6 +106,7 @@ def mgmtd(
             advertise=advertise,
             targets_per_node=targets_per_node,
             tls=config.tls,
+            security=config.security,
         )
 
 

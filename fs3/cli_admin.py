@@ -353,6 +353,9 @@ def fsck_command(
     from fs3.cli_util import open_fs, progress
     from fs3.fsck import fsck
 
+    if config_path is None and directory is not None:
+        # The cluster's own config names its secret, which fsck's chunk requests need.
+        config_path = str(Path(directory) / "config.yaml")
     fs = open_fs(cluster_address(directory, address, config_path), config_path)
     with one_line_errors("fsck"):
         report = fsck(fs, sample, repair, lambda what, n: progress(what, n, unit_bytes=False))

@@ -8,10 +8,10 @@ PostgreSQL databases instead of the SQLite files in the folder.
 
 The folder holds every file's metadata and bytes, so it is the owner's alone: created (or
 tightened to) 0700, its own files written 0600, and the services started with umask 077 so
-that their databases, chunks and logs are private too. (fs3 checks no credentials: anyone
-who reaches its ports reads through them; these modes keep the files themselves out of
-other accounts' reach. A target's local-read socket keeps storage.local_socket_mode, but
-inside the folder only the owner reaches it; other accounts' clients read over TCP.)
+that their databases, chunks and logs are private too. ``secret`` (0600) is the services'
+shared key (:mod:`fs3.capabilities`); clients never need it. A target's local-read socket
+keeps storage.local_socket_mode, but inside the folder only the owner reaches it; other
+accounts' clients read over TCP.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import psutil
 import yaml
 
 from fs3 import tls as certificates
+from fs3.capabilities import create_secret
 from fs3.client.filesystem import local_token_file
 from fs3.config import TlsConfig
 from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
@@ -64,6 +65,7 @@ _OURS = (
     "pids.json",
     "address",
     "token",
+    "secret",
     "mgmtd*",
     "meta*",
     "storage-*",
@@ -175,6 +177,11 @@ class LocalCluster:
                 self.ports[f"storage-{i}"] = [next(free), next(free)]
             _write_private(ports_file, json.dumps(self.ports))
         settings = {**self.settings, "tls": self._certify()} if self.tls else self.settings
+        # The services' shared secret (fs3.capabilities): readable by this account alone,
+        # like the folder; kept across restarts so capabilities issued before stay valid.
+        create_secret(self.root / "secret")
+        security = {"secret_file": str(self.root / "secret"), **settings.get("security", {})}
+        settings = {**settings, "security": security}
         _write_private(self.root / "config.yaml", yaml.safe_dump(settings))
 
     def _certify(self) -> dict[str, object]:

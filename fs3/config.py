@@ -150,6 +150,28 @@ class TlsConfig(BaseModel):
         return self
 
 
+class SecurityConfig(BaseModel):
+    """How services authenticate each other and clients' chunk requests
+    (:mod:`fs3.capabilities`)."""
+
+    model_config = _GROUP
+
+    capabilities: bool = True
+    """Storage targets serve chunk requests only with a capability from meta, and mgmtd
+    takes heartbeats and registrations only from services holding the cluster secret. Off
+    (``false``) only to measure what the checks cost (``python -m fs3.bench``): then anyone
+    who reaches a port reads, writes and deletes chunks."""
+    secret_file: str = ""
+    """The cluster secret (32 bytes, 0600) every mgmtd, meta and storage process reads;
+    ``hai fs3 up`` writes ``secret`` in the cluster folder. Clients never get it."""
+    capability_s: float = Field(600.0, gt=0)
+    """How long a capability meta issues stays valid; clients renew it (by reopening)
+    before it runs out, so this bounds how long a revoked permission still reaches data."""
+    clock_skew_s: float = Field(30.0, ge=0)
+    """How far the clocks of meta, mgmtd and targets may differ: an expiry or a signed
+    call's time is accepted this much past (NTP keeps machines within milliseconds)."""
+
+
 class Fs3Config(Settings):
     """The whole fs3 configuration; build it with :func:`load_config`."""
 
@@ -162,6 +184,7 @@ class Fs3Config(Settings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
 
 

@@ -90,6 +90,13 @@ class NotPermitted(_PathOSError, PermissionError):
     errno_code = _errno.EPERM
 
 
+class CapabilityRefused(_PathOSError, PermissionError):
+    """A storage target refused a chunk request: its capability is missing, forged, expired
+    or for another file, chunk or operation (EACCES). The client renews an expired one."""
+
+    errno_code = _errno.EACCES
+
+
 class ChecksumMismatch(_PathOSError):
     """A replica's stored bytes do not match their CRC32C; another replica may hold good ones."""
 
@@ -148,6 +155,7 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     NameTooLong,
     PermissionDenied,
     NotPermitted,
+    CapabilityRefused,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}
 

@@ -36,6 +36,7 @@ compares versions chunk by chunk and copies what differs; that is the repair for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fs3.capabilities import ServiceSigner, service_keys
 from fs3.errors import Fs3Error
 from fs3.types import DIRECTORY, FILE, SERVING, ChunkId, Inode, RoutingTable
 from fs3.wire.checksum import crc32c
@@ -104,6 +106,38 @@ def _address(table: RoutingTable, target_id: int) -> str:
     return table.targets[target_id].data_address
 
 
+class _SigningPool:
+    """``fs.pool`` with every request signed as a service's (:mod:`fs3.capabilities`):
+    fsck lists, verifies, repairs and deletes chunks of every file, which targets allow only
+    services. The key comes from ``security.secret_file`` (a local cluster's config.yaml
+    names it); without one, requests go unsigned, which only a cluster with
+    ``security.capabilities`` off accepts."""
+
+    def __init__(self, fs: Any) -> None:
+        security = fs.config.security
+        keys = service_keys(security) if security.secret_file else None
+        self._signer = ServiceSigner(keys.service, security.capability_s) if keys else None
+        self._pool = fs.pool
+
+    def request(
+        self, address: str, req: Request, payload: bytes | memoryview = b""
+    ) -> tuple[int, int, memoryview]:
+        if self._signer is not None:
+            req = dataclasses.replace(req, capability=self._signer.token())
+        return self._pool.request(address, req, payload)
+
+
+@dataclass
+class _AsService:
+    """The file system fsck checks, its chunk requests signed (:class:`_SigningPool`)."""
+
+    fs: Any
+    pool: _SigningPool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+
 def fsck(
     fs: Any,
     sample: float = 1.0,
@@ -121,6 +155,7 @@ def fsck(
     if not 0 < sample <= 1:
         raise ValueError(f"sample must be in (0, 1], got {sample}")
     report = FsckReport()
+    fs = _AsService(fs, _SigningPool(fs))
     table = fs.mgmtd.refresh()
     held = _replicas(fs, table, report, progress)
     files = _walk(fs, report, progress)

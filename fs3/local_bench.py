@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from fs3 import capabilities
 from fs3.client import FS3FileSystem
 from fs3.client.local_read import LocalReads
 from fs3.cluster import LocalCluster
@@ -77,14 +78,15 @@ def _random_reads(fs: FS3FileSystem, path: str, size: int, seconds: float) -> fl
 
 def _handoff_us(fs: FS3FileSystem, local: LocalReads, path: str, count: int = 2000) -> float:
     """Microseconds per LOCAL_OPEN exchange (the target's checks, open, pass, close)."""
-    inode = fs.meta.stat(path)
+    inode = fs.meta.open(path)
     table = fs.mgmtd.table()
     chain = inode.layout.chain_of(0)
     target = table.chains[chain].readers()[0]
     handle = local._local(table, target)
     if handle is None:
         return float("nan")
-    req = Request(LOCAL_OPEN, chain, table.version, inode.id, 0)
+    capability = fs.chunks.grants.get(inode.id, capabilities.READ)
+    req = Request(LOCAL_OPEN, chain, table.version, inode.id, 0, capability=capability)
     start = time.perf_counter()
     for _ in range(count):
         fd = local._exchange(handle, req)

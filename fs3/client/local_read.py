@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from fs3.client.mapped import map_file
 from fs3.config import Timeouts
-from fs3.errors import ChecksumMismatch, Fs3Error, Unavailable
+from fs3.errors import CapabilityRefused, ChecksumMismatch, Fs3Error, Unavailable
 from fs3.storage.local import HEADER_SIZE, parse_header
 from fs3.storage.local_read import machine_id
 from fs3.types import RoutingTable
@@ -125,12 +125,19 @@ class LocalReads:
         local = self._local(table, target_id)
         if local is None:
             return None
-        open_req = Request(LOCAL_OPEN, req.chain, req.table_version, req.inode, req.index)
+        open_req = Request(
+            LOCAL_OPEN,
+            req.chain,
+            req.table_version,
+            req.inode,
+            req.index,
+            capability=req.capability,
+        )
         try:
             fd = self._exchange(local, open_req)
         except Fs3Error as err:
-            if err.retryable:
-                raise  # busy, stale routing, a damaged header: as a TCP READ answers
+            if err.retryable or isinstance(err, CapabilityRefused):
+                raise  # busy, stale routing, a damaged header, refused: as a TCP READ answers
             self._fail(local, err)
             return None
         except OSError as err:

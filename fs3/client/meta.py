@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from fs3.client.chunks import ChunkIO
-from fs3.errors import Unavailable
+from fs3.errors import CapabilityRefused, Unavailable
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb, user_from_pb, user_to_pb
 from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry, User
@@ -77,13 +77,33 @@ class MetaClient:
 
         return self._chunks.retry(f"meta {name}", attempt)
 
+    def _granted(self, reply: pb.Inode, path: str, access: int) -> Inode:
+        """The inode of an Open, Create or Truncate reply; its capability goes to the chunk
+        client, renewed by opening ``path`` again for ``access`` as the same caller."""
+        inode = inode_from_pb(reply)
+        if reply.capability:
+            acting = _ACTING.get()
+
+            def renew() -> None:
+                reset = _ACTING.set(acting)
+                try:
+                    again = self.open(path, access)
+                finally:
+                    _ACTING.reset(reset)
+                if again.id != inode.id:
+                    raise CapabilityRefused(f"{path} names another file now; reopen it", path)
+
+            self._chunks.grants.put(inode.id, reply.capability, renew)
+        return inode
+
     def stat(self, path: str) -> Inode:
         return inode_from_pb(self._rpc("Stat", pb.PathRequest(path=path)))
 
     def open(self, path: str, access: int = READ) -> Inode:
         """The file at ``path`` (symlinks followed), checked for ``access``: READ and/or
         WRITE. Raises PermissionError (fs3.errors.PermissionDenied) without it."""
-        return inode_from_pb(self._rpc("Open", pb.PathRequest(path=path, access=access)))
+        reply = self._rpc("Open", pb.PathRequest(path=path, access=access))
+        return self._granted(reply, path, access)
 
     def mkdir(self, path: str, parents: bool, mode: int = 0) -> Inode:
         """``mode`` 0 means the meta default (0o755)."""
@@ -97,7 +117,7 @@ class MetaClient:
         req = pb.CreateRequest(
             path=path, exclusive=exclusive, chunk_size=chunk_size, stripe=stripe, mode=mode
         )
-        return inode_from_pb(self._rpc("Create", req))
+        return self._granted(self._rpc("Create", req), path, READ | WRITE)
 
     def listdir(self, path: str) -> list[DirEntry]:
         return [entry_from_pb(e) for e in self._rpc("List", pb.PathRequest(path=path)).entries]
@@ -112,7 +132,8 @@ class MetaClient:
         self._rpc("Rmdir", pb.PathRequest(path=path))
 
     def truncate(self, path: str, length: int) -> Inode:
-        return inode_from_pb(self._rpc("Truncate", pb.TruncateRequest(path=path, length=length)))
+        reply = self._rpc("Truncate", pb.TruncateRequest(path=path, length=length))
+        return self._granted(reply, path, WRITE)
 
     def set_length(self, inode_id: int, length: int) -> Inode:
         req = pb.SetLengthRequest(inode_id=inode_id, length=length)

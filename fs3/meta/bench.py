@@ -114,14 +114,18 @@ def bench_store(
     return out, retried
 
 
-def bench_cluster(root: Path, meta_db: str, files: int, threads: int) -> dict[str, float]:
-    """The same files through a real meta server (RPC per operation), as fs3.bench does."""
+def bench_cluster(
+    root: Path, meta_db: str, files: int, threads: int, capabilities: bool = True
+) -> dict[str, float]:
+    """The same files through a real meta server (RPC per operation), as fs3.bench does;
+    with ``capabilities`` off (``security.capabilities``) the rows say so, to show what
+    signing a capability into each create costs."""
     from fs3.client import FS3FileSystem
     from fs3.cluster import LocalCluster
 
-    cluster = LocalCluster(
-        root, targets=1, replicas=1, meta_db=meta_db, settings={"storage": {"fsync": False}}
-    )
+    settings = {"storage": {"fsync": False}, "security": {"capabilities": capabilities}}
+    cluster = LocalCluster(root, targets=1, replicas=1, meta_db=meta_db, settings=settings)
+    label = "" if capabilities else ", capabilities off"
     out: dict[str, float] = {}
     try:
         cluster.start()
@@ -141,7 +145,7 @@ def bench_cluster(root: Path, meta_db: str, files: int, threads: int) -> dict[st
             start = time.perf_counter()
             with ThreadPoolExecutor(n) as pool:
                 list(pool.map(lambda k, n=n: work(f"/c{n}-{k}", files // n), range(n)))
-            out[f"via meta server, {n} client thread(s)"] = (
+            out[f"via meta server, {n} client thread(s){label}"] = (
                 OPS_PER_FILE * (files // n) * n / (time.perf_counter() - start)
             )
     finally:
@@ -253,7 +257,9 @@ def bench_meta_stores(
             lambda: open_meta_store(work / "meta.db"), files, threads, existing
         )
         if cluster:
-            results["sqlite"].update(bench_cluster(work / "c-sqlite", "", files, threads))
+            for on in (True, False):  # issue 18: capabilities on vs off in one run
+                where = work / f"c-sqlite-{on}"
+                results["sqlite"].update(bench_cluster(where, "", files, threads, on))
         with contextlib.ExitStack() as stack:
             try:
                 server = postgres_url or stack.enter_context(temporary_postgres())

@@ -19,19 +19,21 @@ import uuid
 
 from google.protobuf.message import DecodeError
 
+from fs3 import capabilities
+from fs3.capabilities import Issuer, ServiceSigner, service_keys
 from fs3.config import Fs3Config
 from fs3.db import redact
-from fs3.errors import Fs3Error, InvalidArgument
+from fs3.errors import ConfigError, Fs3Error, InvalidArgument
 from fs3.meta import users
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
-from fs3.meta.permissions import READ, Caller, acting, current, require_admin
+from fs3.meta.permissions import READ, WRITE, Caller, acting, current, require_admin
 from fs3.meta.trash import Trash
 from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb, user_from_pb, user_to_pb
 from fs3.rpc import serve
-from fs3.types import User
+from fs3.types import FILE, Inode, User
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import BY_OP, REMOVE
@@ -53,8 +55,10 @@ class MetaServicer:
     """One method per ``Meta`` rpc of fs3.proto: request message in, reply message out.
     Each runs as the request's caller (:func:`fs3.meta.permissions.acting`)."""
 
-    def __init__(self, ns: Namespace) -> None:
+    def __init__(self, ns: Namespace, issuer: Issuer | None = None) -> None:
         self.ns = ns
+        self.issuer = issuer
+        """Signs the capability of each file opened (None: ``security.capabilities`` off)."""
         self.trash = Trash(ns)
         self._tokens: dict[str, tuple[User, float]] = {}  # token -> user, until (monotonic)
 
@@ -84,16 +88,27 @@ class MetaServicer:
     def Stat(self, r: pb.PathRequest) -> pb.Inode:
         return inode_to_pb(self.ns.stat(r.path))
 
+    def _granted(self, inode: Inode, ops: int) -> pb.Inode:
+        """``inode`` as the reply of an open: a file comes with its capability, the
+        permission a storage target asks for (checked here, by the method's namespace call)."""
+        reply = inode_to_pb(inode)
+        if self.issuer is not None and inode.kind == FILE:
+            reply.capability = self.issuer.grant(inode.id, ops)
+        return reply
+
     def Open(self, r: pb.PathRequest) -> pb.Inode:
-        return inode_to_pb(self.ns.open(r.path, r.access or READ))
+        access = r.access or READ
+        ops = (capabilities.READ if access & READ else 0) | (
+            capabilities.WRITE if access & WRITE else 0
+        )
+        return self._granted(self.ns.open(r.path, access), ops)
 
     def Mkdir(self, r: pb.MkdirRequest) -> pb.Inode:
         return inode_to_pb(self.ns.mkdir(r.path, r.parents, r.mode or 0o755))
 
     def Create(self, r: pb.CreateRequest) -> pb.Inode:
-        return inode_to_pb(
-            self.ns.create(r.path, r.exclusive, r.chunk_size, r.stripe, r.mode or 0o644)
-        )
+        inode = self.ns.create(r.path, r.exclusive, r.chunk_size, r.stripe, r.mode or 0o644)
+        return self._granted(inode, capabilities.ALL_OPS)
 
     def List(self, r: pb.PathRequest) -> pb.Listing:
         return pb.Listing(entries=[entry_to_pb(e) for e in self.ns.listdir(r.path)])
@@ -110,7 +125,7 @@ class MetaServicer:
         return pb.Empty()
 
     def Truncate(self, r: pb.TruncateRequest) -> pb.Inode:
-        return inode_to_pb(self.ns.truncate(r.path, r.length))
+        return self._granted(self.ns.truncate(r.path, r.length), capabilities.WRITE)
 
     def SetLength(self, r: pb.SetLengthRequest) -> pb.Inode:
         return inode_to_pb(self.ns.set_length(r.inode_id, r.length))
@@ -218,11 +233,14 @@ def request_size(limit: int, req: Request) -> int:
     return req.length
 
 
-def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> int:
+def collect_garbage(
+    ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool, signer: ServiceSigner | None = None
+) -> int:
     """Deletes queued chunks from every live member of their chains; returns items done.
 
     An item stays queued while any live member cannot be reached. Offline members need no
-    visit: resync removes chunks their predecessor no longer has.
+    visit: resync removes chunks their predecessor no longer has. ``signer`` signs the
+    deletions (a service's, as targets take deletes of any inode only from services).
     """
     table = mgmtd.table()
     done: list[int] = []
@@ -231,7 +249,10 @@ def collect_garbage(ns: Namespace, mgmtd: MgmtdClient, pool: ConnectionPool) -> 
             for chain_id in item.chains:
                 chain = table.chains.get(chain_id)
                 for member in chain.writers() if chain else ():
-                    req = Request(REMOVE, chain_id, 0, item.inode, item.from_index)
+                    capability = signer.token() if signer is not None else b""
+                    req = Request(
+                        REMOVE, chain_id, 0, item.inode, item.from_index, capability=capability
+                    )
                     pool.request(table.targets[member].data_address, req)
         except Fs3Error as err:
             log.info("garbage %d (inode %d) kept for later: %s", gid, item.inode, err)
@@ -260,13 +281,22 @@ def run_meta(
     Meta requests travel as frames on ``port``; ``grpc_port`` (0: none) serves only
     ``grpc.health.v1``, SERVING once the frame server runs, for probes that speak gRPC.
     """
-    t = config.timeouts
+    t, security = config.timeouts, config.security
     store = open_meta_store(db)
-    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls)
+    try:
+        keys = service_keys(security)
+    except ConfigError:
+        store.close()
+        raise
+    issuer = signer = None
+    if keys is not None:
+        issuer = Issuer(keys, security.capability_s)
+        signer = ServiceSigner(keys.service, security.capability_s)
+    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls, service_keys=keys)
     ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
     trash = Trash(ns)
     size = functools.partial(request_size, config.limits.meta_request_bytes)
-    server = FrameServer((host, port), size, MetaServicer(ns).dispatch)
+    server = FrameServer((host, port), size, MetaServicer(ns, issuer).dispatch)
     threading.Thread(target=server.serve_forever, daemon=True, name="meta").start()
     health = None
     if grpc_port:
@@ -285,7 +315,7 @@ def run_meta(
                 # chunk deletion twice. The lease outlives a few periods, then passes on.
                 if ns.take_lease(GC_LEASE, me, config.mgmtd.lease_s):
                     trash.purge()  # expired trash: its files' chunks join the queue
-                    collect_garbage(ns, mgmtd, pool)
+                    collect_garbage(ns, mgmtd, pool, signer)
             except Fs3Error as err:
                 log.warning("meta garbage collector: %s", err)
 

@@ -7,12 +7,14 @@ standby's "the primary is at X" first (:mod:`fs3.mgmtd.election`).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
 
 import grpc
 
+from fs3.capabilities import CALL_METADATA, Keys, sign_call
 from fs3.config import TlsConfig
 from fs3.errors import Fs3Error, Fs3TimeoutError, Unavailable
 from fs3.proto import fs3_pb2 as pb
@@ -21,6 +23,9 @@ from fs3.proto.convert import routing_from_pb, stats_from_pb, stats_to_pb, targe
 from fs3.rpc import call, channel
 from fs3.types import RoutingTable, TargetInfo, TargetStats
 
+SIGNED_METHODS = frozenset({"Heartbeat", "RegisterMeta", "SyncDone"})
+"""The calls that change the routing table, which mgmtd takes only from services; routing
+reads (GetRouting, Stats, Info) stay open: every client needs the table to find chunks."""
 _INFO_METHOD = "/fs3.MgmtdAdmin/Info"  # fs3.mgmtd.service.INFO_METHOD, without the import
 
 
@@ -34,7 +39,13 @@ class MgmtdClient:
     routing table it returned. With ``tls`` enabled every channel is TLS, verified against
     its CA."""
 
-    def __init__(self, address: str, timeout: float, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float,
+        tls: TlsConfig | None = None,
+        service_keys: Keys | None = None,
+    ) -> None:
         addresses = split_addresses(address)
         if not addresses:
             raise Unavailable(
@@ -46,6 +57,9 @@ class MgmtdClient:
         self._current = addresses[0]
         self._timeout = timeout
         self._tls = tls
+        self._keys = service_keys
+        """A service's keys: its heartbeats, registrations and resync reports are signed
+        (:func:`fs3.capabilities.sign_call`); clients have none and need none."""
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._table: RoutingTable | None = None
@@ -115,6 +129,10 @@ class MgmtdClient:
         while address is not None:
             tried.append(address)
             stub = getattr(pbg.MgmtdStub(self._channel(address)), method)
+            if self._keys is not None and method in SIGNED_METHODS:
+                body = request.SerializeToString(deterministic=True)
+                signature = sign_call(self._keys.mgmtd, method, body)
+                stub = functools.partial(stub, metadata=((CALL_METADATA, signature),))
             try:
                 reply = call(stub, request, self._timeout, f"mgmtd {what}", address)
             except (Unavailable, Fs3TimeoutError) as err:

@@ -19,7 +19,8 @@ from typing import Any
 
 import grpc
 
-from fs3.config import MgmtdConfig, TlsConfig
+from fs3.capabilities import CALL_METADATA, Keys, check_call, service_keys
+from fs3.config import MgmtdConfig, SecurityConfig, TlsConfig
 from fs3.db import redact
 from fs3.mgmtd.core import Mgmtd, build_chains
 from fs3.mgmtd.election import MgmtdNode
@@ -50,8 +51,22 @@ def for_caller(table: RoutingTable, peer: str) -> RoutingTable:
 class MgmtdServicer(pbg.MgmtdServicer):
     """Forwards each call to the primary's core; a standby raises "not the primary"."""
 
-    def __init__(self, node: MgmtdNode) -> None:
+    def __init__(
+        self, node: MgmtdNode, keys: Keys | None = None, clock_skew_s: float = 30.0
+    ) -> None:
         self.node = node
+        self.keys = keys
+        """Heartbeat, RegisterMeta and SyncDone must be signed with them (None: unchecked)."""
+        self.clock_skew_s = clock_skew_s
+
+    def _authenticate(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        """Refuses a call that changes the routing table unless a service signed it: a
+        forged heartbeat would move a target's address to a port of the forger's choosing."""
+        if self.keys is None:
+            return
+        value = dict(context.invocation_metadata()).get(CALL_METADATA)
+        body = request.SerializeToString(deterministic=True)
+        check_call(self.keys.mgmtd, method, body, value, self.clock_skew_s)
 
     def _reply(self, table: RoutingTable, context: grpc.ServicerContext) -> pb.RoutingTable:
         return routing_to_pb(for_caller(table, context.peer() or ""))
@@ -63,6 +78,7 @@ class MgmtdServicer(pbg.MgmtdServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
+        self._authenticate("Heartbeat", request, context)
         stats = stats_from_pb(request.stats) if request.HasField("stats") else None
         table = self._core().heartbeat(
             target_from_pb(request.target), stats, request.fresh, request.boot
@@ -73,6 +89,7 @@ class MgmtdServicer(pbg.MgmtdServicer):
     def RegisterMeta(
         self, request: pb.RegisterMetaRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
+        self._authenticate("RegisterMeta", request, context)
         return self._reply(self._core().register_meta(request.address), context)
 
     @servicer_method
@@ -83,6 +100,7 @@ class MgmtdServicer(pbg.MgmtdServicer):
     def SyncDone(
         self, request: pb.SyncDoneRequest, context: grpc.ServicerContext
     ) -> pb.RoutingTable:
+        self._authenticate("SyncDone", request, context)
         return self._reply(self._core().sync_done(request.chain_id, request.target_id), context)
 
     @servicer_method
@@ -131,6 +149,7 @@ def run_mgmtd(
     advertise: str | None = None,
     targets_per_node: int = 0,
     tls: TlsConfig | None = None,
+    security: SecurityConfig | None = None,
 ) -> None:
     """Serves mgmtd on ``host:port`` until ``stop`` is set.
 
@@ -141,12 +160,16 @@ def run_mgmtd(
         advertise: ``HOST:PORT`` standbys send clients to (default ``host:port``).
         targets_per_node: plan the first chain table for nodes of this many targets.
         tls: serve over TLS when enabled (:func:`fs3.rpc.serve`).
+        security: whose heartbeats and registrations count (:mod:`fs3.capabilities`);
+            None: anyone's.
     """
+    keys = service_keys(security) if security is not None else None
     state_dir.mkdir(parents=True, exist_ok=True)
     address = advertise or f"{host}:{port}"
     store = open_mgmtd_store(db or state_dir / "mgmtd.db")
     node = MgmtdNode(store, address, first_chains(targets, replicas, targets_per_node), config)
-    servicer = MgmtdServicer(node)
+    skew = security.clock_skew_s if security is not None else 0.0
+    servicer = MgmtdServicer(node, keys, skew)
 
     def register(server: grpc.Server) -> None:
         pbg.add_MgmtdServicer_to_server(servicer, server)

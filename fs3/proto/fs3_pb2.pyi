@@ -137,7 +137,7 @@ class Quota(_message.Message):
     def __init__(self, max_bytes: _Optional[int] = ..., max_inodes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., used_inodes: _Optional[int] = ...) -> None: ...
 
 class Inode(_message.Message):
-    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota", "uid", "gid", "nlink")
+    __slots__ = ("id", "kind", "mode", "length", "mtime", "ctime", "parent", "layout", "target", "atime", "quota", "uid", "gid", "nlink", "capability")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Inode(_message.Message):
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     NLINK_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: str
     mode: int
@@ -166,7 +167,8 @@ class Inode(_message.Message):
     uid: int
     gid: int
     nlink: int
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., nlink: _Optional[int] = ...) -> None: ...
+    capability: bytes
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ..., length: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., parent: _Optional[int] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., target: _Optional[str] = ..., atime: _Optional[float] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., nlink: _Optional[int] = ..., capability: _Optional[bytes] = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "inode")
@@ -435,7 +437,7 @@ class MknodRequest(_message.Message):
     def __init__(self, path: _Optional[str] = ..., kind: _Optional[str] = ..., mode: _Optional[int] = ...) -> None: ...
 
 class ChunkRequest(_message.Message):
-    __slots__ = ("chain_id", "inode", "index", "offset", "length", "table_version", "data", "truncate", "crc")
+    __slots__ = ("chain_id", "inode", "index", "offset", "length", "table_version", "data", "truncate", "crc", "capability")
     CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
     INODE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -445,6 +447,7 @@ class ChunkRequest(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     CRC_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     chain_id: int
     inode: int
     index: int
@@ -454,7 +457,8 @@ class ChunkRequest(_message.Message):
     data: bytes
     truncate: bool
     crc: int
-    def __init__(self, chain_id: _Optional[int] = ..., inode: _Optional[int] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., table_version: _Optional[int] = ..., data: _Optional[bytes] = ..., truncate: _Optional[bool] = ..., crc: _Optional[int] = ...) -> None: ...
+    capability: bytes
+    def __init__(self, chain_id: _Optional[int] = ..., inode: _Optional[int] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., table_version: _Optional[int] = ..., data: _Optional[bytes] = ..., truncate: _Optional[bool] = ..., crc: _Optional[int] = ..., capability: _Optional[bytes] = ...) -> None: ...
 
 class ChunkReply(_message.Message):
     __slots__ = ("data", "crc", "version")

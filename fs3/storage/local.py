@@ -78,7 +78,10 @@ class LocalChunkEngine(ChunkEngine):
 
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Chunks are readable only through a target's checks (fs3.capabilities): their
+        # folders are 0700 and files 0600 whatever the umask, an existing folder tightened.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
         self._fsync = fsync
         self._lock = threading.Lock()
         self._committed: dict[ChunkId, ChunkMeta] = {}
@@ -272,9 +275,9 @@ class LocalChunkEngine(ChunkEngine):
             base = self.read(cid, 0, committed.length)
         content = patch(base, offset, data, truncate)
         path = self._path(cid)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         pending = path.with_name(path.name + ".p")
-        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.writev(fd, [_header(version, content), content])
             if self._fsync:

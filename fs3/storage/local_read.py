@@ -55,6 +55,7 @@ from fs3.wire.framing import (
     Request,
     error_frame,
     recv_exact,
+    recv_request,
     send_frame,
 )
 from fs3.wire.ops import LOCAL_BAD, LOCAL_HELLO, LOCAL_OPEN, READ
@@ -126,6 +127,7 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
     def answer(self, req: Request, payload: memoryview) -> tuple[bytes, bytes, int | None]:
         """One request's reply: (response header, payload, descriptor to pass or None)."""
         if req.op == LOCAL_OPEN:
+            self.target.authorize(req)  # a READ's capability, as on TCP
             # The READ rules, applied by the very code a TCP READ runs: a zero-length read
             # checks serving state and pending writes and touches no chunk file (the
             # client checks the header and the blocks it reads).
@@ -166,8 +168,7 @@ class _LocalHandler(socketserver.BaseRequestHandler):
         header = bytearray(REQUEST.size)
         while True:
             try:
-                recv_exact(sock, memoryview(header))
-                req = Request.unpack(header)
+                req = recv_request(sock, header)
                 size = req.length if req.op == LOCAL_BAD else 0
                 if size > LOCAL_MESSAGE_MAX:  # checked before allocating: the length is the peer's
                     pid, uid, _ = _PEERCRED.unpack(

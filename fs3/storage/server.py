@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from fs3.capabilities import ServiceSigner, Verifier, service_keys
 from fs3.config import Fs3Config
 from fs3.errors import ConfigError, Fs3Error, InvalidArgument
 from fs3.mgmtd.client import MgmtdClient
@@ -71,6 +72,7 @@ def _payload_size(chunk_bytes: int, req: Request) -> int:
 
 
 def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: memoryview) -> Reply:
+    target.authorize(req)
     if req.op == READ:
         version, data, crc = target.read(req)
         return RESPONSE.pack(0, len(data), crc, version), data
@@ -117,8 +119,10 @@ class ChunkServicer(pbg.ChunkServiceServicer):
             request.index,
             request.offset,
             request.length,
+            capability=request.capability,
         )
         check_bounds(req, self.chunk_bytes)
+        self.target.authorize(req)
         version, data, crc = self.target.read(req)
         return pb.ChunkReply(data=bytes(data), crc=crc, version=version)
 
@@ -134,8 +138,10 @@ class ChunkServicer(pbg.ChunkServiceServicer):
             len(request.data),
             request.crc,
             truncate=request.truncate,
+            capability=request.capability,
         )
         check_bounds(req, self.chunk_bytes)
+        self.target.authorize(req)
         version, crc = self.target.write(req, memoryview(request.data))
         return pb.ChunkReply(crc=crc, version=version)
 
@@ -204,13 +210,18 @@ def run_storage(
     stop: threading.Event,
 ) -> None:
     """Serves one storage target until ``stop`` is set."""
-    t = config.timeouts
+    t, security = config.timeouts, config.security
+    keys = service_keys(security)  # before anything starts: a missing secret stops us here
     engine = LocalChunkEngine(root, fsync=config.storage.fsync)
     fresh = folder_is_fresh(root, target_id, engine)
     boot = uuid.uuid4().hex
-    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls)
+    mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls, service_keys=keys)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
-    target = StorageTarget(target_id, engine, mgmtd, pool)
+    verifier = signer = None
+    if keys is not None:
+        verifier = Verifier(keys, security.clock_skew_s)
+        signer = ServiceSigner(keys.service, security.capability_s)
+    target = StorageTarget(target_id, engine, mgmtd, pool, verifier, signer)
     local = start_local_reads(root, target, config.storage.local_socket_mode)
     local_info = local.info() if local else b""
     dispatch = functools.partial(_dispatch, target, local_info)

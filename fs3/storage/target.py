@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 
+from fs3 import capabilities
+from fs3.capabilities import ServiceSigner, Verifier
 from fs3.errors import (
     ChecksumMismatch,
     ChunkBusy,
@@ -29,7 +31,7 @@ from fs3.types import SERVING, Chain, ChunkId, ResyncProgress, RoutingTable
 from fs3.wire.checksum import crc32c
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import DUMP_ENTRY, Request
-from fs3.wire.ops import DUMP, REMOVE, REPLICATE, SYNC
+from fs3.wire.ops import DUMP, LOCAL_INFO, LOCAL_OPEN, READ, REMOVE, REPLICATE, SYNC, WRITE
 
 log = logging.getLogger("fs3.storage")
 
@@ -38,9 +40,20 @@ class StorageTarget:
     """Serves one target's chunks; every public method is one data-path operation."""
 
     def __init__(
-        self, target_id: int, engine: ChunkEngine, mgmtd: MgmtdClient, pool: ConnectionPool
+        self,
+        target_id: int,
+        engine: ChunkEngine,
+        mgmtd: MgmtdClient,
+        pool: ConnectionPool,
+        verifier: Verifier | None = None,
+        signer: ServiceSigner | None = None,
     ) -> None:
         self.target_id = target_id
+        self.verifier = verifier
+        """Checks each request's capability (:meth:`authorize`); None: no checks
+        (``security.capabilities`` off)."""
+        self.signer = signer
+        """Signs this target's own requests to others (forwarding, resync)."""
         self.engine = engine
         self.mgmtd = mgmtd
         self.pool = pool
@@ -54,6 +67,26 @@ class StorageTarget:
         """Set once mgmtd answered this process's first heartbeat. Until then the chain
         table may still show this target serving from before it restarted, perhaps on an
         empty disk: reads and writes are refused (retryably) rather than answered from it."""
+
+    def authorize(self, req: Request) -> None:
+        """Refuses ``req`` unless its capability allows it: reads (also local ones) need
+        read on the chunk, writes write, a REMOVE write on every chunk it deletes; the
+        chain-internal ops need a service capability. Raises CapabilityRefused."""
+        if self.verifier is None or req.op == LOCAL_INFO:
+            return
+        cap = req.capability
+        if req.op in (READ, LOCAL_OPEN):
+            self.verifier.check(cap, req.inode, capabilities.READ, req.index, req.index + 1)
+        elif req.op == WRITE:
+            self.verifier.check(cap, req.inode, capabilities.WRITE, req.index, req.index + 1)
+        elif req.op == REMOVE:
+            end = req.length or capabilities.WHOLE_FILE
+            self.verifier.check(cap, req.inode, capabilities.WRITE, req.index, end)
+        else:
+            self.verifier.check(cap, req.inode, 0, req.index, req.index, service_only=True)
+
+    def _service_capability(self) -> bytes:
+        return self.signer.token() if self.signer is not None else b""
 
     def _check_registered(self) -> None:
         if not self.registered.is_set():
@@ -137,6 +170,7 @@ class StorageTarget:
                 crc=crc,
                 version=version,
                 truncate=True,
+                capability=self._service_capability(),
             )
             self.pool.request(self._address(table, writers[me + 1]), fwd, content)
         self.engine.commit(cid, version)
@@ -275,7 +309,8 @@ class StorageTarget:
     def _resync(self, table: RoutingTable, chain_id: int, successor: int) -> None:
         address = self._address(table, successor)
         try:
-            _, _, raw = self.pool.request(address, Request(DUMP, chain_id))
+            dump = Request(DUMP, chain_id, capability=self._service_capability())
+            _, _, raw = self.pool.request(address, dump)
             remote = {}
             for off in range(0, len(raw), DUMP_ENTRY.size):
                 inode, index, version, _ = DUMP_ENTRY.unpack_from(raw, off)
@@ -297,7 +332,13 @@ class StorageTarget:
                         if self.engine.lost(cid):
                             continue  # lost here, not deleted: the successor's copy stays
                         req = Request(
-                            REMOVE, chain_id, 0, cid.inode, cid.index, length=cid.index + 1
+                            REMOVE,
+                            chain_id,
+                            0,
+                            cid.inode,
+                            cid.index,
+                            length=cid.index + 1,
+                            capability=self._service_capability(),
                         )
                         self.pool.request(address, req)
                         continue
@@ -311,6 +352,7 @@ class StorageTarget:
                         crc=crc32c(content),
                         version=meta.version,
                         truncate=True,
+                        capability=self._service_capability(),
                     )
                     self.pool.request(address, req, content)
                     copied += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fs3.errors import (
     AlreadyExists,
+    CapabilityRefused,
     ChecksumMismatch,
     ChunkBusy,
     ConfigError,
@@ -51,6 +52,7 @@ ERROR_CODES: dict[type[Fs3Error], int] = {
     PermissionDenied: 16,
     NotPermitted: 17,
     NameTooLong: 18,
+    CapabilityRefused: 19,
 }
 _BY_CODE = {code: cls for cls, code in ERROR_CODES.items()}
 if len(_BY_CODE) != len(ERROR_CODES) or OK in _BY_CODE:

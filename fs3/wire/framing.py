@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from fs3.capabilities import SIZE as CAPABILITY_SIZE
 from fs3.errors import Fs3Error, error_message
 from fs3.wire.codes import error_code, error_type
 from fs3.wire.ops import WITH_PAYLOAD
@@ -30,6 +31,9 @@ RESPONSE = struct.Struct("!BxxxIIQ")
 DUMP_ENTRY = struct.Struct("!QIQQ")  # inode, index, version, length
 
 FLAG_TRUNCATE = 1
+FLAG_CAPABILITY = 2
+"""The header is followed by a capability (:data:`fs3.capabilities.SIZE` bytes), then the
+payload: chunk requests carry one, as meta issued it or as a service signed it."""
 LOCAL_MESSAGE_MAX = 64 * 1024
 """Largest payload either side of a local-read Unix socket sends (a token, an error, a
 client's CRC report: all short): each side refuses a bigger length before allocating."""
@@ -50,11 +54,15 @@ class Request:
     crc: int = 0
     version: int = 0
     truncate: bool = False
+    capability: bytes = b""
 
     def pack(self, payload_len: int) -> bytes:
+        """The header, and the capability when there is one."""
         length = payload_len if self.op in WITH_PAYLOAD else self.length
         flags = FLAG_TRUNCATE if self.truncate else 0
-        return REQUEST.pack(
+        if self.capability:
+            flags |= FLAG_CAPABILITY
+        header = REQUEST.pack(
             self.op,
             flags,
             self.chain,
@@ -66,13 +74,13 @@ class Request:
             self.crc,
             self.version,
         )
+        return header + self.capability if self.capability else header
 
     @classmethod
-    def unpack(cls, raw: bytes | bytearray) -> Request:
+    def unpack(cls, raw: bytes | bytearray, capability: bytes = b"") -> Request:
         op, flags, chain, tv, inode, index, offset, length, crc, version = REQUEST.unpack(raw)
-        return cls(
-            op, chain, tv, inode, index, offset, length, crc, version, bool(flags & FLAG_TRUNCATE)
-        )
+        truncate = bool(flags & FLAG_TRUNCATE)
+        return cls(op, chain, tv, inode, index, offset, length, crc, version, truncate, capability)
 
 
 def uninitialised(size: int) -> memoryview:
@@ -90,6 +98,17 @@ def recv_exact(sock: socket.socket, view: memoryview) -> None:
         if n == 0:
             raise ConnectionError("connection closed by peer")
         view = view[n:]
+
+
+def recv_request(sock: socket.socket, header: bytearray) -> Request:
+    """Reads one request header into ``header``, and the capability that follows it when
+    its flag says so (fixed size: bounded like the header). Raises ConnectionError."""
+    recv_exact(sock, memoryview(header))
+    if not header[1] & FLAG_CAPABILITY:
+        return Request.unpack(header)
+    capability = bytearray(CAPABILITY_SIZE)
+    recv_exact(sock, memoryview(capability))
+    return Request.unpack(header, bytes(capability))
 
 
 def send_frame(sock: socket.socket, header: bytes, payload: bytes | memoryview = b"") -> None:

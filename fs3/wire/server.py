@@ -16,6 +16,7 @@ from fs3.wire.framing import (
     Request,
     error_frame,
     recv_exact,
+    recv_request,
     send_frame,
     uninitialised,
 )
@@ -59,10 +60,9 @@ class _FrameHandler(socketserver.BaseRequestHandler):
         buffer = uninitialised(0)  # grows to the largest payload seen, then is reused
         while True:
             try:
-                recv_exact(sock, memoryview(header))
+                req = recv_request(sock, header)
             except (ConnectionError, OSError):
                 return
-            req = Request.unpack(header)
             try:
                 size = self.server.payload_size(req)
             except Fs3Error as err:

@@ -103,7 +103,7 @@ def test_status_targets_chains_df(cluster: LocalCluster, fs3fs: FS3FileSystem) -
     assert usage["total_bytes"] == disk.total and usage["missing"] == []
     assert sorted(t for f in usage["filesystems"] for t in f["targets"]) == [1, 2, 3]
     assert usage["chunk_bytes"] >= 3 * 300_000 and usage["replicas"] == 3
-    check = _fs3("fsck", "--json", a)
+    check = _fs3("fsck", "--json", str(cluster.root))  # its config names the secret fsck needs
     report = json.loads(check.stdout)
     assert report["files"] >= 1 and report["chunks"] >= 1, check.stdout
     assert check.exit_code == (1 if any(f["error"] for f in report["findings"]) else 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
+from fs3 import capabilities as caps
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.fsck import fsck
@@ -23,7 +24,8 @@ from .conftest import SMALL_CHUNK
 
 
 def _fsck(c: LocalCluster, *args: str) -> Result:
-    return CliRunner().invoke(main, ["fs3", "fsck", f"--address={c.address}", *args])
+    # The cluster folder: its config.yaml names the secret fsck signs its requests with.
+    return CliRunner().invoke(main, ["fs3", "fsck", str(c.root), *args])
 
 
 def _chunk_file(c: LocalCluster, target: int, chain: int, inode: int, index: int) -> Path:
@@ -32,7 +34,10 @@ def _chunk_file(c: LocalCluster, target: int, chain: int, inode: int, index: int
 
 def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untyped-def]
     c: LocalCluster = make_cluster()
-    fs = FS3FileSystem(c.address, chunk_size=SMALL_CHUNK, skip_instance_cache=True)
+    config = str(c.root / "config.yaml")  # names the secret fsck needs
+    fs = FS3FileSystem(
+        c.address, config_path=config, chunk_size=SMALL_CHUNK, skip_instance_cache=True
+    )
     data = {f"/data/f{i}": os.urandom(SMALL_CHUNK * 2 + 1000 * i) for i in range(4)}
     for path, content in data.items():
         fs.pipe_file(path, content)
@@ -51,6 +56,10 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     raw[HEADER_SIZE + 10] ^= 0x40
     flipped.write_bytes(bytes(raw))
     _chunk_file(c, 3, f1.layout.chain_of(0), f1.id, 0).unlink()
+    # An orphan needs a capability for an inode meta never had: made with the secret.
+    keys = caps.Keys.from_secret(caps.read_secret(c.root / "secret"))
+    orphan = caps.issue(keys.capability, 999_999, caps.WRITE, 60)
+    fs.chunks.grants.put(999_999, orphan, renew=lambda: None)
     fs.chunks.write(Layout(SMALL_CHUNK, (2,), 0), 999_999, 0, 0, b"nobody's", True)
 
     broken = _fsck(c)
@@ -88,7 +97,16 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     info = table.targets[table.chains[chain].readers()[-1]]
     fs.pool.request(
         info.data_address,
-        Request(SYNC, chain, 0, f0.id, 0, crc=crc32c(content), version=77),
+        Request(
+            SYNC,
+            chain,
+            0,
+            f0.id,
+            0,
+            crc=crc32c(content),
+            version=77,
+            capability=caps.issue_service(keys.service, 60),  # a service's op
+        ),
         content,
     )
     disagree = _fsck(c, "--sample", "0.5")
@@ -102,7 +120,10 @@ def test_fsck_finds_and_repairs(make_cluster) -> None:  # type: ignore[no-untype
     f2 = fs.meta.stat("/data/f2")
     chain2 = f2.layout.chain_of(2)
     victim = table.targets[table.chains[chain2].readers()[0]]
-    fs.pool.request(victim.data_address, Request(REMOVE, chain2, 0, f2.id, 2, length=3))
+    service = caps.issue_service(keys.service, 60)
+    fs.pool.request(
+        victim.data_address, Request(REMOVE, chain2, 0, f2.id, 2, length=3, capability=service)
+    )
     missing = _fsck(c, "--repair")
     assert missing.exit_code == 1
     assert f"ERROR missing replica: /data/f2: chunk 2 (chain {chain2}" in missing.output

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import fs3.client.local_read as local_read
+from fs3 import capabilities as caps
 from fs3.client import FS3FileSystem
 from fs3.client.chunks import read_order
 from fs3.client.local_read import LocalReads, LocalReadStats, read_chunk_file
@@ -138,7 +139,7 @@ def test_writes_racing_local_reads_never_show_a_mix(cluster: LocalCluster, mappe
     the file it maps, must not show through it."""
     reader, writer = _fs(cluster), _fs(cluster, local=False)
     writer.pipe_file("/lr/race", bytes(2 * SMALL_CHUNK))
-    inode = writer.meta.open("/lr/race")
+    inode = reader.meta.open("/lr/race")  # the reader's capability
     done = threading.Event()
     problems: list[object] = []
     seen: list[set[int]] = [set(), set()]
@@ -193,7 +194,7 @@ def test_a_local_read_after_a_newer_one_never_sees_an_older_version(
     busy while its newer version is pending)."""
     reader, writer = _fs(cluster), _fs(cluster, local=False)
     writer.pipe_file("/lr/craq", bytes(SMALL_CHUNK))
-    inode = writer.meta.open("/lr/craq")
+    inode = reader.meta.open("/lr/craq")  # the reader's capability
     chain = inode.layout.chain_of(0)
     local = reader.chunks.local
     assert local is not None
@@ -212,7 +213,10 @@ def test_a_local_read_after_a_newer_one_never_sees_an_older_version(
         nonlocal busy
         while True:
             table = reader.mgmtd.table()
-            req = Request(READ, chain, table.version, inode.id, 0, 0, SMALL_CHUNK)
+            capability = reader.chunks.grants.get(inode.id, caps.READ)
+            req = Request(
+                READ, chain, table.version, inode.id, 0, 0, SMALL_CHUNK, capability=capability
+            )
             try:
                 got = local.read(table, target, req)
             except ChunkBusy:

@@ -125,7 +125,7 @@ def test_lost_and_corrupt_chunks_raise_and_fsck_fails(make_cluster, tmp_path: Pa
     for name in ("gone", "corrupt", "tail"):
         fs.pipe_file(f"/d/{name}", data[: 2 * SMALL_CHUNK + 100] if name == "tail" else data)
     sparse = _sparse(fs, "/d/sparse")
-    clean = _hai("fsck", f"--address={c.address}")
+    clean = _hai("fsck", str(c.root))
     assert clean.exit_code == 0 and "WARN  hole: /d/sparse: chunk 0" in clean.output, clean.output
 
     _lose(c, fs, "/d/gone", 1)
@@ -155,7 +155,7 @@ def test_lost_and_corrupt_chunks_raise_and_fsck_fails(make_cluster, tmp_path: Pa
     assert get.exit_code != 0 and "/d/corrupt" in get.stderr, get.output
     assert not dest.exists()
 
-    broken = _hai("fsck", f"--address={c.address}")
+    broken = _hai("fsck", str(c.root))
     assert broken.exit_code == 1, broken.output
     lines = broken.output.splitlines()
     for path, index in (("/d/gone", 1), ("/d/corrupt", 1), ("/d/tail", 2)):
@@ -169,7 +169,7 @@ def test_lost_and_corrupt_chunks_raise_and_fsck_fails(make_cluster, tmp_path: Pa
     fs.rm(["/d/gone", "/d/corrupt", "/d/tail"])
     wait_for(
         "the collector to delete the removed files' chunks",
-        lambda: _hai("fsck", f"--address={c.address}").exit_code == 0,
+        lambda: _hai("fsck", str(c.root)).exit_code == 0,
         timeout=30,
     )
 

@@ -75,6 +75,7 @@ CODES = {
     "PermissionDenied": 16,
     "NotPermitted": 17,
     "NameTooLong": 18,
+    "CapabilityRefused": 19,
 }
 
 
