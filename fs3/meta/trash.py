@@ -90,6 +90,8 @@ class Trash:
                 raise NotFound("no such file or directory", path)
             caller = permissions.current()
             permissions.check_delete(caller, sparent, moving, path)
+            if not expire_s:
+                _check_tree(txn, caller, moving, path)
             folder = self._folder(txn)
             if folder is None:
                 root = txn.get_inode(ROOT_ID)
@@ -241,3 +243,15 @@ class Trash:
         txn.unlink(folder.id, name)
         self.ns._discard(txn, holder)
         return done + 1, True
+
+
+def _check_tree(txn: MetaTxn, caller: permissions.Caller, top: Inode, path: str) -> None:
+    """Raises unless ``caller`` may delete everything under ``top`` one by one, as
+    ``rm -r`` would: read, write and search on each directory, and the sticky rule for
+    each entry. (Moving a tree to the trash is a rename, which needs none of it.)"""
+    if caller.admin or not top.is_dir:
+        return
+    permissions.check(caller, top, permissions.READ, path)
+    for name, child in txn.entries(top.id):
+        permissions.check_delete(caller, top, child, f"{path}/{name}")
+        _check_tree(txn, caller, child, f"{path}/{name}")

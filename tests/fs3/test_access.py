@@ -90,6 +90,11 @@ def tree(cluster: LocalCluster) -> Iterator[tuple[FS3FileSystem, str]]:
     admin.pipe_file("/access/given/sub/alices", b"alice's")
     admin.meta.chown("/access/given", NOBODY_ID, NOBODY_ID)
     admin.meta.chown("/access/given/sub", ALICE, ALICE)
+    # nobody's own folder in the sticky one (so nobody may remove it), holding alice's.
+    admin.pipe_file("/access/tmp/nobodys-tree/sub/alices", b"alice's")
+    admin.meta.chown("/access/tmp/nobodys-tree", NOBODY_ID, NOBODY_ID)
+    for path in ("/access/tmp/nobodys-tree/sub", "/access/tmp/nobodys-tree/sub/alices"):
+        admin.meta.chown(path, ALICE, ALICE)
     for path, mode in (("/access/private/secret", 0o600), ("/access/tmp/alices", 0o644)):
         admin.meta.set_attr(path, mode)
     for path in ("/access/private", "/access/private/secret", "/access/tmp/alices"):
@@ -114,6 +119,8 @@ def test_fsspec_as_another_account_is_refused(
         ["chown", "/access/tmp/nobodys", 0],  # only an admin gives a file away
         ["rm", "/access/tmp/nobodys"],  # its own file
         ["rm", "/access/given", True],  # its folder, but not alice's folder inside
+        # Its folder, which it may unlink, but rm -r deletes the tree: alice's file too.
+        ["rm", "/access/tmp/nobodys-tree", True],
     ]
     eacces, eperm = errno.EACCES, errno.EPERM
     assert _fsspec_as_nobody(cluster.address, token, ops) == [
@@ -123,8 +130,10 @@ def test_fsspec_as_another_account_is_refused(
         eperm,
         0,
         eacces,
+        eacces,
     ]
     assert admin.cat_file("/access/private/secret") == b"top secret"
+    assert admin.cat_file("/access/tmp/nobodys-tree/sub/alices") == b"alice's"
     assert admin.ls("/access/private", detail=False) == ["/access/private/secret"]
     assert admin.cat_file("/access/tmp/alices") == b"alice's"
     assert admin.cat_file("/access/given/sub/alices") == b"alice's"
