@@ -26,7 +26,8 @@ READ, WRITE = 4, 2  # open access, as fs3.meta.permissions spells them
 _ACTING: ContextVar[pb.Caller | None] = ContextVar("fs3_meta_acting", default=None)
 
 
-def _prefix(caller: pb.Caller) -> bytes:
+def caller_prefix(caller: pb.Caller) -> bytes:
+    """What every meta request's payload starts with: who calls (fs3.meta.service reads it)."""
     raw = caller.SerializeToString()
     return _CALLER_LEN.pack(len(raw)) + raw
 
@@ -38,7 +39,7 @@ class MetaClient:
         self._chunks = chunks
         self._pool = pool
         self._token = token
-        self._own = _prefix(pb.Caller(token=token))
+        self._own = caller_prefix(pb.Caller(token=token))
 
     @contextmanager
     def acting_for(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Iterator[None]:
@@ -65,7 +66,7 @@ class MetaClient:
     def _rpc(self, name: str, request: Any) -> Any:
         method = METHODS[name]
         acting = _ACTING.get()
-        prefix = self._own if acting is None else _prefix(acting)
+        prefix = self._own if acting is None else caller_prefix(acting)
         payload = prefix + request.SerializeToString()
         req = Request(method.op, length=len(payload))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fs3.client import FS3FileSystem
+from fs3.client.meta import caller_prefix
 from fs3.cluster import LocalCluster
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
@@ -119,10 +120,13 @@ def test_two_stores_serve_one_namespace(two_stores: tuple[MetaStore, MetaStore])
     assert len(spaces[1].take_garbage(limit=1000)) == 8 * 15 - 1
 
 
-def _meta_call(pool: ConnectionPool, address: str, name: str, request: object) -> object:
-    """One request to the meta server at ``address`` itself (clients pick one via mgmtd)."""
+def _meta_call(
+    pool: ConnectionPool, address: str, token: str, name: str, request: object
+) -> object:
+    """One request by ``token`` to the meta server at ``address`` itself (clients pick one
+    via mgmtd)."""
     method = METHODS[name]
-    payload = request.SerializeToString()  # type: ignore[attr-defined]
+    payload = caller_prefix(pb.Caller(token=token)) + request.SerializeToString()  # type: ignore[attr-defined]
     _, _, body = pool.request(address, Request(method.op, length=len(payload)), payload)
     return method.reply.FromString(bytes(body))
 
@@ -136,6 +140,7 @@ def test_two_meta_processes_serve_one_database(make_cluster, db: str) -> None:  
     fs = FS3FileSystem(c.address, skip_instance_cache=True)
     assert sorted(fs.mgmtd.info()["meta_addresses"]) == sorted(servers)
     fs.makedirs("/both")
+    token = (c.root / "token").read_text().strip()  # the cluster's admin
     pool = ConnectionPool(3.0, 30.0)
     errors: list[BaseException] = []
 
@@ -143,17 +148,21 @@ def test_two_meta_processes_serve_one_database(make_cluster, db: str) -> None:  
         try:
             for i in range(20):
                 tmp, final = f"/both/{me}-{i}.tmp", f"/both/{me}-{i}"
-                _meta_call(pool, address, "Create", pb.CreateRequest(path=tmp, chunk_size=65536))
-                _meta_call(pool, address, "Rename", pb.RenameRequest(src=tmp, dst=final))
+                _meta_call(
+                    pool, address, token, "Create", pb.CreateRequest(path=tmp, chunk_size=65536)
+                )
+                _meta_call(pool, address, token, "Rename", pb.RenameRequest(src=tmp, dst=final))
                 _meta_call(
                     pool,
                     address,
+                    token,
                     "Create",
                     pb.CreateRequest(path=f"/both/l-{me}", chunk_size=65536),
                 )
                 _meta_call(
                     pool,
                     address,
+                    token,
                     "Rename",
                     pb.RenameRequest(src=f"/both/l-{me}", dst="/both/latest"),
                 )
@@ -172,7 +181,7 @@ def test_two_meta_processes_serve_one_database(make_cluster, db: str) -> None:  
     listings = []
     reader = ConnectionPool(3.0, 30.0)
     for address in servers:
-        listing = _meta_call(reader, address, "List", pb.PathRequest(path="/both"))
+        listing = _meta_call(reader, address, token, "List", pb.PathRequest(path="/both"))
         listings.append([(e.name, e.inode.id) for e in listing.entries])  # type: ignore[attr-defined]
     reader.close()
     assert listings[0] == listings[1]
