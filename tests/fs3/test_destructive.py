@@ -192,10 +192,11 @@ def test_down_stops_a_process_restarted_by_hand(detached: Path) -> None:
     command = first.cmdline()
     first.kill()
     first.wait(timeout=30)
-    # Restarted by hand with the command line `ps` showed for it, from another folder.
+    # Restarted by hand with the command line `ps` showed for it, from another folder (not
+    # the cluster's parent: its folder `fs3` would shadow the editable-installed package).
     by_hand = subprocess.Popen(
         command,
-        cwd=root.parent,
+        cwd="/",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
