@@ -144,12 +144,17 @@ def meta(
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
-    """Run the metadata service (several may serve one PostgreSQL database at once)."""
+    """Run the metadata service (several may serve one PostgreSQL database at once).
+
+    FS3_ADMIN_TOKEN, when set, becomes the admin's token (the Helm chart's Secret)."""
     from fs3.meta.service import run_meta
 
     config, stop = _serve("meta", config_path, tls_cert, tls_key)
+    admin = os.environ.get("FS3_ADMIN_TOKEN", "")
     with one_line_errors("fs3 meta"):
-        run_meta(db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port)
+        run_meta(
+            db, mgmtd_address, host, port, config, stop, grpc_port=grpc_port, admin_token=admin
+        )
 
 
 @fs3.command()

@@ -23,7 +23,7 @@ from fs3 import capabilities
 from fs3.capabilities import Issuer, ServiceSigner, service_keys
 from fs3.config import Fs3Config
 from fs3.db import redact
-from fs3.errors import ConfigError, Fs3Error, InvalidArgument
+from fs3.errors import Fs3Error, InvalidArgument
 from fs3.meta import users
 from fs3.meta.backends import open_meta_store
 from fs3.meta.namespace import Namespace
@@ -274,9 +274,14 @@ def run_meta(
     config: Fs3Config,
     stop: threading.Event,
     grpc_port: int = 0,
+    admin_token: str = "",
 ) -> None:
     """Serves the namespace in ``db`` (a SQLite file or a ``postgresql://`` URL) until
     ``stop`` is set; ``mgmtd_address`` may list several mgmtd ``HOST:PORT``, comma-separated.
+
+    ``admin_token`` (``hai fs3 meta`` takes ``FS3_ADMIN_TOKEN``, the Helm chart's Secret,
+    docs/kubernetes.md) becomes the token of the admin :data:`fs3.meta.users.ADMIN` before
+    meta serves, as ``hai fs3 up`` does for a local cluster.
 
     Meta requests travel as frames on ``port``; ``grpc_port`` (0: none) serves only
     ``grpc.health.v1``, SERVING once the frame server runs, for probes that speak gRPC.
@@ -285,7 +290,9 @@ def run_meta(
     store = open_meta_store(db)
     try:
         keys = service_keys(security)
-    except ConfigError:
+        if admin_token:
+            users.bootstrap(store, admin_token, keep=True)
+    except Fs3Error:
         store.close()
         raise
     issuer = signer = None

@@ -85,22 +85,24 @@ def remove(store: MetaStore, name: str) -> None:
     store.run(op)
 
 
-def bootstrap(store: MetaStore, token: str | None) -> str | None:
+def bootstrap(store: MetaStore, token: str | None, keep: bool = False) -> str | None:
     """Makes sure an admin named :data:`ADMIN` exists whose token is ``token`` (the one a
     cluster folder already keeps). Returns a new token to keep when ``token`` is None or
-    no longer valid, else None."""
+    no longer valid, else None. With ``keep`` (meta's ``FS3_ADMIN_TOKEN``, from the Helm
+    chart's Secret) ``token`` itself becomes the admin's, replacing an older one."""
     if token:
         known = store.run(lambda txn: txn.user_by_token(hash_token(token)))
         if known is not None and known.admin:
             return None
-    new, digest = _new_token()
+    kept = token if keep else None
+    new, digest = (kept, hash_token(kept)) if kept else _new_token()
 
     def op(txn: MetaTxn) -> None:
         old = txn.user(ADMIN) or User(ADMIN, 0, 0, admin=True)
         txn.put_user(dataclasses.replace(old, admin=True, token_hash=digest))
 
     store.run(op)
-    return new
+    return None if kept else new
 
 
 def authenticate(store: MetaStore, token: str) -> User:
