@@ -14,3 +14,12 @@ assert _spec is not None and _spec.loader is not None
 render = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = render  # its dataclasses look their module up
 _spec.loader.exec_module(render)
+
+REQUIRED = {
+    "auth": {"adminToken": "t"},
+    "fs3": {
+        "security": {"secret": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},
+        "auth": {"adminToken": "fs3-t"},
+    },
+}
+"""The values `helm install` cannot do without: hai's and fs3's admin tokens, fs3's secret."""

@@ -13,6 +13,7 @@ by their structure.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import shutil
@@ -27,7 +28,7 @@ import yaml
 from hai.k8s import haijob
 from hai.k8s.fs3_metrics import Fs3Metrics
 from hai.metrics import AgentMetrics, SchedulerMetrics
-from tests.deploy.chart import CHART, DEPLOY, render
+from tests.deploy.chart import CHART, DEPLOY, REQUIRED, render
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
@@ -82,7 +83,7 @@ def test_every_template_renders_to_valid_manifests_with_everything_on() -> None:
 
 
 def test_the_defaults_with_a_token_render_to_valid_manifests() -> None:
-    docs = rendered({"auth": {"adminToken": "t"}})
+    docs = rendered(REQUIRED)
     validate(docs)
     server = next(
         d for _, d in docs if d["kind"] == "Deployment" and "server" in d["metadata"]["name"]
@@ -102,9 +103,13 @@ def test_a_broken_manifest_is_caught_by_strict_validation() -> None:
         validate([(where, broken)])
 
 
-def test_the_chart_needs_a_token_and_says_so() -> None:
-    with pytest.raises(render.TemplateError, match="set auth.adminToken"):
-        rendered()
+@pytest.mark.parametrize("key", ["auth.adminToken", "fs3.security.secret", "fs3.auth.adminToken"])
+def test_the_chart_needs_each_token_and_secret_and_says_so(key: str) -> None:
+    values = copy.deepcopy(REQUIRED)
+    *path, last = key.split(".")
+    del functools.reduce(lambda d, k: d[k], path, values)[last]
+    with pytest.raises(render.TemplateError, match=f"set {re.escape(key)} "):
+        rendered(values)
 
 
 def test_the_operator_chart_wiring() -> None:

@@ -74,3 +74,54 @@ prometheus.io/path: /metrics
     fieldRef:
       fieldPath: status.podIP
 {{- end -}}
+
+{{/* fs3's cluster secret and admin token: a Secret named by the user, or the chart's. */}}
+{{- define "hai.fs3SecretName" -}}
+{{ .Values.fs3.security.existingSecret | default (printf "%s-fs3-secret" (include "hai.fullname" .)) }}
+{{- end -}}
+
+{{- define "hai.fs3AdminSecretName" -}}
+{{ .Values.fs3.auth.existingSecret | default (printf "%s-fs3-admin" (include "hai.fullname" .)) }}
+{{- end -}}
+
+{{/* The cluster secret for an fs3 service pod (mgmtd, meta, storage). fs3 refuses a secret
+file group or others may read, and a Secret volume of a pod with fsGroup is always 0440
+(kubernetes/kubernetes#57923): an init container copies it, 0400 and owned by the
+service's user, into a memory-backed folder the service reads. */}}
+{{- define "hai.fs3SecretInit" -}}
+- name: fs3-secret
+  image: {{ include "hai.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: [sh, -c, "umask 077 && cp /etc/fs3-secret/secret /run/fs3/secret"]
+  volumeMounts:
+    - name: fs3-secret
+      mountPath: /etc/fs3-secret
+      readOnly: true
+    - name: fs3-run
+      mountPath: /run/fs3
+{{- end -}}
+
+{{- define "hai.fs3SecretEnv" -}}
+- name: FS3_SECURITY__SECRET_FILE
+  value: /run/fs3/secret
+{{- end -}}
+
+{{- define "hai.fs3SecretMount" -}}
+- name: fs3-run
+  mountPath: /run/fs3
+  readOnly: true
+{{- end -}}
+
+{{- define "hai.fs3SecretVolumes" -}}
+- name: fs3-secret
+  secret:
+    secretName: {{ include "hai.fs3SecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: secret
+        path: secret
+- name: fs3-run
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end -}}
