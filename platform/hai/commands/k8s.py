@@ -55,8 +55,14 @@ def operator(
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--interval", default=15.0, show_default=True, help="Seconds between reads.")
 def fs3_exporter(mgmtd: str, port: int, host: str, interval: float) -> None:
-    """Serve fs3's targets and chain states as Prometheus metrics (a mgmtd sidecar)."""
+    """Serve fs3's targets and chain states as Prometheus metrics (a mgmtd sidecar).
+
+    mgmtd's TLS settings come from the fs3 config (FS3_CONFIG, FS3_TLS__*)."""
+    from fs3.cli_util import one_line_errors
+    from fs3.config import load_config as load_fs3_config
     from hai.k8s.fs3_metrics import serve
 
+    with one_line_errors("hai operator fs3-exporter"):
+        tls = load_fs3_config().tls
     log_to_stderr()
-    serve(mgmtd, port, host, interval)
+    serve(mgmtd, port, host, interval, tls)

@@ -11,9 +11,12 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+if TYPE_CHECKING:
+    from fs3.config import TlsConfig
 
 log = logging.getLogger("hai.k8s.fs3_metrics")
 MEMBER_STATES = ("serving", "syncing", "offline")
@@ -75,14 +78,17 @@ class Fs3Metrics:
             self.members.labels(state).set(count)
 
 
-def serve(mgmtd: str, port: int, host: str, interval_s: float) -> None:
-    """Reads mgmtd every ``interval_s`` and serves the counts on ``host:port`` until killed."""
+def serve(
+    mgmtd: str, port: int, host: str, interval_s: float, tls: TlsConfig | None = None
+) -> None:
+    """Reads mgmtd every ``interval_s`` (over TLS with ``tls.enabled``) and serves the counts
+    on ``host:port`` until killed. mgmtd's routing table needs no token or cluster secret."""
     from fs3.errors import Fs3Error
     from fs3.mgmtd.client import MgmtdClient
 
     metrics = Fs3Metrics()
     start_http_server(port, addr=host, registry=metrics.registry)
-    client = MgmtdClient(mgmtd, timeout=10.0)
+    client = MgmtdClient(mgmtd, timeout=10.0, tls=tls)
     while True:
         try:
             metrics.observe(chain_metrics(client.refresh()))
