@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 from collections import deque
+from datetime import timedelta
 
 import torch
 from torch.distributed import Store
@@ -108,6 +109,7 @@ class Communicator:
         # Nobody may start a call before every rank has its arena and links.
         store.set(f"hfreduce/ready/{rank}", "1")
         store.wait([f"hfreduce/ready/{r}" for r in range(world_size)])
+        store.set(f"hfreduce/started/{rank}", "1")  # this rank's last store call; see close
 
     @property
     def rank(self) -> int:
@@ -253,3 +255,15 @@ class Communicator:
                 tree.stop()
         for link in self._links:
             link.close()
+        self._let_others_finish_starting()
+
+    def _let_others_finish_starting(self) -> None:
+        """Rank 0 may host the store (the TCPStore hfreduce.init makes), which goes with
+        this communicator: a rank 0 that closes at once would reset the connection of a rank
+        still in the ready wait of __init__. So it waits (bounded) until every rank has
+        made its last store call; a rank or store already gone leaves nothing to wait for."""
+        if self.topology.rank != 0 or self._error is not None:
+            return
+        keys = [f"hfreduce/started/{r}" for r in range(self.topology.world_size)]
+        with contextlib.suppress(RuntimeError):  # torch's store errors (DistError, timeout)
+            self._store.wait(keys, timedelta(seconds=self.config.timeout_s))
