@@ -21,6 +21,7 @@ from datetime import timedelta
 import torch
 from torch.distributed import Store
 
+from hfreduce.addresses import advertised_address
 from hfreduce.arena import open_arena
 from hfreduce.config import HfreduceConfig, for_layout, load_config
 from hfreduce.errors import HfreduceError, MismatchError, PeerLostError
@@ -79,6 +80,13 @@ class Communicator:
             store, rank, world_size, node_id or default_node_id(), timeout
         )
         self.config = for_layout(self.config, self.topology.num_nodes)
+        host = None
+        if self.topology.num_nodes > 1:  # before the arena: a bad setting leaves nothing
+            host = advertised_address(
+                master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                self.config.socket_ifname,
+                self.config.socket_address,
+            )
         self.arena = open_arena(
             store, self.topology, self.config.pipeline_depth, self.config.chunk_bytes, timeout
         )
@@ -87,10 +95,9 @@ class Communicator:
         self._failure_told = threading.Event()
         self._trees: list[TreeWorker] | None = None
         self._links = []
-        if self.topology.num_nodes > 1:
+        if host is not None:
             links = double_tree(self.topology.num_nodes, self.topology.node_index)
-            master = master_addr or os.environ.get("MASTER_ADDR", "127.0.0.1")
-            connections = connect_trees(store, self.topology, links, master, timeout)
+            connections = connect_trees(store, self.topology, links, host, timeout)
             self._links = [
                 link for c in connections for link in ([c.parent] if c.parent else []) + c.children
             ]

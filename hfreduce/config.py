@@ -7,6 +7,8 @@ settings follow too: ``"65536"`` is an int, ``"2.5"`` a float, anything else is 
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,12 +44,35 @@ class HfreduceConfig(BaseSettings):
     MULTI_NODE_DEPTH by the job's layout."""
     timeout_s: float = Field(300.0, gt=0, validation_alias="HFREDUCE_TIMEOUT")
     """Longest wait for a peer to make progress before the call fails naming that peer."""
+    socket_ifname: str | None = None
+    """Interfaces whose address the links to other nodes use, comma-separated, in order
+    of preference (``eth0,eth1``); a leading ``^`` lists interfaces to skip instead."""
+    socket_address: str | None = None
+    """The exact address to listen on and advertise to other nodes; wins over
+    socket_ifname."""
 
     @field_validator("chunk_bytes")
     @classmethod
     def _whole_cache_lines(cls, value: int) -> int:
         if value < 4096 or value % 64:
             raise ValueError("must be a multiple of 64 and at least 4096")
+        return value
+
+    @field_validator("socket_address")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be an IPv4 or IPv6 address") from None
+        return value
+
+    @field_validator("socket_ifname")
+    @classmethod
+    def _some_interface(cls, value: str | None) -> str | None:
+        if value is not None and not value.removeprefix("^").replace(",", "").strip():
+            raise ValueError("must name at least one interface")
         return value
 
 

@@ -49,19 +49,21 @@ class RanksFailed(RuntimeError):
         super().__init__(f"ranks failed:\n{failed}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def rank_environment(rank: int, nodes: int, ranks_per_node: int, port: int) -> dict[str, str]:
+def rank_environment(
+    rank: int, nodes: int, ranks_per_node: int, port: int, master_addr: str = "127.0.0.1"
+) -> dict[str, str]:
     return {
         "RANK": str(rank),
         "WORLD_SIZE": str(nodes * ranks_per_node),
         "LOCAL_RANK": str(rank % ranks_per_node),
         "LOCAL_WORLD_SIZE": str(ranks_per_node),
-        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_ADDR": master_addr,
         "MASTER_PORT": str(port),
         "HFREDUCE_NODE_ID": f"node{rank // ranks_per_node}",
     }
@@ -110,21 +112,26 @@ def run_ranks(
     threads: int = 1,
     check: bool = True,
     start_method: str = "fork",
+    master_addr: str = "127.0.0.1",
 ) -> list[RankOutcome]:
     """Run ``fn(*args)`` on every rank and return each rank's outcome, in rank order.
 
     Ranks that use CUDA need ``start_method="spawn"`` (CUDA does not survive a fork),
     and then ``fn`` must be importable by its module name. With ``check`` a failed or
-    timed-out rank raises RanksFailed listing all of them.
+    timed-out rank raises RanksFailed listing all of them. ``master_addr`` is the loopback
+    address rank 0's store listens on (``"::1"`` runs the job over IPv6).
     """
     ctx = mp.get_context(start_method)
-    port = free_port()
+    port = free_port(master_addr)
     world = nodes * ranks_per_node
     procs, pipes = [], {}
     stacks = tempfile.mkdtemp(prefix="hfreduce-ranks-")
     for rank in range(world):
         receive, send = ctx.Pipe(duplex=False)
-        rank_env = {**(env or {}), **rank_environment(rank, nodes, ranks_per_node, port)}
+        rank_env = {
+            **(env or {}),
+            **rank_environment(rank, nodes, ranks_per_node, port, master_addr),
+        }
         dump = os.path.join(stacks, str(rank))
         proc = ctx.Process(
             target=_child, args=(fn, rank_env, args, threads, send, dump), daemon=True

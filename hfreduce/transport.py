@@ -18,6 +18,7 @@ from datetime import timedelta
 
 from torch.distributed import Store
 
+from hfreduce.addresses import format_endpoint, parse_endpoint
 from hfreduce.errors import CollectiveTimeoutError, HfreduceError, PeerLostError
 from hfreduce.topology import Topology
 from hfreduce.tree import TreeLinks
@@ -181,16 +182,6 @@ class TreeConnections:
     children: list[Link]
 
 
-def _advertised_host(master_addr: str) -> str:
-    """The local address peers can reach us on: the one we would use to reach the master."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((master_addr, 9))  # no packet is sent for a UDP connect
-            return probe.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
-
-
 def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
@@ -201,20 +192,28 @@ def connect_trees(
     store: Store,
     topology: Topology,
     trees: tuple[TreeLinks, TreeLinks],
-    master_addr: str,
+    host: str,
     timeout: float,
 ) -> list[TreeConnections]:
     """Open a link to our partner rank on each tree neighbour node.
 
-    We listen, publish our address, connect to our parents (a listening socket completes
-    connections before accepting them, so nobody waits on anybody), then accept one
-    connection from each child; the hello message says which tree and rank it is for.
+    We listen on ``host`` (see hfreduce.addresses), publish it, connect to our parents (a
+    listening socket completes connections before accepting them, so nobody waits on
+    anybody), then accept one connection from each child; the hello message says which
+    tree and rank it is for.
     """
-    host = _advertised_host(master_addr)
-    listener = socket.create_server((host, 0), backlog=16)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, 0), family=family, backlog=16)
+    except OSError as exc:
+        raise HfreduceError(
+            f"hfreduce: cannot listen on {host} for links to other nodes ({exc.strerror}); "
+            "is it an address of this host?"
+        ) from None
     listener.settimeout(timeout)
     try:
-        store.set(f"hfreduce/addr/{topology.rank}", f"{host}:{listener.getsockname()[1]}")
+        port = listener.getsockname()[1]
+        store.set(f"hfreduce/addr/{topology.rank}", format_endpoint(host, port))
         parents: list[Link | None] = []
         for tree, links in enumerate(trees):
             if links.parent is None:
@@ -223,8 +222,7 @@ def connect_trees(
             peer = topology.peer(links.parent)
             key = f"hfreduce/addr/{peer}"
             store.wait([key], timedelta(seconds=timeout))
-            phost, pport = store.get(key).decode().rsplit(":", 1)
-            sock = socket.create_connection((phost, int(pport)), timeout=timeout)
+            sock = socket.create_connection(parse_endpoint(store.get(key).decode()), timeout)
             _tune(sock)
             sock.sendall(_HELLO.pack(MAGIC, tree, topology.rank))
             parents.append(Link(sock, peer, topology.node_ids[links.parent], timeout))
