@@ -180,3 +180,16 @@ def test_one_node_id_on_two_network_namespaces_fails_every_rank(tmp_path: Path) 
         assert proc.returncode == 1, err
         assert "ranks 0 and 1 both have node id 'same' but run on different hosts" in out
         assert host_identity() in out  # rank 0's host is named, the other netns beside it
+
+
+@needs_root
+def test_no_route_to_the_master_is_an_error_not_loopback() -> None:
+    """A fresh network namespace has only lo, and lo down: no route to any master."""
+    probe = "from hfreduce.addresses import advertised_address as a; a('192.0.2.1', None, None)"
+    proc = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", probe], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no usable address to reach MASTER_ADDR=192.0.2.1 (Network is unreachable)" in last
+    assert "interfaces here: lo (" in last and "HFREDUCE_SOCKET_IFNAME" in last
