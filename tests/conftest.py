@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from hai.doctor import find_postgres_bindir
+from testhosts import Hosts, hosts_missing
 
 
 def _cuda_missing() -> str | None:
@@ -50,6 +51,7 @@ _NEEDS: dict[str, Callable[[], str | None]] = {
     "gpu": _cuda_missing,
     "postgres": _postgres_missing,
     "fuse": _fuse_missing,
+    "hosts": hosts_missing,
 }
 
 
@@ -83,6 +85,21 @@ def free_port() -> Callable[[], int]:
                 return port
 
     return pick
+
+
+@pytest.fixture
+def make_hosts() -> Iterator[Callable[[int], Hosts]]:
+    """Returns ``make(n)``: n test hosts (docs/hosts.md), removed when the test ends,
+    also when it failed. Mark the test ``hosts``."""
+    made: list[Hosts] = []
+
+    def make(count: int) -> Hosts:
+        made.append(Hosts.up(count))
+        return made[-1]
+
+    yield make
+    for hosts in made:
+        hosts.down()
 
 
 @pytest.fixture
