@@ -7,8 +7,8 @@ second machine is not at hand in tests, benchmarks or CI. Each host gets
   network benchmarks (RFC 2544, RFC 5180); every ``eth0`` is a veth whose other end sits on
   one bridge with no uplink and no address, and no host has a default route, so no packet
   leaves the machine;
-- its own loopback, hostname (``PREFIX-I``), ``/tmp`` and ``/dev/shm`` (both folders under
-  its own ``Host.dir``), while the other hosts' folders are hidden from it;
+- its own loopback, hostname (``PREFIX-I``), ``/tmp`` and ``/dev/shm`` (``tmp/`` and a
+  tmpfs on ``shm/`` in its own ``Host.dir``), while the other hosts' folders are hidden;
 - its processes started through ``nsenter``, so they are ordinary children of the caller.
 
 Every name starts with the instance's prefix (``ffh`` + 4 random hex digits), so parallel
@@ -205,6 +205,9 @@ class Hosts:
             for sub in ("tmp", "shm"):
                 (host.dir / sub).mkdir(parents=True)
                 (host.dir / sub).chmod(0o1777)
+            # Shared memory stays in memory, as on a real host (the folder is on disk).
+            shm = str(host.dir / "shm")
+            _sh(["mount", "-t", "tmpfs", "-o", "mode=1777", f"{host.name}-shm", shm])
         for host in self.hosts:
             self._make_host(host)
         log.info("made %d test hosts %s-1..%d", len(self.hosts), self.prefix, len(self.hosts))
@@ -377,6 +380,9 @@ class Hosts:
             while _is_mount_point(self.run_dir):
                 _sh(["umount", str(self.run_dir)])
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        for shm in self.base.glob("*/shm"):
+            while _is_mount_point(shm):
+                _sh(["umount", str(shm)])
         shutil.rmtree(self.base, ignore_errors=True)
         left = self._namespaces() + self._links()
         left += [str(p) for p in (self.run_dir, self.base) if p.exists()]

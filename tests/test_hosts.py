@@ -102,9 +102,13 @@ def test_hosts_have_no_default_route_and_the_bridge_no_uplink(make_hosts: MakeHo
 @pytest.mark.hosts
 def test_each_host_has_its_own_name_tmp_and_folder(make_hosts: MakeHosts) -> None:
     hosts = make_hosts(2)
-    write = "import socket; open('/tmp/mine', 'w').write(socket.gethostname()); open('f', 'w')"
+    write = (
+        "import socket; open('/tmp/mine', 'w').write(socket.gethostname()); open('f', 'w');"
+        "open('/dev/shm/seg', 'w')"
+    )
     assert hosts.run(1, [sys.executable, "-c", write]).returncode == 0
     assert (hosts[1].dir / "tmp" / "mine").read_text() == hosts[1].name
+    assert (hosts[1].dir / "shm" / "seg").exists() and not (hosts[2].dir / "shm" / "seg").exists()
     assert (hosts[1].dir / "f").exists()
     # Host 2 sees neither host 1's /tmp nor its folder.
     look = f"import os; print(os.path.exists('/tmp/mine'), os.listdir('{hosts[1].dir}'))"
