@@ -216,11 +216,9 @@ class Communicator:
         A rank that only saw a connection drop names the job's first failure (posted in
         the store before that connection was cut), so every rank names the rank at fault.
         """
-        cause = self._reported_failure()
+        cause = self._share_failure(str(exc))
         if isinstance(exc, PeerLostError) and cause and cause not in str(exc):
             exc = PeerLostError(f"{exc}; the first failure was: {cause}")
-        elif cause is None:
-            self._report_failure(str(exc))
         with self._failure_lock:
             first = self._error is None
             if first:
@@ -235,6 +233,28 @@ class Communicator:
             link.fail(str(exc), self.rank)
         self.arena.post_failure(str(exc))
         self._failure_told.set()
+
+    def _share_failure(self, message: str) -> str | None:
+        """The job's first failure from the store, else None after posting ``message`` as it.
+
+        Bounded by half the timeout: a TCPStore whose host is cut off answers no request
+        and its client waits forever (torch 2.13), while this rank must still fail its links
+        and tell its node before the node's other ranks give up on it (at three timeouts,
+        against the two a tree link waits).
+        """
+        found: list[str | None] = []
+
+        def consult() -> None:
+            cause = self._reported_failure()
+            if cause is None:
+                self._report_failure(message)
+            found.append(cause)
+
+        # A daemon thread: one stuck in the store must not keep the process from exiting.
+        thread = threading.Thread(target=consult, name="hfreduce-failure", daemon=True)
+        thread.start()
+        thread.join(self.config.timeout_s / 2)
+        return found[0] if found else None
 
     def _reported_failure(self) -> str | None:
         try:

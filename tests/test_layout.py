@@ -17,6 +17,7 @@ PACKAGES = {
     "haiscale": REPO / "haiscale",
     "hai": REPO / "platform" / "hai",
     "deepseek": REPO / "models" / "deepseek",
+    "testhosts": REPO / "testhosts",  # the several-hosts harness, shipped for benchmarks
 }
 
 
