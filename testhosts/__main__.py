@@ -6,7 +6,7 @@ import os
 
 import click
 
-from testhosts.hosts import Hosts, HostsError, parse_rate
+from testhosts.hosts import MACHINE4, Hosts, HostsError, parse_rate
 
 _PREFIX = click.option(
     "--prefix",
@@ -43,9 +43,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("count", type=int)
-def up(count: int) -> None:
+@click.option("--reachable", is_flag=True, help=f"Give this machine {MACHINE4} on the bridge.")
+def up(count: int, reachable: bool) -> None:
     """Make COUNT hosts; they stay until `down`."""
-    hosts = Hosts.up(count, down_at_exit=False)
+    hosts = Hosts.up(count, down_at_exit=False, reachable=reachable)
     click.echo(f"prefix {hosts.prefix}")
     for host in hosts:
         click.echo(f"host {host.index}  {host.name}  {host.address}  {host.address6}  {host.dir}")

@@ -43,6 +43,8 @@ BASE_DIR = Path("/var/tmp/testhosts")
 """Per instance: the hosts' folders. Not under /tmp, which each host replaces with its own."""
 NET4 = ipaddress.ip_network("198.18.0.0/15")
 NET6 = ipaddress.ip_network("2001:2::/64")
+MACHINE4 = NET4[-2]
+"""The machine's own address on the bridge when it is to reach the hosts (``reachable``)."""
 MAX_HOSTS = 250
 """Keeps ``198.18.0.I`` in one octet and every interface name within Linux's 15 characters."""
 _TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
@@ -116,12 +118,13 @@ class Hosts:
     """A set of test hosts. Make one with ``Hosts.up(n)``; ``down()`` (or leaving a ``with``
     block, or the interpreter's exit) removes every namespace, link and folder it made."""
 
-    def __init__(self, prefix: str, count: int) -> None:
+    def __init__(self, prefix: str, count: int, reachable: bool = False) -> None:
         """Names an instance; use ``up`` to make one and ``attach`` to find one made earlier."""
         # down() removes whatever bears the prefix: never let it match foreign names.
         if not re.fullmatch(rf"{FAMILY}[0-9a-f]{{4}}", prefix):
             raise HostsError(f"{prefix!r} is no test hosts prefix (like {FAMILY}3fa2)")
         self.prefix = prefix
+        self.reachable = reachable
         self.bridge = f"{prefix}-br"
         self.run_dir = RUN_DIR / prefix
         self.base = BASE_DIR / prefix
@@ -140,9 +143,12 @@ class Hosts:
     # -- making and finding ------------------------------------------------------------
 
     @classmethod
-    def up(cls, count: int, *, down_at_exit: bool = True) -> Hosts:
+    def up(cls, count: int, *, down_at_exit: bool = True, reachable: bool = False) -> Hosts:
         """Makes ``count`` hosts (1..250). With ``down_at_exit`` (the default) they are also
-        removed when the interpreter exits; by-hand use passes False to keep them.
+        removed when the interpreter exits; by-hand use passes False to keep them. With
+        ``reachable`` the machine itself gets ``MACHINE4`` on the bridge, so a process
+        outside every host (a benchmark's or demo's driver) reaches them all; the hosts
+        still have no route beyond the bridge.
 
         Raises HostsError when this machine cannot (see ``hosts_missing``) or a step fails;
         whatever was made by then is removed first.
@@ -160,7 +166,7 @@ class Hosts:
                 break
             except FileExistsError:
                 continue
-        hosts = cls(prefix, count)
+        hosts = cls(prefix, count, reachable)
         if down_at_exit:
             atexit.register(hosts.down)
         try:
@@ -179,7 +185,7 @@ class Hosts:
             raise HostsError(
                 f"no test hosts named {prefix!r}; see python -m testhosts list"
             ) from None
-        return cls(prefix, state["count"])
+        return cls(prefix, state["count"], state.get("reachable", False))
 
     @staticmethod
     def instances() -> list[str]:
@@ -193,12 +199,16 @@ class Hosts:
         _sh(["mount", "--bind", str(self.run_dir), str(self.run_dir)])
         _sh(["mount", "--make-private", str(self.run_dir)])
         (self.run_dir / "hosts.json").write_text(
-            json.dumps({"prefix": self.prefix, "count": len(self.hosts)})
+            json.dumps(
+                {"prefix": self.prefix, "count": len(self.hosts), "reachable": self.reachable}
+            )
         )
         _sh(["ip", "link", "add", self.bridge, "type", "bridge"])
         # A machine with br_netfilter would pass bridged packets through its iptables.
         _sh(["ip", "link", "set", self.bridge, "type", "bridge", "nf_call_iptables", "0"])
         self._no_ipv6_here(self.bridge)
+        if self.reachable:
+            _sh(["ip", "addr", "add", f"{MACHINE4}/{NET4.prefixlen}", "dev", self.bridge])
         _sh(["ip", "link", "set", self.bridge, "up"])
         # All folders first: each host's mount namespace hides the others' folders.
         for host in self.hosts:

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -88,13 +89,13 @@ def free_port() -> Callable[[], int]:
 
 
 @pytest.fixture
-def make_hosts() -> Iterator[Callable[[int], Hosts]]:
-    """Returns ``make(n)``: n test hosts (docs/hosts.md), removed when the test ends,
+def make_hosts() -> Iterator[Callable[..., Hosts]]:
+    """Returns ``make(n, **options)``: n test hosts (docs/hosts.md), removed when the test ends,
     also when it failed. Mark the test ``hosts``."""
     made: list[Hosts] = []
 
-    def make(count: int) -> Hosts:
-        made.append(Hosts.up(count))
+    def make(count: int, **options: Any) -> Hosts:
+        made.append(Hosts.up(count, **options))
         return made[-1]
 
     yield make

@@ -4,6 +4,7 @@ between hosts; what it promises is checked from inside the hosts and from the ma
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 
 from testhosts import Hosts, HostsError, parse_rate
 
-MakeHosts = Callable[[int], Hosts]
+MakeHosts = Callable[..., Hosts]
 PORT = 7000
 # Accepts connections forever; answers each with its hostname and the bytes it received.
 LISTEN = (
@@ -97,6 +98,24 @@ def test_hosts_have_no_default_route_and_the_bridge_no_uplink(make_hosts: MakeHo
     assert sorted(line.split(":")[1].strip().split("@")[0] for line in ports.splitlines()) == [
         host.veth for host in hosts
     ]
+
+
+@pytest.mark.hosts
+def test_reachable_hosts_answer_the_machine_until_cut_off(make_hosts: MakeHosts) -> None:
+    hosts = make_hosts(2, reachable=True)
+    assert Hosts.attach(hosts.prefix).reachable
+    server = _listen(hosts, 2)
+    try:
+        with socket.create_connection((hosts[2].address, PORT), timeout=20) as c:
+            c.sendall(b"hello")
+            c.shutdown(socket.SHUT_WR)
+            assert c.recv(256).decode().split() == [hosts[2].name, "5"]
+        hosts.cut(2)
+        with pytest.raises(OSError):
+            socket.create_connection((hosts[2].address, PORT), timeout=2).close()
+    finally:
+        server.kill()
+        server.wait()
 
 
 @pytest.mark.hosts
