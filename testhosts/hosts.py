@@ -9,6 +9,7 @@ second machine is not at hand in tests, benchmarks or CI. Each host gets
   leaves the machine;
 - its own loopback, hostname (``PREFIX-I``), ``/tmp`` and ``/dev/shm`` (``tmp/`` and a
   tmpfs on ``shm/`` in its own ``Host.dir``), while the other hosts' folders are hidden;
+- an ``/etc/hosts`` naming every host of the instance;
 - its processes started through ``nsenter``, so they are ordinary children of the caller.
 
 Every name starts with the instance's prefix (``ffh`` + 4 random hex digits), so parallel
@@ -210,6 +211,11 @@ class Hosts:
         if self.reachable:
             _sh(["ip", "addr", "add", f"{MACHINE4}/{NET4.prefixlen}", "dev", self.bridge])
         _sh(["ip", "link", "set", self.bridge, "up"])
+        # Every host resolves every host's name, as a cluster's DNS would: gloo and c10d
+        # look up their own host name to find the address they announce.
+        names = "".join(f"{h.address} {h.name}\n{h.address6} {h.name}\n" for h in self.hosts)
+        self.base.mkdir(parents=True)
+        (self.base / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{names}")
         # All folders first: each host's mount namespace hides the others' folders.
         for host in self.hosts:
             for sub in ("tmp", "shm"):
@@ -242,6 +248,7 @@ class Hosts:
             "mount -t sysfs sysfs /sys\n"
             f"mount --bind '{host.dir}/tmp' /tmp\n"
             f"mount --bind '{host.dir}/shm' /dev/shm\n"
+            f"mount --bind '{self.base}/hosts' /etc/hosts\n"
             f'for d in {hidden}; do mount -t tmpfs -o ro,size=4k,mode=0 hidden "$d"; done\n'
         )
         mnt, uts = self._ns_files(host)

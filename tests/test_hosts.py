@@ -133,6 +133,11 @@ def test_each_host_has_its_own_name_tmp_and_folder(make_hosts: MakeHosts) -> Non
     look = f"import os; print(os.path.exists('/tmp/mine'), os.listdir('{hosts[1].dir}'))"
     seen = hosts.run(2, [sys.executable, "-c", look], capture_output=True, text=True)
     assert seen.stdout.strip() == "False []", seen.stderr
+    # Each host resolves its own name and the others' to their bridge addresses.
+    lookup = "import socket, sys; print(*(socket.gethostbyname(n) for n in sys.argv[1:]))"
+    argv = [sys.executable, "-c", lookup, hosts[2].name, hosts[1].name]
+    resolved = hosts.run(2, argv, capture_output=True, text=True)
+    assert resolved.stdout.split() == [hosts[2].address, hosts[1].address], resolved.stderr
 
 
 @pytest.mark.hosts
