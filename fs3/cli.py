@@ -182,7 +182,8 @@ def storage(
     from fs3.storage.server import run_storage
 
     config, stop = _serve(f"storage-{target_id}", config_path, tls_cert, tls_key)
-    run_storage(target_id, Path(root), mgmtd_address, host, port, grpc_port, config, stop)
+    with one_line_errors("fs3 storage"):
+        run_storage(target_id, Path(root), mgmtd_address, host, port, grpc_port, config, stop)
 
 
 @fs3.command()

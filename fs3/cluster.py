@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +35,13 @@ import yaml
 from fs3 import tls as certificates
 from fs3.capabilities import create_secret
 from fs3.client.filesystem import local_token_file
-from fs3.config import TlsConfig
+from fs3.config import TlsConfig, load_config
 from fs3.errors import ConfigError, Fs3Error, Fs3TimeoutError
 from fs3.meta import users
 from fs3.meta.backends import open_meta_store
 from fs3.mgmtd.client import MgmtdClient
-from fs3.processes import Found, gone, label, option, path_of, program_args, stop
-from fs3.types import SERVING, RoutingTable
+from fs3.processes import Found, Placement, gone, label, option, path_of, program_args, stop
+from fs3.types import SERVING, RoutingTable, host_port
 
 _STOP_GRACE_S = 10.0  # services stop their gRPC servers with 1 s grace; 10 s is ample
 _PRIVATE_UMASK = 0o077  # what the services create: no group or other bits
@@ -117,13 +118,20 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _free_ports(host: str, count: int) -> list[int]:
-    """``count`` distinct free ports: each socket stays bound until all are picked, or the
-    kernel could hand out a port just released twice."""
-    sockets = [socket.socket() for _ in range(count)]
+def _free_ports(hosts: list[str]) -> list[int]:
+    """A free port for each of ``hosts``, all distinct: each socket stays bound until all are
+    picked, or the kernel could hand out a port just released twice. An address of another
+    host (a test host's namespace) is tried on the wildcard here: its own ports are free."""
+    sockets = []
     try:
-        for s in sockets:
-            s.bind((host, 0))
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            s = socket.socket(family)
+            sockets.append(s)
+            try:
+                s.bind((host, 0))
+            except OSError:  # not an address of this machine's network
+                s.bind(("::" if family == socket.AF_INET6 else "", 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
@@ -150,6 +158,10 @@ class LocalCluster:
     """mgmtd store: a ``postgresql://`` URL; default the SQLite file ``mgmtd.db``."""
     tls: bool = False
     """gRPC over TLS, with a CA and per-service certificates in ``tls/`` (:mod:`fs3.tls`)."""
+    placement: Placement | None = None
+    """Where each service runs on several hosts (its address and the wrapper that runs its
+    command there), and ``"client"``: a host that reaches them all, where ``wait_ready``
+    checks. None: all on this machine, on ``host``."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,7 +181,9 @@ class LocalCluster:
         else:
             names = self._numbered("mgmtd", self.mgmtds) + self._numbered("meta", self.metas)
             metas = self._numbered("meta", self.metas)
-            free = iter(_free_ports(self.host, len(names) + len(metas) + 2 * self.targets))
+            storages = [f"storage-{i}" for i in range(1, self.targets + 1)]
+            wanted = names + [f"{n}.grpc" for n in metas] + [n for n in storages for _ in "dg"]
+            free = iter(_free_ports([self.host_of(n.split(".")[0]) for n in wanted]))
             self.ports = {name: next(free) for name in names}
             # Each meta server's gRPC health port, beside its framed port.
             self.ports.update({f"{name}.grpc": next(free) for name in metas})
@@ -190,7 +204,7 @@ class LocalCluster:
         folder = self.root / "tls"
         ca = certificates.ensure_ca(folder)
         for name in self.names():
-            certificates.issue(folder, name, [self.host])
+            certificates.issue(folder, name, [self.host_of(name)])
         return {"enabled": True, "ca_file": str(ca)}
 
     @property
@@ -210,15 +224,19 @@ class LocalCluster:
         """The cluster address: every mgmtd ``HOST:PORT``, comma-separated."""
         return ",".join(self.mgmtd_address(n) for n in self._numbered("mgmtd", self.mgmtds))
 
+    def host_of(self, name: str) -> str:
+        """The address service ``name`` listens on and announces."""
+        return self.placement(name)[0] if self.placement else self.host
+
     def mgmtd_address(self, name: str = "mgmtd") -> str:
-        return f"{self.host}:{self.ports[name]}"
+        return host_port(self.host_of(name), self.ports[name])
 
     def meta_address(self, name: str = "meta") -> str:
-        return f"{self.host}:{self.ports[name]}"
+        return host_port(self.host_of(name), self.ports[name])
 
     def meta_health_address(self, name: str = "meta") -> str:
         """Where meta server ``name`` answers gRPC health checks."""
-        return f"{self.host}:{self.ports[name + '.grpc']}"
+        return host_port(self.host_of(name), self.ports[name + ".grpc"])
 
     def names(self) -> list[str]:
         return (
@@ -234,7 +252,7 @@ class LocalCluster:
             "fs3",
             name.split("-")[0],
             "--host",
-            self.host,
+            self.host_of(name),
             "--config",
             str(self.root / "config.yaml"),
         ]
@@ -287,8 +305,11 @@ class LocalCluster:
         os.fchmod(fd, 0o600)
         log = os.fdopen(fd, "ab")  # the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = self._command(name)
+        if self.placement:
+            command = self.placement(name)[1](command)
         self.procs[name] = subprocess.Popen(
-            self._command(name),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -334,34 +355,42 @@ class LocalCluster:
             _write_private(path, new + "\n")
         return new or token or ""
 
-    def wait_ready(self, timeout: float = 60.0) -> RoutingTable:
+    def wait_ready(self, timeout: float = 60.0) -> RoutingTable | None:
         """Waits until a primary mgmtd answers, every meta server is registered and every
-        chain member is serving."""
-        client = MgmtdClient(self.address, 2.0, self.tls_config)
-        deadline = time.monotonic() + timeout
-        problem = "mgmtd not answering"
+        chain member is serving (:func:`wait_serving`); returns the chain table, or None
+        with a ``placement``, where the check runs on the host it gives ``"client"``.
+
+        Raises Fs3TimeoutError naming what was not ready, Fs3Error when a process exited.
+        """
+        if self.placement is None:
+            return wait_serving(
+                self.address, self.targets, self.metas, self.tls_config, timeout, self._exited
+            )
+        argv = [sys.executable, "-m", "fs3.cluster", "--config", str(self.root / "config.yaml")]
+        argv += [self.address, str(self.targets), str(self.metas), str(timeout)]
+        # From / : the cluster folder's parent may hold a folder named fs3.
+        wrap = self.placement("client")[1]
+        check = subprocess.Popen(wrap(argv), stderr=subprocess.PIPE, cwd="/")
         try:
-            while time.monotonic() < deadline:
-                for name, proc in self.procs.items():
-                    if proc.poll() is not None:
-                        raise Fs3Error(
-                            f"fs3 {name} exited with {proc.returncode}; see "
-                            f"{self.root / (name + '.log')}"
-                        )
-                try:
-                    table = client.refresh()
-                    problem = _not_ready(table, self.targets)
-                    metas = len(client.info()["meta_addresses"]) if self.metas > 1 else 1
-                    if not problem and metas < self.metas:
-                        problem = f"{metas} of {self.metas} meta servers registered"
-                    if not problem:
-                        return table
-                except Fs3Error as err:
-                    problem = str(err)
+            while check.poll() is None:
+                self._exited()
                 time.sleep(0.1)
         finally:
-            client.close()
-        raise Fs3TimeoutError(f"fs3 cluster in {self.root} not ready after {timeout:g}s: {problem}")
+            if check.poll() is None:
+                check.kill()
+            _, err = check.communicate()
+        if check.returncode:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise Fs3TimeoutError(lines[-1] if lines else f"ready check exited {check.returncode}")
+        return None
+
+    def _exited(self) -> None:
+        """Raises Fs3Error naming a process of the cluster that exited, and its log."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise Fs3Error(
+                    f"fs3 {name} exited with {proc.returncode}; see {self.root / (name + '.log')}"
+                )
 
     def kill(self, name: str) -> None:
         """SIGKILLs one process, as a crash would."""
@@ -396,6 +425,42 @@ def _not_ready(table: RoutingTable, targets: int) -> str:
         if any(s != SERVING for s in states):
             return f"chain {chain.chain_id} members {states}"
     return ""
+
+
+def wait_serving(
+    address: str,
+    targets: int,
+    metas: int = 1,
+    tls: TlsConfig | None = None,
+    timeout: float = 60.0,
+    check: Callable[[], None] = lambda: None,
+) -> RoutingTable:
+    """Waits until the cluster at ``address`` has a primary mgmtd, ``metas`` meta servers
+    registered and ``targets`` targets serving every chain; returns the chain table.
+    ``check`` runs each round and may raise (a process that exited).
+
+    Raises Fs3TimeoutError naming what was not ready after ``timeout`` seconds.
+    """
+    client = MgmtdClient(address, 2.0, tls)
+    deadline = time.monotonic() + timeout
+    problem = "mgmtd not answering"
+    try:
+        while time.monotonic() < deadline:
+            check()
+            try:
+                table = client.refresh()
+                problem = _not_ready(table, targets)
+                registered = len(client.info()["meta_addresses"]) if metas > 1 else 1
+                if not problem and registered < metas:
+                    problem = f"{registered} of {metas} meta servers registered"
+                if not problem:
+                    return table
+            except Fs3Error as err:
+                problem = str(err)
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise Fs3TimeoutError(f"fs3 cluster at {address} not ready after {timeout:g}s: {problem}")
 
 
 _KINDS = (["mgmtd"], ["meta"], ["storage"])
@@ -453,3 +518,28 @@ def stop_cluster(root: Path, timeout_s: float = _STOP_GRACE_S) -> list[str]:
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no such cluster folder
         (Path(root) / "pids.json").unlink()
     return stopped
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fs3.cluster [--config FILE] ADDRESS TARGETS METAS TIMEOUT``: waits as
+    :func:`wait_serving` from wherever it runs (a cluster's ``placement`` runs it on a host
+    that reaches every service); exits 1 with the problem on stderr."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fs3.cluster", description=main.__doc__)
+    parser.add_argument("--config", default=None, help="fs3 config (its tls group is used)")
+    parser.add_argument("address")
+    parser.add_argument("targets", type=int)
+    parser.add_argument("metas", type=int)
+    parser.add_argument("timeout", type=float)
+    args = parser.parse_args(argv)
+    tls = load_config(args.config).tls
+    tls_config = tls if tls.enabled else None
+    try:
+        wait_serving(args.address, args.targets, args.metas, tls_config, args.timeout)
+    except Fs3Error as err:
+        sys.exit(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -112,6 +112,17 @@ class StorageConfig(BaseModel):
     through it (the target's user and group by default). In YAML write 0660 (octal)."""
 
 
+class HostConfig(BaseModel):
+    model_config = _GROUP
+
+    id: str = ""
+    """This host's identity (``FS3_HOST_ID``): a client reads a target through the local
+    path only when both name the same host. Empty: the kernel's boot id and this network
+    namespace (:func:`fs3.storage.local_read.host_id`), which tells machines, reboots and
+    containers with networks of their own apart; set it where that is not enough (one
+    network shared by containers that see different files)."""
+
+
 class LimitsConfig(BaseModel):
     """Bounds on what one message may make a server allocate, checked on the header before
     any of the body is read: a frame over them closes its connection (logged with the peer)."""
@@ -182,6 +193,7 @@ class Fs3Config(Settings):
     client: ClientConfig = Field(default_factory=ClientConfig)
     mgmtd: MgmtdConfig = Field(default_factory=MgmtdConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    host: HostConfig = Field(default_factory=HostConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
@@ -198,7 +210,8 @@ def load_config(
     Args:
         path: YAML file; defaults to ``$FS3_CONFIG`` or ``~/.config/fs3/config.yaml`` if present.
         env: environment to read (``os.environ`` by default): ``FS3_<GROUP>__<FIELD>``, and
-            ``FS3_CLUSTER`` for ``client.address``, ``FS3_TOKEN`` for ``client.token``.
+            ``FS3_CLUSTER`` for ``client.address``, ``FS3_TOKEN`` for ``client.token``,
+            ``FS3_HOST_ID`` for ``host.id``.
         overrides: nested mapping such as ``{"client": {"address": "127.0.0.1:7000"}}``.
 
     Raises:
@@ -215,7 +228,11 @@ def load_config(
             Environment(
                 Fs3Config,
                 environ,
-                {"FS3_CLUSTER": "FS3_CLIENT__ADDRESS", "FS3_TOKEN": "FS3_CLIENT__TOKEN"},
+                {
+                    "FS3_CLUSTER": "FS3_CLIENT__ADDRESS",
+                    "FS3_TOKEN": "FS3_CLIENT__TOKEN",
+                    "FS3_HOST_ID": "FS3_HOST__ID",
+                },
             )(),
         ),
         ("overrides", overrides or {}),

@@ -10,12 +10,18 @@ gone, because PID 1 in a container may never reap them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
 Found = tuple[str, psutil.Process]
 """A process of a cluster, with the name it has there (``server``, ``storage-2``)."""
+Wrap = Callable[[list[str]], list[str]]
+Placement = Callable[[str], tuple[str, Wrap]]
+"""Where a cluster's process runs when its hosts are several: its name -> the address it
+listens on and announces, and what makes its command run on that host (e.g.
+``testhosts.Hosts.command``)."""
 
 
 def program_args(cmdline: list[str], program: str) -> list[str]:

@@ -41,6 +41,7 @@ from fs3.errors import (
     error_from_kind,
     error_message,
 )
+from fs3.types import host_port
 from fs3.wire.status import ErrorCodec
 
 # 64 MiB: above the largest chunk plus framing, for the comparison ChunkService.
@@ -125,7 +126,7 @@ def _listens(
 ) -> bool:
     """Adds ``host:port`` to ``server``; False when it cannot bind it (in use: gRPC returns
     0 or, in newer releases, raises)."""
-    address = f"{host}:{port}"
+    address = host_port(host, port)
     try:
         if credentials is None:
             return server.add_insecure_port(address) != 0
@@ -163,7 +164,7 @@ def serve(
     checks = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     if not _listens(server, host, port, credentials):
-        raise Unavailable(f"cannot listen on {host}:{port}; is the port in use?")
+        raise Unavailable(f"cannot listen on {host_port(host, port)}; is the port in use?")
     server.start()
     for name in ("", *services):
         checks.set(name, health_pb2.HealthCheckResponse.SERVING)

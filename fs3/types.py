@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from fs3.errors import ConfigError
+
 FILE = "file"
 DIRECTORY = "directory"
 SYMLINK = "symlink"
@@ -19,6 +21,26 @@ SOCKET = "socket"
 SERVING = "serving"
 SYNCING = "syncing"
 OFFLINE = "offline"
+
+WILDCARDS = ("0.0.0.0", "::", "")
+"""Listening addresses that name no one host: a service bound there cannot announce them."""
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` as gRPC and :mod:`fs3.wire.client` parse it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def announceable(host: str, flag: str = "--host") -> str:
+    """``host`` when clients can reach a service at it; ConfigError for a wildcard, which
+    listens everywhere but tells clients nothing (a silent 127.0.0.1 would be wrong on
+    every other host)."""
+    if host in WILDCARDS:
+        raise ConfigError(
+            f"{flag} {host or repr(host)} listens on every address but cannot be announced: "
+            "give this machine's address on the cluster's network"
+        )
+    return host
 
 
 class ChunkId(NamedTuple):
@@ -135,8 +157,7 @@ class TargetInfo:
     @property
     def data_address(self) -> str:
         """``HOST:PORT`` of the target's framed data port, an IPv6 host in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.data_port}"
+        return host_port(self.host, self.data_port)
 
 
 @dataclass(frozen=True)

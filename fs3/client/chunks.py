@@ -123,11 +123,12 @@ class ChunkIO:
         pool: ConnectionPool,
         timeouts: Timeouts,
         local_reads: bool = True,
+        host: str = "",
     ) -> None:
         self.mgmtd = mgmtd
         self.pool = pool
         self.timeouts = timeouts
-        self.local: LocalReads | None = LocalReads(pool, timeouts) if local_reads else None
+        self.local: LocalReads | None = LocalReads(pool, timeouts, host) if local_reads else None
         """Reads of replicas on this machine (its ``stats`` count them); None: all over TCP."""
         self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
         self.grants = Grants()

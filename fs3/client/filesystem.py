@@ -107,8 +107,8 @@ class FS3FileSystem(AbstractFileSystem):
         t = self.config.timeouts
         self.mgmtd = MgmtdClient(self.config.client.address, t.rpc_s, self.config.tls)
         self.pool = ConnectionPool(t.connect_s, t.rpc_s)
-        self.chunks = ChunkIO(self.mgmtd, self.pool, t, self.config.client.local_reads)
         c = self.config.client
+        self.chunks = ChunkIO(self.mgmtd, self.pool, t, c.local_reads, self.config.host.id)
         self.meta = MetaClient(self.chunks, self.pool, c.token or _local_token(c.address))
         self.executor = ThreadPoolExecutor(self.config.client.parallel * 2, "fs3-io")  # writes
         self.read_executor = ThreadPoolExecutor(self.config.client.read_pool_size(), "fs3-read")

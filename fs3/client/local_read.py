@@ -1,8 +1,9 @@
-"""Zero-copy local reads, client side: chunks of targets on this machine read from a file
+"""Zero-copy local reads, client side: chunks of targets on this host read from a file
 descriptor the target passes, not copied through TCP.
 
 For each target the client asks once over TCP (``LOCAL_INFO``) where its Unix socket is and
-which machine it runs on, and uses the socket only when that machine is this one. A read
+which host it runs on (:func:`fs3.storage.local_read.host_id`, never judged by its
+address), and uses the socket only when that host is this one. A read
 then costs one small round trip on the Unix socket, in which the target applies the rules
 of a TCP READ and passes the committed chunk file's descriptor; the client preads header and
 bytes straight into a fresh buffer, checks the block CRC32Cs with the engine's own function
@@ -33,7 +34,7 @@ from fs3.client.mapped import map_file
 from fs3.config import Timeouts
 from fs3.errors import CapabilityRefused, ChecksumMismatch, Fs3Error, Unavailable
 from fs3.storage.local import HEADER_SIZE, parse_header
-from fs3.storage.local_read import machine_id
+from fs3.storage.local_read import host_id
 from fs3.types import RoutingTable
 from fs3.wire.checksum import BLOCK_SIZE, check_blocks
 from fs3.wire.client import ConnectionPool
@@ -92,16 +93,14 @@ class LocalReads:
     Args:
         pool: TCP connections, for asking targets where their Unix sockets are.
         timeouts: ``connect_s`` bounds connecting to a Unix socket, ``rpc_s`` each exchange.
-        machine: this machine's identity, compared with each target's; defaults to
-            :func:`machine_id` (and where that is None, nothing is read locally).
+        machine: this host's identity (``host.id``), compared with each target's; empty:
+            :func:`host_id` (and where that is None, nothing is read locally).
     """
 
-    def __init__(
-        self, pool: ConnectionPool, timeouts: Timeouts, machine: str | None = None
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, timeouts: Timeouts, machine: str = "") -> None:
         self.pool = pool
         self.timeouts = timeouts
-        self.machine = machine or machine_id()
+        self.machine = host_id(machine)
         self.stats = LocalReadStats()
         self._probes: dict[int, _Probe] = {}
         self._pid = os.getpid()

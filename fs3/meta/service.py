@@ -33,7 +33,7 @@ from fs3.mgmtd.client import MgmtdClient
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_to_pb, inode_to_pb, trash_to_pb, user_from_pb, user_to_pb
 from fs3.rpc import serve
-from fs3.types import FILE, Inode, User
+from fs3.types import FILE, Inode, User, announceable, host_port
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import BY_OP, REMOVE
@@ -287,6 +287,7 @@ def run_meta(
     ``grpc.health.v1``, SERVING once the frame server runs, for probes that speak gRPC.
     """
     t, security = config.timeouts, config.security
+    announceable(host)  # registered with mgmtd as clients' way in: before anything starts
     store = open_meta_store(db)
     try:
         keys = service_keys(security)
@@ -309,7 +310,7 @@ def run_meta(
     if grpc_port:
         health = serve(lambda _: None, host, grpc_port, services=["fs3.Meta"], tls=config.tls)
     pool = ConnectionPool(t.connect_s, t.rpc_s)
-    address = f"{host}:{port}"
+    address = host_port(host, port)
     me = f"{address}/{uuid.uuid4().hex[:8]}"  # a restarted server is a new lease holder
     log.info("meta serving on %s, namespace in %s", address, redact(os.fspath(db)))
 

@@ -30,7 +30,7 @@ from fs3.proto import fs3_pb2 as pb
 from fs3.proto import fs3_pb2_grpc as pbg
 from fs3.proto.convert import routing_to_pb, stats_from_pb, stats_to_pb, target_from_pb
 from fs3.rpc import serve, servicer_method
-from fs3.types import RoutingTable
+from fs3.types import RoutingTable, announceable, host_port
 
 log = logging.getLogger("fs3.mgmtd")
 
@@ -165,7 +165,7 @@ def run_mgmtd(
     """
     keys = service_keys(security) if security is not None else None
     state_dir.mkdir(parents=True, exist_ok=True)
-    address = advertise or f"{host}:{port}"
+    address = advertise or host_port(announceable(host, "--host (without --advertise)"), port)
     store = open_mgmtd_store(db or state_dir / "mgmtd.db")
     node = MgmtdNode(store, address, first_chains(targets, replicas, targets_per_node), config)
     skew = security.clock_skew_s if security is not None else 0.0

@@ -19,7 +19,7 @@ Protocol, in the frames of :mod:`fs3.wire.framing` (REQUEST header, RESPONSE hea
 
 - TCP ``LOCAL_INFO``: the payload is JSON ``{"socket", "machine", "token", "target"}``, or
   empty when this target serves no local reads. A client uses the socket only when
-  ``machine`` equals its own :func:`machine_id`.
+  ``machine`` equals its own :func:`host_id`.
 - Unix ``LOCAL_HELLO``: the payload is the token, so a client whose path led to some other
   socket (another container's target at the same path, a restarted target) notices.
 - Unix ``LOCAL_OPEN`` (chain, table version, inode, index): the reply's ``version`` is the
@@ -70,18 +70,25 @@ _MAX_UNIX_PATH = 107  # Linux's sun_path is 108 bytes, the last one the terminat
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid of the connecting process
 
 
-def machine_id() -> str | None:
-    """This machine as local reads compare it: kernel boot id and host name.
+def host_id(explicit: str = "") -> str | None:
+    """This host as local reads compare it: ``explicit`` (``host.id``, ``FS3_HOST_ID``) when
+    given, else the kernel boot id and the inode of this process's network namespace.
 
-    The boot id tells machines (and reboots) apart; the host name tells containers on one
-    kernel apart, which see different files at the same path. None where the kernel has no
-    boot id (not Linux): no local reads there.
+    The boot id tells machines (and reboots) apart; the network namespace tells apart
+    containers and test hosts on one kernel, each with its own addresses (a client there
+    reaches the target over the network like any other host's, however its files look).
+    Never the address: a target announced at a LAN address may be this host's, and one at
+    127.0.0.1 may be a forwarded port of another. None where the kernel has no boot id
+    (not Linux) and nothing was given: no local reads there.
     """
+    if explicit:
+        return explicit
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        net = os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return None
-    return f"{boot}/{socket.gethostname()}"
+    return f"{boot}/net:{net}"
 
 
 def socket_path(root: Path) -> Path:
@@ -105,9 +112,10 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, path: Path, target: StorageTarget, mode: int = 0o660) -> None:
+    def __init__(self, path: Path, target: StorageTarget, mode: int, host: str) -> None:
         self.path = Path(path)
         self.target = target
+        self.host = host
         self.token = secrets.token_hex(16)
         # A socket file left by a killed target refuses bind; ours is the one to serve now.
         self.path.unlink(missing_ok=True)
@@ -118,7 +126,7 @@ class LocalReadServer(socketserver.ThreadingUnixStreamServer):
         """The LOCAL_INFO payload for this target."""
         info = {
             "socket": str(self.path),
-            "machine": machine_id(),
+            "machine": self.host,
             "token": self.token,
             "target": self.target.target_id,
         }
@@ -209,23 +217,25 @@ class _LocalHandler(socketserver.BaseRequestHandler):
 
 
 def start_local_reads(
-    root: Path, target: StorageTarget, mode: int = 0o660
+    root: Path, target: StorageTarget, mode: int = 0o660, host: str = ""
 ) -> LocalReadServer | None:
-    """Starts serving local reads for ``target`` (chunks under ``root``) in a thread.
+    """Starts serving local reads for ``target`` (chunks under ``root``) in a thread, for
+    clients whose :func:`host_id` is this one's (``host``: ``host.id`` of the config).
 
     Returns None, after a warning, where that cannot work (an engine that keeps chunks in no
-    file, no boot id, a socket path that cannot be bound): clients then read over TCP.
+    file, no host id, a socket path that cannot be bound): clients then read over TCP.
     """
-    if type(target.engine).open_committed is ChunkEngine.open_committed or machine_id() is None:
+    me = host_id(host)
+    if type(target.engine).open_committed is ChunkEngine.open_committed or me is None:
         return None
     path = socket_path(root)
     try:
-        server = LocalReadServer(path, target, mode)
+        server = LocalReadServer(path, target, mode, me)
     except OSError as err:
         log.warning(
             "target %d: no local reads, cannot listen on %s: %s", target.target_id, path, err
         )
         return None
     threading.Thread(target=server.serve_forever, daemon=True, name="local-reads").start()
-    log.info("target %d: local reads on %s", target.target_id, path)
+    log.info("target %d: local reads on %s for host %s", target.target_id, path, me)
     return server

@@ -31,7 +31,7 @@ from fs3.rpc import serve, servicer_method
 from fs3.storage.local import LocalChunkEngine
 from fs3.storage.local_read import start_local_reads
 from fs3.storage.target import StorageTarget
-from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats
+from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats, announceable
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import (
@@ -211,6 +211,7 @@ def run_storage(
 ) -> None:
     """Serves one storage target until ``stop`` is set."""
     t, security = config.timeouts, config.security
+    announceable(host)  # mgmtd tells clients and chain peers this address
     keys = service_keys(security)  # before anything starts: a missing secret stops us here
     engine = LocalChunkEngine(root, fsync=config.storage.fsync)
     fresh = folder_is_fresh(root, target_id, engine)
@@ -222,7 +223,7 @@ def run_storage(
         verifier = Verifier(keys, security.clock_skew_s)
         signer = ServiceSigner(keys.service, security.capability_s)
     target = StorageTarget(target_id, engine, mgmtd, pool, verifier, signer)
-    local = start_local_reads(root, target, config.storage.local_socket_mode)
+    local = start_local_reads(root, target, config.storage.local_socket_mode, config.host.id)
     local_info = local.info() if local else b""
     dispatch = functools.partial(_dispatch, target, local_info)
     chunk_bytes = config.limits.chunk_bytes

@@ -10,6 +10,7 @@ import socketserver
 from collections.abc import Callable
 
 from fs3.errors import Fs3Error, Unavailable
+from fs3.types import host_port
 from fs3.wire.framing import (
     REQUEST,
     Reply,
@@ -44,10 +45,12 @@ class FrameServer(socketserver.ThreadingTCPServer):
     ) -> None:
         self.payload_size = payload_size
         self.dispatch = dispatch
+        if ":" in address[0]:  # an IPv6 address; socketserver's default family is IPv4
+            self.address_family = socket.AF_INET6
         try:
             super().__init__(address, _FrameHandler)
         except OSError as err:
-            raise Unavailable(f"cannot listen on {address[0]}:{address[1]}: {err}") from None
+            raise Unavailable(f"cannot listen on {host_port(*address)}: {err}") from None
 
 
 class _FrameHandler(socketserver.BaseRequestHandler):
