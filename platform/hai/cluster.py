@@ -21,7 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from fs3.processes import gone, label, option, path_of, program_args, stop
+from fs3.processes import Placement, Wrap, gone, label, option, path_of, program_args, stop
+from fs3.types import host_port
 from hai.credentials import prepare_agents
 from hai.errors import HaiError, HaiTimeoutError, Unavailable
 from hai.files import STATE_ENTRIES, open_private, private_dir, replace_text
@@ -72,12 +73,13 @@ class _Started:
         return errors[-1] if errors else said[-1] if said else "no output"
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> _Started:
+def _spawn(args: list[str], log: Path, env: dict[str, str], wrap: Wrap | None = None) -> _Started:
     private_dir(log.parent)
+    argv = [sys.executable, "-m", "hai", *args]
     with open_private(log) as out:
         offset = os.fstat(out.fileno()).st_size
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hai", *args],
+            wrap(argv) if wrap else argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -118,8 +120,13 @@ def up(
     timeout_s: float = 60.0,
     env: dict[str, str] | None = None,
     metrics_port: int = 0,
+    placement: Placement | None = None,
 ) -> ClusterInfo:
     """Starts the server and ``nodes`` agents; returns once every node is ready.
+
+    With ``placement`` each process (``server``, ``node-I``) runs on its own host, on the
+    address it gives; each agent then keeps its own state folder, ``STATE_DIR/agents/NAME``
+    (sharing none with the server, as on separate machines), and announces that address.
 
     With ``metrics_port`` the server serves Prometheus metrics there and agent ``i`` on
     the port ``i + 1`` above it (every process on this machine needs its own); the
@@ -140,7 +147,13 @@ def up(
             f"a cluster already runs in {state_dir} ({listed}); `hai down {state_dir}` stops it"
         )
     env = {**os.environ, **(env or {})}
-    address = f"127.0.0.1:{port}"
+
+    def host(name: str) -> tuple[str, Wrap | None]:
+        return placement(name) if placement else ("127.0.0.1", None)
+
+    server_host, server_wrap = host("server")
+    address = host_port(server_host, port)
+    env["HAI_SERVER__HOST"] = server_host
     info = ClusterInfo(address, str(state_dir))
     if metrics_port:
         info.metrics_ports = {"server": metrics_port}
@@ -150,31 +163,37 @@ def up(
     logs = state_dir / "logs"
     client = ApiClient(address, None, timeout_s=2.0)
     try:
-        started["server"] = _start_server(state_dir, port, env, info.metrics_ports.get("server"))
+        started["server"] = _start_server(
+            state_dir, port, env, info.metrics_ports.get("server"), server_wrap
+        )
         info.pids["server"] = started["server"].proc.pid
         replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
         answers = functools.partial(_token, state_dir, client)
         _wait_for("the server did not answer", answers, timeout_s, started)
         names = [f"node-{i}" for i in range(nodes)]
-        agent_env = prepare_agents(client, state_dir, names, env)  # their credentials, no token
         since = time.time()  # the server's clock too: it runs on this machine
-        for i in range(nodes):
-            name = f"node-{i}"
+        for name in names:
+            agent_host, agent_wrap = host(name)
+            agent_dir = private_dir(state_dir / "agents" / name) if placement else state_dir
+            agent_env = prepare_agents(client, agent_dir, [name], env)  # no token, its own
+            where = ["--address", agent_host] if placement else []
             started[name] = _spawn(
                 [
                     "agent",
                     "--name",
                     name,
                     "--state-dir",
-                    str(state_dir),
+                    str(agent_dir),
                     "--server",
                     address,
                     "--gpus",
                     str(gpus_per_node),
+                    *where,
                     *_metrics_args(info.metrics_ports.get(name)),
                 ],
                 logs / f"{name}.log",
                 agent_env,
+                agent_wrap,
             )
             info.pids[name] = started[name].proc.pid
         replace_text(state_dir / CLUSTER_FILE, json.dumps(info.__dict__))
@@ -217,10 +236,15 @@ def _write_prometheus_targets(state_dir: Path, ports: dict[str, int]) -> None:
 
 
 def _start_server(
-    state_dir: Path, port: int, env: dict[str, str], metrics_port: int | None = None
-) -> subprocess.Popen[bytes]:
+    state_dir: Path,
+    port: int,
+    env: dict[str, str],
+    metrics_port: int | None = None,
+    wrap: Wrap | None = None,
+) -> _Started:
     args = ["server", "--state-dir", str(state_dir), "--port", str(port)]
-    return _spawn([*args, *_metrics_args(metrics_port)], state_dir / "logs" / "server.log", env)
+    log = state_dir / "logs" / "server.log"
+    return _spawn([*args, *_metrics_args(metrics_port)], log, env, wrap)
 
 
 def restart_server(state_dir: Path, env: dict[str, str] | None = None) -> int:
@@ -264,8 +288,9 @@ def running(state_dir: Path) -> list[tuple[str, psutil.Process]]:
 
     A process counts when its command line is ``hai server|agent ...`` (also ``python -m
     hai ...``) and its ``--state-dir`` (or, without one, ``HAI_SERVER__STATE_DIR`` or
-    ``HAI_STATE_DIR`` in its environment) is that folder, a relative path taken from its
-    working folder. Each comes with its name: ``server`` or the agent's ``--name``.
+    ``HAI_STATE_DIR`` in its environment) is that folder or its ``agents/NAME`` (``up``
+    with a placement), a relative path taken from its working folder. Each comes with its
+    name: ``server`` or the agent's ``--name``.
     """
     state_dir = state_dir.expanduser().resolve()
     found = []
@@ -273,9 +298,11 @@ def running(state_dir: Path) -> list[tuple[str, psutil.Process]]:
         args = program_args(proc.info["cmdline"] or [], "hai")
         if args[:1] not in (["server"], ["agent"]):
             continue
+        name = option(args, "--name") or args[0]
         try:
-            if _state_dir_of(proc, args) == state_dir and not gone(proc):
-                found.append((option(args, "--name") or args[0], proc))
+            if _state_dir_of(proc, args) in (state_dir, state_dir / "agents" / name):
+                if not gone(proc):
+                    found.append((name, proc))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue  # gone, or where it runs is hidden from this account
     return found

@@ -19,6 +19,12 @@ DEFAULT_DIR = "hai-demo"
 @click.option("--port", type=PORT, default=None, help="Platform server port (default: a free one).")
 @click.option("--keep", is_flag=True, help="Leave the clusters running for hai ls/logs/fs3 ls.")
 @click.option("--down", "down_only", is_flag=True, help="Stop the clusters a --keep demo left.")
+@click.option(
+    "--hosts",
+    is_flag=True,
+    help="Run each service on a test host of its own and cut a storage host off midway "
+    "(root; docs/hosts.md).",
+)
 @click.argument("state_dir", default=DEFAULT_DIR, required=False)
 def demo(
     steps: int,
@@ -27,6 +33,7 @@ def demo(
     port: int | None,
     keep: bool,
     down_only: bool,
+    hosts: bool,
     state_dir: str,
 ) -> None:
     """Train a tiny DeepSeek-V3 on a local cluster, with a preemption and a resume.
@@ -43,7 +50,7 @@ def demo(
         click.echo(f"stopped {', '.join(stopped)}" if stopped else f"nothing running in {root}")
         return
     try:
-        run_demo(root, DemoOptions(steps=steps), nodes, gpus_per_node, port, keep)
+        run_demo(root, DemoOptions(steps=steps), nodes, gpus_per_node, port, keep, hosts=hosts)
     except DemoError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:

@@ -40,6 +40,8 @@ class Summary:
     allreduce_bytes: int
     """Size of the timed all-reduce: the model's gradients."""
     wall_s: float
+    cut_off: str = ""
+    """``hai demo --hosts``: the host cut off midway and what the job saw of it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +140,7 @@ def summary_rows(s: Summary) -> list[tuple[str, str]]:
             f"{_spread(s.allreduce_gbps, 'GB/s')} on {s.allreduce_bytes / 2**20:.2f} MiB of "
             "gradients",
         ),
+        *([("host cut off", s.cut_off)] if s.cut_off else []),
         ("demo wall time", _seconds(s.wall_s)),
     ]
 

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from hai.demo.hosts import HostsStack
 from hai.demo.progress import Progress
 from hai.demo.report import Summary, plot, summarize, summary_rows
-from hai.demo.scenario import DemoOptions, Scenario
+from hai.demo.scenario import CHECKPOINT_URL, DemoOptions, Scenario
 from hai.demo.stack import DemoStack
 
 
@@ -32,8 +33,11 @@ def run_demo(
     port: int | None = None,
     keep: bool = False,
     out: TextIO = sys.stdout,
+    hosts: bool = False,
 ) -> Summary:
     """Runs the demo in ``root``; returns its summary (also in ``root/demo/summary.json``).
+    With ``hosts`` its services run on test hosts and a storage host is cut off midway
+    (:mod:`hai.demo.hosts`).
 
     Raises:
         DemoError: the folder, port or a job failed; the message says which and why.
@@ -42,7 +46,8 @@ def run_demo(
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with DemoStack(root, nodes, gpus_per_node, port, keep) as stack:
+        kind = HostsStack if hosts else DemoStack
+        with kind(root, nodes, gpus_per_node, port, keep) as stack:
             print(
                 f"hai demo: fs3 at {stack.fs3.address}, platform at "  # type: ignore[union-attr]
                 f"{stack.platform.address}, state in {stack.root}",
@@ -50,13 +55,16 @@ def run_demo(
                 flush=True,
             )  # type: ignore[union-attr]
             progress = Progress()
-            scenario = Scenario(stack, options, on_change=progress.update)
+            disturb = stack.disturb if isinstance(stack, HostsStack) else None
+            scenario = Scenario(stack, options, on_change=progress.update, disturb=disturb)
             try:
                 with progress:
                     outcome = scenario.run()
+                summary = summarize(outcome, time.monotonic() - started)
+                if isinstance(stack, HostsStack):
+                    summary.cut_off = stack.cut_report(scenario.fs, CHECKPOINT_URL)
             finally:
                 scenario.close()
-            summary = summarize(outcome, time.monotonic() - started)
             picture = plot(outcome, stack.work_dir / "loss.png")
             (stack.work_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
             _print_summary(summary, picture, stack, out)
@@ -76,7 +84,9 @@ def _print_summary(summary: Summary, picture: Path, stack: DemoStack, out: TextI
     console.print(table)
     console.print(f"loss curve: {picture}")
     hai = stack.hai_dir
-    if stack.keep:
+    if isinstance(stack, HostsStack):
+        console.print(f"every process stopped and the test hosts removed; logs in {hai}")
+    elif stack.keep:
         console.print(
             f"clusters kept running; look around with\n"
             f"  HAI_STATE_DIR={hai} hai ls --all; HAI_STATE_DIR={hai} hai logs 1\n"

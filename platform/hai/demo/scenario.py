@@ -133,9 +133,13 @@ class Scenario:
         stack: DemoStack,
         options: DemoOptions,
         on_change: Callable[[Scenario], None] = lambda s: None,
+        disturb: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``disturb(step, steps)``: called with the training job's progress on every poll
+        (``hai demo --hosts`` cuts a storage host off with it)."""
         assert stack.fs3 is not None and stack.platform is not None, "stack not started"
         self.stack, self.options, self.on_change = stack, options, on_change
+        self.disturb = disturb
         self.fs3_address = stack.fs3.address
         token = (stack.hai_dir / "token").read_text().strip()
         self.client = ApiClient(stack.platform.address, token)
@@ -213,6 +217,8 @@ class Scenario:
         for job in self.jobs:
             job.detail = self.client.call("Describe", job_id=job.id)
             job.metrics.poll()
+        if self.disturb and self.jobs:
+            self.disturb(self.jobs[0].metrics.last_step, self.options.steps)
         self.on_change(self)
 
     def _wait(self, what: str, done: Callable[[], bool]) -> None:

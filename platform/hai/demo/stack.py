@@ -62,7 +62,7 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -161,7 +161,7 @@ class DemoStack:
             self.hai_dir,
             self.nodes,
             self.gpus_per_node,
-            self.port if self.port is not None else _free_port(),
+            self.port if self.port is not None else free_port(),
             env=env,
         )
 
