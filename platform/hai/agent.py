@@ -5,8 +5,13 @@ whether the job acknowledged a suspend) and gets back every run the node should 
 :meth:`Agent.reconcile` closes the gap: start new runs, pass on suspend requests, stop
 runs marked stop or no longer assigned (one marked stop before it started is reported as
 ended, never started), forget runs the scheduler no longer lists. If the server is
-unreachable the agent keeps its ranks running and retries, so a scheduler restart loses
-nothing.
+unreachable the agent keeps its ranks running and retries on a new connection (one a cut
+network left stalled would hold it for minutes after the network is back), so a scheduler
+restart loses nothing; a node the scheduler found dead meanwhile gets no assignments for
+its old runs, and reconcile stops their ranks.
+
+Ranks write their logs into the agent's state folder; :mod:`hai.logship` sends them to
+the server, and a run's exit is reported once they are there.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -27,10 +33,18 @@ import psutil
 
 from hai.accounts import Account, RankAccounts
 from hai.config import AgentConfig
-from hai.errors import AuthError, ForbiddenError, HaiTimeoutError, NotFoundError, Unavailable
+from hai.errors import (
+    AuthError,
+    ConfigError,
+    ForbiddenError,
+    HaiTimeoutError,
+    NotFoundError,
+    Unavailable,
+)
 from hai.executor import Executor, Launch, RankLaunch
 from hai.files import open_private, private_dir, traversable_dir
 from hai.health import run_checks
+from hai.logship import LogShipper
 from hai.metrics import AgentMetrics
 from hai.protocol import (
     DESIRED_STOP,
@@ -47,6 +61,10 @@ NEVER_STARTED = -signal.SIGTERM
 CANNOT_START = 127
 """The exit reported for a run whose ranks could not be started here: the shell's code for a
 command it could not run, as the local executor's ranks give for a missing command."""
+
+FLUSH_WAIT_S = 30.0
+"""How long an exited run's report waits for its logs to reach the server: past it (the
+server keeps refusing or timing out on them), the exit is reported without them."""
 
 RUN_TOKEN = "HAI_RUN_TOKEN"
 """The variable that gives a rank its run token (:mod:`hai.client` reads it); a secret."""
@@ -96,6 +114,29 @@ def rank_environment(
     }
 
 
+def route_address(server: str) -> str:
+    """This machine's address on its route to ``server`` (``host:port``, ``[v6]:port``):
+    the one the ranks of other nodes reach it at when they reach the server alike. A
+    server on loopback gives 127.0.0.1, right for agents on the server's own host.
+
+    Raises:
+        ConfigError: ``server`` does not resolve, or no route leads to it.
+    """
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+        family, kind, proto, _, where = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(where)  # UDP: picks the route and source address, sends nothing
+            return str(probe.getsockname()[0])
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot find this node's address toward the server {server}: {err}; "
+            "give it with --address"
+        ) from None
+
+
 class Agent:
     def __init__(
         self,
@@ -136,6 +177,15 @@ class Agent:
         """Who each run's ranks run as; None: the executor's own way (a pod's user)."""
         self.control_root = self._control_root()
         """Where each run's control folder is made (``RUN/NODE`` below it)."""
+        self.shipper = LogShipper(
+            ApiClient(client.address, client.token, client.timeout_s),
+            name,
+            state_dir,
+            config.log_ship_interval_s,
+        )
+        """Sends the ranks' logs to the server (started with the first step)."""
+        self._unshipped: dict[int, float] = {}
+        """Runs whose ranks have all exited but whose logs the server lacks: since when."""
 
     def _control_root(self) -> Path:
         if self.accounts is None or not self.accounts.switches:
@@ -162,6 +212,8 @@ class Agent:
             )
             for line in self._failures:
                 log.warning("health check failed on %s: %s", self.name, line)
+        if not self.shipper.started:
+            self.shipper.start()
         if not self._registered:
             self.client.call("Register", **asdict(self.info))
             self._registered = True
@@ -186,7 +238,22 @@ class Agent:
         self.metrics.observe(len(self.executor.run_ids()))
 
     def _report(self, run_id: int) -> RunReport:
-        return RunReport(run_id, self.executor.exit_code(run_id), self.executor.acked(run_id))
+        """The run's state; an exit only once the server has the run's logs (or after
+        :data:`FLUSH_WAIT_S`), so that ``hai logs`` after ``hai wait`` shows all of them."""
+        code = self.executor.exit_code(run_id)
+        if code is not None and not self.shipper.flushed(run_id):
+            since = self._unshipped.setdefault(run_id, time.monotonic())
+            if time.monotonic() - since < FLUSH_WAIT_S:
+                code = None
+            else:
+                log.warning(
+                    "%s: run %d ended; reported before its logs reached the server",
+                    self.name,
+                    run_id,
+                )
+        if code is not None:
+            self._unshipped.pop(run_id, None)
+        return RunReport(run_id, code, self.executor.acked(run_id))
 
     def reconcile(self, assignments: list[Assignment], reports: list[RunReport]) -> None:
         wanted = {a.run_id: a for a in assignments}
@@ -222,6 +289,7 @@ class Agent:
             if self.executor.private_run_folders:
                 _private(launch)
             self.executor.start(launch)
+            self.shipper.watch(a.run_id, {r.rank: r.log_path for r in launch.ranks})
         except Exception as err:  # an OSError, an executor's refusal or bug: all end the run
             why = f"cannot start run {a.run_id} of job {a.job_id} on {self.name}: {err}"
             log.warning("%s", why)
@@ -233,6 +301,7 @@ class Agent:
         """Drops an exited run, and its control folder (its logs stay)."""
         control = self.executor.launch_of(run_id).control_dir
         self.executor.forget(run_id)
+        self.shipper.drop(run_id)
         shutil.rmtree(control, ignore_errors=True)  # fd-based: safe from links ranks left
         with contextlib.suppress(OSError):  # the run's other nodes may still use theirs
             control.parent.rmdir()
@@ -285,6 +354,7 @@ class Agent:
                     self.step()
                 except (Unavailable, HaiTimeoutError) as err:
                     log.warning("%s: %s; retrying", self.name, err)
+                    self.client.reconnect()
                 except (AuthError, ForbiddenError) as err:
                     # The node was removed or its credential re-issued: the scheduler has
                     # handed its runs elsewhere, so its ranks must not run on (finally: below).
@@ -297,6 +367,7 @@ class Agent:
                     log.exception("%s: heartbeat failed; retrying", self.name)
                 stop.wait(self.config.heartbeat_s)
         finally:
+            self.shipper.close()
             self.executor.shutdown()
 
 

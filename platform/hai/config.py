@@ -83,6 +83,8 @@ class AgentConfig(BaseModel):
     model_config = _GROUP
 
     heartbeat_s: float = 2.0
+    log_ship_interval_s: float = Field(1.0, gt=0)
+    """Rank logs reach the server at least this often (``hai logs -f`` lags by as much)."""
     rpc_timeout_s: float = 10.0
     """Every call to the server gives up after this long."""
     kill_grace_s: float = 5.0

@@ -67,7 +67,8 @@ class AgentOptions:
     kubernetes: bool = False
     """Run ranks as pods on Kubernetes node ``name`` (the agent DaemonSet)."""
     address: str | None = None
-    """This node's address as ranks on other nodes reach it; None: the agent's default."""
+    """This node's address as ranks on other nodes reach it (node rank 0's is their
+    ``MASTER_ADDR``); None: the source address of its route to the server."""
 
 
 def run_agent(config: HaiConfig, options: AgentOptions) -> None:
@@ -79,7 +80,7 @@ def run_agent(config: HaiConfig, options: AgentOptions) -> None:
     Raises:
         ConfigError: it has neither a node credential nor an admin's token to enrol with.
     """
-    from hai.agent import Agent
+    from hai.agent import Agent, route_address
     from hai.credentials import agent_client
     from hai.executor import Executor, LocalExecutor
     from hai.files import STATE_ENTRIES, private_dir
@@ -114,6 +115,8 @@ def run_agent(config: HaiConfig, options: AgentOptions) -> None:
     )
     if options.address:
         node.info.address = options.address
+    elif not options.kubernetes:  # pods find their master by its pod's name instead
+        node.info.address = route_address(options.server)
     stop = _stop_on_signals()
     if config.agent.metrics_port:
         node.metrics.serve(config.agent.metrics_port, config.agent.metrics_host)

@@ -16,8 +16,9 @@ DESIRED_STOP = "stop"
 
 
 def run_log_dir(job_id: int, attempt: int) -> str:
-    """Where a run's rank logs go, relative to a state folder: the same place on the server
-    (which serves ``hai logs`` from it) and on each agent (whose ranks write there)."""
+    """Where a run's rank logs go, relative to a state folder: the same place on each agent
+    (whose ranks write there) and on the server (which serves ``hai logs`` from it, and
+    where agents ship them: :mod:`hai.logship`)."""
     return f"logs/job-{job_id}/run-{attempt}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from hai import rpc
 from hai.auth import authenticate, authenticate_node, create_user
 from hai.config import HaiConfig
 from hai.files import STATE_ENTRIES, private_dir, replace_text
+from hai.logship import FOLDER_FILE, LogSink, parse_appends
 from hai.metrics import SchedulerMetrics
 from hai.protocol import Heartbeat, NodeInfo, RunReport
 from hai.records import ROLE_ADMIN, Quota
@@ -46,17 +48,18 @@ CALLERS: dict[str, str] = {
     ),
     "Register": NODE,
     "Heartbeat": NODE,
+    "AppendLogs": NODE,
     "GetWholeLifeState": RUN,
     "SetWholeLifeState": RUN,
 }
 """Every method and the one kind of caller that may call it (docs/services.md): users with
 their token (admin-only methods check the role in :mod:`hai.service`), nodes with the
 credential of the node the body names, runs with their own run token."""
-NODE_FIELD = {"Register": "name", "Heartbeat": "node"}
+NODE_FIELD = {"Register": "name", "Heartbeat": "node", "AppendLogs": "node"}
 """The body field naming the node a node call acts as."""
 
 
-def handlers(svc: Service, sched: Scheduler) -> dict[str, rpc.Handler]:
+def handlers(svc: Service, sched: Scheduler, sink: LogSink) -> dict[str, rpc.Handler]:
     """The servicer's methods. Each first checks the token for its kind of caller
     (:data:`CALLERS`), then gets the caller: the :class:`User`, the node's name, or (for
     the service to check against the run it names) the run token."""
@@ -107,6 +110,9 @@ def handlers(svc: Service, sched: Scheduler) -> dict[str, rpc.Handler]:
         "WhoAmI": lambda u, b: svc.whoami(u),
         "Register": lambda node, b: register(b),
         "Heartbeat": lambda node, b: heartbeat(b),
+        "AppendLogs": lambda node, b: sink.append(
+            node, str(b.get("folder", "")), parse_appends(b.get("appends"))
+        ),
         "GetWholeLifeState": lambda t, b: svc.get_whole_life_state(t),
         "SetWholeLifeState": lambda t, b: svc.set_whole_life_state(t, b["state"]),
     }
@@ -141,18 +147,21 @@ class Server:
             self.store, config, on_suspended=self.metrics.suspend_latency.observe
         )
         self.service = Service(self.scheduler, state_dir)
+        self.logs = LogSink(self.store, state_dir, secrets.token_hex(16))
         self._stop = threading.Event()
         self._grpc: grpc.Server | None = None
         self._loop: threading.Thread | None = None
 
     def start(self) -> None:
         cfg = self.config.server
-        self._grpc = rpc.serve(handlers(self.service, self.scheduler), cfg.host, cfg.port)
+        self._grpc = rpc.serve(
+            handlers(self.service, self.scheduler, self.logs), cfg.host, cfg.port
+        )
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.host)
+        where = {"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()}
         replace_text(
-            self.state_dir / "server.json",
-            json.dumps({"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()}),
+            self.state_dir / FOLDER_FILE, json.dumps({**where, "folder": self.logs.folder_id})
         )
         self._loop = threading.Thread(target=self._run_passes, name="hai-passes", daemon=True)
         self._loop.start()

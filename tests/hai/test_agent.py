@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hai.agent import CANNOT_START, NEVER_STARTED, Agent
+from hai.agent import CANNOT_START, NEVER_STARTED, Agent, route_address
 from hai.config import load_config
+from hai.errors import ConfigError
 from hai.executor import LocalExecutor
 from hai.protocol import DESIRED_RUN, Assignment, run_log_dir
 from hai.rpc import ApiClient
@@ -42,6 +43,7 @@ def platform(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[tuple[Api
     try:
         yield client, agent
     finally:
+        agent.shipper.close()
         executor.shutdown()
         agent_client.close()
         client.close()
@@ -146,3 +148,12 @@ def test_a_launch_takes_image_gpus_and_log_folder_from_the_assignment(
     finally:
         executor.shutdown()
         client.close()
+
+
+def test_an_agent_finds_its_address_on_the_route_to_the_server() -> None:
+    """What `hai agent` advertises (MASTER_ADDR of its runs' node rank 0) without --address;
+    across hosts, tests/hai/test_hosts.py checks it is the host's own."""
+    assert route_address("127.0.0.1:7700") == "127.0.0.1"
+    assert route_address("[::1]:7700") == "::1"
+    with pytest.raises(ConfigError, match="give it with --address"):
+        route_address("no-such-host.invalid:7700")

@@ -71,17 +71,26 @@ def down(state_dir: str | None) -> None:
 
 @click.command()
 @click.option("--state-dir", default=None)
+@click.option(
+    "--host",
+    default=None,
+    help="Address to listen on, one agents and users reach [default: 127.0.0.1].",
+)
 @click.option("--port", type=SERVER_PORT, default=None)
 @click.option("--metrics-port", type=METRICS_PORT, default=None, help="Prometheus port (0: off).")
 @click.option("--config", "config_path", default=None, help="YAML config file.")
 def server(
-    state_dir: str | None, port: int | None, metrics_port: int | None, config_path: str | None
+    state_dir: str | None,
+    host: str | None,
+    port: int | None,
+    metrics_port: int | None,
+    config_path: str | None,
 ) -> None:
     """Run the scheduler and API server in the foreground."""
     from hai.daemons import run_server
 
     log_to_stderr()
-    given = {"port": port, "metrics_port": metrics_port}
+    given = {"host": host, "port": port, "metrics_port": metrics_port}
     overrides = {"server": {k: v for k, v in given.items() if v is not None}}
     config = load_config(config_path, overrides=overrides)
     run_server(config, Path(state_dir or config.server.state_dir).expanduser())
@@ -101,7 +110,13 @@ def server(
     is_flag=True,
     help="Run ranks as pods on Kubernetes node NAME (the agent DaemonSet; docs/kubernetes.md).",
 )
-@click.option("--address", "node_address", default=None, help="This node's address.")
+@click.option(
+    "--address",
+    "node_address",
+    default=None,
+    help="This node's address as other nodes' ranks reach it (MASTER_ADDR) "
+    "[default: the source address of its route to the server].",
+)
 def agent(
     name: str,
     address: str,
