@@ -311,7 +311,9 @@ def _read_all(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fs3.bench", description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1 GiB)")
+    parser.add_argument(
+        "--size-mib", type=int, default=None, help="file size (default 1 GiB; --hosts 256 MiB)"
+    )
     parser.add_argument("--files", type=int, default=10_000, help="small files for meta ops")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of random reads")
     parser.add_argument(
@@ -319,7 +321,22 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only the capabilities on-vs-off comparison (two clusters at replication 3)",
     )
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="only fs3 from a client test host over a tbf-shaped link (root; fs3.hosts_bench)",
+    )
+    parser.add_argument(
+        "--link", default="500mbit,2gbit", help="--hosts: link rates, comma-separated"
+    )
+    parser.add_argument("--replicas", type=int, default=3, help="--hosts: replication")
     args = parser.parse_args(argv)
+    if args.hosts:
+        from fs3 import hosts_bench
+
+        hosts_bench.main(args.link.split(","), args.size_mib or 256, args.replicas)
+        return
+    args.size_mib = args.size_mib or 1024
     data = os.urandom(args.size_mib * MiB)
     if args.security_only:
         with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
