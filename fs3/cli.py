@@ -200,6 +200,12 @@ def storage(
 @click.option(
     "--metas", type=int, default=1, show_default=True, help="Meta servers sharing the namespace."
 )
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address every service listens on and announces (IPv6 without brackets).",
+)
 @click.option("--detach", is_flag=True, help="Return once ready; stop later with `down`.")
 @click.option(
     "--tls",
@@ -208,7 +214,14 @@ def storage(
     "DIRECTORY/config.yaml (--config or FS3_CONFIG) to verify the servers.",
 )
 def up(
-    directory: str, targets: int, replicas: int, mgmtds: int, metas: int, detach: bool, tls: bool
+    directory: str,
+    targets: int,
+    replicas: int,
+    mgmtds: int,
+    metas: int,
+    host: str,
+    detach: bool,
+    tls: bool,
 ) -> None:
     """Start a local cluster under DIRECTORY and print its address."""
     from fs3.cluster import LocalCluster
@@ -222,6 +235,7 @@ def up(
             replicas=replicas,
             mgmtds=mgmtds,
             metas=metas,
+            host=host,
             tls=tls,
         )
     stop = threading.Event()

@@ -296,3 +296,32 @@ def test_a_wildcard_address_is_refused_in_one_line(kind: str, tmp_path: Path) ->
         f"Error: fs3 {kind}: --host 0.0.0.0 listens on every address but cannot be announced: "
         "give this machine's address on the cluster's network"
     )
+
+
+def test_up_on_ipv6_loopback_announces_bracketed_addresses(tmp_path: Path) -> None:
+    """``hai fs3 up --host ::1``: every service on ::1, announced as ``[::1]:PORT``."""
+    root = tmp_path / "c"
+
+    def fs3(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fs3", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+        )
+
+    up = fs3("up", str(root), "--host", "::1", "--targets", "2", "--replicas", "2", "--detach")
+    try:
+        assert up.returncode == 0, up.stderr
+        address = up.stdout.strip()
+        assert address.startswith("[::1]:")
+        status = fs3("status", str(root), "--json")
+        assert status.returncode == 0, status.stderr
+        view = json.loads(status.stdout)
+        assert [m["address"] for m in view["mgmtds"]] == [address]
+        addresses = view["metas"] + [t["address"] for t in view["targets"]]
+        assert len(addresses) == 3 and all(a.startswith("[::1]:") for a in addresses)
+        assert {s for t in view["targets"] for s in _states(view, t["target_id"])} == {"serving"}
+    finally:
+        fs3("down", str(root))
