@@ -5,23 +5,33 @@ hfreduce's all-reduce of the same float32 tensor (median of the timed calls afte
 warm-up, each call started together after a barrier), beside a single-rank memcpy of
 the same size as the roofline. With a GPU it also times hfreduce on CUDA tensors
 against a bare pinned device-to-host + host-to-device round trip.
+
+With ``--hosts NODESxRANKS --link RATE`` the ranks run on test hosts instead
+(docs/hosts.md: one network namespace per node, links shaped to RATE with tbf), and each
+row is set beside the link bound: an all-reduce of S bytes between nodes must send at
+least S bytes each way per node, so no call can take less than S / RATE.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from hfreduce.launch import run_ranks
+from hfreduce.launch import rank_environment, run_ranks
+from testhosts import Hosts, hosts_missing, parse_rate
 
 SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20]
 LAYOUTS = [(1, 2), (1, 4), (2, 2)]  # (nodes, ranks per node)
@@ -178,6 +188,192 @@ def _floor_columns(outcomes: list, size: int, gloo_ms: float) -> str:
     return f" {floor_ms:9.3f} {gloo_ms / floor_ms:9.2f}x"
 
 
+def _interleaved(
+    calls: dict[str, Callable[[], object]], barrier: Callable[[], object], iters: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Per name, (wall s, CPU s of this process) of each timed call, after two warm-up
+    rounds. The calls take turns, so a burst of load from elsewhere on the machine slows
+    both sides alike and their ratio stays fair."""
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    for round_ in range(iters + 2):
+        for name, call in calls.items():
+            barrier()
+            start, cpu_start = time.perf_counter(), _cpu_s()
+            call()
+            if round_ >= 2:
+                timings[name].append((time.perf_counter() - start, _cpu_s() - cpu_start))
+    return timings
+
+
+def _rank_bench_hosts(sizes: list[int], iters: int) -> dict[int, dict[str, list]]:
+    """One rank of ``--hosts``: per size, gloo's and hfreduce's timings (``_interleaved``)."""
+    import hfreduce
+
+    dist.init_process_group("gloo")
+    comm = hfreduce.init()
+    results = {}
+    try:
+        for size in sizes:
+            a = torch.ones(size // 4)
+            b = torch.ones(size // 4)
+            calls = {
+                "gloo": lambda a=a: dist.all_reduce(a),
+                "hfreduce": lambda b=b: comm.all_reduce(b),
+            }
+            results[size] = _interleaved(calls, dist.barrier, iters)
+    finally:
+        hfreduce.destroy()
+        dist.destroy_process_group()
+    return results
+
+
+HOSTS_COLUMNS = ("gloo ms", "hfr ms", "hfr/gloo", "of bound", "gloo cpu", "hfr cpu")
+
+
+def hosts_row(
+    size: int, ranks: list[dict[str, list]], per_node: int, link_bits: int
+) -> dict[str, float]:
+    """One row of ``--hosts`` from every rank's timings of one size (rank order).
+
+    A call takes as long as its slowest rank; a node's CPU time is its ranks' sum, and a
+    row shows the mean node's. Each is the median over the timed calls. ``of bound`` is
+    the link bound's time (size / link rate) over hfreduce's.
+    """
+    row = {}
+    nodes = len(ranks) // per_node
+    for name in ("gloo", "hfreduce"):
+        calls = list(zip(*(rank[name] for rank in ranks), strict=True))
+        wall = statistics.median(max(t for t, _ in call) for call in calls)
+        cpu = statistics.median(sum(c for _, c in call) / nodes for call in calls)
+        row[name] = wall * 1e3
+        row[f"{name} cpu"] = cpu * 1e3
+    bound_ms = size * 8 / link_bits * 1e3
+    return {
+        "gloo ms": row["gloo"],
+        "hfr ms": row["hfreduce"],
+        "hfr/gloo": row["gloo"] / row["hfreduce"],
+        "of bound": bound_ms / row["hfreduce"],
+        "gloo cpu": row["gloo cpu"],
+        "hfr cpu": row["hfreduce cpu"],
+    }
+
+
+def parse_layout(spec: str) -> tuple[int, int]:
+    """``NODESxRANKS`` (e.g. ``2x2``) as (nodes, ranks per node); ValueError names it."""
+    nodes, _, per_node = spec.partition("x")
+    if not (nodes.isdigit() and per_node.isdigit() and int(nodes) >= 1 and int(per_node) >= 1):
+        raise ValueError(f"layout {spec!r} is not NODESxRANKS, like 2x2")
+    return int(nodes), int(per_node)
+
+
+_RANK_START_S = 120  # a rank's start-up on a loaded machine; only bounds the wait
+_SLOWEST = 10  # the most times the link bound a call may take (gloo, a loaded machine)
+
+
+def _run_on_hosts(
+    nodes: int, per_node: int, link: str, sizes: list[int], iters: int
+) -> list[dict[str, dict[str, list]]]:
+    """Every rank's ``_rank_bench_hosts`` results: ranks on test hosts with shaped links.
+
+    Rank r runs on host ``1 + r // per_node`` with the environment the platform gives a
+    rank there (MASTER_ADDR host 1's address, the host's name as node id, eth0 for both
+    hfreduce's and gloo's links). Its results and log go to the host's own folder, which
+    this process sees too (a file in /tmp would be the host's own /tmp).
+    """
+    calls = (iters + 2) * 2  # warm-up and timed rounds, gloo and hfreduce
+    deadline_s = _RANK_START_S + calls * _SLOWEST * sum(sizes) * 8 / parse_rate(link)
+    with Hosts.up(nodes) as hosts:
+        for host in hosts:
+            hosts.shape(host.index, link)
+        procs, outs, logs = [], [], []
+        try:
+            for rank in range(nodes * per_node):
+                host = hosts[1 + rank // per_node]
+                env = {
+                    **os.environ,
+                    **rank_environment(rank, nodes, per_node, 29500, master_addr=hosts[1].address),
+                    "HFREDUCE_NODE_ID": host.name,
+                    "HFREDUCE_SOCKET_IFNAME": "eth0",
+                    "GLOO_SOCKET_IFNAME": "eth0",
+                }
+                outs.append(host.dir / f"bench-{rank}.json")
+                logs.append(host.dir / f"bench-{rank}.log")
+                argv = [sys.executable, "-m", "hfreduce.bench", "--rank-out", str(outs[-1])]
+                argv += ["--iters", str(iters), "--sizes", ",".join(map(str, sizes))]
+                with open(logs[-1], "w") as log:
+                    procs.append(
+                        hosts.popen(host.index, argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    )
+            _wait_ranks(procs, logs, time.monotonic() + deadline_s)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        return [
+            {int(size): timings for size, timings in json.loads(out.read_text()).items()}
+            for out in outs
+        ]
+
+
+def _wait_ranks(procs: list[subprocess.Popen], logs: list[Path], deadline: float) -> None:
+    """Returns once every rank exited 0; a rank's failure or the deadline ends the run
+    with one line naming the rank and the last line of its log."""
+    while (codes := [proc.poll() for proc in procs]) != [0] * len(procs):
+        failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
+        if failed:
+            rank, why = failed[0], f"exited {codes[failed[0]]}"
+        elif time.monotonic() > deadline:
+            rank, why = codes.index(None), "ran past its deadline"
+        else:
+            time.sleep(0.2)
+            continue
+        last = logs[rank].read_text(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"hfreduce.bench: rank {rank} {why}: {' '.join(last)}")
+
+
+def _check_hosts_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Ends the run with one usage line when ``--hosts`` cannot run as asked."""
+    if args.link is None:
+        parser.error("--hosts needs --link RATE (like 2gbit): the bound is size / rate")
+    try:
+        parse_layout(args.hosts)
+        parse_rate(args.link)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if (why := hosts_missing()) is not None:
+        parser.error(f"--hosts needs test hosts: {why}")
+
+
+def bench_hosts(layout: str, link: str, sizes: list[int], iters: int) -> None:
+    """``--hosts``: prints the table of hfreduce and gloo across test hosts."""
+    nodes, per_node = parse_layout(layout)
+    link_bits = parse_rate(link)
+    results = _run_on_hosts(nodes, per_node, link, sizes, iters)
+    print(
+        f"all-reduce of float32 across {nodes} test hosts x {per_node} ranks, links shaped "
+        f"to {link}; median of {iters} calls each, taking turns"
+    )
+    header = f"{'size':>8} {'bound ms':>9} " + " ".join(f"{c:>9}" for c in HOSTS_COLUMNS)
+    print(header)
+    print("-" * len(header))
+    for size in sizes:
+        row = hosts_row(size, [r[size] for r in results], per_node, link_bits)
+        bound_ms = size * 8 / link_bits * 1e3
+        print(
+            f"{_human(size):>8} {bound_ms:9.3f} {row['gloo ms']:9.3f} {row['hfr ms']:9.3f} "
+            f"{row['hfr/gloo']:8.2f}x {row['of bound']:9.2f} {row['gloo cpu']:9.1f} "
+            f"{row['hfr cpu']:9.1f}"
+        )
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"bound: size / link rate, the least time to send each node's size across; of bound: "
+        f"bound / hfr ms.\ncpu: CPU ms per call per host (its {per_node} ranks' user + "
+        f"system time, every thread). All\nhosts share this machine's {cores} cores, so a "
+        f"call takes at least cpu x {nodes} / {cores} ms."
+    )
+
+
 def _human(size: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if size >= 1 << shift:
@@ -193,12 +389,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--iters", type=int, default=5, help="timed calls per size (median)")
     parser.add_argument("--max-size", type=int, default=SIZES[-1], help="largest size, bytes")
+    parser.add_argument("--sizes", help="bytes,... instead of the sizes up to --max-size")
     parser.add_argument(
         "--layouts", default=",".join(f"{n}x{r}" for n, r in LAYOUTS), help="NODESxRANKS,..."
     )
+    parser.add_argument(
+        "--hosts", metavar="NODESxRANKS", help="run across test hosts (root; docs/hosts.md)"
+    )
+    parser.add_argument("--link", metavar="RATE", help="with --hosts: shape links (2gbit)")
+    # A rank of --hosts, started by the run on its test host.
+    parser.add_argument("--rank-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [s for s in SIZES if s <= args.max_size]
-    layouts = [tuple(int(v) for v in spec.split("x")) for spec in args.layouts.split(",")]
+    if args.sizes is not None:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    if args.rank_out is not None:
+        torch.set_num_threads(1)  # the hosts' ranks share this machine's cores
+        args.rank_out.write_text(json.dumps(_rank_bench_hosts(sizes, args.iters)))
+        return
+    if args.hosts is not None:
+        _check_hosts_args(parser, args)
+        bench_hosts(args.hosts, args.link, sizes, args.iters)
+        return
+    layouts = [parse_layout(spec) for spec in args.layouts.split(",")]
     # A memcpy is cheap to repeat: many calls steady the small sizes' roofline.
     roof = {size: memcpy_ms(size, max(args.iters, 50)) for size in sizes}
     header = (

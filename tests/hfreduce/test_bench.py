@@ -1,10 +1,13 @@
-"""The benchmark runs end to end on real ranks and prints every column it promises."""
+"""The benchmark runs end to end on real ranks (and test hosts) and prints every column it
+promises; a ``--hosts`` row is computed as its legend says."""
 
 from __future__ import annotations
 
 import re
 
-from hfreduce.bench import main
+import pytest
+
+from hfreduce.bench import hosts_row, main, parse_layout
 
 
 def test_bench_prints_both_layouts_with_a_tcp_floor_across_nodes(capsys) -> None:
@@ -20,3 +23,68 @@ def test_bench_prints_both_layouts_with_a_tcp_floor_across_nodes(capsys) -> None
     # Both sides spend CPU on every call (the ranks at least copy the bytes).
     assert float(single[-2]) > 0 and float(single[-1]) > 0
     assert "tcp floor:" in out and "cpu: CPU ms per call" in out
+
+
+def _rank(gloo: list[float], gloo_cpu: float, ours: list[float], ours_cpu: float) -> dict:
+    """A rank's timings of one size as ``_interleaved`` returns them: (wall s, CPU s)."""
+    return {
+        "gloo": [[wall, gloo_cpu] for wall in gloo],
+        "hfreduce": [[wall, ours_cpu] for wall in ours],
+    }
+
+
+def test_hosts_row_takes_the_slowest_rank_and_a_hosts_cpu() -> None:
+    # Two hosts x two ranks, three timed calls each (seconds).
+    ranks = [
+        _rank([0.2, 0.2, 0.2], 0.01, [0.1, 0.3, 0.1], 0.02),
+        _rank([0.4, 0.2, 0.2], 0.03, [0.2, 0.1, 0.1], 0.04),
+        _rank([0.2, 0.2, 0.5], 0.01, [0.1, 0.1, 0.1], 0.0),
+        _rank([0.2, 0.2, 0.2], 0.01, [0.1, 0.1, 0.1], 0.02),
+    ]
+    # 64 MiB over 1 Gbit/s: the bound is 536.9 ms.
+    row = hosts_row(64 << 20, ranks, per_node=2, link_bits=10**9)
+    assert row["gloo ms"] == pytest.approx(400)  # slowest ranks 400, 200, 500: median 400
+    assert row["hfr ms"] == pytest.approx(200)  # slowest ranks 200, 300, 100: median 200
+    assert row["hfr/gloo"] == pytest.approx(2.0)
+    assert row["of bound"] == pytest.approx((64 << 20) * 8 / 1e9 / 0.2)
+    # Per host: host 1's ranks spend 20 + 40 ms per call, host 2's 0 + 20: mean 40.
+    assert row["hfr cpu"] == pytest.approx(40)
+    assert row["gloo cpu"] == pytest.approx(30)
+
+
+@pytest.mark.parametrize("spec", ["2", "x2", "2x", "0x2", "2x2x2", "twoxtwo", "-1x2"])
+def test_a_bad_layout_is_named(spec: str) -> None:
+    with pytest.raises(ValueError, match=f"layout '{re.escape(spec)}' is not NODESxRANKS"):
+        parse_layout(spec)
+    assert parse_layout("3x4") == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--hosts", "2x2"], "--hosts needs --link RATE"),
+        (["--hosts", "2by2", "--link", "2gbit"], "layout '2by2' is not NODESxRANKS"),
+        (["--hosts", "2x2", "--link", "fast"], "link rate 'fast' is not like 20mbit"),
+    ],
+)
+def test_hosts_arguments_fail_in_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("python -m hfreduce.bench: error:")
+
+
+@pytest.mark.hosts
+def test_bench_runs_across_test_hosts(capsys) -> None:
+    main(["--hosts", "2x2", "--link", "2gbit", "--sizes", "4096,1048576", "--iters", "1"])
+    out = capsys.readouterr().out
+    rows = {m.group(1): m.group(0).split() for m in re.finditer(r"^\s*(\d+ [KM]iB) .*", out, re.M)}
+    assert set(rows) == {"4 KiB", "1 MiB"}
+    # size (2 words), bound, gloo ms, hfr ms, ratio, of bound, and the two CPU times.
+    row = rows["1 MiB"]
+    assert len(row) == 9 and row[5].endswith("x")
+    assert float(row[2]) == pytest.approx((1 << 20) * 8 / 2e9 * 1e3, abs=1e-3)
+    assert 0 < float(row[6]) < 1  # no call beats the link bound
+    assert float(row[7]) > 0 and float(row[8]) > 0
+    assert "cpu: CPU ms per call per host" in out
