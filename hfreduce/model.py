@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from hfreduce.config import DEFAULT_CHUNK_BYTES
+from hfreduce.config import SINGLE_NODE_CHUNK_BYTES
 
 GB = 1e9
 MiB = 1 << 20
@@ -60,7 +60,7 @@ class Software:
     efficiency: float = 0.68
     """Fraction of the memory roofline a whole call reaches with the default chunks:
     copies, adds, waits and the per-chunk Python cost together."""
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    chunk_bytes: int = SINGLE_NODE_CHUNK_BYTES
 
 
 def tree_depth(nodes: int) -> int:

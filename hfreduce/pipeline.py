@@ -34,7 +34,7 @@ from hfreduce.arena import (
 )
 from hfreduce.config import HfreduceConfig
 from hfreduce.errors import MismatchError
-from hfreduce.kernels import CODE_DTYPES, ReduceOp, reduce_into
+from hfreduce.kernels import CODE_DTYPES, ReduceOp, copy_into, reduce_into
 from hfreduce.network import TreeWorker
 from hfreduce.plan import CallPlan, split
 from hfreduce.topology import Topology
@@ -156,7 +156,7 @@ class ChunkPipeline:
             self.arena.set(word, value)
         if flat.dtype not in self._views:
             self._views[flat.dtype] = _SlotViews(self.arena, flat.dtype, self.config.pipeline_depth)
-        pieces = flat.split(plan.chunk_elems) if plan.numel else (flat,)
+        pieces = tuple(flat[lo:hi] for lo, hi in map(plan.chunk, range(plan.nchunks)))
         device = self._device_copies(flat.device) if flat.is_cuda else None
         try:
             self._run_chunks(plan, pieces, device)
@@ -221,7 +221,7 @@ class ChunkPipeline:
             for part_src, part_dst in zip(
                 _outside(src, lo, hi), _outside(dst, lo, hi), strict=True
             ):
-                part_dst.copy_(part_src)
+                copy_into(part_dst, part_src)
         else:
             device.pending_in.pop(i).synchronize()
             if i + 1 < plan.nchunks:  # overlap the next chunk's copy with this one's adds
@@ -296,7 +296,7 @@ class ChunkPipeline:
         target = mine if in_place else out
         reduce_into(target, [mine, *others], plan.op, self._wide, divisor=plan.local_divisor)
         if in_place:
-            out.copy_(mine)
+            copy_into(out, mine)
 
     def _settle_first_chunk(self, plan: CallPlan, failed_check: str | None) -> None:
         """Wait for the verdict on the call's checks before staging any further chunk."""
@@ -324,9 +324,9 @@ class ChunkPipeline:
                 for part_dst, part_src in zip(
                     _outside(dst, lo, hi), _outside(src, lo, hi), strict=True
                 ):
-                    part_dst.copy_(part_src)
+                    copy_into(part_dst, part_src)
             else:
-                dst.copy_(src)
+                copy_into(dst, src)
             self.arena.set(CONSUMED, g + 1)
         else:
             device.pending_out.append((g, device.copy(dst, src)))

@@ -3,11 +3,16 @@ into one slice per local rank, and each slice into one half per inter-node tree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from hfreduce.kernels import DTYPE_CODES, ReduceOp
+
+FIRST_CHUNK_BYTES = 256 << 10
+"""Across nodes, chunk 0's size at most. Every rank waits for chunk 0 to come back through
+the trees before it stages the next one (it carries the call's checks), and the links
+idle meanwhile: a whole 4 MiB chunk 0 cost a 64 MiB call 6% of its time at 2 Gbit/s."""
 
 
 def split(n: int, parts: int, k: int) -> tuple[int, int]:
@@ -31,11 +36,17 @@ class CallPlan:
     multi_node: bool
     abort: str | None = None
     """Why the call failed its first-chunk checks, once some rank found out."""
+    first_elems: int = field(init=False)
+    """Chunk 0's length (FIRST_CHUNK_BYTES across nodes); the others are chunk_elems long."""
+
+    def __post_init__(self) -> None:
+        first = max(1, FIRST_CHUNK_BYTES // self.dtype.itemsize) if self.multi_node else 0
+        self.first_elems = min(self.chunk_elems, first) if first else self.chunk_elems
 
     @property
     def nchunks(self) -> int:
         # A zero-element call still moves one (empty) chunk: it carries the header check.
-        return max(1, -(-self.numel // self.chunk_elems))
+        return 1 + max(0, -(-(self.numel - self.first_elems) // self.chunk_elems))
 
     @property
     def itemsize(self) -> int:
@@ -59,7 +70,9 @@ class CallPlan:
         return self.world_size
 
     def chunk(self, i: int) -> tuple[int, int]:
-        start = i * self.chunk_elems
+        if i == 0:
+            return 0, min(self.numel, self.first_elems)
+        start = self.first_elems + (i - 1) * self.chunk_elems
         return start, min(self.numel, start + self.chunk_elems)
 
     def my_slice(self, i: int) -> tuple[int, int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hfreduce.config import (
-    DEFAULT_CHUNK_BYTES,
+    MULTI_NODE_CHUNK_BYTES,
     MULTI_NODE_DEPTH,
+    SINGLE_NODE_CHUNK_BYTES,
     SINGLE_NODE_DEPTH,
     HfreduceConfig,
     for_layout,
@@ -16,7 +17,7 @@ from hfreduce.errors import ConfigError
 
 
 def test_defaults_then_environment_then_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_config().chunk_bytes == DEFAULT_CHUNK_BYTES
+    assert load_config().chunk_bytes is None  # settled by the layout (for_layout)
     monkeypatch.setenv("HFREDUCE_CHUNK_BYTES", "65536")
     monkeypatch.setenv("HFREDUCE_TIMEOUT", "2.5")
     config = load_config(pipeline_depth=3)
@@ -64,7 +65,9 @@ def test_environment_strings_follow_the_one_coercion_rule(monkeypatch: pytest.Mo
         load_config(chunk_bytes=2.5)
 
 
-def test_depth_follows_the_layout_unless_set() -> None:
-    assert for_layout(HfreduceConfig(), 1).pipeline_depth == SINGLE_NODE_DEPTH
-    assert for_layout(HfreduceConfig(), 3).pipeline_depth == MULTI_NODE_DEPTH
-    assert for_layout(HfreduceConfig(pipeline_depth=6), 1).pipeline_depth == 6
+def test_chunk_size_and_depth_follow_the_layout_unless_set() -> None:
+    one, three = for_layout(HfreduceConfig(), 1), for_layout(HfreduceConfig(), 3)
+    assert (one.chunk_bytes, one.pipeline_depth) == (SINGLE_NODE_CHUNK_BYTES, SINGLE_NODE_DEPTH)
+    assert (three.chunk_bytes, three.pipeline_depth) == (MULTI_NODE_CHUNK_BYTES, MULTI_NODE_DEPTH)
+    given = for_layout(HfreduceConfig(pipeline_depth=6, chunk_bytes=8192), 3)
+    assert (given.chunk_bytes, given.pipeline_depth) == (8192, 6)
