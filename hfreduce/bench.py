@@ -266,6 +266,16 @@ def parse_layout(spec: str) -> tuple[int, int]:
     return int(nodes), int(per_node)
 
 
+_MTU = 1500  # the test hosts' eth0 (docs/hosts.md)
+
+
+def tcp_ceiling(mtu: int) -> float:
+    """The fraction of a link's rate left to TCP payload: a full packet carries
+    ``mtu`` - 52 bytes of it (IPv4 20 + TCP with timestamps 32) in ``mtu`` + 14 bytes on
+    the wire (Ethernet), which is what tbf counts."""
+    return (mtu - 52) / (mtu + 14)
+
+
 _RANK_START_S = 120  # a rank's start-up on a loaded machine; only bounds the wait
 _SLOWEST = 10  # the most times the link bound a call may take (gloo, a loaded machine)
 
@@ -368,9 +378,12 @@ def bench_hosts(layout: str, link: str, sizes: list[int], iters: int) -> None:
     cores = len(os.sched_getaffinity(0))
     print(
         f"bound: size / link rate, the least time to send each node's size across; of bound: "
-        f"bound / hfr ms.\ncpu: CPU ms per call per host (its {per_node} ranks' user + "
-        f"system time, every thread). All\nhosts share this machine's {cores} cores, so a "
-        f"call takes at least cpu x {nodes} / {cores} ms."
+        f"bound / hfr ms.\nThe link also carries each packet's headers: over TCP at eth0's "
+        f"MTU of {_MTU}, payload gets at most\n{tcp_ceiling(_MTU):.3f} of the rate (beyond "
+        f"that only tbf's bucket, full when a call starts).\n"
+        f"cpu: CPU ms per call per host (its {per_node} ranks' user + system time, every "
+        f"thread). All\nhosts share this machine's {cores} cores, so a call takes at least "
+        f"cpu x {nodes} / {cores} ms."
     )
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from hfreduce.bench import hosts_row, main, parse_layout
+from hfreduce.bench import hosts_row, main, parse_layout, tcp_ceiling
 
 
 def test_bench_prints_both_layouts_with_a_tcp_floor_across_nodes(capsys) -> None:
@@ -52,6 +52,11 @@ def test_hosts_row_takes_the_slowest_rank_and_a_hosts_cpu() -> None:
     assert row["gloo cpu"] == pytest.approx(30)
 
 
+def test_the_tcp_ceiling_leaves_out_each_packets_headers() -> None:
+    assert tcp_ceiling(1500) == pytest.approx(1448 / 1514)
+    assert 0.99 < tcp_ceiling(9000) < 1
+
+
 @pytest.mark.parametrize("spec", ["2", "x2", "2x", "0x2", "2x2x2", "twoxtwo", "-1x2"])
 def test_a_bad_layout_is_named(spec: str) -> None:
     with pytest.raises(ValueError, match=f"layout '{re.escape(spec)}' is not NODESxRANKS"):
@@ -87,4 +92,4 @@ def test_bench_runs_across_test_hosts(capsys) -> None:
     assert float(row[2]) == pytest.approx((1 << 20) * 8 / 2e9 * 1e3, abs=1e-3)
     assert 0 < float(row[6]) < 1  # no call beats the link bound
     assert float(row[7]) > 0 and float(row[8]) > 0
-    assert "cpu: CPU ms per call per host" in out
+    assert "cpu: CPU ms per call per host" in out and "payload gets at most\n0.956" in out
