@@ -5,10 +5,10 @@ whether the job acknowledged a suspend) and gets back every run the node should 
 :meth:`Agent.reconcile` closes the gap: start new runs, pass on suspend requests, stop
 runs marked stop or no longer assigned (one marked stop before it started is reported as
 ended, never started), forget runs the scheduler no longer lists. If the server is
-unreachable the agent keeps its ranks running and retries on a new connection (one a cut
-network left stalled would hold it for minutes after the network is back), so a scheduler
-restart loses nothing; a node the scheduler found dead meanwhile gets no assignments for
-its old runs, and reconcile stops their ranks.
+unreachable the agent keeps its ranks running and retries (every call has a deadline, so
+a host cut off from the network does not hang it), so a scheduler restart loses nothing;
+a node the scheduler found dead meanwhile gets no assignments for its old runs when it is
+heard again, and reconcile stops their ranks.
 
 Ranks write their logs into the agent's state folder; :mod:`hai.logship` sends them to
 the server, and a run's exit is reported once they are there.
@@ -354,7 +354,6 @@ class Agent:
                     self.step()
                 except (Unavailable, HaiTimeoutError) as err:
                     log.warning("%s: %s; retrying", self.name, err)
-                    self.client.reconnect()
                 except (AuthError, ForbiddenError) as err:
                     # The node was removed or its credential re-issued: the scheduler has
                     # handed its runs elsewhere, so its ranks must not run on (finally: below).

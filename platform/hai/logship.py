@@ -190,8 +190,8 @@ class _Log:
 
 class LogShipper:
     """The agent's side: a thread that ships its ranks' logs every ``interval_s`` or when
-    woken, at most :data:`CALL_BYTES` per call, on a channel of its own so that a large
-    log never queues in front of a heartbeat."""
+    woken, at most :data:`CALL_BYTES` per call, so that neither a large log nor a slow
+    server holds up the agent's heartbeats (``client`` is the thread's own)."""
 
     def __init__(self, client: ApiClient, node: str, state_dir: Path, interval_s: float) -> None:
         self.client = client
@@ -254,7 +254,6 @@ class LogShipper:
                     pass  # more to send: go on at once
             except (Unavailable, HaiTimeoutError) as err:
                 log.warning("%s: shipping logs: %s; retrying", self.node, err)
-                self.client.reconnect()
             except Exception:
                 # A bug or a bad answer must not end shipping for good: retried next round.
                 log.exception("%s: shipping logs failed; retrying", self.node)

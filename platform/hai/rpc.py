@@ -130,18 +130,7 @@ class ApiClient:
         self.address = address
         self.token = token
         self.timeout_s = timeout_s
-        self._channel = self._connect()
-
-    def _connect(self) -> grpc.Channel:
-        # A channel of its own connection: gRPC otherwise shares one per address in the
-        # process, and :meth:`reconnect` would get the connection it means to drop.
-        return grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-    def reconnect(self) -> None:
-        """Drops the connection for a new one. After a host was cut off, its old connection
-        may stall for minutes (TCP's and gRPC's back-offs) though the network is back."""
-        old, self._channel = self._channel, self._connect()
-        old.close()
+        self._channel = grpc.insecure_channel(address)
 
     def close(self) -> None:
         self._channel.close()
