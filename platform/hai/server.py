@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from fs3.types import host_port
 from hai import rpc
 from hai.auth import authenticate, authenticate_node, create_user
 from hai.config import HaiConfig
@@ -159,7 +160,7 @@ class Server:
         )
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.host)
-        where = {"address": f"{cfg.host}:{cfg.port}", "pid": os.getpid()}
+        where = {"address": host_port(cfg.host, cfg.port), "pid": os.getpid()}
         replace_text(
             self.state_dir / FOLDER_FILE, json.dumps({**where, "folder": self.logs.folder_id})
         )
