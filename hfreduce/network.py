@@ -4,7 +4,9 @@ binary tree, reduce up and broadcast down, on background threads.
 Per tree an "up" thread receives the children's partial sums, adds them to ours and
 sends the result to the parent, and a "down" thread receives the finished values from
 the parent and passes them to the children. So chunk i can be on its way down while
-chunk i+1 is being added and sent up. Socket I/O and torch kernels release the GIL.
+chunk i+1 is being added and sent up. At the root the finished sum goes down from the
+up thread itself: a hand-off to a thread with nothing to wait for would only cost a
+wake-up per chunk. Socket I/O and torch kernels release the GIL.
 """
 
 from __future__ import annotations
@@ -127,21 +129,26 @@ class TreeWorker:
                     reduce_into(acc, [acc, theirs], plan.op, self._wide)
             if self.links.parent is not None:
                 self._send(self.links.parent, plan, i, self._slot_bytes[slot][lo:hi], why)
-            elif why is None and plan.integer_average:
+                self._down.put((plan, i, slot, why))
+                continue
+            if why is None and plan.integer_average:
                 acc = self._slots[slot][lo:hi].view(plan.dtype)
                 reduce_into(acc, [acc], plan.op, self._wide, divisor=plan.world_size)
-            self._down.put((plan, i, slot, why))
+            self._pass_down(plan, i, self._slot_bytes[slot][lo:hi], why)
         self._down.put(None)
 
     def _run_down(self) -> None:
         while (item := self._down.get()) is not None:
-            plan, i, slot, why = item
+            plan, i, slot, _ = item
             lo, hi = self._bounds(plan, i)
             mine = self._slot_bytes[slot][lo:hi]
-            if self.links.parent is not None:
-                why = self._receive(self.links.parent, plan, i, mine)
-            for child in self.links.children:
-                self._send(child, plan, i, mine, why)
-            if why is not None and plan.abort is None:
-                plan.abort = why
-            self.arena.set(DONE0 + self.tree, plan.base + i + 1)
+            self._pass_down(plan, i, mine, self._receive(self.links.parent, plan, i, mine))
+
+    def _pass_down(self, plan: CallPlan, i: int, result: memoryview, why: str | None) -> None:
+        """Send chunk ``i``'s finished half (or why the call failed) to the children, then
+        tell the local ranks it is there."""
+        for child in self.links.children:
+            self._send(child, plan, i, result, why)
+        if why is not None and plan.abort is None:
+            plan.abort = why
+        self.arena.set(DONE0 + self.tree, plan.base + i + 1)
