@@ -147,11 +147,15 @@ class ChunkIO:
                 ``what`` and the last error.
             Fs3Error: the first error that is not retryable.
         """
-        table = self.mgmtd.table()
+        table = self.mgmtd.cached()
 
         def refreshed(try_: int) -> T:
             nonlocal table
-            if try_ > 1:
+            if table is None:
+                # The first fetch is retried as any try: a client that starts while a
+                # standby mgmtd takes over finds no primary for a moment.
+                table = self.mgmtd.refresh()
+            elif try_ > 1:
                 try:
                     table = self.mgmtd.refresh()
                 except Unavailable as mgmtd_err:

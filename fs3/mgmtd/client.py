@@ -82,6 +82,10 @@ class MgmtdClient:
         """The cached table, fetched on first use."""
         return self._table if self._table is not None else self.refresh()
 
+    def cached(self) -> RoutingTable | None:
+        """The cached table, None before the first fetch."""
+        return self._table
+
     def refresh(self) -> RoutingTable:
         return self._keep(self._call("GetRouting", pb.Empty(), "get routing table"))
 

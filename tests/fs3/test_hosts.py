@@ -236,15 +236,16 @@ def _postgres(hosts: Hosts, index: int) -> Iterator[str]:
 def test_a_standby_mgmtd_takes_over_when_the_primary_host_is_cut_off(
     make_hosts: Callable[[int], Hosts],
 ) -> None:
-    """The primary mgmtd on host 1, a standby with meta on host 2, their shared store in
-    PostgreSQL on host 3 (both must reach it over the network: a SQLite file on the shared
-    disk would still be reached by the cut primary, which would keep its lease), targets on
-    host 4, the client on host 5. Host 1 cut off: the standby takes over and writes go on."""
+    """Two mgmtd processes on hosts 1 and 2, their shared store in PostgreSQL on host 3
+    (both must reach it over the network: a SQLite file on the shared disk would still be
+    reached by a cut primary, which would keep its lease), meta and the targets on host 4,
+    the client on host 5. The primary's host cut off: the standby takes over, targets and
+    meta follow it, and a new client writes and reads through it."""
     hosts = make_hosts(5)
     where = {
         "mgmtd": 1,
         "mgmtd-2": 2,
-        "meta": 2,
+        "meta": 4,
         "storage-1": 4,
         "storage-2": 4,
         "storage-3": 4,
@@ -254,20 +255,25 @@ def test_a_standby_mgmtd_takes_over_when_the_primary_host_is_cut_off(
         with _cluster(hosts, where, replicas=2, mgmtds=2, mgmtd_db=store) as cluster:
             before = _client(hosts, 5, cluster, "write", "/before", str(32 * MiB))
             roles = {m["address"]: m["role"] for m in _status(hosts, 5, cluster)["mgmtds"]}
-            assert roles == {
-                cluster.mgmtd_address("mgmtd"): "primary",
-                cluster.mgmtd_address("mgmtd-2"): "standby",
-            }
-            hosts.cut(1)
+            assert sorted(roles.values()) == ["primary", "standby"], roles
+            primary, standby = sorted(
+                ("mgmtd", "mgmtd-2"), key=lambda n: roles[cluster.mgmtd_address(n)] != "primary"
+            )
+            hosts.cut(where[primary])
             after = _client(hosts, 5, cluster, "write", "/after", str(32 * MiB))
-            mgmtds = _status(hosts, 5, cluster)["mgmtds"]
-            roles = {m["address"]: m["role"] for m in mgmtds}
-            assert roles == {
-                cluster.mgmtd_address("mgmtd"): "unreachable",
-                cluster.mgmtd_address("mgmtd-2"): "primary",
-            }
             for path, wrote in (("/before", before), ("/after", after)):
                 assert _client(hosts, 5, cluster, "read", path)["sha256"] == wrote["sha256"]
+            status = _status(hosts, 5, cluster)
+            roles = {m["address"]: m["role"] for m in status["mgmtds"]}
+            assert roles == {
+                cluster.mgmtd_address(primary): "unreachable",
+                cluster.mgmtd_address(standby): "primary",
+            }
+            # Seconds past the takeover, longer than a target's lease: they heartbeat to
+            # the new primary, which lists all of them serving, and meta registered there.
+            assert all(t["alive"] for t in status["targets"]), status
+            assert {s for t in (1, 2, 3) for s in _states(status, t)} == {"serving"}, status
+            assert status["metas"] == [cluster.meta_address()]
 
 
 def test_host_identity_is_boot_and_network_namespace_or_given() -> None:
