@@ -277,10 +277,10 @@ def test_a_job_across_hosts_is_preempted_survives_a_cut_host_and_logs_reach_the_
 
     # `hai logs` on host 1 reads both ranks' whole logs from the server's own folder,
     # which holds them privately.
-    for rank in (0, 1):
+    for rank, follow in ((0, []), (1, ["-f"])):  # -f of a finished job ends at its end
         shown = hosts.run(
             1,
-            [sys.executable, "-m", "hai", "logs", str(low), "--rank", str(rank)],
+            [sys.executable, "-m", "hai", "logs", *follow, str(low), "--rank", str(rank)],
             cwd=REPO,
             env={**os.environ, "HAI_SERVER": f"{hosts[1].address}:{PORT}", **_token(folders[0])},
             capture_output=True,
