@@ -25,9 +25,11 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +52,20 @@ MAX_HOSTS = 250
 """Keeps ``198.18.0.I`` in one octet and every interface name within Linux's 15 characters."""
 _TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
 _RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+
+
+TMP = Path("/tmp")
+
+
+def _code_under(folder: Path) -> list[Path]:
+    """Where the code hosts run (this checkout or installation, the Python environment)
+    lies under ``folder``, relative to it: each host replaces ``folder`` with its own."""
+    code = {Path(__file__).resolve().parents[1], Path(sys.prefix), Path(sys.base_prefix)}
+    under = {path.resolve() for path in code}
+    under = {p for p in under if p.is_relative_to(folder) and p != folder}
+    # A folder inside another kept one comes with it.
+    tops = {p for p in under if not any(p != q and p.is_relative_to(q) for q in under)}
+    return sorted(p.relative_to(folder) for p in tops)
 
 
 class HostsError(RuntimeError):
@@ -239,16 +255,25 @@ class Hosts:
         _sh(["ip", "-n", ns, "addr", "add", f"{host.address6}/64", "dev", "eth0", "nodad"])
         _sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
         _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-        hidden = " ".join(f"'{other.dir}'" for other in self.hosts if other is not host)
+        hidden = " ".join(shlex.quote(str(other.dir)) for other in self.hosts if other is not host)
+        own_tmp = host.dir / "tmp"
+        # The code every host runs stays visible where a checkout under /tmp put it (CI's
+        # clone, say): bound into the host's own /tmp at the same place.
+        keep = "".join(
+            f"mkdir -p {shlex.quote(str(own_tmp / rel))}\n"
+            f"mount --bind {shlex.quote(str(TMP / rel))} {shlex.quote(str(own_tmp / rel))}\n"
+            for rel in _code_under(TMP)
+        )
         script = (
             "set -e\n"
-            f"hostname '{host.name}'\n"
+            f"hostname {shlex.quote(host.name)}\n"
             # A sysfs of the host's own network namespace, as `ip netns exec` does.
             "umount -l /sys\n"
             "mount -t sysfs sysfs /sys\n"
-            f"mount --bind '{host.dir}/tmp' /tmp\n"
-            f"mount --bind '{host.dir}/shm' /dev/shm\n"
-            f"mount --bind '{self.base}/hosts' /etc/hosts\n"
+            f"{keep}"
+            f"mount --rbind {shlex.quote(str(own_tmp))} /tmp\n"
+            f"mount --bind {shlex.quote(str(host.dir / 'shm'))} /dev/shm\n"
+            f"mount --bind {shlex.quote(str(self.base / 'hosts'))} /etc/hosts\n"
             f'for d in {hidden}; do mount -t tmpfs -o ro,size=4k,mode=0 hidden "$d"; done\n'
         )
         mnt, uts = self._ns_files(host)

@@ -3,14 +3,18 @@ between hosts; what it promises is checked from inside the hosts and from the ma
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+import testhosts
 from testhosts import Hosts, HostsError, parse_rate
 
 MakeHosts = Callable[..., Hosts]
@@ -138,6 +142,29 @@ def test_each_host_has_its_own_name_tmp_and_folder(make_hosts: MakeHosts) -> Non
     argv = [sys.executable, "-c", lookup, hosts[2].name, hosts[1].name]
     resolved = hosts.run(2, argv, capture_output=True, text=True)
     assert resolved.stdout.split() == [hosts[2].address, hosts[1].address], resolved.stderr
+
+
+@pytest.mark.hosts
+def test_code_under_tmp_stays_visible_on_the_hosts(tmp_path: Path) -> None:
+    # A checkout under /tmp (CI's clone, say) must run on hosts, whose /tmp is their own.
+    # Started in tmp_path, python imports that copy rather than the installed one.
+    shutil.copytree(Path(testhosts.__file__).parent, tmp_path / "testhosts")
+    probe = (
+        "import json, os, testhosts\n"
+        "with testhosts.Hosts.up(1) as hosts:\n"
+        "    ls = lambda path: hosts.run(1, ['ls', path], capture_output=True, text=True).stdout\n"
+        "    here = os.path.dirname(testhosts.__file__)\n"
+        "    print(json.dumps([testhosts.__file__, ls(here).split(), ls('/tmp').split()]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    where, files, host_tmp = json.loads(done.stdout)
+    assert where == str(tmp_path / "testhosts" / "__init__.py")
+    assert "hosts.py" in files
+    # The host's own /tmp holds just the way down to the kept folder, not the machine's.
+    assert host_tmp == [tmp_path.relative_to("/tmp").parts[0]]
 
 
 @pytest.mark.hosts
