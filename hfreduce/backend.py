@@ -9,6 +9,7 @@ communication hooks and ``async_op=True`` callers can chain on them.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import torch
@@ -72,6 +73,21 @@ def _delegate(gloo_method: str):
     return forward
 
 
+def _gloo_group(
+    store: Store, rank: int, size: int, timeout: timedelta, address: str | None
+) -> dist.ProcessGroupGloo:
+    """The gloo group for the collectives that are not ours, on the address hfreduce's
+    links use unless ``GLOO_SOCKET_IFNAME`` chooses gloo's own. Left alone, gloo announces
+    what the host name resolves to: on a machine with several networks that may be another
+    one than ``HFREDUCE_SOCKET_IFNAME`` picked, or one the other nodes do not reach."""
+    if address is None or os.environ.get("GLOO_SOCKET_IFNAME"):
+        return dist.ProcessGroupGloo(store, rank, size, timeout)
+    options = dist.ProcessGroupGloo._Options()
+    options._timeout = timeout
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
+    return dist.ProcessGroupGloo(store, rank, size, options)
+
+
 class ProcessGroupHfreduce(dist.ProcessGroup):
     """A process group over one hfreduce communicator plus a gloo group for the rest."""
 
@@ -79,7 +95,8 @@ class ProcessGroupHfreduce(dist.ProcessGroup):
         super().__init__(rank, size)
         config = load_config(timeout_s=timeout.total_seconds())
         self.communicator = Communicator(PrefixStore("hfreduce", store), rank, size, config=config)
-        self._gloo = dist.ProcessGroupGloo(PrefixStore("gloo", store), rank, size, timeout)
+        gloo_store = PrefixStore("gloo", store)
+        self._gloo = _gloo_group(gloo_store, rank, size, timeout, self.communicator.link_address)
 
     def getBackendName(self) -> str:  # noqa: N802 (torch's name)
         return BACKEND_NAME

@@ -87,6 +87,8 @@ class Communicator:
                 self.config.socket_ifname,
                 self.config.socket_address,
             )
+        self.link_address = host
+        """The address this rank's links to other nodes use; None on one node."""
         self.arena = open_arena(
             store, self.topology, self.config.pipeline_depth, self.config.chunk_bytes, timeout
         )

@@ -3,9 +3,11 @@ same weights on it as on gloo."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -95,6 +97,30 @@ def test_every_collective(nodes: int, per_node: int) -> None:
         if r == 1:
             assert torch.equal(v["recv"], torch.full((2,), 7.0))
         assert "reduce op PRODUCT is not supported" in v["product"]
+
+
+def _gloo_listening_addresses() -> list[str]:
+    """Where this rank listens once a collective ran on gloo, the store's port left out
+    (hfreduce's own listener closes once its links are up)."""
+    dist.init_process_group("hfreduce")
+    t = torch.zeros(4)
+    dist.broadcast(t, src=0)  # not ours: the gloo group's
+    store_port = int(os.environ["MASTER_PORT"])
+    listening = [
+        c.laddr.ip
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port != store_port
+    ]
+    dist.destroy_process_group()
+    return listening
+
+
+def test_the_gloo_group_uses_hfreduces_link() -> None:
+    # This machine's host name resolves to 127.0.0.1: gloo left alone would announce that.
+    env = {"HFREDUCE_SOCKET_ADDRESS": "127.0.0.3", "GLOO_SOCKET_IFNAME": ""}
+    outcomes = run_ranks(_gloo_listening_addresses, nodes=2, ranks_per_node=1, env=env)
+    for o in outcomes:
+        assert o.value and set(o.value) == {"127.0.0.3"}, (o.rank, o.value)
 
 
 def _leave_a_cycle(marker: str) -> int:
