@@ -77,6 +77,9 @@ class ServerConfig(BaseModel):
     """SQLAlchemy URL; empty means SQLite in the state folder."""
     state_dir: str = "~/.hai"
     """The platform's state folder; ``HAI_STATE_DIR`` is an older name of its variable."""
+    rank_log_bytes: int = Field(1 << 30, gt=0)
+    """The most the server keeps of one rank's log (agents ship them): what a job prints
+    beyond it stays on its node only, so no job fills the server's disk."""
 
 
 class AgentConfig(BaseModel):

@@ -67,7 +67,8 @@ class ShipReply:
     shared: bool
     """The agent writes the server's own files (one state folder): nothing was written."""
     sizes: list[int] = field(default_factory=list)
-    """The server's size of each named log after the call, in the call's order."""
+    """How much of each named log the server has taken after the call, in the call's
+    order: its size, or past the server's limit also what it read and dropped."""
 
 
 def _number(entry: dict[str, Any], name: str) -> int:
@@ -117,9 +118,11 @@ def _too_big(size: int) -> ConfigError:
 class LogSink:
     """The server's side: checks who ships what, and appends it under the state folder."""
 
-    def __init__(self, store: StateStore, state_dir: Path, folder_id: str) -> None:
+    def __init__(self, store: StateStore, state_dir: Path, folder_id: str, limit: int) -> None:
         self.store = store
         self.state_dir = state_dir
+        self.limit = limit
+        """The most kept of one log (``server.rank_log_bytes``)."""
         self.folder_id = folder_id
         """Random, new at each server start, kept in the state folder's ``server.json``:
         an agent that finds the same id in its own folder shares this one."""
@@ -139,17 +142,30 @@ class LogSink:
         sizes = []
         with self._lock:
             for path, a in zip(paths, appends, strict=True):
-                size = _size(path)
-                # Already here (a retry), or a hole if written: skip; the size tells the
-                # agent where to go on from.
-                new = a.data[size - a.offset :] if a.offset <= size else b""
-                if new:
-                    private_dir(path.parent)
-                    with open_private(path) as f:
-                        f.write(new)
-                    size += len(new)
-                sizes.append(size)
+                sizes.append(self._append(path, a, node))
         return ShipReply(False, sizes)
+
+    def _append(self, path: Path, a: Append, node: str) -> int:
+        size = _size(path)
+        if size >= self.limit:  # full: what comes is taken and dropped
+            return max(size, a.offset + len(a.data))
+        # Already here (a retry), or a hole if written: skip; the size tells the agent
+        # where to go on from.
+        new = a.data[size - a.offset :] if a.offset <= size else b""
+        if not new:
+            return size
+        taken = size + len(new)
+        if taken > self.limit:
+            new = (
+                new[: self.limit - size]
+                + (
+                    f"\n[hai: this log is cut at {self.limit} bytes; the rest is on node {node}]\n"
+                ).encode()
+            )
+        private_dir(path.parent)
+        with open_private(path) as f:
+            f.write(new)
+        return taken
 
     def _path(self, node: str, a: Append) -> Path:
         run = self.store.get_run(a.run_id)

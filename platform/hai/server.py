@@ -148,7 +148,9 @@ class Server:
             self.store, config, on_suspended=self.metrics.suspend_latency.observe
         )
         self.service = Service(self.scheduler, state_dir)
-        self.logs = LogSink(self.store, state_dir, secrets.token_hex(16))
+        self.logs = LogSink(
+            self.store, state_dir, secrets.token_hex(16), config.server.rank_log_bytes
+        )
         self._stop = threading.Event()
         self._grpc: grpc.Server | None = None
         self._loop: threading.Thread | None = None

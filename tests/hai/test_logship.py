@@ -29,11 +29,11 @@ from ..waiting import wait_for
 
 
 class Platform:
-    def __init__(self, tmp_path: Path, port: int) -> None:
+    def __init__(self, tmp_path: Path, port: int, rank_log_bytes: int = 1 << 30) -> None:
         self.config = load_config(
             env={},
             overrides={
-                "server": {"port": port},
+                "server": {"port": port, "rank_log_bytes": rank_log_bytes},
                 "scheduler": {"pass_interval_s": 0.1, "node_lease_s": 60},
                 # run_as agent: the ranks run this test's Python, in root's 0700 home on CI.
                 "agent": {"health_interval_s": 3600, "log_ship_interval_s": 0.1, "run_as": "agent"},
@@ -125,6 +125,29 @@ def test_a_node_may_not_ship_others_logs_nor_too_much(platform: Platform) -> Non
             outsider.call("AppendLogs", node="n9", appends=[{**entry, "rank": 0}])
     finally:
         outsider.close()
+
+
+def test_the_server_keeps_at_most_its_limit_of_a_log(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    platform = Platform(tmp_path, free_port(), rank_log_bytes=4096)
+    try:
+        _fill_past_the_limit(platform)
+    finally:
+        platform.close()
+
+
+def _fill_past_the_limit(platform: Platform) -> None:
+    run = platform.two_node_run()
+    mine = run["nodes"].index("node-0")
+    assert platform.ship("node-0", run, mine, 0, b"a" * 4000)["sizes"] == [4000]
+    # Past the limit the rest is taken (the agent goes on) but not kept.
+    assert platform.ship("node-0", run, mine, 4000, b"b" * 200)["sizes"] == [4200]
+    assert platform.ship("node-0", run, mine, 4200, b"c" * 300)["sizes"] == [4500]
+    assert platform.served(run, mine).read_bytes() == (
+        b"a" * 4000 + b"b" * 96 + b"\n[hai: this log is cut at 4096 bytes; the rest is on node "
+        b"node-0]\n"
+    )
 
 
 def test_an_agent_in_the_servers_folder_ships_nothing(platform: Platform) -> None:
