@@ -280,15 +280,27 @@ _RANK_START_S = 120  # a rank's start-up on a loaded machine; only bounds the wa
 _SLOWEST = 10  # the most times the link bound a call may take (gloo, a loaded machine)
 
 
+def host_rank_environment(hosts: Hosts, rank: int, per_node: int) -> dict[str, str]:
+    """The environment of rank ``rank`` of a job with ``per_node`` ranks on each of
+    ``hosts``, as the platform gives it there: it runs on host ``1 + rank // per_node``,
+    MASTER_ADDR is host 1's address, the node id its host's name, and hfreduce's and gloo's
+    links use eth0, the hosts' bridge."""
+    return {
+        **rank_environment(rank, len(hosts), per_node, 29500, master_addr=hosts[1].address),
+        "HFREDUCE_NODE_ID": hosts[1 + rank // per_node].name,
+        "HFREDUCE_SOCKET_IFNAME": "eth0",
+        "GLOO_SOCKET_IFNAME": "eth0",
+    }
+
+
 def _run_on_hosts(
     nodes: int, per_node: int, link: str, sizes: list[int], iters: int
 ) -> list[dict[str, dict[str, list]]]:
     """Every rank's ``_rank_bench_hosts`` results: ranks on test hosts with shaped links.
 
-    Rank r runs on host ``1 + r // per_node`` with the environment the platform gives a
-    rank there (MASTER_ADDR host 1's address, the host's name as node id, eth0 for both
-    hfreduce's and gloo's links). Its results and log go to the host's own folder, which
-    this process sees too (a file in /tmp would be the host's own /tmp).
+    Rank r runs on host ``1 + r // per_node`` (:func:`host_rank_environment`). Its results
+    and log go to the host's own folder, which this process sees too (a file in /tmp would
+    be the host's own /tmp).
     """
     calls = (iters + 2) * 2  # warm-up and timed rounds, gloo and hfreduce
     deadline_s = _RANK_START_S + calls * _SLOWEST * sum(sizes) * 8 / parse_rate(link)
@@ -299,13 +311,7 @@ def _run_on_hosts(
         try:
             for rank in range(nodes * per_node):
                 host = hosts[1 + rank // per_node]
-                env = {
-                    **os.environ,
-                    **rank_environment(rank, nodes, per_node, 29500, master_addr=hosts[1].address),
-                    "HFREDUCE_NODE_ID": host.name,
-                    "HFREDUCE_SOCKET_IFNAME": "eth0",
-                    "GLOO_SOCKET_IFNAME": "eth0",
-                }
+                env = {**os.environ, **host_rank_environment(hosts, rank, per_node)}
                 outs.append(host.dir / f"bench-{rank}.json")
                 logs.append(host.dir / f"bench-{rank}.log")
                 argv = [sys.executable, "-m", "hfreduce.bench", "--rank-out", str(outs[-1])]

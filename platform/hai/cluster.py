@@ -158,7 +158,7 @@ def up(
     if metrics_port:
         info.metrics_ports = {"server": metrics_port}
         info.metrics_ports.update({f"node-{i}": metrics_port + 1 + i for i in range(nodes)})
-        _write_prometheus_targets(state_dir, info.metrics_ports)
+        _write_prometheus_targets(state_dir, info.metrics_ports, lambda name: host(name)[0])
     started: dict[str, _Started] = {}
     logs = state_dir / "logs"
     client = ApiClient(address, None, timeout_s=2.0)
@@ -176,6 +176,8 @@ def up(
             agent_host, agent_wrap = host(name)
             agent_dir = private_dir(state_dir / "agents" / name) if placement else state_dir
             agent_env = prepare_agents(client, agent_dir, [name], env)  # no token, its own
+            if placement:  # its metrics where a Prometheus elsewhere reaches them
+                agent_env["HAI_AGENT__METRICS_HOST"] = agent_host
             where = ["--address", agent_host] if placement else []
             started[name] = _spawn(
                 [
@@ -227,9 +229,14 @@ def _metrics_args(port: int | None) -> list[str]:
     return ["--metrics-port", str(port)] if port else []
 
 
-def _write_prometheus_targets(state_dir: Path, ports: dict[str, int]) -> None:
+def _write_prometheus_targets(
+    state_dir: Path, ports: dict[str, int], host_of: Callable[[str], str]
+) -> None:
     groups = [
-        {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "hai", "instance_name": name}}
+        {
+            "targets": [host_port(host_of(name), port)],
+            "labels": {"job": "hai", "instance_name": name},
+        }
         for name, port in ports.items()
     ]
     replace_text(state_dir / PROMETHEUS_TARGETS, json.dumps(groups, indent=1))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from hfreduce.arena import SHM_PREFIX
-from hfreduce.launch import rank_environment
+from hfreduce.bench import host_rank_environment
 from testhosts import Hosts
 from tests.hfreduce.hosts_rank import FAILED
 
@@ -44,10 +44,7 @@ def _ranks(hosts: Hosts, mode: str, timeout_s: int) -> Iterator[list[subprocess.
             host = hosts[1 + rank // PER_HOST]
             env = {
                 **os.environ,
-                **rank_environment(rank, HOSTS, PER_HOST, 29500, master_addr=hosts[1].address),
-                "HFREDUCE_NODE_ID": host.name,
-                "HFREDUCE_SOCKET_IFNAME": "eth0",
-                "GLOO_SOCKET_IFNAME": "eth0",
+                **host_rank_environment(hosts, rank, PER_HOST),
                 "HFREDUCE_TIMEOUT": str(timeout_s),
             }
             argv = [sys.executable, "-m", "tests.hfreduce.hosts_rank", mode, str(host.dir)]

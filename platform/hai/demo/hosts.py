@@ -32,12 +32,14 @@ from testhosts import Hosts, hosts_missing
 CONTROL_HOST = 1
 STORAGE_HOSTS = (2, 3, 4)
 CUT_HOST = 3
-"""The storage host cut off midway: storage-2's."""
+"""The storage host cut off midway."""
+CUT_TARGET = STORAGE_HOSTS.index(CUT_HOST) + 1
+"""Its fs3 target's id (``storage-2``)."""
 FIRST_NODE_HOST = 5
 CUT_AT, RESTORE_AT = 0.2, 0.6
+"""Shares of the training job's steps after which the storage host is cut and restored."""
 HOST_OWN_FOLDERS = (Path("/tmp"), Path("/dev/shm"))
 """Each host has its own: the demo's folder, which every host's processes use, cannot be there."""
-"""Shares of the training job's steps after which the storage host is cut and restored."""
 
 
 @dataclass
@@ -104,24 +106,27 @@ class HostsStack(DemoStack):
         host = self.hosts[CUT_HOST]
         if self.cut is None and step >= steps * CUT_AT:
             self.hosts.cut(CUT_HOST)
-            target = f"storage-{STORAGE_HOSTS.index(CUT_HOST) + 1}"
-            self.cut = CutOff(host.name, host.address, target, step)
+            self.cut = CutOff(host.name, host.address, f"storage-{CUT_TARGET}", step)
         elif self.cut and self.cut.restored_at_step is None and step >= steps * RESTORE_AT:
-            self.cut.state_when_restored = "/".join(sorted(set(self._cut_target_states())))
-            self.hosts.restore(CUT_HOST)
+            self._restore(self.cut)
             self.cut.restored_at_step = step
+
+    def _restore(self, cut: CutOff) -> None:
+        """Connects the cut-off host again, noting first what mgmtd made of its target."""
+        assert self.hosts is not None
+        cut.state_when_restored = "/".join(sorted(set(self._cut_target_states())))
+        self.hosts.restore(CUT_HOST)
 
     def _cut_target_states(self) -> list[str]:
         """The cut-off target's state in each of its chains, as mgmtd has it now."""
         assert self.fs3 is not None
-        target = STORAGE_HOSTS.index(CUT_HOST) + 1
         client = MgmtdClient(self.fs3.address, 5.0)
         try:
             table = client.refresh()
         finally:
             client.close()
         members = (m for chain in table.chains.values() for m in chain.members)
-        return [m.state for m in members if m.target_id == target]
+        return [m.state for m in members if m.target_id == CUT_TARGET]
 
     def _wait_resynced(self, timeout_s: float = 60.0) -> bool:
         """Whether the cut-off target serves every chain again within ``timeout_s``."""
@@ -141,9 +146,7 @@ class HostsStack(DemoStack):
         files = fs.find(checkpoint_url)
         read = sum(len(fs.cat_file(path)) for path in files)
         if cut.restored_at_step is None:  # the job ended first
-            cut.state_when_restored = "/".join(sorted(set(self._cut_target_states())))
-            assert self.hosts is not None
-            self.hosts.restore(CUT_HOST)
+            self._restore(cut)
         back = "resynced and serving again" if self._wait_resynced() else "not yet resynced"
         restored = f"step {cut.restored_at_step}" if cut.restored_at_step else "the end"
         return (
