@@ -29,7 +29,7 @@ from hfreduce.kernels import ReduceOp, check_supported
 from hfreduce.network import TreeWorker
 from hfreduce.pipeline import ChunkPipeline
 from hfreduce.topology import Topology, default_node_id, discover
-from hfreduce.transport import connect_trees
+from hfreduce.transport import connect_trees, fail_links
 from hfreduce.tree import double_tree
 
 _Task = tuple[torch.Tensor, ReduceOp, torch.futures.Future, bool]
@@ -231,8 +231,7 @@ class Communicator:
             self._failure_told.wait(timeout=10)
             return
         # Partners first, then the node: the node's ranks may exit as soon as they see it.
-        for link in self._links:
-            link.fail(str(exc), self.rank)
+        fail_links(self._links, str(exc), self.rank)
         self.arena.post_failure(str(exc))
         self._failure_told.set()
 
@@ -241,8 +240,7 @@ class Communicator:
 
         Bounded by half the timeout: a TCPStore whose host is cut off answers no request
         and its client waits forever (torch 2.13), while this rank must still fail its links
-        and tell its node before the node's other ranks give up on it (at three timeouts,
-        against the two a tree link waits).
+        and tell its node before the node's other ranks give up on it (pipeline._patience).
         """
         found: list[str | None] = []
 

@@ -38,6 +38,7 @@ from hfreduce.kernels import CODE_DTYPES, ReduceOp, copy_into, reduce_into
 from hfreduce.network import TreeWorker
 from hfreduce.plan import CallPlan, split
 from hfreduce.topology import Topology
+from hfreduce.transport import LINK_PATIENCE
 
 
 class _DeviceCopies:
@@ -106,9 +107,13 @@ def _patience(word: int, config: HfreduceConfig) -> float:
     The rank nearest a hung peer must be the one to time out, so that its message (which
     names the peer, and reaches everyone through the failure it posts) wins the race:
     local stages wait ``timeout_s``, tree links twice that (transport.LINK_PATIENCE), and
-    the words a tree worker writes, which only wait on those links, three times.
+    the words a tree worker writes, which only wait on those links, two more: the worker's
+    rank takes up to half a timeout to consult the job's store and FAILURE_NOTICE_S to tell
+    its partners before it posts the failure on the node.
     """
-    return config.timeout_s * (3 if word in (DONE0, DONE1) else 1)
+    if word in (DONE0, DONE1):
+        return config.timeout_s * (LINK_PATIENCE + 2)
+    return config.timeout_s
 
 
 class ChunkPipeline:

@@ -35,6 +35,9 @@ _SOCKET_BUFFER = 4 << 20
 # A partner is given twice the call timeout: if it waits on a hung rank of its own node,
 # that node's timeout fires first and its failure (naming the hung rank) reaches us.
 LINK_PATIENCE = 2
+# The longest a failing rank spends telling its partners (Link.fail's own waits, all links
+# at once): one on a host cut off accepts nothing, and our node's ranks wait for the notice.
+FAILURE_NOTICE_S = 2.5
 
 
 class Frame(NamedTuple):
@@ -166,6 +169,25 @@ class Link:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def fail_links(links: list[Link], reason: str, sender: int) -> None:
+    """Link.fail on every link in parallel, returning within FAILURE_NOTICE_S.
+
+    One after another, each partner on a host cut off would cost its own send and drain
+    waits. Daemon threads: one still draining must not keep the process from exiting.
+    """
+    threads = [
+        threading.Thread(
+            target=link.fail, args=(reason, sender), name="hfreduce-notice", daemon=True
+        )
+        for link in links
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + FAILURE_NOTICE_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass
