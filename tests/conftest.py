@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from hai.doctor import find_postgres_bindir
 from testhosts import Hosts, hosts_missing
+from tests.kube.control_plane import kube_missing
 
 
 def _cuda_missing() -> str | None:
@@ -53,6 +54,7 @@ _NEEDS: dict[str, Callable[[], str | None]] = {
     "postgres": _postgres_missing,
     "fuse": _fuse_missing,
     "hosts": hosts_missing,
+    "kube": kube_missing,
 }
 
 

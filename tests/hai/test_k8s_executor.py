@@ -35,10 +35,11 @@ from hai.k8s.names import (
     POD_FINALIZER,
     master_address,
 )
+from tests.kube.kubelet import FakeKubelet
 
 from ..waiting import wait_for
 from . import test_executor as conformance
-from .k8s_emulator import FakeKubelet, KubernetesApi
+from .k8s_emulator import KubernetesApi
 
 # The conformance suite lives in test_executor.py; its tests run here on our fixture.
 test_worst_rank_code_and_logs = conformance.test_worst_rank_code_and_logs

@@ -285,8 +285,9 @@ def platform(
     pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
     pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
     from hai import agent
+    from tests.kube.kubelet import FakeKubelet
 
-    from .k8s_emulator import FakeKubelet, KubernetesApi
+    from .k8s_emulator import KubernetesApi
 
     # Node health checks are not under test, and their CPU floor fails a node of a busy
     # 2-core CI machine, which then gets no work.
