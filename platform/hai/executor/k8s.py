@@ -8,7 +8,11 @@ the run's control folder, a host folder the agent and the pod share: the agent w
 ``suspend``, ``hai.client.go_suspend()`` in the pod writes ``suspend_ack``.
 
 Pods carry :data:`~hai.k8s.names.POD_FINALIZER`, so a deleted pod stays readable until
-this executor has recorded how its ranks ended; it then drops the finalizer.
+this executor has recorded how its ranks ended; it then drops the finalizer. A pod deleted
+by anyone but this executor (kubectl delete, a drain) ends its run as lost with its node
+(-9, requeued), not with the code the kubelet's SIGTERM leaves. A pod, Secret or Service
+the API refuses to create (RBAC, quota, admission, a missing namespace) ends the run with
+127 and the API's answer in the rank logs.
 
 The run's token and the job's secret variables go into a Secret per pod, created before
 the pod and then owned by it: the garbage collector deletes it with the pod, and
@@ -87,9 +91,12 @@ class KubernetesExecutor(Executor):
         self._runs: dict[int, _PodRun] = {}
 
     # ---- Kubernetes calls, with errors in the platform's terms ----------------------------
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, what: str, fn: Callable[..., Any], *args: Any, missing: bool = True, **kwargs: Any
+    ) -> Any:
         """Calls the API and returns the answer as JSON (the client's models are left out:
-        they reject objects a newer server adds fields to); None on 404.
+        they reject objects a newer server adds fields to); None on 404 while ``missing``
+        allows it (a create's 404, a namespace that does not exist, is a refusal).
 
         Raises Unavailable when the API cannot be reached (the agent retries on its next
         heartbeat); other API errors propagate.
@@ -101,7 +108,7 @@ class KubernetesExecutor(Executor):
             reply = fn(*args, _preload_content=False, **kwargs)
             return json.loads(reply.data) if reply.data else {}
         except ApiException as err:
-            if err.status == 404:
+            if err.status == 404 and missing:
                 return None
             raise
         except HTTPError as err:
@@ -157,8 +164,6 @@ class KubernetesExecutor(Executor):
 
     # ---- the Executor interface -----------------------------------------------------------
     def start(self, launch: Launch) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         if launch.run_id in self._runs:
             raise StateError(f"run {launch.run_id} already started on this node")
         # The job's container may run as any user: it must be able to write its
@@ -171,46 +176,55 @@ class KubernetesExecutor(Executor):
         placement = placement_for(launch, self.config)
         pod = pod_manifest(launch, placement, launcher)
         run = _PodRun(launch, placement.namespace, pod["metadata"]["name"])
-        try:
-            if launch.node_rank == 0:
-                self._create(
-                    self.api.create_namespaced_service, service_manifest(launch, placement)
-                )
-            if secret_values(launch):
-                self._create(self.api.create_namespaced_secret, secret_manifest(launch, placement))
-            created = self._create(self.api.create_namespaced_pod, pod) or self._read_pod(run)
-            if secret_values(launch) and created is not None:
-                self._call(
-                    "give a Secret its owner",
-                    self.api.patch_namespaced_secret,
-                    secret_name(run.name),
-                    run.namespace,
-                    secret_owner_patch(created),
-                )
-        except ApiException as err:
-            # Refused (quota, admission, a missing namespace): the ranks cannot start, which
-            # the restart policy handles like any command that cannot start.
-            reason = f"hai: Kubernetes refused pod {run.name}: {err.status} {err.reason}: "
-            reason += (err.body or "")[:500] if isinstance(err.body, str) else ""
-            self._log(launch, reason)
+        objects = []
+        if launch.node_rank == 0:
+            objects.append(service_manifest(launch, placement))
+        if secret_values(launch):
+            objects.append(secret_manifest(launch, placement))
+        objects.append(pod)
+        refusal = self._create_all(objects)
+        if refusal:
+            # Refused (RBAC, quota, admission, a missing namespace): the ranks cannot start,
+            # which the restart policy handles like any command that cannot start.
+            self._log(launch, f"hai: Kubernetes refused {refusal}")
             run.code = CANNOT_START
+        elif secret_values(launch):
+            self._own_secret(run)
         self._runs[launch.run_id] = run
         log.info("run %d: pod %s/%s on %s", launch.run_id, run.namespace, run.name, launch.node)
 
-    def _create(self, fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any] | None:
-        """Creates ``body`` and returns it as the API stored it; None when it exists already,
-        which is taken as ours (the same run's pod, Secret or Service, made by this node's
-        agent before it restarted)."""
+    def _create_all(self, objects: list[dict[str, Any]]) -> str:
+        """Creates ``objects`` in order and returns "", or stops at the first one the API
+        refuses (any status but 409, 404 for a missing namespace included) and returns which
+        one and the API's answer. One that exists already (409) is taken as ours: the same
+        run's, made by this node's agent before it restarted."""
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            return self._call(
-                f"create {body['metadata']['name']}", fn, body["metadata"]["namespace"], body
+        create = {
+            "Service": self.api.create_namespaced_service,
+            "Secret": self.api.create_namespaced_secret,
+            "Pod": self.api.create_namespaced_pod,
+        }
+        for body in objects:
+            what, namespace = _what(body), body["metadata"]["namespace"]
+            try:
+                self._call(f"create {what}", create[body["kind"]], namespace, body, missing=False)
+            except ApiException as err:
+                if err.status != 409:
+                    return f"{what}: {_answer(err)}"
+        return ""
+
+    def _own_secret(self, run: _PodRun) -> None:
+        """Makes the pod its Secret's owner, so the garbage collector deletes it with the pod."""
+        pod = self._read_pod(run)
+        if pod is not None:
+            self._call(
+                "give a Secret its owner",
+                self.api.patch_namespaced_secret,
+                secret_name(run.name),
+                run.namespace,
+                secret_owner_patch(pod),
             )
-        except ApiException as err:
-            if err.status != 409:
-                raise
-            return None
 
     def launch_of(self, run_id: int) -> Launch:
         return self._runs[run_id].launch
@@ -229,7 +243,9 @@ class KubernetesExecutor(Executor):
         except Unavailable as err:
             log.warning("%s", err)
             return None
-        outcome = pod_outcome(pod, self._clock(), self.config.start_timeout_s)
+        outcome = pod_outcome(
+            pod, self._clock(), self.config.start_timeout_s, deleted_by_agent=run.deleting
+        )
         if outcome.exit_code is None:
             return None
         run.code = outcome.exit_code
@@ -251,8 +267,10 @@ class KubernetesExecutor(Executor):
             return
         if not run.deleting:
             self._delete_pod(run, 0)
-        self._release(run.namespace, run.name)
+        # The Secret before the finalizer: the pod's release would hand it to the garbage
+        # collector, and the run token should not outlive the run by the collector's delay.
         self._delete_secret(run.namespace, run.name)
+        self._release(run.namespace, run.name)
         if run.launch.node_rank == 0:
             self._call(
                 "delete a service",
@@ -272,7 +290,9 @@ class KubernetesExecutor(Executor):
 
     def remove_orphans(self, node: str) -> list[str]:
         """Deletes pods on ``node`` that a previous agent left (the scheduler counted their
-        runs as lost when this agent registered); returns their names."""
+        runs as lost when this agent registered); returns their names. A deleted pod stays
+        listed until its kubelet confirms that its containers are gone: one already deleted
+        and released is left to it."""
         pods = self._call(
             "list pods",
             self.api.list_pod_for_all_namespaces,
@@ -282,15 +302,13 @@ class KubernetesExecutor(Executor):
         removed = []
         for item in (pods or {}).get("items") or []:
             meta = item["metadata"]
-            lab = meta.get("labels") or {}
-            if lab.get(LABEL_MANAGED) != MANAGER or lab.get(LABEL_NODE) != label_value(node):
-                continue  # a server that ignores the selector (the test emulator)
             name, namespace = meta["name"], meta["namespace"]
-            if (namespace, name) in known:
+            released = POD_FINALIZER not in (meta.get("finalizers") or [])
+            if (namespace, name) in known or (meta.get("deletionTimestamp") and released):
                 continue
             self._call("delete a pod", self.api.delete_namespaced_pod, name, namespace)
-            self._release(namespace, name)
             self._delete_secret(namespace, name)
+            self._release(namespace, name)
             removed.append(name)
         return removed
 
@@ -300,3 +318,18 @@ class KubernetesExecutor(Executor):
             rank.log_path.parent.mkdir(parents=True, exist_ok=True)
             with rank.log_path.open("a") as f:
                 f.write(line.rstrip("\n") + "\n")
+
+
+def _what(body: dict[str, Any]) -> str:
+    """``Kind namespace/name`` of a manifest, for messages."""
+    meta = body["metadata"]
+    return f"{body['kind']} {meta['namespace']}/{meta['name']}"
+
+
+def _answer(err: Any) -> str:
+    """The API's answer to a refused request: its status and the Status object's message."""
+    try:
+        message = json.loads(err.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        message = err.body or ""
+    return f"{err.status} {err.reason}: {message}".rstrip(": ")

@@ -296,22 +296,28 @@ def container_code(terminated: dict[str, Any]) -> int:
     return -(code - 128) if 128 < code <= 128 + 64 else code
 
 
+def _when(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def _age_s(pod: dict[str, Any], now: datetime.datetime) -> float:
     created = pod.get("metadata", {}).get("creationTimestamp")
-    if not created:
-        return 0.0
-    when = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-    return (now - when).total_seconds()
+    return (now - _when(str(created))).total_seconds() if created else 0.0
 
 
 def pod_outcome(
-    pod: dict[str, Any] | None, now: datetime.datetime, start_timeout_s: float
+    pod: dict[str, Any] | None,
+    now: datetime.datetime,
+    start_timeout_s: float,
+    *,
+    deleted_by_agent: bool = False,
 ) -> PodOutcome:
     """Reads an observed pod (None: it is gone) into an exit code.
 
     * all containers terminated: the worst of their codes;
-    * gone without a terminated state, or failed for a node reason (eviction, node
-      shutdown, admission): :data:`LOST`, which the scheduler requeues like node loss;
+    * gone, failed for a node reason (eviction, node shutdown, admission), or deleted by
+      someone other than its agent (``deleted_by_agent`` False) and its containers stopped:
+      :data:`LOST`, which the scheduler requeues like node loss;
     * a container unable to start (image pull, bad config) for ``start_timeout_s``:
       :data:`CANNOT_START`, which the restart policy handles like a failed command;
     * otherwise None: still starting or running.
@@ -320,6 +326,16 @@ def pod_outcome(
         return PodOutcome(LOST, "the pod is gone")
     status = pod.get("status") or {}
     containers = status.get("containerStatuses") or []
+    deleted = (pod.get("metadata") or {}).get("deletionTimestamp")
+    if deleted and not deleted_by_agent:
+        # Deleted behind its agent's back (kubectl delete, a drain): the node was taken from
+        # the ranks, as on node loss, whatever code the kubelet's signal left; the run ends
+        # once the kubelet has stopped them. Ranks that ended on their own just before are
+        # requeued too: no timestamp tells them apart (deletionTimestamp is when the grace
+        # period ends, until the kubelet's confirmation makes it that moment).
+        if any("running" in (c.get("state") or {}) for c in containers):
+            return PodOutcome(None)
+        return PodOutcome(LOST, "the pod was deleted by someone other than its agent")
     reason = status.get("reason") or ""
     if status.get("phase") == "Failed" and (
         reason in NODE_LOSS_REASONS or reason.startswith("OutOf") or not containers
@@ -348,9 +364,8 @@ def is_stuck(pod: dict[str, Any], now: datetime.datetime, slack_s: float) -> boo
     deleted = meta.get("deletionTimestamp")
     if not deleted or POD_FINALIZER not in (meta.get("finalizers") or []):
         return False
-    when = datetime.datetime.fromisoformat(str(deleted).replace("Z", "+00:00"))
     grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-    return (now - when).total_seconds() > grace + slack_s
+    return (now - _when(str(deleted))).total_seconds() > grace + slack_s
 
 
 def without_finalizer_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
