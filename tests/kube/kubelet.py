@@ -97,6 +97,10 @@ class FakeKubelet:
             seen.add(key)
             container = self._running.get(key)
             if container is None:
+                if meta.get("deletionTimestamp"):  # deleted before it started: nothing runs
+                    if self.confirms_deletion:
+                        self._confirm_deletion(pod)
+                    continue
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
                 container = self._start(pod)
