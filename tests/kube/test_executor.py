@@ -425,8 +425,10 @@ def test_a_pod_whose_secret_is_missing_cannot_start_its_ranks(
     admin.delete_namespaced_secret("hai-j3-r100-n0-env", namespace)
     with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
         assert conformance.wait_exit(ex, 100) == CANNOT_START
-    assert "CreateContainerConfigError" in rank_log(plan)
-    ex.forget(100)
+        assert "CreateContainerConfigError" in rank_log(plan)
+        ex.forget(100)
+        # Nothing ever ran: the kubelet confirms the deletion at once and the pod goes.
+        wait_for("the pod to go", lambda: read_pod(admin, "hai-j3-r100-n0", namespace) == {})
 
 
 # ---- through a hai server and an agent: what the scheduler makes of the codes --------------
