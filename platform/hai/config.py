@@ -132,7 +132,14 @@ class K8sConfig(BaseModel):
     model_config = _GROUP
 
     api_url: str = ""
-    """Kubernetes API server URL; empty means in-cluster credentials, else ~/.kube/config."""
+    """Kubernetes API server URL; empty means the pod's service account, else the kubeconfig
+    (KUBECONFIG or ~/.kube/config)."""
+    token_file: str = ""
+    """With ``api_url``: a file holding the bearer token to present (read again on each
+    request, so a rotated token is picked up); empty sends none."""
+    ca_file: str = ""
+    """With ``api_url``: the CA certificate (PEM) that the API server's certificate must chain
+    to; empty trusts the system's CAs."""
     namespace: str = "hai-jobs"
     """Where the pods of jobs submitted with ``hai submit`` run (a HaiJob's run in its own)."""
     image: str = "fireflyer:latest"

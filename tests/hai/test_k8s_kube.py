@@ -1,5 +1,5 @@
-"""What `hai agent --kubernetes` and `hai server` (with the chart's token) set up, against
-kmock's in-memory API (k8s_emulator.py; no admission, garbage collection or kubelet)."""
+"""What `hai agent --kubernetes` and `hai server` (with the chart's token) set up. The agent
+against a real kube-apiserver is in tests/kube/test_operator.py."""
 
 from __future__ import annotations
 
@@ -8,43 +8,8 @@ from pathlib import Path
 import pytest
 
 from hai.auth import authenticate
-from hai.config import K8sConfig
-from hai.k8s.kube import bootstrap_admin, kubernetes_executor
-from hai.k8s.names import LABEL_MANAGED, LABEL_NODE
+from hai.k8s.kube import bootstrap_admin
 from hai.store import SqlStore, sqlite_url
-
-
-def test_the_agent_reads_its_nodes_gpus_and_pool_and_removes_orphaned_pods() -> None:
-    pytest.importorskip("kmock", reason="the test extra (kmock, Python 3.11+) is not installed")
-    from kubernetes import client
-
-    from .k8s_emulator import KubernetesApi
-
-    with KubernetesApi() as kube:
-        core = client.CoreV1Api(kube.api_client())
-        node = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "gpu-7", "labels": {"hai.fireflyer.io/group": "h800"}},
-            "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
-        }
-        core.create_node(node, _preload_content=False)
-        orphan = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": "hai-j1-r1-n0",
-                "namespace": "default",
-                "labels": {LABEL_MANAGED: "hai", LABEL_NODE: "gpu-7"},
-            },
-            "spec": {"containers": [{"name": "ranks", "image": "x"}]},
-        }
-        core.create_namespaced_pod("default", orphan, _preload_content=False)
-        executor, found = kubernetes_executor(K8sConfig(api_url=kube.url), "gpu-7")
-        assert (found.gpus, found.group) == (8, "h800")
-        assert executor.remove_orphans("gpu-7") == []  # removed already, at start
-        pods = core.list_namespaced_pod("default", _preload_content=False)
-        assert b"hai-j1-r1-n0" not in pods.data
 
 
 def test_the_charts_token_becomes_an_admins_once(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ tested without an API server:
   Secrets and never holds (anyone who may read HaiJobs would see them);
 * :func:`haijob_status`: a job's record, runs and events become ``status``;
 * :func:`suspend_action`: a change of ``spec.suspend`` becomes Suspend or Resume;
-* :func:`status_changes`: only what changed is patched.
+* :func:`status_changes`: only what changed is patched;
+* :func:`ignored_changes`: spec fields edited after submission, which the job never takes.
 """
 
 from __future__ import annotations
@@ -172,6 +173,27 @@ def suspend_action(old: Any, new: Any, state: str) -> str | None:
     return None
 
 
+def ignored_changes(haijob: dict[str, Any], submitted: dict[str, Any]) -> list[str]:
+    """The HaiJob's spec fields (``spec.FIELD``) that differ from ``submitted``, the spec of
+    the job the scheduler runs (``Describe``'s, secret values masked): edits made after
+    submission. Only ``suspend`` may change; the CRD's ``self == oldSelf`` rules refuse the
+    rest on Kubernetes 1.25+, older servers (no CEL) accept them, so the operator shows
+    them in the status instead of letting the HaiJob and its job differ unseen."""
+    try:
+        wanted = job_spec(haijob).redacted().to_dict()
+    except SpecError as err:  # edited into a spec that no job could have
+        return sorted({line.partition(":")[0] for line in err.problems})
+    return [f"spec.{camel}" for camel, name in sorted(FIELDS.items())
+            if wanted.get(name) != submitted.get(name)]  # fmt: skip
+
+
+def ignored_message(fields: list[str]) -> str:
+    return (
+        f"{', '.join(fields)} changed after submission and ignored: the job runs as "
+        "submitted (delete and recreate the HaiJob to change it)"
+    )
+
+
 def _iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
@@ -185,25 +207,37 @@ def _condition(
     status = "True" if true else "False"
     before = next((c for c in old if c.get("type") == kind), None)
     since = before["lastTransitionTime"] if before and before.get("status") == status else now
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-    }
+    return _without_empty(
+        {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since,
+        }
+    )
 
 
-def haijob_status(detail: dict[str, Any], old: dict[str, Any] | None, now: str) -> dict[str, Any]:
+def _without_empty(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` less its empty strings: optional strings are left out when empty, as
+    Kubernetes' own objects do (``omitempty``), never sent as ``""``."""
+    return {k: v for k, v in fields.items() if v != ""}
+
+
+def haijob_status(
+    detail: dict[str, Any], old: dict[str, Any] | None, now: str, ignored: list[str] | None = None
+) -> dict[str, Any]:
     """The HaiJob status for a job as the server describes it (``Describe``'s answer:
     ``job`` and its ``runs``); ``old`` is the current status (conditions keep their
-    transition times), ``now`` an RFC 3339 time."""
+    transition times), ``now`` an RFC 3339 time. ``ignored`` (:func:`ignored_changes`) leads
+    the message while the spec differs from the job's."""
     job, runs = detail["job"], detail.get("runs") or []
     last = runs[-1] if runs else None
     live = last if last is not None and last.get("state") != RUN_DONE else None
     phase = PHASES.get(job["state"], PENDING)
     reason = phase
     conditions = (old or {}).get("conditions") or []
+    said = job.get("message") or ""
     status: dict[str, Any] = {
         "phase": phase,
         "jobId": job["id"],
@@ -211,11 +245,9 @@ def haijob_status(detail: dict[str, Any], old: dict[str, Any] | None, now: str) 
         "assignedNodes": list(live["nodes"]) if live else [],
         "restartCount": job.get("restarts", 0),
         "suspendCount": job.get("suspends", 0),
-        "message": job.get("message", ""),
+        "message": "; ".join(m for m in (ignored and ignored_message(ignored), said) if m),
         "conditions": [
-            _condition(
-                conditions, "Scheduled", live is not None, reason, job.get("message", ""), now
-            ),
+            _condition(conditions, "Scheduled", live is not None, reason, said, now),
             _condition(
                 conditions,
                 "Suspended",
@@ -237,10 +269,12 @@ def haijob_status(detail: dict[str, Any], old: dict[str, Any] | None, now: str) 
     ):
         if seconds is not None:
             status[key] = _iso(seconds)
-    return status
+    return _without_empty(status)
 
 
 def status_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """The fields of ``new`` that differ from ``old``: the status patch (empty: no patch)."""
+    """The fields of ``new`` that differ from ``old``, and None for those ``new`` lacks (a
+    merge patch's null removes them): the status patch (empty: no patch)."""
     old = old or {}
-    return {k: v for k, v in new.items() if old.get(k) != v}
+    gone = dict.fromkeys(old.keys() - new.keys())
+    return gone | {k: v for k, v in new.items() if old.get(k) != v}

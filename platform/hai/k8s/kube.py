@@ -37,31 +37,70 @@ def require_k8s(command: str, *modules: str) -> None:
             ) from None
 
 
-def core_api(config: K8sConfig) -> Any:
-    """A ``kubernetes.client.CoreV1Api``: to ``k8s.api_url`` when set, else with the pod's
-    service account, else with ``~/.kube/config``.
+def client_configuration(config: K8sConfig) -> Any:
+    """The one source of the operator's and agent's credentials, as a
+    ``kubernetes.client.Configuration``: ``k8s.api_url`` with ``k8s.token_file`` and
+    ``k8s.ca_file`` when set, else the pod's service account, else the kubeconfig
+    (``KUBECONFIG`` or ``~/.kube/config``). The server's certificate is always verified.
 
     Raises:
-        ConfigError: none of the three is available.
+        ConfigError: none of the three is usable, or a file named in ``k8s`` is unreadable.
     """
     from kubernetes import client
     from kubernetes import config as kube_config
 
+    configuration = client.Configuration()
     if config.api_url:
-        configuration = client.Configuration()
-        configuration.host = config.api_url
-        return client.CoreV1Api(client.ApiClient(configuration))
+        return _with_api_url(configuration, config)
+    if config.token_file or config.ca_file:
+        raise ConfigError("k8s.token_file and k8s.ca_file need k8s.api_url (HAI_K8S__API_URL)")
     try:
-        kube_config.load_incluster_config()
+        kube_config.load_incluster_config(client_configuration=configuration)
     except kube_config.ConfigException:
         try:
-            kube_config.load_kube_config()
+            kube_config.load_kube_config(client_configuration=configuration)
         except (kube_config.ConfigException, OSError) as err:
             raise ConfigError(
-                "no Kubernetes credentials: not in a pod and no usable ~/.kube/config "
-                f"({err}); set k8s.api_url (HAI_K8S__API_URL) to the API server"
+                "no Kubernetes credentials: not in a pod and no usable kubeconfig "
+                f"({err}); set KUBECONFIG, or k8s.api_url (HAI_K8S__API_URL) to the API server"
             ) from None
-    return client.CoreV1Api()
+    return configuration
+
+
+def _with_api_url(configuration: Any, config: K8sConfig) -> Any:
+    configuration.host = config.api_url
+    if config.ca_file:
+        _readable(config.ca_file, "k8s.ca_file")
+        configuration.ssl_ca_cert = config.ca_file
+    if config.token_file:
+        _bearer(configuration, config.token_file)
+        # Projected service-account tokens rotate: the client calls this before each request.
+        configuration.refresh_api_key_hook = lambda c: _bearer(c, config.token_file)
+    return configuration
+
+
+def _readable(path: str, field: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{field}: cannot read {path}: {err}") from None
+
+
+def _bearer(configuration: Any, token_file: str) -> None:
+    token = _readable(token_file, "k8s.token_file").strip()
+    configuration.api_key["BearerToken"] = f"Bearer {token}"
+
+
+def core_api(config: K8sConfig) -> Any:
+    """A ``kubernetes.client.CoreV1Api`` with :func:`client_configuration`'s credentials.
+
+    Raises:
+        ConfigError: no credentials are found.
+    """
+    from kubernetes import client
+
+    return client.CoreV1Api(client.ApiClient(client_configuration(config)))
 
 
 @dataclass

@@ -32,6 +32,7 @@ from hai.k8s.haijob import (
     PENDING,
     find_job,
     haijob_status,
+    ignored_changes,
     job_spec,
     secret_refs,
     status_changes,
@@ -130,11 +131,28 @@ class JobPods:
         return released
 
 
+def connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from a ``kubernetes.client.Configuration`` (the one that ``core``
+    uses, :func:`hai.k8s.kube.client_configuration`'s): kopf and the client log in alike.
+    Asked again whenever the API answers 401, so a rotated token is read anew."""
+    header = configuration.get_api_key_with_prefix("BearerToken")  # refreshes the token
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
 def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.OperatorRegistry:
     """The operator's handlers on a registry of their own (``kopf.run(registry=...)``).
 
     ``call`` reaches the hai server (``ApiClient(...).call``); ``core`` is a
-    ``kubernetes.client.CoreV1Api``.
+    ``kubernetes.client.CoreV1Api``, whose credentials kopf logs in with too.
     """
     registry = kopf.OperatorRegistry()
     pods = JobPods(core, config)
@@ -158,14 +176,12 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
         # a delete waited a minute for a call that ended in milliseconds.
         settings.background.cancellation_polling = config.poll_interval_s
 
-    if config.api_url:
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=config.api_url, insecure=True)
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(core.api_client.configuration)
 
     @kopf.on.create(*resource, **retry)
-    def create(body: Any, meta: Any, spec: Any, patch: kopf.Patch, **_: Any) -> None:
+    def create(body: Any, meta: Any, spec: Any, status: Any, patch: kopf.Patch, **_: Any) -> None:
         haijob = dict(body)
         try:
             wanted = job_spec(haijob)
@@ -183,7 +199,8 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
         patch.metadata.setdefault("labels", {})[LABEL_JOB] = str(job["id"])
         if spec.get("suspend") and job["state"] == "queued":
             job = _platform(call, "Suspend", job_id=job["id"])
-        patch.status.update(haijob_status({"job": job, "runs": []}, {}, _now()))
+        first = haijob_status({"job": job, "runs": []}, {}, _now())
+        patch.status.update(status_changes(dict(status), first))  # a Pending message goes
         log.info("HaiJob %s/%s is job %d", meta["namespace"], meta["name"], job["id"])
 
     @kopf.on.field(*resource, field="spec.suspend", **retry)
@@ -205,7 +222,7 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
     # Finished HaiJobs are not polled: a finished job never changes again. (A pod stuck on
     # a dead node after its job finished is released when the HaiJob is deleted.)
     @kopf.timer(*resource, interval=config.poll_interval_s, when=unfinished, **retry)
-    def refresh(meta: Any, status: Any, patch: kopf.Patch, **_: Any) -> None:
+    def refresh(body: Any, meta: Any, status: Any, patch: kopf.Patch, **_: Any) -> None:
         job_id = status.get("jobId")
         if job_id is None:
             return
@@ -214,9 +231,13 @@ def make_registry(call: PlatformCall, core: Any, config: K8sConfig) -> kopf.Oper
         except NotFoundError:
             patch.status.update(phase="Failed", message=f"the scheduler has no job {job_id}")
             return
-        changes = status_changes(dict(status), haijob_status(detail, dict(status), _now()))
+        ignored = ignored_changes(dict(body), detail["job"]["spec"])
+        new = haijob_status(detail, dict(status), _now(), ignored)
+        changes = status_changes(dict(status), new)
         if changes:
             patch.status.update(changes)
+        if ignored and "message" in changes:  # an Event too, for kubectl describe
+            kopf.warn(body, reason="SpecChangeIgnored", message=new["message"])
         pods.release_stuck(pods.list(meta["namespace"], job_id))
 
     @kopf.on.delete(*resource, **retry)
