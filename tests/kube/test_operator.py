@@ -687,3 +687,40 @@ def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
     key = hashlib.sha256(PASSWORD.encode()).hexdigest()[:8]
     assert logs.output == f"hello from rank 0 key {key}\n"
     assert forbidden(kube) == []
+
+
+def test_a_pod_left_on_a_dead_node_is_force_deleted_by_the_operator(
+    kube: Kube, namespace: str
+) -> None:
+    """A deleted pod bound to a node stays Terminating until that node's kubelet confirms
+    its containers gone; with the node (kubelet and agent) dead, the operator's account
+    force-deletes it and drops the executor's finalizer, and the pod goes. No kubelet plays
+    here: the node is dead."""
+    from kubernetes import client
+
+    from hai.config import K8sConfig
+    from hai.k8s.names import POD_FINALIZER
+    from hai.k8s.operator import JobPods
+
+    admin = client.CoreV1Api(kube.api_client())
+    pod = {
+        "metadata": {
+            "name": "hai-j9-r9-n0",
+            "labels": {LABEL_JOB: "9"},
+            "finalizers": [POD_FINALIZER],
+        },
+        "spec": {
+            "nodeName": f"{namespace}-dead",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "ranks", "image": "x"}],
+        },
+    }
+    admin.create_namespaced_pod(namespace, pod, _preload_content=False)
+    admin.delete_namespaced_pod("hai-j9-r9-n0", namespace, _preload_content=False)
+    core = client.CoreV1Api(client.ApiClient(_configuration(kube.kubeconfig_for("hai-operator"))))
+    pods = JobPods(core, K8sConfig(stuck_after_s=0))
+    assert pods.list(namespace, 9)[0]["metadata"]["deletionTimestamp"]  # Terminating
+    released = wait_for("the pod found stuck", lambda: pods.release_stuck(pods.list(namespace, 9)))
+    assert released == ["hai-j9-r9-n0"]
+    wait_for("the pod to go", lambda: pods.list(namespace, 9) == [], timeout=20)
+    assert forbidden(kube) == []

@@ -114,20 +114,36 @@ class JobPods:
         ]
 
     def release_stuck(self, pods: list[dict[str, Any]]) -> list[str]:
-        """Lets go of pods whose agent died with its node (see :func:`hai.k8s.pods.is_stuck`)."""
+        """Lets go of pods whose agent died with its node (see :func:`hai.k8s.pods.is_stuck`).
+
+        A deleted pod bound to a node stays Terminating until that node's kubelet confirms
+        its containers gone, and none is left to: the pod is deleted again with grace 0 (a
+        force delete), then the executor's finalizer dropped, and the API server removes it.
+        In that order, a pass that fails halfway finds the pod stuck again and retries.
+        """
+        from kubernetes.client.exceptions import ApiException
+
         now = datetime.datetime.now(datetime.timezone.utc)
         released = []
         for pod in pods:
-            if is_stuck(pod, now, self.config.stuck_after_s):
-                meta = pod["metadata"]
+            if not is_stuck(pod, now, self.config.stuck_after_s):
+                continue
+            name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+            try:
+                self.core.delete_namespaced_pod(
+                    name, namespace, grace_period_seconds=0, _preload_content=False
+                )
                 self.core.patch_namespaced_pod(
-                    meta["name"],
-                    meta["namespace"],
+                    name,
+                    namespace,
                     without_finalizer_patch(pod),
                     _content_type="application/json-patch+json",
                     _preload_content=False,
                 )
-                released.append(meta["name"])
+            except ApiException as err:
+                if err.status != 404:  # gone meanwhile: released
+                    raise
+            released.append(name)
         return released
 
 
