@@ -215,3 +215,20 @@ def test_hai_operator_forwards_its_options(monkeypatch: pytest.MonkeyPatch) -> N
         "liveness": "http://x/healthz",
         "poll": 2.5,
     }
+
+
+def test_hai_operator_without_credentials_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
+    from click.testing import CliRunner
+
+    from hai.cli import main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HAI_TOKEN", "t")
+    result = CliRunner().invoke(main, ["operator", "--server", "h:1"])
+    assert result.exit_code != 0
+    assert result.output.count("\n") == 1, result.output
+    assert "no Kubernetes credentials: not in a pod and no usable kubeconfig" in result.output
