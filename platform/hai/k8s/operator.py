@@ -6,6 +6,13 @@ nodes create its pods (:mod:`hai.executor.k8s`). The operator then keeps the Hai
 status current from the scheduler's record, turns changes of ``spec.suspend`` into
 Suspend and Resume, and on deletion stops the job and keeps its finalizer until the job's
 pods are gone. Each handler is a few lines over :mod:`hai.k8s.haijob`'s pure functions.
+Only ``spec.suspend`` may change after submission; servers without CEL (Kubernetes before
+1.25) accept edits of the rest, so the operator names them in ``status.message`` and a
+Warning Event as ignored, and the job keeps running as submitted.
+
+kopf logs in with the kubernetes client's credentials (:func:`connection_info`), so both
+use :func:`hai.k8s.kube.client_configuration`'s: a kubeconfig, the pod's service account,
+or ``k8s.api_url`` with a token file and CA.
 
 A HaiJob's secret variables name Secrets in its namespace; the operator reads their values
 once, at submission, and sends them to the server as the job's ``secret_environment``
