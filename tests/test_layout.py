@@ -55,7 +55,7 @@ def test_packages_import_from_outside_repository(tmp_path: Path) -> None:
 
 
 # Test-only modules: what the packages must never import (they ship without tests/).
-TEST_ONLY = {"tests", "kmock", "pytest", "hypothesis"}
+TEST_ONLY = {"tests", "pytest", "hypothesis"}
 
 
 def _imported_roots(file: Path) -> set[str]:

@@ -187,8 +187,9 @@ def test_a_pod_terminating_long_past_its_grace_is_stuck(tmp_path: Path) -> None:
         "deletionTimestamp": (NOW - datetime.timedelta(seconds=100)).isoformat(),
         "deletionGracePeriodSeconds": 30,
     }
-    assert pods.is_stuck({"metadata": meta}, NOW, slack_s=60)
-    assert not pods.is_stuck({"metadata": meta}, NOW, slack_s=80)
+    # 100 s past the end of its grace period (the deletionTimestamp), whatever the grace.
+    assert pods.is_stuck({"metadata": meta}, NOW, slack_s=90)
+    assert not pods.is_stuck({"metadata": meta}, NOW, slack_s=110)
     assert not pods.is_stuck({"metadata": {**meta, "deletionTimestamp": None}}, NOW, 0)
     patch = pods.without_finalizer_patch({"metadata": meta})
     assert patch[-1]["value"] == ["other/keep"]

@@ -5,8 +5,8 @@ pod's container command as a local process (no image, no isolation, no resources
 folders are the local paths) and writes its phase and exit code into the pod's status, as
 a kubelet does through the API. It resolves ``env[].valueFrom.secretKeyRef`` from the
 Secret, and holds a pod whose Secret or key is missing in ``CreateContainerConfigError``.
-It works against a real kube-apiserver (tests/kube/control_plane.py) and against kmock's
-emulator (tests/hai/k8s_emulator.py): anything with ``api_client()``.
+It works against the real kube-apiserver of tests/kube/control_plane.py (anything with
+``api_client()``).
 """
 
 from __future__ import annotations
@@ -51,16 +51,12 @@ class FakeKubelet:
         api: Any,
         nodes: set[str] | None = None,
         poll_s: float = 0.05,
-        confirms_deletion: bool = False,
     ):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api.api_client())
         self.nodes = nodes
         self.poll_s = poll_s
-        # A real API server keeps a deleted pod bound to a node until its kubelet confirms
-        # that the container is gone (a delete with grace 0); kmock's removes it at once.
-        self.confirms_deletion = confirms_deletion
         self._running: dict[tuple[str, str], _Container] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
@@ -98,8 +94,7 @@ class FakeKubelet:
             container = self._running.get(key)
             if container is None:
                 if meta.get("deletionTimestamp"):  # deleted before it started: nothing runs
-                    if self.confirms_deletion:
-                        self._confirm_deletion(pod)
+                    self._confirm_deletion(pod)
                     continue
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
@@ -108,7 +103,7 @@ class FakeKubelet:
                     continue
                 self._running[key] = container
             if container.reported:
-                if meta.get("deletionTimestamp") and self.confirms_deletion:
+                if meta.get("deletionTimestamp"):
                     self._confirm_deletion(pod)
                 continue
             code = container.proc.poll()
@@ -129,6 +124,9 @@ class FakeKubelet:
             self._kill(self._running.pop(key))
 
     def _confirm_deletion(self, pod: dict[str, Any]) -> None:
+        """A real API server keeps a deleted pod bound to a node until its kubelet confirms
+        that the containers are gone, with a delete of grace 0 (a pod on a node with no
+        kubelet, a dead one, stays Terminating)."""
         from kubernetes.client.exceptions import ApiException
 
         meta = pod["metadata"]

@@ -128,7 +128,7 @@ def executor(kube: Kube, namespace: str) -> Iterator[KubernetesExecutor]:
         real_start(launch)
 
     ex.start = start  # type: ignore[method-assign]
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         yield ex
         ex.shutdown()
 
@@ -200,7 +200,7 @@ def test_a_haijob_owned_pod_needs_the_agents_right_to_its_owners_finalizers(
     )
     uid = json.loads(reply.data)["metadata"]["uid"]
     owned = {ENV_NAMESPACE: namespace, ENV_OWNER: f"owner/{uid}"}
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         ex = executor_for(kube, namespace)
         ex.start(launch(tmp_path / "a", namespace, 20, env=owned))
         assert ex.exit_code(20) is None
@@ -263,7 +263,7 @@ def test_a_deleted_pod_stays_readable_until_its_exit_code_is_recorded(
     if stubborn:
         plan.ranks[0].argv = [sys.executable, "-c", STUBBORN]
     name = "hai-j3-r30-n0"
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         ex.start(plan)
         if stubborn:  # its SIGTERM handler is set
             wait_for("the rank to start", lambda: "ready" in rank_log(plan))
@@ -292,7 +292,7 @@ def test_a_pod_deleted_by_someone_else_is_lost_with_its_node_and_requeued(
     ex = executor_for(kube, namespace)
     plan = launch(tmp_path, namespace, 40)
     name = "hai-j3-r40-n0"
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         ex.start(plan)
         wait_running(admin, name, namespace)
         admin.delete_namespaced_pod(name, namespace, grace_period_seconds=5)
@@ -308,7 +308,7 @@ def test_a_pod_evicted_from_its_node_reports_the_run_lost_and_is_released(
     """The kubelet (played through the API) evicts the pod; then the agent deletes it."""
     ex = executor_for(kube, namespace)
     name = "hai-j3-r50-n0"
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         ex.start(launch(tmp_path, namespace, 50))
         wait_running(admin, name, namespace)
         admin.patch_namespaced_pod_status(
@@ -343,7 +343,7 @@ def test_a_restarted_agent_removes_only_its_own_nodes_orphans(
     deletes the orphan and its Secret, and node B's pod stays. The pod goes once the
     kubelet (played through the API) confirms its deletion."""
     node_a, node_b = f"{namespace}-a", f"{namespace}-b"
-    with FakeKubelet(kube, nodes={node_a, node_b}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={node_a, node_b}):
         first = executor_for(kube, namespace)
         first.start(launch(tmp_path / "a", node_a, 70, secrets=SECRETS))
         first.start(launch(tmp_path / "b", node_b, 71, secrets=SECRETS))
@@ -370,7 +370,7 @@ def test_ranks_see_their_secrets_through_a_secret_owned_by_the_pod_and_deleted_b
     plan = launch(tmp_path, namespace, 80, env={"HAI_MASTER_WAIT_S": "0"}, secrets=SECRETS)
     plan.ranks[0].argv = [sys.executable, "-c", SHOW]
     name = "hai-j3-r80-n0"
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         ex.start(plan)
         assert conformance.wait_exit(ex, 80) == 0
     assert rank_log(plan) == f"{PASSWORD} {RUN_TOKEN}\n"
@@ -423,7 +423,7 @@ def test_a_pod_whose_secret_is_missing_cannot_start_its_ranks(
     plan = launch(tmp_path, namespace, 100, secrets=SECRETS)
     ex.start(plan)
     admin.delete_namespaced_secret("hai-j3-r100-n0-env", namespace)
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         assert conformance.wait_exit(ex, 100) == CANNOT_START
         assert "CreateContainerConfigError" in rank_log(plan)
         ex.forget(100)
@@ -490,7 +490,7 @@ def platform(
     # Node health checks are not under test, and their CPU floor fails a node of a busy
     # 2-core CI machine, which then gets no work.
     monkeypatch.setattr(agent, "run_checks", lambda *args: [])
-    with FakeKubelet(kube, nodes={namespace}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={namespace}):
         p = Platform(kube, tmp_path / "hai", free_port(), namespace)
         try:
             yield p

@@ -110,6 +110,16 @@ def test_defaults_are_filled_and_unknown_fields_pruned(kube: Kube) -> None:
         _delete(kube, "defaults")
 
 
+def test_an_empty_string_is_kept(kube: Kube) -> None:
+    """A real v1.20 server keeps "" in a custom resource (a build whose JSON library turned
+    it into null refused this HaiJob with 422)."""
+    created = _create(kube, _haijob("empty", environment={"A": ""}))
+    try:
+        assert created["spec"]["environment"] == {"A": ""}
+    finally:
+        _delete(kube, "empty")
+
+
 def test_spec_and_status_are_written_apart_and_stale_writes_conflict(kube: Kube) -> None:
     from kubernetes.client.exceptions import ApiException
 

@@ -318,7 +318,7 @@ def test_a_haijob_lives_its_whole_life_through_the_hai_operator_process(
         suspendGracePeriod=20,
         secretEnvironment={"DB_PASSWORD": {"secretKeyRef": {"name": "db", "key": "pw"}}},
     )
-    with platform.operator() as operator, FakeKubelet(kube, nodes=nodes, confirms_deletion=True):
+    with platform.operator() as operator, FakeKubelet(kube, nodes=nodes):
         _whole_life(platform, operator, body, sorted(nodes))
     assert forbidden(kube) == []
 
@@ -666,7 +666,7 @@ def test_hai_submit_runs_as_pods_in_the_jobs_namespace_and_hai_logs_reads_them(
     spec.write_text(yaml.safe_dump(job))
     monkeypatch.setenv("HAI_SERVER", platform.address)
     monkeypatch.setenv("HAI_TOKEN", platform.token)
-    with FakeKubelet(kube, nodes={f"{ns}-a"}, confirms_deletion=True):
+    with FakeKubelet(kube, nodes={f"{ns}-a"}):
         platform.add_node(f"{ns}-a")
         submitted = CliRunner().invoke(main, ["submit", str(spec), "--json"])
         assert submitted.exit_code == 0, submitted.output

@@ -359,13 +359,13 @@ def pod_outcome(
 
 def is_stuck(pod: dict[str, Any], now: datetime.datetime, slack_s: float) -> bool:
     """Whether a deleted pod has outlived its grace period by ``slack_s``: its agent (which
-    removes :data:`POD_FINALIZER`) is gone with its node."""
+    removes :data:`POD_FINALIZER`) is gone with its node. The API server sets
+    ``deletionTimestamp`` to when the grace period ends, not to when the delete came."""
     meta = pod.get("metadata") or {}
     deleted = meta.get("deletionTimestamp")
     if not deleted or POD_FINALIZER not in (meta.get("finalizers") or []):
         return False
-    grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-    return (now - _when(str(deleted))).total_seconds() > grace + slack_s
+    return (now - _when(str(deleted))).total_seconds() > slack_s
 
 
 def without_finalizer_patch(pod: dict[str, Any]) -> list[dict[str, Any]]:
