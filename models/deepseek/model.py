@@ -8,6 +8,7 @@ given: inference never touches them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -161,14 +162,17 @@ class DeepseekForCausalLM(nn.Module):
         """Every MoE layer, main stack first, then MTP."""
         return [m for m in self.modules() if isinstance(m, MoE)]
 
-    def update_expert_bias(self) -> torch.Tensor | None:
-        """Runs `MoE.update_bias` on every MoE layer after an optimiser step.
+    def update_expert_bias(
+        self, total: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
+        """Runs `MoE.update_bias` on every MoE layer after an optimiser step; ``total`` sums a
+        layer's loads over the job's replicas (see `MoE.update_bias`).
 
         Returns:
-            (moe_layers, experts) tokens routed per expert since the previous call (summed
-            over ranks), or None for a dense model.
+            (moe_layers, experts) tokens routed per expert since the previous call (totalled),
+            or None for a dense model.
         """
-        loads = [layer.update_bias() for layer in self.moe_layers()]
+        loads = [layer.update_bias(total) for layer in self.moe_layers()]
         return torch.stack(loads) if loads else None
 
     def new_cache(self, capacity: int) -> KVCache:

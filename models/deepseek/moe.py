@@ -19,10 +19,10 @@ decoding) loops over its k experts instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -228,17 +228,19 @@ class MoE(nn.Module):
         return out.view(b, s, h), aux
 
     @torch.no_grad()
-    def update_bias(self) -> torch.Tensor:
+    def update_bias(
+        self, total: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Applies b_i += γ·sign(mean_load − load_i) and restarts load counting.
 
-        Call after each optimiser step. When torch.distributed is initialised the loads are
-        summed over all ranks first, so every rank applies the same update. Returns the
-        (summed) load that drove the update, for logging. A router without a bias (V2)
-        only restarts the count.
+        Call after each optimiser step. ``total`` turns this replica's loads into the whole
+        job's (the training loop's sum over ranks, so every rank applies the same update);
+        the model itself never communicates. Returns the load that drove the update, for
+        logging. A router without a bias (V2) only restarts the count.
         """
         load = self.load.clone()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
+        if total is not None:
+            load = total(load)
         bias = self.gate.e_score_correction_bias
         if bias is not None:
             bias += self.bias_update_rate * torch.sign(load.mean() - load).to(bias.dtype)

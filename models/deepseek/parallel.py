@@ -162,7 +162,7 @@ class Parallelized:
     """A model laid out over the ranks, and what the training loop must do differently."""
 
     model: DeepseekForCausalLM
-    """The plain model (for `update_expert_bias`); with FSDP its blocks are units."""
+    """The plain model; with FSDP its blocks are units."""
     module: nn.Module
     """What the step calls: `module(input_ids, labels) -> (loss, ce_loss)`."""
     world: int = 1
@@ -175,6 +175,16 @@ class Parallelized:
     """The ranks holding the same experts as this one (None when ep equals the world)."""
     decay_masks: list[torch.Tensor] = field(default_factory=list)
     """With FSDP, per flat shard: True where an element belongs to a matrix."""
+
+    def update_expert_bias(self) -> torch.Tensor | None:
+        """`DeepseekForCausalLM.update_expert_bias` with each layer's expert loads summed over
+        the world, so every rank moves its routing bias alike (see `MoE.update_bias`)."""
+        return self.model.update_expert_bias(self._sum_over_world)
+
+    def _sum_over_world(self, load: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(load)
+        return load
 
     @property
     def sharded_checkpoint(self) -> bool:
@@ -311,7 +321,8 @@ def parallelize(model: DeepseekForCausalLM, *, parallel: str, ep: int, world: in
     # expert shares differ per rank, so they are out of the model while it is wrapped.
     with _detached(model.moe_layers() if ep > 1 else [], "experts"):
         # Buffers stay per rank: the routing bias moves identically everywhere because
-        # update_bias all-reduces loads, and load counts must not be overwritten by rank 0.
+        # update_expert_bias sums loads over the world, and load counts must not be
+        # overwritten by rank 0.
         plan.module = DistributedDataParallel(LossOutputs(model), broadcast_buffers=False)
     return plan
 

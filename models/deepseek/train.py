@@ -282,7 +282,7 @@ def _train(
         job.optimizer.step()
         job.scheduler.step()
         job.optimizer.zero_grad(set_to_none=True)
-        loads = plan.model.update_expert_bias()
+        loads = plan.update_expert_bias()
         asked = should_suspend is not None and bool(should_suspend())
         (loss_value, ce_value), suspend = agree([loss, ce_loss], asked, world)
         requested_at = time.time()

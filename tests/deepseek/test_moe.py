@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +104,38 @@ def test_bias_moves_over_and_under_loaded_experts() -> None:
     under = load < load.mean()
     assert torch.allclose(bias[under], torch.full_like(bias[under], rate))  # pushed up
     assert moe.load.sum() == 0
+
+
+def test_the_bias_moves_by_the_job_wide_load_it_is_given() -> None:
+    """The training loop sums loads over ranks (`Parallelized.update_expert_bias`); the
+    layer applies whatever total it is handed and never communicates itself."""
+    moe = _moe().train()
+    moe.gate.e_score_correction_bias[0] = 5.0
+    moe(torch.randn(2, 16, 64))
+    load = moe.load.clone()
+    others = torch.zeros_like(load)
+    others[0] = 10 * load.sum()  # another rank sent everything to expert 0 as well
+    reported = moe.update_bias(lambda mine: mine + others)
+    assert torch.equal(reported, load + others)
+    assert moe.gate.e_score_correction_bias[0].item() == pytest.approx(5.0 - moe.bias_update_rate)
+
+
+# The model's modules hold no parallel code: the training loop and haiscale lay it out.
+PARALLEL_MODULES = {"parallel.py", "train.py", "train_config.py", "train_state.py"}
+
+
+def test_the_model_modules_never_import_torch_distributed() -> None:
+    package = Path(deepseek.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        if path.name in PARALLEL_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            assert not any(n.startswith("torch.distributed") for n in names), path.name
 
 
 def test_sequence_wise_loss_matches_hand_computation() -> None:
