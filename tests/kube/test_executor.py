@@ -14,9 +14,7 @@ none; pods are the kubelet's).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -68,18 +66,6 @@ def core_api(kube: Kube, account: str | None = AGENT) -> Any:
         str(kube.kubeconfig_for(account)), client_configuration=configuration
     )
     return client.CoreV1Api(client.ApiClient(configuration))
-
-
-@pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace of the test's own, made and deleted by the admin; also the name of the
-    test's node, so no kubelet runs another test's pods."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-    name = f"x-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
-    admin = core_api(kube, None)
-    admin.create_namespace({"metadata": {"name": name}}, _preload_content=False)
-    yield name
-    admin.delete_namespace(name, _preload_content=False)
 
 
 @pytest.fixture
@@ -481,15 +467,10 @@ def platform(
     namespace: str,
     tmp_path: Path,
     free_port: Callable[[], int],
-    monkeypatch: pytest.MonkeyPatch,
+    without_health_checks: None,
 ) -> Iterator[Platform]:
     """A server and an agent on node ``namespace``, whose kubelet the test plays through
     the API."""
-    from hai import agent
-
-    # Node health checks are not under test, and their CPU floor fails a node of a busy
-    # 2-core CI machine, which then gets no work.
-    monkeypatch.setattr(agent, "run_checks", lambda *args: [])
     with FakeKubelet(kube, nodes={namespace}):
         p = Platform(kube, tmp_path / "hai", free_port(), namespace)
         try:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -266,28 +265,14 @@ def watches_ended(platform: Platform) -> int:
 
 
 @pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
-    """A namespace of the test's own (HaiJobs of other tests stay out of its sight)."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.plane.kubectl("create", "namespace", name)
-    yield name
-    kube.plane.kubectl("delete", "namespace", name, "--wait=false")
-
-
-@pytest.fixture
 def platform(
     kube: Kube,
     namespace: str,
     tmp_path: Path,
     free_port: Callable[[], int],
-    monkeypatch: pytest.MonkeyPatch,
+    without_health_checks: None,
 ) -> Iterator[Platform]:
     pytest.importorskip("kopf", reason="kopf (Python 3.11+) is not installed")
-    from hai import agent
-
-    # Node health checks are not under test, and their CPU floor fails a node of a busy
-    # 2-core CI machine, which then gets no work.
-    monkeypatch.setattr(agent, "run_checks", lambda *args: [])
     p = Platform(kube, tmp_path, free_port(), namespace)
     try:
         yield p
