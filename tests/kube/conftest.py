@@ -120,6 +120,9 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     name = f"x-{slug}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     kube.plane.kubectl("create", "namespace", name)
+    # Until the controllers give its default service account a token, the API refuses pods
+    # there (500, "retry after the token is automatically created").
+    kube.plane.service_account_token(name, "default")
     yield name
     kube.plane.kubectl("delete", "namespace", name, "--wait=false")
 

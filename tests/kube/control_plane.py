@@ -252,8 +252,10 @@ class ControlPlane:
         for it (Kubernetes 1.20 still makes one per service account)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            account = json.loads(self.kubectl("get", "serviceaccount", "-n", namespace, name,
-                                              "-o", "json"))  # fmt: skip
+            # A new namespace's default account is made by a controller, a moment later.
+            found = self.kubectl("get", "serviceaccount", "-n", namespace, name,
+                                 "--ignore-not-found", "-o", "json")  # fmt: skip
+            account = json.loads(found) if found.strip() else {}
             for ref in account.get("secrets") or []:
                 secret = json.loads(
                     self.kubectl("get", "secret", "-n", namespace, ref["name"], "-o", "json")
