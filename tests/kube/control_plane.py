@@ -293,6 +293,9 @@ def control_plane(root: Path, with_controller_manager: bool = True) -> Iterator[
 
 def main() -> None:
     root = Path(sys.argv[1]).resolve()
+    # SIGTERM (kill, timeout) ends it as Ctrl-C does: the daemons run in process groups of
+    # their own and would outlive it otherwise.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with control_plane(root) as plane:
         print(plane.admin_kubeconfig, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
