@@ -165,6 +165,16 @@ def read_checkpoint(url: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def load_checkpoint(model: DeepseekForCausalLM, url: str) -> None:
+    """Loads the safetensors checkpoint in folder `url` (any fsspec URL) into `model`.
+
+    Raises:
+        CheckpointNotFoundError: no safetensors in the folder.
+        CheckpointError: weights that do not fit the model's config.
+    """
+    load_hf_state_dict(model, read_checkpoint(url))
+
+
 def from_pretrained(
     url: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> DeepseekForCausalLM:
@@ -185,7 +195,7 @@ def from_pretrained(
         raise CheckpointNotFoundError(f"no config.json in {url}")
     config = load_config(fs.unstrip_protocol(config_path))
     model = DeepseekForCausalLM(config)
-    load_hf_state_dict(model, read_checkpoint(url))
+    load_checkpoint(model, url)
     model.to(device=device, dtype=dtype)
     for module in model.modules():
         if isinstance(module, Router) and module.e_score_correction_bias is not None:
