@@ -1,105 +1,50 @@
-"""Hugging Face checkpoint adapter: hub key layout ↔ our state dict, safetensors I/O.
+"""Hugging Face checkpoints: safetensors read and written shard by shard, through fsspec.
 
-Our module names already are the hub's, except for two things this module converts:
-- routed experts: stacked `mlp.experts.gate_up_proj` (E, 2I, H) / `down_proj` (E, H, I)
-  here, `mlp.experts.{i}.{gate,up,down}_proj.weight` per expert on the hub;
-- MTP modules: `mtp.{k}.*` here, `model.layers.{num_hidden_layers + k}.*` on the hub, which
-  also stores copies of the shared embedding (`embed_tokens`) and head (`shared_head.head`).
-
-Checkpoints are `model.safetensors` or shards listed by `model.safetensors.index.json`,
-read and written through fsspec so that any file system URL works.
+A checkpoint is `model.safetensors` or shards listed by `model.safetensors.index.json`, next
+to `config.json`, in a folder at any fsspec URL. A `Layout` (default: the hub names,
+`deepseek.layout.HubLayout`) says where each stored tensor goes, so loading holds one shard
+at a time (local shards memory-mapped, tensor by tensor) and saving converts one shard at a
+time. Official FP8 checkpoints (`deepseek.fp8`) are dequantised while loading.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from safetensors import safe_open
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
-from deepseek.config import ModelConfig, load_config
+from deepseek import fp8 as fp8_format
+from deepseek.config import load_config
 from deepseek.errors import CheckpointError, CheckpointNotFoundError
+from deepseek.layout import HubLayout, Layout, Slot, describe, place, view
 from deepseek.model import DeepseekForCausalLM
 from deepseek.moe import Router
 
+CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+# Suffix of files being written; renamed to their real names once complete.
+_PARTIAL = ".partial"
 # How many offending keys an error message lists before summarising the rest.
 _LIST_KEYS = 12
+# A safetensors file starts with the byte length of its JSON header (8 bytes, little endian).
+_HEADER_LENGTH_BYTES = 8
 
 
-def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict → hub-layout tensors (per-expert keys, MTP at layer index L+k)."""
-    out: dict[str, torch.Tensor] = {}
-    L = config.num_hidden_layers
-    for key, value in state.items():
-        if key == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        if key.startswith("mtp."):
-            k, rest = key[4:].split(".", 1)
-            key = f"model.layers.{L + int(k)}.{rest}"
-        if key.endswith(".mlp.experts.gate_up_proj"):
-            prefix = key[: -len(".gate_up_proj")]
-            for i, (gate, up) in enumerate(v.chunk(2, dim=0) for v in value):
-                out[f"{prefix}.{i}.gate_proj.weight"] = gate
-                out[f"{prefix}.{i}.up_proj.weight"] = up
-        elif key.endswith(".mlp.experts.down_proj"):
-            prefix = key[: -len(".down_proj")]
-            for i, down in enumerate(value):
-                out[f"{prefix}.{i}.down_proj.weight"] = down
-        else:
-            out[key] = value
-    for k in range(config.num_nextn_predict_layers):
-        out[f"model.layers.{L + k}.embed_tokens.weight"] = state["model.embed_tokens.weight"]
-        out[f"model.layers.{L + k}.shared_head.head.weight"] = state["lm_head.weight"]
-    return out
+@dataclass(frozen=True)
+class _Stored:
+    """One tensor as a shard header describes it."""
 
-
-def from_hf(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hub-layout tensors → our state dict (stacks experts, moves MTP layers).
-
-    Raises:
-        CheckpointError: an expert set is incomplete.
-    """
-    L = config.num_hidden_layers
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[tuple[str, int], torch.Tensor]] = {}
-    for key, value in hf.items():
-        layer = _LAYER.match(key)
-        if layer and int(layer.group(1)) >= L:
-            depth, rest = int(layer.group(1)) - L, layer.group(2)
-            if rest in ("embed_tokens.weight", "shared_head.head.weight"):
-                continue  # hub copies of the shared embedding and head
-            key = f"mtp.{depth}.{rest}"
-        expert = _EXPERT.match(key)
-        if expert:
-            prefix, i, kind = expert.group(1), int(expert.group(2)), expert.group(3)
-            experts.setdefault(prefix, {})[(kind, i)] = value
-        else:
-            out[key] = value
-    for prefix, parts in experts.items():
-        count = 1 + max(i for _, i in parts)
-        missing = [
-            f"{prefix}.{i}.{kind}_proj.weight"
-            for i in range(count)
-            for kind in ("gate", "up", "down")
-            if (kind, i) not in parts
-        ]
-        if missing:
-            raise CheckpointError(f"incomplete experts: missing {_listing(missing)}")
-        out[f"{prefix}.gate_up_proj"] = torch.stack(
-            [torch.cat((parts[("gate", i)], parts[("up", i)])) for i in range(count)]
-        )
-        out[f"{prefix}.down_proj"] = torch.stack([parts[("down", i)] for i in range(count)])
-    return out
+    shard: str
+    dtype: str
+    shape: tuple[int, ...]
 
 
 def _listing(keys: Iterable[str]) -> str:
@@ -108,71 +53,180 @@ def _listing(keys: Iterable[str]) -> str:
     return shown + (f" (and {len(keys) - _LIST_KEYS} more)" if len(keys) > _LIST_KEYS else "")
 
 
-def load_hf_state_dict(model: DeepseekForCausalLM, hf: dict[str, torch.Tensor]) -> None:
-    """Loads hub-layout tensors into `model`, converting to the model's dtypes.
-
-    Raises:
-        CheckpointError: missing or unexpected keys (all listed in one message), or shapes
-            that differ; typically a checkpoint of another architecture.
-    """
-    state = from_hf(hf, model.config)
-    expected = model.state_dict()
-    missing = expected.keys() - state.keys()
-    if model.config.tie_word_embeddings:
-        missing.discard("lm_head.weight")
-        state.pop("lm_head.weight", None)
-    unexpected = state.keys() - expected.keys()
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not fit a {model.config.model_type} model: "
-            f"missing keys [{_listing(missing)}]; unexpected keys [{_listing(unexpected)}]"
-        )
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if v.shape != expected[k].shape
-    ]
-    if wrong:
-        raise CheckpointError(f"checkpoint shapes differ from the config: {_listing(wrong)}")
-    model.load_state_dict(state, strict=False)
-
-
-def _read_safetensors(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(fs, LocalFileSystem):
-        return load_file(path)  # memory-mapped
-    with fs.open(path, "rb") as f:
-        return load_bytes(f.read())
-
-
-def read_checkpoint(url: str) -> dict[str, torch.Tensor]:
-    """All tensors of the safetensors checkpoint in folder `url` (single file or sharded).
-
-    Raises:
-        CheckpointNotFoundError: neither model.safetensors nor its index is there.
-    """
-    fs, root = fsspec.core.url_to_fs(url)
-    root = root.rstrip("/")
+def _shard_names(fs: fsspec.AbstractFileSystem, root: str, url: str) -> list[str]:
     if fs.exists(f"{root}/{INDEX_FILE}"):
         with fs.open(f"{root}/{INDEX_FILE}", "r") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif fs.exists(f"{root}/{SINGLE_FILE}"):
-        files = [SINGLE_FILE]
-    else:
-        raise CheckpointNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {url}")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        tensors.update(_read_safetensors(fs, f"{root}/{name}"))
-    return tensors
+            return sorted(set(json.load(f)["weight_map"].values()))
+    if fs.exists(f"{root}/{SINGLE_FILE}"):
+        return [SINGLE_FILE]
+    raise CheckpointNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {url}")
 
 
-def load_checkpoint(model: DeepseekForCausalLM, url: str) -> None:
+def _read_header(fs: fsspec.AbstractFileSystem, root: str, shard: str) -> dict[str, _Stored]:
+    """The tensors a shard holds, read from its header alone; checks the file is complete."""
+    path = f"{root}/{shard}"
+    if not fs.exists(path):
+        raise CheckpointError(f"{shard}: listed in {INDEX_FILE} but missing from {root}")
+    size = fs.size(path)
+    with fs.open(path, "rb") as f:
+        length = int.from_bytes(f.read(_HEADER_LENGTH_BYTES), "little")
+        if size < _HEADER_LENGTH_BYTES or length > size - _HEADER_LENGTH_BYTES:
+            raise CheckpointError(f"{shard}: truncated or not safetensors ({size} bytes)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as err:
+            raise CheckpointError(f"{shard}: unreadable safetensors header ({err})") from None
+    header.pop("__metadata__", None)
+    needed = (
+        _HEADER_LENGTH_BYTES
+        + length
+        + max((v["data_offsets"][1] for v in header.values()), default=0)
+    )
+    if size < needed:
+        raise CheckpointError(f"{shard}: truncated: {size} bytes, its header needs {needed}")
+    return {key: _Stored(shard, v["dtype"], tuple(v["shape"])) for key, v in header.items()}
+
+
+def _read_quantisation(fs: fsspec.AbstractFileSystem, root: str) -> fp8_format.Block | None:
+    """The FP8 block size announced by config.json next to the weights, if any."""
+    if not fs.exists(f"{root}/{CONFIG_FILE}"):
+        return None
+    with fs.open(f"{root}/{CONFIG_FILE}", "r") as f:
+        return fp8_format.block_size(json.load(f).get("quantization_config"))
+
+
+def _check(
+    model: DeepseekForCausalLM,
+    layout: Layout,
+    stored: dict[str, _Stored],
+    block: fp8_format.Block | None,
+    url: str,
+) -> None:
+    """Raises one CheckpointError naming every missing, unexpected and misshapen tensor."""
+    state = model.state_dict()
+    missing: set[str] = set()
+    unexpected: list[str] = []
+    wrong: list[str] = []
+    filled: set[Slot] = set()
+    for key, info in stored.items():
+        if block is not None and key.endswith(fp8_format.SCALE_SUFFIX):
+            weight = stored.get(key.removesuffix(fp8_format.SCALE_SUFFIX))
+            if weight is None:
+                unexpected.append(key)
+            elif info.shape != fp8_format.scale_shape(weight.shape, block):
+                wrong.append(f"{key} {info.shape} vs {fp8_format.scale_shape(weight.shape, block)}")
+            continue
+        if info.dtype.startswith("F8") and (
+            block is None or key + fp8_format.SCALE_SUFFIX not in stored
+        ):
+            missing.add(key + fp8_format.SCALE_SUFFIX)
+        slot = layout.slot(key)
+        if slot is None:
+            continue
+        if slot.key not in state:
+            unexpected.append(key)
+            continue
+        try:
+            part = view(state[slot.key], slot)
+        except ValueError:
+            unexpected.append(key)
+            continue
+        if tuple(part.shape) != info.shape:
+            wrong.append(f"{key} {info.shape} vs {describe(slot)} {tuple(part.shape)}")
+        filled.add(slot)
+    for hub_key, _ in layout.hub_items(state):
+        slot = layout.slot(hub_key)
+        if slot is not None and slot not in filled:
+            missing.add(hub_key)
+    problems = [
+        f"{what} [{_listing(keys)}]"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", wrong),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {url} does not fit a {model.config.model_type} model: "
+            + "; ".join(problems)
+        )
+
+
+def _read_shard(
+    fs: fsspec.AbstractFileSystem, root: str, shard: str
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of one shard, one at a time (memory-mapped when local)."""
+    path = f"{root}/{shard}"
+    if isinstance(fs, LocalFileSystem):
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+        return
+    with fs.open(path, "rb") as f:
+        tensors = load_bytes(f.read())
+    while tensors:  # pop, so that each tensor is freed once placed
+        yield tensors.popitem()
+
+
+def _dequantised(
+    tensors: Iterable[tuple[str, torch.Tensor]], block: fp8_format.Block, stored: dict[str, _Stored]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pairs each FP8 weight with its scale (held until both arrived, possibly from different
+    shards) and yields the float32 weight in its place."""
+    pending: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors:
+        weight_key = key.removesuffix(fp8_format.SCALE_SUFFIX)
+        scale_key = weight_key + fp8_format.SCALE_SUFFIX
+        if scale_key not in stored:
+            yield key, tensor
+            continue
+        partner = scale_key if key == weight_key else weight_key
+        if partner not in pending:
+            pending[key] = tensor
+            continue
+        scale = tensor if key == scale_key else pending.pop(scale_key)
+        weight = tensor if key == weight_key else pending.pop(weight_key)
+        yield weight_key, fp8_format.dequantise(weight, scale, block)
+
+
+def load_checkpoint(model: DeepseekForCausalLM, url: str, layout: Layout | None = None) -> None:
     """Loads the safetensors checkpoint in folder `url` (any fsspec URL) into `model`.
 
+    Shard headers are checked first, so a checkpoint that does not fit leaves the model
+    untouched; then tensors are read one shard at a time and copied into the model's
+    parameters and buffers (converted to their dtypes; FP8 weights dequantised).
+
+    Args:
+        model: the model to fill, built from the checkpoint's config.
+        url: folder holding model.safetensors or an index with its shards (and config.json,
+            whose quantization_config announces FP8 weights).
+        layout: the checkpoint's key layout (default: the hub names for `model.config`).
     Raises:
         CheckpointNotFoundError: no safetensors in the folder.
-        CheckpointError: weights that do not fit the model's config.
+        CheckpointError: missing, unexpected or misshapen tensors (all named in one line), a
+            truncated shard, or an unsupported quantisation.
     """
-    load_hf_state_dict(model, read_checkpoint(url))
+    layout = layout or HubLayout(model.config)
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    shards = _shard_names(fs, root, url)
+    block = _read_quantisation(fs, root)
+    stored: dict[str, _Stored] = {}
+    for shard in shards:
+        stored.update(_read_header(fs, root, shard))
+    _check(model, layout, stored, block, url)
+    state = model.state_dict()
+    tensors: Iterable[tuple[str, torch.Tensor]] = (
+        item for shard in shards for item in _read_shard(fs, root, shard)
+    )
+    if block is not None:
+        tensors = _dequantised(tensors, block, stored)
+    for key, tensor in tensors:
+        slot = layout.slot(key)
+        if slot is not None:
+            place(state[slot.key], slot, tensor)
 
 
 def from_pretrained(
@@ -190,7 +244,7 @@ def from_pretrained(
         ConfigError: an inconsistent config.json.
     """
     fs, root = fsspec.core.url_to_fs(url)
-    config_path = f"{root.rstrip('/')}/config.json"
+    config_path = f"{root.rstrip('/')}/{CONFIG_FILE}"
     if not fs.exists(config_path):
         raise CheckpointNotFoundError(f"no config.json in {url}")
     config = load_config(fs.unstrip_protocol(config_path))
@@ -204,39 +258,97 @@ def from_pretrained(
 
 
 def save_pretrained(
-    model: DeepseekForCausalLM, url: str, max_shard_bytes: int | None = None
+    model: DeepseekForCausalLM, url: str, max_shard_bytes: int | None = None, fp8: bool = False
 ) -> None:
     """Writes config.json and hub-layout safetensors (sharded with an index above the limit).
 
     The result loads with `from_pretrained` and with transformers' DeepseekV2/V3 classes.
+
+    Args:
+        model: the model to write.
+        url: destination folder, local path or any fsspec URL.
+        max_shard_bytes: start a new shard before one would exceed this size (None: one file).
+        fp8: store the weights the official releases quantise as blockwise FP8 (V3 format).
     """
+    save_checkpoint(model, url, max_shard_bytes=max_shard_bytes, fp8=fp8)
+
+
+def _stored_groups(
+    model: DeepseekForCausalLM, layout: Layout, fp8_block: fp8_format.Block | None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors to write, one hub tensor (with its FP8 scale) at a time, as CPU copies."""
+    for key, tensor in layout.hub_items(model.state_dict()):
+        if fp8_block is not None and fp8_format.is_quantised(key, tensor):
+            weight, scale = fp8_format.quantise(tensor.to("cpu"), fp8_block)
+            yield {key: weight, key + fp8_format.SCALE_SUFFIX: scale}
+        else:
+            yield {key: tensor.detach().to("cpu", copy=True).contiguous()}
+
+
+def _write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Writes `data` to `path` under a temporary name first, so a reader never sees half."""
+    with fs.open(path + _PARTIAL, "wb") as f:
+        f.write(data)
+    fs.mv(path + _PARTIAL, path)
+
+
+def save_checkpoint(
+    model: DeepseekForCausalLM,
+    url: str,
+    layout: Layout | None = None,
+    max_shard_bytes: int | None = None,
+    fp8: bool = False,
+) -> None:
+    """Writes `model` as config.json and safetensors (sharded with an index above the limit).
+
+    Shards are converted and written one at a time. The folder's previous config.json and
+    index go first and come back last, so a half-written checkpoint is never loadable.
+
+    Args:
+        model: the model to write.
+        url: destination folder, local path or any fsspec URL.
+        layout: key layout to write (default: the hub names, which transformers' DeepseekV2/V3
+            classes load).
+        max_shard_bytes: start a new shard before one would exceed this size (None: one file).
+        fp8: store the Linear weights the official releases quantise as blockwise FP8.
+    """
+    layout = layout or HubLayout(model.config)
+    block = fp8_format.DEFAULT_BLOCK if fp8 else None
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/config.json", "w") as f:
-        json.dump(model.config.to_hf_dict(), f, indent=2)
-    tensors = to_hf(model.state_dict(), model.config)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key in sorted(tensors):
-        t = tensors[key].detach().to("cpu").contiguous().clone()
-        nbytes = t.numel() * t.element_size()
-        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = t
-        size += nbytes
+    for visible in (CONFIG_FILE, INDEX_FILE):
+        if fs.exists(f"{root}/{visible}"):
+            fs.rm(f"{root}/{visible}")
     metadata = {"format": "pt"}
-    if len(shards) == 1:
-        with fs.open(f"{root}/{SINGLE_FILE}", "wb") as f:
-            f.write(save_bytes(shards[0], metadata=metadata))
-        return
-    weight_map = {}
-    for n, shard in enumerate(shards, start=1):
-        name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-        with fs.open(f"{root}/{name}", "wb") as f:
-            f.write(save_bytes(shard, metadata=metadata))
-        weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    with fs.open(f"{root}/{INDEX_FILE}", "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    written: list[dict[str, int]] = []  # per shard: key -> bytes
+    shard: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        fs_path = f"{root}/{_PARTIAL}-{len(written):05d}"
+        _write(fs, fs_path, save_bytes(shard, metadata=metadata))
+        written.append({k: t.numel() * t.element_size() for k, t in shard.items()})
+        shard.clear()
+
+    for group in _stored_groups(model, layout, block):
+        size = sum(t.numel() * t.element_size() for t in group.values())
+        held = sum(t.numel() * t.element_size() for t in shard.values())
+        if max_shard_bytes is not None and shard and held + size > max_shard_bytes:
+            flush()
+        shard.update(group)
+    flush()
+    config = model.config.to_hf_dict()
+    if block is not None:
+        config["quantization_config"] = fp8_format.hub_quantization_config(block)
+    if len(written) == 1:
+        fs.mv(f"{root}/{_PARTIAL}-00000", f"{root}/{SINGLE_FILE}")
+    else:
+        weight_map = {}
+        for n, keys in enumerate(written):
+            name = f"model-{n + 1:05d}-of-{len(written):05d}.safetensors"
+            fs.mv(f"{root}/{_PARTIAL}-{n:05d}", f"{root}/{name}")
+            weight_map.update(dict.fromkeys(keys, name))
+        total = sum(sum(keys.values()) for keys in written)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _write(fs, f"{root}/{INDEX_FILE}", json.dumps(index, indent=2).encode())
+    _write(fs, f"{root}/{CONFIG_FILE}", json.dumps(config, indent=2).encode())

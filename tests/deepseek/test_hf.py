@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import deepseek
-from deepseek.hf import INDEX_FILE, from_hf, to_hf
+from deepseek.hf import INDEX_FILE, load_checkpoint
+from deepseek.layout import HubLayout, place
 
 transformers = pytest.importorskip("transformers")
 AUTO = {"deepseek_v3": "DeepseekV3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}
@@ -111,23 +112,36 @@ def test_fsspec_url_roundtrip() -> None:
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
 
 
-def test_key_conversion_is_inverse() -> None:
-    config = deepseek.preset("v3-tiny")
+def test_hub_layout_places_every_tensor_back() -> None:
+    config = deepseek.preset("v3-tiny", num_nextn_predict_layers=1)
     state = deepseek.DeepseekForCausalLM(config).state_dict()
-    back = from_hf(to_hf(state, config), config)
-    assert back.keys() == state.keys()
-    assert all(torch.equal(back[k], state[k]) for k in state)
+    layout = HubLayout(config)
+    items = dict(layout.hub_items(state))
+    assert items["model.layers.1.mlp.experts.7.up_proj.weight"].shape == (32, 64)
+    # The MTP layer's copies of embedding and head are written but skipped on load.
+    assert torch.equal(
+        items["model.layers.3.embed_tokens.weight"], state["model.embed_tokens.weight"]
+    )
+    assert layout.slot("model.layers.3.shared_head.head.weight") is None
+    rebuilt = {key: torch.zeros_like(value) for key, value in state.items()}
+    for hub_key, value in items.items():
+        slot = layout.slot(hub_key)
+        if slot is not None:
+            place(rebuilt[slot.key], slot, value)
+    assert all(torch.equal(rebuilt[k], state[k]) for k in state)
 
 
 def test_other_architecture_is_refused_with_keys(hf_v2_dir: Path) -> None:
     model = deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny", num_nextn_predict_layers=0))
-    from deepseek.hf import load_hf_state_dict, read_checkpoint
-
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(deepseek.CheckpointError) as err:
-        load_hf_state_dict(model, read_checkpoint(str(hf_v2_dir)))
+        load_checkpoint(model, str(hf_v2_dir))
     message = str(err.value)
+    assert "\n" not in message
     assert "missing keys" in message and "q_a_proj" in message
     assert "unexpected keys" in message and "self_attn.q_proj.weight" in message
+    # Checked before anything is copied: the model is untouched.
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
