@@ -25,6 +25,8 @@ SCORING_FUNCS = ("sqrtsoftplus", "softmax", "sigmoid")
 _RATIO_TO_TYPE = {0: SLIDING, 4: CSA, 128: HCA}
 _DEFAULT_NUM_HASH_LAYERS = 3
 _DEFAULT_ROPE_HEAD_DIM = 64
+# Our training fields, absent from transformers' config (and from the config.json we write).
+_OURS = ("compress_ratios", "bias_update_rate", "aux_loss_alpha")
 
 
 def _fail(name: str, value: Any, why: str) -> None:
@@ -59,6 +61,8 @@ class V4Config:
     router_aux_loss_coef: float = 0.001
     bias_update_rate: float = 1e-3
     """Ours, not transformers': γ of the auxiliary-loss-free routing-bias update."""
+    aux_loss_alpha: float = 0.0
+    """Ours, not transformers': weight α of the sequence-wise balance loss (0 disables)."""
     # Positions
     max_position_embeddings: int = 1048576
     rope_theta: float = 10000.0
@@ -191,6 +195,8 @@ class V4Config:
                 self.num_experts_per_tok,
                 f"top-k must be between 1 and n_routed_experts={self.n_routed_experts}",
             )
+        if self.aux_loss_alpha < 0:
+            _fail("aux_loss_alpha", self.aux_loss_alpha, "must be ≥ 0")
         if self.n_shared_experts < 0:
             _fail("n_shared_experts", self.n_shared_experts, "must be ≥ 0")
         if self.scoring_func not in SCORING_FUNCS:
@@ -212,6 +218,11 @@ class V4Config:
             _fail("hidden_act", self.hidden_act, "DeepSeek-V4 uses silu")
 
     # -- derived sizes --------------------------------------------------------------------
+    @property
+    def model_type(self) -> str:
+        """The HF model_type (error messages name the architecture by it)."""
+        return "deepseek_v4"
+
     @property
     def qk_rope_head_dim(self) -> int:
         """Rotated dimensions per head (head_dim · partial_rotary_factor)."""
@@ -254,7 +265,7 @@ class V4Config:
             "model_type": "deepseek_v4",
         }
         for f in dataclasses.fields(self):
-            if f.name not in ("compress_ratios", "bias_update_rate"):
+            if f.name not in _OURS:
                 out[f.name] = getattr(self, f.name)
         return out
 

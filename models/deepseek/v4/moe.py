@@ -1,0 +1,158 @@
+"""V4's MoE layer: hash-routed or learned top-k routed experts, with clipped SwiGLU.
+
+- `hash_moe` layers choose experts with a frozen token → experts table (`tid2eid`), so the
+  first layers are balanced by construction; the learned gate still weights the chosen ones.
+- `moe` layers choose the top-k of score + `e_score_correction_bias` (V3's
+  auxiliary-loss-free balancing, updated by `MoE.update_bias` after each optimiser step).
+- Scores are sqrt(softplus(logits)) by default (softmax or sigmoid on request); routed and
+  shared experts clamp their gate (above) and up (both sides) pre-activations to
+  `swiglu_limit` so that a few huge activations cannot dominate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepseek.layers import MLP
+from deepseek.moe import Experts, MoE, Routing, balance_loss, grouped_mm
+from deepseek.v4.config import V4Config
+
+SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sqrtsoftplus": lambda logits: F.softplus(logits).sqrt(),
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "sigmoid": torch.sigmoid,
+}
+
+
+def clipped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """silu(min(gate, limit)) · clamp(up, ±limit)."""
+    return F.silu(gate.clamp(max=limit)) * up.clamp(min=-limit, max=limit)
+
+
+class V4Router(nn.Module):
+    """The gate: HF keys `mlp.gate.weight` plus `tid2eid` (hash) or `e_score_correction_bias`."""
+
+    def __init__(self, config: V4Config, hashed: bool) -> None:
+        super().__init__()
+        experts = config.n_routed_experts
+        self.top_k = config.num_experts_per_tok
+        self.score = SCORES[config.scoring_func]
+        self.norm_topk_prob = config.norm_topk_prob
+        self.scaling = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(experts, config.hidden_size))
+        self.tid2eid: torch.Tensor | None
+        self.e_score_correction_bias: torch.Tensor | None
+        if hashed:
+            # Part of the checkpoint (transformers saves it): the table is the routing.
+            self.register_buffer(
+                "tid2eid", torch.zeros(config.vocab_size, self.top_k, dtype=torch.long)
+            )
+            self.e_score_correction_bias = None
+        else:
+            self.tid2eid = None
+            # fp32 so that γ=1e-3 steps are not lost to rounding; no gradient ever.
+            self.register_buffer("e_score_correction_bias", torch.zeros(experts))
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> Routing:
+        """x (N, hidden) and its token ids (N,) → the chosen experts and their weights."""
+        weight = self.weight if self.weight.dtype == torch.float32 else self.weight.float()
+        scores = self.score(F.linear(x.float(), weight))
+        with torch.no_grad():  # choosing is not differentiable; only the weights are
+            if self.tid2eid is not None:
+                indices = self.tid2eid[input_ids].long()
+            else:
+                assert self.e_score_correction_bias is not None
+                biased = scores + self.e_score_correction_bias.float()
+                indices = biased.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, indices)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return Routing(weights * self.scaling, indices, scores)
+
+
+class ClippedExperts(Experts):
+    """`deepseek.moe.Experts` (same stacked tensors) with the clipped SwiGLU."""
+
+    def __init__(self, experts: int, hidden: int, intermediate: int, limit: float) -> None:
+        super().__init__(experts, hidden, intermediate)
+        self.limit = limit
+
+    def forward(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_k weights[:, k] · expert_{indices[:, k]}(x) for x (N, hidden) → (N, hidden)."""
+        top_k = indices.shape[1]
+        flat = indices.flatten()
+        order = flat.argsort(stable=True)
+        token = order // top_k
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        gate_up = grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), counts)
+        hidden = clipped_swiglu(*gate_up.chunk(2, -1), self.limit)
+        out = grouped_mm(hidden, self.down_proj.transpose(1, 2), counts)
+        out = out * weights.flatten()[order, None].to(out.dtype)
+        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+
+
+class ClippedMLP(MLP):
+    """The shared expert: `deepseek.layers.MLP` with the clipped SwiGLU."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, limit: float) -> None:
+        super().__init__(hidden_size, intermediate_size)
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(clipped_swiglu(self.gate_proj(x), self.up_proj(x), self.limit))
+
+
+class V4MoE(MoE):
+    """Shared + routed experts of one V4 layer (HF prefix `mlp.`).
+
+    A `deepseek.moe.MoE` for the training loop: the same load counting and
+    `update_bias` (which only restarts the count of a hash layer, having no bias).
+    """
+
+    def __init__(self, config: V4Config, layer_idx: int) -> None:
+        # MoE.__init__ reads a V2/V3 ModelConfig; set the attributes its methods use here.
+        nn.Module.__init__(self)
+        self.gate = V4Router(config, hashed=config.mlp_layer_types[layer_idx] == "hash_moe")
+        self.experts = ClippedExperts(
+            config.n_routed_experts,
+            config.hidden_size,
+            config.moe_intermediate_size,
+            config.swiglu_limit,
+        )
+        self.shared_experts = (
+            ClippedMLP(
+                config.hidden_size,
+                config.moe_intermediate_size * config.n_shared_experts,
+                config.swiglu_limit,
+            )
+            if config.n_shared_experts
+            else None
+        )
+        self.alpha, self.seq_aux = config.aux_loss_alpha, True
+        self.bias_update_rate = config.bias_update_rate
+        self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (batch, seq, hidden), input_ids (batch, seq) → (output, α-weighted
+        sequence-wise balance loss or None)."""
+        b, s, h = x.shape
+        flat = x.reshape(-1, h)
+        routing = self.gate(flat, input_ids.reshape(-1))
+        out = self.experts(flat, routing.indices, routing.weights)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        aux = None
+        if self.training:
+            with torch.no_grad():
+                self.load += torch.bincount(routing.indices.flatten(), minlength=self.load.numel())
+            if self.alpha > 0:
+                aux = self.alpha * balance_loss(routing.scores, routing.indices, b, self.gate.top_k)
+        return out.view(b, s, h), aux
