@@ -32,10 +32,19 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: torch.Tensor,
         cache: LayerCache | None = None,
+        indexer_losses: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (batch, seq, hidden) at the positions of the rotation table `rope` → (x after
-        the block, the MoE balance loss or None)."""
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
+        the block, the MoE balance loss or None).
+
+        With `indexer_losses` given, a V3.2 block appends its indexer's KL loss there (a
+        list rather than a third result, so that callers of other generations keep theirs).
+        """
+        h = self.input_layernorm(x)
+        if indexer_losses is None:
+            x = x + self.self_attn(h, rope, cache)
+        else:
+            x = x + self.self_attn(h, rope, cache, indexer_losses=indexer_losses)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoE):
             out, aux = self.mlp(h)

@@ -4,7 +4,8 @@ Field names follow the Hugging Face `config.json` keys so that a hub config maps
 `ModelConfig` almost one to one. The architecture a config describes follows from its
 fields: `kv_lora_rank` set means Multi-head Latent Attention (V2/V3), unset means MHA/GQA
 (DeepSeek LLM, DeepSeekMoE v1); `n_routed_experts` set means MoE layers after the first
-`first_k_dense_replace` dense ones.
+`first_k_dense_replace` dense ones (or where `mlp_layer_types` says "sparse"); model_type
+"deepseek_v32" adds DeepSeek Sparse Attention's lightning indexer (`index_*`) to MLA.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from deepseek.errors import ConfigError
 ROPE_TYPES = ("default", "yarn")
 SCORING_FUNCS = ("softmax", "sigmoid")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
-MODEL_TYPES = ("llama", "deepseek", "deepseek_v2", "deepseek_v3")
+MODEL_TYPES = ("llama", "deepseek", "deepseek_v2", "deepseek_v3", "deepseek_v32")
+MLP_LAYER_TYPES = ("dense", "sparse")
+# Generations routed like V3 (sigmoid scores, noaux_tc) when a config leaves routing unsaid.
+_V3_LIKE = ("deepseek_v3", "deepseek_v32")
+_INDEXER_FIELDS = ("index_n_heads", "index_head_dim", "index_topk")
 
 # The class name each model_type carries in config.json `architectures`.
 _ARCHITECTURES = {
@@ -29,6 +34,7 @@ _ARCHITECTURES = {
     "deepseek": "DeepseekForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",
 }
 
 
@@ -96,7 +102,8 @@ class ModelConfig:
     """Architecture of one DeepSeek model; validated on construction."""
 
     model_type: str = "deepseek_v3"
-    """"llama" (DeepSeek LLM), "deepseek" (DeepSeekMoE v1), "deepseek_v2" or "deepseek_v3"."""
+    """"llama" (DeepSeek LLM), "deepseek" (DeepSeekMoE v1), "deepseek_v2", "deepseek_v3" or
+    "deepseek_v32" (V3 + DeepSeek Sparse Attention)."""
     vocab_size: int = 256
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -127,6 +134,8 @@ class ModelConfig:
     """The first k layers keep a dense MLP."""
     moe_layer_freq: int = 1
     """Every moe_layer_freq-th layer after the dense ones is MoE."""
+    mlp_layer_types: list[str] | None = None
+    """V3.2: "dense" or "sparse" (MoE) per main layer; replaces the two rules above when set."""
     scoring_func: str = "sigmoid"
     topk_method: str = "noaux_tc"
     n_group: int = 1
@@ -144,6 +153,14 @@ class ModelConfig:
     num_nextn_predict_layers: int = 0
     mtp_loss_weight: float = 0.3
     """λ of the MTP loss (V3 paper: 0.3 for the first 10T tokens, then 0.1)."""
+    # DeepSeek Sparse Attention's lightning indexer (V3.2 §2.1; model_type deepseek_v32 only)
+    index_n_heads: int = 0
+    """Indexer heads: each scores a key by relu(q_h·k), weighted per query by weights_proj."""
+    index_head_dim: int = 0
+    """Width of the indexer's queries and its single shared key; the first qk_rope_head_dim
+    dimensions are rotated."""
+    index_topk: int = 0
+    """Keys each query attends to, those the indexer scores highest among the causal ones."""
     rope: RopeConfig = field(default_factory=RopeConfig)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -183,6 +200,44 @@ class ModelConfig:
             _fail("max_position_embeddings", self.max_position_embeddings, "must be positive")
         if self.num_nextn_predict_layers < 0:
             _fail("num_nextn_predict_layers", self.num_nextn_predict_layers, "must be ≥ 0")
+        if self.mlp_layer_types is not None:
+            self._check_mlp_layer_types()
+        if self.has_indexer:
+            self._check_indexer()
+
+    def _check_mlp_layer_types(self) -> None:
+        types = self.mlp_layer_types
+        assert types is not None
+        if len(types) != self.num_hidden_layers:
+            _fail(
+                "mlp_layer_types",
+                types,
+                f"needs one entry per layer (num_hidden_layers={self.num_hidden_layers})",
+            )
+        if any(t not in MLP_LAYER_TYPES for t in types):
+            _fail("mlp_layer_types", types, f"entries must be one of {MLP_LAYER_TYPES}")
+        if "sparse" in types and not self.is_moe:
+            _fail("mlp_layer_types", types, '"sparse" (MoE) layers need n_routed_experts')
+
+    def _check_indexer(self) -> None:
+        if not self.is_mla or self.q_lora_rank is None:
+            _fail(
+                "q_lora_rank",
+                self.q_lora_rank,
+                "deepseek_v32 needs latent attention with low-rank queries (the indexer reads "
+                "the query latent); set kv_lora_rank and q_lora_rank",
+            )
+        if not self.rope.interleaved:
+            _fail("rope interleaved", False, "deepseek_v32's latent attention rotates pairs")
+        for name in ("index_n_heads", "index_head_dim", "index_topk"):
+            if getattr(self, name) <= 0:
+                _fail(name, getattr(self, name), "must be positive for deepseek_v32")
+        if self.index_head_dim < self.qk_rope_head_dim:
+            _fail(
+                "index_head_dim",
+                self.index_head_dim,
+                f"must hold the rotary part (qk_rope_head_dim={self.qk_rope_head_dim})",
+            )
 
     def _check_moe(self) -> None:
         experts = self.n_routed_experts
@@ -226,6 +281,11 @@ class ModelConfig:
         return bool(self.n_routed_experts)
 
     @property
+    def has_indexer(self) -> bool:
+        """Whether attention is DeepSeek Sparse Attention (a lightning indexer per layer)."""
+        return self.model_type == "deepseek_v32"
+
+    @property
     def head_dim(self) -> int:
         """MHA/GQA head size (hidden_size / num_attention_heads)."""
         return self.hidden_size // self.num_attention_heads
@@ -237,6 +297,9 @@ class ModelConfig:
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` (MTP layers continue the numbering) holds a MoE MLP."""
+        types = self.mlp_layer_types
+        if types is not None and layer_idx < len(types):
+            return types[layer_idx] == "sparse"
         return (
             self.is_moe
             and layer_idx >= self.first_k_dense_replace
@@ -248,7 +311,7 @@ class ModelConfig:
     def from_hf_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         """Builds a config from a parsed HF `config.json`.
 
-        Accepts DeepSeek LLM (`llama`), DeepSeekMoE (`deepseek`), V2 and V3, with rope given
+        Accepts DeepSeek LLM (`llama`), DeepSeekMoE (`deepseek`), V2, V3 and V3.2, with rope given
         either as transformers-5 `rope_parameters` or as hub `rope_theta` + `rope_scaling`.
 
         Raises:
@@ -257,7 +320,7 @@ class ModelConfig:
         model_type = hf.get("model_type", "deepseek_v3")
         if model_type not in MODEL_TYPES:
             _fail("model_type", model_type, f"unsupported; use one of {MODEL_TYPES}")
-        v3 = model_type == "deepseek_v3"
+        v3 = model_type in _V3_LIKE
         names = {f.name for f in dataclasses.fields(cls)} - {"rope", "model_type"}
         kwargs = {k: hf[k] for k in names if k in hf and hf[k] is not None}
         if "num_mtp_layers" in hf and "num_nextn_predict_layers" not in kwargs:
@@ -267,17 +330,20 @@ class ModelConfig:
         kwargs.setdefault("topk_method", "noaux_tc" if v3 else "greedy")
         kwargs.setdefault("norm_topk_prob", v3)
         kwargs.setdefault("seq_aux", v3 or bool(hf.get("seq_aux", False)))
-        interleaved = model_type in ("deepseek_v2", "deepseek_v3") and hf.get(
-            "rope_interleave", True
-        )
+        # V3.2's config has no rope_interleave: its MLA always rotates interleaved pairs.
+        interleaved = model_type in ("deepseek_v2", *_V3_LIKE) and hf.get("rope_interleave", True)
         return cls(model_type=model_type, rope=_rope_from_hf(hf, interleaved), **kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF `config.json` for this config (hub form: `rope_theta` + `rope_scaling`)."""
         out: dict[str, Any] = {"architectures": [_ARCHITECTURES[self.model_type]]}
+        # Indexer fields only where they mean something: V2/V3 configs stay as the hub has them.
+        skipped = {"rope"} | (set() if self.has_indexer else set(_INDEXER_FIELDS))
         for f in dataclasses.fields(self):
-            if f.name != "rope":
+            if f.name not in skipped:
                 out[f.name] = getattr(self, f.name)
+        if self.mlp_layer_types is None:
+            del out["mlp_layer_types"]
         out["hidden_act"] = "silu"
         out["rope_theta"] = self.rope.theta
         if self.model_type == "deepseek_v3":
@@ -296,8 +362,10 @@ class ModelConfig:
             }
         else:
             out["rope_scaling"] = None
-        if self.model_type == "deepseek_v3" and self.topk_method != "noaux_tc":
-            raise ConfigError(f"topk_method={self.topk_method!r}: DeepSeek-V3 configs use noaux_tc")
+        if self.model_type in _V3_LIKE and self.topk_method != "noaux_tc":
+            raise ConfigError(
+                f"topk_method={self.topk_method!r}: {self.model_type} configs use noaux_tc"
+            )
         return out
 
 
@@ -369,6 +437,14 @@ def _v3(**overrides: Any) -> ModelConfig:
     )
     base.update(overrides)
     return ModelConfig(**base)
+
+
+def _v32(**overrides: Any) -> ModelConfig:
+    # index_topk 8 sits below the tests' sequence lengths, so selection really drops keys.
+    indexer: dict[str, Any] = dict(
+        model_type="deepseek_v32", index_n_heads=4, index_head_dim=16, index_topk=8
+    )
+    return _v3(**{**indexer, **overrides})
 
 
 def _v3_small() -> ModelConfig:
@@ -447,6 +523,7 @@ def _llm() -> ModelConfig:
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "v3-tiny": _v3,
     "v3-small": _v3_small,
+    "v32-tiny": _v32,
     "v2-tiny": _v2,
     "v2-lite-tiny": lambda: _v2(q_lora_rank=None, topk_method="greedy", n_group=1, topk_group=1),
     "moe-v1-tiny": _moe_v1,

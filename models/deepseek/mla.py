@@ -10,7 +10,13 @@ q_lora_rank is set. Two equivalent computations:
   into the output, so attention runs directly against the cached latent and nothing per
   head is ever materialised for past tokens.
 
-The cache holds only (c, k_pe) per token, side by side in one row.
+The cache holds only (c, k_pe) per token, side by side in one row (and, for V3.2, the
+indexer's key).
+
+DeepSeek-V3.2 (model_type deepseek_v32) adds a lightning indexer (`deepseek.indexer`): each
+query then attends only to the `index_topk` causal keys the indexer scores highest, on every
+path; with labels the layer also reports the indexer's KL loss, for which the naive path
+keeps the attention probabilities it computes.
 
 When the latent is small next to the heads (kv_lora_rank ≤ qk_nope_head_dim, as in the tiny
 presets), the absorbed path's weight products W_qb·W_uk and W_uv·W_o hold no more numbers
@@ -29,6 +35,7 @@ from torch import nn
 from deepseek.attention import attend_heads_first, causal_mask
 from deepseek.cache import LayerCache
 from deepseek.config import ModelConfig
+from deepseek.indexer import Indexer, indexer_loss, select_keys
 from deepseek.layers import RMSNorm
 from deepseek.rope import apply_rotary, apply_rotary_
 
@@ -56,6 +63,7 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(self.kv_rank)
         self.kv_b_proj = nn.Linear(self.kv_rank, self.heads * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(self.heads * self.v_dim, h, bias=bias)
+        self.indexer = Indexer(config) if config.has_indexer else None
         self.scale = qk**-0.5 * config.rope.softmax_scale_factor
         q_in = config.q_lora_rank or h
         c, r, n, v, heads = self.kv_rank, self.rope_dim, self.nope, self.v_dim, self.heads
@@ -71,12 +79,14 @@ class MLA(nn.Module):
         rope: torch.Tensor,
         cache: LayerCache | None = None,
         absorb: bool | None = None,
+        indexer_losses: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x (batch, seq, hidden) at the positions of the rotation table `rope`
         → (batch, seq, hidden).
 
         `absorb` picks the absorbed path; by default it is used exactly when decoding
-        with a cache.
+        with a cache. With `indexer_losses` given, a layer with an indexer appends its KL
+        loss there (and runs the naive path, which has the probabilities the loss needs).
         """
         b, s, _ = x.shape
         grad = torch.is_grad_enabled()
@@ -89,49 +99,104 @@ class MLA(nn.Module):
         else:  # the same row, made inside the projection's output
             apply_rotary_(k_pe[:, :, None], rope, self.interleaved)
             latent.copy_(self.kv_a_layernorm(latent))
-        if cache is not None:
-            (kv,) = cache.append(kv)
         q_in = self.q_a_layernorm(self.q_a_proj(x)) if self.low_rank_q else x
-        use_absorbed = cache is not None if absorb is None else absorb
+        # The indexer reads detached inputs: its loss must not train the rest of the model.
+        rows = (kv,) if self.indexer is None else (kv, self.indexer.keys(x.detach(), rope))
+        if cache is not None:
+            rows = cache.append(*rows)
+        kv = rows[0]
+        want_loss = indexer_losses is not None and self.indexer is not None
+        scores, allowed = (None, None)
+        if self.indexer is not None:
+            scores, allowed = self._select(x.detach(), q_in.detach(), rope, rows[1], want_loss)
+        use_absorbed = (cache is not None if absorb is None else absorb) and not want_loss
         if use_absorbed and self.fuse_absorbed and not grad:
-            return self._absorbed_fused(q_in, rope, kv)
+            return self._absorbed_fused(q_in, rope, kv, allowed)
         q = F.linear(q_in, self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight)
         q_nope, q_pe = q.view(b, s, self.heads, -1).split([self.nope, self.rope_dim], dim=-1)
         q_pe = apply_rotary(q_pe, rope, self.interleaved)
-        out = (self._absorbed if use_absorbed else self._naive)(q_nope, q_pe, kv)
+        if use_absorbed:
+            out = self._absorbed(q_nope, q_pe, kv, allowed)
+        elif allowed is None and not want_loss:
+            out = self._naive(q_nope, q_pe, kv)
+        else:
+            if allowed is None:
+                allowed = causal_mask(s, kv.shape[1], x.device)[None]
+            out, probs = self._naive_masked(q_nope, q_pe, kv, allowed)
+            if want_loss:
+                assert indexer_losses is not None and scores is not None
+                indexer_losses.append(indexer_loss(scores, probs, allowed))
         return self.o_proj(out)
 
-    def _naive(self, q_nope, q_pe, kv) -> torch.Tensor:
+    def _select(
+        self,
+        x: torch.Tensor,
+        q_in: torch.Tensor,
+        rope: torch.Tensor,
+        index_keys: torch.Tensor,
+        want_scores: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(index scores or None, keys attended to (batch, seq, keys) or None for every
+        causal key). Scores are computed only when selection or the loss needs them."""
+        indexer = self.indexer
+        assert indexer is not None
+        sparse = indexer.stage == "sparse" and index_keys.shape[1] > indexer.topk
+        if not (sparse or want_scores):
+            return None, None
+        scores = indexer.scores(x, q_in, rope, index_keys)
+        return scores, select_keys(scores, indexer.topk) if sparse else None
+
+    def _heads_first(self, q_nope, q_pe, kv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q, k, v (batch, heads, ·, ·) expanded from the latent rows kv."""
         b, t, _ = kv.shape
-        s, h = q_nope.shape[1], self.heads
+        h = self.heads
         latent, k_pe = kv.split([self.kv_rank, self.rope_dim], dim=-1)
         kv = self.kv_b_proj(latent).view(b, t, h, -1)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         # The concatenations write heads-first layouts directly, with no transposing copy.
         q = torch.cat((q_nope.transpose(1, 2), q_pe.transpose(1, 2)), dim=-1)
         k = torch.cat((k_nope.transpose(1, 2), k_pe[:, None].expand(b, h, t, -1)), dim=-1)
-        out = attend_heads_first(q, k, v.transpose(1, 2), self.scale)  # (b, h, s, v_dim)
-        return out.transpose(1, 2).reshape(b, s, h * self.v_dim)
+        return q, k, v.transpose(1, 2)
 
-    def _latent_attention(self, q, kv, scale: float) -> torch.Tensor:
-        """Causal attention of q (b, s·h, c + r), rows ordered (query, head), against the
-        cached (latent | k_pe) rows kv (b, t, c + r) → (b, s·h, c)."""
+    def _naive(self, q_nope, q_pe, kv) -> torch.Tensor:
+        b, s = q_nope.shape[:2]
+        out = attend_heads_first(*self._heads_first(q_nope, q_pe, kv), self.scale)
+        return out.transpose(1, 2).reshape(b, s, self.heads * self.v_dim)
+
+    def _naive_masked(self, q_nope, q_pe, kv, allowed) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention over the `allowed` (batch or 1, seq, keys) keys → (output, the
+        probabilities summed over heads (batch, seq, keys))."""
+        b, s = q_nope.shape[:2]
+        q, k, v = self._heads_first(q_nope, q_pe, kv)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        probs = scores.softmax(dim=-1, dtype=torch.float32)
+        out = torch.matmul(probs.to(v.dtype), v)
+        return out.transpose(1, 2).reshape(b, s, self.heads * self.v_dim), probs.sum(dim=1)
+
+    def _latent_attention(self, q, kv, scale: float, allowed=None) -> torch.Tensor:
+        """Attention of q (b, s·h, c + r), rows ordered (query, head), against the cached
+        (latent | k_pe) rows kv (b, t, c + r) → (b, s·h, c), over the `allowed` (b, s, t)
+        keys (None: every causal key)."""
         h, t = self.heads, kv.shape[1]
         s = q.shape[1] // h
-        if s == 1:  # a decoding step sees every cached position
+        if s == 1 and allowed is None:  # a decoding step sees every cached position
             scores = torch.bmm(q, kv.transpose(1, 2))
             if scale != 1.0:
                 scores = scores.mul_(scale)
         else:
-            allowed = causal_mask(s, t, q.device)[:, None].expand(s, h, t).reshape(s * h, t)
-            bias = torch.zeros(s * h, t, device=q.device, dtype=q.dtype)
+            if allowed is None:
+                allowed = causal_mask(s, t, q.device)[None]
+            n = allowed.shape[0]
+            allowed = allowed[:, :, None].expand(n, s, h, t).reshape(n, s * h, t)
+            bias = torch.zeros(n, s * h, t, device=q.device, dtype=q.dtype)
             bias = bias.masked_fill_(~allowed, float("-inf"))
             scores = torch.baddbmm(bias, q, kv.transpose(1, 2), alpha=scale)
         probs = scores.softmax(dim=-1, dtype=torch.float32)
         probs = probs if probs.dtype == kv.dtype else probs.to(kv.dtype)
         return torch.bmm(probs, kv[..., : self.kv_rank])
 
-    def _absorbed(self, q_nope, q_pe, kv) -> torch.Tensor:
+    def _absorbed(self, q_nope, q_pe, kv, allowed) -> torch.Tensor:
         # Plain bmm on (heads, tokens, ·) and (batch, queries·heads, ·) layouts: einsum's
         # permutes and reshapes would dominate a one-token step.
         b, s, h, _ = q_nope.shape
@@ -142,18 +207,18 @@ class MLA(nn.Module):
         q = torch.cat(
             (q_latent.transpose(0, 1).reshape(b, s * h, c), q_pe.reshape(b, s * h, -1)), dim=-1
         )
-        out_latent = self._latent_attention(q, kv, self.scale).view(b * s, h, c)
+        out_latent = self._latent_attention(q, kv, self.scale, allowed).view(b * s, h, c)
         out = torch.bmm(out_latent.transpose(0, 1), w_v.transpose(1, 2))  # (h, b·s, v_dim)
         return out.transpose(0, 1).reshape(b, s, h * self.v_dim)
 
-    def _absorbed_fused(self, q_in, rope, kv) -> torch.Tensor:
+    def _absorbed_fused(self, q_in, rope, kv, allowed) -> torch.Tensor:
         b, s, _ = q_in.shape
         h, c = self.heads, self.kv_rank
         w_q, w_o = self._fused_weights()
         q = F.linear(q_in, w_q).view(b, s, h, -1)  # (latent | rope) per head
         apply_rotary_(q[..., c:], rope, self.interleaved)
         q = q.view(b, s * h, -1)
-        out_latent = self._latent_attention(q, kv, 1.0)  # the softmax scale is in w_q
+        out_latent = self._latent_attention(q, kv, 1.0, allowed)  # softmax scale is in w_q
         return F.linear(out_latent.view(b, s, h * c), w_o, self.o_proj.bias)
 
     def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:

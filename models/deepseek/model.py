@@ -3,7 +3,8 @@
 Module names follow the Hugging Face checkpoint layout (`model.embed_tokens`,
 `model.layers.N...`, `model.norm`, `lm_head`), so conversion in `deepseek.hf` only has to
 split stacked experts and move MTP layers. MTP modules (`mtp.k`) run only when labels are
-given: inference never touches them.
+given: inference never touches them. V3.2 models also train their lightning indexers when
+labels are given (`CausalLMOutput.indexer_loss`), in the stage `dsa_stage` names.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from torch import nn
 from deepseek.block import Block
 from deepseek.cache import KVCache
 from deepseek.config import ModelConfig
-from deepseek.errors import SequenceTooLongError
+from deepseek.errors import ConfigError, SequenceTooLongError
 from deepseek.generate import generate
+from deepseek.indexer import DSA_STAGES, Indexer
 from deepseek.layers import RMSNorm
 from deepseek.moe import MoE, Router
 from deepseek.mtp import MTPLayer, mtp_labels
@@ -37,12 +39,16 @@ class CausalLMOutput:
     logits: torch.Tensor
     """(batch, seq, vocab)."""
     loss: torch.Tensor | None = None
-    """ce_loss + mtp_loss + aux_loss: what training minimises."""
+    """ce_loss + mtp_loss + aux_loss + indexer_loss: what training minimises."""
     ce_loss: torch.Tensor | None = None
     mtp_loss: torch.Tensor | None = None
     """λ/D·Σ_k CE_k over the MTP depths."""
     aux_loss: torch.Tensor | None = None
     """Sum of the MoE layers' α-weighted balance losses."""
+    indexer_loss: torch.Tensor | None = None
+    """V3.2: the lightning indexers' KL losses, averaged over layers. It trains the indexers
+    only (their inputs and targets are detached), so adding it leaves the model's gradients
+    as the other losses make them."""
 
 
 class DeepseekModel(nn.Module):
@@ -82,12 +88,13 @@ class DeepseekForCausalLM(nn.Module):
     def reset_parameters(self) -> None:
         """Normal(0, 0.02) weights, zero biases, unit norms, zero routing bias."""
         for module in self.modules():
-            if isinstance(module, RMSNorm):
+            norm = isinstance(module, (RMSNorm, nn.LayerNorm))
+            if norm:
                 module.weight.fill_(1.0)
             elif isinstance(module, Router) and module.e_score_correction_bias is not None:
                 module.e_score_correction_bias.zero_()
             for name, p in module.named_parameters(recurse=False):
-                if isinstance(module, RMSNorm):
+                if norm and name == "weight":
                     continue
                 if name == "bias":
                     p.zero_()
@@ -128,8 +135,11 @@ class DeepseekForCausalLM(nn.Module):
         rope = self.rotary.table(start, start + s)
         x = self.model.embed_tokens(input_ids)
         aux: list[torch.Tensor] = []
+        train_indexers = labels is not None and self.config.has_indexer
+        indexer_losses: list[torch.Tensor] | None = [] if train_indexers else None
         for i, layer in enumerate(self.model.layers):
-            x, layer_aux = layer(x, rope, cache.layers[i] if cache is not None else None)
+            layer_cache = cache.layers[i] if cache is not None else None
+            x, layer_aux = layer(x, rope, layer_cache, indexer_losses=indexer_losses)
             if layer_aux is not None:
                 aux.append(layer_aux)
         last = x[:, -logits_to_keep:] if logits_to_keep else x
@@ -156,7 +166,33 @@ class DeepseekForCausalLM(nn.Module):
         aux_loss = torch.stack(aux).sum() if aux else None
         if aux_loss is not None:
             loss = loss + aux_loss
-        return CausalLMOutput(logits, loss, ce, mtp_loss, aux_loss)
+        indexer_loss = torch.stack(indexer_losses).mean() if indexer_losses else None
+        if indexer_loss is not None:
+            loss = loss + indexer_loss
+        return CausalLMOutput(logits, loss, ce, mtp_loss, aux_loss, indexer_loss)
+
+    @property
+    def dsa_stage(self) -> str | None:
+        """V3.2 training stage of every lightning indexer: "dense" (warm-up: attention over
+        every causal key, indexer loss over them all) or "sparse" (attention and loss over
+        the selected keys; the default, and how the released models run); None without
+        indexers."""
+        stages = {m.stage for m in self.modules() if isinstance(m, Indexer)}
+        assert len(stages) <= 1, "indexers disagree on the stage"
+        return stages.pop() if stages else None
+
+    @dsa_stage.setter
+    def dsa_stage(self, stage: str) -> None:
+        if stage not in DSA_STAGES:
+            raise ConfigError(f"dsa_stage={stage!r}: use one of {DSA_STAGES}")
+        if not self.config.has_indexer:
+            raise ConfigError(
+                f"dsa_stage={stage!r}: model_type {self.config.model_type} has no sparse "
+                "attention (only deepseek_v32 has)"
+            )
+        for module in self.modules():
+            if isinstance(module, Indexer):
+                module.stage = stage
 
     def moe_layers(self) -> list[MoE]:
         """Every MoE layer, main stack first, then MTP."""
