@@ -2,7 +2,9 @@
 
 Each layer stores what its attention needs from earlier positions: keys and values for
 MHA/GQA, the normalised compressed latent and the rotated decoupled key for MLA (so an
-MLA cache holds kv_lora_rank + qk_rope_head_dim numbers per token, not 2·heads·head_dim).
+MLA cache holds kv_lora_rank + qk_rope_head_dim numbers per token, not 2·heads·head_dim),
+plus for V3.2 the lightning indexer's key (index_head_dim numbers), so that a decoding step's
+top-k selection ranks every cached position.
 Buffers are allocated once for `capacity` positions, so decoding copies only the new
 token's entries.
 """

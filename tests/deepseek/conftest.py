@@ -95,3 +95,41 @@ def hf_v2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     model = transformers.DeepseekV2ForCausalLM(config).eval()
     return _save(model, tmp_path_factory.mktemp("hf_v2"))
+
+
+@pytest.fixture(scope="session")
+def hf_v32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A transformers DeepseekV32ForCausalLM checkpoint: V3's shape plus a lightning indexer
+    keeping 8 keys per query (so 40-token inputs really drop keys), a non-identity indexer
+    key LayerNorm and a non-zero correction bias."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(2)
+    config = transformers.DeepseekV32Config(
+        **TINY,
+        n_shared_experts=1,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        q_lora_rank=32,
+        index_n_heads=4,
+        index_head_dim=16,
+        index_topk=8,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 1e4,
+            "factor": 8.0,
+            "original_max_position_embeddings": 32,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.8,
+        },
+    )
+    model = transformers.DeepseekV32ForCausalLM(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0.0, 0.2)
+            if isinstance(module, torch.nn.LayerNorm):  # the indexer's key norm
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    return _save(model, tmp_path_factory.mktemp("hf_v32"))
