@@ -158,3 +158,31 @@ def test_cache_refuses_positions_beyond_capacity(config: V4Config, x: torch.Tens
 def test_offset_without_cache_is_refused(config: V4Config, x: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="needs a cache"):
         V4Attention(config, 0)(x, 3, None)
+
+
+@pytest.mark.parametrize("layer_idx", range(3), ids=LAYER_TYPES)
+def test_indexer_loss_trains_only_the_indexer(
+    config: V4Config, x: torch.Tensor, layer_idx: int
+) -> None:
+    ours = V4Attention(config, layer_idx)
+    losses: list[torch.Tensor] = []
+    ours(x, 0, None, indexer_losses=losses)
+    if ours.layer_type != CSA:
+        assert losses == []
+        return
+    (loss,) = losses
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    indexer = ours.compressor.indexer
+    for name in (
+        "q_b_proj.weight",
+        "kv_proj.weight",
+        "gate_proj.weight",
+        "scorer.weights_proj.weight",
+    ):
+        assert indexer.get_parameter(name).grad.abs().sum() > 0, name
+    others = [p for n, p in ours.named_parameters() if ".indexer." not in n]
+    assert all(p.grad is None for p in others)
+    # Before the first complete window no query reads an entry: nothing to imitate.
+    ours(x[:, :3], 0, None, indexer_losses=losses)
+    assert len(losses) == 1

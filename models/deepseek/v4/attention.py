@@ -8,6 +8,8 @@ type, compressed long-range entries.
 - A learned per-head sink logit joins each softmax, so a head can attend to nothing.
 - Values carry the keys' rotation, so the output is rotated back by the query's angle.
 - The heads' outputs are projected per group (`o_a_proj`), then mixed (`o_b_proj`).
+- Training: a CSA layer given `indexer_losses` appends its indexer's KL loss (V3.2's
+  sparse-stage objective, deepseek.indexer.indexer_loss) over the entries it chose.
 
 Module and parameter names are transformers' `DeepseekV4Attention` names.
 """
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepseek.indexer import indexer_loss
 from deepseek.layers import RMSNorm
 from deepseek.v4.cache import V4LayerCache
 from deepseek.v4.compressor import CSACompressor, HCACompressor
@@ -42,7 +45,7 @@ class GroupedLinear(nn.Module):
 
 def attend_with_sinks(
     q: torch.Tensor, kv: torch.Tensor, allowed: torch.Tensor, sinks: torch.Tensor, scale: float
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of many query heads over one shared key=value head.
 
     Args:
@@ -52,14 +55,14 @@ def attend_with_sinks(
         sinks: (heads,) logits of a virtual key whose value is zero.
         scale: softmax scale.
     Returns:
-        (batch, seq, heads, dim).
+        (output (batch, seq, heads, dim), fp32 probabilities (batch, heads, seq, keys)).
     """
     b, s, h, _ = q.shape
     logits = torch.matmul(q.transpose(1, 2), kv.transpose(1, 2)[:, None]) * scale
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     sink = sinks.to(logits.dtype).view(1, h, 1, 1).expand(b, h, s, 1)
     probs = torch.cat((logits, sink), dim=-1).softmax(dim=-1, dtype=torch.float32)[..., :-1]
-    return torch.matmul(probs.to(kv.dtype), kv[:, None]).transpose(1, 2)
+    return torch.matmul(probs.to(kv.dtype), kv[:, None]).transpose(1, 2), probs
 
 
 def window_mask(queries: torch.Tensor, keys: torch.Tensor, window: int) -> torch.Tensor:
@@ -102,7 +105,11 @@ class V4Attention(nn.Module):
         self.rotary = V4Rotary(config, "main" if self.layer_type == SLIDING else "compress")
 
     def forward(
-        self, x: torch.Tensor, start: int = 0, cache: V4LayerCache | None = None
+        self,
+        x: torch.Tensor,
+        start: int = 0,
+        cache: V4LayerCache | None = None,
+        indexer_losses: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention output for x.
 
@@ -110,6 +117,8 @@ class V4Attention(nn.Module):
             x: (batch, seq, hidden).
             start: absolute position of x[:, 0]; the number of tokens `cache` has seen.
             cache: this layer's decoding state, updated in place; None for a whole sequence.
+            indexer_losses: if given, a CSA layer appends its indexer's scalar KL loss
+                (when some query has chosen entries).
         Returns:
             (batch, seq, hidden).
         Raises:
@@ -129,17 +138,40 @@ class V4Attention(nn.Module):
         kv = rotate_tail(self.kv_norm(self.kv_proj(x))[:, :, None], table)[:, :, 0]
 
         keys = kv if cache is None else cache.extend_window(kv)
-        key_positions = torch.arange(start + s - keys.shape[1], start + s, device=x.device)
+        in_window = keys.shape[1]
+        key_positions = torch.arange(start + s - in_window, start + s, device=x.device)
         allowed = window_mask(positions, key_positions, self.window)[None]
+        branch = None
         if self.compressor is not None:
-            entries, readable = self.compressor.branch(x, q_residual, positions, self.rotary, cache)
-            keys = torch.cat((keys, entries), dim=1)
-            batch = max(allowed.shape[0], readable.shape[0])
+            branch = self.compressor.branch(x, q_residual, positions, self.rotary, cache)
+            keys = torch.cat((keys, branch.entries), dim=1)
+            batch = max(allowed.shape[0], branch.readable.shape[0])
             allowed = torch.cat(
-                (allowed.expand(batch, -1, -1), readable.expand(batch, -1, -1)), dim=-1
+                (allowed.expand(batch, -1, -1), branch.readable.expand(batch, -1, -1)), dim=-1
             )
 
-        out = attend_with_sinks(q, keys, allowed, self.sinks, self.scale)
+        out, probs = attend_with_sinks(q, keys, allowed, self.sinks, self.scale)
+        if indexer_losses is not None and branch is not None and branch.index_scores is not None:
+            loss = entry_kl(branch.index_scores, probs[..., in_window:].sum(dim=1), branch.readable)
+            if loss is not None:
+                indexer_losses.append(loss)
         out = rotate_tail(out, table, inverse=True)
         out = self.o_a_proj(out.flatten(2).unflatten(-1, (self.o_groups, -1))).flatten(2)
         return self.o_b_proj(out)
+
+
+def entry_kl(
+    scores: torch.Tensor, attention: torch.Tensor, chosen: torch.Tensor
+) -> torch.Tensor | None:
+    """`indexer_loss` over the queries that read at least one compressed entry (earlier
+    ones have no distribution to imitate); None if there are none.
+
+    Args:
+        scores: the indexer's scores (batch, seq, entries).
+        attention: main attention on the entries, summed over heads (batch, seq, entries).
+        chosen: bool (batch, seq, entries), the entries the queries read.
+    """
+    rows = chosen.any(dim=-1)
+    if not rows.any():
+        return None
+    return indexer_loss(scores[rows][None], attention[rows][None], chosen[rows][None])

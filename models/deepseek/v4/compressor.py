@@ -9,6 +9,8 @@ with a mask, and the attention appends them to its sliding-window keys.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from deepseek.v4.cache import V4LayerCache
@@ -16,6 +18,17 @@ from deepseek.v4.config import CSA, HCA, V4Config
 from deepseek.v4.indexer import Indexer
 from deepseek.v4.pool import WindowPool, visible_entries
 from deepseek.v4.rope import V4Rotary
+
+
+class Branch(NamedTuple):
+    """What a compressor adds to its layer's attention."""
+
+    entries: torch.Tensor
+    """(batch, entries, head_dim) rotated compressed keys (= values)."""
+    readable: torch.Tensor
+    """Bool (batch or 1, seq, entries): the entries each query reads."""
+    index_scores: torch.Tensor | None = None
+    """CSA: the indexer's fp32 scores (batch, seq, entries), for its KL loss."""
 
 
 class HCACompressor(WindowPool):
@@ -34,11 +47,10 @@ class HCACompressor(WindowPool):
         positions: torch.Tensor,
         rotary: V4Rotary,
         cache: V4LayerCache | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entries (batch, entries, head_dim) and the bool (1, seq, entries) mask of those
-        each query reads. Arguments as in `CSACompressor.branch`."""
+    ) -> Branch:
+        """Every complete entry; arguments as in `CSACompressor.branch`."""
         entries = self(x, rotary, cache.compressor if cache is not None else None)
-        return entries, visible_entries(positions, entries.shape[1], self.rate)[None]
+        return Branch(entries, visible_entries(positions, entries.shape[1], self.rate)[None])
 
 
 class CSACompressor(WindowPool):
@@ -58,7 +70,7 @@ class CSACompressor(WindowPool):
         positions: torch.Tensor,
         rotary: V4Rotary,
         cache: V4LayerCache | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Branch:
         """The compressed keys a query may read.
 
         Args:
@@ -68,9 +80,12 @@ class CSACompressor(WindowPool):
             rotary: the compress rotary base.
             cache: the layer's cache (its pools are updated in place) or None.
         Returns:
-            (entries (batch, entries, head_dim), bool mask (batch, seq, entries)).
+            The entries, the mask of those the indexer chose and its scores.
         """
         entries = self(x, rotary, cache.compressor if cache is not None else None)
         indexer_state = cache.indexer if cache is not None else None
-        chosen = self.indexer.select(x, q_residual, positions, rotary, indexer_state)
-        return entries, chosen
+        # Detached: only the indexer's own KL loss trains it, and that loss trains only it.
+        chosen, scores = self.indexer.select(
+            x.detach(), q_residual.detach(), positions, rotary, indexer_state
+        )
+        return Branch(entries, chosen, scores)

@@ -4,8 +4,10 @@ It pools the same windows as the CSA compressor into small keys of its own
 (`index_head_dim`), scores them with Σ_h w_h(x) · ReLU(q_h · k) over `index_n_heads` cheap
 heads, and keeps the best `index_topk` entries that are already complete at the query.
 
-The choice is a top-k, so the main loss sends no gradient into the indexer's weights; the
-release trains them with a separate objective (see the report of issue 21).
+The choice is a top-k, so the language-model loss sends no gradient into the indexer. It
+is trained as V3.2's indexer is (deepseek.indexer.indexer_loss): a KL loss pulls its scores
+towards the main attention over the entries it chose, and it reads detached inputs so that
+loss trains only the indexer.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Indexer(WindowPool):
         positions: torch.Tensor,
         rotary: V4Rotary,
         state: PoolState | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which compressed entries each query reads.
 
         Args:
@@ -70,15 +72,16 @@ class Indexer(WindowPool):
             rotary: the compress rotary base.
             state: the indexer's cached pool (updated in place) or None.
         Returns:
-            Bool (batch, seq, entries): True for the chosen entries, all complete at the query.
+            (bool (batch, seq, entries), True for the chosen entries, all complete at the
+            query; their fp32 scores, with gradient to the indexer's weights).
         """
         keys = self(x, rotary, state)
         count = keys.shape[1]
         q = self.q_b_proj(q_residual).unflatten(-1, (self.heads, self.dim))
         q = rotate_tail(q, rotary(positions))
         visible = visible_entries(positions, count, self.rate)
-        scores = self.scorer(q, keys, x).masked_fill(~visible, float("-inf"))
-        picks = scores.topk(min(self.topk, count), dim=-1).indices
+        scores = self.scorer(q, keys, x)
+        picks = scores.masked_fill(~visible, float("-inf")).topk(min(self.topk, count)).indices
         # Early queries see fewer than topk entries: picks beyond them are dropped.
         chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, picks, True)
-        return chosen & visible
+        return chosen & visible, scores
