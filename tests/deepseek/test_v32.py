@@ -153,6 +153,17 @@ def test_greedy_generation_equals_recomputed_argmax() -> None:
     assert torch.equal(out, chain)
 
 
+def test_greedy_generation_matches_transformers(hf_v32_dir: Path) -> None:
+    # 6 + 20 tokens: the later decoding steps select 8 of up to 25 cached positions.
+    prompt = _ids(2, 6, seed=8)
+    ours = deepseek.from_pretrained(str(hf_v32_dir)).generate(prompt, 20, temperature=0.0)
+    reference = transformers.DeepseekV32ForCausalLM.from_pretrained(hf_v32_dir).eval()
+    expected = reference.generate(
+        prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    assert torch.equal(ours, expected)
+
+
 def _indexer_params(model: torch.nn.Module) -> set[str]:
     return {
         f"{name}.{p}"
