@@ -5,5 +5,7 @@ everywhere; its config and checkpoint keys follow transformers' `deepseek_v4`.
 """
 
 from deepseek.v4.config import V4Config
+from deepseek.v4.layout import ReleaseLayout, TransformersLayout
+from deepseek.v4.model import DeepseekV4ForCausalLM
 
-__all__ = ["V4Config"]
+__all__ = ["DeepseekV4ForCausalLM", "ReleaseLayout", "TransformersLayout", "V4Config"]
