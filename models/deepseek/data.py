@@ -1,4 +1,6 @@
-"""Training data: parquet files through fsspec, tokenised into one stream of fixed windows.
+"""Pretraining data: parquet files through fsspec, tokenised into one stream of fixed windows.
+
+(`data.format: sft` reads prompt/response examples instead: `deepseek.sft`.)
 
 Every file matched by the configured URLs (globs allowed, any fsspec protocol) is read in
 sorted order; a text column is tokenised (documents separated by the tokenizer's end-of-
@@ -20,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Protocol
+from typing import Literal, Protocol
 
 import fsspec
 import numpy as np
@@ -69,19 +71,24 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    format: Literal["parquet", "sft"] = "parquet"
+    """"parquet": pretraining text (this module). "sft": supervised fine-tuning examples,
+    JSON lines of {"prompt", "response"} or {"messages"} (`deepseek.sft`)."""
     files: list[str] = Field(default_factory=list)
-    """fsspec URLs or globs of parquet files, e.g. ["fs3://corpus/*.parquet"]."""
+    """fsspec URLs or globs of the data files, e.g. ["fs3://corpus/*.parquet"]."""
     column: str = "text"
-    """A string column (tokenised) or a list-of-int column (token ids)."""
+    """parquet: a string column (tokenised) or a list-of-int column (token ids)."""
     tokenizer: str | None = None
-    """URL of a HF tokenizer.json; None means the byte-level tokenizer."""
+    """URL of a HF tokenizer.json; None means the byte-level tokenizer. For sft chat data
+    the chat template is read from the tokenizer_config.json beside it."""
     eos_token: str | None = None
-    """With `tokenizer`: the end-of-text token (default: the last id)."""
+    """With `tokenizer`: the end-of-text token (default: tokenizer_config.json's eos_token
+    for sft, else the last id)."""
     seq_len: int = Field(64, gt=0)
     batch_size: int = Field(8, gt=0)
     """Sequences per step per rank."""
     cache_dir: str | None = None
-    """Local folder for the tokenised stream (int32 ids, 4 bytes a token), reused across
+    """parquet: local folder for the tokenised stream (int32 ids, 4 bytes a token), reused across
     runs; None: a temporary file in TMPDIR (which must then hold the whole stream, so point
     this at a disk for corpora larger than memory when TMPDIR is a tmpfs)."""
 
@@ -92,7 +99,9 @@ def load_tokenizer(config: DataConfig) -> Tokenizer:
     return HFTokenizer(config.tokenizer, config.eos_token)
 
 
-def _expand(urls: list[str]) -> list[str]:
+def expand_urls(urls: list[str]) -> list[str]:
+    """The files the fsspec URLs and globs name, each glob's matches in sorted order, as
+    URLs with their protocol."""
     paths: list[str] = []
     for url in urls:
         fs, _ = fsspec.core.url_to_fs(url)
@@ -177,7 +186,7 @@ def read_tokens(config: DataConfig, tokenizer: Tokenizer) -> torch.Tensor:
         DataError: no file matches, a file is not readable parquet, the column is missing,
             a token id does not fit int32, or the stream is shorter than one window.
     """
-    paths = _expand(config.files)
+    paths = expand_urls(config.files)
     if not paths:
         raise DataError(f"no parquet files match data.files={config.files}")
     cached = None
@@ -205,34 +214,53 @@ def read_tokens(config: DataConfig, tokenizer: Tokenizer) -> torch.Tensor:
             os.unlink(tmp)
 
 
-class TokenBatches:
-    """Deterministic (inputs, labels) batches from a token stream.
+class Batches(Protocol):
+    """What the training loop steps through: a pure function of (step, rank, world)."""
 
-    Windows are visited in a fresh seeded permutation every epoch; step s on rank r of w
-    reads windows [(s·w + r)·B, (s·w + r + 1)·B) of that order, so ranks never overlap.
-    The stream may be memory-mapped (`read_tokens`): only the windows a step reads are
-    copied, as int64. The permutation takes 8 bytes per window (1/(2·seq_len) of an int32
-    stream's size).
-    """
+    def batch(
+        self, step: int, rank: int = 0, world: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class EpochOrder:
+    """Which item the n-th read of a run takes: items are visited in a fresh seeded
+    permutation every epoch, so the order depends only on (seed, n) and resuming at a step
+    needs no other state. Step s on rank r of w reads items [(s·w + r)·B, (s·w + r + 1)·B),
+    so ranks never overlap. The permutation takes 8 bytes per item."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count, self.seed = count, seed
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def items(self, step: int, rank: int, world: int, batch_size: int) -> list[int]:
+        """The item indices of `step` on `rank` of `world`."""
+        first = (step * world + rank) * batch_size
+        return [self._item(n) for n in range(first, first + batch_size)]
+
+    def _item(self, n: int) -> int:
+        epoch = n // self.count
+        if epoch != self._epoch:  # one permutation per epoch, kept while it is in use
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.count, generator=generator)
+        return int(self._perm[n % self.count])
+
+
+class TokenBatches:
+    """Deterministic (inputs, labels) batches of seq_len+1-token windows of a token stream,
+    in `EpochOrder`. The stream may be memory-mapped (`read_tokens`): only the windows a
+    step reads are copied, as int64."""
 
     def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int) -> None:
         self.windows = tokens[: (len(tokens) - 1) // seq_len * seq_len + 1]
         self.count = (len(self.windows) - 1) // seq_len
-        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:  # one permutation per epoch, kept while it is in use
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.count, generator=generator)
-        return self._perm
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.order = EpochOrder(self.count, seed)
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels), each (batch_size, seq_len), for `step` on `rank`."""
-        first = (step * world + rank) * self.batch_size
         rows = []
-        for n in range(first, first + self.batch_size):
-            start = int(self._order(n // self.count)[n % self.count]) * self.seq_len
+        for window in self.order.items(step, rank, world, self.batch_size):
+            start = window * self.seq_len
             rows.append(self.windows[start : start + self.seq_len + 1])
         window = torch.stack(rows).long()
         return window[:, :-1], window[:, 1:]

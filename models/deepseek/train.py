@@ -9,6 +9,13 @@ stalls only for the host copy) and hold model, optimiser, scheduler, the step (w
 the data position) and RNG states, so a resumed run continues the uninterrupted loss curve
 exactly.
 
+Fine-tuning: `model.init` names a Hugging Face checkpoint folder (any fsspec URL); the model
+is built from its config.json and every rank loads its weights (`deepseek.hf.
+load_checkpoint`) before the model is laid out, unless checkpoint_dir already holds a
+checkpoint of this run: then the run resumes from that (newer) state and the init weights
+are not read. `data.format: sft` trains on prompt/response examples with the loss on the
+response tokens only (`deepseek.sft`).
+
 Suspending: `run` asks `should_suspend()` after every step on every rank, and the ranks
 agree (one small all-reduce, shared with the loss) so they all stop after the same step.
 It then checkpoints that step, waits until the checkpoint is published, calls
@@ -19,6 +26,7 @@ Metrics (`metrics_file`): rank 0 appends one JSON object per line, flushed each 
 Times are Unix seconds; every event has an "event" key:
 
     start       time, step (first step of this run), resumed_from (checkpoint URL or null),
+                init (the model.init URL whose weights were loaded, or null),
                 restart_count (HAI_RESTART_COUNT), world, parallel ("ddp", "fsdp" or "none"
                 for one process), backend (or "none"), ep
     allreduce   bytes, seconds, algbw_gbps: the median of 5 timed all-reduces (after a
@@ -48,8 +56,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from deepseek.data import TokenBatches, load_tokenizer, read_tokens
+from deepseek.data import Batches, DataConfig, TokenBatches, load_tokenizer, read_tokens
+from deepseek.errors import CheckpointError as ModelCheckpointError
 from deepseek.errors import ConfigError, DeepseekError
+from deepseek.hf import load_checkpoint
 from deepseek.model import DeepseekForCausalLM
 from deepseek.parallel import (
     Parallelized,
@@ -60,6 +70,7 @@ from deepseek.parallel import (
     init_process_group,
     parallelize,
 )
+from deepseek.sft import SFTBatches, load_sft_tokenizer, read_examples
 from deepseek.train_config import (
     ModelSection,
     OptimConfig,
@@ -69,7 +80,7 @@ from deepseek.train_config import (
 )
 from deepseek.train_hooks import JobHooks, MetricsLog
 from deepseek.train_state import TrainCheckpoints
-from haiscale.checkpoint import CheckpointError
+from haiscale.checkpoint import CheckpointError, CheckpointStore
 
 __all__ = [
     "ModelSection",
@@ -124,7 +135,7 @@ class _Job:
     plan: Parallelized
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    batches: TokenBatches
+    batches: Batches
     checkpoints: TrainCheckpoints | None
     metrics: MetricsLog
     rank: int
@@ -146,6 +157,50 @@ def _ranks() -> tuple[int, int, int]:
     return 0, 1, local_rank
 
 
+def _has_checkpoint(url: str | None, world: int) -> bool:
+    """Whether checkpoint_dir holds a published checkpoint, as rank 0 sees it (every rank
+    must decide alike whether to load the init weights)."""
+    found = [url is not None and CheckpointStore(url).latest() is not None]
+    if world > 1:
+        dist.broadcast_object_list(found, src=0)
+    return bool(found[0])
+
+
+def _load_init(model: DeepseekForCausalLM, url: str) -> None:
+    """The weights of checkpoint folder `url` into `model`, every failure one line."""
+    try:
+        load_checkpoint(model, url)
+    except OSError as err:
+        if isinstance(err, DeepseekError):  # CheckpointNotFoundError says it already
+            raise
+        raise ModelCheckpointError(f"model.init={url}: cannot read it ({err})") from None
+    except ModelCheckpointError as err:
+        raise ModelCheckpointError(f"model.init={url}: {err}") from None
+
+
+def _batches(data: DataConfig, seed: int, vocab_size: int, hint: str) -> Batches:
+    """The training batches of `data`: a pretraining token stream or SFT examples.
+
+    Raises:
+        ConfigError: the tokenizer has more ids than the model's vocabulary (`hint` says
+            what to do).
+        DataError: unreadable or empty data.
+    """
+    if data.format == "sft":
+        tokenizer, template = load_sft_tokenizer(data)
+    else:
+        tokenizer, template = load_tokenizer(data), None
+    if tokenizer.vocab_size > vocab_size:
+        raise ConfigError(
+            f"model vocab_size={vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}; {hint}"
+        )
+    if data.format == "sft":
+        examples = read_examples(data, tokenizer, template)
+        return SFTBatches(examples, data.seq_len, data.batch_size, seed, tokenizer.eos_id)
+    return TokenBatches(read_tokens(data, tokenizer), data.seq_len, data.batch_size, seed)
+
+
 def run(
     config: TrainConfig,
     *,
@@ -162,7 +217,9 @@ def run(
             published and returns (reason "suspended"). None: never suspend.
         acknowledge_suspend: called on every rank once that checkpoint is published.
     Raises:
-        ConfigError: a layout (`parallel`, `ep`) that does not fit the world or the model.
+        ConfigError: a layout (`parallel`, `ep`) that does not fit the world or the model,
+            or `model.overrides` that reshape a `model.init` checkpoint.
+        deepseek.CheckpointError: `model.init` is unreadable or does not fit its config.
     """
     rank, world, local_rank = _ranks()
     if config.device == "auto":
@@ -170,20 +227,22 @@ def run(
     else:
         device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    model = DeepseekForCausalLM(build_model_config(config.model)).to(device).train()
+    init = config.model.init
+    model = DeepseekForCausalLM(build_model_config(config.model))
     check_degrees(config.parallel, config.ep, world, model.config)
-    tokenizer = load_tokenizer(config.data)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ConfigError(
-            f"model vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}; raise model.overrides.vocab_size"
-        )
-    batches = TokenBatches(
-        read_tokens(config.data, tokenizer),
-        config.data.seq_len,
-        config.data.batch_size,
-        config.seed,
+    hint = (
+        "use the tokenizer model.init was trained with"
+        if init
+        else "raise model.overrides.vocab_size"
     )
+    batches = _batches(config.data, config.seed, model.config.vocab_size, hint)
+    if init is not None and _has_checkpoint(config.checkpoint_dir, world):
+        init = None  # this run's own checkpoint is newer than the init weights
+    if init is not None:
+        _load_init(model, init)
+        if rank == 0:
+            log.info("initialised from %s", init)
+    model = model.to(device).train()
     grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
     plan = parallelize(model, parallel=config.parallel, ep=config.ep, world=world)
     optim = config.optim
@@ -216,6 +275,7 @@ def run(
             time=time.time(),
             step=start,
             resumed_from=resumed_from,
+            init=init,
             restart_count=int(os.environ.get("HAI_RESTART_COUNT", 0)),
             world=world,
             parallel=config.parallel if world > 1 else "none",
@@ -360,8 +420,9 @@ def _suspend(
 def main(argv: list[str] | None = None) -> int:
     """Parses `CONFIG.yaml [section.field=value ...]`, trains, and always closes.
 
-    Returns 0 when training finished or suspended, 1 when a checkpoint could not be written
-    or read, 2 on a usage or configuration error (each reported as one line).
+    Returns 0 when training finished or suspended, 1 when a training checkpoint could not be
+    written or read, 2 on a usage or configuration error, bad data or an init checkpoint
+    that cannot be loaded (each reported as one line).
     """
     args = sys.argv[1:] if argv is None else argv
     if not args:

@@ -4,6 +4,13 @@
 overrides from the command line; every value is checked, under fs3.settings' one coercion
 rule, when the models are built, and a bad one is reported as one ConfigError line naming
 the field and the file or override.
+
+Fine-tuning: `model.init` names a Hugging Face-format checkpoint folder (config.json +
+safetensors, any fsspec URL). The model's architecture then comes from that config.json
+and the run starts from its weights; `model.overrides` may still change fields that leave
+every parameter's shape as it is (loss weights, routing constants, norm epsilon, context
+length), and anything else is refused. A run that finds a checkpoint of its own in
+`checkpoint_dir` resumes from it and does not read the init weights again.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ import dataclasses
 from typing import Any
 
 import fsspec
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepseek.config import ModelConfig, load_config, preset
 from deepseek.data import DataConfig
-from deepseek.errors import ConfigError
+from deepseek.errors import CheckpointNotFoundError, ConfigError
+from deepseek.model import DeepseekForCausalLM
 from deepseek.parallel import BACKENDS, PARALLEL_MODES, PIPELINE_REFUSAL
 from fs3.settings import layered
 
@@ -28,11 +37,24 @@ class ModelSection(BaseModel):
     model_config = _SECTION
 
     preset: str = "v3-tiny"
-    """A `deepseek.config.PRESETS` name, used when `config` is not given."""
+    """A `deepseek.config.PRESETS` name, used when neither `config` nor `init` is given."""
     config: str | None = None
     """URL of a HF config.json to build the model from instead."""
+    init: str | None = None
+    """fsspec URL of a HF checkpoint folder (config.json + safetensors) to fine-tune: the
+    architecture comes from its config.json and training starts from its weights."""
     overrides: dict[str, Any] = Field(default_factory=dict)
-    """ModelConfig fields to replace, e.g. {num_hidden_layers: 4}."""
+    """ModelConfig fields to replace, e.g. {num_hidden_layers: 4}; with `init`, only fields
+    that change no parameter shape (e.g. aux_loss_alpha, mtp_loss_weight)."""
+
+    @model_validator(mode="after")
+    def _one_architecture_source(self) -> ModelSection:
+        if self.init is not None and ({"preset", "config"} & self.model_fields_set):
+            given = sorted({"preset", "config"} & self.model_fields_set)
+            raise ValueError(
+                f"init={self.init!r} brings its own config.json; drop {' and '.join(given)}"
+            )
+        return self
 
 
 class OptimConfig(BaseModel):
@@ -119,6 +141,67 @@ def load_train_config(path: str, overrides: list[str] = ()) -> TrainConfig:  # t
     return layered(TrainConfig, layers, "train config", ConfigError)
 
 
+def init_config_url(init: str) -> str:
+    """The URL of the config.json in checkpoint folder `init`.
+
+    Raises:
+        CheckpointNotFoundError: the folder has no config.json (or cannot be reached).
+    """
+    fs, root = fsspec.core.url_to_fs(init)
+    path = f"{root.rstrip('/')}/config.json"
+    try:
+        found = fs.exists(path)
+    except OSError as err:
+        raise CheckpointNotFoundError(f"model.init={init}: cannot reach it ({err})") from None
+    if not found:
+        raise CheckpointNotFoundError(f"model.init={init}: no config.json there")
+    return fs.unstrip_protocol(path)
+
+
 def build_model_config(section: ModelSection) -> ModelConfig:
-    base = load_config(section.config) if section.config else preset(section.preset)
-    return dataclasses.replace(base, **section.overrides)
+    """The model's architecture: the init checkpoint's, a config.json's or a preset's, with
+    `section.overrides` applied.
+
+    Raises:
+        ConfigError: an unknown override field, an invalid result, or (with `init`) an
+            override that would change a parameter shape.
+        CheckpointNotFoundError: `init` has no config.json.
+    """
+    if section.init is not None:
+        base = load_config(init_config_url(section.init))
+    elif section.config:
+        base = load_config(section.config)
+    else:
+        base = preset(section.preset)
+    try:
+        config = dataclasses.replace(base, **section.overrides)
+    except TypeError:
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(section.overrides) - known)
+        raise ConfigError(f"model.overrides: unknown ModelConfig field(s) {unknown}") from None
+    if section.init is not None and section.overrides:
+        _refuse_reshaping(base, config, section)
+    return config
+
+
+def _parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation work
+        model = DeepseekForCausalLM(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _refuse_reshaping(base: ModelConfig, config: ModelConfig, section: ModelSection) -> None:
+    """Overrides on top of an init checkpoint must leave its weights loadable as they are."""
+    before, after = _parameter_shapes(base), _parameter_shapes(config)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    if changed:
+        first = changed[0]
+        raise ConfigError(
+            f"model.overrides {section.overrides} change the shapes of the weights of "
+            f"model.init={section.init} ({len(changed)} tensors, e.g. {first}: "
+            f"{before.get(first, 'absent')} -> {after.get(first, 'absent')}); with model.init "
+            "override only fields that keep every shape (e.g. aux_loss_alpha, "
+            "mtp_loss_weight, max_position_embeddings)"
+        )

@@ -32,3 +32,29 @@ def test_wrong_types_name_the_field_and_the_file(tmp_path: Path) -> None:
         load_train_config(str(path), ["data.batch_size=0"])
     with pytest.raises(ConfigError, match="cannot read train config file"):
         load_train_config(str(tmp_path / "missing.yaml"))
+
+
+def test_init_brings_the_architecture_and_allows_only_shape_keeping_overrides(
+    tmp_path: Path,
+) -> None:
+    import deepseek
+    from deepseek.train_config import build_model_config
+
+    saved = deepseek.preset("v2-tiny", num_hidden_layers=2, aux_loss_alpha=0.0)
+    deepseek.save_pretrained(deepseek.DeepseekForCausalLM(saved), str(tmp_path / "init"))
+    path = tmp_path / "train.yaml"
+    path.write_text(f"model: {{init: {tmp_path / 'init'}}}\n")
+    config = build_model_config(load_train_config(str(path)).model)
+    assert (config.model_type, config.num_hidden_layers) == ("deepseek_v2", 2)
+    kept = load_train_config(str(path), ["model.overrides.aux_loss_alpha=0.01"])
+    assert build_model_config(kept.model).aux_loss_alpha == 0.01
+    wider = load_train_config(str(path), ["model.overrides.n_routed_experts=16"])
+    with pytest.raises(
+        ConfigError, match=r"\{'n_routed_experts': 16\} change the shapes .* -> \(16, 64, 32\)"
+    ):
+        build_model_config(wider.model)
+    with pytest.raises(ConfigError, match=r"drop preset"):
+        load_train_config(str(path), ["model.preset=v3-tiny"])
+    unknown = load_train_config(str(path), ["model.overrides.hiden_size=8"])
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig field\(s\) \['hiden_size'\]"):
+        build_model_config(unknown.model)
