@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,57 @@ def test_missing_checkpoint_is_reported(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(deepseek.preset("llm-tiny").to_hf_dict()))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         deepseek.from_pretrained(str(tmp_path))
+
+
+# Loads the checkpoint at argv[1] into a model built from its config and prints how far the
+# process's peak resident memory rose above what it used before building the model.
+_PEAK_GROWTH = """
+import sys
+import torch
+import deepseek
+from deepseek.hf import load_checkpoint
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+torch.set_num_threads(1)
+config = deepseek.load_config(sys.argv[1] + "/config.json")
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM, the peak, to the current size
+model = deepseek.DeepseekForCausalLM(config)
+load_checkpoint(model, sys.argv[1])
+print(status("VmHWM:") - before)
+"""
+
+
+def test_loading_holds_one_shard_at_a_time(tmp_path: Path) -> None:
+    config = deepseek.preset(
+        "v3-tiny",
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=2048,
+        moe_intermediate_size=512,
+        n_routed_experts=16,
+        num_hidden_layers=4,
+        num_nextn_predict_layers=0,
+    )
+    model = deepseek.DeepseekForCausalLM(config)
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    deepseek.save_pretrained(model, str(tmp_path), max_shard_bytes=model_bytes // 6)
+    del model
+    shard_bytes = sorted(p.stat().st_size for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shard_bytes) >= 6
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_GROWTH, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    growth = int(run.stdout.split()[-1])
+    # The model itself, plus the shard being read (and one in flight): reading the whole
+    # checkpoint first would add another model_bytes.
+    assert model_bytes * 0.9 < growth < model_bytes + 2 * shard_bytes[-1]
