@@ -131,6 +131,8 @@ def test_cached_decoding_equals_full_forward(
             )
             cache.advance(n)
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+    # The raw keys kept are only those a later query's window can still reach.
+    assert cache.layers[layer_idx].window.shape[1] == config.sliding_window - 1
 
 
 @pytest.mark.parametrize("layer_idx", range(3), ids=LAYER_TYPES)
@@ -155,9 +157,14 @@ def test_cache_refuses_positions_beyond_capacity(config: V4Config, x: torch.Tens
         cache.advance(9)
 
 
-def test_offset_without_cache_is_refused(config: V4Config, x: torch.Tensor) -> None:
+def test_start_must_follow_the_cache(config: V4Config, x: torch.Tensor) -> None:
+    ours = V4Attention(config, 0)
     with pytest.raises(ValueError, match="needs a cache"):
-        V4Attention(config, 0)(x, 3, None)
+        ours(x, 3, None)
+    layer_cache = V4Cache(config, capacity=SEQ).layers[0]
+    ours(x[:, :4], 0, layer_cache)
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        ours(x[:, 4:5], 5, layer_cache)
 
 
 @pytest.mark.parametrize("layer_idx", range(3), ids=LAYER_TYPES)

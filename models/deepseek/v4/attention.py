@@ -122,11 +122,14 @@ class V4Attention(nn.Module):
         Returns:
             (batch, seq, hidden).
         Raises:
-            ValueError: start ≠ 0 without a cache, or the cache's capacity is exceeded.
+            ValueError: start ≠ 0 without a cache, start is not where the cache ends, or the
+                cache's capacity is exceeded.
         """
         b, s, _ = x.shape
         if cache is None and start:
             raise ValueError(f"start={start} needs a cache: without one x must begin at 0")
+        if cache is not None and start != cache.length:
+            raise ValueError(f"start={start}, but the layer cache holds {cache.length} positions")
         if cache is not None and start + s > cache.capacity:
             raise ValueError(f"cache capacity {cache.capacity} exceeded by {start + s} positions")
         positions = torch.arange(start, start + s, device=x.device)

@@ -65,6 +65,8 @@ class V4LayerCache:
     def __init__(self, config: V4Config, layer_idx: int, capacity: int) -> None:
         layer_type = config.layer_types[layer_idx]
         self.capacity = capacity
+        self.length = 0
+        """Positions this layer has seen; the next forward must start there."""
         self.keep = config.sliding_window - 1
         self.window: torch.Tensor | None = None
         self.compressor: PoolState | None = None
@@ -82,6 +84,7 @@ class V4LayerCache:
             (batch, cached + new, dim); the last `sliding_window - 1` of them stay cached.
         """
         keys = kv if self.window is None else torch.cat((self.window, kv), dim=1)
+        self.length += kv.shape[1]
         self.window = keys[:, keys.shape[1] - min(self.keep, keys.shape[1]) :]
         return keys
 
