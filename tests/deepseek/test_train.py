@@ -1,6 +1,7 @@
 """The training entry point: parquet via fsspec, loss falls, exact resume through the
 suspend hook, bad data and config, the command line (one process, torchrun, SIGTERM and the
-hai suspend file). Multi-rank layouts: test_parallel.py."""
+hai suspend file), fine-tuning from an init checkpoint on two ranks. Multi-rank layouts:
+test_parallel.py; SFT data and one-process fine-tuning: test_sft.py."""
 
 from __future__ import annotations
 
@@ -284,3 +285,40 @@ def test_two_process_ddp_keeps_ranks_in_sync(corpus: str, tmp_path: Path) -> Non
     assert bias.abs().sum() > 0
     start = _events(tmp_path / "metrics.jsonl")[0]
     assert (start["backend"], start["world"], start["parallel"]) == ("hfreduce", 2, "ddp")
+
+
+def test_two_process_finetuning_loads_init_on_every_rank(tmp_path: Path) -> None:
+    """torchrun, DDP over hfreduce, SFT data and an init checkpoint: both ranks agree there
+    is no checkpoint of the run yet, load init and train; the first loss is the
+    checkpoint's on the two ranks' first batches."""
+    import torch
+
+    from deepseek.sft import SFTBatches, load_sft_tokenizer, read_examples
+
+    torch.manual_seed(5)
+    init = tmp_path / "init"
+    deepseek.save_pretrained(
+        deepseek.DeepseekForCausalLM(deepseek.preset("v3-tiny", num_hidden_layers=2)), str(init)
+    )
+    lines = [json.dumps({"prompt": f"say {w}: ", "response": w}) for w in TEXT[0].split()]
+    (tmp_path / "sft.jsonl").write_text("\n".join(lines) + "\n")
+    files = [str(tmp_path / "sft.jsonl")]
+    config = {
+        "model": {"init": str(init)},
+        "data": {"format": "sft", "files": files, "seq_len": 24, "batch_size": 2},
+        "steps": 2,
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    train = ["-m", "deepseek.train", "train.yaml", f"metrics_file={tmp_path}/metrics.jsonl"]
+    result = _entry_point([*args, *train], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = _events(tmp_path / "metrics.jsonl")
+    assert (events[0]["init"], events[0]["world"]) == (str(init), 2)
+    data = load_train_config(str(tmp_path / "train.yaml")).data
+    batches = SFTBatches(read_examples(data, *load_sft_tokenizer(data)), 24, 2, 0, 0)
+    reference = deepseek.from_pretrained(str(init)).train()
+    with torch.no_grad():
+        losses = [reference(*batches.batch(0, rank, 2)).loss.item() for rank in (0, 1)]
+    first = next(e for e in events if e["event"] == "step")
+    assert first["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
