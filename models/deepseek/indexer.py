@@ -75,7 +75,9 @@ class Indexer(nn.Module):
         q = self._rotate(self.wq_b(q_latent).view(b, s, self.heads, self.head_dim), rope)
         per_head = torch.matmul(q.float(), keys.float().transpose(1, 2)[:, None])  # (b,s,h,t)
         per_head = F.relu(per_head * self.scale)
-        weights = self.weights_proj(x).float() * self.head_weight_scale  # (b, s, h)
+        # weights_proj may be kept in fp32 in a bf16 model, as transformers keeps it.
+        w = self.weights_proj.weight
+        weights = F.linear(x.to(w.dtype), w).float() * self.head_weight_scale  # (b, s, h)
         return torch.matmul(weights[:, :, None], per_head)[:, :, 0]
 
 
