@@ -107,6 +107,7 @@ def _check(
     missing: set[str] = set()
     unexpected: list[str] = []
     wrong: list[str] = []
+    unannounced: list[str] = []  # FP8 tensors without a quantization_config
     filled: set[Slot] = set()
     for key, info in stored.items():
         if block is not None and key.endswith(fp8_format.SCALE_SUFFIX):
@@ -116,10 +117,11 @@ def _check(
             elif info.shape != fp8_format.scale_shape(weight.shape, block):
                 wrong.append(f"{key} {info.shape} vs {fp8_format.scale_shape(weight.shape, block)}")
             continue
-        if info.dtype.startswith("F8") and (
-            block is None or key + fp8_format.SCALE_SUFFIX not in stored
-        ):
-            missing.add(key + fp8_format.SCALE_SUFFIX)
+        if info.dtype.startswith("F8"):
+            if block is None:
+                unannounced.append(key)
+            elif key + fp8_format.SCALE_SUFFIX not in stored:
+                missing.add(key + fp8_format.SCALE_SUFFIX)
         slot = layout.slot(key)
         if slot is None:
             continue
@@ -144,6 +146,7 @@ def _check(
             ("missing keys", missing),
             ("unexpected keys", unexpected),
             ("wrong shapes", wrong),
+            ("FP8 tensors but no quantization_config in config.json", unannounced),
         )
         if keys
     ]
@@ -273,6 +276,10 @@ def save_pretrained(
     save_checkpoint(model, url, max_shard_bytes=max_shard_bytes, fp8=fp8)
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def _stored_groups(
     model: DeepseekForCausalLM, layout: Layout, fp8_block: fp8_format.Block | None
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -320,33 +327,35 @@ def save_checkpoint(
     for visible in (CONFIG_FILE, INDEX_FILE):
         if fs.exists(f"{root}/{visible}"):
             fs.rm(f"{root}/{visible}")
-    metadata = {"format": "pt"}
-    written: list[dict[str, int]] = []  # per shard: key -> bytes
+    written: list[dict[str, int]] = []  # per shard written: its tensors' sizes in bytes
     shard: dict[str, torch.Tensor] = {}
+    shard_bytes = 0
 
     def flush() -> None:
-        fs_path = f"{root}/{_PARTIAL}-{len(written):05d}"
-        _write(fs, fs_path, save_bytes(shard, metadata=metadata))
-        written.append({k: t.numel() * t.element_size() for k, t in shard.items()})
+        # Under a name no reader looks for; renamed once every shard is there.
+        with fs.open(f"{root}/shard-{len(written):05d}{_PARTIAL}", "wb") as f:
+            f.write(save_bytes(shard, metadata={"format": "pt"}))
+        written.append({key: _nbytes(t) for key, t in shard.items()})
         shard.clear()
 
     for group in _stored_groups(model, layout, block):
-        size = sum(t.numel() * t.element_size() for t in group.values())
-        held = sum(t.numel() * t.element_size() for t in shard.values())
-        if max_shard_bytes is not None and shard and held + size > max_shard_bytes:
+        size = sum(_nbytes(t) for t in group.values())
+        if max_shard_bytes is not None and shard and shard_bytes + size > max_shard_bytes:
             flush()
+            shard_bytes = 0
         shard.update(group)
+        shard_bytes += size
     flush()
     config = model.config.to_hf_dict()
     if block is not None:
         config["quantization_config"] = fp8_format.hub_quantization_config(block)
     if len(written) == 1:
-        fs.mv(f"{root}/{_PARTIAL}-00000", f"{root}/{SINGLE_FILE}")
+        fs.mv(f"{root}/shard-00000{_PARTIAL}", f"{root}/{SINGLE_FILE}")
     else:
         weight_map = {}
         for n, keys in enumerate(written):
             name = f"model-{n + 1:05d}-of-{len(written):05d}.safetensors"
-            fs.mv(f"{root}/{_PARTIAL}-{n:05d}", f"{root}/{name}")
+            fs.mv(f"{root}/shard-{n:05d}{_PARTIAL}", f"{root}/{name}")
             weight_map.update(dict.fromkeys(keys, name))
         total = sum(sum(keys.values()) for keys in written)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}

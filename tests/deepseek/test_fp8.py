@@ -325,6 +325,22 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     )
 
 
+def test_fp8_tensors_without_quantization_config_are_refused(tmp_path: Path) -> None:
+    _fp8_checkpoint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _assert_refused(tmp_path, "no quantization_config", "model.layers.0.mlp.up_proj.weight")
+
+
+def test_unsupported_quantisation_is_refused(tmp_path: Path) -> None:
+    _fp8_checkpoint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _assert_refused(tmp_path, "quant_method='gptq'")
+
+
 def test_fp8_checkpoint_on_an_fsspec_url(tmp_path: Path) -> None:
     model = _fp8_checkpoint(tmp_path)
     deepseek.save_pretrained(model, "memory://fp8/ckpt", fp8=True, max_shard_bytes=60_000)
