@@ -129,6 +129,10 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(experts, 2 * intermediate, hidden))
         self.down_proj = nn.Parameter(torch.empty(experts, hidden, intermediate))
 
+    def activation(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) · up; a subclass may bound it (V4 clips both)."""
+        return F.silu(gate) * up
+
     def forward(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
@@ -143,7 +147,7 @@ class Experts(nn.Module):
             out = None
             for e, w in zip(indices.tolist()[0], token_weights, strict=True):
                 gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, -1)
-                y = F.linear(F.silu(gate) * up, self.down_proj[e])
+                y = F.linear(self.activation(gate, up), self.down_proj[e])
                 if out is None:
                     out = y * w
                 elif grad:
@@ -158,7 +162,7 @@ class Experts(nn.Module):
         token = order // top_k
         counts = torch.bincount(flat, minlength=self.num_experts)
         gate, up = grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), counts).chunk(2, -1)
-        out = grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), counts)
+        out = grouped_mm(self.activation(gate, up), self.down_proj.transpose(1, 2), counts)
         out = out * weights.flatten()[order, None].to(out.dtype)
         return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
 

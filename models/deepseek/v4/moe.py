@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepseek.layers import MLP
-from deepseek.moe import Experts, MoE, Routing, balance_loss, grouped_mm
+from deepseek.moe import Experts, MoE, Routing, balance_loss
 from deepseek.v4.config import V4Config
 
 SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -81,20 +81,8 @@ class ClippedExperts(Experts):
         super().__init__(experts, hidden, intermediate)
         self.limit = limit
 
-    def forward(
-        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
-    ) -> torch.Tensor:
-        """Σ_k weights[:, k] · expert_{indices[:, k]}(x) for x (N, hidden) → (N, hidden)."""
-        top_k = indices.shape[1]
-        flat = indices.flatten()
-        order = flat.argsort(stable=True)
-        token = order // top_k
-        counts = torch.bincount(flat, minlength=self.num_experts)
-        gate_up = grouped_mm(x[token], self.gate_up_proj.transpose(1, 2), counts)
-        hidden = clipped_swiglu(*gate_up.chunk(2, -1), self.limit)
-        out = grouped_mm(hidden, self.down_proj.transpose(1, 2), counts)
-        out = out * weights.flatten()[order, None].to(out.dtype)
-        return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+    def activation(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return clipped_swiglu(gate, up, self.limit)
 
 
 class ClippedMLP(MLP):
@@ -104,8 +92,8 @@ class ClippedMLP(MLP):
         super().__init__(hidden_size, intermediate_size)
         self.limit = limit
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(clipped_swiglu(self.gate_proj(x), self.up_proj(x), self.limit))
+    def activation(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return clipped_swiglu(gate, up, self.limit)
 
 
 class V4MoE(MoE):
