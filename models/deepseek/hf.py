@@ -42,7 +42,6 @@ _HEADER_LENGTH_BYTES = 8
 class _Stored:
     """One tensor as a shard header describes it."""
 
-    shard: str
     dtype: str
     shape: tuple[int, ...]
 
@@ -84,7 +83,7 @@ def _read_header(fs: fsspec.AbstractFileSystem, root: str, shard: str) -> dict[s
     )
     if size < needed:
         raise CheckpointError(f"{shard}: truncated: {size} bytes, its header needs {needed}")
-    return {key: _Stored(shard, v["dtype"], tuple(v["shape"])) for key, v in header.items()}
+    return {key: _Stored(v["dtype"], tuple(v["shape"])) for key, v in header.items()}
 
 
 def _read_quantisation(fs: fsspec.AbstractFileSystem, root: str) -> fp8_format.Block | None:
@@ -239,7 +238,8 @@ def from_pretrained(
 
     Args:
         url: a folder, local path or any fsspec URL, holding a HF DeepSeek checkpoint.
-        dtype: parameter dtype (default: as stored); the routing bias stays fp32.
+        dtype: parameter dtype (default float32, FP8 checkpoints dequantised); the routing
+            bias stays fp32.
         device: where the model ends up.
     Raises:
         CheckpointNotFoundError: no config.json or safetensors in the folder.
