@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,14 +62,60 @@ class DeepseekModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of logits (batch, seq, vocab) in fp32, skipping IGNORE_INDEX."""
     return F.cross_entropy(
         logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX
     )
 
 
-class DeepseekForCausalLM(nn.Module):
-    """Any DeepSeek generation, chosen by its `ModelConfig`."""
+class CausalLM(nn.Module):
+    """What every DeepSeek generation's model shares with the training loop and generation:
+    the context check, MoE bias updates and sampling. A subclass sets `config` (with
+    `max_position_embeddings`) and implements `forward` and `new_cache`."""
+
+    config: Any
+
+    def check_length(self, start: int, tokens: int) -> None:
+        """Raises SequenceTooLongError when positions start..start+tokens pass the context."""
+        limit = self.config.max_position_embeddings
+        if start + tokens > limit:
+            raise SequenceTooLongError(
+                f"sequence of {start + tokens} tokens exceeds max_position_embeddings={limit}; "
+                "shorten it or use a config with a longer context"
+            )
+
+    def moe_layers(self) -> list[MoE]:
+        """Every MoE layer, main stack first, then MTP."""
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def update_expert_bias(
+        self, total: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
+        """Runs `MoE.update_bias` on every MoE layer after an optimiser step; ``total`` sums a
+        layer's loads over the job's replicas (see `MoE.update_bias`).
+
+        Returns:
+            (moe_layers, experts) tokens routed per expert since the previous call (totalled),
+            or None for a dense model.
+        """
+        loads = [layer.update_bias(total) for layer in self.moe_layers()]
+        return torch.stack(loads) if loads else None
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Samples continuations with a decoding cache; see `deepseek.generate.generate`."""
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, generator)
+
+
+class DeepseekForCausalLM(CausalLM):
+    """Any DeepSeek generation up to V3.2, chosen by its `ModelConfig`."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -126,12 +173,7 @@ class DeepseekForCausalLM(nn.Module):
             raise ValueError("logits_to_keep must be 0 when labels are given")
         b, s = input_ids.shape
         start = cache.length if cache is not None else 0
-        limit = self.config.max_position_embeddings
-        if start + s > limit:
-            raise SequenceTooLongError(
-                f"sequence of {start + s} tokens exceeds max_position_embeddings={limit}; "
-                "shorten it or use a config with a longer context"
-            )
+        self.check_length(start, s)
         rope = self.rotary.table(start, start + s)
         x = self.model.embed_tokens(input_ids)
         aux: list[torch.Tensor] = []
@@ -147,7 +189,7 @@ class DeepseekForCausalLM(nn.Module):
         if labels is None:
             return CausalLMOutput(logits=logits)
 
-        ce = _cross_entropy(logits, labels)
+        ce = cross_entropy(logits, labels)
         loss = ce
         mtp_loss = None
         depths = len(self.mtp)
@@ -156,11 +198,13 @@ class DeepseekForCausalLM(nn.Module):
             hidden = x
             for k, layer in enumerate(self.mtp, start=1):
                 embedded = self.model.embed_tokens(input_ids[:, k:])
-                hidden, layer_aux = layer(hidden[:, :-1], embedded, rope[: s - k])
+                hidden, layer_aux = layer(
+                    hidden[:, :-1], embedded, rope[: s - k], indexer_losses=indexer_losses
+                )
                 if layer_aux is not None:
                     aux.append(layer_aux)
                 mtp_logits = self.lm_head(layer.shared_head["norm"](hidden))
-                losses.append(_cross_entropy(mtp_logits, mtp_labels(labels, k)))
+                losses.append(cross_entropy(mtp_logits, mtp_labels(labels, k)))
             mtp_loss = self.config.mtp_loss_weight / depths * torch.stack(losses).sum()
             loss = loss + mtp_loss
         aux_loss = torch.stack(aux).sum() if aux else None
@@ -194,34 +238,6 @@ class DeepseekForCausalLM(nn.Module):
             if isinstance(module, Indexer):
                 module.stage = stage
 
-    def moe_layers(self) -> list[MoE]:
-        """Every MoE layer, main stack first, then MTP."""
-        return [m for m in self.modules() if isinstance(m, MoE)]
-
-    def update_expert_bias(
-        self, total: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> torch.Tensor | None:
-        """Runs `MoE.update_bias` on every MoE layer after an optimiser step; ``total`` sums a
-        layer's loads over the job's replicas (see `MoE.update_bias`).
-
-        Returns:
-            (moe_layers, experts) tokens routed per expert since the previous call (totalled),
-            or None for a dense model.
-        """
-        loads = [layer.update_bias(total) for layer in self.moe_layers()]
-        return torch.stack(loads) if loads else None
-
     def new_cache(self, capacity: int) -> KVCache:
         """An empty decoding cache for sequences of up to `capacity` tokens."""
         return KVCache(len(self.model.layers), capacity)
-
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Samples continuations with a KV cache; see `deepseek.generate.generate`."""
-        return generate(self, input_ids, max_new_tokens, temperature, top_k, generator)

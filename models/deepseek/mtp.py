@@ -33,11 +33,16 @@ class MTPLayer(Block):
         self.shared_head = nn.ModuleDict({"norm": RMSNorm(h, config.rms_norm_eps)})
 
     def forward(  # type: ignore[override]
-        self, hidden: torch.Tensor, embedded: torch.Tensor, rope: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        embedded: torch.Tensor,
+        rope: torch.Tensor,
+        indexer_losses: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(h^{k-1}, Emb of the tokens k ahead), both (batch, seq, hidden) → (h^k, aux loss)."""
+        """(h^{k-1}, Emb of the tokens k ahead), both (batch, seq, hidden) → (h^k, aux loss);
+        a V3.2 layer appends its indexer's loss to `indexer_losses` as `Block` does."""
         x = self.eh_proj(torch.cat((self.enorm(embedded), self.hnorm(hidden)), dim=-1))
-        return super().forward(x, rope)
+        return super().forward(x, rope, indexer_losses=indexer_losses)
 
 
 def mtp_labels(labels: torch.Tensor, depth: int) -> torch.Tensor:

@@ -35,11 +35,13 @@ class V4Block(nn.Module):
         input_ids: torch.Tensor,
         start: int,
         cache: V4LayerCache | None = None,
+        indexer_losses: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """streams (batch, seq, hc_mult, hidden) of tokens input_ids (batch, seq) at positions
-        start... → (streams after the block, the MoE balance loss or None)."""
+        start... → (streams after the block, the MoE balance loss or None); a CSA layer
+        appends its indexer's loss to `indexer_losses` when given."""
         x, post, comb = self.attn_hc(streams)
-        out = self.self_attn(self.input_layernorm(x), start, cache)
+        out = self.self_attn(self.input_layernorm(x), start, cache, indexer_losses)
         streams = HyperConnection.merge(streams, out, post, comb)
         x, post, comb = self.ffn_hc(streams)
         out, aux = self.mlp(self.post_attention_layernorm(x), input_ids)

@@ -295,7 +295,7 @@ class V4Config:
             sliding_window=8,
             o_groups=2,
             o_lora_rank=8,
-            index_n_heads=2,
+            index_n_heads=8,
             index_head_dim=8,
             index_topk=3,
             hc_mult=2,

@@ -9,16 +9,11 @@ them either); their release keys are skipped on load.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from deepseek.errors import SequenceTooLongError
-from deepseek.generate import generate
 from deepseek.layers import RMSNorm
-from deepseek.model import CausalLMOutput, _cross_entropy
-from deepseek.moe import MoE
+from deepseek.model import CausalLM, CausalLMOutput, cross_entropy
 from deepseek.v4.block import V4Block
 from deepseek.v4.cache import V4Cache
 from deepseek.v4.config import V4Config
@@ -42,7 +37,7 @@ class V4Model(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class DeepseekV4ForCausalLM(nn.Module):
+class DeepseekV4ForCausalLM(CausalLM):
     """DeepSeek-V4, interchangeable with `deepseek.model.DeepseekForCausalLM` for training
     and generation (same forward, cache, generate and expert-bias methods)."""
 
@@ -99,18 +94,15 @@ class DeepseekV4ForCausalLM(nn.Module):
             raise ValueError("logits_to_keep must be 0 when labels are given")
         b, s = input_ids.shape
         start = cache.length if cache is not None else 0
-        limit = self.config.max_position_embeddings
-        if start + s > limit:
-            raise SequenceTooLongError(
-                f"sequence of {start + s} tokens exceeds max_position_embeddings={limit}; "
-                "shorten it or use a config with a longer context"
-            )
+        self.check_length(start, s)
         x = self.model.embed_tokens(input_ids)
         streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
         aux: list[torch.Tensor] = []
+        # CSA layers' lightning indexers train on their own KL loss (V3.2's sparse stage).
+        indexer_losses: list[torch.Tensor] | None = [] if labels is not None else None
         for i, layer in enumerate(self.model.layers):
             layer_cache = cache.layers[i] if cache is not None else None
-            streams, layer_aux = layer(streams, input_ids, start, layer_cache)
+            streams, layer_aux = layer(streams, input_ids, start, layer_cache, indexer_losses)
             if layer_aux is not None:
                 aux.append(layer_aux)
         if cache is not None:
@@ -119,37 +111,15 @@ class DeepseekV4ForCausalLM(nn.Module):
         logits = self.lm_head(self.model.norm(self.model.hc_head(last)))
         if labels is None:
             return CausalLMOutput(logits=logits)
-        ce = _cross_entropy(logits, labels)
+        ce = cross_entropy(logits, labels)
         aux_loss = torch.stack(aux).sum() if aux else None
-        loss = ce if aux_loss is None else ce + aux_loss
-        return CausalLMOutput(logits, loss, ce, None, aux_loss)
-
-    def moe_layers(self) -> list[MoE]:
-        """Every MoE layer (hash-routed ones included: their update only restarts the count)."""
-        return [m for m in self.modules() if isinstance(m, MoE)]
-
-    def update_expert_bias(
-        self, total: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> torch.Tensor | None:
-        """Runs `MoE.update_bias` on every MoE layer after an optimiser step.
-
-        Returns:
-            (moe_layers, experts) tokens routed per expert since the previous call.
-        """
-        loads = [layer.update_bias(total) for layer in self.moe_layers()]
-        return torch.stack(loads) if loads else None
+        indexer_loss = torch.stack(indexer_losses).mean() if indexer_losses else None
+        loss = ce
+        for extra in (aux_loss, indexer_loss):
+            if extra is not None:
+                loss = loss + extra
+        return CausalLMOutput(logits, loss, ce, None, aux_loss, indexer_loss)
 
     def new_cache(self, capacity: int) -> V4Cache:
         """An empty decoding cache for sequences of up to `capacity` tokens."""
         return V4Cache(self.config, capacity)
-
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Samples continuations with a cache; see `deepseek.generate.generate`."""
-        return generate(self, input_ids, max_new_tokens, temperature, top_k, generator)
