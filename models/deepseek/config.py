@@ -15,9 +15,12 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepseek.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepseek.v4.config import V4Config
 
 ROPE_TYPES = ("default", "yarn")
 SCORING_FUNCS = ("softmax", "sigmoid")
@@ -394,12 +397,22 @@ def _rope_from_hf(hf: dict[str, Any], interleaved: bool) -> RopeConfig:
     )
 
 
-def load_config(path: str) -> ModelConfig:
-    """Reads a HF `config.json` (local path or fsspec URL) into a `ModelConfig`."""
+def load_config(path: str) -> ModelConfig | V4Config:
+    """Reads a HF `config.json` (local path or fsspec URL): a `ModelConfig`, or a
+    `deepseek.v4.V4Config` for model_type deepseek_v4.
+
+    Raises:
+        ConfigError: an unsupported model_type or inconsistent values.
+    """
     import fsspec
 
     with fsspec.open(path, "r") as f:
-        return ModelConfig.from_hf_dict(json.load(f))
+        hf = json.load(f)
+    if hf.get("model_type") == "deepseek_v4":
+        from deepseek.v4.config import V4Config  # deepseek.v4 imports this module
+
+        return V4Config.from_hf_dict(hf)
+    return ModelConfig.from_hf_dict(hf)
 
 
 # -- presets: tiny for tests, small (~50M) for the benchmark and demo ----------------------
@@ -520,7 +533,13 @@ def _llm() -> ModelConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], ModelConfig]] = {
+def _v4_tiny() -> V4Config:
+    from deepseek.v4.config import V4Config  # deepseek.v4 imports this module
+
+    return V4Config.tiny()
+
+
+PRESETS: dict[str, Callable[[], ModelConfig | V4Config]] = {
     "v3-tiny": _v3,
     "v3-small": _v3_small,
     "v32-tiny": _v32,
@@ -528,10 +547,11 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "v2-lite-tiny": lambda: _v2(q_lora_rank=None, topk_method="greedy", n_group=1, topk_group=1),
     "moe-v1-tiny": _moe_v1,
     "llm-tiny": _llm,
+    "v4-tiny": _v4_tiny,
 }
 
 
-def preset(name: str, **overrides: Any) -> ModelConfig:
+def preset(name: str, **overrides: Any) -> ModelConfig | V4Config:
     """A named preset config, with fields replaced by `overrides`.
 
     Raises:

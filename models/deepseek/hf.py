@@ -1,10 +1,11 @@
 """Hugging Face checkpoints: safetensors read and written shard by shard, through fsspec.
 
 A checkpoint is `model.safetensors` or shards listed by `model.safetensors.index.json`, next
-to `config.json`, in a folder at any fsspec URL. A `Layout` (default: the hub names,
-`deepseek.layout.HubLayout`) says where each stored tensor goes, so loading holds one shard
-at a time (local shards memory-mapped, tensor by tensor) and saving converts one shard at a
-time. Official FP8 checkpoints (`deepseek.fp8`) are dequantised while loading.
+to `config.json`, in a folder at any fsspec URL. A `Layout` (default: the one the config's
+architecture uses, `deepseek.architectures.checkpoint_layout`) says where each stored
+tensor goes, so loading holds one shard at a time (local shards memory-mapped, tensor by
+tensor) and saving converts one shard at a time. Official FP8 checkpoints (`deepseek.fp8`)
+are dequantised while loading.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from deepseek import fp8 as fp8_format
+from deepseek.architectures import build_model, checkpoint_layout
 from deepseek.config import load_config
 from deepseek.errors import CheckpointError, CheckpointNotFoundError
 from deepseek.layout import HubLayout, Layout, Slot, describe, place, view
-from deepseek.model import DeepseekForCausalLM
-from deepseek.moe import Router
+from deepseek.model import CausalLM
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -95,7 +96,7 @@ def _read_quantisation(fs: fsspec.AbstractFileSystem, root: str) -> fp8_format.B
 
 
 def _check(
-    model: DeepseekForCausalLM,
+    model: CausalLM,
     layout: Layout,
     stored: dict[str, _Stored],
     block: fp8_format.Block | None,
@@ -193,7 +194,7 @@ def _dequantised(
         yield weight_key, fp8_format.dequantise(weight, scale, block)
 
 
-def load_checkpoint(model: DeepseekForCausalLM, url: str, layout: Layout | None = None) -> None:
+def load_checkpoint(model: CausalLM, url: str, layout: Layout | None = None) -> None:
     """Loads the safetensors checkpoint in folder `url` (any fsspec URL) into `model`.
 
     Shard headers are checked first, so a checkpoint that does not fit leaves the model
@@ -204,13 +205,13 @@ def load_checkpoint(model: DeepseekForCausalLM, url: str, layout: Layout | None 
         model: the model to fill, built from the checkpoint's config.
         url: folder holding model.safetensors or an index with its shards (and config.json,
             whose quantization_config announces FP8 weights).
-        layout: the checkpoint's key layout (default: the hub names for `model.config`).
+        layout: the checkpoint's key layout (default: the one its keys and `model.config`
+            select, see `deepseek.architectures.checkpoint_layout`).
     Raises:
         CheckpointNotFoundError: no safetensors in the folder.
         CheckpointError: missing, unexpected or misshapen tensors (all named in one line), a
             truncated shard, or an unsupported quantisation.
     """
-    layout = layout or HubLayout(model.config)
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
     shards = _shard_names(fs, root, url)
@@ -218,6 +219,7 @@ def load_checkpoint(model: DeepseekForCausalLM, url: str, layout: Layout | None 
     stored: dict[str, _Stored] = {}
     for shard in shards:
         stored.update(_read_header(fs, root, shard))
+    layout = layout or checkpoint_layout(model.config, stored.keys())
     _check(model, layout, stored, block, url)
     state = model.state_dict()
     tensors: Iterable[tuple[str, torch.Tensor]] = (
@@ -233,7 +235,7 @@ def load_checkpoint(model: DeepseekForCausalLM, url: str, layout: Layout | None 
 
 def from_pretrained(
     url: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> DeepseekForCausalLM:
+) -> CausalLM:
     """Builds the model described by `url`/config.json and loads the safetensors beside it.
 
     Args:
@@ -251,21 +253,30 @@ def from_pretrained(
     if not fs.exists(config_path):
         raise CheckpointNotFoundError(f"no config.json in {url}")
     config = load_config(fs.unstrip_protocol(config_path))
-    model = DeepseekForCausalLM(config)
+    model = build_model(config)
     load_checkpoint(model, url)
     model.to(device=device, dtype=dtype)
-    for module in model.modules():
-        if isinstance(module, Router) and module.e_score_correction_bias is not None:
-            module.e_score_correction_bias.data = module.e_score_correction_bias.float()
+    _keep_fp32(model)
     return model.eval()
 
 
+def _keep_fp32(model: CausalLM) -> None:
+    """Restores fp32 where a lower dtype would lose what matters, as transformers keeps it:
+    routing biases (γ=1e-3 updates vanish in bf16) and the V3.2 indexer's head weights."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        fp32 = name.endswith("e_score_correction_bias") or name.endswith(
+            "indexer.weights_proj.weight"
+        )
+        if fp32 and tensor.is_floating_point():
+            tensor.data = tensor.data.float()
+
+
 def save_pretrained(
-    model: DeepseekForCausalLM, url: str, max_shard_bytes: int | None = None, fp8: bool = False
+    model: CausalLM, url: str, max_shard_bytes: int | None = None, fp8: bool = False
 ) -> None:
     """Writes config.json and hub-layout safetensors (sharded with an index above the limit).
 
-    The result loads with `from_pretrained` and with transformers' DeepseekV2/V3 classes.
+    The result loads with `from_pretrained` and with transformers' class for its model_type.
 
     Args:
         model: the model to write.
@@ -281,7 +292,7 @@ def _nbytes(tensor: torch.Tensor) -> int:
 
 
 def _stored_groups(
-    model: DeepseekForCausalLM, layout: Layout, fp8_block: fp8_format.Block | None
+    model: CausalLM, layout: Layout, fp8_block: fp8_format.Block | None
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The tensors to write, one hub tensor (with its FP8 scale) at a time, as CPU copies."""
     for key, tensor in layout.hub_items(model.state_dict()):
@@ -300,7 +311,7 @@ def _write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 def save_checkpoint(
-    model: DeepseekForCausalLM,
+    model: CausalLM,
     url: str,
     layout: Layout | None = None,
     max_shard_bytes: int | None = None,
@@ -318,8 +329,15 @@ def save_checkpoint(
             classes load).
         max_shard_bytes: start a new shard before one would exceed this size (None: one file).
         fp8: store the Linear weights the official releases quantise as blockwise FP8.
+    Raises:
+        CheckpointError: fp8 with a layout other than the V2/V3/V3.2 hub names.
     """
-    layout = layout or HubLayout(model.config)
+    layout = layout or checkpoint_layout(model.config)
+    if fp8 and not isinstance(layout, HubLayout):
+        # V4's release mixes FP8 with FP4 experts under other names: not this format.
+        raise CheckpointError(
+            f"fp8=True writes the V3/V3.2 FP8 format; {type(layout).__name__} has none"
+        )
     block = fp8_format.DEFAULT_BLOCK if fp8 else None
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")

@@ -34,8 +34,10 @@ from torch import nn
 from deepseek.block import Block
 from deepseek.config import ModelConfig
 from deepseek.errors import ConfigError
-from deepseek.model import DeepseekForCausalLM
+from deepseek.model import CausalLM
 from deepseek.moe import Experts, grouped_mm
+from deepseek.v4.block import V4Block
+from deepseek.v4.config import V4Config
 from haiscale.ddp import DistributedDataParallel
 from haiscale.fsdp import FullyShardedDataParallel
 from haiscale.moe import ExpertParallel
@@ -49,7 +51,7 @@ PIPELINE_REFUSAL = (
 )
 
 
-def check_degrees(parallel: str, ep: int, world: int, model: ModelConfig) -> None:
+def check_degrees(parallel: str, ep: int, world: int, model: ModelConfig | V4Config) -> None:
     """Raises ConfigError, naming every number, unless the layout fits the world and model."""
     if parallel == "pp":
         raise ConfigError(PIPELINE_REFUSAL)
@@ -107,7 +109,7 @@ class LossOutputs(nn.Module):
     """The model with `(loss, ce_loss)` as its output. FSDP hooks its backward onto the
     tensors a wrapped module returns, and `CausalLMOutput` (a dataclass) hides them."""
 
-    def __init__(self, lm: DeepseekForCausalLM) -> None:
+    def __init__(self, lm: CausalLM) -> None:
         super().__init__()
         self.lm = lm
 
@@ -143,7 +145,7 @@ def _is_block(module: nn.Module) -> bool:
     # Exactly the decoder blocks: an MTPLayer (a Block subclass) stays in the root unit,
     # because the model applies its shared_head norm outside its forward, after a unit has
     # released its parameters.
-    return type(module) is Block
+    return type(module) in (Block, V4Block)
 
 
 @contextlib.contextmanager
@@ -161,7 +163,7 @@ def _detached(owners: list[nn.Module], name: str) -> Iterator[None]:
 class Parallelized:
     """A model laid out over the ranks, and what the training loop must do differently."""
 
-    model: DeepseekForCausalLM
+    model: CausalLM
     """The plain model; with FSDP its blocks are units."""
     module: nn.Module
     """What the step calls: `module(input_ids, labels) -> (loss, ce_loss)`."""
@@ -177,7 +179,7 @@ class Parallelized:
     """With FSDP, per flat shard: True where an element belongs to a matrix."""
 
     def update_expert_bias(self) -> torch.Tensor | None:
-        """`DeepseekForCausalLM.update_expert_bias` with each layer's expert loads summed over
+        """`CausalLM.update_expert_bias` with each layer's expert loads summed over
         the world, so every rank moves its routing bias alike (see `MoE.update_bias`)."""
         return self.model.update_expert_bias(self._sum_over_world)
 
@@ -284,7 +286,7 @@ def _expert_groups(ep: int, world: int) -> tuple[dist.ProcessGroup | None, dist.
     return groups["ep", rank // ep], groups["replica", rank % ep]
 
 
-def _apply_expert_parallel(model: DeepseekForCausalLM, ep: int, world: int) -> Parallelized:
+def _apply_expert_parallel(model: CausalLM, ep: int, world: int) -> Parallelized:
     """Gives every MoE layer this rank's share of its routed experts; DDP still to come."""
     expert_group = replica_group = None
     if ep < world:
@@ -305,7 +307,7 @@ def _apply_expert_parallel(model: DeepseekForCausalLM, ep: int, world: int) -> P
     )
 
 
-def parallelize(model: DeepseekForCausalLM, *, parallel: str, ep: int, world: int) -> Parallelized:
+def parallelize(model: CausalLM, *, parallel: str, ep: int, world: int) -> Parallelized:
     """Lays `model` out over the default process group (nothing to do for one process).
 
     Collective: every rank calls it with the same arguments, after `check_degrees`.
@@ -327,7 +329,7 @@ def parallelize(model: DeepseekForCausalLM, *, parallel: str, ep: int, world: in
     return plan
 
 
-def _decay_masks(twin: DeepseekForCausalLM) -> list[torch.Tensor]:
+def _decay_masks(twin: CausalLM) -> list[torch.Tensor]:
     """Which elements of each FSDP flat shard belong to a matrix: an FSDP wrap of a copy
     of the model whose matrices are ones and everything else zeros lays its shards out as
     the real wrap does. The copy is dropped once the masks (1/N of the model as bools) are

@@ -56,11 +56,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from deepseek.architectures import build_model
 from deepseek.data import Batches, DataConfig, TokenBatches, load_tokenizer, read_tokens
 from deepseek.errors import CheckpointError as ModelCheckpointError
 from deepseek.errors import ConfigError, DeepseekError
 from deepseek.hf import load_checkpoint
-from deepseek.model import DeepseekForCausalLM
+from deepseek.model import CausalLM, DeepseekForCausalLM
 from deepseek.parallel import (
     Parallelized,
     agree,
@@ -166,7 +167,23 @@ def _has_checkpoint(url: str | None, world: int) -> bool:
     return bool(found[0])
 
 
-def _load_init(model: DeepseekForCausalLM, url: str) -> None:
+def _enter_dsa_stage(model: CausalLM, stage: str, parallel: str) -> None:
+    """Puts a V3.2 model's sparse attention in `stage`; the dense warm-up freezes everything
+    but the lightning indexers, as the V3.2 paper's warm-up does."""
+    if not isinstance(model, DeepseekForCausalLM) or not model.config.has_indexer:
+        raise ConfigError(
+            f"model.dsa_stage={stage!r}: only deepseek_v32 models have sparse attention stages"
+        )
+    model.dsa_stage = stage
+    if stage == "dense":
+        if parallel == "fsdp":
+            # FSDP flattens a block's parameters into one shard that trains or does not.
+            raise ConfigError("model.dsa_stage='dense' trains the indexers alone; use ddp")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(".indexer." in name)
+
+
+def _load_init(model: CausalLM, url: str) -> None:
     """The weights of checkpoint folder `url` into `model`, every failure one line."""
     try:
         load_checkpoint(model, url)
@@ -228,7 +245,9 @@ def run(
         device = torch.device(config.device)
     torch.manual_seed(config.seed)
     init = config.model.init
-    model = DeepseekForCausalLM(build_model_config(config.model))
+    model = build_model(build_model_config(config.model))
+    if config.model.dsa_stage is not None:
+        _enter_dsa_stage(model, config.model.dsa_stage, config.parallel)
     check_degrees(config.parallel, config.ep, world, model.config)
     hint = (
         "use the tokenizer model.init was trained with"

@@ -16,17 +16,17 @@ length), and anything else is refused. A run that finds a checkpoint of its own 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deepseek.config import ModelConfig, load_config, preset
+from deepseek.architectures import AnyConfig, build_model
+from deepseek.config import load_config, preset
 from deepseek.data import DataConfig
 from deepseek.errors import CheckpointNotFoundError, ConfigError
-from deepseek.model import DeepseekForCausalLM
 from deepseek.parallel import BACKENDS, PARALLEL_MODES, PIPELINE_REFUSAL
 from fs3.settings import layered
 
@@ -46,6 +46,10 @@ class ModelSection(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     """ModelConfig fields to replace, e.g. {num_hidden_layers: 4}; with `init`, only fields
     that change no parameter shape (e.g. aux_loss_alpha, mtp_loss_weight)."""
+    dsa_stage: Literal["dense", "sparse"] | None = None
+    """DeepSeek-V3.2 only: "dense" is the sparse attention's warm-up (attention over every
+    key; only the lightning indexers train, on their KL loss; the rest is frozen), "sparse"
+    trains everything with attention on each query's top-k keys (None: "sparse")."""
 
     @model_validator(mode="after")
     def _one_architecture_source(self) -> ModelSection:
@@ -158,7 +162,7 @@ def init_config_url(init: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def build_model_config(section: ModelSection) -> ModelConfig:
+def build_model_config(section: ModelSection) -> AnyConfig:
     """The model's architecture: the init checkpoint's, a config.json's or a preset's, with
     `section.overrides` applied.
 
@@ -176,21 +180,23 @@ def build_model_config(section: ModelSection) -> ModelConfig:
     try:
         config = dataclasses.replace(base, **section.overrides)
     except TypeError:
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        known = {f.name for f in dataclasses.fields(base)}
         unknown = sorted(set(section.overrides) - known)
-        raise ConfigError(f"model.overrides: unknown ModelConfig field(s) {unknown}") from None
+        raise ConfigError(
+            f"model.overrides: unknown {type(base).__name__} field(s) {unknown}"
+        ) from None
     if section.init is not None and section.overrides:
         _refuse_reshaping(base, config, section)
     return config
 
 
-def _parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def _parameter_shapes(config: AnyConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):  # shapes only: no memory, no initialisation work
-        model = DeepseekForCausalLM(config)
+        model = build_model(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _refuse_reshaping(base: ModelConfig, config: ModelConfig, section: ModelSection) -> None:
+def _refuse_reshaping(base: AnyConfig, config: AnyConfig, section: ModelSection) -> None:
     """Overrides on top of an init checkpoint must leave its weights loadable as they are."""
     before, after = _parameter_shapes(base), _parameter_shapes(config)
     changed = sorted(

@@ -14,8 +14,8 @@ from deepseek.mtp import mtp_labels
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"v3-small"}))
 def test_cached_decode_equals_full_forward(name: str) -> None:
     torch.manual_seed(0)
-    model = deepseek.DeepseekForCausalLM(deepseek.preset(name)).eval()
-    ids = torch.randint(0, 256, (2, 14))
+    model = deepseek.build_model(deepseek.preset(name)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 14))
     with torch.no_grad():
         full = model(ids).logits
         cache = model.new_cache(14)

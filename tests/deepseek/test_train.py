@@ -322,3 +322,30 @@ def test_two_process_finetuning_loads_init_on_every_rank(tmp_path: Path) -> None
         losses = [reference(*batches.batch(0, rank, 2)).loss.item() for rank in (0, 1)]
     first = next(e for e in events if e["event"] == "step")
     assert first["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+
+
+def test_v4_trains_through_the_entry_point(corpus: str, tmp_path: Path) -> None:
+    model = {"preset": "v4-tiny", "overrides": {"vocab_size": 256}}
+    result = run(_config(corpus, tmp_path, model=model, steps=20))
+    assert result.reason == "finished"
+    losses = result.losses
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+def test_dsa_dense_stage_trains_the_indexers_alone(corpus: str, tmp_path: Path) -> None:
+    from deepseek.train import _enter_dsa_stage
+
+    model = deepseek.DeepseekForCausalLM(deepseek.preset("v32-tiny"))
+    _enter_dsa_stage(model, "dense", "ddp")
+    assert model.dsa_stage == "dense"
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(".indexer." in name for name in trained)
+    assert any(".indexer." not in name for name, _ in model.named_parameters())
+
+    v32 = {"preset": "v32-tiny", "dsa_stage": "dense"}
+    result = run(_config(corpus, tmp_path, model=v32, steps=4))
+    assert result.reason == "finished" and all(loss == loss for loss in result.losses)
+    with pytest.raises(deepseek.ConfigError, match="only deepseek_v32"):
+        run(_config(corpus, tmp_path, model={"preset": "v3-tiny", "dsa_stage": "sparse"}))
+    with pytest.raises(deepseek.ConfigError, match="use ddp"):
+        _enter_dsa_stage(model, "dense", "fsdp")

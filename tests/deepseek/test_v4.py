@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from deepseek.errors import ConfigError
+import deepseek
+from deepseek.errors import CheckpointError, ConfigError
 from deepseek.hf import load_checkpoint, save_checkpoint
 from deepseek.v4.config import CSA, HCA, SLIDING, V4Config
 from deepseek.v4.layout import ReleaseLayout, TransformersLayout
@@ -138,6 +139,25 @@ def test_release_layout_names_and_round_trip(ours: DeepseekV4ForCausalLM, tmp_pa
         torch.testing.assert_close(fresh(ids).logits, logits, rtol=0, atol=0)
     # transformers' conversion mapping reads the release names from disk too.
     assert (_reference_logits(tmp_path, ids) - logits).abs().max().item() < TOL
+
+
+def test_from_pretrained_reads_either_layout_and_save_pretrained_writes_transformers(
+    hf_v4_dir: Path, ours: DeepseekV4ForCausalLM, tmp_path: Path
+) -> None:
+    """`deepseek.from_pretrained` picks V4 by model_type and the layout by the keys."""
+    release, saved = tmp_path / "release", tmp_path / "saved"
+    save_checkpoint(ours, str(release), ReleaseLayout(ours.config))
+    ids = _ids(seed=4)
+    with torch.no_grad():
+        expected = ours(ids).logits
+        for folder in (hf_v4_dir, release):
+            model = deepseek.from_pretrained(str(folder))
+            assert isinstance(model, DeepseekV4ForCausalLM)
+            torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+    deepseek.save_pretrained(model, str(saved))
+    assert _hub_keys(saved) == _hub_keys(hf_v4_dir)
+    with pytest.raises(CheckpointError, match="fp8=True"):
+        deepseek.save_pretrained(model, str(tmp_path / "fp8"), fp8=True)
 
 
 def test_release_layout_skips_mtp_layers() -> None:
