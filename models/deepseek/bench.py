@@ -1,7 +1,11 @@
-"""`python -m deepseek.bench`: our DeepSeek-V3 against transformers', from one run.
+"""`python -m deepseek.bench`: our DeepSeek models against transformers', from one run.
 
-For the tiny and small (~50M parameter) V3 presets, with identical config and weights:
-forward+backward tokens/s, cached greedy generation tokens/s, and peak memory of each.
+For each case, with identical config and weights on both sides (ours saved, transformers'
+class for its model_type loading it): forward+backward tokens/s, cached greedy generation
+tokens/s, and peak memory of each. Cases: V3 tiny and small (~50M parameters), V3.2 and V4
+at the small size, and a long-context pair, V3 (dense attention) beside V3.2 (each query
+attends to its top 512 of a 4k-token context): the 4,096-token prompt's prefill and the
+decoding steps after it, timed apart.
 The two sides are timed call by call in alternation, five rounds each; a row gives each
 side's median tokens/s and the median speed-up with its range over the rounds, so a load
 spike on a shared machine shows as a wide range rather than a skewed figure. Both
@@ -18,6 +22,7 @@ bf16 (peak from --peak-tflops, default 989 = H100 SXM dense bf16).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import multiprocessing
 import re
@@ -25,12 +30,15 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from deepseek.config import ModelConfig, preset
+from deepseek.architectures import AnyConfig, build_model
+from deepseek.config import RopeConfig, preset
 from deepseek.hf import save_pretrained
 from deepseek.model import DeepseekForCausalLM
+from deepseek.v4.config import CSA, HCA, SLIDING, V4Config
 
 
 def _sync(device: torch.device) -> None:
@@ -92,8 +100,8 @@ def _status_kib(field: str) -> int:
 
 
 def _peak_child(args: tuple, queue: multiprocessing.Queue) -> None:
-    name, batch, seq, new, index, hf = args
-    _, workloads = _workloads(name, torch.device("cpu"), batch, seq, new)
+    name, batch, seq, prompt, new, index, hf = args
+    _, workloads = _workloads(name, torch.device("cpu"), batch, seq, prompt, new)
     fn = workloads[index][2 if hf else 1]
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS := current RSS, forgetting model construction
@@ -102,11 +110,14 @@ def _peak_child(args: tuple, queue: multiprocessing.Queue) -> None:
     queue.put((_status_kib("VmHWM") - base) / 1024)
 
 
-def _cpu_peak_mib(name: str, batch: int, seq: int, new: int, index: int, hf: bool) -> float:
+def _cpu_peak_mib(
+    name: str, batch: int, seq: int, prompt: int, new: int, index: int, hf: bool
+) -> float:
     """Peak resident-set growth, in MiB, of one run of workload `index` in a new process."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_child, args=((name, batch, seq, new, index, hf), queue))
+    args = (name, batch, seq, prompt, new, index, hf)
+    child = ctx.Process(target=_peak_child, args=(args, queue))
     child.start()
     peak = queue.get()
     child.join()
@@ -145,56 +156,212 @@ def _generate(model: torch.nn.Module, prompt: torch.Tensor, new: int, hf: bool):
     return gen
 
 
-def _pair(config: ModelConfig, device: torch.device):
-    """Our model and transformers' DeepseekV3ForCausalLM holding the same weights."""
-    from transformers import DeepseekV3ForCausalLM
+def _prefill(model: torch.nn.Module, prompt: torch.Tensor, hf: bool) -> tuple[Any, torch.Tensor]:
+    """(a filled decoding cache, the greedy next token) after `prompt`."""
+    with torch.no_grad():
+        if hf:
+            out = model(prompt, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+        else:
+            cache = model.new_cache(model.config.max_position_embeddings)
+            out = model(prompt, cache=cache, logits_to_keep=1)
+    return cache, out.logits[:, -1].argmax(-1, keepdim=True)
 
-    ours = DeepseekForCausalLM(config)
+
+def _prefill_only(model: torch.nn.Module, prompt: torch.Tensor, hf: bool):
+    def prefill() -> int:
+        _prefill(model, prompt, hf)
+        return prompt.numel()
+
+    return prefill
+
+
+def _decode(model: torch.nn.Module, prompt: torch.Tensor, new: int, hf: bool):
+    """Greedy steps after `prompt`, timed without its prefill: each call decodes from a copy
+    of one prefilled cache (both libraries' caches are plain tensors, so deepcopy works)."""
+    filled, first = _prefill(model, prompt, hf)
+
+    def decode() -> int:
+        cache, token = copy.deepcopy(filled), first
+        with torch.no_grad():
+            for _ in range(new):
+                if hf:
+                    logits = model(token, past_key_values=cache, use_cache=True).logits
+                else:
+                    logits = model(token, cache=cache).logits
+                token = logits[:, -1].argmax(-1, keepdim=True)
+        return new
+
+    return decode
+
+
+# transformers' class for each model_type: the reference our logits match.
+_REFERENCE = {
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",
+    "deepseek_v4": "DeepseekV4ForCausalLM",
+}
+# Long-context cases: MLA as wide per key as V3.2's relative to its indexer (8 heads ×
+# (128 + 32) latent dimensions against 4 index heads × 32, about V3.2's 128 × 576 against
+# 64 × 128), small elsewhere, so that attention over the context is what a step costs.
+LONG_PROMPT = 4096
+_LONG = dict(
+    hidden_size=256,
+    num_attention_heads=8,
+    q_lora_rank=96,
+    kv_lora_rank=128,
+    qk_nope_head_dim=32,
+    qk_rope_head_dim=32,
+    v_head_dim=32,
+    max_position_embeddings=LONG_PROMPT + 128,
+    rope=RopeConfig(),
+)
+_INDEXER = dict(model_type="deepseek_v32", index_n_heads=4, index_head_dim=32)
+
+
+def _v4_small() -> V4Config:
+    """V4 at the V3-small width: every layer type (sliding, CSA, HCA), hash and learned
+    MoE, 4 hyper-connection streams."""
+    return V4Config.tiny(
+        vocab_size=8192,
+        hidden_size=512,
+        moe_intermediate_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        head_dim=96,
+        partial_rotary_factor=1 / 3,
+        q_lora_rank=192,
+        n_routed_experts=16,
+        num_experts_per_tok=4,
+        mlp_layer_types=["hash_moe"] * 2 + ["moe"] * 4,
+        layer_types=[SLIDING, CSA, HCA, CSA, HCA, CSA],
+        compress_rates={CSA: 4, HCA: 32},
+        sliding_window=64,
+        o_groups=4,
+        o_lora_rank=128,
+        index_n_heads=8,
+        index_head_dim=64,
+        index_topk=32,
+        hc_mult=4,
+        hc_sinkhorn_iters=20,
+        max_position_embeddings=1024,
+    )
+
+
+CASES: dict[str, Callable[[], AnyConfig]] = {
+    "v3-tiny": lambda: preset("v3-tiny"),
+    "v3-small": lambda: preset("v3-small"),
+    "v32-small": lambda: preset(
+        "v3-small", **{**_INDEXER, "index_head_dim": 64, "index_topk": 128}
+    ),
+    "v4-small": _v4_small,
+    "v3-4k": lambda: preset("v3-tiny", **_LONG),
+    "v32-4k": lambda: preset("v3-tiny", **_LONG, **_INDEXER, index_topk=512),
+}
+
+
+# Per case: forward+backward batch and length (batch 0: none), prompt and new tokens.
+_SHAPES = {
+    "v3-tiny": (4, 128, 16, 32),
+    "v3-small": (2, 256, 16, 32),
+    "v32-small": (2, 256, 16, 32),
+    "v4-small": (2, 256, 16, 32),
+    "v3-4k": (0, 0, LONG_PROMPT, 32),
+    "v32-4k": (0, 0, LONG_PROMPT, 32),
+}
+
+
+def _bench_config(name: str) -> AnyConfig:
+    """Case `name` without the MTP modules and balance loss transformers does not have."""
+    config = CASES[name]()
+    if isinstance(config, V4Config):
+        return config
+    return dataclasses.replace(config, num_nextn_predict_layers=0, aux_loss_alpha=0.0)
+
+
+def _pair(config: AnyConfig, device: torch.device):
+    """Our model and transformers' model of the same model_type holding the same weights."""
+    import transformers
+
+    ours = build_model(config)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(ours, tmp)
-        theirs = DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        reference = getattr(transformers, _REFERENCE[config.model_type])
+        theirs = reference.from_pretrained(tmp, dtype=torch.float32)
     return ours.to(device), theirs.to(device)
 
 
-def _workloads(name: str, device: torch.device, batch: int, seq: int, new: int):
-    """(parameters in millions, [(label, ours, transformers', timed rounds), ...])."""
+def _workloads(name: str, device: torch.device, batch: int, seq: int, prompt: int, new: int):
+    """(parameters in millions, [(label, ours, transformers', timed rounds), ...]): forward+
+    backward and generation; batch 0 (the long-context cases): the prompt's prefill and the
+    decoding steps after it, timed apart, as the selection changes each differently."""
     torch.manual_seed(0)
-    config = dataclasses.replace(preset(name), num_nextn_predict_layers=0, aux_loss_alpha=0.0)
+    config = _bench_config(name)
     ours, theirs = _pair(config, device)
+    ours.eval(), theirs.eval()
     params = sum(p.numel() for p in ours.parameters()) / 1e6
-    ids = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
-    prompt = ids[:1, :16]
+    ids = torch.randint(0, config.vocab_size, (max(batch, 1), max(seq, prompt) + 1), device=device)
+    first = ids[:1, :prompt]
+    if not batch:
+        return params, [
+            (
+                f"prefill {prompt}",
+                _prefill_only(ours, first, False),
+                _prefill_only(theirs, first, True),
+                3,
+            ),
+            (
+                f"decode {new} after {prompt}",
+                _decode(ours, first, new, False),
+                _decode(theirs, first, new, True),
+                5,
+            ),
+        ]
     return params, [
         (
             f"fwd+bwd b{batch}×{seq}",
-            _train_step(ours.train(), ids, False),
-            _train_step(theirs.train(), ids, True),
+            _train_step(ours.train(), ids[:, : seq + 1], False),
+            _train_step(theirs.train(), ids[:, : seq + 1], True),
             5,
         ),
         (
-            f"generate 16+{new}",
-            _generate(ours.eval(), prompt, new, False),
-            _generate(theirs.eval(), prompt, new, True),
+            f"generate {prompt}+{new}",
+            _generate(ours.eval(), first, new, False),
+            _generate(theirs.eval(), first, new, True),
             5,
         ),
     ]
 
 
-def compare(name: str, device: torch.device, batch: int, seq: int, new: int) -> list[str]:
-    params, workloads = _workloads(name, device, batch, seq, new)
+@dataclasses.dataclass
+class Row:
+    """One workload of one case: both sides' median tokens/s and the printed table row."""
+
+    label: str
+    ours_tps: float
+    theirs_tps: float
+    text: str
+
+
+def compare(
+    name: str, device: torch.device, batch: int, seq: int, prompt: int, new: int
+) -> list[Row]:
+    """Runs case `name`'s workloads on both sides (see `_workloads`)."""
+    params, workloads = _workloads(name, device, batch, seq, prompt, new)
     rows = []
     for index, (label, fn_ours, fn_theirs, rounds) in enumerate(workloads):
         a_tps, b_tps, speedups = _compare(fn_ours, fn_theirs, device, rounds)
         if device.type == "cpu":
-            a_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=False)
-            b_mem = _cpu_peak_mib(name, batch, seq, new, index, hf=True)
+            a_mem = _cpu_peak_mib(name, batch, seq, prompt, new, index, hf=False)
+            b_mem = _cpu_peak_mib(name, batch, seq, prompt, new, index, hf=True)
         else:
             a_mem, b_mem = _cuda_peak_mib(fn_ours, device), _cuda_peak_mib(fn_theirs, device)
-        rows.append(
+        text = (
             f"| {name} ({params:.1f}M) | {label} | {a_tps:,.0f} | {b_tps:,.0f} | "
             f"{statistics.median(speedups):.2f}x ({min(speedups):.2f}–{max(speedups):.2f}) | "
             f"{a_mem:,.0f} | {b_mem:,.0f} |"
         )
+        rows.append(Row(label, a_tps, b_tps, text))
     return rows
 
 
@@ -254,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deepseek.bench", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument(
+        "--cases", nargs="+", choices=sorted(CASES), default=list(CASES), help="(default: all)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -262,10 +432,19 @@ def main(argv: list[str] | None = None) -> int:
         "transformers MiB |"
     )
     print("|---|---|---|---|---|---|---|")
-    for row in compare("v3-tiny", device, batch=4, seq=128, new=32):
-        print(row, flush=True)
-    for row in compare("v3-small", device, batch=2, seq=256, new=32):
-        print(row, flush=True)
+    results: dict[str, list[Row]] = {}
+    for name in args.cases:
+        batch, seq, prompt, new = _SHAPES[name]
+        results[name] = compare(name, device, batch, seq, prompt, new)
+        for row in results[name]:
+            print(row.text, flush=True)
+    if {"v3-4k", "v32-4k"} <= results.keys():
+        for dense, sparse in zip(results["v3-4k"], results["v32-4k"], strict=True):
+            print(
+                f"V3.2 sparse / V3 dense, {dense.label}: "
+                f"ours {sparse.ours_tps / dense.ours_tps:.2f}x, "
+                f"transformers {sparse.theirs_tps / dense.theirs_tps:.2f}x"
+            )
     if device.type == "cuda":
         print(gpu_mfu(device, args.peak_tflops))
     return 0

@@ -180,7 +180,13 @@ class MLA(nn.Module):
         keys (None: every causal key)."""
         h, t = self.heads, kv.shape[1]
         s = q.shape[1] // h
-        if s == 1 and allowed is None:  # a decoding step sees every cached position
+        if s == 1 and allowed is not None:
+            # A sparse decoding step reads only its index_topk chosen rows (each query has
+            # exactly that many once the cache is longer): the work DSA saves at long context.
+            chosen = allowed[:, 0].nonzero()[:, 1].view(q.shape[0], -1)
+            kv = kv.gather(1, chosen[..., None].expand(-1, -1, kv.shape[-1]))
+            allowed = None
+        if s == 1 and allowed is None:  # a decoding step sees every (chosen) cached position
             scores = torch.bmm(q, kv.transpose(1, 2))
             if scale != 1.0:
                 scores = scores.mul_(scale)

@@ -51,6 +51,25 @@ class CausalLMOutput:
     only (their inputs and targets are detached), so adding it leaves the model's gradients
     as the other losses make them."""
 
+    @classmethod
+    def of_losses(
+        cls,
+        logits: torch.Tensor,
+        ce_loss: torch.Tensor,
+        mtp_loss: torch.Tensor | None = None,
+        aux: list[torch.Tensor] | None = None,
+        indexer: list[torch.Tensor] | None = None,
+    ) -> CausalLMOutput:
+        """The output of a training forward: the MoE layers' `aux` losses summed, the
+        `indexer` losses averaged, and `loss` the sum of all that are there."""
+        aux_loss = torch.stack(aux).sum() if aux else None
+        indexer_loss = torch.stack(indexer).mean() if indexer else None
+        loss = ce_loss
+        for part in (mtp_loss, aux_loss, indexer_loss):
+            if part is not None:
+                loss = loss + part
+        return cls(logits, loss, ce_loss, mtp_loss, aux_loss, indexer_loss)
+
 
 class DeepseekModel(nn.Module):
     """The decoder stack without the head (HF prefix `model.`)."""
@@ -190,7 +209,6 @@ class DeepseekForCausalLM(CausalLM):
             return CausalLMOutput(logits=logits)
 
         ce = cross_entropy(logits, labels)
-        loss = ce
         mtp_loss = None
         depths = len(self.mtp)
         if depths and s > depths:
@@ -206,14 +224,7 @@ class DeepseekForCausalLM(CausalLM):
                 mtp_logits = self.lm_head(layer.shared_head["norm"](hidden))
                 losses.append(cross_entropy(mtp_logits, mtp_labels(labels, k)))
             mtp_loss = self.config.mtp_loss_weight / depths * torch.stack(losses).sum()
-            loss = loss + mtp_loss
-        aux_loss = torch.stack(aux).sum() if aux else None
-        if aux_loss is not None:
-            loss = loss + aux_loss
-        indexer_loss = torch.stack(indexer_losses).mean() if indexer_losses else None
-        if indexer_loss is not None:
-            loss = loss + indexer_loss
-        return CausalLMOutput(logits, loss, ce, mtp_loss, aux_loss, indexer_loss)
+        return CausalLMOutput.of_losses(logits, ce, mtp_loss, aux, indexer_losses)
 
     @property
     def dsa_stage(self) -> str | None:

@@ -198,25 +198,46 @@ class MoE(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         assert config.n_routed_experts is not None
-        self.gate = Router(config)
-        self.experts = Experts(
-            config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
-        )
-        self.shared_experts = (
+        self._assemble(
+            Router(config),
+            Experts(config.n_routed_experts, config.hidden_size, config.moe_intermediate_size),
             MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
             if config.n_shared_experts
-            else None
+            else None,
+            alpha=config.aux_loss_alpha,
+            seq_aux=config.seq_aux,
+            bias_update_rate=config.bias_update_rate,
         )
-        self.alpha, self.seq_aux = config.aux_loss_alpha, config.seq_aux
-        self.bias_update_rate = config.bias_update_rate
+
+    def _assemble(
+        self,
+        gate: nn.Module,
+        experts: Experts,
+        shared_experts: nn.Module | None,
+        *,
+        alpha: float,
+        seq_aux: bool,
+        bias_update_rate: float,
+    ) -> None:
+        """Sets what every MoE layer has; a generation with other parts (V4) passes its own."""
+        self.gate = gate
+        self.experts = experts
+        self.shared_experts = shared_experts
+        self.alpha, self.seq_aux = alpha, seq_aux
+        self.bias_update_rate = bias_update_rate
         # Tokens routed to each expert in training since the last `update_bias`.
-        self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
+        self.register_buffer("load", torch.zeros(experts.num_experts), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (batch, seq, hidden) → (output, α-weighted balance loss or None)."""
-        b, s, h = x.shape
-        flat = x.reshape(-1, h)
-        routing = self.gate(flat)
+        flat = x.reshape(-1, x.shape[-1])
+        return self._mix(flat, self.gate(flat), x.shape[0])
+
+    def _mix(
+        self, flat: torch.Tensor, routing: Routing, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The routed and shared experts' sum for tokens flat (batch·seq, hidden) →
+        ((batch, seq, hidden), α-weighted balance loss or None); counts the load."""
         out = self.experts(flat, routing.indices, routing.weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
@@ -225,11 +246,11 @@ class MoE(nn.Module):
             with torch.no_grad():
                 self.load += torch.bincount(routing.indices.flatten(), minlength=self.load.numel())
             if self.alpha > 0:
-                sequences = b if self.seq_aux else 1
+                sequences = batch if self.seq_aux else 1
                 aux = self.alpha * balance_loss(
                     routing.scores, routing.indices, sequences, self.gate.top_k
                 )
-        return out.view(b, s, h), aux
+        return out.view(batch, -1, flat.shape[-1]), aux
 
     @torch.no_grad()
     def update_bias(

@@ -86,4 +86,4 @@ _forward_to_module("fs3", "fs3.bench", "fs3 against local disk and a gRPC data p
 _forward_to_module("scheduler", "hai.bench", "the scheduling policy on a simulated cluster")
 _forward_to_module("submit", "hai.bench_submit", "submits/s through the API against a baseline")
 _forward_to_module("haiscale", "haiscale.bench", "haiscale's wrappers against torch's")
-_forward_to_module("model", "deepseek.bench", "our DeepSeek-V3 against transformers'")
+_forward_to_module("model", "deepseek.bench", "our DeepSeek models against transformers'")

@@ -112,13 +112,7 @@ class DeepseekV4ForCausalLM(CausalLM):
         if labels is None:
             return CausalLMOutput(logits=logits)
         ce = cross_entropy(logits, labels)
-        aux_loss = torch.stack(aux).sum() if aux else None
-        indexer_loss = torch.stack(indexer_losses).mean() if indexer_losses else None
-        loss = ce
-        for extra in (aux_loss, indexer_loss):
-            if extra is not None:
-                loss = loss + extra
-        return CausalLMOutput(logits, loss, ce, None, aux_loss, indexer_loss)
+        return CausalLMOutput.of_losses(logits, ce, None, aux, indexer_losses)
 
     def new_cache(self, capacity: int) -> V4Cache:
         """An empty decoding cache for sequences of up to `capacity` tokens."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepseek.layers import MLP
-from deepseek.moe import Experts, MoE, Routing, balance_loss
+from deepseek.moe import Experts, MoE, Routing
 from deepseek.v4.config import V4Config
 
 SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -104,43 +104,31 @@ class V4MoE(MoE):
     """
 
     def __init__(self, config: V4Config, layer_idx: int) -> None:
-        # MoE.__init__ reads a V2/V3 ModelConfig; set the attributes its methods use here.
-        nn.Module.__init__(self)
-        self.gate = V4Router(config, hashed=config.mlp_layer_types[layer_idx] == "hash_moe")
-        self.experts = ClippedExperts(
-            config.n_routed_experts,
-            config.hidden_size,
-            config.moe_intermediate_size,
-            config.swiglu_limit,
-        )
-        self.shared_experts = (
+        nn.Module.__init__(self)  # MoE.__init__ builds V2/V3 parts from a ModelConfig
+        self._assemble(
+            V4Router(config, hashed=config.mlp_layer_types[layer_idx] == "hash_moe"),
+            ClippedExperts(
+                config.n_routed_experts,
+                config.hidden_size,
+                config.moe_intermediate_size,
+                config.swiglu_limit,
+            ),
             ClippedMLP(
                 config.hidden_size,
                 config.moe_intermediate_size * config.n_shared_experts,
                 config.swiglu_limit,
             )
             if config.n_shared_experts
-            else None
+            else None,
+            alpha=config.aux_loss_alpha,
+            seq_aux=True,
+            bias_update_rate=config.bias_update_rate,
         )
-        self.alpha, self.seq_aux = config.aux_loss_alpha, True
-        self.bias_update_rate = config.bias_update_rate
-        self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (batch, seq, hidden), input_ids (batch, seq) → (output, α-weighted
         sequence-wise balance loss or None)."""
-        b, s, h = x.shape
-        flat = x.reshape(-1, h)
-        routing = self.gate(flat, input_ids.reshape(-1))
-        out = self.experts(flat, routing.indices, routing.weights)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(flat)
-        aux = None
-        if self.training:
-            with torch.no_grad():
-                self.load += torch.bincount(routing.indices.flatten(), minlength=self.load.numel())
-            if self.alpha > 0:
-                aux = self.alpha * balance_loss(routing.scores, routing.indices, b, self.gate.top_k)
-        return out.view(b, s, h), aux
+        flat = x.reshape(-1, x.shape[-1])
+        return self._mix(flat, self.gate(flat, input_ids.reshape(-1)), x.shape[0])
