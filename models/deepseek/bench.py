@@ -186,7 +186,7 @@ def _decode(model: torch.nn.Module, prompt: torch.Tensor, new: int, hf: bool):
         with torch.no_grad():
             for _ in range(new):
                 if hf:
-                    logits = model(token, past_key_values=cache, use_cache=True).logits
+                    logits = model(token, cache=cache, use_cache=True).logits
                 else:
                     logits = model(token, cache=cache).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
@@ -201,22 +201,23 @@ _REFERENCE = {
     "deepseek_v32": "DeepseekV32ForCausalLM",
     "deepseek_v4": "DeepseekV4ForCausalLM",
 }
-# Long-context cases: MLA as wide per key as V3.2's relative to its indexer (8 heads ×
-# (128 + 32) latent dimensions against 4 index heads × 32, about V3.2's 128 × 576 against
-# 64 × 128), small elsewhere, so that attention over the context is what a step costs.
+# Long-context cases: MLA as wide per key relative to its indexer as V3.2's (16 heads ×
+# (256 + 32) latent dimensions against 8 index heads × 64: 9 to 1, as 128 × 576 against
+# 64 × 128 is), small elsewhere, so that attention over the context is what a step costs.
 LONG_PROMPT = 4096
 _LONG = dict(
     hidden_size=256,
-    num_attention_heads=8,
+    num_attention_heads=16,
+    num_key_value_heads=16,
     q_lora_rank=96,
-    kv_lora_rank=128,
+    kv_lora_rank=256,
     qk_nope_head_dim=32,
     qk_rope_head_dim=32,
     v_head_dim=32,
     max_position_embeddings=LONG_PROMPT + 128,
     rope=RopeConfig(),
 )
-_INDEXER = dict(model_type="deepseek_v32", index_n_heads=4, index_head_dim=32)
+_INDEXER = dict(model_type="deepseek_v32", index_n_heads=8, index_head_dim=64)
 
 
 def _v4_small() -> V4Config:
