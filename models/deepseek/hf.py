@@ -76,15 +76,18 @@ def _read_header(fs: fsspec.AbstractFileSystem, root: str, shard: str) -> dict[s
             header = json.loads(f.read(length))
         except ValueError as err:
             raise CheckpointError(f"{shard}: unreadable safetensors header ({err})") from None
-    header.pop("__metadata__", None)
-    needed = (
-        _HEADER_LENGTH_BYTES
-        + length
-        + max((v["data_offsets"][1] for v in header.values()), default=0)
-    )
+    try:
+        header.pop("__metadata__", None)
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+        stored = {
+            key: _Stored(str(v["dtype"]), tuple(map(int, v["shape"]))) for key, v in header.items()
+        }
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{shard}: malformed safetensors header ({err!r})") from None
+    needed = _HEADER_LENGTH_BYTES + length + end
     if size < needed:
         raise CheckpointError(f"{shard}: truncated: {size} bytes, its header needs {needed}")
-    return {key: _Stored(v["dtype"], tuple(v["shape"])) for key, v in header.items()}
+    return stored
 
 
 def _read_quantisation(fs: fsspec.AbstractFileSystem, root: str) -> fp8_format.Block | None:

@@ -313,6 +313,22 @@ def test_truncated_shard_is_refused(tmp_path: Path) -> None:
     _assert_refused(tmp_path, shard.name, "truncated")
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"w": {"dtype": "F32", "shape": [2]}},  # no data_offsets
+        {"w": {"dtype": "F32", "shape": "two", "data_offsets": [0, 8]}},
+        {"w": ["not", "a", "tensor"]},
+    ],
+)
+def test_hostile_shard_header_is_one_clear_line(tmp_path: Path, header: dict) -> None:
+    _fp8_checkpoint(tmp_path)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[0]
+    raw = json.dumps(header).encode()
+    shard.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(8))
+    _assert_refused(tmp_path, shard.name, "malformed safetensors header")
+
+
 def test_missing_scale_is_refused(tmp_path: Path) -> None:
     _fp8_checkpoint(tmp_path)
     key = "model.layers.1.mlp.experts.2.gate_proj.weight_scale_inv"

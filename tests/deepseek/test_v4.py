@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import deepseek
 from deepseek.errors import CheckpointError, ConfigError
@@ -272,3 +273,15 @@ def test_bad_config_is_one_line(overrides: dict, field: str) -> None:
         V4Config.tiny(**overrides)
     message = str(err.value)
     assert message.startswith(field) and "\n" not in message
+
+
+def test_stray_release_keys_are_named_not_a_traceback(
+    ours: DeepseekV4ForCausalLM, tmp_path: Path
+) -> None:
+    save_checkpoint(ours, str(tmp_path), ReleaseLayout(ours.config))
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors.update({"layers.5": torch.zeros(1), "layers.x.attn.wq_a.weight": torch.zeros(1)})
+    save_file(tensors, tmp_path / "model.safetensors")
+    fresh = DeepseekV4ForCausalLM(ours.config)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[layers.5, layers.x.attn"):
+        load_checkpoint(fresh, str(tmp_path), ReleaseLayout(ours.config))

@@ -103,9 +103,9 @@ class V4Layout:
             if key == "lm_head.weight" and self.config.tie_word_embeddings:
                 return None
             return Slot(key)
-        if not hub_key.startswith(self.layer_prefix):
+        index, _, rest = hub_key.removeprefix(self.layer_prefix).partition(".")
+        if not hub_key.startswith(self.layer_prefix) or not index.isdigit() or not rest:
             return Slot(hub_key)  # not ours: reported as unexpected by the loader
-        index, rest = hub_key[len(self.layer_prefix) :].split(".", 1)
         prefix = f"model.layers.{index}."
         expert = _EXPERT.match(rest)
         if expert:
