@@ -360,7 +360,7 @@ def compare(
         text = (
             f"| {name} ({params:.1f}M) | {label} | {a_tps:,.0f} | {b_tps:,.0f} | "
             f"{statistics.median(speedups):.2f}x ({min(speedups):.2f}–{max(speedups):.2f}) | "
-            f"{a_mem:,.0f} | {b_mem:,.0f} |"
+            f"{max(a_mem, 0):,.0f} | {max(b_mem, 0):,.0f} |"
         )
         rows.append(Row(label, a_tps, b_tps, text))
     return rows

@@ -4,11 +4,16 @@ Keys and values come from a compressed latent c = RMSNorm(W_dkv·x) of width kv_
 plus one decoupled rotary key k_pe shared by all heads; queries are low-rank when
 q_lora_rank is set. Two equivalent computations:
 
-- naive (training, prefill): expand c through kv_b_proj into per-head keys and values and
-  run ordinary attention;
+- naive (training, long prompts): expand c through kv_b_proj into per-head keys and values
+  and run ordinary attention;
 - absorbed (cached decoding): fold kv_b_proj's key half into the query and its value half
   into the output, so attention runs directly against the cached latent and nothing per
   head is ever materialised for past tokens.
+
+Per key, s queries cost h·(c·(n + v) + s·(n + r + v)) multiply-adds naive (expanding the key
+once, then attending) and h·s·(2c + r) absorbed (attending over the wider latent): with a
+cache, the absorbed path runs while s < c·(n + v)/(2c − n − v) (under 36 query tokens for
+the 4k benchmark's shape, 170 for V3's), and a longer prompt is prefilled naive.
 
 The cache holds only (c, k_pe) per token, side by side in one row (and, for V3.2, the
 indexer's key).
@@ -27,6 +32,8 @@ memory-bound decoding step slower, so the factors are used as they are.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +78,8 @@ class MLA(nn.Module):
         products = heads * (q_in * (c + r) + c * h)
         self.fuse_absorbed = products <= factors
         """Whether no-grad absorbed attention uses the cached weight products."""
+        self.absorb_below = c * (n + v) / (2 * c - n - v) if 2 * c > n + v else math.inf
+        """Query tokens below which cached attention costs less absorbed (module docstring)."""
         self._fused: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def forward(
@@ -84,9 +93,10 @@ class MLA(nn.Module):
         """x (batch, seq, hidden) at the positions of the rotation table `rope`
         → (batch, seq, hidden).
 
-        `absorb` picks the absorbed path; by default it is used exactly when decoding
-        with a cache. With `indexer_losses` given, a layer with an indexer appends its KL
-        loss there (and runs the naive path, which has the probabilities the loss needs).
+        `absorb` picks the absorbed path; by default it is used with a cache for fewer
+        than `absorb_below` query tokens. With `indexer_losses` given, a layer with an
+        indexer appends its KL loss there (and runs the naive path, which has the
+        probabilities the loss needs).
         """
         b, s, _ = x.shape
         grad = torch.is_grad_enabled()
@@ -109,7 +119,9 @@ class MLA(nn.Module):
         scores, allowed = (None, None)
         if self.indexer is not None:
             scores, allowed = self._select(x.detach(), q_in.detach(), rope, rows[1], want_loss)
-        use_absorbed = (cache is not None if absorb is None else absorb) and not want_loss
+        if absorb is None:
+            absorb = cache is not None and s < self.absorb_below
+        use_absorbed = absorb and not want_loss
         if use_absorbed and self.fuse_absorbed and not grad:
             return self._absorbed_fused(q_in, rope, kv, allowed)
         q = F.linear(q_in, self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight)
