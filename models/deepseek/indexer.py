@@ -73,11 +73,12 @@ class Indexer(nn.Module):
         """
         b, s, _ = x.shape
         q = self._rotate(self.wq_b(q_latent).view(b, s, self.heads, self.head_dim), rope)
-        per_head = torch.matmul(q.float(), keys.float().transpose(1, 2)[:, None])  # (b,s,h,t)
-        per_head = F.relu(per_head * self.scale)
+        # relu(a·scale) = scale·relu(a): the scale joins the small head weights, and the
+        # (batch, seq, heads, keys) products, the big tensor here, are rectified in place.
+        per_head = torch.matmul(q.float(), keys.float().transpose(1, 2)[:, None]).relu_()
         # weights_proj may be kept in fp32 in a bf16 model, as transformers keeps it.
         w = self.weights_proj.weight
-        weights = F.linear(x.to(w.dtype), w).float() * self.head_weight_scale  # (b, s, h)
+        weights = F.linear(x.to(w.dtype), w).float() * (self.head_weight_scale * self.scale)
         return torch.matmul(weights[:, :, None], per_head)[:, :, 0]
 
 

@@ -180,8 +180,11 @@ class MLA(nn.Module):
         probabilities summed over heads (batch, seq, keys))."""
         b, s = q_nope.shape[:2]
         q, k, v = self._heads_first(q_nope, q_pe, kv)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        # In place: at a 4k prompt each (heads, seq, keys) pass is a GiB; the matmul's
+        # backward needs only its inputs, so autograd allows it.
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale)
+        bias = torch.zeros(allowed.shape, device=q.device, dtype=scores.dtype)
+        scores = scores.add_(bias.masked_fill_(~allowed, float("-inf"))[:, None])
         probs = scores.softmax(dim=-1, dtype=torch.float32)
         out = torch.matmul(probs.to(v.dtype), v)
         return out.transpose(1, 2).reshape(b, s, self.heads * self.v_dim), probs.sum(dim=1)
