@@ -216,6 +216,9 @@ def test_ragged_blocks_dequantise_as_transformers_does(tmp_path: Path) -> None:
 def test_independently_quantised_split_checkpoint_loads(
     hf_ragged_dir: Path, tmp_path: Path
 ) -> None:
+    """An FP8 checkpoint quantised by the test's own block loop, not by transformers: its
+    FineGrainedFP8 quantiser refuses to run without a GPU ("A GPU or XPU is needed for FP8
+    quantization"), so that direction waits for a machine with one."""
     dequantised = _write_split_fp8(hf_ragged_dir, tmp_path / "fp8")
     ours = deepseek.from_pretrained(str(tmp_path / "fp8"))
     loaded = dict(HubLayout(ours.config).hub_items(ours.state_dict()))
