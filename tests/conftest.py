@@ -208,3 +208,18 @@ class PauseRecorder:
 def pauses() -> PauseRecorder:
     """Pass as ``sleep=`` to a retry loop; ``.pauses`` holds what it slept."""
     return PauseRecorder()
+
+
+@pytest.fixture(scope="session")
+def fs3_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a local fs3 cluster shared by the tests outside tests/fs3 that read or
+    write fs3:// URLs (started on first use)."""
+    from fs3.cluster import LocalCluster
+
+    # The same quick settings as tests/fs3/conftest.py: no fsync keeps a 2-core CI fast.
+    cluster = LocalCluster(tmp_path_factory.mktemp("fs3"), settings={"storage": {"fsync": False}})
+    try:
+        cluster.start()
+        yield cluster.address
+    finally:
+        cluster.stop()

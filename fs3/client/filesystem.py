@@ -96,6 +96,8 @@ class FS3FileSystem(AbstractFileSystem):
         **storage_options: Any,
     ) -> None:
         super().__init__(**storage_options)
+        self.url_address = address
+        """The cluster address the URL or caller named (None: from config or environment)."""
         client: dict[str, Any] = {}
         if address:
             client["address"] = address
@@ -125,6 +127,12 @@ class FS3FileSystem(AbstractFileSystem):
             if _ADDRESS.match(first):
                 path = path[len(first) :]
         return normalize(path) if path not in ("", "/") else "/"
+
+    def unstrip_protocol(self, name: str) -> str:
+        """The URL of `name` on this cluster, naming its address when the URL that made
+        this file system did, so that glob results and rebuilt paths reach it again."""
+        path = self._strip_protocol(name)
+        return f"fs3://{self.url_address or ''}{path if path.startswith('/') else '/' + path}"
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:

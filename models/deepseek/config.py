@@ -397,22 +397,26 @@ def _rope_from_hf(hf: dict[str, Any], interleaved: bool) -> RopeConfig:
     )
 
 
-def load_config(path: str) -> ModelConfig | V4Config:
-    """Reads a HF `config.json` (local path or fsspec URL): a `ModelConfig`, or a
-    `deepseek.v4.V4Config` for model_type deepseek_v4.
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig | V4Config:
+    """A parsed HF `config.json`: a `ModelConfig`, or a `deepseek.v4.V4Config` for
+    model_type deepseek_v4.
 
     Raises:
         ConfigError: an unsupported model_type or inconsistent values.
     """
-    import fsspec
-
-    with fsspec.open(path, "r") as f:
-        hf = json.load(f)
     if hf.get("model_type") == "deepseek_v4":
         from deepseek.v4.config import V4Config  # deepseek.v4 imports this module
 
         return V4Config.from_hf_dict(hf)
     return ModelConfig.from_hf_dict(hf)
+
+
+def load_config(path: str) -> ModelConfig | V4Config:
+    """Reads a HF `config.json` (local path or fsspec URL); see `config_from_hf`."""
+    import fsspec
+
+    with fsspec.open(path, "r") as f:
+        return config_from_hf(json.load(f))
 
 
 # -- presets: tiny for tests, small (~50M) for the benchmark and demo ----------------------

@@ -23,7 +23,7 @@ from safetensors.torch import save as save_bytes
 
 from deepseek import fp8 as fp8_format
 from deepseek.architectures import build_model, checkpoint_layout
-from deepseek.config import load_config
+from deepseek.config import config_from_hf
 from deepseek.errors import CheckpointError, CheckpointNotFoundError
 from deepseek.layout import HubLayout, Layout, Slot, describe, place, view
 from deepseek.model import CausalLM
@@ -255,7 +255,9 @@ def from_pretrained(
     config_path = f"{root.rstrip('/')}/{CONFIG_FILE}"
     if not fs.exists(config_path):
         raise CheckpointNotFoundError(f"no config.json in {url}")
-    config = load_config(fs.unstrip_protocol(config_path))
+    # Through this fs: a URL rebuilt from its path would lose an fs3://HOST:PORT address.
+    with fs.open(config_path, "r") as f:
+        config = config_from_hf(json.load(f))
     model = build_model(config)
     load_checkpoint(model, url)
     model.to(device=device, dtype=dtype)

@@ -16,6 +16,7 @@ length), and anything else is refused. A run that finds a checkpoint of its own 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 import fsspec
@@ -24,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepseek.architectures import AnyConfig, build_model
-from deepseek.config import load_config, preset
+from deepseek.config import config_from_hf, load_config, preset
 from deepseek.data import DataConfig
 from deepseek.errors import CheckpointNotFoundError, ConfigError
 from deepseek.parallel import BACKENDS, PARALLEL_MODES, PIPELINE_REFUSAL
@@ -145,21 +146,28 @@ def load_train_config(path: str, overrides: list[str] = ()) -> TrainConfig:  # t
     return layered(TrainConfig, layers, "train config", ConfigError)
 
 
-def init_config_url(init: str) -> str:
-    """The URL of the config.json in checkpoint folder `init`.
+def read_init_config(init: str) -> AnyConfig:
+    """The architecture in the config.json of checkpoint folder `init`.
 
     Raises:
         CheckpointNotFoundError: the folder has no config.json (or cannot be reached).
+        ConfigError: the config.json is not JSON or not a DeepSeek config.
     """
     fs, root = fsspec.core.url_to_fs(init)
     path = f"{root.rstrip('/')}/config.json"
     try:
-        found = fs.exists(path)
+        if not fs.exists(path):
+            raise CheckpointNotFoundError(f"model.init={init}: no config.json there")
+        # Through this fs: a URL rebuilt from its path would lose an fs3://HOST:PORT address.
+        with fs.open(path, "r") as f:
+            hf = json.load(f)
     except OSError as err:
+        if isinstance(err, CheckpointNotFoundError):
+            raise
         raise CheckpointNotFoundError(f"model.init={init}: cannot reach it ({err})") from None
-    if not found:
-        raise CheckpointNotFoundError(f"model.init={init}: no config.json there")
-    return fs.unstrip_protocol(path)
+    except ValueError as err:
+        raise ConfigError(f"model.init={init}: config.json is not JSON ({err})") from None
+    return config_from_hf(hf)
 
 
 def build_model_config(section: ModelSection) -> AnyConfig:
@@ -172,7 +180,7 @@ def build_model_config(section: ModelSection) -> AnyConfig:
         CheckpointNotFoundError: `init` has no config.json.
     """
     if section.init is not None:
-        base = load_config(init_config_url(section.init))
+        base = read_init_config(section.init)
     elif section.config:
         base = load_config(section.config)
     else:

@@ -275,11 +275,14 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("where", ["local", "memory"])
+@pytest.mark.parametrize("where", ["local", "memory", "fs3"])
 def test_first_step_loss_is_the_init_checkpoints_loss(
-    tmp_path: Path, sft_files: str, where: str
+    tmp_path: Path, sft_files: str, where: str, request: pytest.FixtureRequest
 ) -> None:
-    init = str(tmp_path / "init") if where == "local" else f"memory://init-{tmp_path.name}"
+    if where == "fs3":
+        init = f"fs3://{request.getfixturevalue('fs3_address')}/init-{tmp_path.name}"
+    else:
+        init = str(tmp_path / "init") if where == "local" else f"memory://init-{tmp_path.name}"
     _pretrained(init)
     config = _sft_config(tmp_path, init, sft_files, steps=1)
     reference = deepseek.from_pretrained(init).train()

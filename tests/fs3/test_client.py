@@ -114,6 +114,20 @@ def test_url_address_symlink_and_truncate(cluster: LocalCluster, fs3fs: FS3FileS
     fs3fs.rm("/u", recursive=True)
 
 
+def test_urls_rebuilt_from_a_url_with_an_address_reach_that_cluster(
+    cluster: LocalCluster, fs3fs: FS3FileSystem
+) -> None:
+    """Globs and other paths turned back into URLs keep the HOST:PORT they came with, so
+    they open without FS3_CLUSTER or a config file naming the cluster."""
+    fs3fs.pipe_file("/globbed/a.txt", b"A")
+    fs, path = fsspec.core.url_to_fs(f"fs3://{cluster.address}/globbed/*.txt")
+    urls = [fs.unstrip_protocol(p) for p in fs.glob(path)]
+    assert urls == [f"fs3://{cluster.address}/globbed/a.txt"]
+    with fsspec.open(urls[0], "rb", skip_instance_cache=True) as f:
+        assert f.read() == b"A"
+    fs3fs.rm("/globbed", recursive=True)
+
+
 def test_chmod_and_times_are_seen_by_other_clients(
     cluster: LocalCluster, fs3fs: FS3FileSystem
 ) -> None:

@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from fs3.cluster import LocalCluster
 from haiscale.checkpoint import (
     AsyncCheckpointer,
     CheckpointError,
@@ -202,17 +200,6 @@ def test_two_ranks_sharded_and_replicated(tmp_path: Path) -> None:
         "rank-00000.json",
         "rank-00000.safetensors",
     ]
-
-
-@pytest.fixture(scope="module")
-def fs3_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # The same quick settings as tests/fs3/conftest.py: no fsync keeps a 2-core CI fast.
-    cluster = LocalCluster(tmp_path_factory.mktemp("fs3"), settings={"storage": {"fsync": False}})
-    try:
-        cluster.start()
-        yield cluster.address
-    finally:
-        cluster.stop()
 
 
 def test_on_fs3(fs3_address: str) -> None:
