@@ -37,6 +37,8 @@ _PARTIAL = ".partial"
 _LIST_KEYS = 12
 # A safetensors file starts with the byte length of its JSON header (8 bytes, little endian).
 _HEADER_LENGTH_BYTES = 8
+# The largest header the safetensors library reads; a claimed longer one is not read at all.
+_MAX_HEADER_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ def _read_header(fs: fsspec.AbstractFileSystem, root: str, shard: str) -> dict[s
         length = int.from_bytes(f.read(_HEADER_LENGTH_BYTES), "little")
         if size < _HEADER_LENGTH_BYTES or length > size - _HEADER_LENGTH_BYTES:
             raise CheckpointError(f"{shard}: truncated or not safetensors ({size} bytes)")
+        if length > _MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{shard}: a {length}-byte header is over safetensors' {_MAX_HEADER_BYTES}"
+            )
         try:
             header = json.loads(f.read(length))
         except ValueError as err:

@@ -332,6 +332,15 @@ def test_hostile_shard_header_is_one_clear_line(tmp_path: Path, header: dict) ->
     _assert_refused(tmp_path, shard.name, "malformed safetensors header")
 
 
+def test_an_oversized_header_claim_is_refused_unread(tmp_path: Path) -> None:
+    _fp8_checkpoint(tmp_path)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[0]
+    with shard.open("r+b") as f:  # the file stays as long as the header it claims
+        f.write((200_000_000).to_bytes(8, "little"))
+        f.truncate(200_000_100)
+    _assert_refused(tmp_path, shard.name, "header is over safetensors' 100000000")
+
+
 def test_missing_scale_is_refused(tmp_path: Path) -> None:
     _fp8_checkpoint(tmp_path)
     key = "model.layers.1.mlp.experts.2.gate_proj.weight_scale_inv"
