@@ -267,8 +267,8 @@ _SHAPES = {
     "v3-small": (2, 256, 16, 32),
     "v32-small": (2, 256, 16, 32),
     "v4-small": (2, 256, 16, 32),
-    "v3-4k": (0, 0, LONG_PROMPT, 32),
-    "v32-4k": (0, 0, LONG_PROMPT, 32),
+    "v3-4k": (0, 0, LONG_PROMPT, 64),
+    "v32-4k": (0, 0, LONG_PROMPT, 64),
 }
 
 
@@ -334,20 +334,10 @@ def _workloads(name: str, device: torch.device, batch: int, seq: int, prompt: in
     ]
 
 
-@dataclasses.dataclass
-class Row:
-    """One workload of one case: both sides' median tokens/s and the printed table row."""
-
-    label: str
-    ours_tps: float
-    theirs_tps: float
-    text: str
-
-
 def compare(
     name: str, device: torch.device, batch: int, seq: int, prompt: int, new: int
-) -> list[Row]:
-    """Runs case `name`'s workloads on both sides (see `_workloads`)."""
+) -> list[str]:
+    """Runs case `name`'s workloads on both sides (see `_workloads`): table rows."""
     params, workloads = _workloads(name, device, batch, seq, prompt, new)
     rows = []
     for index, (label, fn_ours, fn_theirs, rounds) in enumerate(workloads):
@@ -357,13 +347,30 @@ def compare(
             b_mem = _cpu_peak_mib(name, batch, seq, prompt, new, index, hf=True)
         else:
             a_mem, b_mem = _cuda_peak_mib(fn_ours, device), _cuda_peak_mib(fn_theirs, device)
-        text = (
+        rows.append(
             f"| {name} ({params:.1f}M) | {label} | {a_tps:,.0f} | {b_tps:,.0f} | "
             f"{statistics.median(speedups):.2f}x ({min(speedups):.2f}–{max(speedups):.2f}) | "
             f"{max(a_mem, 0):,.0f} | {max(b_mem, 0):,.0f} |"
         )
-        rows.append(Row(label, a_tps, b_tps, text))
     return rows
+
+
+def sparse_against_dense(device: torch.device, prompt: int, new: int) -> list[str]:
+    """V3.2 against V3 at the long context, each library against itself, timed in
+    alternation like `_compare` (rows of cases timed minutes apart would compare loads)."""
+    _, dense = _workloads("v3-4k", device, 0, 0, prompt, new)
+    _, sparse = _workloads("v32-4k", device, 0, 0, prompt, new)
+    lines = []
+    for (label, *dense_fns, rounds), (_, *sparse_fns, _) in zip(dense, sparse, strict=True):
+        for side, dense_fn, sparse_fn in zip(
+            ("ours", "transformers"), dense_fns, sparse_fns, strict=True
+        ):
+            ratios = _compare(sparse_fn, dense_fn, device, rounds)[2]
+            lines.append(
+                f"| {label} | {side} | "
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}–{max(ratios):.2f}) |"
+            )
+    return lines
 
 
 def gpu_mfu(device: torch.device, peak_tflops: float) -> str:
@@ -433,19 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         "transformers MiB |"
     )
     print("|---|---|---|---|---|---|---|")
-    results: dict[str, list[Row]] = {}
     for name in args.cases:
-        batch, seq, prompt, new = _SHAPES[name]
-        results[name] = compare(name, device, batch, seq, prompt, new)
-        for row in results[name]:
-            print(row.text, flush=True)
-    if {"v3-4k", "v32-4k"} <= results.keys():
-        for dense, sparse in zip(results["v3-4k"], results["v32-4k"], strict=True):
-            print(
-                f"V3.2 sparse / V3 dense, {dense.label}: "
-                f"ours {sparse.ours_tps / dense.ours_tps:.2f}x, "
-                f"transformers {sparse.theirs_tps / dense.theirs_tps:.2f}x"
-            )
+        for row in compare(name, device, *_SHAPES[name]):
+            print(row, flush=True)
+    if {"v3-4k", "v32-4k"} <= set(args.cases):
+        print("\n| workload | side | V3.2 sparse / V3 dense tok/s (range) |\n|---|---|---|")
+        for line in sparse_against_dense(device, *_SHAPES["v3-4k"][2:]):
+            print(line, flush=True)
     if device.type == "cuda":
         print(gpu_mfu(device, args.peak_tflops))
     return 0
