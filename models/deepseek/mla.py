@@ -116,12 +116,14 @@ class MLA(nn.Module):
             rows = cache.append(*rows)
         kv = rows[0]
         want_loss = indexer_losses is not None and self.indexer is not None
-        scores, allowed = (None, None)
-        if self.indexer is not None:
-            scores, allowed = self._select(x.detach(), q_in.detach(), rope, rows[1], want_loss)
         if absorb is None:
             absorb = cache is not None and s < self.absorb_below
         use_absorbed = absorb and not want_loss
+        scores, allowed = (None, None)
+        if self.indexer is not None and s == 1 and use_absorbed:
+            kv = self._chosen_rows(x, q_in, rope, rows[1], kv)
+        elif self.indexer is not None:
+            scores, allowed = self._select(x.detach(), q_in.detach(), rope, rows[1], want_loss)
         if use_absorbed and self.fuse_absorbed and not grad:
             return self._absorbed_fused(q_in, rope, kv, allowed)
         q = F.linear(q_in, self.q_b_proj.weight if self.low_rank_q else self.q_proj.weight)
@@ -157,6 +159,28 @@ class MLA(nn.Module):
             return None, None
         scores = indexer.scores(x, q_in, rope, index_keys)
         return scores, select_keys(scores, indexer.topk) if sparse else None
+
+    def _chosen_rows(
+        self,
+        x: torch.Tensor,
+        q_in: torch.Tensor,
+        rope: torch.Tensor,
+        index_keys: torch.Tensor,
+        kv: torch.Tensor,
+    ) -> torch.Tensor:
+        """The cache rows (batch, index_topk, c + r) one decoding step attends to, in no
+        particular order (attention does not care): this is where DSA saves its work at a
+        long context, and where a mask over every key would cost as much as dense attention."""
+        indexer = self.indexer
+        assert indexer is not None
+        if indexer.stage == "dense" or kv.shape[1] <= indexer.topk:
+            return kv
+        scores = indexer.scores(x, q_in, rope, index_keys)[:, 0]
+        chosen = scores.topk(indexer.topk, dim=-1, sorted=False).indices
+        # index_select copies whole rows: 6x faster than gather's per-element index.
+        return torch.stack(
+            [rows.index_select(0, keys) for rows, keys in zip(kv, chosen, strict=True)]
+        )
 
     def _heads_first(self, q_nope, q_pe, kv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head q, k, v (batch, heads, ·, ·) expanded from the latent rows kv."""
@@ -195,16 +219,7 @@ class MLA(nn.Module):
         keys (None: every causal key)."""
         h, t = self.heads, kv.shape[1]
         s = q.shape[1] // h
-        if s == 1 and allowed is not None:
-            # A sparse decoding step reads only its index_topk chosen rows (each query has
-            # exactly that many once the cache is longer): the work DSA saves at long context.
-            chosen = allowed[:, 0].nonzero()[:, 1].view(q.shape[0], -1)
-            # index_select copies whole rows: 6x faster than gather's per-element index.
-            kv = torch.stack(
-                [rows.index_select(0, keys) for rows, keys in zip(kv, chosen, strict=True)]
-            )
-            allowed = None
-        if s == 1 and allowed is None:  # a decoding step sees every (chosen) cached position
+        if s == 1 and allowed is None:  # a decoding step sees every cached row it is given
             scores = torch.bmm(q, kv.transpose(1, 2))
             if scale != 1.0:
                 scores = scores.mul_(scale)
