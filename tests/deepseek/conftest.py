@@ -32,6 +32,31 @@ TINY: dict[str, Any] = dict(
 )
 
 
+# V3 and V3.2: YaRN with mscale ≠ mscale_all_dim (the softmax scale then differs from 1/√d).
+YARN = {
+    "rope_type": "yarn",
+    "rope_theta": 1e4,
+    "factor": 8.0,
+    "original_max_position_embeddings": 32,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 0.8,
+}
+# The V3-shaped fields V3 and V3.2 share beyond TINY.
+V3_SHAPE: dict[str, Any] = dict(
+    n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True, q_lora_rank=32
+)
+
+
+def _randomise_routing_bias(model: Any) -> None:
+    """Non-zero e_score_correction_bias, so that loading it wrongly changes the routing."""
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.normal_(0.0, 0.2)
+
+
 def _save(model: Any, path: Path) -> Path:
     model.save_pretrained(path)
     return path
@@ -45,28 +70,13 @@ def hf_v3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = transformers.DeepseekV3Config(
         **TINY,
-        n_shared_experts=1,
-        routed_scaling_factor=2.5,
-        norm_topk_prob=True,
-        q_lora_rank=32,
+        **V3_SHAPE,
         rope_interleave=True,
         num_nextn_predict_layers=0,
-        rope_parameters={
-            "rope_type": "yarn",
-            "rope_theta": 1e4,
-            "factor": 8.0,
-            "original_max_position_embeddings": 32,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 0.8,
-        },
+        rope_parameters=YARN,
     )
     model = transformers.DeepseekV3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "e_score_correction_bias"):
-                module.e_score_correction_bias.normal_(0.0, 0.2)
+    _randomise_routing_bias(model)
     return _save(model, tmp_path_factory.mktemp("hf_v3"))
 
 
@@ -106,29 +116,16 @@ def hf_v32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(2)
     config = transformers.DeepseekV32Config(
         **TINY,
-        n_shared_experts=1,
-        routed_scaling_factor=2.5,
-        norm_topk_prob=True,
-        q_lora_rank=32,
+        **V3_SHAPE,
         index_n_heads=4,
         index_head_dim=16,
         index_topk=8,
-        rope_parameters={
-            "rope_type": "yarn",
-            "rope_theta": 1e4,
-            "factor": 8.0,
-            "original_max_position_embeddings": 32,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 0.8,
-        },
+        rope_parameters=YARN,
     )
     model = transformers.DeepseekV32ForCausalLM(config).eval()
+    _randomise_routing_bias(model)
     with torch.no_grad():
         for module in model.modules():
-            if hasattr(module, "e_score_correction_bias"):
-                module.e_score_correction_bias.normal_(0.0, 0.2)
             if isinstance(module, torch.nn.LayerNorm):  # the indexer's key norm
                 module.weight.normal_(1.0, 0.2)
                 module.bias.normal_(0.0, 0.2)
