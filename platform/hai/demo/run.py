@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TextIO
@@ -21,8 +22,16 @@ from hai.demo.scenario import CHECKPOINT_URL, DemoOptions, Scenario
 from hai.demo.stack import DemoStack
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, and are remembered: one that lands inside
+    a blocking gRPC call can be lost there, so the scenario's wait loop asks again."""
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received.set()
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_demo(
@@ -44,7 +53,8 @@ def run_demo(
         KeyboardInterrupt: Ctrl-C or SIGTERM; everything started is stopped first.
     """
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts = _Interrupts()
+    previous = {sig: signal.signal(sig, interrupts) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         kind = HostsStack if hosts else DemoStack
         with kind(root, nodes, gpus_per_node, port, keep) as stack:
@@ -56,7 +66,13 @@ def run_demo(
             )  # type: ignore[union-attr]
             progress = Progress()
             disturb = stack.disturb if isinstance(stack, HostsStack) else None
-            scenario = Scenario(stack, options, on_change=progress.update, disturb=disturb)
+            scenario = Scenario(
+                stack,
+                options,
+                on_change=progress.update,
+                disturb=disturb,
+                interrupted=interrupts.received.is_set,
+            )
             try:
                 with progress:
                     outcome = scenario.run()
@@ -70,7 +86,8 @@ def run_demo(
             _print_summary(summary, picture, stack, out)
             return summary
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_summary(summary: Summary, picture: Path, stack: DemoStack, out: TextIO) -> None:

@@ -134,12 +134,14 @@ class Scenario:
         options: DemoOptions,
         on_change: Callable[[Scenario], None] = lambda s: None,
         disturb: Callable[[int, int], None] | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         """``disturb(step, steps)``: called with the training job's progress on every poll
-        (``hai demo --hosts`` cuts a storage host off with it)."""
+        (``hai demo --hosts`` cuts a storage host off with it). ``interrupted()``: whether
+        Ctrl-C came, asked on every poll in case its KeyboardInterrupt was lost."""
         assert stack.fs3 is not None and stack.platform is not None, "stack not started"
         self.stack, self.options, self.on_change = stack, options, on_change
-        self.disturb = disturb
+        self.disturb, self.interrupted = disturb, interrupted
         self.fs3_address = stack.fs3.address
         token = (stack.hai_dir / "token").read_text().strip()
         self.client = ApiClient(stack.platform.address, token)
@@ -225,6 +227,8 @@ class Scenario:
         deadline = self.started + self.options.timeout_s
         while True:
             self._refresh()
+            if self.interrupted():
+                raise KeyboardInterrupt("interrupted while waiting for " + what)
             failed = [j for j in self.jobs if j.state in ("failed", "stopped")]
             if failed:
                 raise DemoError(self._failure(failed[0]))
