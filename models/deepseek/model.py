@@ -90,19 +90,31 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class CausalLM(nn.Module):
     """What every DeepSeek generation's model shares with the training loop and generation:
-    the context check, MoE bias updates and sampling. A subclass sets `config` (with
+    the call check, MoE bias updates and sampling. A subclass sets `config` (with
     `max_position_embeddings`) and implements `forward` and `new_cache`."""
 
     config: Any
 
-    def check_length(self, start: int, tokens: int) -> None:
-        """Raises SequenceTooLongError when positions start..start+tokens pass the context."""
+    def first_position(
+        self, tokens: int, labels: torch.Tensor | None, cache: Any, logits_to_keep: int
+    ) -> int:
+        """The position of a forward call's first token (the cache's length, 0 without one),
+        once the call is checked.
+
+        Raises:
+            SequenceTooLongError: the sequence would pass max_position_embeddings.
+            ValueError: logits_to_keep with labels (the losses need every position).
+        """
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep must be 0 when labels are given")
+        start = cache.length if cache is not None else 0
         limit = self.config.max_position_embeddings
         if start + tokens > limit:
             raise SequenceTooLongError(
                 f"sequence of {start + tokens} tokens exceeds max_position_embeddings={limit}; "
                 "shorten it or use a config with a longer context"
             )
+        return start
 
     def moe_layers(self) -> list[MoE]:
         """Every MoE layer, main stack first, then MTP."""
@@ -188,11 +200,8 @@ class DeepseekForCausalLM(CausalLM):
             SequenceTooLongError: the sequence would pass max_position_embeddings.
             ValueError: logits_to_keep with labels (the losses need every position).
         """
-        if logits_to_keep and labels is not None:
-            raise ValueError("logits_to_keep must be 0 when labels are given")
-        b, s = input_ids.shape
-        start = cache.length if cache is not None else 0
-        self.check_length(start, s)
+        s = input_ids.shape[1]
+        start = self.first_position(s, labels, cache, logits_to_keep)
         rope = self.rotary.table(start, start + s)
         x = self.model.embed_tokens(input_ids)
         aux: list[torch.Tensor] = []

@@ -90,11 +90,8 @@ class DeepseekV4ForCausalLM(CausalLM):
             SequenceTooLongError: the sequence would pass max_position_embeddings.
             ValueError: logits_to_keep with labels (the losses need every position).
         """
-        if logits_to_keep and labels is not None:
-            raise ValueError("logits_to_keep must be 0 when labels are given")
-        b, s = input_ids.shape
-        start = cache.length if cache is not None else 0
-        self.check_length(start, s)
+        s = input_ids.shape[1]
+        start = self.first_position(s, labels, cache, logits_to_keep)
         x = self.model.embed_tokens(input_ids)
         streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
         aux: list[torch.Tensor] = []
