@@ -1,10 +1,14 @@
-"""Opens the metadata store a ``--db`` value names: a PostgreSQL URL or a SQLite file."""
+"""Opens the metadata store a ``--db`` value names (a PostgreSQL URL or a SQLite file) and
+the namespace over a store."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 from fs3.db import is_postgres
+from fs3.meta.namespace import Namespace
 from fs3.meta.store import MetaStore
 
 
@@ -23,3 +27,10 @@ def open_meta_store(db: str | os.PathLike[str]) -> MetaStore:
     from fs3.meta.sqlite import SqliteMetaStore
 
     return SqliteMetaStore(db)
+
+
+def namespace_over(
+    store: MetaStore, chains: Callable[[], list[int]], clock: Callable[[], float] = time.time
+) -> Namespace:
+    """The namespace over ``store``: the one whose operations suit that backend best."""
+    return Namespace(store, chains, clock)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fs3.meta.backends import open_meta_store
+from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import MetaStore, MetaTxn
 from fs3.types import FILE, Inode
@@ -94,8 +94,8 @@ def bench_store(
     retried: dict[str, float] = {}
     a, b = open_store(), open_store()
     try:
-        one = Namespace(a, chains=lambda: [1, 2, 3])
-        two = Namespace(b, chains=lambda: [1, 2, 3])
+        one = namespace_over(a, chains=lambda: [1, 2, 3])
+        two = namespace_over(b, chains=lambda: [1, 2, 3])
         for have in (0, existing):
             where = f", {have} files there" if have else ", empty"
             workloads = {

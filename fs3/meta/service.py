@@ -25,7 +25,7 @@ from fs3.config import Fs3Config
 from fs3.db import redact
 from fs3.errors import Fs3Error, InvalidArgument
 from fs3.meta import users
-from fs3.meta.backends import open_meta_store
+from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.permissions import READ, WRITE, Caller, acting, current, require_admin
 from fs3.meta.trash import Trash
@@ -301,7 +301,7 @@ def run_meta(
         issuer = Issuer(keys, security.capability_s)
         signer = ServiceSigner(keys.service, security.capability_s)
     mgmtd = MgmtdClient(mgmtd_address, t.rpc_s, config.tls, service_keys=keys)
-    ns = Namespace(store, chains=lambda: list(mgmtd.table().chains))
+    ns = namespace_over(store, chains=lambda: list(mgmtd.table().chains))
     trash = Trash(ns)
     size = functools.partial(request_size, config.limits.meta_request_bytes)
     server = FrameServer((host, port), size, MetaServicer(ns, issuer).dispatch)

@@ -9,7 +9,7 @@ import pytest
 
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
-from fs3.meta.backends import open_meta_store
+from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import MemoryMetaStore, MetaStore
 
@@ -69,4 +69,4 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetaStore]
 
 @pytest.fixture
 def ns(store: MetaStore) -> Namespace:
-    return Namespace(store, chains=lambda: [1, 2, 3])
+    return namespace_over(store, chains=lambda: [1, 2, 3])
