@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import posixpath
 import stat as stat_module
 import sys
+import textwrap
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
@@ -35,6 +37,7 @@ from fs3.cli_util import (
     parse_size,
     progress,
 )
+from fs3.types import DIRECTORY, FILE
 
 _BLOCK = 4 << 20  # bytes per read and write of `cat`: one default chunk
 _C_ESCAPES = {
@@ -222,21 +225,43 @@ def ls(
     with one_line_errors(path):
         fs = open_fs(address, config_path, path)
         stripped = fs._strip_protocol(path)
-        if recursive:
-            found = fs.find(stripped, withdirs=True, detail=True)
-            entries = [e for name, e in found.items() if name != stripped.rstrip("/")]
-        else:
-            entries = fs.ls(stripped, detail=True)
-    entries = sorted(entries, key=lambda e: e["name"])
-    if as_json:
-        echo_json(entries)
+        top = fs.info(stripped)
+        entries: Iterable[dict[str, Any]] = [top]
+        if top["type"] == "directory":
+            # A page of meta's listing at a time: a huge folder streams to the output. One
+            # folder comes sorted; a tree is sorted whole, by path.
+            found = (fs._info(p, inode) for p, inode in _below(fs, stripped, recursive))
+            entries = sorted(found, key=lambda e: e["name"]) if recursive else found
+        if as_json:
+            _echo_json_list(entries)
+            return
+        for entry in entries:
+            name = escape_name(entry["name"]) + ("/" if entry["type"] == "directory" else "")
+            if long_format:
+                click.echo(f"{entry['size']:>12} {_when(entry.get('mtime') or 0)} {name}")
+            else:
+                click.echo(name)
+
+
+def _below(fs: Any, top: str, recursive: bool) -> Iterator[tuple[str, Any]]:
+    """(path, inode) of the entries of folder ``top``, or with ``recursive`` of its whole
+    tree, read a page at a time."""
+    if recursive:
+        yield from fs.meta.walk(top)
         return
-    for entry in entries:
-        name = escape_name(entry["name"]) + ("/" if entry["type"] == "directory" else "")
-        if long_format:
-            click.echo(f"{entry['size']:>12} {_when(entry.get('mtime') or 0)} {name}")
-        else:
-            click.echo(name)
+    base = top.rstrip("/")
+    for entry in fs.meta.iter_listdir(top):
+        yield f"{base}/{entry.name}", entry.inode
+
+
+def _echo_json_list(items: Iterable[Any]) -> None:
+    """Prints ``items`` as :func:`echo_json` prints a list, one item at a time."""
+    first = True
+    for item in items:
+        body = textwrap.indent(json.dumps(item, indent=2), "  ")
+        click.echo(("[\n" if first else ",\n") + body, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
 
 
 @click.command("stat")
@@ -308,15 +333,15 @@ def du(
     fs = open_fs(address, config_path, *paths)
     usage = []
     for path in paths:
+        size = nfiles = ndirs = 0
         with one_line_errors(path):
             stripped = fs._strip_protocol(path)
-            if fs.info(stripped)["type"] != "directory":
-                found = {stripped: fs.info(stripped)}
-            else:
-                found = fs.find(stripped, withdirs=True, detail=True)
-        size = sum(e["size"] for e in found.values() if e["type"] == "file")
-        nfiles = sum(e["type"] != "directory" for e in found.values())
-        ndirs = sum(e["type"] == "directory" and n != stripped for n, e in found.items())
+            top = fs.meta.stat(stripped)
+            below = fs.meta.walk(stripped) if top.kind == DIRECTORY else [(stripped, top)]
+            for _, inode in below:  # counted as the pages come: a huge tree is never held
+                ndirs += inode.kind == DIRECTORY
+                nfiles += inode.kind != DIRECTORY
+                size += inode.length if inode.kind == FILE else 0
         usage.append({"path": stripped, "bytes": size, "files": nfiles, "dirs": ndirs})
     if as_json:
         echo_json(usage)

@@ -205,20 +205,14 @@ def _replicas(
 def _walk(fs: Any, report: FsckReport, progress: Progress) -> dict[int, tuple[str, Inode]]:
     """inode id -> (path, inode) of every file, the trash and orphan folders included."""
     files: dict[int, tuple[str, Inode]] = {}
-    todo = ["/"]
     with progress("walking the namespace", None) as advance:
-        while todo:
-            folder = todo.pop()
-            report.directories += 1
-            advance(1)
-            for entry in fs.meta.listdir(folder):
-                path = f"{folder.rstrip('/')}/{entry.name}"
-                if entry.inode.kind == DIRECTORY:
-                    todo.append(path)
-                elif entry.inode.kind == FILE:
-                    files[entry.inode.id] = (path, entry.inode)
+        for path, inode in fs.meta.walk("/"):  # page by page: huge directories stream
+            if inode.kind == DIRECTORY:
+                report.directories += 1
+                advance(1)
+            elif inode.kind == FILE:
+                files[inode.id] = (path, inode)
     report.files = len(files)
-    report.directories -= 1  # the root
     return files
 
 

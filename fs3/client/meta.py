@@ -16,13 +16,15 @@ from fs3.client.chunks import ChunkIO
 from fs3.errors import CapabilityRefused, Unavailable
 from fs3.proto import fs3_pb2 as pb
 from fs3.proto.convert import entry_from_pb, inode_from_pb, trash_from_pb, user_from_pb, user_to_pb
-from fs3.types import DirEntry, Inode, RoutingTable, TrashEntry, User
+from fs3.types import DIRECTORY, DirEntry, Inode, RoutingTable, TrashEntry, User
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import Request
 from fs3.wire.ops import METHODS
 
 _CALLER_LEN = struct.Struct("!H")  # fs3.meta.service.CALLER_LEN
 READ, WRITE = 4, 2  # open access, as fs3.meta.permissions spells them
+LIST_PAGE = 1000
+"""Entries per List request of a listing: one round trip per ~100 KiB of entries."""
 _ACTING: ContextVar[pb.Caller | None] = ContextVar("fs3_meta_acting", default=None)
 
 
@@ -120,8 +122,45 @@ class MetaClient:
         )
         return self._granted(self._rpc("Create", req), path, READ | WRITE)
 
+    def list_page(
+        self, path: str, after: str = "", limit: int = LIST_PAGE
+    ) -> tuple[list[DirEntry], bool]:
+        """One page of directory ``path``: up to ``limit`` entries whose names sort after
+        ``after`` (meta may send fewer), and whether more may follow the last of them."""
+        reply = self._rpc("List", pb.ListRequest(path=path, after=after, limit=limit))
+        return [entry_from_pb(e) for e in reply.entries], reply.more
+
+    def iter_listdir(self, path: str, page: int = LIST_PAGE) -> Iterator[DirEntry]:
+        """The entries of directory ``path`` sorted by name, ``page`` per request: a huge
+        directory streams without being held whole. Each page starts after the last name
+        of the one before, so an entry present throughout comes exactly once however
+        others come and go meanwhile."""
+        after = ""
+        while True:
+            entries, more = self.list_page(path, after, page)
+            yield from entries
+            if not more or not entries:
+                return
+            after = entries[-1].name
+
+    def walk(self, top: str, page: int = LIST_PAGE) -> Iterator[tuple[str, Inode]]:
+        """(path, inode) of everything below directory ``top`` (not ``top`` itself), one
+        directory at a time, each read ``page`` entries per request: it holds one page and
+        the paths of the directories still to visit, whatever the tree's size. Symlinks
+        are not followed."""
+        todo = [top]
+        while todo:
+            folder = todo.pop()
+            base = folder.rstrip("/")
+            for entry in self.iter_listdir(folder, page):
+                path = f"{base}/{entry.name}"
+                if entry.inode.kind == DIRECTORY:
+                    todo.append(path)
+                yield path, entry.inode
+
     def listdir(self, path: str) -> list[DirEntry]:
-        return [entry_from_pb(e) for e in self._rpc("List", pb.PathRequest(path=path)).entries]
+        """Every entry of directory ``path``, sorted by name (:meth:`iter_listdir`)."""
+        return list(self.iter_listdir(path))
 
     def rename(self, src: str, dst: str) -> Inode:
         return inode_from_pb(self._rpc("Rename", pb.RenameRequest(src=src, dst=dst)))

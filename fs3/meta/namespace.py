@@ -255,8 +255,12 @@ class Namespace:
 
         return self.store.run(op)
 
-    def listdir(self, path: str) -> list[DirEntry]:
-        """Entries of the directory at ``path`` sorted by name. Raises NotFound, NotADirectory."""
+    def listdir(self, path: str, after: str = "", limit: int | None = None) -> list[DirEntry]:
+        """One page of the directory at ``path``: its entries whose names sort after
+        ``after`` (code-point order), sorted by name, at most ``limit`` (None: all). The
+        next page starts after the last name of this one, so a directory of any size is
+        listed page by page, and an entry present throughout appears exactly once however
+        others come and go meanwhile. Raises NotFound, NotADirectory, PermissionDenied."""
         path = normalize(path)
 
         def op(txn: MetaTxn) -> list[DirEntry]:
@@ -264,7 +268,7 @@ class Namespace:
             if not inode.is_dir:
                 raise NotADirectory("not a directory", path)
             permissions.check(permissions.current(), inode, READ, path)
-            return [DirEntry(name, child) for name, child in txn.entries(inode.id)]
+            return [DirEntry(name, child) for name, child in txn.entries(inode.id, after, limit)]
 
         return self.store.run(op)
 

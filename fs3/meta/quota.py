@@ -35,12 +35,13 @@ def quota_dirs(txn: MetaTxn, dir_id: int) -> list[Inode]:
 
 
 def path_of(txn: MetaTxn, inode: Inode) -> str:
-    """The path of ``inode``, found from its parents' entries (a scan of each directory on
-    the way up: for error messages only)."""
+    """The path of directory ``inode``, from the name of each directory on the way up (the
+    entries' child index: one lookup per level, however big the parents)."""
     names: list[str] = []
     while inode.id != ROOT_ID:
         parent = txn.get_inode(inode.parent)
-        name = next((n for n, c in txn.children(inode.parent) if c == inode.id), None)
+        found = txn.names(inode.id, limit=1)  # a directory has one name
+        name = found[0][1] if found else None
         if parent is None or name is None:
             return f"<inode {inode.id}, unlinked>/" + "/".join(reversed(names))
         names.append(name)
@@ -93,9 +94,9 @@ def usage_below(txn: MetaTxn, directory: Inode) -> Usage:
     """What everything below ``directory`` uses (not the directory itself); a directory
     below it with a quota of its own counts by its recorded usage."""
     nbytes = ninodes = 0
-    stack = [directory.id]
+    stack = [directory.id]  # directories still to walk; each is read a page at a time
     while stack:
-        for _, child in txn.entries(stack.pop()):
+        for _, child in txn.scan(stack.pop()):
             ninodes += 1
             if child.kind == FILE:
                 nbytes += child.length

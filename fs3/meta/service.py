@@ -47,6 +47,12 @@ AUTH_CACHE_S = 2.0
 or a rotated token stops working on other meta servers within this time (at once on the
 server that changed it), and requests skip a store transaction each."""
 
+LIST_PAGE_ENTRIES = 10_000
+"""Most entries one List reply holds, whatever its request asks: a listing of a huge
+directory takes pages (a client from before pages gets the first one)."""
+LIST_PAGE_BYTES = 4 << 20
+"""Most bytes of entries one List reply holds (symlink targets may be 4 KiB each)."""
+
 CALLER_LEN = struct.Struct("!H")
 """A meta payload is this length, the :class:`fs3_pb2.Caller` message, then the request."""
 
@@ -110,8 +116,22 @@ class MetaServicer:
         inode = self.ns.create(r.path, r.exclusive, r.chunk_size, r.stripe, r.mode or 0o644)
         return self._granted(inode, capabilities.ALL_OPS)
 
-    def List(self, r: pb.PathRequest) -> pb.Listing:
-        return pb.Listing(entries=[entry_to_pb(e) for e in self.ns.listdir(r.path)])
+    def List(self, r: pb.ListRequest) -> pb.Listing:
+        """One page of a directory, capped by :data:`LIST_PAGE_ENTRIES` and
+        :data:`LIST_PAGE_BYTES` whatever limit the client asks for."""
+        limit = min(r.limit or LIST_PAGE_ENTRIES, LIST_PAGE_ENTRIES)
+        # One entry past the limit says whether more follow, without another round trip.
+        found = self.ns.listdir(r.path, r.after, limit + 1)
+        reply = pb.Listing(more=len(found) > limit)
+        size = 0
+        for entry in found[:limit]:
+            message = entry_to_pb(entry)
+            size += message.ByteSize()
+            if size > LIST_PAGE_BYTES and reply.entries:
+                reply.more = True
+                break
+            reply.entries.append(message)
+        return reply
 
     def Rename(self, r: pb.RenameRequest) -> pb.Inode:
         return inode_to_pb(self.ns.rename(r.src, r.dst))

@@ -242,11 +242,14 @@ class _SqliteTxn(MetaTxn):
             return None
         return self._inodes.setdefault(row[0], row_to_inode(row))
 
-    def entries(self, parent: int) -> list[tuple[str, Inode]]:
+    def entries(
+        self, parent: int, after: str = "", limit: int | None = None
+    ) -> list[tuple[str, Inode]]:
+        # A range of the (parent, name) key: a page costs its own size, wherever it starts.
         rows = self.c.execute(
             f"SELECT d.name, {_PREFIXED} FROM dentries d JOIN inodes i ON i.id = d.child "
-            "WHERE d.parent=? ORDER BY d.name",
-            (parent,),
+            "WHERE d.parent=? AND d.name > ? ORDER BY d.name LIMIT ?",
+            (parent, after, -1 if limit is None else limit),
         )
         return [(row[0], row_to_inode(row[1:])) for row in rows]
 

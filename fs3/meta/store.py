@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 ROOT_ID = 1
 _MAX_DEPTH = 1 << 16  # a parent loop would be a bug; stop rather than spin
+SCAN_PAGE = 1000
+"""Entries per query of :meth:`MetaTxn.scan`: a walk holds one such page of a directory."""
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,32 @@ class MetaTxn(ABC):
         child = self.lookup(parent, name)
         return self.get_inode(child) if child is not None else None
 
-    def entries(self, parent: int) -> list[tuple[str, Inode]]:
-        """Entries of ``parent`` sorted by name with their inodes (entries whose inode is
-        gone are left out). A backend with round trips answers it in one query."""
-        out = []
+    def entries(
+        self, parent: int, after: str = "", limit: int | None = None
+    ) -> list[tuple[str, Inode]]:
+        """One page of ``parent``: its entries whose names sort after ``after`` (code-point
+        order), sorted by name, at most ``limit`` (None: all), with their inodes (entries
+        whose inode is gone are left out). A backend with round trips answers it in one
+        query over its (parent, name) key; this default filters :meth:`children`."""
+        out: list[tuple[str, Inode]] = []
         for name, child in self.children(parent):
-            inode = self.get_inode(child)
-            if inode is not None:
+            if limit is not None and len(out) >= limit:
+                break
+            if name > after and (inode := self.get_inode(child)) is not None:
                 out.append((name, inode))
         return out
+
+    def scan(self, parent: int, page: int = SCAN_PAGE) -> Iterator[tuple[str, Inode]]:
+        """Every entry of ``parent`` with its inode, sorted by name, read ``page`` entries
+        at a time: a walk of a huge directory never holds it whole. Entries the caller
+        removes behind the cursor do not disturb it."""
+        after = ""
+        while True:
+            found = self.entries(parent, after, page)
+            yield from found
+            if len(found) < page:
+                return
+            after = found[-1][0]
 
     def ancestors(self, inode_id: int) -> list[Inode]:
         """The inode and its ancestors up to the root, nearest first (shorter when one is

@@ -130,11 +130,11 @@ class Trash:
         def op(txn: MetaTxn) -> list[TrashEntry]:
             folder = self._folder(txn)
             out = []
-            for name, holder in txn.entries(folder.id) if folder else ():
+            for name, holder in txn.scan(folder.id) if folder else ():
                 if not permissions.is_owner(caller, holder):
                     continue
                 expires = expiry_of(name)
-                content = txn.entries(holder.id) if holder.is_dir else []
+                content = txn.entries(holder.id, limit=1) if holder.is_dir else []
                 if expires is None or expires <= self.ns._clock() or not content:
                     continue  # not ours, or expired: being deleted, no longer restorable
                 out.append(TrashEntry(name, holder.target, holder.ctime, expires, content[0][1]))
@@ -155,7 +155,9 @@ class Trash:
             folder = self._folder(txn)
             holder = txn.lookup_inode(folder.id, name) if folder else None
             expires = expiry_of(name)
-            content = txn.entries(holder.id) if holder is not None and holder.is_dir else []
+            content = (
+                txn.entries(holder.id, limit=1) if holder is not None and holder.is_dir else []
+            )
             if holder is None or expires is None or not content:
                 raise NotFound("no such trash entry; see `hai fs3 trash ls`", f"{TRASH}/{name}")
             if expires <= ns._clock():
@@ -188,11 +190,16 @@ class Trash:
 
         def expired(txn: MetaTxn) -> list[tuple[str, int]]:
             folder = self._folder(txn)
-            return [
-                (name, holder.id)
-                for name, holder in (txn.entries(folder.id) if folder else ())
-                if (expiry_of(name) or math.inf) <= now
-            ]
+            found: list[tuple[str, int]] = []
+            # Holder names start with their fixed-width expiry, so they sort by it: the
+            # expired ones come first, and each costs at least one inode of the budget.
+            for name, holder in txn.scan(folder.id) if folder else ():
+                expires = expiry_of(name)
+                if (expires is not None and expires > now) or len(found) >= budget:
+                    break
+                if expires is not None:
+                    found.append((name, holder.id))
+            return found
 
         deleted = 0
         for name, holder_id in self.ns.store.run(expired):
@@ -226,7 +233,7 @@ class Trash:
 
         def visit(directory: Inode) -> None:
             nonlocal done
-            for child_name, child in txn.entries(directory.id):
+            for child_name, child in txn.scan(directory.id):
                 if done >= budget:
                     return
                 if child.is_dir:
@@ -252,6 +259,6 @@ def _check_tree(txn: MetaTxn, caller: permissions.Caller, top: Inode, path: str)
     if caller.admin or not top.is_dir:
         return
     permissions.check(caller, top, permissions.READ, path)
-    for name, child in txn.entries(top.id):
+    for name, child in txn.scan(top.id):
         permissions.check_delete(caller, top, child, f"{path}/{name}")
         _check_tree(txn, caller, child, f"{path}/{name}")

@@ -340,11 +340,23 @@ class InodeStatus(_message.Message):
     pending_from: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, found: _Optional[_Iterable[_Union[Inode, _Mapping]]] = ..., pending: _Optional[_Iterable[int]] = ..., pending_from: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ListRequest(_message.Message):
+    __slots__ = ("path", "after", "limit")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    after: str
+    limit: int
+    def __init__(self, path: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
 class Listing(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "more")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class Caller(_message.Message):
     __slots__ = ("token", "act", "uid", "gid", "groups")

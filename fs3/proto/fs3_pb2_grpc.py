@@ -302,7 +302,7 @@ class MetaStub:
                 _registered_method=True)
         self.List = channel.unary_unary(
                 '/fs3.Meta/List',
-                request_serializer=fs3_dot_proto_dot_fs3__pb2.PathRequest.SerializeToString,
+                request_serializer=fs3_dot_proto_dot_fs3__pb2.ListRequest.SerializeToString,
                 response_deserializer=fs3_dot_proto_dot_fs3__pb2.Listing.FromString,
                 _registered_method=True)
         self.Rename = channel.unary_unary(
@@ -609,7 +609,7 @@ def add_MetaServicer_to_server(servicer, server):
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.PathRequest.FromString,
+                    request_deserializer=fs3_dot_proto_dot_fs3__pb2.ListRequest.FromString,
                     response_serializer=fs3_dot_proto_dot_fs3__pb2.Listing.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
@@ -858,7 +858,7 @@ class Meta:
             request,
             target,
             '/fs3.Meta/List',
-            fs3_dot_proto_dot_fs3__pb2.PathRequest.SerializeToString,
+            fs3_dot_proto_dot_fs3__pb2.ListRequest.SerializeToString,
             fs3_dot_proto_dot_fs3__pb2.Listing.FromString,
             options,
             channel_credentials,
