@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,10 +41,11 @@ from fs3.errors import (
 from fs3.mgmtd.client import MgmtdClient
 from fs3.retry import Backoff, retry
 from fs3.types import Layout, RoutingTable
+from fs3.wire import batch
 from fs3.wire.checksum import crc32c
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import Request
-from fs3.wire.ops import READ, REMOVE, WRITE
+from fs3.wire.ops import READ, READ_BATCH, REMOVE, WRITE
 
 log = logging.getLogger("fs3.client")
 T = TypeVar("T")
@@ -52,6 +54,31 @@ RETRY_BACKOFF = Backoff(first_s=0.02, max_s=0.5)
 """Pauses between a chunk operation's retries: a failed-over chain or a restarted server is
 back within tens of milliseconds to a few heartbeats, so the first retry comes within 20 ms
 and none waits over half a second."""
+
+
+BATCHED_PIECE_MAX = 1 << 20
+"""Largest piece :meth:`ChunkIO.read_many` batches; bigger ones gain nothing from sharing a
+round trip, and a single read keeps the zero-copy local path (:mod:`fs3.client.local_read`)."""
+BATCH_PIECES = 64
+"""Pieces per batch: one target's pieces beyond this go in further batches, sent at once
+(the target answers each connection on its own thread)."""
+
+
+@dataclass(frozen=True)
+class ChunkPiece:
+    """One read of :meth:`ChunkIO.read_many`: ``length`` bytes at ``offset`` in chunk
+    ``index`` of ``inode`` (whose layout is ``layout``); ``path`` goes into its errors."""
+
+    layout: Layout
+    inode: int
+    index: int
+    offset: int
+    length: int
+    path: str | None = None
+
+
+PieceResult = memoryview | Fs3Error
+"""A piece's bytes (short for a hole), or the error its read raised."""
 
 
 @dataclass(frozen=True)
@@ -306,16 +333,7 @@ class ChunkIO:
                         raise ChecksumMismatch(f"target {target}: chunk corrupted in transit")
                     return data  # the receive buffer itself: no copy
                 except ChecksumMismatch as err:
-                    log.warning(
-                        "bad replica: target %d, chain %d, inode %d chunk %d: %s",
-                        target,
-                        chain_id,
-                        inode,
-                        index,
-                        err,
-                    )
-                    with self._lock:
-                        self.bad_replicas.append((target, chain_id, inode, index))
+                    self._bad_replica(target, chain_id, inode, index, err)
                     errors.append(err)
                 except Fs3Error as err:
                     if not err.retryable:
@@ -327,6 +345,140 @@ class ChunkIO:
             raise next((e for e in errors if isinstance(e, StaleRouting)), errors[-1])
 
         return self._granted(f"reading {what}", inode, capabilities.READ, attempt)
+
+    def _bad_replica(
+        self, target: int, chain_id: int, inode: int, index: int, err: ChecksumMismatch
+    ) -> None:
+        log.warning(
+            "bad replica: target %d, chain %d, inode %d chunk %d: %s",
+            target,
+            chain_id,
+            inode,
+            index,
+            err,
+        )
+        with self._lock:
+            self.bad_replicas.append((target, chain_id, inode, index))
+
+    # -- many small reads at once --------------------------------------------------------
+    def read_many(self, pieces: Sequence[ChunkPiece], executor: Executor) -> list[PieceResult]:
+        """Reads every piece, the small ones in batches (:mod:`fs3.wire.batch`): one round
+        trip per target carries the pieces bound for it, and the batches (and the big
+        pieces, each alone) run at once on ``executor``. Returns per piece, in order, its
+        bytes (short for holes, as :meth:`read`) or the error its read raised.
+        """
+        table = self.mgmtd.table()
+        jobs = self.plan(pieces, table)
+        answers = executor.map(
+            lambda job: self.read_planned(table, job[0], [pieces[i] for i in job[1]]), jobs
+        )
+        results: dict[int, PieceResult] = {}
+        for (_, members), got in zip(jobs, answers, strict=True):
+            results.update(zip(members, got, strict=True))
+        return [results[i] for i in range(len(pieces))]
+
+    def plan(
+        self, pieces: Sequence[ChunkPiece], table: RoutingTable, replica: int = 0
+    ) -> list[tuple[int | None, list[int]]]:
+        """``pieces`` (by their index) grouped into batches per target: the ``replica``-th
+        in each piece's :func:`read_order`, where a single read would go first; each batch
+        within :data:`BATCH_PIECES` and the target's bounds (:mod:`fs3.wire.batch`). A
+        piece over :data:`BATCHED_PIECE_MAX`, or with no replica left, is a job of its own
+        with target None: a single :meth:`read`."""
+        by_target: dict[int, list[int]] = {}
+        jobs: list[tuple[int | None, list[int]]] = []
+        for i, p in enumerate(pieces):
+            order = read_order(table, p.layout.chain_of(p.index), p.inode, p.index)
+            if p.length > BATCHED_PIECE_MAX or replica >= len(order):
+                jobs.append((None, [i]))
+            else:
+                by_target.setdefault(order[replica], []).append(i)
+        for target, members in by_target.items():
+            jobs += [(target, part) for part in _limited(members, pieces)]
+        return jobs
+
+    def read_planned(
+        self, table: RoutingTable, target: int | None, pieces: list[ChunkPiece], replica: int = 0
+    ) -> list[PieceResult]:
+        """Reads one job of :meth:`plan`: per piece its bytes or its error.
+
+        The semantics of :meth:`read` hold: a piece its batch could not read (the target
+        down, a chunk busy, stale routing, a bad replica) goes in a batch to the next
+        replica of its chain; one left after every replica, or whose capability was
+        refused, gets a single :meth:`read` (its retries, renewal and DataLost).
+        """
+        if target is None:
+            return [self._read_piece(p) for p in pieces]
+        answers = self._read_batch(table, target, pieces)
+        again = [i for i, a in enumerate(answers) if isinstance(a, Fs3Error) and a.retryable]
+        for i, a in enumerate(answers):
+            if isinstance(a, CapabilityRefused):  # renewed (the file reopened) by a read
+                answers[i] = self._read_piece(pieces[i])
+        if again:
+            retried = [pieces[i] for i in again]
+            got: dict[int, PieceResult] = {}
+            for next_target, members in self.plan(retried, table, replica + 1):
+                part = [retried[k] for k in members]
+                answered = self.read_planned(table, next_target, part, replica + 1)
+                got.update(zip(members, answered, strict=True))
+            for k, i in enumerate(again):
+                answers[i] = got[k]
+        return answers
+
+    def _read_piece(self, piece: ChunkPiece) -> PieceResult:
+        try:
+            return self.read(
+                piece.layout, piece.inode, piece.index, piece.offset, piece.length, path=piece.path
+            )
+        except Fs3Error as err:
+            return err
+
+    def _read_batch(
+        self, table: RoutingTable, target: int, pieces: list[ChunkPiece]
+    ) -> list[PieceResult]:
+        """One READ_BATCH of ``pieces`` to ``target``: per piece its bytes or its error (the
+        batch's own error for each when the target could not be asked)."""
+        wire = [
+            batch.BatchPiece(
+                p.layout.chain_of(p.index),
+                p.inode,
+                p.index,
+                p.offset,
+                p.length,
+                self.grants.get(p.inode, capabilities.READ),
+            )
+            for p in pieces
+        ]
+        req = Request(READ_BATCH, table_version=table.version)
+        where = f"target {target}"
+        try:
+            _, _, body = self.pool.request(
+                self._address(table, target), req, batch.encode_request(wire)
+            )
+            answers = batch.decode_reply(body, len(wire), where)
+        except Fs3Error as err:
+            return [err] * len(pieces)
+        out: list[PieceResult] = []
+        for p, w, answer in zip(pieces, wire, answers, strict=True):
+            if isinstance(answer, ChecksumMismatch):
+                self._bad_replica(target, w.chain, p.inode, p.index, answer)
+            out.append(answer if isinstance(answer, Fs3Error) else answer[1])
+        return out
+
+
+def _limited(members: list[int], pieces: Sequence[ChunkPiece]) -> Iterator[list[int]]:
+    """``members`` (indexes into ``pieces``) cut into batches of at most
+    :data:`BATCH_PIECES` pieces and :data:`fs3.wire.batch.MAX_BYTES` bytes."""
+    part: list[int] = []
+    size = 0
+    for i in members:
+        if part and (len(part) >= BATCH_PIECES or size + pieces[i].length > batch.MAX_BYTES):
+            yield part
+            part, size = [], 0
+        part.append(i)
+        size += pieces[i].length
+    if part:
+        yield part
 
 
 def read_order(table: RoutingTable, chain_id: int, inode: int, index: int) -> list[int]:

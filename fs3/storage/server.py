@@ -32,12 +32,14 @@ from fs3.storage.local import LocalChunkEngine
 from fs3.storage.local_read import start_local_reads
 from fs3.storage.target import StorageTarget
 from fs3.types import SERVING, RoutingTable, TargetInfo, TargetStats, announceable
+from fs3.wire import batch
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import RESPONSE, Reply, Request
 from fs3.wire.ops import (
     DUMP,
     LOCAL_INFO,
     READ,
+    READ_BATCH,
     REMOVE,
     REPAIR,
     REPLICATE,
@@ -59,6 +61,9 @@ def check_bounds(req: Request, chunk_bytes: int) -> None:
     Raises:
         InvalidArgument: naming the request's offset and length and the limit.
     """
+    if req.op == READ_BATCH:  # its length is the payload's: bounded by its pieces' count
+        batch.check_payload_size(req.length)
+        return
     if req.op in (READ, *WITH_PAYLOAD) and req.offset + req.length > chunk_bytes:
         raise InvalidArgument(
             f"data-path op {req.op} reaches byte {req.offset + req.length} of a chunk "
@@ -71,11 +76,27 @@ def _payload_size(chunk_bytes: int, req: Request) -> int:
     return req.length if req.op in WITH_PAYLOAD else 0
 
 
-def _dispatch(target: StorageTarget, local_info: bytes, req: Request, payload: memoryview) -> Reply:
+def _batch_pieces(payload: memoryview, chunk_bytes: int) -> list[batch.BatchPiece]:
+    """The pieces of a READ_BATCH, each within ``chunk_bytes`` as a READ must be.
+
+    Raises InvalidArgument for the whole batch (see :func:`fs3.wire.batch.decode_request`).
+    """
+    pieces = batch.decode_request(payload)
+    for p in pieces:
+        check_bounds(Request(READ, offset=p.offset, length=p.length), chunk_bytes)
+    return pieces
+
+
+def _dispatch(
+    target: StorageTarget, local_info: bytes, chunk_bytes: int, req: Request, payload: memoryview
+) -> Reply:
     target.authorize(req)
     if req.op == READ:
         version, data, crc = target.read(req)
         return RESPONSE.pack(0, len(data), crc, version), data
+    if req.op == READ_BATCH:
+        body = batch.encode_reply(target.read_batch(req, _batch_pieces(payload, chunk_bytes)))
+        return RESPONSE.pack(0, len(body), 0, 0), body
     if req.op == WRITE:
         version, crc = target.write(req, payload)
         return RESPONSE.pack(0, 0, crc, version), b""
@@ -225,8 +246,8 @@ def run_storage(
     target = StorageTarget(target_id, engine, mgmtd, pool, verifier, signer)
     local = start_local_reads(root, target, config.storage.local_socket_mode, config.host.id)
     local_info = local.info() if local else b""
-    dispatch = functools.partial(_dispatch, target, local_info)
     chunk_bytes = config.limits.chunk_bytes
+    dispatch = functools.partial(_dispatch, target, local_info, chunk_bytes)
     data = FrameServer((host, data_port), functools.partial(_payload_size, chunk_bytes), dispatch)
     threading.Thread(target=data.serve_forever, daemon=True, name="data-path").start()
     grpc_server = serve(

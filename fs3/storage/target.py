@@ -28,10 +28,21 @@ from fs3.mgmtd.client import MgmtdClient
 from fs3.storage.engine import ChunkEngine, patch
 from fs3.storage.locks import ChunkLocks
 from fs3.types import SERVING, Chain, ChunkId, ResyncProgress, RoutingTable
+from fs3.wire.batch import BatchPiece
 from fs3.wire.checksum import crc32c
 from fs3.wire.client import ConnectionPool
 from fs3.wire.framing import DUMP_ENTRY, Request
-from fs3.wire.ops import DUMP, LOCAL_INFO, LOCAL_OPEN, READ, REMOVE, REPLICATE, SYNC, WRITE
+from fs3.wire.ops import (
+    DUMP,
+    LOCAL_INFO,
+    LOCAL_OPEN,
+    READ,
+    READ_BATCH,
+    REMOVE,
+    REPLICATE,
+    SYNC,
+    WRITE,
+)
 
 log = logging.getLogger("fs3.storage")
 
@@ -72,7 +83,8 @@ class StorageTarget:
         """Refuses ``req`` unless its capability allows it: reads (also local ones) need
         read on the chunk, writes write, a REMOVE write on every chunk it deletes; the
         chain-internal ops need a service capability. Raises CapabilityRefused."""
-        if self.verifier is None or req.op == LOCAL_INFO:
+        # A READ_BATCH's pieces carry capabilities of their own: read_batch checks each.
+        if self.verifier is None or req.op in (LOCAL_INFO, READ_BATCH):
             return
         cap = req.capability
         if req.op in (READ, LOCAL_OPEN):
@@ -199,6 +211,33 @@ class StorageTarget:
             log.error("target %d: %s", self.target_id, err)
             raise ChecksumMismatch(f"target {self.target_id}: {err.strerror}", err.path) from None
         return (committed.version if committed else 0), data, crc
+
+    def read_batch(
+        self, req: Request, pieces: list[BatchPiece]
+    ) -> list[tuple[int, bytes, int] | Fs3Error]:
+        """Each piece of a READ_BATCH (``req``: its header) read as a single READ of it is,
+        capability check included: returns per piece (version, bytes, CRC32C of them) or
+        the error that READ raised, so one refused or busy piece leaves the others read."""
+        answers: list[tuple[int, bytes, int] | Fs3Error] = []
+        for p in pieces:
+            single = Request(
+                READ,
+                p.chain,
+                req.table_version,
+                p.inode,
+                p.index,
+                p.offset,
+                p.length,
+                capability=p.capability,
+            )
+            try:
+                self.authorize(single)
+                version, data, crc = self.read(single)
+            except Fs3Error as err:
+                answers.append(err)
+                continue
+            answers.append((version, bytes(data), crc))  # the engine reuses its read buffer
+        return answers
 
     def remove(self, req: Request) -> int:
         """Deletes chunks of ``req.inode`` from ``req.index`` (to ``req.length`` if set)."""

@@ -123,13 +123,23 @@ def send_frame(sock: socket.socket, header: bytes, payload: bytes | memoryview =
             parts[0] = parts[0][sent:]
 
 
+def error_body(err: Fs3Error) -> bytes:
+    """What an error frame carries after its status: ``err``'s message and path as JSON."""
+    return json.dumps({"message": error_message(err), "path": err.path}).encode()
+
+
 def error_frame(err: Fs3Error) -> tuple[bytes, bytes]:
-    """The reply that carries ``err``: its type's code, then its message and path as JSON."""
-    body = json.dumps({"message": error_message(err), "path": err.path}).encode()
+    """The reply that carries ``err``: its type's code, then :func:`error_body`."""
+    body = error_body(err)
     return RESPONSE.pack(error_code(err), len(body), 0, 0), body
+
+
+def error_of(code: int, body: bytes | bytearray | memoryview, where: str) -> Fs3Error:
+    """The error an error frame (status ``code``, ``body``) carries, naming ``where``."""
+    info = json.loads(bytes(body))
+    return error_type(code)(f"{info['message']} (at {where})", info.get("path"))
 
 
 def raise_error(code: int, body: bytes | bytearray | memoryview, where: str) -> None:
     """Raises the error of an error frame (status ``code``, ``body``), naming ``where``."""
-    info = json.loads(bytes(body))
-    raise error_type(code)(f"{info['message']} (at {where})", info.get("path"))
+    raise error_of(code, body, where)

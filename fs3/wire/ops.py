@@ -23,8 +23,11 @@ LOCAL_INFO, LOCAL_HELLO, LOCAL_OPEN, LOCAL_BAD = 7, 8, 9, 10
 # fsck (fs3.fsck): VERIFY checks one replica's chunk on the target itself; REPAIR replaces a
 # bad replica with a good copy if the replica still holds the version fsck saw.
 VERIFY, REPAIR = 11, 12
-WITH_PAYLOAD = (WRITE, REPLICATE, SYNC, REPAIR)
-"""Ops whose request carries chunk bytes (``length`` is their size)."""
+# Many small reads in one round trip (fs3.wire.batch): the pieces travel in the payload.
+READ_BATCH = 13
+WITH_PAYLOAD = (WRITE, REPLICATE, SYNC, REPAIR, READ_BATCH)
+"""Ops whose request carries a payload (``length`` is its size): chunk bytes, or a batch's
+pieces."""
 
 META_OPS: dict[str, int] = {
     # The numbers these methods had when they were counted by position in fs3.proto, so
