@@ -11,10 +11,15 @@ from fs3.db import is_postgres
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import MetaStore
 
+DB_CONNECTIONS = 16
+"""Default of ``meta.db_connections`` (fs3.config): PostgreSQL connections one meta server
+keeps."""
 
-def open_meta_store(db: str | os.PathLike[str]) -> MetaStore:
+
+def open_meta_store(db: str | os.PathLike[str], connections: int = DB_CONNECTIONS) -> MetaStore:
     """``postgresql://USER@HOST:PORT/DB`` opens :class:`~fs3.meta.postgres.PostgresMetaStore`
-    (shareable by several meta servers); anything else is a SQLite file path.
+    (shareable by several meta servers) with at most ``connections`` connections; anything
+    else is a SQLite file path.
 
     Raises:
         Unavailable: the PostgreSQL server cannot be reached.
@@ -23,7 +28,7 @@ def open_meta_store(db: str | os.PathLike[str]) -> MetaStore:
     if is_postgres(db):
         from fs3.meta.postgres import PostgresMetaStore
 
-        return PostgresMetaStore(db)
+        return PostgresMetaStore(db, max_connections=connections)
     from fs3.meta.sqlite import SqliteMetaStore
 
     return SqliteMetaStore(db)
@@ -32,5 +37,12 @@ def open_meta_store(db: str | os.PathLike[str]) -> MetaStore:
 def namespace_over(
     store: MetaStore, chains: Callable[[], list[int]], clock: Callable[[], float] = time.time
 ) -> Namespace:
-    """The namespace over ``store``: the one whose operations suit that backend best."""
+    """The namespace over ``store``: the one whose operations suit that backend best (on
+    PostgreSQL one statement each, :class:`~fs3.meta.pg_namespace.PostgresNamespace`)."""
+    from fs3.meta.postgres import PostgresMetaStore
+
+    if isinstance(store, PostgresMetaStore):
+        from fs3.meta.pg_namespace import PostgresNamespace
+
+        return PostgresNamespace(store, chains, clock)
     return Namespace(store, chains, clock)

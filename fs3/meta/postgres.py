@@ -14,6 +14,12 @@ SSI tracks reads with predicate locks on index pages; a sequential scan locks a 
 and makes every concurrent writer conflict. Every query here is keyed on a primary key, so
 sessions turn sequential scans off (the planner picks them for tiny tables). Inode ids come
 from a sequence, which no transaction conflicts on (a rolled-back create leaves a gap).
+
+Round trips: connections run in autocommit with SERIALIZABLE as the session's default, so one
+statement is one transaction. :meth:`PostgresMetaStore.call` sends one prepared statement
+(the namespace operations are server-side functions, :mod:`fs3.meta.pg_functions`) and is
+the whole operation; :meth:`PostgresMetaStore.transaction` still opens a real transaction
+for the operations that run in Python over :class:`_PgTxn`.
 """
 
 from __future__ import annotations
@@ -23,8 +29,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fs3.db import LEASE_TABLE, POSTGRES, connect_postgres, postgres_error, redact, take_lease
+from fs3.db import (
+    LEASE_TABLE,
+    POSTGRES,
+    connect_postgres,
+    postgres_error,
+    redact,
+    run_retrying,
+    take_lease,
+)
 from fs3.errors import Unavailable
+from fs3.meta import pg_functions
 from fs3.meta.sqlite import (
     ADDED_COLUMNS,
     BACKFILL,
@@ -72,7 +87,8 @@ class PostgresMetaStore(MetaStore):
 
     Args:
         url: ``postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE``.
-        max_connections: transactions in flight at once; more wait (up to ``wait_s``).
+        max_connections: transactions in flight at once (``meta.db_connections``); more
+            wait (up to ``wait_s``).
         wait_s: how long a transaction waits for a free connection before Unavailable.
 
     Raises:
@@ -106,6 +122,7 @@ class PostgresMetaStore(MetaStore):
                     _PUT_INODE.replace("DO UPDATE SET " + _UPDATE, "DO NOTHING"),
                     inode_to_row(root_inode(_now(cur))),
                 )
+                pg_functions.install(cur)
         except Exception as err:
             conn.close()
             raise postgres_error(err, url) from None
@@ -113,12 +130,12 @@ class PostgresMetaStore(MetaStore):
         self._idle.append(conn)
 
     def _prepare(self, conn: Any) -> None:
-        import psycopg
-
-        with conn.cursor() as cur:
-            cur.execute("SET enable_seqscan = off")
         conn.commit()
-        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        # Autocommit: a statement is a transaction, at the session's default isolation.
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET default_transaction_isolation = 'serializable'")
+            cur.execute("SET enable_seqscan = off")
 
     def _take(self) -> Any:
         if not self._slots.acquire(timeout=self._wait_s):
@@ -143,33 +160,77 @@ class PostgresMetaStore(MetaStore):
         self._slots.release()
 
     @contextmanager
-    def transaction(self) -> Iterator[MetaTxn]:
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection for the block, given back afterwards (closed when broken)."""
         import psycopg
 
         conn = self._take()
-        done = False
+        reusable = False
         try:
-            try:
-                with conn.cursor() as cur:
-                    yield _PgTxn(cur, self.url)
-                conn.commit()
-                done = True
-            except psycopg.Error as err:
-                raise postgres_error(err, self.url) from None
-        finally:
+            yield conn
             reusable = True
-            if not done:
-                try:
-                    conn.rollback()
-                except psycopg.Error:
-                    reusable = False
+        except psycopg.Error as err:
+            reusable = not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
+            raise store_error(err, self.url) from None
+        except BaseException:
+            reusable = True  # the transaction block rolled back; the connection is fine
+            raise
+        finally:
             self._give(conn, reusable and not conn.closed)
+
+    @contextmanager
+    def transaction(self) -> Iterator[MetaTxn]:
+        """A real SERIALIZABLE transaction (BEGIN ... COMMIT), for operations in Python."""
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _PgTxn(cur, self.url)
+
+    @contextmanager
+    def _statement(self) -> Iterator[Any]:
+        with self._connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    def call(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Runs one statement, prepared on its connection, as a transaction of its own and
+        returns its rows; it runs again whole when it loses a conflict (:meth:`run`).
+
+        Raises:
+            the fs3 error a namespace function raised (:mod:`fs3.meta.pg_functions`);
+            Unavailable: the database failed, or conflicts persisted.
+        """
+        return run_retrying(
+            self._statement,
+            lambda cur: _rows(cur.execute(sql, params, prepare=True)),
+            self._count_retry,
+        )
 
     def close(self) -> None:
         with self._lock:
             for conn in self._idle:
                 conn.close()
             self._idle.clear()
+
+
+GARBAGE_QUERY = "SELECT id, inode, from_index, chains FROM garbage ORDER BY id LIMIT %s"
+"""The oldest queued garbage, ``limit`` items (rows for :func:`garbage_from_rows`)."""
+
+
+def garbage_from_rows(rows: list[tuple]) -> list[tuple[int, Garbage]]:
+    """(queue id, item) of each row :data:`GARBAGE_QUERY` returned."""
+    return [
+        (gid, Garbage(inode, start, tuple(int(c) for c in chains.split(",") if c)))
+        for gid, inode, start, chains in rows
+    ]
+
+
+def store_error(err: Exception, url: str) -> Exception:
+    """The error to raise for a psycopg error: the fs3 error a namespace function raised,
+    else what :func:`fs3.db.postgres_error` makes of it (TxnConflict, Unavailable)."""
+    return pg_functions.namespace_error(err) or postgres_error(err, url)
+
+
+def _rows(cur: Any) -> list[tuple]:
+    """What the statement ``cur`` ran returned; none for one that returns nothing."""
+    return cur.fetchall() if cur.description is not None else []
 
 
 def _now(cur: Any) -> float:
@@ -205,7 +266,7 @@ class _PgTxn(MetaTxn):
         try:
             return self.cur.execute(sql, params)
         except psycopg.Error as err:
-            raise postgres_error(err, self.url) from None
+            raise store_error(err, self.url) from None
 
     def get_inode(self, inode_id: int) -> Inode | None:
         if inode_id not in self._inodes:
@@ -246,11 +307,13 @@ class _PgTxn(MetaTxn):
             self._inodes[row[0]] = row_to_inode(row[1:]) if row[1] is not None else None
         return self._inodes[row[0]]
 
-    def entries(self, parent: int) -> list[tuple[str, Inode]]:
+    def entries(
+        self, parent: int, after: str = "", limit: int | None = None
+    ) -> list[tuple[str, Inode]]:
         rows = self._x(
             f"SELECT d.name, {_PREFIXED} FROM dentries d JOIN inodes i ON i.id = d.child "
-            "WHERE d.parent=%s ORDER BY d.name",
-            (parent,),
+            "WHERE d.parent=%s AND d.name > %s ORDER BY d.name LIMIT %s",
+            (parent, after, limit),
         ).fetchall()
         return [(row[0], row_to_inode(row[1:])) for row in rows]
 
@@ -307,13 +370,7 @@ class _PgTxn(MetaTxn):
         )
 
     def garbage(self, limit: int) -> list[tuple[int, Garbage]]:
-        rows = self._x(
-            "SELECT id, inode, from_index, chains FROM garbage ORDER BY id LIMIT %s", (limit,)
-        ).fetchall()
-        return [
-            (gid, Garbage(inode, start, tuple(int(c) for c in chains.split(",") if c)))
-            for gid, inode, start, chains in rows
-        ]
+        return garbage_from_rows(self._x(GARBAGE_QUERY, (limit,)).fetchall())
 
     def drop_garbage(self, garbage_id: int) -> None:
         self._x("DELETE FROM garbage WHERE id=%s", (garbage_id,))
