@@ -102,6 +102,18 @@ class MgmtdConfig(BaseModel):
         return self
 
 
+class MetaConfig(BaseModel):
+    """The meta server's metadata store."""
+
+    model_config = _GROUP
+
+    db_connections: int = Field(16, ge=1, le=256)
+    """PostgreSQL connections one meta server keeps (``--db postgresql://...``): operations
+    in flight against the database at once; more wait for a free one. Each operation is one
+    statement, so a few per core of the database server keep it busy; every meta server's
+    connections count against PostgreSQL's ``max_connections`` (100 by default)."""
+
+
 class StorageConfig(BaseModel):
     model_config = _GROUP
 
@@ -192,6 +204,7 @@ class Fs3Config(Settings):
 
     client: ClientConfig = Field(default_factory=ClientConfig)
     mgmtd: MgmtdConfig = Field(default_factory=MgmtdConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     host: HostConfig = Field(default_factory=HostConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -7,19 +7,18 @@ import os
 import time
 from collections.abc import Callable
 
+from fs3.config import MetaConfig
 from fs3.db import is_postgres
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import MetaStore
 
-DB_CONNECTIONS = 16
-"""Default of ``meta.db_connections`` (fs3.config): PostgreSQL connections one meta server
-keeps."""
 
-
-def open_meta_store(db: str | os.PathLike[str], connections: int = DB_CONNECTIONS) -> MetaStore:
+def open_meta_store(
+    db: str | os.PathLike[str], connections: int = MetaConfig().db_connections
+) -> MetaStore:
     """``postgresql://USER@HOST:PORT/DB`` opens :class:`~fs3.meta.postgres.PostgresMetaStore`
-    (shareable by several meta servers) with at most ``connections`` connections; anything
-    else is a SQLite file path.
+    (shareable by several meta servers) with at most ``connections`` connections (config
+    ``meta.db_connections``); anything else is a SQLite file path.
 
     Raises:
         Unavailable: the PostgreSQL server cannot be reached.

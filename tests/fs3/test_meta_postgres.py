@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,8 @@ import pytest
 from fs3.client import FS3FileSystem
 from fs3.client.meta import caller_prefix
 from fs3.cluster import LocalCluster
-from fs3.meta.backends import open_meta_store
+from fs3.errors import Fs3Error
+from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import ROOT_ID, MetaStore, MetaTxn
 from fs3.proto import fs3_pb2 as pb
@@ -82,8 +83,11 @@ def test_conflict_is_retried_not_surfaced(postgres_url: str) -> None:
 
 def test_two_stores_serve_one_namespace(two_stores: tuple[MetaStore, MetaStore]) -> None:
     """Creates and renames in one directory through two stores at once (four writers on
-    each), the pattern of checkpoint writers: write a tmp name, rename it into place."""
-    spaces = [Namespace(s, chains=lambda: [1, 2, 3]) for s in two_stores]
+    each), the pattern of checkpoint writers: write a tmp name, rename it into place. One
+    store serves the backend's own namespace (on PostgreSQL: one statement per operation),
+    the other the Python namespace's transactions: both kinds interleave on one tree."""
+    a, b = two_stores
+    spaces = [namespace_over(a, chains=lambda: [1, 2, 3]), Namespace(b, chains=lambda: [1, 2, 3])]
     spaces[0].mkdir("/shared")
     errors: list[BaseException] = []
 
@@ -118,6 +122,61 @@ def test_two_stores_serve_one_namespace(two_stores: tuple[MetaStore, MetaStore])
             assert parent == (tree[parent_path][0] if parent_path != "/" else ROOT_ID)
     # 8 writers x 15 replaced "latest" files (all but the last) wait for the collector.
     assert len(spaces[1].take_garbage(limit=1000)) == 8 * 15 - 1
+
+
+def test_overlapping_moves_keep_one_consistent_tree(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    """Writers on both stores move directories into each other (each pair of moves could
+    make a cycle), create, replace and delete files under one quota, all at once. Every
+    operation either happens whole or fails with an fs3 error; the tree stays a tree, link
+    counts and the quota's usage match what is there."""
+    spaces = [namespace_over(s, chains=lambda: [1, 2, 3]) for s in two_stores]
+    spaces[0].mkdir("/t/x", parents=True)
+    spaces[0].mkdir("/t/y")
+    spaces[0].set_quota("/t", max_inodes=10_000)
+    errors: list[BaseException] = []
+    moves = [("/t/x", "/t/y/x"), ("/t/y", "/t/x/y"), ("/t/y/x", "/t/x"), ("/t/x/y", "/t/y")]
+
+    def work(ns: Namespace, me: int) -> None:
+        for i in range(25):
+            src, dst = moves[(me + i) % len(moves)]
+            steps: list[tuple[Callable[..., object], tuple]] = [
+                (ns.rename, (src, dst)),
+                (ns.create, (f"/t/f{i % 3}",)),
+                (ns.mkdir, (f"/t/d{me}/e", True)),
+                (ns.rename, (f"/t/d{me}", f"/t/x/d{me}")),
+                (ns.unlink, (f"/t/f{(i + 1) % 3}",)),
+                (ns.rmdir, (f"/t/x/d{me}/e",)),
+            ]
+            for op, args in steps:
+                try:
+                    op(*args)
+                except Fs3Error:
+                    pass  # lost a race to another writer: NotFound, AlreadyExists...
+                except BaseException as err:  # noqa: BLE001 - reported by the main thread
+                    errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(spaces[k % 2], k)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for ns in spaces:
+        tree = _tree(ns)
+        ids = [inode for inode, _ in tree.values()]
+        assert len(set(ids)) == len(ids)  # no cycle, no directory reached twice
+        for path, (_, parent) in tree.items():
+            parent_path = path.rsplit("/", 1)[0] or "/"
+            assert parent == (tree[parent_path][0] if parent_path != "/" else ROOT_ID)
+            if ns.stat(path).is_dir:
+                subdirs = [e for e in ns.listdir(path) if e.inode.is_dir]
+                assert ns.stat(path).nlink == 2 + len(subdirs), path
+        below = [p for p in tree if p.startswith("/t/")]
+        assert ns.stat("/t").quota.used_inodes == len(below)  # type: ignore[union-attr]
+        # x and y are never deleted: a cycle between them would cut both off the tree.
+        assert {"x", "y"} <= {p.rsplit("/", 1)[1] for p in tree if ns.stat(p).is_dir}
 
 
 def _meta_call(
