@@ -65,6 +65,8 @@ def _add_sqlite(path: str, parent: int, names: Sequence[str], now: float) -> Non
                 ((parent, name, first + start + i) for i, name in enumerate(batch)),
             )
         conn.execute("COMMIT")
+        # Into the database file now, or the first operations after the fill would pay for it.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
 
@@ -85,9 +87,9 @@ def _add_postgres(url: str, parent: int, names: Sequence[str], now: float) -> No
             with cur.copy("COPY dentries (parent, name, child) FROM STDIN") as copy:
                 for i, name in enumerate(names):
                     copy.write_row((parent, name, first + i))
-        # Fresh statistics, or the planner may take the tables for empty and scan them.
+        # Fresh statistics, or the planner may take the tables for empty and scan them; and
+        # the vacuum autovacuum would otherwise start under the first operations after it.
         conn.autocommit = True
-        conn.execute("ANALYZE inodes")
-        conn.execute("ANALYZE dentries")
+        conn.execute("VACUUM (ANALYZE) inodes, dentries")
     finally:
         conn.close()
