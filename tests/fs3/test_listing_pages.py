@@ -99,6 +99,14 @@ def test_a_page_is_capped_in_bytes_and_entries(ns: Namespace) -> None:
     assert names == [f"l{i:05d}" for i in range(count)]
 
 
+def test_a_client_from_before_pages_gets_a_page(ns: Namespace) -> None:
+    """Such a client sends List a PathRequest: its path is ListRequest's field 1."""
+    _fill(ns, "/old", [f"e{i}" for i in range(5)])
+    old = pb.PathRequest(path="/old", access=4).SerializeToString()
+    reply = MetaServicer(ns).List(pb.ListRequest.FromString(old))
+    assert [e.name for e in reply.entries] == [f"e{i}" for i in range(5)] and not reply.more
+
+
 @pytest.fixture(scope="module")
 def big_dir(cluster: LocalCluster) -> tuple[str, list[str]]:
     """A directory of 20,000 files in the shared cluster, filled straight into its
@@ -131,7 +139,7 @@ def test_entries_present_throughout_come_once_while_others_change(
     """Entries are created and deleted between the pages' names while the listing runs:
     keyset pages neither repeat nor skip the ones that stay."""
     path, names = big_dir
-    stop = threading.Event()
+    stop, churning = threading.Event(), threading.Event()
     churned = 0
 
     def churn() -> None:
@@ -145,11 +153,13 @@ def test_entries_present_throughout_come_once_while_others_change(
             for p in made:
                 fs3fs.meta.unlink(p)
             churned += 1
+            churning.set()
             i += 1
 
     worker = threading.Thread(target=churn)
     worker.start()
     try:
+        churning.wait(60)
         seen = [e.name for e in fs3fs.meta.iter_listdir(path, page=250)]
         stream = DirStream(fs3fs.meta.list_page, page=300)
         streamed, cookie = [], 0
