@@ -369,9 +369,12 @@ class ChunkIO:
         """
         table = self.mgmtd.table()
         jobs = self.plan(pieces, table)
-        answers = executor.map(
-            lambda job: self.read_planned(table, job[0], [pieces[i] for i in job[1]]), jobs
-        )
+
+        def run(job: tuple[int | None, list[int]]) -> list[PieceResult]:
+            return self.read_planned(table, job[0], [pieces[i] for i in job[1]])
+
+        # One job runs here: a hop to another thread costs as much as a small read.
+        answers = executor.map(run, jobs) if len(jobs) > 1 else map(run, jobs)
         results: dict[int, PieceResult] = {}
         for (_, members), got in zip(jobs, answers, strict=True):
             results.update(zip(members, got, strict=True))

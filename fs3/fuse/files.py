@@ -35,6 +35,11 @@ def set_file_length(fs: FS3FileSystem, inode: Inode, old_length: int, length: in
     return fs.meta.set_length(inode.id, length)
 
 
+RANDOM_READ_MAX = 128 * 1024
+"""Largest read that counts as random access when it jumps (:meth:`OpenFile.random_span`):
+the kernel's own read-ahead asks for more at a time."""
+
+
 @dataclass
 class Cursor:
     """Where one file handle's last read ended: read-ahead follows each handle on its own,
@@ -230,6 +235,31 @@ class OpenFile:
             return bytes(data) + bytes(end - start - len(data))
         return data
 
+    def random_span(self, cursor: Cursor, offset: int, size: int) -> tuple[int, int] | None:
+        """``[offset, end)`` to read as a random access of ``cursor``, bypassing the
+        read-ahead (:mod:`fs3.fuse.batched` batches these); None where :meth:`read` must
+        serve it: nothing to read, a sequential read, bytes this mount still buffers, or
+        the lock busy (not waited for).
+
+        A read is random when it is small (:data:`RANDOM_READ_MAX`) and does not continue
+        the handle's last one, even where it falls in a chunk read ahead: threads sharing a
+        descriptor share its cursor, and each small read that looked sequential by
+        :meth:`read`'s loose rule (the kernel's read-ahead arrives out of order) fetched
+        whole chunks ahead.
+        """
+        if size > RANDOM_READ_MAX or offset == cursor.last_end:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            end = min(offset + size, self.size)
+            if self._buffered or self._inflight or end <= offset:
+                return None
+            cursor.last_end = end
+            return offset, end
+        finally:
+            self._lock.release()
+
     def read(
         self, cursor: Cursor, offset: int, size: int, block: bool = True
     ) -> bytes | memoryview | None:
@@ -269,15 +299,8 @@ class OpenFile:
                     return None
         finally:
             self._lock.release()
-        if not wanted:  # random access: just the bytes asked for, chunks in parallel
-            spans = [
-                (i, max(offset, i * cs) - i * cs, min(end, (i + 1) * cs) - i * cs)
-                for i in range(first, last + 1)
-            ]
-            if len(spans) == 1:
-                return self._chunk(*spans[0])
-            futures = [self._reads.submit(self._chunk, *span) for span in spans]
-            return b"".join(f.result() for f in futures)
+        if not wanted:  # random access: just the bytes asked for
+            return self.read_span(offset, end)
         parts = []
         for index, future in wanted:
             try:
@@ -290,6 +313,19 @@ class OpenFile:
             lo, hi = max(offset, index * cs) - index * cs, min(end, (index + 1) * cs) - index * cs
             parts.append(memoryview(data)[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_span(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes ``[start, end)`` (within the file), its chunks read in parallel, no
+        read-ahead: a random access."""
+        cs = self._cs
+        spans = [
+            (i, max(start, i * cs) - i * cs, min(end, (i + 1) * cs) - i * cs)
+            for i in range(start // cs, (end - 1) // cs + 1)
+        ]
+        if len(spans) == 1:
+            return self._chunk(*spans[0])
+        futures = [self._reads.submit(self._chunk, *span) for span in spans]
+        return b"".join(f.result() for f in futures)
 
     def close(self) -> None:
         """Drops read-ahead; the caller has committed."""

@@ -43,11 +43,13 @@ import trio
 from fs3.client import FS3FileSystem
 from fs3.client.meta import READ, WRITE
 from fs3.errors import Fs3Error, Fs3TimeoutError, NotFound
+from fs3.fuse.batched import ReadBatcher
 from fs3.fuse.files import Cursor, OpenFile, set_file_length
 from fs3.fuse.inodes import InodeTable
+from fs3.fuse.listing import DirStream
 from fs3.fuse.options import MountOptions
 from fs3.meta.store import ROOT_ID
-from fs3.types import DIRECTORY, FIFO, FILE, SOCKET, SYMLINK, DirEntry, Inode, capacity
+from fs3.types import DIRECTORY, FIFO, FILE, SOCKET, SYMLINK, Inode, capacity
 
 log = logging.getLogger("fs3.fuse")
 T = TypeVar("T")
@@ -142,12 +144,13 @@ class Fs3Operations(pyfuse3.Operations):
         self._cursors: dict[int, Cursor] = {}
         self._flushed: set[int] = set()  # handles flushed (closed once) and idle since
         self._released: dict[int, trio.Event] = {}  # set when an inode's last handle goes
-        self._dirs: dict[int, tuple[int, list[DirEntry] | None]] = {}
+        self._dirs: dict[int, tuple[int, DirStream]] = {}
         self._next_fh = itertools.count(1)
         self._limiter: trio.CapacityLimiter | None = None
         self.initialised = trio.Event()
         """Set once the kernel's INIT request has been answered."""
         self._executor = ThreadPoolExecutor(options.io_threads, "fs3-fuse-io")
+        self._batcher = ReadBatcher(fs.chunks, fs.batch_executor, options.read_batches)
         self._capacity_seen: tuple[float, int, int] | None = None  # when, total, free
         me = f"{socket.gethostname()}-{os.getpid()}"
         self._orphan_names = (f"{me}-{n}" for n in itertools.count())
@@ -358,22 +361,19 @@ class Fs3Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         self.table.path(inode)  # ESTALE for a directory that lost its place
         fh = next(self._next_fh)
-        self._dirs[fh] = (inode, None)
+        hidden = ORPHANS if inode == ROOT_ID else None
+        self._dirs[fh] = (inode, DirStream(self.meta.list_page, hidden))
         self._opener[fh] = ctx  # readdir lists as this process
         return fh
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        ino, entries = self._dirs[fh]
-        if entries is None or start_id == 0:  # one listing per pass keeps offsets stable
-            entries = await self._blocking(self.meta.listdir, self.table.path(ino))
-            if ino == ROOT_ID:
-                entries = [e for e in entries if e.name != ORPHANS]
-            self._dirs[fh] = (ino, entries)
-        for index in range(start_id, len(entries)):
-            entry = entries[index]
+        ino, stream = self._dirs[fh]
+        # A page of meta's listing at a time, resumed by keyset (fs3.fuse.listing).
+        path = self.table.path(ino)
+        for cookie, entry in await self._blocking(stream.from_cookie, path, start_id):
             if not pyfuse3.readdir_reply(
-                token, entry.name.encode(), self._attr(entry.inode), index + 1
+                token, entry.name.encode(), self._attr(entry.inode), cookie
             ):
                 break
             self.table.remember(ino, entry.name, entry.inode)
@@ -649,10 +649,14 @@ class Fs3Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         self._flushed.discard(fh)
         opened, cursor = self._handles[fh], self._cursors[fh]
+        span = opened.random_span(cursor, off, size)
+        if span is not None:  # random: batched with the other readers' (fs3.fuse.batched)
+            alone = functools.partial(self._blocking, opened.read_span, *span)
+            return await self._batcher.read(opened.inode, *span, alone)
         data = opened.read(cursor, off, size, block=False)  # read ahead already: no thread
-        if data is None:
-            data = await self._blocking(opened.read, cursor, off, size)
-        return data
+        if data is not None:
+            return data
+        return await self._blocking(opened.read, cursor, off, size)
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:

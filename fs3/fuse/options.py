@@ -39,12 +39,16 @@ class MountOptions:
     """Let users other than the one who mounted use the mount (FUSE ``allow_other``)."""
     debug: bool = False
     """Log every FUSE request (libfuse ``debug``) and fs3 client calls."""
+    # Last: hai fs3 mount passes the fields above by position.
+    read_batches: int = 4
+    """Batches of random reads in flight (:mod:`fs3.fuse.batched`): reads that parallel
+    readers issue meanwhile wait and travel together in the next batch."""
 
     def __post_init__(self) -> None:
         for name in ("attr_timeout", "entry_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"mount {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_background", "threads", "io_threads"):
+        for name in ("max_background", "threads", "io_threads", "read_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"mount {name} must be >= 1, got {getattr(self, name)}")
         if self.readahead_kib < 0:
