@@ -23,6 +23,10 @@ Then two more tables: warm reads on the client's zero-copy local path (descripto
 by the targets on this machine) against the same client over TCP and the local disk
 (:mod:`fs3.local_bench`), and metadata operations on the SQLite store against PostgreSQL
 (:mod:`fs3.meta.bench`; PostgreSQL rows only where its server binaries are installed).
+
+Last, small random reads in flight (:mod:`fs3.reads_bench`, alone with ``--reads``): 4 KiB
+and 64 KiB reads at 1 to 128 in flight through ``cat_ranges``, the read ring and the mount,
+each beside the one-at-a-time rate of the same run.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fs3 import capabilities as caps
-from fs3 import local_bench
+from fs3 import local_bench, reads_bench
 from fs3.client import FS3FileSystem
 from fs3.cluster import LocalCluster
 from fs3.config import load_config
@@ -53,6 +57,9 @@ from fs3.wire.checksum import crc32c
 MiB = 1 << 20
 CHUNK = 4 * MiB
 COLD_ROUNDS = 3
+READS_FILE_MIB = 256
+"""File of the reads-in-flight table (:mod:`fs3.reads_bench`): random reads of a file
+larger than a few chunks measure the same; a smaller one is written faster."""
 """Cold reads are a median too: one decided the FUSE/fsspec ratio by a fifth either way."""
 
 
@@ -330,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         "--link", default="500mbit,2gbit", help="--hosts: link rates, comma-separated"
     )
     parser.add_argument("--replicas", type=int, default=3, help="--hosts: replication")
+    parser.add_argument(
+        "--reads",
+        action="store_true",
+        help="only small random reads in flight: cat_ranges, the read ring, FUSE threads",
+    )
     args = parser.parse_args(argv)
     if args.hosts:
         from fs3 import hosts_bench
@@ -337,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
         hosts_bench.main(args.link.split(","), args.size_mib or 256, args.replicas)
         return
     args.size_mib = args.size_mib or 1024
+    reads_mib = min(args.size_mib, READS_FILE_MIB)
+    if args.reads:
+        print(_bench_reads(reads_mib, args.seconds))
+        return
     data = os.urandom(args.size_mib * MiB)
     if args.security_only:
         with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
@@ -357,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 cluster.start()
                 results[f"fs3 r{replicas}"] = bench_fs3(cluster, data, args.files, args.seconds)
+                if replicas == 3:
+                    reads = reads_bench.measure(
+                        cluster, work, reads_mib, args.seconds, no_fuse is None
+                    )
                 if no_fuse is None:
                     try:
                         results[f"fuse r{replicas}"] = bench_mount(
@@ -383,6 +403,21 @@ def main(argv: list[str] | None = None) -> None:
     print(local_bench.format_table(local_paths, args.size_mib, rounds=3))
     print()
     print(format_meta_table(bench_meta_stores(files=min(args.files, 1000))))
+    print()
+    print(reads_bench.format_table(reads, reads_mib, no_fuse))
+
+
+def _bench_reads(file_mib: int, seconds: float) -> str:
+    """``--reads``: the reads-in-flight table alone, on a cluster of its own (r3)."""
+    no_fuse = fuse_missing()
+    with tempfile.TemporaryDirectory(prefix="fs3-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "r3", targets=3, replicas=3)
+        try:
+            cluster.start()
+            reads = reads_bench.measure(cluster, Path(tmp), file_mib, seconds, no_fuse is None)
+        finally:
+            cluster.stop()
+    return reads_bench.format_table(reads, file_mib, no_fuse)
 
 
 def format_table(results: dict[str, dict[str, float]], size_mib: int, files: int) -> str:

@@ -373,8 +373,10 @@ class ChunkIO:
         def run(job: tuple[int | None, list[int]]) -> list[PieceResult]:
             return self.read_planned(table, job[0], [pieces[i] for i in job[1]])
 
-        # One job runs here: a hop to another thread costs as much as a small read.
-        answers = executor.map(run, jobs) if len(jobs) > 1 else map(run, jobs)
+        # The first job runs in this thread: a hop to another costs as much as a small read.
+        others = [executor.submit(run, job) for job in jobs[1:]]
+        answers = [run(jobs[0])] if jobs else []
+        answers += [f.result() for f in others]
         results: dict[int, PieceResult] = {}
         for (_, members), got in zip(jobs, answers, strict=True):
             results.update(zip(members, got, strict=True))

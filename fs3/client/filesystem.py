@@ -489,7 +489,9 @@ class FS3FileSystem(AbstractFileSystem):
             return inode
 
         distinct = list(dict.fromkeys(paths))
-        return dict(zip(distinct, self.read_executor.map(open_one, distinct), strict=True))
+        if len(distinct) == 1:  # here: a hop to another thread costs as much as the call
+            return {distinct[0]: open_one(distinct[0])}
+        return dict(zip(distinct, self.batch_executor.map(open_one, distinct), strict=True))
 
     def _open(
         self,
