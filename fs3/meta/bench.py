@@ -19,10 +19,10 @@ bulk fill (:mod:`fs3.meta.bulk`: executemany on SQLite, COPY on PostgreSQL, time
 own) put ``--files`` files in ONE directory, the hard case for listings and for
 PostgreSQL's predicate locks: the shared-directory workloads make their files in it, the
 others in directories inside it, and list reads a page of 100 from a random point of it.
-File names land at random points of that directory's index. The two namespaces take turns
-workload by workload, ``--repeat`` times, and the best rate of each operation counts: on a
-machine shared with other work, the least disturbed run is the closest to what the code
-costs.
+File names land at random points of that directory's index. Every workload runs in both
+namespaces in turn, round after round (``--repeat``), and the best rate of each operation
+counts: on a machine shared with other work, the least disturbed run is the closest to
+what the code costs.
 
 Without ``--postgres URL`` a throwaway PostgreSQL server is started from the Debian binaries
 (as the tests do); with one, fresh databases are created on that server (CREATEDB needed).
@@ -179,8 +179,8 @@ def bench_store(
 ) -> None:
     """Measures every workload in the empty namespace of ``empty_db`` and, right after
     each, in ``full_db`` once a bulk fill put ``results.files`` files in one directory of
-    it (SQLite files or PostgreSQL URLs, both empty at first). The two namespaces take
-    turns, so both see the same load from whatever else runs on the machine."""
+    it (SQLite files or PostgreSQL URLs, both empty at first). Workloads and namespaces
+    take turns, so all see the same load from whatever else runs on the machine."""
     spaces: dict[str, list[Namespace]] = {}
     stores: list[MetaStore] = []
     try:
@@ -205,8 +205,10 @@ def bench_store(
                 lambda ns, rng: ns.listdir(BIG_DIR, f"f{rng.randrange(files):07d}", LIST_PAGE),
             ),
         }
-        for wl in workloads(results.threads):
-            for _ in range(results.repeat):
+        # Round after round of every workload in both namespaces: each comparison the
+        # table draws (namespaces, servers, threads) is between runs close in time.
+        for _ in range(results.repeat):
+            for wl in workloads(results.threads):
                 for space, (folder, listing) in setups.items():
                     before = sum(s.retries for s in stores)
                     rates = run_workload(spaces[space], wl, folder, results.ops, listing, files)
@@ -418,7 +420,7 @@ def format_meta_table(results: MetaBenchResults) -> str:
         f"files made in it (own dirs: directories inside it), list = a page of {LIST_PAGE} "
         "from a random point of it",
         f"{results.ops} files (and list pages) per workload and namespace, best of "
-        f"{results.repeat} runs, the namespaces taking turns",
+        f"{results.repeat} rounds of every workload in both namespaces",
         "bulk fill of "
         + full
         + ": "
