@@ -53,7 +53,10 @@ _RMDIR = f"SELECT fs3_rmdir({_CALLER}, %s, %s)"
 _LISTDIR = f"SELECT entry_name, {_ENTRY_COLUMNS} FROM fs3_listdir({_CALLER}, %s, %s, %s)"
 _LENGTH_LIMIT = "SELECT fs3_length_limit(%s)"
 _TAKE_GARBAGE = GARBAGE_QUERY
-_DROP_GARBAGE = "DELETE FROM garbage WHERE id = ANY(%s::BIGINT[])"
+_DROP_GARBAGE = (
+    "WITH gone AS (DELETE FROM garbage WHERE id = ANY(%s::BIGINT[]) RETURNING id) "
+    "SELECT count(*) FROM gone"
+)
 _TAKE_LEASE = "SELECT won, previous FROM fs3_take_lease(%s, %s, %s)"
 
 

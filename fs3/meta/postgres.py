@@ -163,20 +163,17 @@ class PostgresMetaStore(MetaStore):
     def _connection(self) -> Iterator[Any]:
         """A pooled connection for the block, given back afterwards (closed when broken)."""
         import psycopg
+        from psycopg.pq import TransactionStatus
 
         conn = self._take()
-        reusable = False
         try:
             yield conn
-            reusable = True
         except psycopg.Error as err:
-            reusable = not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
             raise store_error(err, self.url) from None
-        except BaseException:
-            reusable = True  # the transaction block rolled back; the connection is fine
-            raise
         finally:
-            self._give(conn, reusable and not conn.closed)
+            # Reusable when idle: not broken, and no transaction or query left half done.
+            idle = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+            self._give(conn, idle)
 
     @contextmanager
     def transaction(self) -> Iterator[MetaTxn]:
@@ -190,8 +187,9 @@ class PostgresMetaStore(MetaStore):
             yield cur
 
     def call(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Runs one statement, prepared on its connection, as a transaction of its own and
-        returns its rows; it runs again whole when it loses a conflict (:meth:`run`).
+        """Runs one statement that returns rows, prepared on its connection, as a transaction
+        of its own and returns its rows; it runs again whole when it loses a conflict
+        (:meth:`run`).
 
         Raises:
             the fs3 error a namespace function raised (:mod:`fs3.meta.pg_functions`);
@@ -199,7 +197,7 @@ class PostgresMetaStore(MetaStore):
         """
         return run_retrying(
             self._statement,
-            lambda cur: _rows(cur.execute(sql, params, prepare=True)),
+            lambda cur: cur.execute(sql, params, prepare=True).fetchall(),
             self._count_retry,
         )
 
@@ -226,11 +224,6 @@ def store_error(err: Exception, url: str) -> Exception:
     """The error to raise for a psycopg error: the fs3 error a namespace function raised,
     else what :func:`fs3.db.postgres_error` makes of it (TxnConflict, Unavailable)."""
     return pg_functions.namespace_error(err) or postgres_error(err, url)
-
-
-def _rows(cur: Any) -> list[tuple]:
-    """What the statement ``cur`` ran returned; none for one that returns nothing."""
-    return cur.fetchall() if cur.description is not None else []
 
 
 def _now(cur: Any) -> float:
