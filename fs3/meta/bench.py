@@ -469,7 +469,7 @@ def _targets(results: MetaBenchResults, have: list[str]) -> list[str]:
     """The issue's targets, each beside what this run measured."""
     r, full, t = results.rates, results.full, results.threads
     one, shared, own, two = (wl.name for wl in workloads(t))
-    out = [f"{'target (issue 22)':<62}{'measured':>12}  {'goal':<10}"]
+    out = [f"{'target (issue 22)':<78}{'measured':>12}  {'goal':<10}"]
 
     def row(what: str, value: float | None, goal: float, unit: str = "x") -> None:
         if value is None:
@@ -477,7 +477,7 @@ def _targets(results: MetaBenchResults, have: list[str]) -> list[str]:
         shown = f"{value:.2f}x" if unit == "x" else f"{value:.0f} ops/s"
         ok = "met" if value >= goal else "MISSED"
         goal_text = f">= {goal}x" if unit == "x" else f">= {goal:.0f}"
-        out.append(f"{what:<62}{shown:>12}  {goal_text:<10}{ok}")
+        out.append(f"{what:<78}{shown:>12}  {goal_text:<10}{ok}")
 
     def get(b: str, wl: str, op: str, space: str) -> float | None:
         return r.get((b, wl, op, space))
