@@ -308,7 +308,7 @@ def run_meta(
     """
     t, security = config.timeouts, config.security
     announceable(host)  # registered with mgmtd as clients' way in: before anything starts
-    store = open_meta_store(db)
+    store = open_meta_store(db, connections=config.meta.db_connections)
     try:
         keys = service_keys(security)
         if admin_token:
