@@ -68,7 +68,8 @@ def by_cat_ranges(fs: FS3FileSystem, size: int, length: int, depth: int, seconds
 
 
 def by_ring(fs: FS3FileSystem, size: int, length: int, depth: int, seconds: float) -> float:
-    with ReadRing(fs, slots=depth, slot_bytes=length, batches_in_flight=8) as ring:
+    # Twice the depth: the slots complete() returned are freed by its next call.
+    with ReadRing(fs, slots=2 * depth, slot_bytes=length, batches_in_flight=8) as ring:
         inflight = 0
 
         def step() -> int:

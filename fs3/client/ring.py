@@ -8,8 +8,8 @@ read into a free slot and returns the slot at once; a dispatcher thread sends wh
 submitted meanwhile in batches, one per storage target (:meth:`ChunkIO.plan`), with at most
 ``batches_in_flight`` batches outstanding, so reads submitted while those are out travel
 together in the next ones. :meth:`ReadRing.complete` returns finished reads; each one's
-bytes lie in its slot of :attr:`ReadRing.buffer` until that slot is submitted again (freed
-slots are reused oldest first).
+bytes lie in its slot of :attr:`ReadRing.buffer` until the next call of
+:meth:`ReadRing.complete` frees the slot (freed slots are reused oldest first).
 
 Reads keep the semantics of :meth:`FS3File.read`: holes read as zeros, a read past the end
 of the file is cut there, and a failure (no such file, no permission, every replica bad)
@@ -90,6 +90,7 @@ class ReadRing:
         self._free = deque(range(slots))
         self._pending: list[tuple[_Read, list[ChunkPiece]]] = []
         self._done: deque[Completion] = deque()
+        self._taken: list[int] = []  # slots complete() returned last: freed by its next call
         self._running = 0  # submitted, not completed yet
         self._closing = False
         self._cond = threading.Condition()
@@ -113,13 +114,14 @@ class ReadRing:
         self, file: str | FS3File, offset: int, length: int, timeout: float | None = None
     ) -> int:
         """Queues a read of ``length`` bytes at ``offset`` of ``file`` (a path, or a file
-        open for reading); returns its slot. Waits up to ``timeout`` (None: for ever) for a
-        free slot while reads are in flight.
+        open for reading); returns its slot. A full ring waits for a free slot: up to
+        ``timeout`` (for a thread whose slots another thread reaps), or with None while
+        reads are in flight.
 
         Raises:
             InvalidArgument: ``length`` over ``slot_bytes`` or negative, a negative offset.
-            Fs3Error: the ring is closed, or full with nothing in flight (every slot holds
-                a completion not yet taken by :meth:`complete`: waiting would never end).
+            Fs3Error: the ring is closed, or (``timeout`` None) full with nothing in flight:
+                every slot holds a completion, and only :meth:`complete` frees them.
             Fs3TimeoutError: no slot came free within ``timeout``.
         """
         if not 0 <= length <= self.slot_bytes or offset < 0:
@@ -129,10 +131,11 @@ class ReadRing:
             )
         path, inode = self._resolve(file)
         with self._cond:
-            # A slot frees only when complete() takes a completion: with nothing in flight,
-            # waiting here would never end.
+            # A slot frees only when complete() takes a completion: without a timeout, and
+            # with nothing in flight, only another thread could end the wait. Say so.
             ready = self._cond.wait_for(
-                lambda: self._free or self._closing or not self._running, timeout
+                lambda: self._free or self._closing or (timeout is None and not self._running),
+                timeout,
             )
             if self._closing:
                 raise Fs3Error("the read ring is closed")
@@ -140,8 +143,7 @@ class ReadRing:
                 raise Fs3TimeoutError(f"no read ring slot came free within {timeout:g}s")
             if not self._free:
                 raise Fs3Error(
-                    f"read ring full: all {self.slots} slots hold completions not taken yet; "
-                    "call complete()"
+                    f"read ring full: all {self.slots} slots hold completions; call complete()"
                 )
             slot = self._free.popleft()
             self._running += 1
@@ -160,15 +162,18 @@ class ReadRing:
 
     def complete(self, min_completions: int = 1, timeout: float | None = None) -> list[Completion]:
         """Waits until ``min_completions`` reads finished (at most as many as are in
-        flight) or ``timeout`` passed, and returns every finished read, freeing their slots.
-        A completion's bytes stay in its slot until a later :meth:`submit` reuses it."""
+        flight) or ``timeout`` passed, and returns every finished read. Their bytes stay in
+        their slots until the next call of this method, which frees those slots (as an
+        io_uring consumer advances its completion queue once it has read the entries)."""
         with self._cond:
+            self._free.extend(self._taken)
+            self._taken = []
+            self._cond.notify_all()
             need = min(min_completions, self._running + len(self._done))
             self._cond.wait_for(lambda: len(self._done) >= need, timeout)
             out = list(self._done)
             self._done.clear()
-            self._free.extend(c.slot for c in out)
-            self._cond.notify_all()
+            self._taken = [c.slot for c in out]
         return out
 
     def close(self, cancel: bool = False) -> None:
