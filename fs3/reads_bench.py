@@ -5,9 +5,9 @@
 (a) ``cat_ranges`` calls of that many ranges each, (b) a :class:`fs3.client.ring.ReadRing`
 kept that full, (c) the FUSE mount read by that many threads (``pread`` on O_DIRECT
 descriptors of their own), beside today's one-at-a-time rate measured in the same run
-(``FS3File`` seek and read, as fs3.bench's "4K random reads/s"): the ratio to it is printed
-beside each figure. The servers' page caches are warm: what is measured is the path, not
-the disk.
+(``FS3File`` seek and read, as fs3.bench's "4K random reads/s"; measured before and after
+the batched ways, the better of the two): the ratio to it is printed beside each figure.
+The servers' page caches are warm: what is measured is the path, not the disk.
 """
 
 from __future__ import annotations
@@ -127,10 +127,13 @@ def measure(
     fs.cat_file(PATH)  # warms the servers' page caches
     out: Results = {"one at a time": {}, "cat_ranges": {}, "ring": {}, "FUSE": {}}
     for length in SIZES:
-        out["one at a time"][(length, 1)] = one_at_a_time(fs, size, length, seconds)
+        before = one_at_a_time(fs, size, length, seconds)
         for depth in depths:
             out["cat_ranges"][(length, depth)] = by_cat_ranges(fs, size, length, depth, seconds)
             out["ring"][(length, depth)] = by_ring(fs, size, length, depth, seconds)
+        # Before and after, the better one: the ratios are not flattered by a slow start.
+        after = one_at_a_time(fs, size, length, seconds)
+        out["one at a time"][(length, 1)] = max(before, after)
     if mount_ok:
         from fs3.fuse import mount
 
@@ -149,7 +152,7 @@ def format_table(results: Results, file_mib: int, no_fuse: str | None) -> str:
     ways = ["cat_ranges", "ring", "FUSE"]
     rows = [
         f"small random reads in flight: fs3 r3, {file_mib} MiB file, 4 MiB chunks, server "
-        "caches warm; x = ratio to one at a time (FS3File seek+read, same run)",
+        "caches warm; x = ratio to one at a time (FS3File seek+read, same run, best of 2)",
         "",
     ]
     head = f"{'size':<6}{'in flight':>10}" + "".join(f"{w:>12}{'x':>7}" for w in ways)
