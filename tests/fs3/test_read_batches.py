@@ -181,6 +181,23 @@ def test_a_full_ring_says_so_instead_of_waiting_for_ever(
         ring.submit("/batches/tiny", 0, 5)
 
 
+def test_closing_the_ring_answers_every_read_once(
+    files: tuple[FS3FileSystem, dict[str, bytes]],
+) -> None:
+    fs, content = files
+    big = content["/batches/big"]
+    ring = ReadRing(fs, slots=64, slot_bytes=4096, batches_in_flight=1)
+    offsets = {ring.submit("/batches/big", 4096 * i, 4096): 4096 * i for i in range(64)}
+    ring.close(cancel=True)  # those not sent yet are cancelled, the rest waited for
+    completions = ring.complete(64, timeout=60)
+    assert sorted(c.slot for c in completions) == sorted(offsets)
+    for c in completions:
+        if c.error is None:
+            assert bytes(ring.data(c)) == big[offsets[c.slot] :][:4096]
+        else:
+            assert "cancelled" in str(c.error)
+
+
 # -- the storage server's side ---------------------------------------------------------------
 def _data_conn(fs: FS3FileSystem, path: str) -> tuple[Connection, int, int, int]:
     """A connection to the serving tail of chunk 0 of ``path``'s chain; the chain, the
