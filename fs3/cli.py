@@ -326,6 +326,13 @@ _MOUNT = MountOptions()  # the mount's defaults, shown in --help
     show_default=True,
     help="Chunk writes at once, all open files together.",
 )
+@click.option(
+    "--read-batches",
+    type=int,
+    default=_MOUNT.read_batches,
+    show_default=True,
+    help="Batches of parallel readers' small random reads in flight.",
+)
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
 @click.option("--parent-pid", type=int, hidden=True, help="Unmount once this process is gone.")
@@ -342,6 +349,7 @@ def mount(
     max_background: int,
     threads: int,
     io_threads: int,
+    read_batches: int,
     allow_other: bool,
     debug: bool,
     parent_pid: int | None,
@@ -364,6 +372,7 @@ def mount(
             io_threads,
             allow_other,
             debug,
+            read_batches,
         )
         if background:
             log = Path(log_file or Path(tempfile.gettempdir()) / f"fs3-mount-{os.getpid()}.log")

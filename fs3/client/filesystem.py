@@ -240,7 +240,7 @@ class FS3FileSystem(AbstractFileSystem):
                 raise InvalidArgument("refusing to remove the trash; its entries may go", path)
             kinds[path] = self.meta.stat(path).kind
             if kinds[path] == DIRECTORY and not recursive:
-                entries = (f"{path}/{e.name}" for e in self.meta.listdir(path))
+                entries = (f"{path}/{e.name}" for e in self.meta.iter_listdir(path))
                 if any(entry not in paths for entry in entries):
                     raise DirectoryNotEmpty("directory not empty (remove it recursively)", path)
         for path in reversed(sorted(paths)):  # without recursive: a folder after its entries
