@@ -69,16 +69,18 @@ _CALLER_TYPE = """DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $$"""
 
-# Every function: SECURITY INVOKER (the connecting role's rights, nothing more), and the
-# search_path pinned to the store's schema when it was installed (SET ... FROM CURRENT), so a
-# session's search_path cannot make a table name mean another table.
+# Every function is SECURITY INVOKER (the connecting role's rights, nothing more). The entry
+# points Python calls (_OPERATIONS) pin the search_path to the store's schema when it was
+# installed (SET ... FROM CURRENT), so a session's search_path cannot make a table name mean
+# another table; the helpers they call run under that pinned path. A SET clause on a helper
+# would save and restore the setting, and recompute the schema search, on every call: that
+# cost a create or a rename 15-20% on the server.
 _PIN = "LANGUAGE plpgsql SECURITY INVOKER SET search_path FROM CURRENT"
+_HELPER = "LANGUAGE plpgsql SECURITY INVOKER"
 # Functions of their arguments alone, raising nothing.
-_PURE = "LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER SET search_path FROM CURRENT"
+_PURE = "LANGUAGE plpgsql IMMUTABLE SECURITY INVOKER"
 # One-expression functions of their arguments, naming no table, which the planner inlines
-# into the (pinned) function calling them, where their body is parsed under its search_path.
-# A SET clause would forbid the inlining, and a plpgsql call costs microseconds: pinned and
-# called, they made a stat 15-20% slower on the server.
+# into the function calling them, where their body is parsed under its search_path.
 _INLINE = "LANGUAGE sql IMMUTABLE SECURITY INVOKER"
 
 _HELPERS = f"""
@@ -94,7 +96,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = state, MESSAGE = msg;
     END IF;
     RAISE EXCEPTION USING ERRCODE = state, MESSAGE = msg, DETAIL = path;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- fs3.paths: split, components, _shown, normalize.
 CREATE OR REPLACE FUNCTION fs3_dirname(path TEXT) RETURNS TEXT AS $$
@@ -138,7 +140,7 @@ BEGIN
         END IF;
     END LOOP;
     RETURN '/' || array_to_string(parts, '/');
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- fs3.meta.permissions (S_ISUID 2048, S_ISGID 1024, S_ISVTX 512, S_IXGRP 8).
 CREATE OR REPLACE FUNCTION fs3_in_group(c fs3_caller, gid BIGINT) RETURNS BOOLEAN AS $$
@@ -164,17 +166,19 @@ BEGIN
     IF NOT fs3_allowed(c, node, want) THEN
         PERFORM fs3_fail('PermissionDenied', 'permission denied', path);
     END IF;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 CREATE OR REPLACE FUNCTION fs3_check_delete(c fs3_caller, dir inodes, child inodes, path TEXT)
 RETURNS VOID AS $$
 BEGIN
-    PERFORM fs3_check(c, dir, 3, path);
+    IF NOT fs3_allowed(c, dir, 3) THEN
+        PERFORM fs3_fail('PermissionDenied', 'permission denied', path);
+    END IF;
     IF dir.mode & 512 <> 0 AND NOT c.admin AND c.uid <> dir.uid AND c.uid <> child.uid THEN
         PERFORM fs3_fail('NotPermitted',
                          'sticky directory: only the owner may delete or rename this', path);
     END IF;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 CREATE OR REPLACE FUNCTION fs3_cleared_on_write(mode INTEGER) RETURNS INTEGER AS $$
 SELECT CASE WHEN mode & 8 <> 0 THEN mode & ~2048 & ~1024 ELSE mode & ~2048 END $$ {_INLINE};
@@ -182,22 +186,6 @@ SELECT CASE WHEN mode & 8 <> 0 THEN mode & ~2048 & ~1024 ELSE mode & ~2048 END $
 CREATE OR REPLACE FUNCTION fs3_after_write(c fs3_caller, node inodes) RETURNS INTEGER AS $$
 SELECT CASE WHEN (c).admin THEN (node).mode ELSE fs3_cleared_on_write((node).mode) END
 $$ {_INLINE};
-
-CREATE OR REPLACE FUNCTION fs3_new_owner(
-    c fs3_caller, dir inodes, kind TEXT, INOUT mode INTEGER, OUT uid BIGINT, OUT gid BIGINT
-) AS $$
-BEGIN
-    IF dir.mode & 1024 <> 0 THEN
-        gid := dir.gid;
-        IF kind = 'directory' THEN mode := mode | 1024; END IF;
-    ELSE
-        gid := c.gid;
-    END IF;
-    IF kind <> 'directory' AND NOT c.admin AND NOT fs3_in_group(c, gid) THEN
-        mode := mode & ~1024;
-    END IF;
-    uid := c.uid;
-END $$ {_PURE};
 
 CREATE OR REPLACE FUNCTION fs3_chmod_mode(c fs3_caller, node inodes, mode INTEGER, path TEXT)
 RETURNS INTEGER AS $$
@@ -210,7 +198,7 @@ BEGIN
         IF node.kind <> 'directory' THEN mode := mode & ~512; END IF;
     END IF;
     RETURN mode;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 CREATE OR REPLACE FUNCTION fs3_check_utime(c fs3_caller, node inodes, to_now BOOLEAN, path TEXT)
 RETURNS VOID AS $$
@@ -220,7 +208,7 @@ BEGIN
         PERFORM fs3_fail('NotPermitted', 'only the owner may set the times', path);
     END IF;
     PERFORM fs3_check(c, node, 2, path);
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- permissions.chown: the inode after a chown to uid/gid (-1 keeps one).
 CREATE OR REPLACE FUNCTION fs3_chowned(
@@ -247,30 +235,40 @@ BEGIN
     node.uid := to_uid;
     node.gid := to_gid;
     RETURN node;
-END $$ {_PIN};
+END $$ {_HELPER};
 
--- Namespace._resolve: the inode at a normalised path, symlinks not followed.
+-- Namespace._resolve: the inode at a normalised path, symlinks not followed. One query walks
+-- the components (a plpgsql loop paid a query per component); the walk stops where the Python
+-- loop raises, and the last inode it reached says which error: not a directory, no search
+-- permission on it, or no entry for the next component.
 CREATE OR REPLACE FUNCTION fs3_resolve(c fs3_caller, path TEXT) RETURNS inodes AS $$
 DECLARE
-    node inodes;
-    walked TEXT := '';
-    part TEXT;
+    parts TEXT[] := fs3_components(path);
+    last RECORD;
+    walked TEXT;
 BEGIN
-    SELECT * INTO STRICT node FROM inodes WHERE id = 1;
-    FOREACH part IN ARRAY fs3_components(path) LOOP
-        IF node.kind <> 'directory' THEN
-            PERFORM fs3_fail('NotADirectory', 'not a directory', coalesce(nullif(walked, ''), '/'));
-        END IF;
-        PERFORM fs3_check(c, node, 1, coalesce(nullif(walked, ''), '/'));
-        walked := walked || '/' || part;
-        SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
-            WHERE d.parent = node.id AND d.name = part;
-        IF NOT FOUND THEN
-            PERFORM fs3_fail('NotFound', 'no such file or directory', path);
-        END IF;
-    END LOOP;
-    RETURN node;
-END $$ {_PIN};
+    WITH RECURSIVE walk AS (
+        SELECT 0 AS depth, i AS node FROM inodes i WHERE i.id = 1
+        UNION ALL
+        SELECT w.depth + 1, i FROM walk w
+            JOIN dentries d ON d.parent = (w.node).id AND d.name = parts[w.depth + 1]
+            JOIN inodes i ON i.id = d.child
+            WHERE w.depth < cardinality(parts) AND (w.node).kind = 'directory'
+                AND fs3_allowed(c, w.node, 1)
+    )
+    SELECT w.depth, w.node INTO last FROM walk w ORDER BY w.depth DESC LIMIT 1;
+    IF last.depth = cardinality(parts) THEN
+        RETURN last.node;
+    END IF;
+    walked := '/' || array_to_string(parts[1:last.depth], '/');
+    IF (last.node).kind <> 'directory' THEN
+        PERFORM fs3_fail('NotADirectory', 'not a directory', walked);
+    END IF;
+    IF NOT fs3_allowed(c, last.node, 1) THEN
+        PERFORM fs3_fail('PermissionDenied', 'permission denied', walked);
+    END IF;
+    PERFORM fs3_fail('NotFound', 'no such file or directory', path);
+END $$ {_HELPER};
 
 -- Namespace._parent: the directory holding a path's last component.
 CREATE OR REPLACE FUNCTION fs3_parent(c fs3_caller, path TEXT) RETURNS inodes AS $$
@@ -284,44 +282,29 @@ BEGIN
         PERFORM fs3_fail('NotADirectory', 'parent is not a directory', fs3_dirname(path));
     END IF;
     RETURN dir;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- fs3_resolve of ``path`` given ``dir``, its parent from fs3_parent: the walk's last step
 -- (the steps before it passed in fs3_parent), without walking from the root again.
 CREATE OR REPLACE FUNCTION fs3_resolve_in(c fs3_caller, dir inodes, path TEXT) RETURNS inodes AS $$
 DECLARE node inodes;
 BEGIN
-    PERFORM fs3_check(c, dir, 1, fs3_dirname(path));
+    IF NOT fs3_allowed(c, dir, 1) THEN
+        PERFORM fs3_fail('PermissionDenied', 'permission denied', fs3_dirname(path));
+    END IF;
     SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
         WHERE d.parent = dir.id AND d.name = fs3_basename(path);
     IF NOT FOUND THEN
         PERFORM fs3_fail('NotFound', 'no such file or directory', path);
     END IF;
     RETURN node;
-END $$ {_PIN};
-
--- The inode entry ``leaf`` of ``dir`` names (all NULL when none: MetaTxn.lookup_inode).
-CREATE OR REPLACE FUNCTION fs3_lookup_inode(dir BIGINT, leaf TEXT) RETURNS inodes AS $$
-DECLARE node inodes;
-BEGIN
-    SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = dir AND d.name = leaf;
-    RETURN node;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 CREATE OR REPLACE FUNCTION fs3_has_entry(dir BIGINT, leaf TEXT) RETURNS BOOLEAN AS $$
-BEGIN RETURN EXISTS (SELECT 1 FROM dentries WHERE parent = dir AND name = leaf); END $$ {_PIN};
+BEGIN RETURN EXISTS (SELECT 1 FROM dentries WHERE parent = dir AND name = leaf); END $$ {_HELPER};
 
 CREATE OR REPLACE FUNCTION fs3_has_children(dir BIGINT) RETURNS BOOLEAN AS $$
-BEGIN RETURN EXISTS (SELECT 1 FROM dentries WHERE parent = dir); END $$ {_PIN};
-
--- MetaTxn.link: inserts or replaces an entry.
-CREATE OR REPLACE FUNCTION fs3_link_entry(dir BIGINT, leaf TEXT, child_id BIGINT)
-RETURNS VOID AS $$
-BEGIN
-    INSERT INTO dentries VALUES (dir, leaf, child_id)
-        ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
-END $$ {_PIN};
+BEGIN RETURN EXISTS (SELECT 1 FROM dentries WHERE parent = dir); END $$ {_HELPER};
 
 -- quota.path_of: a directory's path from its parents' entries (for error messages).
 CREATE OR REPLACE FUNCTION fs3_path_of(node inodes) RETURNS TEXT AS $$
@@ -341,25 +324,26 @@ BEGIN
         node := up;
     END LOOP;
     RETURN '/' || array_to_string(names, '/');
-END $$ {_PIN};
+END $$ {_HELPER};
 
--- quota.quota_dirs: directories with a quota from ``dir`` up to the root, nearest first.
+-- quota.quota_dirs: directories with a quota from ``dir`` up to the root, nearest first. Most
+-- namespaces have no quota at all: one probe of the index of quota directories
+-- (inodes_with_quota, fs3.meta.postgres) answers for them; else one query walks the parents.
 CREATE OR REPLACE FUNCTION fs3_quota_dirs(dir BIGINT) RETURNS BIGINT[] AS $$
-DECLARE
-    out BIGINT[] := '{{}}';
-    node inodes;
-    depth INTEGER := 0;
 BEGIN
-    LOOP
-        SELECT * INTO node FROM inodes WHERE id = dir;
-        EXIT WHEN NOT FOUND;
-        IF node.q_max_bytes IS NOT NULL THEN out := out || node.id; END IF;
-        depth := depth + 1;
-        EXIT WHEN node.id = 1 OR depth > 65536;  -- a parent loop would be a bug: stop
-        dir := node.parent;
-    END LOOP;
-    RETURN out;
-END $$ {_PIN};
+    IF NOT EXISTS (SELECT 1 FROM inodes WHERE q_max_bytes IS NOT NULL) THEN
+        RETURN '{{}}';
+    END IF;
+    RETURN ARRAY(
+        WITH RECURSIVE up AS (
+            SELECT i.id, i.parent, i.q_max_bytes, 0 AS depth FROM inodes i WHERE i.id = dir
+            UNION ALL
+            SELECT i.id, i.parent, i.q_max_bytes, up.depth + 1
+                FROM up JOIN inodes i ON i.id = up.parent
+                WHERE up.id <> 1 AND up.depth < 65536  -- a parent loop would be a bug: stop
+        )
+        SELECT id FROM up WHERE q_max_bytes IS NOT NULL ORDER BY depth);
+END $$ {_HELPER};
 
 -- quota.charge: adds to the usage of ``dirs``; with ``chk`` growth may not pass a limit.
 CREATE OR REPLACE FUNCTION fs3_charge(
@@ -386,16 +370,17 @@ BEGIN
         UPDATE inodes SET q_used_bytes = q_used_bytes + nbytes,
                           q_used_inodes = q_used_inodes + ninodes WHERE id = dir_id;
     END LOOP;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- quota.charge_dir
 CREATE OR REPLACE FUNCTION fs3_charge_dir(dir BIGINT, nbytes BIGINT, ninodes BIGINT, path TEXT)
 RETURNS VOID AS $$
 BEGIN
-    IF nbytes <> 0 OR ninodes <> 0 THEN
+    IF (nbytes <> 0 OR ninodes <> 0)
+            AND EXISTS (SELECT 1 FROM inodes WHERE q_max_bytes IS NOT NULL) THEN  -- any quota
         PERFORM fs3_charge(fs3_quota_dirs(dir), nbytes, ninodes, path);
     END IF;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- quota.usage_below: (bytes, inodes) below a directory; one with a quota of its own counts
 -- by its recorded usage.
@@ -413,7 +398,7 @@ BEGIN
            count(*) + coalesce(sum(CASE WHEN kind = 'directory' THEN coalesce(q_used_inodes, 0)
                                    ELSE 0 END), 0)
         INTO nbytes, ninodes FROM below;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- quota.usage_of: what an inode and everything below it uses.
 CREATE OR REPLACE FUNCTION fs3_usage_of(node inodes, OUT nbytes BIGINT, OUT ninodes BIGINT) AS $$
@@ -427,7 +412,7 @@ BEGIN
     ELSE
         SELECT u.nbytes, u.ninodes + 1 INTO nbytes, ninodes FROM fs3_usage_below(node.id) u;
     END IF;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- quota.move_charges: moves an inode's usage from the quotas above ``src`` to those above
 -- ``dst``; quotas above both are left alone.
@@ -452,14 +437,7 @@ BEGIN
     SELECT * INTO usage FROM fs3_usage_of(moving);
     PERFORM fs3_charge(leaving, -usage.nbytes, -usage.ninodes, path);
     PERFORM fs3_charge(arriving, usage.nbytes, usage.ninodes, path, chk);
-END $$ {_PIN};
-
--- Namespace._touch: a directory's entries changed now; ``subdirs`` directories came or went.
-CREATE OR REPLACE FUNCTION fs3_touch(dir BIGINT, subdirs INTEGER, now DOUBLE PRECISION)
-RETURNS VOID AS $$
-BEGIN
-    UPDATE inodes SET mtime = now, ctime = now, nlink = nlink + subdirs WHERE id = dir;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- Namespace._drop_link: one name of a hard-linked file went.
 CREATE OR REPLACE FUNCTION fs3_drop_link(node inodes, now DOUBLE PRECISION) RETURNS VOID AS $$
@@ -475,19 +453,24 @@ BEGIN
         PERFORM fs3_move_charges(node, node.parent, home, NULL, FALSE);
     END IF;
     UPDATE inodes SET nlink = node.nlink - 1, parent = home, ctime = now WHERE id = node.id;
-END $$ {_PIN};
+END $$ {_HELPER};
 
--- Namespace._discard: drops what a removed entry held of ``node``.
+-- Namespace._discard: drops what a removed entry held of ``node``. The common case, the last
+-- name of an inode, is one DELETE that returns the row as this transaction sees it now.
 CREATE OR REPLACE FUNCTION fs3_discard(node inodes, now DOUBLE PRECISION) RETURNS VOID AS $$
 DECLARE fresh inodes;
 BEGIN
-    SELECT * INTO fresh FROM inodes WHERE id = node.id;
-    IF FOUND THEN node := fresh; END IF;
-    IF node.kind <> 'directory' AND node.nlink > 1 THEN
-        PERFORM fs3_drop_link(node, now);
-        RETURN;
+    DELETE FROM inodes WHERE id = node.id AND (kind = 'directory' OR nlink <= 1)
+        RETURNING * INTO fresh;
+    IF FOUND THEN
+        node := fresh;
+    ELSE  -- another name keeps it (or its row is gone: then as Python does, by ``node``)
+        SELECT * INTO fresh FROM inodes WHERE id = node.id;
+        IF FOUND OR (node.kind <> 'directory' AND node.nlink > 1) THEN
+            PERFORM fs3_drop_link(coalesce(fresh, node), now);
+            RETURN;
+        END IF;
     END IF;
-    DELETE FROM inodes WHERE id = node.id;
     PERFORM fs3_charge_dir(node.parent, CASE WHEN node.kind = 'file' THEN -node.length ELSE 0 END,
                            -1, NULL);
     IF node.kind = 'file' AND node.chains <> '' THEN
@@ -496,25 +479,23 @@ BEGIN
     IF node.kind = 'directory' AND node.parent <> node.id THEN  -- its ".." no longer names it
         UPDATE inodes SET nlink = nlink - 1 WHERE id = node.parent;
     END IF;
-END $$ {_PIN};
+END $$ {_HELPER};
 
--- Namespace._moved: an entry of ``moving`` went from ``src`` to ``dst``.
+-- Namespace._moved: an entry of ``moving`` went from ``src`` to ``dst``. Its parent column is
+-- as the rename resolved it (nothing the rename did before changes it); the UPDATE returns
+-- the rest as this transaction sees it now.
 CREATE OR REPLACE FUNCTION fs3_moved(
     moving inodes, src BIGINT, dst BIGINT, path TEXT, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE
-    fresh inodes;
-    moved inodes;
+DECLARE moved inodes;
 BEGIN
-    SELECT * INTO fresh FROM inodes WHERE id = moving.id;
-    IF FOUND THEN moving := fresh; END IF;
-    moved := moving;
-    moved.parent := CASE WHEN moving.parent = src THEN dst ELSE moving.parent END;
-    moved.ctime := now;
-    UPDATE inodes SET parent = moved.parent, ctime = now WHERE id = moving.id;
-    PERFORM fs3_move_charges(moved, moving.parent, moved.parent, path);
+    UPDATE inodes SET parent = CASE WHEN parent = src THEN dst ELSE parent END, ctime = now
+        WHERE id = moving.id RETURNING * INTO moved;
+    IF moved.parent <> moving.parent THEN
+        PERFORM fs3_move_charges(moved, moving.parent, moved.parent, path);
+    END IF;
     RETURN moved;
-END $$ {_PIN};
+END $$ {_HELPER};
 
 -- Namespace._make: creates ``leaf`` in ``dir``, owned by the caller, or in place of file
 -- ``replacing`` (its owner and mode stay; it needs write permission on that file instead).
@@ -524,27 +505,50 @@ CREATE OR REPLACE FUNCTION fs3_make(
     seed INTEGER DEFAULT 0, target TEXT DEFAULT ''
 ) RETURNS inodes AS $$
 DECLARE
-    owner RECORD;
+    new_uid BIGINT := c.uid;
+    new_gid BIGINT := c.gid;
     made inodes;
 BEGIN
     IF replacing.id IS NULL THEN
-        PERFORM fs3_check(c, dir, 3, path);
-        SELECT * INTO owner FROM fs3_new_owner(c, dir, kind, mode);
+        IF NOT fs3_allowed(c, dir, 3) THEN
+            PERFORM fs3_fail('PermissionDenied', 'permission denied', path);
+        END IF;
+        -- permissions.new_owner
+        IF dir.mode & 1024 <> 0 THEN
+            new_gid := dir.gid;
+            IF kind = 'directory' THEN mode := mode | 1024; END IF;
+        END IF;
+        IF kind <> 'directory' AND NOT c.admin AND NOT fs3_in_group(c, new_gid) THEN
+            mode := mode & ~1024;
+        END IF;
     ELSE
-        PERFORM fs3_check(c, replacing, 2, path);
-        SELECT replacing.uid, replacing.gid, fs3_after_write(c, replacing) AS mode INTO owner;
+        IF NOT fs3_allowed(c, replacing, 2) THEN
+            PERFORM fs3_fail('PermissionDenied', 'permission denied', path);
+        END IF;
+        new_uid := replacing.uid;
+        new_gid := replacing.gid;
+        mode := fs3_after_write(c, replacing);
     END IF;
     PERFORM fs3_charge_dir(dir.id, 0, 1, path);
-    INSERT INTO inodes (id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed,
-                        target, atime, uid, gid, nlink)
-        VALUES (nextval('inode_ids'), kind, owner.mode, 0, now, now, dir.id, chunk_size, chains,
-                seed, target, 0, owner.uid, owner.gid,
-                CASE WHEN kind = 'directory' THEN 2 ELSE 1 END)
-        RETURNING * INTO made;
-    PERFORM fs3_link_entry(dir.id, leaf, made.id);
-    PERFORM fs3_touch(dir.id, CASE WHEN kind = 'directory' THEN 1 ELSE 0 END, now);
+    -- The inode, its entry (none is there: the callers looked, or removed the old one) and
+    -- the directory's times in one statement, which costs about what each one alone does.
+    WITH new_inode AS (
+        INSERT INTO inodes (id, kind, mode, length, mtime, ctime, parent, chunk_size, chains,
+                            seed, target, atime, uid, gid, nlink)
+            VALUES (nextval('inode_ids'), kind, mode, 0, now, now, dir.id, chunk_size, chains,
+                    seed, target, 0, new_uid, new_gid,
+                    CASE WHEN kind = 'directory' THEN 2 ELSE 1 END)
+            RETURNING *
+    ), entry AS (
+        INSERT INTO dentries SELECT dir.id, leaf, id FROM new_inode
+    ), touched AS (
+        UPDATE inodes SET mtime = now, ctime = now,
+                          nlink = nlink + CASE WHEN fs3_make.kind = 'directory' THEN 1 ELSE 0 END
+            WHERE id = dir.id
+    )
+    SELECT * INTO made FROM new_inode;
     RETURN made;
-END $$ {_PIN};
+END $$ {_HELPER};
 """
 
 _OPERATIONS = f"""
@@ -593,8 +597,9 @@ BEGIN
             PERFORM fs3_fail('NotADirectory', 'not a directory', fs3_dirname(walked));
         END IF;
         PERFORM fs3_check(c, node, 1, fs3_dirname(walked));
-        found_node := fs3_lookup_inode(node.id, part);
-        IF found_node.id IS NULL THEN
+        SELECT i.* INTO found_node FROM dentries d JOIN inodes i ON i.id = d.child
+            WHERE d.parent = node.id AND d.name = part;
+        IF NOT FOUND THEN
             node := fs3_make(c, node, part, 'directory', mode, walked, NULL, now);
         ELSE
             node := found_node;
@@ -613,9 +618,11 @@ CREATE OR REPLACE FUNCTION fs3_create(
 DECLARE
     dir inodes := fs3_parent(c, path);
     leaf TEXT := fs3_basename(path);
-    old inodes := fs3_lookup_inode(dir.id, leaf);
+    old inodes;
 BEGIN
-    IF old.id IS NOT NULL THEN
+    SELECT i.* INTO old FROM dentries d JOIN inodes i ON i.id = d.child
+        WHERE d.parent = dir.id AND d.name = leaf;
+    IF FOUND THEN
         IF exclusive THEN
             PERFORM fs3_fail('AlreadyExists', 'file exists', path);
         END IF;
@@ -628,25 +635,14 @@ BEGIN
     RETURN fs3_make(c, dir, leaf, 'file', mode, path, old, now, chunk_size, chains, seed);
 END $$ {_PIN};
 
--- Namespace.listdir: one page of entries, after ``after_name`` by name, at most ``page`` of them.
-CREATE OR REPLACE FUNCTION fs3_listdir(c fs3_caller, path TEXT, after_name TEXT, page BIGINT)
-RETURNS TABLE (entry_name TEXT, entry inodes) AS $$
-DECLARE node inodes := fs3_resolve(c, path);
-BEGIN
-    IF node.kind <> 'directory' THEN
-        PERFORM fs3_fail('NotADirectory', 'not a directory', path);
-    END IF;
-    PERFORM fs3_check(c, node, 4, path);
-    RETURN QUERY SELECT d.name::TEXT, i FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = node.id AND d.name > after_name COLLATE "C" ORDER BY d.name LIMIT page;
-END $$ {_PIN};
-
 CREATE OR REPLACE FUNCTION fs3_rename(c fs3_caller, src TEXT, dst TEXT, now DOUBLE PRECISION)
 RETURNS inodes AS $$
 DECLARE
     sdir inodes := fs3_parent(c, src);
     moving inodes := fs3_resolve_in(c, sdir, src);
-    ddir inodes := fs3_parent(c, dst);
+    -- In one directory, the destination's parent is the source's, as resolved just now.
+    ddir inodes := CASE WHEN fs3_dirname(dst) = fs3_dirname(src) AND fs3_basename(dst) <> ''
+                        THEN sdir ELSE fs3_parent(c, dst) END;
     ancestor inodes;
     old inodes;
     moved inodes;
@@ -654,7 +650,9 @@ DECLARE
 BEGIN
     IF src = dst THEN RETURN moving; END IF;
     PERFORM fs3_check_delete(c, sdir, moving, src);
-    PERFORM fs3_check(c, ddir, 3, dst);
+    IF NOT fs3_allowed(c, ddir, 3) THEN
+        PERFORM fs3_fail('PermissionDenied', 'permission denied', dst);
+    END IF;
     IF moving.kind = 'directory' AND ddir.id <> sdir.id THEN
         PERFORM fs3_check(c, moving, 2, src);  -- its ".." changes
     END IF;
@@ -667,7 +665,8 @@ BEGIN
         EXIT WHEN ancestor.id = 1;
         SELECT * INTO STRICT ancestor FROM inodes WHERE id = ancestor.parent;
     END LOOP;
-    old := fs3_lookup_inode(ddir.id, fs3_basename(dst));
+    SELECT i.* INTO old FROM dentries d JOIN inodes i ON i.id = d.child
+        WHERE d.parent = ddir.id AND d.name = fs3_basename(dst);
     IF old.id = moving.id THEN
         RETURN moving;  -- two names of one file: POSIX says rename does nothing
     END IF;
@@ -686,12 +685,13 @@ BEGIN
         PERFORM fs3_discard(old, now);
     END IF;
     DELETE FROM dentries WHERE parent = sdir.id AND name = fs3_basename(src);
-    PERFORM fs3_link_entry(ddir.id, fs3_basename(dst), moving.id);
+    INSERT INTO dentries VALUES (ddir.id, fs3_basename(dst), moving.id)
+        ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
     moved := fs3_moved(moving, sdir.id, ddir.id, dst, now);
     IF moving.kind = 'directory' AND ddir.id <> sdir.id THEN subdirs := 1; END IF;
-    PERFORM fs3_touch(sdir.id, -subdirs, now);
+    UPDATE inodes SET mtime = now, ctime = now, nlink = nlink - subdirs WHERE id = sdir.id;
     IF ddir.id <> sdir.id THEN
-        PERFORM fs3_touch(ddir.id, subdirs, now);
+        UPDATE inodes SET mtime = now, ctime = now, nlink = nlink + subdirs WHERE id = ddir.id;
     END IF;
     RETURN moved;
 END $$ {_PIN};
@@ -700,9 +700,11 @@ CREATE OR REPLACE FUNCTION fs3_unlink(c fs3_caller, path TEXT, now DOUBLE PRECIS
 RETURNS VOID AS $$
 DECLARE
     dir inodes := fs3_parent(c, path);
-    node inodes := fs3_lookup_inode(dir.id, fs3_basename(path));
+    node inodes;
 BEGIN
-    IF node.id IS NULL THEN
+    SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
+        WHERE d.parent = dir.id AND d.name = fs3_basename(path);
+    IF NOT FOUND THEN
         PERFORM fs3_fail('NotFound', 'no such file or directory', path);
     END IF;
     IF node.kind = 'directory' THEN
@@ -711,7 +713,7 @@ BEGIN
     PERFORM fs3_check_delete(c, dir, node, path);
     DELETE FROM dentries WHERE parent = dir.id AND name = fs3_basename(path);
     PERFORM fs3_discard(node, now);
-    PERFORM fs3_touch(dir.id, 0, now);
+    UPDATE inodes SET mtime = now, ctime = now WHERE id = dir.id;
 END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_rmdir(c fs3_caller, path TEXT, now DOUBLE PRECISION)
@@ -729,7 +731,7 @@ BEGIN
     PERFORM fs3_check_delete(c, dir, node, path);
     DELETE FROM dentries WHERE parent = dir.id AND name = fs3_basename(path);
     PERFORM fs3_discard(node, now);
-    PERFORM fs3_touch(dir.id, 0, now);
+    UPDATE inodes SET mtime = now, ctime = now WHERE id = dir.id;
 END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_truncate(
@@ -828,8 +830,9 @@ BEGIN
     END IF;
     PERFORM fs3_check(c, ddir, 3, dst);
     UPDATE inodes SET nlink = node.nlink + 1, ctime = now WHERE id = node.id RETURNING * INTO node;
-    PERFORM fs3_link_entry(ddir.id, fs3_basename(dst), node.id);
-    PERFORM fs3_touch(ddir.id, 0, now);
+    INSERT INTO dentries VALUES (ddir.id, fs3_basename(dst), node.id)
+        ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
+    UPDATE inodes SET mtime = now, ctime = now WHERE id = ddir.id;
     RETURN node;
 END $$ {_PIN};
 
@@ -911,7 +914,34 @@ END $$ {_PIN};
 # Helpers first: a function's body is checked when it runs, but its parameter types (inodes,
 # fs3_caller) must exist when it is created.
 STATEMENTS = [_CALLER_TYPE, _HELPERS, _OPERATIONS]
-"""What :func:`install` runs, in order (each a script of several statements)."""
+"""What :func:`install` runs, in order (each a script of several statements), before
+:func:`listdir_function`."""
+
+# The columns of table inodes with their types, in table order (what ``i.*`` yields).
+_INODE_COLUMNS = """SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)),
+                          ', ' ORDER BY attnum)
+    FROM pg_attribute WHERE attrelid = 'inodes'::regclass AND attnum > 0 AND NOT attisdropped"""
+
+
+def listdir_function(inode_columns: str) -> str:
+    """fs3_listdir (Namespace.listdir): one page of entries, after ``after_name`` by name, at
+    most ``page`` of them, each its name and its inode's columns, ``inode_columns`` (name and
+    type of each, in table order). Flat columns, not an ``inodes`` value per entry: taking
+    the 19 fields out of 100 such values cost a listing a third of its time on the server."""
+    return f"""
+CREATE OR REPLACE FUNCTION fs3_listdir(c fs3_caller, path TEXT, after_name TEXT, page BIGINT)
+RETURNS TABLE (entry_name TEXT, {inode_columns}) AS $$
+DECLARE node inodes := fs3_resolve(c, path);
+BEGIN
+    IF node.kind <> 'directory' THEN
+        PERFORM fs3_fail('NotADirectory', 'not a directory', path);
+    END IF;
+    IF NOT fs3_allowed(c, node, 4) THEN
+        PERFORM fs3_fail('PermissionDenied', 'permission denied', path);
+    END IF;
+    RETURN QUERY SELECT d.name::TEXT, i.* FROM dentries d JOIN inodes i ON i.id = d.child
+        WHERE d.parent = node.id AND d.name > after_name COLLATE "C" ORDER BY d.name LIMIT page;
+END $$ {_PIN};"""
 
 
 def install(cur: Any) -> None:
@@ -922,3 +952,14 @@ def install(cur: Any) -> None:
     )
     for script in STATEMENTS:
         cur.execute(script)
+    cur.execute(_INODE_COLUMNS)
+    # Its result columns follow the table's: made anew when they differ (a column was added,
+    # or the store was made by a version returning one inodes value per entry).
+    (columns,) = cur.fetchone()
+    cur.execute(
+        "SELECT pg_get_function_result(to_regprocedure('fs3_listdir(fs3_caller,text,text,bigint)'))"
+    )
+    (current,) = cur.fetchone()
+    if current is not None and current != f"TABLE(entry_name text, {columns})":
+        cur.execute("DROP FUNCTION fs3_listdir(fs3_caller, text, text, bigint)")
+    cur.execute(listdir_function(columns))

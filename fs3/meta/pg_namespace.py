@@ -25,7 +25,6 @@ from fs3.types import FIFO, SOCKET, DirEntry, Inode
 log = logging.getLogger("fs3.meta")
 
 _CALLER = "ROW(%s, %s, %s::BIGINT[], %s)::fs3_caller"
-_ENTRY_COLUMNS = ", ".join(f"(entry).{c}" for c in COLUMNS.split(", "))
 
 
 def _inode_call(function: str, params: int) -> str:
@@ -50,7 +49,7 @@ _MKNOD = _inode_call("fs3_mknod", 4)
 _SET_QUOTA = _inode_call("fs3_set_quota", 3)
 _UNLINK = f"SELECT fs3_unlink({_CALLER}, %s, %s)"
 _RMDIR = f"SELECT fs3_rmdir({_CALLER}, %s, %s)"
-_LISTDIR = f"SELECT entry_name, {_ENTRY_COLUMNS} FROM fs3_listdir({_CALLER}, %s, %s, %s)"
+_LISTDIR = f"SELECT entry_name, {COLUMNS} FROM fs3_listdir({_CALLER}, %s, %s, %s)"
 _LENGTH_LIMIT = "SELECT fs3_length_limit(%s)"
 _TAKE_GARBAGE = GARBAGE_QUERY
 _DROP_GARBAGE = (
