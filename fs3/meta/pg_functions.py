@@ -530,23 +530,17 @@ BEGIN
         mode := fs3_after_write(c, replacing);
     END IF;
     PERFORM fs3_charge_dir(dir.id, 0, 1, path);
-    -- The inode, its entry (none is there: the callers looked, or removed the old one) and
-    -- the directory's times in one statement, which costs about what each one alone does.
-    WITH new_inode AS (
-        INSERT INTO inodes (id, kind, mode, length, mtime, ctime, parent, chunk_size, chains,
-                            seed, target, atime, uid, gid, nlink)
-            VALUES (nextval('inode_ids'), kind, mode, 0, now, now, dir.id, chunk_size, chains,
-                    seed, target, 0, new_uid, new_gid,
-                    CASE WHEN kind = 'directory' THEN 2 ELSE 1 END)
-            RETURNING *
-    ), entry AS (
-        INSERT INTO dentries SELECT dir.id, leaf, id FROM new_inode
-    ), touched AS (
-        UPDATE inodes SET mtime = now, ctime = now,
-                          nlink = nlink + CASE WHEN fs3_make.kind = 'directory' THEN 1 ELSE 0 END
-            WHERE id = dir.id
-    )
-    SELECT * INTO made FROM new_inode;
+    INSERT INTO inodes (id, kind, mode, length, mtime, ctime, parent, chunk_size, chains, seed,
+                        target, atime, uid, gid, nlink)
+        VALUES (nextval('inode_ids'), kind, mode, 0, now, now, dir.id, chunk_size, chains,
+                seed, target, 0, new_uid, new_gid,
+                CASE WHEN kind = 'directory' THEN 2 ELSE 1 END)
+        RETURNING * INTO made;
+    INSERT INTO dentries VALUES (dir.id, leaf, made.id)
+        ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
+    UPDATE inodes SET mtime = now, ctime = now,
+                      nlink = nlink + CASE WHEN made.kind = 'directory' THEN 1 ELSE 0 END
+        WHERE id = dir.id;
     RETURN made;
 END $$ {_HELPER};
 """

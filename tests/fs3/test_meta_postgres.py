@@ -262,3 +262,53 @@ def test_conflicts_that_persist_end_as_unavailable() -> None:
     with pytest.raises(Unavailable, match="kept conflicting") as info:
         run_retrying(nullcontext, always, retry_s=0.05)
     assert info.value.retryable
+
+
+@pytest.mark.postgres
+def test_a_listing_function_of_an_older_shape_is_replaced(postgres_url: str) -> None:
+    """A database whose fs3_listdir returns one inodes value per entry (an earlier version)
+    gets the flat one when a store opens it, and listings read right through it."""
+    import psycopg
+
+    first = open_meta_store(postgres_url)
+    namespace_over(first, chains=lambda: [1]).mkdir("/d")
+    first.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION fs3_listdir(fs3_caller, text, text, bigint)")
+        conn.execute(
+            "CREATE FUNCTION fs3_listdir(c fs3_caller, path TEXT, after_name TEXT, page BIGINT) "
+            "RETURNS TABLE (entry_name TEXT, entry inodes) AS $$ SELECT NULL::TEXT, NULL::inodes "
+            "$$ LANGUAGE sql"
+        )
+    store = open_meta_store(postgres_url)
+    try:
+        ns = namespace_over(store, chains=lambda: [1])
+        made = ns.create("/d/f")
+        ns.mkdir("/d/sub")
+        listed = ns.listdir("/d")
+        assert [e.name for e in listed] == ["f", "sub"]
+        assert listed[0].inode == made
+        assert listed[1].inode.is_dir and listed[1].inode.nlink == 2
+        assert [e.name for e in ns.listdir("/d", after="f", limit=5)] == ["sub"]
+    finally:
+        store.close()
+
+
+def test_a_quota_set_through_one_store_is_charged_through_another(
+    two_stores: tuple[MetaStore, MetaStore],
+) -> None:
+    """Operations skip the quota walk while no quota exists anywhere; a quota another meta
+    server sets is charged from the next operation on, by servers that skipped it before."""
+    a, b = (namespace_over(s, chains=lambda: [1]) for s in two_stores)
+    a.mkdir("/q")
+    for i in range(3):  # a's statements run (and are planned) while there is no quota
+        a.create(f"/q/before{i}")
+    b.set_quota("/q", max_inodes=5)
+    assert b.stat("/q").quota.used_inodes == 3  # type: ignore[union-attr]
+    a.create("/q/after")
+    a.mkdir("/q/dir")
+    assert b.stat("/q").quota.used_inodes == 5  # type: ignore[union-attr]
+    with pytest.raises(Fs3Error, match="disk quota exceeded: 6 inodes"):
+        a.create("/q/one_too_many")
+    a.unlink("/q/after")
+    assert b.stat("/q").quota.used_inodes == 4  # type: ignore[union-attr]
