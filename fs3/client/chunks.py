@@ -21,11 +21,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TypeVar
 
 from fs3 import capabilities
+from fs3.client.fanout import Fanout
 from fs3.client.local_read import LocalReads
 from fs3.config import Timeouts
 from fs3.errors import (
@@ -160,6 +161,8 @@ class ChunkIO:
         self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
         self.grants = Grants()
         """Capabilities, filled by :class:`fs3.client.meta.MetaClient` as files open."""
+        self.fanout = Fanout(timeouts.connect_s, timeouts.rpc_s)
+        """Connections of read batches: a call's batches are all sent, then answered."""
         self._lock = threading.Lock()
 
     sleep: Callable[[float], None] = staticmethod(time.sleep)
@@ -363,23 +366,26 @@ class ChunkIO:
     # -- many small reads at once --------------------------------------------------------
     def read_many(self, pieces: Sequence[ChunkPiece], executor: Executor) -> list[PieceResult]:
         """Reads every piece, the small ones in batches (:mod:`fs3.wire.batch`): one round
-        trip per target carries the pieces bound for it, and the batches (and the big
-        pieces, each alone) run at once on ``executor``. Returns per piece, in order, its
-        bytes (short for holes, as :meth:`read`) or the error its read raised.
+        trip per target carries the pieces bound for it, every batch sent from this thread
+        before any reply is read (:mod:`fs3.client.fanout`), while the big pieces, each
+        alone, run on ``executor``. Returns per piece, in order, its bytes (short for
+        holes, as :meth:`read`) or the error its read raised.
         """
         table = self.mgmtd.table()
-        jobs = self.plan(pieces, table)
-
-        def run(job: tuple[int | None, list[int]]) -> list[PieceResult]:
-            return self.read_planned(table, job[0], [pieces[i] for i in job[1]])
-
-        # The first job runs in this thread: a hop to another costs as much as a small read.
-        others = [executor.submit(run, job) for job in jobs[1:]]
-        answers = [run(jobs[0])] if jobs else []
-        answers += [f.result() for f in others]
         results: dict[int, PieceResult] = {}
-        for (_, members), got in zip(jobs, answers, strict=True):
-            results.update(zip(members, got, strict=True))
+        singles: list[tuple[int, Future[PieceResult]]] = []
+        batched: list[tuple[int, list[int]]] = []
+        for target, members in self.plan(pieces, table):
+            if target is None:
+                singles.append((members[0], executor.submit(self._read_piece, pieces[members[0]])))
+            else:
+                batched.append((target, members))
+        parts = [(target, [pieces[i] for i in members]) for target, members in batched]
+        for (_, members), (_, part), answers in zip(
+            batched, parts, self._read_batches(table, parts), strict=True
+        ):
+            results.update(zip(members, self._settle(table, part, answers, 0), strict=True))
+        results.update((i, future.result()) for i, future in singles)
         return [results[i] for i in range(len(pieces))]
 
     def plan(
@@ -392,12 +398,18 @@ class ChunkIO:
         with target None: a single :meth:`read`."""
         by_target: dict[int, list[int]] = {}
         jobs: list[tuple[int | None, list[int]]] = []
+        readers: dict[int, tuple[int, ...]] = {}  # per chain: looked up once per plan
         for i, p in enumerate(pieces):
-            order = read_order(table, p.layout.chain_of(p.index), p.inode, p.index)
-            if p.length > BATCHED_PIECE_MAX or replica >= len(order):
+            chain_id = p.layout.chain_of(p.index)
+            serving = readers.get(chain_id)
+            if serving is None:
+                serving = readers[chain_id] = table.chains[chain_id].readers()
+            if p.length > BATCHED_PIECE_MAX or replica >= len(serving):
                 jobs.append((None, [i]))
             else:
-                by_target.setdefault(order[replica], []).append(i)
+                # read_order(...)[replica], without building the order
+                target = serving[(_preferred(p.inode, p.index, serving) + replica) % len(serving)]
+                by_target.setdefault(target, []).append(i)
         for target, members in by_target.items():
             jobs += [(target, part) for part in _limited(members, pieces)]
         return jobs
@@ -405,16 +417,26 @@ class ChunkIO:
     def read_planned(
         self, table: RoutingTable, target: int | None, pieces: list[ChunkPiece], replica: int = 0
     ) -> list[PieceResult]:
-        """Reads one job of :meth:`plan`: per piece its bytes or its error.
-
-        The semantics of :meth:`read` hold: a piece its batch could not read (the target
-        down, a chunk busy, stale routing, a bad replica) goes in a batch to the next
-        replica of its chain; one left after every replica, or whose capability was
-        refused, gets a single :meth:`read` (its retries, renewal and DataLost).
-        """
+        """Reads one job of :meth:`plan`: per piece its bytes or its error (see
+        :meth:`_settle` for what a batch's failed pieces get)."""
         if target is None:
             return [self._read_piece(p) for p in pieces]
-        answers = self._read_batch(table, target, pieces)
+        answers = self._read_batches(table, [(target, pieces)])[0]
+        return self._settle(table, pieces, answers, replica)
+
+    def _settle(
+        self,
+        table: RoutingTable,
+        pieces: list[ChunkPiece],
+        answers: list[PieceResult],
+        replica: int,
+    ) -> list[PieceResult]:
+        """``answers`` of a batch of ``pieces`` to their ``replica``-th target, each failed
+        piece read again as :meth:`read` would: the semantics of :meth:`read` hold: a
+        piece its batch could not read (the target down, a chunk busy, stale routing, a bad
+        replica) goes in a batch to the next replica of its chain; one left after every
+        replica, or whose capability was refused, gets a single :meth:`read` (its retries,
+        renewal and DataLost)."""
         again = [i for i, a in enumerate(answers) if isinstance(a, Fs3Error) and a.retryable]
         for i, a in enumerate(answers):
             if isinstance(a, CapabilityRefused):  # renewed (the file reopened) by a read
@@ -438,36 +460,41 @@ class ChunkIO:
         except Fs3Error as err:
             return err
 
-    def _read_batch(
-        self, table: RoutingTable, target: int, pieces: list[ChunkPiece]
-    ) -> list[PieceResult]:
-        """One READ_BATCH of ``pieces`` to ``target``: per piece its bytes or its error (the
-        batch's own error for each when the target could not be asked)."""
-        wire = [
-            batch.BatchPiece(
-                p.layout.chain_of(p.index),
-                p.inode,
-                p.index,
-                p.offset,
-                p.length,
-                self.grants.get(p.inode, capabilities.READ),
-            )
-            for p in pieces
-        ]
+    def _read_batches(
+        self, table: RoutingTable, batches: list[tuple[int, list[ChunkPiece]]]
+    ) -> list[list[PieceResult]]:
+        """One READ_BATCH per ``(target, pieces)``, all sent before any is answered: per
+        batch, per piece its bytes or its error (the batch's own error for each when its
+        target could not be asked)."""
         req = Request(READ_BATCH, table_version=table.version)
-        where = f"target {target}"
-        try:
-            _, _, body = self.pool.request(
-                self._address(table, target), req, batch.encode_request(wire)
-            )
-            answers = batch.decode_reply(body, len(wire), where)
-        except Fs3Error as err:
-            return [err] * len(pieces)
-        out: list[PieceResult] = []
-        for p, w, answer in zip(pieces, wire, answers, strict=True):
-            if isinstance(answer, ChecksumMismatch):
-                self._bad_replica(target, w.chain, p.inode, p.index, answer)
-            out.append(answer if isinstance(answer, Fs3Error) else answer[1])
+        tokens: dict[int, bytes] = {}  # per inode: one grant lookup per call
+        calls = []
+        for target, pieces in batches:
+            wire = []
+            for p in pieces:
+                token = tokens.get(p.inode)
+                if token is None:
+                    token = tokens[p.inode] = self.grants.get(p.inode, capabilities.READ)
+                chain = p.layout.chain_of(p.index)
+                wire.append(batch.BatchPiece(chain, p.inode, p.index, p.offset, p.length, token))
+            calls.append((self._address(table, target), req, batch.encode_request(wire)))
+        out = []
+        for (target, pieces), reply in zip(batches, self.fanout.exchange(calls), strict=True):
+            where = f"target {target}"
+            try:
+                if isinstance(reply, Fs3Error):
+                    raise reply
+                answers = batch.decode_reply(reply, len(pieces), where)
+            except Fs3Error as err:
+                out.append([err] * len(pieces))
+                continue
+            results: list[PieceResult] = []
+            for p, answer in zip(pieces, answers, strict=True):
+                if isinstance(answer, ChecksumMismatch):
+                    chain = p.layout.chain_of(p.index)
+                    self._bad_replica(target, chain, p.inode, p.index, answer)
+                results.append(answer if isinstance(answer, Fs3Error) else answer[1])
+            out.append(results)
         return out
 
 
@@ -496,5 +523,10 @@ def read_order(table: RoutingTable, chain_id: int, inode: int, index: int) -> li
     readers = list(table.chains[chain_id].readers())
     if not readers:
         return readers
-    start = hash((inode, index)) % len(readers)
+    start = _preferred(inode, index, readers)
     return readers[start:] + readers[:start]
+
+
+def _preferred(inode: int, index: int, readers: Sequence[int]) -> int:
+    """Where in ``readers`` (not empty) the order of chunk ``index`` of ``inode`` starts."""
+    return hash((inode, index)) % len(readers)

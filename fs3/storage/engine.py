@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
 from fs3.types import ChunkId, ChunkMeta
@@ -49,6 +50,22 @@ class ChunkEngine(ABC):
         """:meth:`read`, with the CRC32C of what it returns."""
         data = self.read(cid, offset, length)
         return data, crc32c(data)
+
+    def read_pieces(
+        self, cid: ChunkId, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[bytes, int] | ChecksumMismatch]:
+        """Each ``(offset, length)`` of ``ranges`` as :meth:`read_checked` reads it, all of one
+        committed version: per range its bytes (a copy) and their CRC32C, or the
+        ChecksumMismatch its read raised (a bad block fails only the ranges on it)."""
+        out: list[tuple[bytes, int] | ChecksumMismatch] = []
+        for offset, length in ranges:
+            try:
+                data, crc = self.read_checked(cid, offset, length)
+            except ChecksumMismatch as err:
+                out.append(err)
+                continue
+            out.append((bytes(data), crc))
+        return out
 
     def lost(self, cid: ChunkId) -> bool:
         """Whether the chunk was committed here but nothing of it can be read now (its stored

@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from fs3.errors import ChecksumMismatch, InvalidArgument, NotFound
@@ -209,33 +210,86 @@ class LocalChunkEngine(ChunkEngine):
         with its CRC, combined from the block CRCs where the range covers whole blocks."""
         if length <= 0:  # no bytes to verify: what a local read's check asks (local_read)
             return b"", 0
+        opened = self._open_checked(cid)
+        if opened is None:
+            return b"", 0
+        fd, size, crcs, path = opened
+        try:
+            return self._range(fd, size, crcs, cid, path, offset, length)
+        finally:
+            os.close(fd)
+
+    def read_pieces(
+        self, cid: ChunkId, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[bytes, int] | ChecksumMismatch]:
+        """As :meth:`ChunkEngine.read_pieces`, with one open and one header read for all
+        ``ranges``: the descriptor is of one committed version (see
+        :meth:`open_committed`), so they read what a READ of each would at that moment."""
+        try:
+            opened = self._open_checked(cid)
+        except ChecksumMismatch as err:
+            return [err] * len(ranges)
+        if opened is None:
+            return [(b"", 0)] * len(ranges)
+        fd, size, crcs, path = opened
+        out: list[tuple[bytes, int] | ChecksumMismatch] = []
+        try:
+            for offset, length in ranges:
+                try:
+                    data, crc = self._range(fd, size, crcs, cid, path, offset, length)
+                except ChecksumMismatch as err:
+                    out.append(err)
+                    continue
+                out.append((bytes(data), crc))  # the buffer is reused by the next range
+        finally:
+            os.close(fd)
+        return out
+
+    def _open_checked(self, cid: ChunkId) -> tuple[int, int, tuple[int, ...], str] | None:
+        """The committed file of ``cid`` opened, with its length and block CRCs from its
+        header, and its path; None for a hole (never written here).
+
+        Raises ChecksumMismatch: the chunk is lost, its file gone or its header damaged.
+        """
         path = self._file(cid)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             with self._lock:  # remove() drops the index entry and the file under this lock
                 if cid in self._committed or cid in self._damaged:
-                    raise ChecksumMismatch(
-                        f"chunk {tuple(cid)} file is missing", str(path)
-                    ) from None
-            return b"", 0
+                    raise ChecksumMismatch(f"chunk {tuple(cid)} file is missing", path) from None
+            return None
         try:
             if cid in self._damaged:
-                raise ChecksumMismatch(
-                    f"chunk {tuple(cid)} had a damaged header at start", str(path)
-                )
+                raise ChecksumMismatch(f"chunk {tuple(cid)} had a damaged header at start", path)
             _, size, crcs = parse_header(os.pread(fd, HEADER_SIZE, 0), path)
-            end = min(offset + length, size)
-            if end <= offset:
-                return b"", 0
-            first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-            start = first * BLOCK_SIZE
-            stop = min((last + 1) * BLOCK_SIZE, size)
-            view = self._read_buffer(stop - start)
-            got = os.preadv(fd, [view], HEADER_SIZE + start)
-        finally:
+        except BaseException:
             os.close(fd)
-        check_blocks(view, start, got, size, crcs, f"chunk {tuple(cid)}", str(path))
+            raise
+        return fd, size, crcs, path
+
+    def _range(
+        self,
+        fd: int,
+        size: int,
+        crcs: tuple[int, ...],
+        cid: ChunkId,
+        path: str,
+        offset: int,
+        length: int,
+    ) -> tuple[bytes | memoryview, int]:
+        """``length`` bytes at ``offset`` of the open chunk file ``fd`` (``size`` bytes long,
+        blocks ``crcs``), its blocks verified, with their CRC32C; a view into this thread's
+        read buffer."""
+        end = min(offset + length, size)
+        if length <= 0 or end <= offset:
+            return b"", 0
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        start = first * BLOCK_SIZE
+        stop = min((last + 1) * BLOCK_SIZE, size)
+        view = self._read_buffer(stop - start)
+        got = os.preadv(fd, [view], HEADER_SIZE + start)
+        check_blocks(view, start, got, size, crcs, f"chunk {tuple(cid)}", path)
         out = view[offset - start : end - start]
         if offset % BLOCK_SIZE or (end % BLOCK_SIZE and end != size):
             # A range that cuts a block (a small random read): its own CRC32C, about 1 us

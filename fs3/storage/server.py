@@ -64,10 +64,15 @@ def check_bounds(req: Request, chunk_bytes: int) -> None:
     if req.op == READ_BATCH:  # its length is the payload's: bounded by its pieces' count
         batch.check_payload_size(req.length)
         return
-    if req.op in (READ, *WITH_PAYLOAD) and req.offset + req.length > chunk_bytes:
+    if req.op in (READ, *WITH_PAYLOAD):
+        _check_reach(req.op, req.offset, req.length, chunk_bytes)
+
+
+def _check_reach(op: int, offset: int, length: int, chunk_bytes: int) -> None:
+    if offset + length > chunk_bytes:
         raise InvalidArgument(
-            f"data-path op {req.op} reaches byte {req.offset + req.length} of a chunk "
-            f"(offset {req.offset}, length {req.length}), over limits.chunk_bytes ({chunk_bytes})"
+            f"data-path op {op} reaches byte {offset + length} of a chunk "
+            f"(offset {offset}, length {length}), over limits.chunk_bytes ({chunk_bytes})"
         )
 
 
@@ -83,7 +88,7 @@ def _batch_pieces(payload: memoryview, chunk_bytes: int) -> list[batch.BatchPiec
     """
     pieces = batch.decode_request(payload)
     for p in pieces:
-        check_bounds(Request(READ, offset=p.offset, length=p.length), chunk_bytes)
+        _check_reach(READ, p.offset, p.length, chunk_bytes)
     return pieces
 
 

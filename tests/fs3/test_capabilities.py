@@ -343,3 +343,37 @@ def test_services_refuse_to_start_without_the_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="security.secret_file is not set"):
         caps.service_keys(SecurityConfig())
     assert caps.service_keys(SecurityConfig(capabilities=False)) is None
+
+
+def test_a_batch_checks_each_capability_once_and_each_use_alone() -> None:
+    """A READ_BATCH's checks (BatchChecks): the signature and expiry of each distinct
+    capability once, its inode/op/range at every use; an expired or forged one fails only
+    its own uses, with the same reasons Verifier.check gives."""
+    clock_reads: list[float] = []
+
+    def clock() -> float:
+        clock_reads.append(NOW)
+        return NOW
+
+    checks = caps.Verifier(KEYS, 5.0, clock=clock).batch()
+    live = caps.issue(KEYS.capability, 7, caps.READ, 60, first=0, end=4, now=NOW)
+    expired = caps.issue(KEYS.capability, 8, caps.READ, 60, now=NOW - 70)
+    forged = bytearray(caps.issue(KEYS.capability, 9, caps.READ, 60, now=NOW))
+    forged[-1] ^= 1
+    for _ in range(3):  # interleaved uses, as the pieces of one batch come
+        assert checks.check(live, 7, caps.READ, 2, 3).inode == 7
+        with pytest.raises(CapabilityRefused, match="expired"):
+            checks.check(expired, 8, caps.READ, 0, 1)
+        with pytest.raises(CapabilityRefused, match="signature"):
+            checks.check(bytes(forged), 9, caps.READ, 0, 1)
+        with pytest.raises(CapabilityRefused, match="inode 7, not 8"):
+            checks.check(live, 8, caps.READ, 0, 1)
+        with pytest.raises(CapabilityRefused, match="outside"):
+            checks.check(live, 7, caps.READ, 4, 5)
+        with pytest.raises(CapabilityRefused, match="does not allow writing"):
+            checks.check(live, 7, caps.WRITE, 0, 1)
+        with pytest.raises(CapabilityRefused, match="no capability"):
+            checks.check(b"", 7, caps.READ, 0, 1)
+    assert len(clock_reads) == 2  # the expiry of live and of expired, once each
+    with pytest.raises(CapabilityRefused, match="services only"):  # a batch reads no service op
+        caps.allows(caps.parse(live), 7, caps.READ, 0, 1, service_only=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -275,6 +276,41 @@ def test_a_batch_piece_without_its_capability_is_refused_alone(
     assert isinstance(answers[2], CapabilityRefused) and "no capability" in str(answers[2])
     assert not isinstance(answers[3], Fs3Error) and bytes(answers[3][1]) == data[64:128]
     assert b"hello" not in bytes(body)  # nothing of the refused file travelled
+
+
+def test_a_batch_with_two_capabilities_refuses_only_the_expired_ones_pieces(
+    cluster: LocalCluster, files: tuple[FS3FileSystem, dict[str, bytes]]
+) -> None:
+    """The target checks each distinct capability once per batch (signature, expiry), then
+    each piece's use of it: pieces under an expired capability, signed with the cluster's
+    real key and interleaved with live ones, are refused alone."""
+    fs, content = files
+    conn, chain, version, inode = _data_conn(fs, "/batches/big")
+    live = fs.chunks.grants.get(inode, caps.READ)
+    keys = caps.Keys.from_secret(caps.read_secret(cluster.root / "secret"))
+    expired = caps.issue(keys.capability, inode, caps.READ, 60, now=time.time() - 3600)
+    pieces = [
+        batch.BatchPiece(chain, inode, 0, 0, 64, live),
+        batch.BatchPiece(chain, inode, 0, 64, 64, expired),
+        batch.BatchPiece(chain, inode, 0, 128, 64, live),
+        batch.BatchPiece(chain, inode, 0, 192, 64, expired),
+        batch.BatchPiece(chain, inode + 1, 0, 0, 64, live),  # live, but for another inode
+    ]
+    try:
+        _, _, body = conn.request(
+            Request(READ_BATCH, table_version=version), batch.encode_request(pieces)
+        )
+        answers = batch.decode_reply(body, len(pieces), "test")
+    finally:
+        conn.close()
+    data = content["/batches/big"]
+    for i in (0, 2):
+        answer = answers[i]
+        assert not isinstance(answer, Fs3Error) and bytes(answer[1]) == data[i * 64 : i * 64 + 64]
+    for i in (1, 3):
+        assert isinstance(answers[i], CapabilityRefused) and "expired" in str(answers[i])
+    assert isinstance(answers[4], CapabilityRefused) and f"not {inode + 1}" in str(answers[4])
+    assert data[64:128] not in bytes(body)  # nothing under the expired capability travelled
 
 
 def test_a_batch_survives_a_chain_member_going_down(make_cluster) -> None:  # type: ignore[no-untyped-def]
