@@ -5,11 +5,12 @@ per sample, nor a copy per sample into its own tensors. The ring owns one preall
 shared buffer (an anonymous ``mmap``: hand it to ``numpy.frombuffer`` or
 ``torch.frombuffer`` without a copy) cut into equal slots. :meth:`ReadRing.submit` queues a
 read into a free slot and returns the slot at once; a dispatcher thread sends what has been
-submitted meanwhile in batches, one per storage target (:meth:`ChunkIO.plan`), with at most
-``batches_in_flight`` batches outstanding, so reads submitted while those are out travel
-together in the next ones. :meth:`ReadRing.complete` returns finished reads; each one's
-bytes lie in its slot of :attr:`ReadRing.buffer` until the next call of
-:meth:`ReadRing.complete` frees the slot (freed slots are reused oldest first).
+submitted meanwhile as a round of batches, one per storage target
+(:meth:`ChunkIO.read_many`), with at most ``batches_in_flight`` rounds outstanding, so reads
+submitted while those are out travel together in the next ones. :meth:`ReadRing.complete`
+returns finished reads; each one's bytes lie in its slot of :attr:`ReadRing.buffer` until
+the next call of :meth:`ReadRing.complete` frees the slot (freed slots are reused oldest
+first).
 
 Reads keep the semantics of :meth:`FS3File.read`: holes read as zeros, a read past the end
 of the file is cut there, and a failure (no such file, no permission, every replica bad)
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from fs3.client.chunks import ChunkPiece, PieceResult
 from fs3.client.ranges import clamp, pieces_of
 from fs3.errors import Fs3Error, Fs3TimeoutError, InvalidArgument, IsADirectory
-from fs3.types import FILE, Inode, RoutingTable
+from fs3.types import FILE, Inode
 
 if TYPE_CHECKING:
     from fs3.client.filesystem import FS3File, FS3FileSystem
@@ -62,7 +63,8 @@ class ReadRing:
         fs: the file system whose files are read.
         slots: reads in flight (submitted and not yet returned by :meth:`complete`).
         slot_bytes: the largest read; slot ``s`` is ``buffer[s * slot_bytes :][:slot_bytes]``.
-        batches_in_flight: batches (each to one target) outstanding at once.
+        batches_in_flight: rounds of batches (each round: the reads submitted since the
+            last, one batch per target) outstanding at once.
 
     Raises:
         InvalidArgument: a size below 1.
@@ -216,9 +218,12 @@ class ReadRing:
         self._cond.notify_all()
 
     def _dispatch(self) -> None:
-        """Sends what was submitted, grouped per target, until the ring closes and nothing
-        is left to send."""
+        """Sends what was submitted, in rounds, until the ring closes and nothing is left
+        to send: a round is every read submitted since the last one, read by
+        :meth:`ChunkIO.read_many` (one batch per target, all sent from one thread); while
+        ``batches_in_flight`` rounds are out, new submissions gather for the next."""
         while True:
+            self._room.acquire()
             with self._cond:
                 self._cond.wait_for(lambda: self._pending or self._closing)
                 if not self._pending:
@@ -232,26 +237,13 @@ class ReadRing:
                     pieces.append(piece)
                     owners.append((read, at))
                     at += piece.length
-            try:
-                table = self.fs.chunks.mgmtd.table()
-                jobs = self.fs.chunks.plan(pieces, table)
-            except Fs3Error as err:
-                self._answer(pieces, owners, [err] * len(pieces))
-                continue
-            for target, members in jobs:
-                self._room.acquire()  # meanwhile, new submissions gather for the next round
-                part = [pieces[i] for i in members]
-                self._workers.submit(self._run, table, target, part, [owners[i] for i in members])
+            self._workers.submit(self._run, pieces, owners)
 
-    def _run(
-        self,
-        table: RoutingTable,
-        target: int | None,
-        pieces: list[ChunkPiece],
-        owners: list[tuple[_Read, int]],
-    ) -> None:
+    def _run(self, pieces: list[ChunkPiece], owners: list[tuple[_Read, int]]) -> None:
         try:
-            results = self.fs.chunks.read_planned(table, target, pieces)
+            # Big pieces go to the file system's batch threads, not to this ring's: a round
+            # must not wait for a thread that rounds fill.
+            results = self.fs.chunks.read_many(pieces, self.fs.batch_executor)
         except Exception as err:  # noqa: BLE001 - a bug must not leave the slots hanging
             failure = err if isinstance(err, Fs3Error) else Fs3Error(f"read failed: {err!r}")
             results = [failure] * len(pieces)
