@@ -54,9 +54,10 @@ class ChunkEngine(ABC):
     def read_pieces(
         self, cid: ChunkId, ranges: Sequence[tuple[int, int]]
     ) -> list[tuple[bytes, int] | ChecksumMismatch]:
-        """Each ``(offset, length)`` of ``ranges`` as :meth:`read_checked` reads it, all of one
-        committed version: per range its bytes (a copy) and their CRC32C, or the
-        ChecksumMismatch its read raised (a bad block fails only the ranges on it)."""
+        """Each ``(offset, length)`` of ``ranges`` as :meth:`read_checked` reads it: per range
+        its bytes (a copy) and their CRC32C, or the ChecksumMismatch its read raised (a bad
+        block fails only the ranges on it). Engines may share work among the ranges (the
+        file engine opens the chunk once)."""
         out: list[tuple[bytes, int] | ChecksumMismatch] = []
         for offset, length in ranges:
             try:
