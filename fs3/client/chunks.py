@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from fs3 import capabilities
-from fs3.client.fanout import Fanout
 from fs3.client.local_read import LocalReads
 from fs3.config import Timeouts
 from fs3.errors import (
@@ -161,8 +160,6 @@ class ChunkIO:
         self.bad_replicas: list[tuple[int, int, int, int]] = []  # target, chain, inode, index
         self.grants = Grants()
         """Capabilities, filled by :class:`fs3.client.meta.MetaClient` as files open."""
-        self.fanout = Fanout(timeouts.connect_s, timeouts.rpc_s)
-        """Connections of read batches: a call's batches are all sent, then answered."""
         self._lock = threading.Lock()
 
     sleep: Callable[[float], None] = staticmethod(time.sleep)
@@ -367,9 +364,9 @@ class ChunkIO:
     def read_many(self, pieces: Sequence[ChunkPiece], executor: Executor) -> list[PieceResult]:
         """Reads every piece, the small ones in batches (:mod:`fs3.wire.batch`): one round
         trip per target carries the pieces bound for it, every batch sent from this thread
-        before any reply is read (:mod:`fs3.client.fanout`), while the big pieces, each
-        alone, run on ``executor``. Returns per piece, in order, its bytes (short for
-        holes, as :meth:`read`) or the error its read raised.
+        before any reply is read (:meth:`fs3.wire.client.ConnectionPool.exchange`), while
+        the big pieces, each alone, run on ``executor``. Returns per piece, in order, its
+        bytes (short for holes, as :meth:`read`) or the error its read raised.
         """
         table = self.mgmtd.table()
         results: dict[int, PieceResult] = {}
@@ -479,7 +476,7 @@ class ChunkIO:
                 wire.append(batch.BatchPiece(chain, p.inode, p.index, p.offset, p.length, token))
             calls.append((self._address(table, target), req, batch.encode_request(wire)))
         out = []
-        for (target, pieces), reply in zip(batches, self.fanout.exchange(calls), strict=True):
+        for (target, pieces), reply in zip(batches, self.pool.exchange(calls), strict=True):
             where = f"target {target}"
             try:
                 if isinstance(reply, Fs3Error):
