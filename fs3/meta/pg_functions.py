@@ -4,7 +4,40 @@ Each operation of :class:`fs3.meta.namespace.Namespace` is a handful of reads an
 sent one by one they cost a round trip each, plus BEGIN and COMMIT. Here every operation is
 one function (``fs3_create``, ``fs3_rename``...) that :class:`fs3.meta.pg_namespace.
 PostgresNamespace` calls with one ``SELECT`` in autocommit mode: the statement is the whole
-SERIALIZABLE transaction, so a conflict aborts it whole and it is run again whole.
+transaction, at READ COMMITTED, so each statement inside a function sees the latest
+committed rows, and a conflict (SQLSTATE 40001 or 40P01) aborts it whole and it is run again
+whole.
+
+Locking protocol (row locks, waiting instead of aborting; :mod:`fs3.meta.postgres` says how
+these transactions meet the SERIALIZABLE ones of the unported operations):
+
+- The path walk takes no locks (as Linux's lookup). Then the operation locks the rows it
+  changes or decides on with ``SELECT ... FOR UPDATE`` (``fs3_lock``), which waits for a
+  holder and returns the row's latest version, and decides on what the lock returned.
+  Every change of a directory's entries holds that directory's inode row locked (and
+  updates it), so under that lock its entries stand still.
+- create, mkdir, symlink, mknod, link: lock the parent directory, then look the name up;
+  a file that create replaces, and link's file (its nlink), are locked too.
+- unlink, rmdir: lock the parent, then the child (``fs3_child_locked``); rmdir's emptiness
+  check follows the child's lock, which a create into it also takes, so one of them sees
+  the other.
+- rename: a rename that moves a directory to another parent first takes the rename gate
+  (table ``fs3_rename_gate`` in EXCLUSIVE mode, Linux's per-filesystem rename mutex), so
+  parent links of directories stand still while it checks that the destination is not
+  inside what moves: two such renames cannot make a cycle together. Then both parents,
+  in inode id order, then the source entry, which must still name what the walk found,
+  and the replaced destination (re-checked: an empty directory).
+- truncate, set_length, set_attr, chown, set_quota: lock the inode first.
+- Quota usage: ``fs3_charge`` locks each quota directory (nearest first) before checking
+  its limit and adding to its usage, so concurrent charges add up exactly and never pass
+  a limit. A set_quota that starts a quota counts the usage below with the quota gate
+  (table ``fs3_quota_gate``) held EXCLUSIVE; each charge first takes it in ROW SHARE mode
+  (a fast-path lock: no contention among charges), so no charge that found no quota is in
+  flight while the usage is counted.
+- When the lock shows the world changed since the walk (the parent deleted, the entry
+  now naming another inode), ``fs3_retry`` raises SQLSTATE 40001 and Python runs the
+  operation again whole. Lock order is not global (a parent, then a child, then quota
+  directories): PostgreSQL detects a deadlock (40P01) and it is retried too.
 
 The Python namespace is the reference. The helpers below carry the names of its private
 methods and of the functions of :mod:`fs3.meta.permissions` and :mod:`fs3.meta.quota` they
@@ -96,6 +129,37 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = state, MESSAGE = msg;
     END IF;
     RAISE EXCEPTION USING ERRCODE = state, MESSAGE = msg, DETAIL = path;
+END $$ {_HELPER};
+
+-- The rows this operation locked changed since its path walk: SQLSTATE 40001, so that the
+-- caller runs the operation again whole (fs3.db.run_retrying).
+CREATE OR REPLACE FUNCTION fs3_retry(why TEXT) RETURNS VOID AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = 'changed under a lock: ' || why;
+END $$ {_HELPER};
+
+-- Locks ``node``'s row and returns its latest version (after the holder, if any, committed).
+CREATE OR REPLACE FUNCTION fs3_lock(node inodes) RETURNS inodes AS $$
+DECLARE fresh inodes;
+BEGIN
+    SELECT * INTO fresh FROM inodes WHERE id = node.id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM fs3_retry('inode ' || node.id || ' was deleted');
+    END IF;
+    RETURN fresh;
+END $$ {_HELPER};
+
+-- The inode entry ``leaf`` of directory ``dir`` (whose row this transaction holds locked)
+-- names, locked; all NULL when there is no such entry.
+CREATE OR REPLACE FUNCTION fs3_child_locked(dir inodes, leaf TEXT) RETURNS inodes AS $$
+DECLARE node inodes;
+BEGIN
+    SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
+        WHERE d.parent = dir.id AND d.name = leaf;
+    IF FOUND THEN
+        node := fs3_lock(node);
+    END IF;
+    RETURN node;
 END $$ {_HELPER};
 
 -- fs3.paths: split, components, _shown, normalize.
@@ -331,6 +395,7 @@ END $$ {_HELPER};
 -- (inodes_with_quota, fs3.meta.postgres) answers for them; else one query walks the parents.
 CREATE OR REPLACE FUNCTION fs3_quota_dirs(dir BIGINT) RETURNS BIGINT[] AS $$
 BEGIN
+    LOCK TABLE fs3_quota_gate IN ROW SHARE MODE;  -- no quota is being started meanwhile
     IF NOT EXISTS (SELECT 1 FROM inodes WHERE q_max_bytes IS NOT NULL) THEN
         RETURN '{{}}';
     END IF;
@@ -354,7 +419,7 @@ DECLARE
     q inodes;
 BEGIN
     FOREACH dir_id IN ARRAY dirs LOOP
-        SELECT * INTO STRICT q FROM inodes WHERE id = dir_id;
+        SELECT * INTO STRICT q FROM inodes WHERE id = dir_id FOR UPDATE;
         IF chk AND nbytes > 0 AND q.q_max_bytes <> 0
                 AND q.q_used_bytes + nbytes > q.q_max_bytes THEN
             PERFORM fs3_fail('QuotaExceeded', 'disk quota exceeded: ' || (q.q_used_bytes + nbytes)
@@ -376,8 +441,9 @@ END $$ {_HELPER};
 CREATE OR REPLACE FUNCTION fs3_charge_dir(dir BIGINT, nbytes BIGINT, ninodes BIGINT, path TEXT)
 RETURNS VOID AS $$
 BEGIN
-    IF (nbytes <> 0 OR ninodes <> 0)
-            AND EXISTS (SELECT 1 FROM inodes WHERE q_max_bytes IS NOT NULL) THEN  -- any quota
+    IF nbytes = 0 AND ninodes = 0 THEN RETURN; END IF;
+    LOCK TABLE fs3_quota_gate IN ROW SHARE MODE;  -- no quota is being started meanwhile
+    IF EXISTS (SELECT 1 FROM inodes WHERE q_max_bytes IS NOT NULL) THEN  -- any quota
         PERFORM fs3_charge(fs3_quota_dirs(dir), nbytes, ninodes, path);
     END IF;
 END $$ {_HELPER};
@@ -434,6 +500,11 @@ BEGIN
     arriving := ARRAY(SELECT x FROM unnest(dst_dirs) WITH ORDINALITY t(x, o)
                       WHERE x <> ALL(src_dirs) ORDER BY o);
     IF cardinality(leaving) = 0 AND cardinality(arriving) = 0 THEN RETURN; END IF;
+    IF moving.kind = 'directory' THEN
+        -- Its usage counted below it, and every charge in it, follow one parent chain: no
+        -- charge that walked up the old one is in flight.
+        LOCK TABLE fs3_quota_gate IN EXCLUSIVE MODE;
+    END IF;
     SELECT * INTO usage FROM fs3_usage_of(moving);
     PERFORM fs3_charge(leaving, -usage.nbytes, -usage.ninodes, path);
     PERFORM fs3_charge(arriving, usage.nbytes, usage.ninodes, path, chk);
@@ -578,7 +649,7 @@ DECLARE
     part TEXT;
 BEGIN
     IF NOT parents THEN
-        node := fs3_parent(c, path);
+        node := fs3_lock(fs3_parent(c, path));
         IF fs3_has_entry(node.id, fs3_basename(path)) THEN
             PERFORM fs3_fail('AlreadyExists', 'file exists', path);
         END IF;
@@ -593,6 +664,11 @@ BEGIN
         PERFORM fs3_check(c, node, 1, fs3_dirname(walked));
         SELECT i.* INTO found_node FROM dentries d JOIN inodes i ON i.id = d.child
             WHERE d.parent = node.id AND d.name = part;
+        IF NOT FOUND THEN  -- look again under the lock: a concurrent mkdir may have made it
+            node := fs3_lock(node);
+            SELECT i.* INTO found_node FROM dentries d JOIN inodes i ON i.id = d.child
+                WHERE d.parent = node.id AND d.name = part;
+        END IF;
         IF NOT FOUND THEN
             node := fs3_make(c, node, part, 'directory', mode, walked, NULL, now);
         ELSE
@@ -610,13 +686,11 @@ CREATE OR REPLACE FUNCTION fs3_create(
     chunk_size INTEGER, chains TEXT, seed INTEGER
 ) RETURNS inodes AS $$
 DECLARE
-    dir inodes := fs3_parent(c, path);
+    dir inodes := fs3_lock(fs3_parent(c, path));
     leaf TEXT := fs3_basename(path);
-    old inodes;
+    old inodes := fs3_child_locked(dir, leaf);
 BEGIN
-    SELECT i.* INTO old FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = dir.id AND d.name = leaf;
-    IF FOUND THEN
+    IF old.id IS NOT NULL THEN
         IF exclusive THEN
             PERFORM fs3_fail('AlreadyExists', 'file exists', path);
         END IF;
@@ -638,11 +712,27 @@ DECLARE
     ddir inodes := CASE WHEN fs3_dirname(dst) = fs3_dirname(src) AND fs3_basename(dst) <> ''
                         THEN sdir ELSE fs3_parent(c, dst) END;
     ancestor inodes;
+    fresh inodes;
     old inodes;
     moved inodes;
     subdirs INTEGER := 0;
 BEGIN
     IF src = dst THEN RETURN moving; END IF;
+    IF moving.kind = 'directory' AND ddir.id <> sdir.id THEN
+        LOCK TABLE fs3_rename_gate IN EXCLUSIVE MODE;  -- directories' parents stand still
+    END IF;
+    IF sdir.id <= ddir.id THEN
+        sdir := fs3_lock(sdir);
+        ddir := fs3_lock(ddir);
+    ELSE
+        ddir := fs3_lock(ddir);
+        sdir := fs3_lock(sdir);
+    END IF;
+    fresh := fs3_child_locked(sdir, fs3_basename(src));
+    IF fresh.id IS DISTINCT FROM moving.id THEN
+        PERFORM fs3_retry(src || ' names another inode');
+    END IF;
+    moving := fresh;
     PERFORM fs3_check_delete(c, sdir, moving, src);
     IF NOT fs3_allowed(c, ddir, 3) THEN
         PERFORM fs3_fail('PermissionDenied', 'permission denied', dst);
@@ -659,8 +749,7 @@ BEGIN
         EXIT WHEN ancestor.id = 1;
         SELECT * INTO STRICT ancestor FROM inodes WHERE id = ancestor.parent;
     END LOOP;
-    SELECT i.* INTO old FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = ddir.id AND d.name = fs3_basename(dst);
+    old := fs3_child_locked(ddir, fs3_basename(dst));
     IF old.id = moving.id THEN
         RETURN moving;  -- two names of one file: POSIX says rename does nothing
     END IF;
@@ -693,12 +782,10 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_unlink(c fs3_caller, path TEXT, now DOUBLE PRECISION)
 RETURNS VOID AS $$
 DECLARE
-    dir inodes := fs3_parent(c, path);
-    node inodes;
+    dir inodes := fs3_lock(fs3_parent(c, path));
+    node inodes := fs3_child_locked(dir, fs3_basename(path));
 BEGIN
-    SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = dir.id AND d.name = fs3_basename(path);
-    IF NOT FOUND THEN
+    IF node.id IS NULL THEN
         PERFORM fs3_fail('NotFound', 'no such file or directory', path);
     END IF;
     IF node.kind = 'directory' THEN
@@ -713,12 +800,13 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_rmdir(c fs3_caller, path TEXT, now DOUBLE PRECISION)
 RETURNS VOID AS $$
 DECLARE
-    dir inodes := fs3_parent(c, path);
+    dir inodes := fs3_lock(fs3_parent(c, path));
     node inodes := fs3_resolve_in(c, dir, path);
 BEGIN
     IF node.kind <> 'directory' THEN
         PERFORM fs3_fail('NotADirectory', 'not a directory', path);
     END IF;
+    node := fs3_lock(node);  -- a create into it holds this lock: one sees the other's entry
     IF fs3_has_children(node.id) THEN
         PERFORM fs3_fail('DirectoryNotEmpty', 'directory not empty', path);
     END IF;
@@ -731,7 +819,7 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_truncate(
     c fs3_caller, path TEXT, new_length BIGINT, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE node inodes := fs3_resolve(c, path);
+DECLARE node inodes := fs3_lock(fs3_resolve(c, path));
 BEGIN
     IF node.kind = 'directory' THEN
         PERFORM fs3_fail('IsADirectory', 'is a directory', path);
@@ -753,7 +841,7 @@ CREATE OR REPLACE FUNCTION fs3_set_length(
 ) RETURNS inodes AS $$
 DECLARE node inodes;
 BEGIN
-    SELECT * INTO node FROM inodes WHERE id = inode_id;
+    SELECT * INTO node FROM inodes WHERE id = inode_id FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM fs3_fail('NotFound', 'file with inode ' || inode_id || ' was deleted while open',
                          NULL);
@@ -773,7 +861,7 @@ CREATE OR REPLACE FUNCTION fs3_set_attr(
     c fs3_caller, path TEXT, new_mode INTEGER, new_atime DOUBLE PRECISION,
     new_mtime DOUBLE PRECISION, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE node inodes := fs3_resolve(c, path);
+DECLARE node inodes := fs3_lock(fs3_resolve(c, path));
 BEGIN
     IF new_mode IS NOT NULL THEN
         new_mode := fs3_chmod_mode(c, node, new_mode, path);
@@ -792,7 +880,7 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_chown(
     c fs3_caller, path TEXT, new_uid BIGINT, new_gid BIGINT, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE node inodes := fs3_chowned(c, fs3_resolve(c, path), new_uid, new_gid, path);
+DECLARE node inodes := fs3_chowned(c, fs3_lock(fs3_resolve(c, path)), new_uid, new_gid, path);
 BEGIN
     UPDATE inodes SET uid = node.uid, gid = node.gid, mode = node.mode, ctime = now
         WHERE id = node.id RETURNING * INTO node;
@@ -801,7 +889,7 @@ END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_symlink(c fs3_caller, path TEXT, target TEXT, now DOUBLE PRECISION)
 RETURNS inodes AS $$
-DECLARE dir inodes := fs3_parent(c, path);
+DECLARE dir inodes := fs3_lock(fs3_parent(c, path));
 BEGIN
     IF fs3_has_entry(dir.id, fs3_basename(path)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', path);
@@ -814,7 +902,7 @@ CREATE OR REPLACE FUNCTION fs3_link(c fs3_caller, src TEXT, dst TEXT, now DOUBLE
 RETURNS inodes AS $$
 DECLARE
     node inodes := fs3_resolve(c, src);
-    ddir inodes := fs3_parent(c, dst);
+    ddir inodes := fs3_lock(fs3_parent(c, dst));
 BEGIN
     IF fs3_has_entry(ddir.id, fs3_basename(dst)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', dst);
@@ -823,6 +911,7 @@ BEGIN
         PERFORM fs3_fail('NotPermitted', 'hard links to directories are not allowed', src);
     END IF;
     PERFORM fs3_check(c, ddir, 3, dst);
+    node := fs3_lock(node);  -- deleted since the walk: run again (then src is not found)
     UPDATE inodes SET nlink = node.nlink + 1, ctime = now WHERE id = node.id RETURNING * INTO node;
     INSERT INTO dentries VALUES (ddir.id, fs3_basename(dst), node.id)
         ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
@@ -833,7 +922,7 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_mknod(
     c fs3_caller, path TEXT, kind TEXT, mode INTEGER, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE dir inodes := fs3_parent(c, path);
+DECLARE dir inodes := fs3_lock(fs3_parent(c, path));
 BEGIN
     IF fs3_has_entry(dir.id, fs3_basename(path)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', path);
@@ -855,6 +944,9 @@ BEGIN
     IF node.kind <> 'directory' THEN
         PERFORM fs3_fail('NotADirectory', 'quotas are set on directories', path);
     END IF;
+    -- No charge that found no quota is in flight while the usage below is counted.
+    LOCK TABLE fs3_quota_gate IN EXCLUSIVE MODE;
+    node := fs3_lock(node);
     max_bytes := coalesce(max_bytes, node.q_max_bytes, 0);
     max_inodes := coalesce(max_inodes, node.q_max_inodes, 0);
     IF max_bytes = 0 AND max_inodes = 0 THEN  -- quota.new_quota

@@ -1,25 +1,39 @@
-"""The metadata store several meta servers share: PostgreSQL at SERIALIZABLE isolation.
+"""The metadata store several meta servers share: PostgreSQL, with row locks for the
+namespace operations and SERIALIZABLE transactions for the rest.
 
-Why SERIALIZABLE and not row locking: the namespace code (:mod:`fs3.meta.namespace`) is
-written against a serialisable store — FoundationDB's SSI in 3FS, SQLite's single writer here
-— and reads before it writes without saying which rows it depends on. Row locks would have to
-be taken on every row read (``FOR SHARE`` on each path component) and still miss phantoms: a
-``create`` that found no entry and a concurrent ``create`` of the same name, or two renames
-that each pass the "not into its own subtree" check and together make a cycle. PostgreSQL's
-serialisable snapshot isolation catches exactly those, at the cost of aborting one of two
-conflicting transactions (SQLSTATE 40001, or 40P01 for a deadlock); :meth:`MetaStore.run`
-runs the loser again.
+Two kinds of transaction share the tables:
+
+- The namespace operations (:mod:`fs3.meta.pg_functions`) are one statement each, a call of
+  a server-side function, and run at READ COMMITTED with row locks: each locks the rows it
+  changes or decides on (``SELECT ... FOR UPDATE``), which waits for a concurrent holder and
+  then returns the latest committed version, and decides on what the lock returned. Under
+  SERIALIZABLE every create in one directory aborted the others that had read that
+  directory's inode (each updates its mtime); locks make them wait their turn (~100-200 us,
+  no client round trip inside) instead. The protocol is in :mod:`fs3.meta.pg_functions`.
+- The operations that run in Python over :class:`_PgTxn` (trash, users, fsck), written
+  against a serialisable store and reading before they write without saying what they
+  depend on, run in real SERIALIZABLE transactions (``BEGIN ISOLATION LEVEL SERIALIZABLE``).
+
+How they meet on one row: a serialisable transaction that updates or deletes a row which a
+concurrent transaction (of either kind) updated and committed after its snapshot gets
+SQLSTATE 40001 and runs again; a READ COMMITTED lock or update of a row that a serialisable
+transaction holds waits for it and then sees its committed version. Every change of a
+directory's entries also updates that directory's inode (mtime), in both kinds, so neither
+loses the other's update. SSI's read tracking covers only serialisable transactions.
+
+Any transaction that loses a conflict (SQLSTATE 40001, also raised by a function that finds
+the rows it locked changed under it, or 40P01 for a deadlock) is run again whole by
+:meth:`MetaStore.run` / :meth:`PostgresMetaStore.call`.
 
 SSI tracks reads with predicate locks on index pages; a sequential scan locks a whole table
 and makes every concurrent writer conflict. Every query here is keyed on a primary key, so
 sessions turn sequential scans off (the planner picks them for tiny tables). Inode ids come
 from a sequence, which no transaction conflicts on (a rolled-back create leaves a gap).
 
-Round trips: connections run in autocommit with SERIALIZABLE as the session's default, so one
-statement is one transaction. :meth:`PostgresMetaStore.call` sends one prepared statement
-(the namespace operations are server-side functions, :mod:`fs3.meta.pg_functions`) and is
-the whole operation; :meth:`PostgresMetaStore.transaction` still opens a real transaction
-for the operations that run in Python over :class:`_PgTxn`.
+Round trips: connections run in autocommit with READ COMMITTED as the session's default, so
+one statement is one transaction. :meth:`PostgresMetaStore.call` sends one prepared
+statement and is the whole operation; :meth:`PostgresMetaStore.transaction` opens a real
+SERIALIZABLE transaction for the operations that run in Python over :class:`_PgTxn`.
 """
 
 from __future__ import annotations
@@ -74,9 +88,14 @@ _SCHEMA = [
         id BIGSERIAL PRIMARY KEY, inode BIGINT NOT NULL, from_index BIGINT NOT NULL,
         chains TEXT NOT NULL)""",
     "CREATE SEQUENCE IF NOT EXISTS inode_ids START 2",
+    # Gates, tables only ever locked (fs3.meta.pg_functions): renames that move a directory
+    # to another parent, and a set_quota starting a quota, hold theirs EXCLUSIVE.
+    "CREATE TABLE IF NOT EXISTS fs3_rename_gate ()",
+    "CREATE TABLE IF NOT EXISTS fs3_quota_gate ()",
     LEASE_TABLE,
     USERS_TABLE,
 ]
+_GATES = "LOCK TABLE fs3_rename_gate, fs3_quota_gate IN ROW SHARE MODE"
 _SCHEMA_LOCK = 0x0F53_3E7A  # pg_advisory_xact_lock key: servers starting at once take turns
 _UPDATE = ", ".join(f"{c}=EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:])
 _PUT_INODE = (
@@ -133,11 +152,15 @@ class PostgresMetaStore(MetaStore):
         self._idle.append(conn)
 
     def _prepare(self, conn: Any) -> None:
+        from psycopg import IsolationLevel
+
         conn.commit()
-        # Autocommit: a statement is a transaction, at the session's default isolation.
+        # Autocommit: a statement is a transaction, at the session's default isolation (the
+        # row-locked functions); the BEGIN of transaction() names SERIALIZABLE.
         conn.autocommit = True
+        conn.isolation_level = IsolationLevel.SERIALIZABLE
         with conn.cursor() as cur:
-            cur.execute("SET default_transaction_isolation = 'serializable'")
+            cur.execute("SET default_transaction_isolation = 'read committed'")
             cur.execute("SET enable_seqscan = off")
             # Every query here is keyed the same way whatever its parameters: plan it once.
             # By default a parameterised query (each in the plpgsql functions) is planned
@@ -185,8 +208,13 @@ class PostgresMetaStore(MetaStore):
 
     @contextmanager
     def transaction(self) -> Iterator[MetaTxn]:
-        """A real SERIALIZABLE transaction (BEGIN ... COMMIT), for operations in Python."""
+        """A real SERIALIZABLE transaction (BEGIN ISOLATION LEVEL SERIALIZABLE ... COMMIT), for
+        operations in Python."""
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # First, before the snapshot (LOCK takes none): no directory moves to another
+            # parent, and no quota starts, between the snapshot and the commit, since the
+            # row-locked functions doing those are not seen by SSI.
+            cur.execute(_GATES)
             yield _PgTxn(cur, self.url)
 
     @contextmanager
@@ -195,9 +223,9 @@ class PostgresMetaStore(MetaStore):
             yield cur
 
     def call(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Runs one statement that returns rows, prepared on its connection, as a transaction
-        of its own and returns its rows; it runs again whole when it loses a conflict
-        (:meth:`run`).
+        """Runs one statement that returns rows, prepared on its connection, as a READ
+        COMMITTED transaction of its own and returns its rows; it runs again whole when it
+        loses a conflict (:meth:`run`).
 
         Raises:
             the fs3 error a namespace function raised (:mod:`fs3.meta.pg_functions`);

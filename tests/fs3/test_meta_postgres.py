@@ -3,6 +3,7 @@ concurrent operations through two stores on one database leave one consistent na
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +14,14 @@ import pytest
 from fs3.client import FS3FileSystem
 from fs3.client.meta import caller_prefix
 from fs3.cluster import LocalCluster
-from fs3.errors import Fs3Error
+from fs3.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    Fs3Error,
+    InvalidArgument,
+    NotFound,
+    QuotaExceeded,
+)
 from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
 from fs3.meta.store import ROOT_ID, MetaStore, MetaTxn
@@ -312,3 +320,242 @@ def test_a_quota_set_through_one_store_is_charged_through_another(
         a.create("/q/one_too_many")
     a.unlink("/q/after")
     assert b.stat("/q").quota.used_inodes == 4  # type: ignore[union-attr]
+
+
+# Concurrency of the row-locked functions (fs3.meta.pg_functions): each test runs threads
+# over two stores on one PostgreSQL database, the same operations racing round after round,
+# and checks what a wrong lock protocol would break.
+
+
+def _race(*ops: Callable[[int], object], rounds: int) -> list[list[object]]:
+    """Runs ``ops`` (each given the round's number) in threads of their own, released
+    together each round; each round's outcome per op: its result or the fs3 error it raised."""
+    gate = threading.Barrier(len(ops))
+    outcomes: list[list[object]] = [[None] * len(ops) for _ in range(rounds)]
+    errors: list[BaseException] = []
+
+    def run(k: int, op: Callable[[int], object]) -> None:
+        for r in range(rounds):
+            gate.wait()
+            try:
+                outcomes[r][k] = op(r)
+            except Fs3Error as err:
+                outcomes[r][k] = err
+            except BaseException as err:  # noqa: BLE001 - reported by the main thread
+                errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(k, op)) for k, op in enumerate(ops)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return outcomes
+
+
+@pytest.fixture
+def pg_spaces(postgres_url: str) -> Iterator[tuple[Namespace, Namespace, MetaStore]]:
+    """Two PostgreSQL namespaces on one database, through two stores, and the first store."""
+    a, b = open_meta_store(postgres_url), open_meta_store(postgres_url)
+    yield namespace_over(a, chains=lambda: [1]), namespace_over(b, chains=lambda: [1]), a
+    a.close()
+    b.close()
+
+
+def _count(store: MetaStore, sql: str) -> int:
+    ((n,),) = store.call(sql)  # type: ignore[attr-defined]
+    return int(n)
+
+
+@pytest.mark.postgres
+def test_concurrent_creates_of_one_name_have_one_winner(
+    pg_spaces: tuple[Namespace, Namespace, MetaStore],
+) -> None:
+    """Six writers over two stores create (exclusively) and mkdir the same names at once:
+    each name is made exactly once, the others get AlreadyExists."""
+    a, b, _ = pg_spaces
+    a.mkdir("/race")
+
+    def maker(ns: Namespace) -> Callable[[int], object]:
+        return lambda r: (
+            ns.create(f"/race/f{r}", exclusive=True) if r % 2 else ns.mkdir(f"/race/d{r}")
+        )
+
+    outcomes = _race(*(maker(ns) for ns in (a, b) * 3), rounds=30)
+    for r, results in enumerate(outcomes):
+        won = [x for x in results if not isinstance(x, Fs3Error)]
+        assert len(won) == 1, (r, results)
+        assert all(isinstance(x, AlreadyExists) for x in results if x not in won), results
+    names = {e.name: e.inode.id for e in b.listdir("/race")}
+    assert len(names) == 30
+    assert b.stat("/race").nlink == 2 + 15  # each directory made once
+
+
+@pytest.mark.postgres
+def test_create_racing_rmdir_of_its_directory_never_lands_in_a_deleted_one(
+    pg_spaces: tuple[Namespace, Namespace, MetaStore],
+) -> None:
+    """A create into a directory races that directory's rmdir: either the create wins (and
+    rmdir finds it not empty) or the rmdir does (and the create finds no directory)."""
+    a, b, store = pg_spaces
+    for r in range(40):
+        a.mkdir(f"/p/d{r}", parents=True)
+    outcomes = _race(lambda r: a.create(f"/p/d{r}/f"), lambda r: b.rmdir(f"/p/d{r}"), rounds=40)
+    for r, (made, removed) in enumerate(outcomes):
+        if isinstance(removed, Fs3Error):
+            assert isinstance(removed, DirectoryNotEmpty) and not isinstance(made, Fs3Error)
+            assert [e.name for e in b.listdir(f"/p/d{r}")] == ["f"]
+        else:
+            assert isinstance(made, NotFound), (r, made)
+            with pytest.raises(NotFound):
+                b.stat(f"/p/d{r}")
+    orphans = (
+        "SELECT count(*) FROM dentries d "
+        "WHERE NOT EXISTS (SELECT 1 FROM inodes i WHERE i.id = d.parent)"
+    )
+    assert _count(store, orphans) == 0
+    assert b.stat("/p").nlink == 2 + len(b.listdir("/p"))
+
+
+@pytest.mark.postgres
+def test_link_racing_unlink_of_one_file_keeps_link_counts_exact(
+    pg_spaces: tuple[Namespace, Namespace, MetaStore],
+) -> None:
+    """A hard link to a file races the unlink of its only name: the link count of every
+    inode equals its names, and no inode is left without a name."""
+    a, b, store = pg_spaces
+    a.mkdir("/u")
+    for r in range(40):
+        a.create(f"/u/f{r}")
+    outcomes = _race(
+        lambda r: a.link(f"/u/f{r}", f"/u/g{r}"), lambda r: b.unlink(f"/u/f{r}"), rounds=40
+    )
+    for r, (linked, unlinked) in enumerate(outcomes):
+        assert unlinked is None, (r, unlinked)  # the name was there to unlink
+        names = {e.name: e.inode for e in b.listdir("/u")}
+        assert f"f{r}" not in names
+        if isinstance(linked, Fs3Error):
+            assert isinstance(linked, NotFound) and f"g{r}" not in names
+        else:
+            assert names[f"g{r}"].nlink == 1
+    wrong = (
+        "SELECT count(*) FROM inodes i WHERE i.kind <> 'directory' "
+        "AND i.nlink <> (SELECT count(*) FROM dentries d WHERE d.child = i.id)"
+    )
+    assert _count(store, wrong) == 0
+
+
+@pytest.mark.postgres
+def test_charges_at_a_quota_limit_never_pass_it(
+    pg_spaces: tuple[Namespace, Namespace, MetaStore],
+) -> None:
+    """Round after round, six writers over two stores, each in a directory of its own (so
+    that only the quota orders them), race for the last inode and the last 10 bytes of a
+    fresh quota: one create and one growth win each round, the others fail with
+    QuotaExceeded, and the recorded usage equals what is there."""
+    a, b, _ = pg_spaces
+    rounds, writers = 20, 6
+    files: dict[tuple[int, int], int] = {}
+    for r in range(rounds):
+        for k in range(writers):
+            a.mkdir(f"/q{r}/w{k}", parents=True)
+            files[r, k] = a.create(f"/q{r}/w{k}/g").id
+        # Each w{k} and its g: 2 inodes per writer, and one more to win; 10 bytes to win.
+        a.set_quota(f"/q{r}", max_bytes=10, max_inodes=2 * writers + 1)
+
+    def writer(ns: Namespace, k: int) -> Callable[[int], object]:
+        def op(r: int) -> object:
+            outcome: list[object] = []
+            steps = (lambda: ns.create(f"/q{r}/w{k}/f"), lambda: ns.set_length(files[r, k], 10))
+            for step in steps:
+                try:
+                    outcome.append(step())
+                except QuotaExceeded as err:
+                    outcome.append(err)
+            return outcome
+
+        return op
+
+    outcomes = _race(*(writer(ns, k) for k, ns in enumerate((a, b) * 3)), rounds=rounds)
+    for r, results in enumerate(outcomes):
+        for step in range(2):  # the create, the growth
+            won = [x for x in results if not isinstance(x[step], QuotaExceeded)]  # type: ignore[index]
+            assert len(won) == 1, (r, step, results)
+        quota = b.stat(f"/q{r}").quota
+        assert quota is not None and (quota.used_inodes, quota.used_bytes) == (2 * writers + 1, 10)
+
+
+@pytest.mark.postgres
+def test_crossing_directory_renames_never_make_a_cycle(
+    pg_spaces: tuple[Namespace, Namespace, MetaStore],
+) -> None:
+    """Two directories in different parents are each moved into a subdirectory of the other
+    at once, round after round, through two stores. The two renames lock no row in common
+    (parents p, y/s and x; q, x/s and y): only the rename gate orders them. Exactly one
+    wins each round, the other finds its destination gone or inside what it moves; the
+    tree stays a tree."""
+    a, b, _ = pg_spaces
+    for made in ("/c/p/x/s", "/c/q/y/s"):
+        a.mkdir(made, parents=True)
+    homes = {"/c/q/y/s/x": "/c/p/x", "/c/p/x/s/y": "/c/q/y"}
+
+    def mover(ns: Namespace, src: str, dst: str) -> Callable[[int], object]:
+        def op(r: int) -> object:
+            if r % 2 == 0:
+                return ns.rename(src, dst)
+            if src == "/c/p/x":  # odd rounds: one of the two puts the winner back
+                for moved, home in homes.items():
+                    with contextlib.suppress(NotFound):
+                        return ns.rename(moved, home)
+            return None
+
+        return op
+
+    outcomes = _race(mover(a, "/c/p/x", "/c/q/y/s/x"), mover(b, "/c/q/y", "/c/p/x/s/y"), rounds=60)
+    expected = {"/c", "/c/p", "/c/q", "/c/p/x", "/c/p/x/s", "/c/q/y", "/c/q/y/s"}
+    for r in range(0, 60, 2):
+        won = [x for x in outcomes[r] if not isinstance(x, Fs3Error)]
+        assert len(won) == 1, (r, outcomes[r])
+        lost = [x for x in outcomes[r] if isinstance(x, Fs3Error)]
+        assert isinstance(lost[0], NotFound | InvalidArgument), lost
+    tree = _tree(a)
+    ids = [inode for inode, _ in tree.values()]
+    assert len(set(ids)) == len(ids) and set(tree) == expected
+
+
+@pytest.mark.postgres
+def test_a_serializable_writer_and_a_row_locked_one_lose_no_update(postgres_url: str) -> None:
+    """A Python transaction (SERIALIZABLE) changes the root's mode and holds it; a mkdir
+    (row-locked, READ COMMITTED) in the root waits for it, then adds its link on top: both
+    changes stand. The other order is test_conflict_is_retried_not_surfaced."""
+    import psycopg
+
+    a, b = open_meta_store(postgres_url), open_meta_store(postgres_url)
+    other = namespace_over(b, chains=lambda: [1])
+    done: list[object] = []
+    watcher = psycopg.connect(postgres_url, autocommit=True)
+
+    def op(txn: MetaTxn) -> None:
+        root = txn.get_inode(ROOT_ID)
+        assert root is not None
+        txn.put_inode(dataclasses.replace(root, mode=0o700))
+        worker = threading.Thread(target=lambda: done.append(other.mkdir("/waited")))
+        worker.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        while watcher.execute(waiting).fetchone()[0] == 0:  # type: ignore[index]
+            assert worker.is_alive()  # it may not finish before this transaction does
+        done.append(worker)
+
+    try:
+        nlink = Namespace(a, chains=lambda: [1]).stat("/").nlink
+        a.run(op)
+        worker = done.pop(0)
+        assert isinstance(worker, threading.Thread)
+        worker.join(30)
+        root = other.stat("/")
+        assert root.mode & 0o777 == 0o700 and root.nlink == nlink + 1
+        assert other.stat("/waited").is_dir and a.retries == 0
+    finally:
+        watcher.close()
+        a.close()
+        b.close()

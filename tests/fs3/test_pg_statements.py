@@ -146,14 +146,17 @@ def test_each_operation_is_one_statement(pns: PostgresNamespace, wire: Wire) -> 
 def test_python_operations_still_run_in_a_real_transaction(
     pns: PostgresNamespace, wire: Wire
 ) -> None:
-    """An operation left in Python (fsck's inode_status) runs as BEGIN ... COMMIT."""
+    """An operation left in Python (fsck's inode_status) runs as a SERIALIZABLE BEGIN ...
+    COMMIT that takes the gates first, before its snapshot (fs3.meta.postgres)."""
     made = pns.create("/x")
     wire.sent()
     found, _ = pns.inode_status([made.id])
     assert made.id in found
     statements = wire.statements()
-    assert statements[0] == 'Query\t "BEGIN"' and statements[-1] == 'Query\t "COMMIT"'
-    assert len(statements) > 3, statements
+    assert statements[0] == 'Query\t "BEGIN ISOLATION LEVEL SERIALIZABLE"', statements
+    assert "LOCK TABLE fs3_rename_gate, fs3_quota_gate" in statements[1], statements
+    assert statements[-1] == 'Query\t "COMMIT"'
+    assert len(statements) > 4, statements
 
 
 def _error(ns: Namespace, fn: Callable[[Namespace], object]) -> Fs3Error:
