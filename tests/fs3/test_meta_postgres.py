@@ -21,6 +21,7 @@ from fs3.errors import (
     InvalidArgument,
     NotFound,
     QuotaExceeded,
+    Unavailable,
 )
 from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.namespace import Namespace
@@ -559,3 +560,25 @@ def test_a_serializable_writer_and_a_row_locked_one_lose_no_update(postgres_url:
         watcher.close()
         a.close()
         b.close()
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_under_a_call_is_dropped_not_reused(postgres_url: str) -> None:
+    """The server ends the session of a pooled connection (a restart, an admin's kill): the
+    next operation on it fails Unavailable, and the one after gets a new connection."""
+    import psycopg
+
+    store = open_meta_store(postgres_url)
+    ns = namespace_over(store, chains=lambda: [1])
+    ns.mkdir("/d")
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(Unavailable):
+            ns.stat("/d")
+        assert ns.stat("/d").is_dir
+    finally:
+        store.close()
