@@ -7,7 +7,7 @@ store is all that differs. Each workload times five operations, one phase each: 
 stat, rename and unlink of ``--ops`` small files (the per-file cycle; "cycle" is the four
 together), and list, one keyset page of 100 entries. Workloads: one client thread;
 ``--threads`` threads in one shared directory (every create and unlink updates that
-directory's inode, so PostgreSQL aborts and retries conflicting transactions); the same
+directory's inode, so on PostgreSQL they take turns on that directory's row lock); the same
 threads each in a directory of its own; and those threads split over two meta servers on
 one database (two stores in this process, as two meta server processes would hold them).
 With ``--cluster`` the cycle also goes through a real meta server over the framed protocol,
@@ -17,7 +17,7 @@ Namespaces: "empty" is a fresh database, where the files are made in a new direc
 list reads the whole of a directory of 100 entries. "N files" is a second database where a
 bulk fill (:mod:`fs3.meta.bulk`: executemany on SQLite, COPY on PostgreSQL, timed on its
 own) put ``--files`` files in ONE directory, the hard case for listings and for
-PostgreSQL's predicate locks: the shared-directory workloads make their files in it, the
+PostgreSQL's indexes: the shared-directory workloads make their files in it, the
 others in directories inside it, and list reads a page of 100 from a random point of it.
 File names land at random points of that directory's index. Every workload runs in both
 namespaces in turn, round after round (``--repeat``), and the best rate of each operation
@@ -413,8 +413,8 @@ def format_meta_table(results: MetaBenchResults) -> str:
     have = [b for b in BACKENDS if any(k[0] == b for k in r)]
     lines = [
         "fs3 meta bench: ops/s per operation, each its own phase; cycle = create+stat+rename"
-        "+unlink together (SQLite WAL synchronous=NORMAL; PostgreSQL SERIALIZABLE, "
-        "synchronous_commit=off; 2 servers = two stores in one process on one database)",
+        "+unlink together (SQLite WAL synchronous=NORMAL; PostgreSQL READ COMMITTED with row "
+        "locks, synchronous_commit=off; 2 servers = two stores in one process on one database)",
         f'"{EMPTY}": a fresh database, files made in a new directory, list = the whole of a '
         f'{LIST_PAGE}-entry directory; "{full}": all of them in ONE directory ({BIG_DIR}), '
         f"files made in it (own dirs: directories inside it), list = a page of {LIST_PAGE} "
