@@ -168,6 +168,10 @@ class PostgresMetaStore(MetaStore):
             # again on every run while its custom plans look cheaper than the generic one,
             # which for these small queries costs more than running them.
             cur.execute("SET plan_cache_mode = force_generic_plan")
+            # A generic plan cannot see a listing's LIMIT and would page a huge directory with
+            # parallel workers, whose start costs a page milliseconds: a metadata operation
+            # reads a handful of rows, so none is worth a worker.
+            cur.execute("SET max_parallel_workers_per_gather = 0")
 
     def _take(self) -> Any:
         if not self._slots.acquire(timeout=self._wait_s):
