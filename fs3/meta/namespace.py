@@ -34,6 +34,32 @@ from fs3.types import DIRECTORY, FIFO, FILE, SOCKET, SYMLINK, DirEntry, Inode, L
 _MAX_SYMLINK_HOPS = 8  # like Linux's 40, but fs3 symlinks are rare; a loop fails fast
 
 
+# Argument checks made before any transaction; every namespace over any store makes them.
+def check_new_length(length: int, path: str) -> None:
+    """Raises InvalidArgument for a negative file length."""
+    if length < 0:
+        raise InvalidArgument(f"length must be >= 0, got {length}", path)
+
+
+def check_mode(mode: int | None, path: str) -> None:
+    """Raises InvalidArgument for permission bits outside 0o7777 (None: kept, fine)."""
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise InvalidArgument(f"mode must be within 0o7777, got {mode:#o}", path)
+
+
+def check_special_kind(kind: str) -> None:
+    """Raises NotPermitted for a special file other than a fifo or a socket."""
+    if kind not in (FIFO, SOCKET):
+        raise NotPermitted(f"fs3 keeps only fifos and sockets as special files, not {kind}")
+
+
+def check_quota_limits(max_bytes: int | None, max_inodes: int | None, path: str) -> None:
+    """Raises InvalidArgument for a negative quota limit (None: kept, fine)."""
+    for name, value in (("bytes", max_bytes), ("inodes", max_inodes)):
+        if value is not None and value < 0:
+            raise InvalidArgument(f"quota {name} limit must be >= 0, got {value}", path)
+
+
 class Namespace:
     """The file tree in a :class:`MetaStore`.
 
@@ -365,8 +391,7 @@ class Namespace:
         """Sets a file's length; chunks wholly past the new end are reclaimed. The client
         clears the tail of the last partial chunk. Raises NotFound, IsADirectory,
         InvalidArgument (negative length)."""
-        if length < 0:
-            raise InvalidArgument(f"length must be >= 0, got {length}", path)
+        check_new_length(length, path)
         path = normalize(path)
 
         def op(txn: MetaTxn) -> Inode:
@@ -421,8 +446,7 @@ class Namespace:
         not its target: callers such as the FUSE mount resolve links first); arguments left
         None keep their value, and ctime becomes now. Raises NotFound, InvalidArgument
         (mode outside 0o7777)."""
-        if mode is not None and not 0 <= mode <= 0o7777:
-            raise InvalidArgument(f"mode must be within 0o7777, got {mode:#o}", path)
+        check_mode(mode, path)
         path = normalize(path)
 
         def op(txn: MetaTxn) -> Inode:
@@ -510,8 +534,7 @@ class Namespace:
         kind: device nodes are refused, as in an unprivileged container).
         """
         path = normalize(path)
-        if kind not in (FIFO, SOCKET):
-            raise NotPermitted(f"fs3 keeps only fifos and sockets as special files, not {kind}")
+        check_special_kind(kind)
 
         def op(txn: MetaTxn) -> Inode:
             parent, name = self._parent(txn, path)
@@ -538,9 +561,7 @@ class Namespace:
 
         Raises NotFound, NotADirectory, InvalidArgument (a negative limit).
         """
-        for name, value in (("bytes", max_bytes), ("inodes", max_inodes)):
-            if value is not None and value < 0:
-                raise InvalidArgument(f"quota {name} limit must be >= 0, got {value}", path)
+        check_quota_limits(max_bytes, max_inodes, path)
         path = normalize(path)
 
         def op(txn: MetaTxn) -> Inode:

@@ -66,20 +66,26 @@ from fs3.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
+from fs3.wire.codes import ERROR_CODES
 
 SQLSTATES: dict[str, type[Fs3Error]] = {
-    "F3001": NotFound,
-    "F3002": AlreadyExists,
-    "F3003": NotADirectory,
-    "F3004": IsADirectory,
-    "F3005": DirectoryNotEmpty,
-    "F3006": InvalidArgument,
-    "F3007": NameTooLong,
-    "F3008": QuotaExceeded,
-    "F3009": PermissionDenied,
-    "F3010": NotPermitted,
+    f"F3{ERROR_CODES[cls]:03d}": cls
+    for cls in (
+        NotFound,
+        AlreadyExists,
+        NotADirectory,
+        IsADirectory,
+        DirectoryNotEmpty,
+        InvalidArgument,
+        NameTooLong,
+        QuotaExceeded,
+        PermissionDenied,
+        NotPermitted,
+    )
 }
-"""SQLSTATE (class F3, free in PostgreSQL) of each fs3 error the functions raise."""
+"""SQLSTATE of each fs3 error the functions raise: class F3 (free in PostgreSQL), then the
+error's number on fs3's wire (:data:`fs3.wire.codes.ERROR_CODES`), so one table numbers
+the errors."""
 
 
 def namespace_error(err: Exception) -> Fs3Error | None:

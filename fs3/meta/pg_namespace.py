@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import logging
 
-from fs3.errors import InvalidArgument, NotPermitted
 from fs3.meta import permissions
-from fs3.meta.namespace import Namespace
+from fs3.meta.namespace import (
+    Namespace,
+    check_mode,
+    check_new_length,
+    check_quota_limits,
+    check_special_kind,
+)
 from fs3.meta.permissions import READ
 from fs3.meta.postgres import GARBAGE_QUERY, PostgresMetaStore, garbage_from_rows
 from fs3.meta.sqlite import COLUMNS, row_to_inode
 from fs3.meta.store import Garbage
 from fs3.paths import check_length, normalize
-from fs3.types import FIFO, SOCKET, DirEntry, Inode
+from fs3.types import DirEntry, Inode
 
 log = logging.getLogger("fs3.meta")
 
@@ -115,8 +120,7 @@ class PostgresNamespace(Namespace):
         self.store.call(_RMDIR, (*_caller(), normalize(path), self._clock()))
 
     def truncate(self, path: str, length: int) -> Inode:
-        if length < 0:
-            raise InvalidArgument(f"length must be >= 0, got {length}", path)
+        check_new_length(length, path)
         return self._inode(_TRUNCATE, normalize(path), length, self._clock())
 
     def set_length(self, inode_id: int, length: int) -> Inode:
@@ -129,8 +133,7 @@ class PostgresNamespace(Namespace):
         atime: float | None = None,
         mtime: float | None = None,
     ) -> Inode:
-        if mode is not None and not 0 <= mode <= 0o7777:
-            raise InvalidArgument(f"mode must be within 0o7777, got {mode:#o}", path)
+        check_mode(mode, path)
         return self._inode(_SET_ATTR, normalize(path), mode, atime, mtime, self._clock())
 
     def chown(self, path: str, uid: int = -1, gid: int = -1) -> Inode:
@@ -146,16 +149,13 @@ class PostgresNamespace(Namespace):
 
     def mknod(self, path: str, kind: str, mode: int = 0o644) -> Inode:
         path = normalize(path)
-        if kind not in (FIFO, SOCKET):
-            raise NotPermitted(f"fs3 keeps only fifos and sockets as special files, not {kind}")
+        check_special_kind(kind)
         return self._inode(_MKNOD, path, kind, mode, self._clock())
 
     def set_quota(
         self, path: str, max_bytes: int | None = None, max_inodes: int | None = None
     ) -> Inode:
-        for name, value in (("bytes", max_bytes), ("inodes", max_inodes)):
-            if value is not None and value < 0:
-                raise InvalidArgument(f"quota {name} limit must be >= 0, got {value}", path)
+        check_quota_limits(max_bytes, max_inodes, path)
         return self._inode(_SET_QUOTA, normalize(path), max_bytes, max_inodes)
 
     def length_limit(self, inode_id: int) -> int | None:
