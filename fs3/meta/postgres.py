@@ -54,6 +54,7 @@ from fs3.db import (
 )
 from fs3.errors import Unavailable
 from fs3.meta import pg_functions
+from fs3.meta.pg_prepared import PreparedStatements
 from fs3.meta.sqlite import (
     ADDED_COLUMNS,
     BACKFILL,
@@ -121,7 +122,7 @@ class PostgresMetaStore(MetaStore):
         self.url = url
         self._wait_s = wait_s
         self._idle: list[Any] = []
-        self._cursors: dict[Any, Any] = {}  # connection: the cursor call() runs on
+        self._statements: dict[Any, PreparedStatements] = {}  # connection: what call() ran
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections)
         conn = connect_postgres(url)
@@ -172,6 +173,10 @@ class PostgresMetaStore(MetaStore):
             # parallel workers, whose start costs a page milliseconds: a metadata operation
             # reads a handful of rows, so none is worth a worker.
             cur.execute("SET max_parallel_workers_per_gather = 0")
+            # call() reads results as text (fs3.meta.pg_prepared): UTF-8, and floats in
+            # their shortest exact form whatever the server's defaults.
+            cur.execute("SET client_encoding = 'UTF8'")
+            cur.execute("SET extra_float_digits = 1")
 
     def _take(self) -> Any:
         if not self._slots.acquire(timeout=self._wait_s):
@@ -193,7 +198,7 @@ class PostgresMetaStore(MetaStore):
                 self._idle.append(conn)
         else:
             conn.close()
-            self._cursors.pop(conn, None)
+            self._statements.pop(conn, None)
         self._slots.release()
 
     @contextmanager
@@ -221,18 +226,17 @@ class PostgresMetaStore(MetaStore):
             yield _PgTxn(cur, self.url)
 
     def _call_once(self, sql: str, params: tuple) -> list[tuple]:
-        """One try of :meth:`call`, on a pooled connection's own cursor (kept with it: a
-        cursor made per statement, and the context managers around it, cost a namespace
-        operation a fifth of its client time)."""
+        """One try of :meth:`call`, on a pooled connection's own prepared statements (kept
+        with it)."""
         import psycopg
 
         conn = self._take()
         reusable = False
         try:
-            cur = self._cursors.get(conn)
-            if cur is None:
-                cur = self._cursors[conn] = conn.cursor()
-            rows: list[tuple] = cur.execute(sql, params, prepare=True, binary=True).fetchall()
+            statements = self._statements.get(conn)
+            if statements is None:
+                statements = self._statements[conn] = PreparedStatements(conn.pgconn)
+            rows = statements.run(sql, params)
             reusable = True  # autocommit: the statement was its whole transaction
             return rows
         except psycopg.Error as err:
@@ -257,7 +261,7 @@ class PostgresMetaStore(MetaStore):
             for conn in self._idle:
                 conn.close()
             self._idle.clear()
-            self._cursors.clear()
+            self._statements.clear()
 
 
 GARBAGE_QUERY = "SELECT id, inode, from_index, chains FROM garbage ORDER BY id LIMIT %s"
