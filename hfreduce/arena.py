@@ -3,8 +3,9 @@ shared memory.
 
 Layout: one block of progress words per local rank (each word on its own cache line, so
 a rank publishing progress does not slow readers of its neighbours' words), a node block
-for the first failure, then ``depth`` input slots per local rank and ``depth`` output
-slots holding the reduced chunks.
+for the first failure (who posted it, and by when one being diagnosed is due), then
+``depth`` input slots per local rank and ``depth`` output slots holding the reduced
+chunks.
 
 Every progress word has a single writer, its own rank, and only grows: it counts chunks
 (across all calls) that passed that stage. Waiters sleep on a word with a futex, so
@@ -79,6 +80,7 @@ class Arena:
         self._words = (ctypes.c_int64 * nwords).from_buffer(mm)
         self._base = ctypes.addressof(self._words)
         self._error_word = self.local_size * _WORDS_PER_RANK * _WORD_STRIDE
+        self._failure_due_word = self._error_word + 1  # CLOCK_MONOTONIC ns, host-wide
         self._message_offset = (self._error_word + _WORD_STRIDE) * 8
         self.raw = torch.frombuffer(mm, dtype=torch.uint8)
         self._data_offset = control_bytes(self.local_size)
@@ -141,7 +143,11 @@ class Arena:
                     while_waiting()
                 now = time.monotonic()
                 if now >= deadline:
-                    self._raise_timeout(rank, what, timeout_s)
+                    # A local rank diagnosing a failure (a lost link) names the rank at
+                    # fault, which may be the reason ``rank`` is late: wait for its post.
+                    deadline = max(deadline, self._failure_due())
+                    if now >= deadline:
+                        self._raise_timeout(rank, what, timeout_s)
                 if now - start > _POLL_S:
                     self._check_alive(rank, what)
                 # Announce the sleep, then look once more: a writer that stored before
@@ -196,6 +202,20 @@ class Arena:
         for rank in range(self.local_size):
             for word in range(_WORDS_PER_RANK):
                 futex.wake(self._base + self._index(rank, word) * 8)
+
+    def announce_failure(self, within_s: float) -> None:
+        """Say that this rank is failing and will post why within ``within_s``.
+
+        Until then, local ranks whose wait on one of us runs out wait for that post rather
+        than blame the rank they waited on: it may only be late because a link of its own
+        was lost, which the post names. A later announcement may move the time on.
+        """
+        due = time.monotonic_ns() + int(within_s * 1e9)
+        self._words[self._failure_due_word] = max(self._words[self._failure_due_word], due)
+
+    def _failure_due(self) -> float:
+        """When an announced failure is due on the node (monotonic seconds; 0: none)."""
+        return self._words[self._failure_due_word] / 1e9
 
     def failure(self) -> str | None:
         """The message of the failure posted on this node, if any."""

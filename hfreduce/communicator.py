@@ -29,7 +29,7 @@ from hfreduce.kernels import ReduceOp, check_supported
 from hfreduce.network import TreeWorker
 from hfreduce.pipeline import ChunkPipeline
 from hfreduce.topology import Topology, default_node_id, discover
-from hfreduce.transport import connect_trees, fail_links
+from hfreduce.transport import FAILURE_NOTICE_S, connect_trees, fail_links
 from hfreduce.tree import double_tree
 
 _Task = tuple[torch.Tensor, ReduceOp, torch.futures.Future, bool]
@@ -218,6 +218,9 @@ class Communicator:
         A rank that only saw a connection drop names the job's first failure (posted in
         the store before that connection was cut), so every rank names the rank at fault.
         """
+        # Before the store is consulted: our node's ranks, whose waits on us may run out
+        # meanwhile, must wait for what we post instead of blaming us (a host cut off).
+        self.arena.announce_failure(self._posting_bound_s())
         cause = self._share_failure(str(exc))
         if isinstance(exc, PeerLostError) and cause and cause not in str(exc):
             exc = PeerLostError(f"{exc}; the first failure was: {cause}")
@@ -234,6 +237,12 @@ class Communicator:
         fail_links(self._links, str(exc), self.rank)
         self.arena.post_failure(str(exc))
         self._failure_told.set()
+
+    def _posting_bound_s(self) -> float:
+        """How long _fail may take to post on the node: half a timeout consulting the
+        store, FAILURE_NOTICE_S telling the partners, and half a timeout of slack for a
+        loaded machine's scheduling."""
+        return self.config.timeout_s + FAILURE_NOTICE_S
 
     def _share_failure(self, message: str) -> str | None:
         """The job's first failure from the store, else None after posting ``message`` as it.

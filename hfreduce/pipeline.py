@@ -106,10 +106,11 @@ def _patience(word: int, config: HfreduceConfig) -> float:
 
     The rank nearest a hung peer must be the one to time out, so that its message (which
     names the peer, and reaches everyone through the failure it posts) wins the race:
-    local stages wait ``timeout_s``, tree links twice that (transport.LINK_PATIENCE), and
-    the words a tree worker writes, which only wait on those links, two more: the worker's
-    rank takes up to half a timeout to consult the job's store and FAILURE_NOTICE_S to tell
-    its partners before it posts the failure on the node.
+    local stages wait ``timeout_s``, tree links twice that (transport.LINK_PATIENCE, for a
+    whole frame), and the words a tree worker writes, which only wait on those links, two
+    more: the worker's link wait may have begun after ours (its rank was behind). Once the
+    link gives up, the rank announces its failure (Arena.announce_failure), which holds
+    our wait until the failure is posted, after the store consult and the partners' notice.
     """
     if word in (DONE0, DONE1):
         return config.timeout_s * (LINK_PATIENCE + 2)

@@ -70,9 +70,28 @@ class Link:
         # (MSG_WAITALL) wakes once instead of per segment: 2.9-3.7 GB/s instead of
         # 2.2-2.8 streaming 1 MiB frames over loopback here.
         sock.settimeout(None)
-        timeval = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        for timer in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self._set_timer(timer, self.timeout)
+
+    def _set_timer(self, timer: int, seconds: float) -> None:
+        # A zero timeval would mean no timeout at all: keep at least a microsecond.
+        micros = max(1, round(seconds * 1e6))
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, timer, struct.pack("ll", *divmod(micros, 1_000_000))
+        )
+
+    def _until(self, timer: int, deadline: float) -> None:
+        """Arm ``timer`` with what is left of a frame's patience; TimeoutError if nothing.
+
+        The kernel restarts its timer with every call, and a call that moved part of a
+        frame returns that part only when the timer runs out: a frame cut off mid-way
+        would otherwise cost the whole patience once more per call, and its rank would
+        name the lost peer after the node's other ranks gave up on it (pipeline._patience).
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self._set_timer(timer, left)
 
     def _describe(self) -> str:
         return f"rank {self.peer_rank} on node {self.peer_node}"
@@ -83,17 +102,27 @@ class Link:
 
     def _send(self, frame: Frame, payload: memoryview | bytes) -> None:
         header = _HEADER.pack(MAGIC, *frame)
+        deadline = time.monotonic() + self.timeout
         try:
             sent = self.sock.sendmsg([header, payload])
-            if sent < len(header):
-                self.sock.sendall(header[sent:])
-                self.sock.sendall(payload)
-            elif sent < len(header) + len(payload):
-                self.sock.sendall(payload[sent - len(header) :])
+            if sent < len(header) + len(payload):
+                self._send_rest(memoryview(header)[sent:], memoryview(payload), sent, deadline)
         except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_SNDTIMEO ran out
             raise self._timeout("accept data") from None
         except OSError as exc:
             raise self._lost(exc) from None
+
+    def _send_rest(self, header: memoryview, payload: memoryview, sent: int, deadline: float):
+        """Send what the first call left of a frame (``sent`` bytes of header + payload
+        went), by ``deadline``: see _until."""
+        rest = payload.cast("B")[max(0, sent - _HEADER.size) :]
+        try:
+            for part in (header, rest):
+                while part:
+                    self._until(socket.SO_SNDTIMEO, deadline)
+                    part = part[self.sock.send(part) :]
+        finally:
+            self._set_timer(socket.SO_SNDTIMEO, self.timeout)
 
     def recv_frame(self) -> Frame:
         self.recv_into(memoryview(self._header))
@@ -106,20 +135,31 @@ class Link:
         return frame
 
     def recv_into(self, buf: memoryview) -> None:
+        """Fill ``buf`` from the link within its patience (one timeout for the whole buffer,
+        however many calls it takes: see _until)."""
         view = buf.cast("B") if buf.format != "B" else buf
-        got = 0
+        deadline = time.monotonic() + self.timeout
         try:
-            while got < len(view):
-                n = self.sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
-                if n == 0:
-                    raise self._lost(None)
-                got += n
+            got = self._recv_some(view) if view else 0
+            if got < len(view):
+                try:
+                    while got < len(view):
+                        self._until(socket.SO_RCVTIMEO, deadline)
+                        got += self._recv_some(view[got:])
+                finally:
+                    self._set_timer(socket.SO_RCVTIMEO, self.timeout)
         except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
             raise self._timeout("send data") from None
         except PeerLostError:
             raise
         except OSError as exc:
             raise self._lost(exc) from None
+
+    def _recv_some(self, view: memoryview) -> int:
+        n = self.sock.recv_into(view, 0, socket.MSG_WAITALL)
+        if n == 0:
+            raise self._lost(None)
+        return n
 
     def drain(self, nbytes: int) -> bytes:
         buf = bytearray(nbytes)
