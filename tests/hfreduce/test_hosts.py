@@ -23,14 +23,13 @@ import torch
 from hfreduce.arena import SHM_PREFIX
 from hfreduce.bench import host_rank_environment
 from testhosts import Hosts
-from tests.hfreduce.hosts_rank import FAILED
+from tests.hfreduce.hosts_rank import FAILED, START_S
 
 pytestmark = pytest.mark.hosts
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS, PER_HOST = 2, 2
 TIMEOUT_S = 5  # HFREDUCE_TIMEOUT of the cut-off test
-START_S = 60  # start-up on a loaded machine; only bounds the wait
 # After the cut: HFREDUCE_TIMEOUT, then the node's failure notice and the teardown.
 AFTER_CUT_S = TIMEOUT_S + 25
 
