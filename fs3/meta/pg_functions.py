@@ -12,10 +12,11 @@ Locking protocol (row locks, waiting instead of aborting; :mod:`fs3.meta.postgre
 these transactions meet the SERIALIZABLE ones of the unported operations):
 
 - The path walk takes no locks (as Linux's lookup). Then the operation locks the rows it
-  changes or decides on with ``SELECT ... FOR UPDATE`` (``fs3_lock``), which waits for a
-  holder and returns the row's latest version, and decides on what the lock returned.
-  Every change of a directory's entries holds that directory's inode row locked (and
-  updates it), so under that lock its entries stand still.
+  changes or decides on with ``SELECT ... FOR UPDATE`` (``fs3_lock``), or with the
+  ``UPDATE ... RETURNING`` that sets a directory's mtime (``fs3_lock_touched``), both of
+  which wait for a holder and return the row's latest version, and decides on what the
+  lock returned. Every change of a directory's entries holds that directory's inode row
+  locked (and updates it), so under that lock its entries stand still.
 - create, mkdir, symlink, mknod, link: lock the parent directory, then look the name up;
   a file that create replaces, and link's file (its nlink), are locked too.
 - unlink, rmdir: lock the parent, then the child (``fs3_child_locked``); rmdir's emptiness
@@ -155,16 +156,27 @@ BEGIN
     RETURN fresh;
 END $$ {_HELPER};
 
--- The inode entry ``leaf`` of directory ``dir`` (whose row this transaction holds locked)
--- names, locked; all NULL when there is no such entry.
+-- Locks directory ``dir``, whose entries this operation changes, and sets its mtime and ctime
+-- to ``now``: one UPDATE, which waits for a holder and returns the row's latest version (a
+-- lock and a later update were two statements). An operation that then fails rolls it back.
+CREATE OR REPLACE FUNCTION fs3_lock_touched(dir inodes, now DOUBLE PRECISION) RETURNS inodes AS $$
+DECLARE fresh inodes;
+BEGIN
+    UPDATE inodes SET mtime = now, ctime = now WHERE id = dir.id RETURNING * INTO fresh;
+    IF NOT FOUND THEN
+        PERFORM fs3_retry('inode ' || dir.id || ' was deleted');
+    END IF;
+    RETURN fresh;
+END $$ {_HELPER};
+
+-- The inode entry ``leaf`` of directory ``dir`` (whose row this transaction holds locked, so
+-- its entries stand still) names, locked; all NULL when there is no such entry. One statement:
+-- FOR UPDATE OF waits for the inode's holder and returns the row's latest version.
 CREATE OR REPLACE FUNCTION fs3_child_locked(dir inodes, leaf TEXT) RETURNS inodes AS $$
 DECLARE node inodes;
 BEGIN
     SELECT i.* INTO node FROM dentries d JOIN inodes i ON i.id = d.child
-        WHERE d.parent = dir.id AND d.name = leaf;
-    IF FOUND THEN
-        node := fs3_lock(node);
-    END IF;
+        WHERE d.parent = dir.id AND d.name = leaf FOR UPDATE OF i;
     RETURN node;
 END $$ {_HELPER};
 
@@ -574,8 +586,9 @@ BEGIN
     RETURN moved;
 END $$ {_HELPER};
 
--- Namespace._make: creates ``leaf`` in ``dir``, owned by the caller, or in place of file
--- ``replacing`` (its owner and mode stay; it needs write permission on that file instead).
+-- Namespace._make: creates ``leaf`` in ``dir`` (locked and touched by fs3_lock_touched),
+-- owned by the caller, or in place of file ``replacing`` (its owner and mode stay; it needs
+-- write permission on that file instead).
 CREATE OR REPLACE FUNCTION fs3_make(
     c fs3_caller, dir inodes, leaf TEXT, kind TEXT, mode INTEGER, path TEXT, replacing inodes,
     now DOUBLE PRECISION, chunk_size INTEGER DEFAULT 0, chains TEXT DEFAULT '',
@@ -615,9 +628,9 @@ BEGIN
         RETURNING * INTO made;
     INSERT INTO dentries VALUES (dir.id, leaf, made.id)
         ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
-    UPDATE inodes SET mtime = now, ctime = now,
-                      nlink = nlink + CASE WHEN made.kind = 'directory' THEN 1 ELSE 0 END
-        WHERE id = dir.id;
+    IF made.kind = 'directory' THEN  -- its ".." names dir
+        UPDATE inodes SET nlink = nlink + 1 WHERE id = dir.id;
+    END IF;
     RETURN made;
 END $$ {_HELPER};
 """
@@ -655,7 +668,7 @@ DECLARE
     part TEXT;
 BEGIN
     IF NOT parents THEN
-        node := fs3_lock(fs3_parent(c, path));
+        node := fs3_lock_touched(fs3_parent(c, path), now);
         IF fs3_has_entry(node.id, fs3_basename(path)) THEN
             PERFORM fs3_fail('AlreadyExists', 'file exists', path);
         END IF;
@@ -676,7 +689,8 @@ BEGIN
                 WHERE d.parent = node.id AND d.name = part;
         END IF;
         IF NOT FOUND THEN
-            node := fs3_make(c, node, part, 'directory', mode, walked, NULL, now);
+            node := fs3_make(c, fs3_lock_touched(node, now), part, 'directory', mode, walked,
+                             NULL, now);
         ELSE
             node := found_node;
         END IF;
@@ -692,7 +706,7 @@ CREATE OR REPLACE FUNCTION fs3_create(
     chunk_size INTEGER, chains TEXT, seed INTEGER
 ) RETURNS inodes AS $$
 DECLARE
-    dir inodes := fs3_lock(fs3_parent(c, path));
+    dir inodes := fs3_lock_touched(fs3_parent(c, path), now);
     leaf TEXT := fs3_basename(path);
     old inodes := fs3_child_locked(dir, leaf);
 BEGIN
@@ -727,7 +741,10 @@ BEGIN
     IF moving.kind = 'directory' AND ddir.id <> sdir.id THEN
         LOCK TABLE fs3_rename_gate IN EXCLUSIVE MODE;  -- directories' parents stand still
     END IF;
-    IF sdir.id <= ddir.id THEN
+    IF sdir.id = ddir.id THEN
+        sdir := fs3_lock(sdir);
+        ddir := sdir;
+    ELSIF sdir.id < ddir.id THEN
         sdir := fs3_lock(sdir);
         ddir := fs3_lock(ddir);
     ELSE
@@ -788,7 +805,7 @@ END $$ {_PIN};
 CREATE OR REPLACE FUNCTION fs3_unlink(c fs3_caller, path TEXT, now DOUBLE PRECISION)
 RETURNS VOID AS $$
 DECLARE
-    dir inodes := fs3_lock(fs3_parent(c, path));
+    dir inodes := fs3_lock_touched(fs3_parent(c, path), now);
     node inodes := fs3_child_locked(dir, fs3_basename(path));
 BEGIN
     IF node.id IS NULL THEN
@@ -800,13 +817,12 @@ BEGIN
     PERFORM fs3_check_delete(c, dir, node, path);
     DELETE FROM dentries WHERE parent = dir.id AND name = fs3_basename(path);
     PERFORM fs3_discard(node, now);
-    UPDATE inodes SET mtime = now, ctime = now WHERE id = dir.id;
 END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_rmdir(c fs3_caller, path TEXT, now DOUBLE PRECISION)
 RETURNS VOID AS $$
 DECLARE
-    dir inodes := fs3_lock(fs3_parent(c, path));
+    dir inodes := fs3_lock_touched(fs3_parent(c, path), now);
     node inodes := fs3_resolve_in(c, dir, path);
 BEGIN
     IF node.kind <> 'directory' THEN
@@ -819,7 +835,6 @@ BEGIN
     PERFORM fs3_check_delete(c, dir, node, path);
     DELETE FROM dentries WHERE parent = dir.id AND name = fs3_basename(path);
     PERFORM fs3_discard(node, now);
-    UPDATE inodes SET mtime = now, ctime = now WHERE id = dir.id;
 END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_truncate(
@@ -895,7 +910,7 @@ END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_symlink(c fs3_caller, path TEXT, target TEXT, now DOUBLE PRECISION)
 RETURNS inodes AS $$
-DECLARE dir inodes := fs3_lock(fs3_parent(c, path));
+DECLARE dir inodes := fs3_lock_touched(fs3_parent(c, path), now);
 BEGIN
     IF fs3_has_entry(dir.id, fs3_basename(path)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', path);
@@ -908,7 +923,7 @@ CREATE OR REPLACE FUNCTION fs3_link(c fs3_caller, src TEXT, dst TEXT, now DOUBLE
 RETURNS inodes AS $$
 DECLARE
     node inodes := fs3_resolve(c, src);
-    ddir inodes := fs3_lock(fs3_parent(c, dst));
+    ddir inodes := fs3_lock_touched(fs3_parent(c, dst), now);
 BEGIN
     IF fs3_has_entry(ddir.id, fs3_basename(dst)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', dst);
@@ -921,14 +936,13 @@ BEGIN
     UPDATE inodes SET nlink = node.nlink + 1, ctime = now WHERE id = node.id RETURNING * INTO node;
     INSERT INTO dentries VALUES (ddir.id, fs3_basename(dst), node.id)
         ON CONFLICT (parent, name) DO UPDATE SET child = EXCLUDED.child;
-    UPDATE inodes SET mtime = now, ctime = now WHERE id = ddir.id;
     RETURN node;
 END $$ {_PIN};
 
 CREATE OR REPLACE FUNCTION fs3_mknod(
     c fs3_caller, path TEXT, kind TEXT, mode INTEGER, now DOUBLE PRECISION
 ) RETURNS inodes AS $$
-DECLARE dir inodes := fs3_lock(fs3_parent(c, path));
+DECLARE dir inodes := fs3_lock_touched(fs3_parent(c, path), now);
 BEGIN
     IF fs3_has_entry(dir.id, fs3_basename(path)) THEN
         PERFORM fs3_fail('AlreadyExists', 'file exists', path);

@@ -121,16 +121,23 @@ class PreparedStatements:
     def run(self, sql: str, params: tuple) -> list[tuple]:
         """Runs ``sql`` (``%s`` placeholders) with ``params`` and returns its rows.
 
+        A statement the session no longer has is prepared again: psycopg deallocates every
+        prepared statement of a connection after a ROLLBACK it sends, as a DISCARD ALL does.
+
         Raises:
             psycopg.Error: the server's error (its SQLSTATE and diagnostics), or
                 ``psycopg.OperationalError`` when the connection failed.
         """
         from psycopg.pq import ExecStatus
 
+        values = [encode(p) for p in params]
         name = self._names.get(sql)
         if name is None:
             name = self._prepare(sql)
-        result = self._pgconn.exec_prepared(name, [encode(p) for p in params])
+        result = self._pgconn.exec_prepared(name, values)
+        if result.status != ExecStatus.TUPLES_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
+            self._names.clear()
+            result = self._pgconn.exec_prepared(self._prepare(sql), values)
         if result.status != ExecStatus.TUPLES_OK:
             raise _error(self._pgconn, result)
         return decode_rows(result)
@@ -150,9 +157,18 @@ def _error(pgconn: Any, result: Any) -> Exception:
     """The psycopg error for a failed result: the server's, by its SQLSTATE; an
     OperationalError when the connection broke without one (a reset socket)."""
     import psycopg
-    from psycopg.pq import ConnStatus, DiagnosticField
+    from psycopg.pq import ConnStatus
 
-    if pgconn.status == ConnStatus.BAD and not result.error_field(DiagnosticField.SQLSTATE):
+    if pgconn.status == ConnStatus.BAD and not _sqlstate(result):
         message = result.get_error_message() or pgconn.get_error_message()
         return psycopg.OperationalError(f"connection lost: {message!r}")
     return psycopg.errors.error_from_result(result)
+
+
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
+
+
+def _sqlstate(result: Any) -> bytes | None:
+    from psycopg.pq import DiagnosticField
+
+    return result.error_field(DiagnosticField.SQLSTATE)

@@ -86,3 +86,12 @@ def test_server_errors_keep_their_sqlstate(conn: Any) -> None:
     with pytest.raises(psycopg.errors.DivisionByZero):
         run("SELECT 1 / %s::INTEGER", (0,))
     assert run("SELECT 2 / %s::INTEGER", (1,)) == [(2,)]  # the connection goes on
+
+
+def test_statements_deallocated_by_the_session_are_prepared_again(conn: Any) -> None:
+    """psycopg sends DEALLOCATE ALL after a ROLLBACK on a connection it prepared on."""
+    statements = PreparedStatements(conn.pgconn)
+    assert statements.run("SELECT %s::INTEGER * 2", (4,)) == [(8,)]
+    conn.execute("DEALLOCATE ALL")
+    assert statements.run("SELECT %s::INTEGER * 2", (5,)) == [(10,)]
+    assert statements.run("SELECT %s::INTEGER * 3", (5,)) == [(15,)]
