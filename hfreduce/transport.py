@@ -38,6 +38,7 @@ LINK_PATIENCE = 2
 # The longest a failing rank spends telling its partners (Link.fail's own waits, all links
 # at once): one on a host cut off accepts nothing, and our node's ranks wait for the notice.
 FAILURE_NOTICE_S = 2.5
+_NOTICE_SEND_S = 1.0  # of which sending the notice (the rest: reading until the partner closes)
 
 
 class Frame(NamedTuple):
@@ -100,9 +101,12 @@ class Link:
         with self._sending:
             self._send(frame, payload)
 
-    def _send(self, frame: Frame, payload: memoryview | bytes) -> None:
+    def _send(
+        self, frame: Frame, payload: memoryview | bytes, patience: float | None = None
+    ) -> None:
+        """Send one frame within ``patience`` (None: the link's), as armed in SO_SNDTIMEO."""
         header = _HEADER.pack(MAGIC, *frame)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if patience is None else patience)
         try:
             sent = self.sock.sendmsg([header, payload])
             if sent < len(header) + len(payload):
@@ -188,9 +192,10 @@ class Link:
         """
         if self._sending.acquire(timeout=0.5):
             try:
-                self.sock.settimeout(1.0)
+                self._set_timer(socket.SO_SNDTIMEO, _NOTICE_SEND_S)
                 data = reason.encode()
-                self._send(Frame(FAILED, 0, 0, -1, -1, 0, len(data), sender), data)
+                frame = Frame(FAILED, 0, 0, -1, -1, 0, len(data), sender)
+                self._send(frame, data, _NOTICE_SEND_S)
             except (HfreduceError, OSError):
                 pass  # the partner (or this socket) is gone already; closing is all that is left
             finally:
