@@ -4,50 +4,20 @@ A metadata operation on PostgreSQL is one short statement, and a psycopg cursor'
 ``execute`` (query conversion, the prepared-statement manager, its generator-driven wait
 loop, a cursor per result) cost about as much client time as the server spent on it: a
 stat answered by the server in ~25 us took ~90 us more in the client. Here a statement is
-prepared once per connection and run with ``PQexecPrepared`` (psycopg's documented
-:mod:`psycopg.pq` wrapper, which lets other threads run while it waits), its parameters
-sent and its rows read in text format, converted by the small tables below.
-
-Only what the namespace statements use is converted: integers, floats, booleans, text,
-NULL, and integer lists (a caller's groups) as parameters; integer, float, boolean, text
-and void columns in results. Anything else is a programming error, raised at once.
+prepared once per connection and run with ``PQexecPrepared`` (psycopg's :mod:`psycopg.pq`
+wrapper, which lets other threads run while it waits). Parameters go in text format,
+converted by :func:`encode`; rows come back in binary and are read by the connection's
+own loaders (psycopg's ``Transformer``, as its cursors read them).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from fs3.errors import InvalidArgument
 
 _PLACEHOLDER = re.compile(r"%s")
-
-# Result column types (pg_type OIDs) and how their text form becomes Python.
-_BOOL, _INT8, _INT2, _INT4, _TEXT, _OID, _FLOAT4, _FLOAT8, _VARCHAR, _VOID = (
-    16,
-    20,
-    21,
-    23,
-    25,
-    26,
-    700,
-    701,
-    1043,
-    2278,
-)
-_COLUMN: dict[int, Callable[[bytes], Any]] = {
-    _BOOL: lambda v: v == b"t",
-    _INT8: int,
-    _INT2: int,
-    _INT4: int,
-    _OID: int,
-    _FLOAT4: float,  # float() reads PostgreSQL's "Infinity" and "NaN" too
-    _FLOAT8: float,
-    _TEXT: lambda v: v.decode(),
-    _VARCHAR: lambda v: v.decode(),
-    _VOID: lambda v: None,
-}
 
 
 def numbered(sql: str) -> bytes:
@@ -84,38 +54,20 @@ def encode(value: object) -> bytes | None:
     raise TypeError(f"no text form for a {type(value).__name__} parameter")
 
 
-def decode_rows(result: Any) -> list[tuple]:
-    """The rows of a ``PGresult`` in text format, each column converted by its type."""
-    width = result.nfields
-    convert = [_converter(result.ftype(col)) for col in range(width)]
-    rows = []
-    for row in range(result.ntuples):
-        values = []
-        for col in range(width):
-            raw = result.get_value(row, col)
-            values.append(None if raw is None else convert[col](raw))
-        rows.append(tuple(values))
-    return rows
-
-
-def _converter(oid: int) -> Callable[[bytes], Any]:
-    try:
-        return _COLUMN[oid]
-    except KeyError:
-        raise TypeError(f"no conversion for result columns of type oid {oid}") from None
-
-
 class PreparedStatements:
     """Statements prepared on one connection, each once, and run there.
 
     Not thread-safe: one connection serves one caller at a time (the store's pool).
 
     Args:
-        pgconn: the connection's ``psycopg.pq.PGconn``.
+        conn: a ``psycopg.Connection``, in autocommit mode.
     """
 
-    def __init__(self, pgconn: Any) -> None:
-        self._pgconn = pgconn
+    def __init__(self, conn: Any) -> None:
+        from psycopg.adapt import Transformer
+
+        self._pgconn = conn.pgconn
+        self._rows = Transformer.from_context(conn)
         self._names: dict[str, bytes] = {}
 
     def run(self, sql: str, params: tuple) -> list[tuple]:
@@ -134,13 +86,14 @@ class PreparedStatements:
         name = self._names.get(sql)
         if name is None:
             name = self._prepare(sql)
-        result = self._pgconn.exec_prepared(name, values)
+        result = self._pgconn.exec_prepared(name, values, result_format=_BINARY)
         if result.status != ExecStatus.TUPLES_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
             self._names.clear()
-            result = self._pgconn.exec_prepared(self._prepare(sql), values)
+            result = self._pgconn.exec_prepared(self._prepare(sql), values, result_format=_BINARY)
         if result.status != ExecStatus.TUPLES_OK:
             raise _error(self._pgconn, result)
-        return decode_rows(result)
+        self._rows.set_pgresult(result)
+        return self._rows.load_rows(0, result.ntuples, tuple)
 
     def _prepare(self, sql: str) -> bytes:
         from psycopg.pq import ExecStatus
@@ -165,6 +118,7 @@ def _error(pgconn: Any, result: Any) -> Exception:
     return psycopg.errors.error_from_result(result)
 
 
+_BINARY = 1  # result_format
 _NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
 
 

@@ -173,10 +173,8 @@ class PostgresMetaStore(MetaStore):
             # parallel workers, whose start costs a page milliseconds: a metadata operation
             # reads a handful of rows, so none is worth a worker.
             cur.execute("SET max_parallel_workers_per_gather = 0")
-            # call() reads results as text (fs3.meta.pg_prepared): UTF-8, and floats in
-            # their shortest exact form whatever the server's defaults.
+            # call() sends its parameters as UTF-8 text (fs3.meta.pg_prepared).
             cur.execute("SET client_encoding = 'UTF8'")
-            cur.execute("SET extra_float_digits = 1")
 
     def _take(self) -> Any:
         if not self._slots.acquire(timeout=self._wait_s):
@@ -235,7 +233,7 @@ class PostgresMetaStore(MetaStore):
         try:
             statements = self._statements.get(conn)
             if statements is None:
-                statements = self._statements[conn] = PreparedStatements(conn.pgconn)
+                statements = self._statements[conn] = PreparedStatements(conn)
             rows = statements.run(sql, params)
             reusable = True  # autocommit: the statement was its whole transaction
             return rows

@@ -21,7 +21,6 @@ def conn(postgres_url: str) -> Iterator[Any]:
 
     with psycopg.connect(postgres_url, autocommit=True) as c:
         c.execute("SET client_encoding = 'UTF8'")
-        c.execute("SET extra_float_digits = 1")
         yield c
 
 
@@ -32,7 +31,8 @@ def test_placeholders_are_numbered_in_order() -> None:
 
 
 def test_values_come_back_as_they_went(conn: Any) -> None:
-    run = PreparedStatements(conn.pgconn).run
+    """Text parameters in, binary rows out: floats exact, text UTF-8, NULL None."""
+    run = PreparedStatements(conn).run
     sql = "SELECT %s::BIGINT, %s::INTEGER, %s::DOUBLE PRECISION, %s::BOOLEAN, %s::TEXT, %s::TEXT"
     floats = [1796686075.2416363, 0.1, -0.0, 5e-324, 1.7976931348623157e308]
     for value in floats:
@@ -49,14 +49,14 @@ def test_values_come_back_as_they_went(conn: Any) -> None:
 
 
 def test_integer_lists_are_arrays(conn: Any) -> None:
-    run = PreparedStatements(conn.pgconn).run
+    run = PreparedStatements(conn).run
     assert run("SELECT cardinality(%s::BIGINT[]), 7 = ANY(%s::BIGINT[])", ([], [3, 7])) == [
         (0, True)
     ]
 
 
 def test_a_statement_is_prepared_once_per_connection(conn: Any) -> None:
-    statements = PreparedStatements(conn.pgconn)
+    statements = PreparedStatements(conn)
     for n in range(3):
         assert statements.run("SELECT %s::INTEGER + 1", (n,)) == [(n + 1,)]
     (count,) = conn.execute(
@@ -66,23 +66,21 @@ def test_a_statement_is_prepared_once_per_connection(conn: Any) -> None:
 
 
 def test_a_nul_byte_is_refused_not_cut(conn: Any) -> None:
-    run = PreparedStatements(conn.pgconn).run
+    run = PreparedStatements(conn).run
     with pytest.raises(InvalidArgument, match="NUL"):
         run("SELECT %s::TEXT", ("/a\x00/b",))
 
 
 def test_unsupported_types_are_refused(conn: Any) -> None:
-    run = PreparedStatements(conn.pgconn).run
+    run = PreparedStatements(conn).run
     with pytest.raises(TypeError, match="bytes"):
         run("SELECT %s::BYTEA", (b"x",))
-    with pytest.raises(TypeError, match="oid 17"):
-        run("SELECT 'x'::BYTEA", ())
 
 
 def test_server_errors_keep_their_sqlstate(conn: Any) -> None:
     import psycopg
 
-    run = PreparedStatements(conn.pgconn).run
+    run = PreparedStatements(conn).run
     with pytest.raises(psycopg.errors.DivisionByZero):
         run("SELECT 1 / %s::INTEGER", (0,))
     assert run("SELECT 2 / %s::INTEGER", (1,)) == [(2,)]  # the connection goes on
@@ -90,7 +88,7 @@ def test_server_errors_keep_their_sqlstate(conn: Any) -> None:
 
 def test_statements_deallocated_by_the_session_are_prepared_again(conn: Any) -> None:
     """psycopg sends DEALLOCATE ALL after a ROLLBACK on a connection it prepared on."""
-    statements = PreparedStatements(conn.pgconn)
+    statements = PreparedStatements(conn)
     assert statements.run("SELECT %s::INTEGER * 2", (4,)) == [(8,)]
     conn.execute("DEALLOCATE ALL")
     assert statements.run("SELECT %s::INTEGER * 2", (5,)) == [(10,)]
