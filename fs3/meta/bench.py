@@ -19,10 +19,11 @@ bulk fill (:mod:`fs3.meta.bulk`: executemany on SQLite, COPY on PostgreSQL, time
 own) put ``--files`` files in ONE directory, the hard case for listings and for
 PostgreSQL's indexes: the shared-directory workloads make their files in it, the
 others in directories inside it, and list reads a page of 100 from a random point of it.
-File names land at random points of that directory's index. Every workload runs in both
-namespaces in turn, round after round (``--repeat``), and the best rate of each operation
-counts: on a machine shared with other work, the least disturbed run is the closest to
-what the code costs.
+File names land at random points of that directory's index. Every workload runs on both
+backends and in both namespaces in turn, round after round (``--repeat``), so that the
+runs a ratio compares are close in time (this machine's speed drifts by several times over
+minutes), and the best rate of each operation counts: on a machine shared with other work,
+the least disturbed run is the closest to what the code costs.
 
 Without ``--postgres URL`` a throwaway PostgreSQL server is started from the Debian binaries
 (as the tests do); with one, fresh databases are created on that server (CREATEDB needed).
@@ -171,16 +172,27 @@ def run_workload(
     return rates
 
 
-def bench_store(
+@dataclass
+class _OpenBackend:
+    """A backend's two namespaces (empty and bulk-filled), each over two stores."""
+
+    name: str
+    stores: list[MetaStore]
+    spaces: dict[str, list[Namespace]]
+    setups: dict[str, tuple[str, Listing]]
+    """namespace -> (folder the workloads make files in, its list operation)"""
+    files: int
+
+
+def open_backend(
     results: MetaBenchResults,
     backend: str,
     empty_db: str | os.PathLike[str],
     full_db: str | os.PathLike[str],
-) -> None:
-    """Measures every workload in the empty namespace of ``empty_db`` and, right after
-    each, in ``full_db`` once a bulk fill put ``results.files`` files in one directory of
-    it (SQLite files or PostgreSQL URLs, both empty at first). Workloads and namespaces
-    take turns, so all see the same load from whatever else runs on the machine."""
+) -> _OpenBackend:
+    """Opens two stores (two meta servers) on ``empty_db`` and two on ``full_db`` (SQLite
+    files or PostgreSQL URLs, both empty at first), and bulk-fills ``results.files`` files
+    into one directory of the second (timed into ``results.bulk_s``)."""
     spaces: dict[str, list[Namespace]] = {}
     stores: list[MetaStore] = []
     try:
@@ -197,30 +209,38 @@ def bench_store(
         results.bulk_s[backend] = time.perf_counter() - start
         del names
         _check_filled(spaces[results.full][0], results.files)
-        files = max(results.files, 1)
-        setups: dict[str, tuple[str, Listing]] = {
-            EMPTY: ("/work", lambda ns, rng: ns.listdir(SMALL_DIR, "", LIST_PAGE)),
-            results.full: (
-                BIG_DIR,
-                lambda ns, rng: ns.listdir(BIG_DIR, f"f{rng.randrange(files):07d}", LIST_PAGE),
-            ),
-        }
-        # Round after round of every workload in both namespaces: each comparison the
-        # table draws (namespaces, servers, threads) is between runs close in time.
-        for _ in range(results.repeat):
-            for wl in workloads(results.threads):
-                for space, (folder, listing) in setups.items():
-                    before = sum(s.retries for s in stores)
-                    rates = run_workload(spaces[space], wl, folder, results.ops, listing, files)
-                    for op, rate in rates.items():  # the best run: the least disturbed
-                        key = (backend, wl.name, op, space)
-                        results.rates[key] = max(rate, results.rates.get(key, 0.0))
-                    retried = sum(s.retries for s in stores) - before
-                    key2 = (backend, wl.name, space)
-                    results.retries[key2] = results.retries.get(key2, 0) + retried
-    finally:
+    except BaseException:
         for s in stores:
             s.close()
+        raise
+    files = max(results.files, 1)
+    setups: dict[str, tuple[str, Listing]] = {
+        EMPTY: ("/work", lambda ns, rng: ns.listdir(SMALL_DIR, "", LIST_PAGE)),
+        results.full: (
+            BIG_DIR,
+            lambda ns, rng: ns.listdir(BIG_DIR, f"f{rng.randrange(files):07d}", LIST_PAGE),
+        ),
+    }
+    return _OpenBackend(backend, stores, spaces, setups, files)
+
+
+def bench_backends(results: MetaBenchResults, backends: list[_OpenBackend]) -> None:
+    """Round after round (``results.repeat``), every workload on every backend in both of
+    its namespaces, one after the other: each ratio the table draws (backends, namespaces,
+    servers, threads) is between runs close in time, so all see the same load from
+    whatever else runs on the machine. The best run of each operation counts."""
+    for _ in range(results.repeat):
+        for wl in workloads(results.threads):
+            for b in backends:
+                for space, (folder, listing) in b.setups.items():
+                    before = sum(s.retries for s in b.stores)
+                    rates = run_workload(b.spaces[space], wl, folder, results.ops, listing, b.files)
+                    for op, rate in rates.items():  # the best run: the least disturbed
+                        key = (b.name, wl.name, op, space)
+                        results.rates[key] = max(rate, results.rates.get(key, 0.0))
+                    retried = sum(s.retries for s in b.stores) - before
+                    key2 = (b.name, wl.name, space)
+                    results.retries[key2] = results.retries.get(key2, 0) + retried
 
 
 def _check_filled(ns: Namespace, files: int) -> None:
@@ -374,28 +394,39 @@ def bench_meta_stores(
     of ``repeat`` runs. PostgreSQL is left out, with a note, when no server is given and
     none can be started."""
     results = MetaBenchResults(files, ops, threads, repeat)
-    with tempfile.TemporaryDirectory(prefix="fs3-meta-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="fs3-meta-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
-        bench_store(results, "sqlite", work / "empty.db", work / "full.db")
+        backends = [open_backend(results, "sqlite", work / "empty.db", work / "full.db")]
+        stack.callback(_close_all, backends)
+        urls: list[str] = []
+        try:
+            server = postgres_url or stack.enter_context(temporary_postgres())
+        except (RuntimeError, subprocess.SubprocessError) as err:
+            results.notes.append(f"postgresql skipped: {err}")
+        else:
+            urls = [
+                _fresh_database(server, f"fs3_meta_bench_{os.getpid()}_{name}")
+                for name in ("empty", "full", "cluster")
+            ]
+            backends.append(open_backend(results, "postgresql", urls[0], urls[1]))
+        bench_backends(results, backends)
         if cluster:
             results.cluster["sqlite"] = {}
             for on in (True, False):  # issue 18: capabilities on vs off in one run
                 where = work / f"c-sqlite-{on}"
                 results.cluster["sqlite"].update(bench_cluster(where, "", ops, threads, on))
-        with contextlib.ExitStack() as stack:
-            try:
-                server = postgres_url or stack.enter_context(temporary_postgres())
-            except (RuntimeError, subprocess.SubprocessError) as err:
-                results.notes.append(f"postgresql skipped: {err}")
-                return results
-            urls = [
-                _fresh_database(server, f"fs3_meta_bench_{os.getpid()}_{name}")
-                for name in ("empty", "full", "cluster")
-            ]
-            bench_store(results, "postgresql", urls[0], urls[1])
-            if cluster:
+            if urls:
                 results.cluster["postgresql"] = bench_cluster(work / "c-pg", urls[2], ops, threads)
     return results
+
+
+def _close_all(backends: list[_OpenBackend]) -> None:
+    for b in backends:
+        for s in b.stores:
+            s.close()
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -13,9 +13,10 @@ from fs3.meta.backends import namespace_over, open_meta_store
 from fs3.meta.bench import (
     OPERATIONS,
     MetaBenchResults,
+    bench_backends,
     bench_meta_stores,
-    bench_store,
     format_meta_table,
+    open_backend,
     workloads,
 )
 from fs3.meta.bulk import add_files
@@ -34,7 +35,10 @@ def _cells(backends: tuple[str, ...], results: MetaBenchResults) -> set[tuple[st
 
 def test_sqlite_bench_fills_both_namespaces_and_measures_every_cell(tmp_path: Path) -> None:
     results = MetaBenchResults(files=300, ops=8, threads=2, repeat=2)
-    bench_store(results, "sqlite", tmp_path / "empty.db", tmp_path / "full.db")
+    backend = open_backend(results, "sqlite", tmp_path / "empty.db", tmp_path / "full.db")
+    bench_backends(results, [backend])
+    for s in backend.stores:
+        s.close()
     assert set(results.rates) == _cells(("sqlite",), results)
     assert all(rate > 0 for rate in results.rates.values())
     # The workloads clean up after themselves: the full namespace holds the fill, the
