@@ -116,7 +116,9 @@ class Link:
         except OSError as exc:
             raise self._lost(exc) from None
 
-    def _send_rest(self, header: memoryview, payload: memoryview, sent: int, deadline: float):
+    def _send_rest(
+        self, header: memoryview, payload: memoryview, sent: int, deadline: float
+    ) -> None:
         """Send what the first call left of a frame (``sent`` bytes of header + payload
         went), by ``deadline``: see _until."""
         rest = payload.cast("B")[max(0, sent - _HEADER.size) :]

@@ -73,6 +73,9 @@ class PreparedStatements:
     def run(self, sql: str, params: tuple) -> list[tuple]:
         """Runs ``sql`` (``%s`` placeholders) with ``params`` and returns its rows.
 
+        ``sql`` is one of a fixed set of texts (the namespace's statements): each text stays
+        prepared for the connection's life, so values go in ``params``, never in ``sql``.
+
         A statement the session no longer has is prepared again: psycopg deallocates every
         prepared statement of a connection after a ROLLBACK it sends, as a DISCARD ALL does.
 

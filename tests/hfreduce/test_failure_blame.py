@@ -14,7 +14,7 @@ import contextlib
 import mmap
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -42,13 +42,15 @@ def connection() -> Iterator[tuple[socket.socket, Link]]:
         far.close()
 
 
-def _later(seconds: float, action, *args) -> threading.Timer:
+def _later(seconds: float, action: Callable[..., object], *args: object) -> threading.Timer:
     timer = threading.Timer(seconds, action, args)
     timer.start()
     return timer
 
 
-def test_a_frame_half_received_times_out_within_one_patience(connection) -> None:
+def test_a_frame_half_received_times_out_within_one_patience(
+    connection: tuple[socket.socket, Link],
+) -> None:
     far, link = connection
     buf = bytearray(64 << 10)
     far.sendall(bytes(len(buf) // 2))
@@ -67,7 +69,9 @@ def _read_until_quiet(sock: socket.socket) -> None:
             pass
 
 
-def test_a_frame_half_sent_times_out_within_one_patience(connection) -> None:
+def test_a_frame_half_sent_times_out_within_one_patience(
+    connection: tuple[socket.socket, Link],
+) -> None:
     far, link = connection
     payload = bytes(32 << 20)  # more than both ends' socket buffers take
     late = _later(LATE_S, _read_until_quiet, far)
@@ -89,7 +93,9 @@ def node() -> tuple[Arena, Arena]:
     )
 
 
-def test_a_wait_on_a_rank_that_announced_its_failure_raises_what_it_posts(node) -> None:
+def test_a_wait_on_a_rank_that_announced_its_failure_raises_what_it_posts(
+    node: tuple[Arena, Arena],
+) -> None:
     waiter, failing = node
     waiter.set(STAGED, 1)
     failing.announce_failure(60)  # bounds the wait if the post never came
@@ -101,7 +107,9 @@ def test_a_wait_on_a_rank_that_announced_its_failure_raises_what_it_posts(node) 
         posted.join()
 
 
-def test_a_rank_that_announced_a_failure_and_posts_nothing_is_still_blamed(node) -> None:
+def test_a_rank_that_announced_a_failure_and_posts_nothing_is_still_blamed(
+    node: tuple[Arena, Arena],
+) -> None:
     waiter, failing = node
     waiter.set(STAGED, 1)
     failing.announce_failure(TIMEOUT_S)
