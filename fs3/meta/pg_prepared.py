@@ -12,6 +12,7 @@ own loaders (psycopg's ``Transformer``, as its cursors read them).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -69,6 +70,9 @@ class PreparedStatements:
         self._pgconn = conn.pgconn
         self._rows = Transformer.from_context(conn)
         self._names: dict[str, bytes] = {}
+        # Names are never reused: after the session lost some statements, others prepared
+        # since may still exist under names a count of the cache would hand out again.
+        self._serial = itertools.count()
 
     def run(self, sql: str, params: tuple) -> list[tuple]:
         """Runs ``sql`` (``%s`` placeholders) with ``params`` and returns its rows.
@@ -101,7 +105,7 @@ class PreparedStatements:
     def _prepare(self, sql: str) -> bytes:
         from psycopg.pq import ExecStatus
 
-        name = b"fs3_%d" % len(self._names)
+        name = b"fs3_%d" % next(self._serial)
         result = self._pgconn.prepare(name, numbered(sql))
         if result.status != ExecStatus.COMMAND_OK:
             raise _error(self._pgconn, result)

@@ -93,3 +93,17 @@ def test_statements_deallocated_by_the_session_are_prepared_again(conn: Any) -> 
     conn.execute("DEALLOCATE ALL")
     assert statements.run("SELECT %s::INTEGER * 2", (5,)) == [(10,)]
     assert statements.run("SELECT %s::INTEGER * 3", (5,)) == [(15,)]
+
+
+def test_statements_prepared_after_a_deallocation_keep_their_names_apart(conn: Any) -> None:
+    """After DEALLOCATE ALL, a new statement is prepared before an old one finds itself
+    gone: the re-prepared ones must not take a name still in use (CI found this)."""
+    statements = PreparedStatements(conn)
+    queries = [f"SELECT %s::INTEGER + {k}" for k in range(4)]
+    for q in queries[:3]:
+        statements.run(q, (1,))
+    conn.execute("DEALLOCATE ALL")
+    assert statements.run(queries[3], (1,)) == [(4,)]  # new: prepared under a new name
+    for _ in range(2):
+        for k, q in enumerate(queries):  # the old ones find themselves gone, then all run
+            assert statements.run(q, (1,)) == [(1 + k,)]
