@@ -136,14 +136,23 @@ class ConfigError(Fs3Error, ValueError):
     """A configuration value is invalid; the message names the field and the value."""
 
 
-ERROR_TYPES: tuple[type[Fs3Error], ...] = (
-    Fs3Error,
+NAMESPACE_ERRORS: tuple[type[Fs3Error], ...] = (
     NotFound,
     AlreadyExists,
     NotADirectory,
     IsADirectory,
     DirectoryNotEmpty,
     InvalidArgument,
+    NameTooLong,
+    QuotaExceeded,
+    PermissionDenied,
+    NotPermitted,
+)
+"""What a namespace operation refuses a request with (POSIX's errnos, in fs3's types)."""
+
+ERROR_TYPES: tuple[type[Fs3Error], ...] = (
+    Fs3Error,
+    *NAMESPACE_ERRORS,
     ChecksumMismatch,
     ChunkBusy,
     StaleRouting,
@@ -151,10 +160,6 @@ ERROR_TYPES: tuple[type[Fs3Error], ...] = (
     Fs3TimeoutError,
     ConfigError,
     DataLost,
-    QuotaExceeded,
-    NameTooLong,
-    PermissionDenied,
-    NotPermitted,
     CapabilityRefused,
 )
 _BY_KIND = {cls.__name__: cls for cls in ERROR_TYPES}

@@ -54,35 +54,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fs3.errors import (
-    AlreadyExists,
-    DirectoryNotEmpty,
-    Fs3Error,
-    InvalidArgument,
-    IsADirectory,
-    NameTooLong,
-    NotADirectory,
-    NotFound,
-    NotPermitted,
-    PermissionDenied,
-    QuotaExceeded,
-)
+from fs3.errors import NAMESPACE_ERRORS, Fs3Error
 from fs3.wire.codes import ERROR_CODES
 
 SQLSTATES: dict[str, type[Fs3Error]] = {
-    f"F3{ERROR_CODES[cls]:03d}": cls
-    for cls in (
-        NotFound,
-        AlreadyExists,
-        NotADirectory,
-        IsADirectory,
-        DirectoryNotEmpty,
-        InvalidArgument,
-        NameTooLong,
-        QuotaExceeded,
-        PermissionDenied,
-        NotPermitted,
-    )
+    f"F3{ERROR_CODES[cls]:03d}": cls for cls in NAMESPACE_ERRORS
 }
 """SQLSTATE of each fs3 error the functions raise: class F3 (free in PostgreSQL), then the
 error's number on fs3's wire (:data:`fs3.wire.codes.ERROR_CODES`), so one table numbers

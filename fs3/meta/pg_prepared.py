@@ -87,27 +87,23 @@ class PreparedStatements:
             psycopg.Error: the server's error (its SQLSTATE and diagnostics), or
                 ``psycopg.OperationalError`` when the connection failed.
         """
-        from psycopg.pq import ExecStatus
-
         values = [encode(p) for p in params]
         name = self._names.get(sql)
         if name is None:
             name = self._prepare(sql)
         result = self._pgconn.exec_prepared(name, values, result_format=_BINARY)
-        if result.status != ExecStatus.TUPLES_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
+        if result.status != _TUPLES_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
             self._names.clear()
             result = self._pgconn.exec_prepared(self._prepare(sql), values, result_format=_BINARY)
-        if result.status != ExecStatus.TUPLES_OK:
+        if result.status != _TUPLES_OK:
             raise _error(self._pgconn, result)
         self._rows.set_pgresult(result)
         return self._rows.load_rows(0, result.ntuples, tuple)
 
     def _prepare(self, sql: str) -> bytes:
-        from psycopg.pq import ExecStatus
-
         name = b"fs3_%d" % next(self._serial)
         result = self._pgconn.prepare(name, numbered(sql))
-        if result.status != ExecStatus.COMMAND_OK:
+        if result.status != _COMMAND_OK:
             raise _error(self._pgconn, result)
         self._names[sql] = name
         return name
@@ -126,6 +122,8 @@ def _error(pgconn: Any, result: Any) -> Exception:
 
 
 _BINARY = 1  # result_format
+# psycopg.pq.ExecStatus values, here so that a call imports nothing (psycopg stays optional).
+_COMMAND_OK, _TUPLES_OK = 1, 2
 _NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
 
 

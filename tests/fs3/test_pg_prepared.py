@@ -107,3 +107,14 @@ def test_statements_prepared_after_a_deallocation_keep_their_names_apart(conn: A
     for _ in range(2):
         for k, q in enumerate(queries):  # the old ones find themselves gone, then all run
             assert statements.run(q, (1,)) == [(1 + k,)]
+
+
+def test_the_result_statuses_are_psycopgs() -> None:
+    from psycopg.pq import ExecStatus
+
+    from fs3.meta import pg_prepared
+
+    assert (pg_prepared._COMMAND_OK, pg_prepared._TUPLES_OK) == (
+        ExecStatus.COMMAND_OK,
+        ExecStatus.TUPLES_OK,
+    )
